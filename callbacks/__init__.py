@@ -1,0 +1,44 @@
+"""Plug-ins that react to trainer events: W&B logging, progress, checkpoints, viz uploads.
+
+An integration whose library is missing contributes no callbacks instead of failing at import.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from trainers.engine import Callback
+
+
+def standard_callbacks(
+    args: argparse.Namespace,
+    *,
+    job_type: str,
+    monitor: tuple[str, str] | None = None,
+    tags: Sequence[str] = (),
+) -> list[Callback]:
+    """The W&B logger, the progress bar and the closing summary table, configured from the global flags."""
+    from callbacks.progress import ProgressBar, SummaryTable
+
+    cbs: list[Callback] = []
+    if args.wandb_mode != "disabled":
+        from callbacks.wandb_logger import WandbLogger
+
+        cbs.append(
+            WandbLogger(
+                project=args.project,
+                mode=args.wandb_mode,
+                out_dir=args.out,
+                name=getattr(args, "run_name", None),
+                group=getattr(args, "group", None),
+                job_type=job_type,
+                tags=tags,
+                monitor=monitor,
+            )
+        )
+    cbs += [ProgressBar(), SummaryTable()]
+    return cbs
+
+
+__all__ = ["Callback", "standard_callbacks"]

@@ -1,0 +1,58 @@
+"""Last and best checkpoints, written atomically, announced to the other callbacks."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from trainers.checkpoint import save_atomic
+from trainers.engine import Callback, Engine, is_rank_zero
+
+
+class Checkpoint(Callback):
+    """Saves ``last.pt`` after every epoch and ``best.pt`` whenever ``monitor`` improves.
+
+    The file holds the trainer's ``state_dict()`` (model, optimizer, ...), the epoch, the
+    metrics and every callback's state, so a run can be resumed or evaluated later.
+    ``on_checkpoint_saved`` then lets the W&B logger upload the best one as an artifact.
+    """
+
+    def __init__(self, directory: str | Path, *, monitor: str, mode: str = "max") -> None:
+        if mode not in ("max", "min"):
+            raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+        self.directory = Path(directory)
+        self.monitor = monitor
+        self.mode = mode
+        self.best: float | None = None
+        self.best_path: Path | None = None
+
+    def _improved(self, value: float) -> bool:
+        if self.best is None:
+            return True
+        return value > self.best if self.mode == "max" else value < self.best
+
+    def on_epoch_end(self, trainer: Engine, epoch: int, metrics: Mapping[str, float]) -> None:
+        if not is_rank_zero():
+            return
+        state: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "global_step": trainer.global_step,
+            "metrics": dict(metrics),
+            "config": trainer.config,
+            "trainer": trainer.state_dict(),
+            "callbacks": {type(cb).__name__: cb.state_dict() for cb in trainer.callbacks},
+        }
+        save_atomic(state, self.directory / "last.pt")
+        value = metrics.get(self.monitor)
+        if value is not None and self._improved(float(value)):
+            self.best = float(value)
+            self.best_path = save_atomic(state, self.directory / "best.pt")
+            trainer.summary[f"best/{self.monitor}"] = self.best
+            trainer.fire("on_checkpoint_saved", path=str(self.best_path), aliases=["best", "latest"])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "monitor": self.monitor, "mode": self.mode}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.best = state.get("best")

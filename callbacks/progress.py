@@ -1,0 +1,109 @@
+"""A rich progress bar with ETA and the latest training metrics, and a closing summary table."""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Mapping
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from trainers.engine import EPOCH_AXIS, Callback, Engine, is_rank_zero
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return str(value)
+    return f"{value:.4g}"
+
+
+class ProgressBar(Callback):
+    """One bar per epoch with ETA; live metrics on the right; each epoch's metrics printed as it ends.
+
+    ``refresh_per_second`` is low on purpose: the bar redraws in rich's own thread, so the
+    training loop only pays for a counter update.
+    """
+
+    def __init__(self, console: Console | None = None, *, max_metrics: int = 4) -> None:
+        self.console = console or Console(stderr=True)
+        self.max_metrics = max_metrics
+        self._progress: Progress | None = None
+        self._task: Any = None
+        self._live: dict[str, Any] = {}
+
+    def on_fit_start(self, trainer: Engine) -> None:
+        if not is_rank_zero():
+            return
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[metrics]}"),
+            console=self.console,
+            refresh_per_second=4,
+        )
+        self._progress.start()
+        self._task = self._progress.add_task(trainer.name, total=trainer.steps_per_epoch, metrics="")
+
+    def on_epoch_start(self, trainer: Engine, epoch: int) -> None:
+        if self._progress is not None:
+            desc = f"{trainer.name} epoch {epoch + 1}/{trainer.epochs}"
+            self._progress.reset(self._task, total=trainer.steps_per_epoch, description=desc, metrics="")
+
+    def on_batch_end(self, trainer: Engine, batch_idx: int, outputs: Mapping[str, Any]) -> None:
+        if self._progress is not None:
+            self._progress.advance(self._task)
+
+    def on_log(self, trainer: Engine, metrics: Mapping[str, Any], axis: str) -> None:
+        if self._progress is None or axis == EPOCH_AXIS:
+            return
+        self._live.update((k, v) for k, v in metrics.items() if isinstance(v, numbers.Real))
+        shown = list(self._live.items())[: self.max_metrics]
+        self._progress.update(self._task, metrics="  ".join(f"{k}={_fmt(v)}" for k, v in shown))
+
+    def on_epoch_end(self, trainer: Engine, epoch: int, metrics: Mapping[str, float]) -> None:
+        if self._progress is not None and metrics:
+            shown = "  ".join(f"{k}={_fmt(v)}" for k, v in metrics.items() if isinstance(v, numbers.Real))
+            self._progress.console.print(f"epoch {epoch + 1}/{trainer.epochs}  {shown}")
+
+    def _stop(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+    def on_fit_end(self, trainer: Engine) -> None:
+        self._stop()
+
+    def on_exception(self, trainer: Engine, exception: BaseException) -> None:
+        self._stop()
+
+
+class SummaryTable(Callback):
+    """Prints the run's final numbers as one table when the fit ends."""
+
+    def __init__(self, console: Console | None = None, *, title: str | None = None) -> None:
+        self.console = console or Console()
+        self.title = title
+
+    def on_fit_end(self, trainer: Engine) -> None:
+        if not is_rank_zero():
+            return
+        table = Table(title=self.title or f"{trainer.name}: summary", show_header=True)
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        for key, value in trainer.summary.items():
+            if isinstance(value, (numbers.Real, str)):
+                table.add_row(key, _fmt(value))
+        self.console.print(table)

@@ -1,0 +1,135 @@
+#!/usr/bin/env python
+"""Command line of the suite: parse, build a config, hand it to a trainer with its callbacks.
+
+    python launch.py filters                      # hand-designed 3x3 filters on sample photos
+    python launch.py --help                       # every subcommand
+    python launch.py SUBCOMMAND --help            # its flags
+
+Global flags (``--out``, ``--wandb-mode``, ``--project``, ``--seed``, ...) are accepted before or
+after the subcommand, and every ``--flag-name`` also as ``--flag_name``, because ``wandb agent``
+appends ``${args}`` after the subcommand with the parameter names as the sweep YAML spells them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+from collections.abc import Callable, Sequence
+
+OUT_ENV = "DLHW_OUT"
+DEFAULT_PROJECT = "dlhw"
+
+
+class Parser(argparse.ArgumentParser):
+    """ArgumentParser that reads ``--flag_name`` as ``--flag-name`` and never abbreviates flags."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        args = sys.argv[1:] if args is None else list(args)
+        return super().parse_known_args([_dashed(a) for a in args], namespace)
+
+
+def _dashed(token: str) -> str:
+    if not token.startswith("--") or token == "--":
+        return token
+    flag, eq, value = token.partition("=")
+    return flag.replace("_", "-") + eq + value
+
+
+def global_options(*, suppress: bool) -> argparse.ArgumentParser:
+    """The flags every subcommand shares. With ``suppress`` their defaults are left unset, so a
+    value given before the subcommand is not overwritten by the subcommand's default."""
+    p = Parser(add_help=False)
+    d = (lambda v: argparse.SUPPRESS) if suppress else (lambda v: v)
+    g = p.add_argument_group("global options")
+    g.add_argument("--out", default=d(os.environ.get(OUT_ENV, "runs")),
+                   help=f"folder for everything a command writes: W&B runs, checkpoints, logs "
+                        f"(default: ${OUT_ENV} or ./runs)")
+    g.add_argument("--wandb-mode", choices=("online", "offline", "disabled"), default=d(None),
+                   help="W&B mode (default: online when an API key is configured, otherwise offline)")
+    g.add_argument("--project", default=d(DEFAULT_PROJECT), help=f"W&B project (default {DEFAULT_PROJECT})")
+    g.add_argument("--seed", type=int, default=d(0), help="random seed (default 0)")
+    g.add_argument("--group", default=d(None), help="W&B group for this run (sweeps set it per sweep)")
+    g.add_argument("--run-name", default=d(None), help="W&B run name (default: W&B picks one)")
+    return p
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices)."""
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def run_config(args: argparse.Namespace) -> dict:
+    """The resolved flags as the run's config (what W&B stores and a sweep compares)."""
+    return {k: v for k, v in vars(args).items() if k not in ("func",)}
+
+
+# -- subcommands ------------------------------------------------------------------------------
+
+def add_filters(sub: argparse._SubParsersAction, parents: list) -> None:
+    from trainers.filters import add_arguments
+
+    p = sub.add_parser("filters", parents=parents, help="hand-designed 3x3 filters applied to photos",
+                       description="Blur and directional sharpening kernels on photos, logged as a W&B table, "
+                                   "with a check of each kernel on generated gratings.")
+    add_arguments(p)
+    p.set_defaults(func=cmd_filters)
+
+
+def cmd_filters(args: argparse.Namespace) -> int:
+    from callbacks import standard_callbacks
+    from callbacks.filters_viz import FilterTable
+    from trainers.filters import FiltersExperiment, images_from_args
+    from viz.kernels import KERNELS
+
+    images = images_from_args(args.image, args.max_size)
+    args.filters = args.filters or KERNELS.names()
+    callbacks = standard_callbacks(args, job_type="filters") + [FilterTable()]
+    summary = FiltersExperiment(images, args.filters, callbacks, config=run_config(args)).fit()
+    return 0 if summary.get("check/passed") == 1.0 else 1
+
+
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction, list], None]] = [add_filters]
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    """The full parser: global flags, then one subparser per experiment."""
+    parser = Parser(prog="launch.py", description=__doc__.split("\n\n")[0], parents=[global_options(suppress=False)],
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
+    for add in SUBCOMMANDS:
+        add(sub, [global_options(suppress=True)])
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv``, run the subcommand and return its exit code (2 for errors the user can fix)."""
+    from trainers.errors import UsageError
+    from tracking.mode import resolve_mode
+
+    args = get_args_parser().parse_args(argv)
+    try:
+        args.wandb_mode, why = resolve_mode(args.wandb_mode)
+        print(f"W&B mode: {args.wandb_mode} ({why})", file=sys.stderr)
+        seed_everything(args.seed)
+        return args.func(args)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""The W&B logger on real offline runs, read back with `wandb leet inspect`."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from callbacks.checkpoint import Checkpoint
+from callbacks.wandb_logger import WandbLogger
+from trainers.engine import Engine
+from tracking.readback import artifacts, history, run_summary
+
+
+class Tiny(Engine):
+    def __init__(self, callbacks, epochs=3, fail=False):
+        super().__init__(callbacks, epochs=epochs, config={"lr": 0.1, "seed": 0}, name="tiny", steps_per_epoch=3)
+        self.model = torch.nn.Linear(2, 1)
+        self.fail = fail
+
+    def train_epoch(self, epoch):
+        for i in range(3):
+            if self.fail and epoch == 1:
+                raise RuntimeError("diverged")
+            self.log({"train/loss": 1.0 / (self.global_step + 1), "train/lr": 0.1})
+            self.step_end(i, {})
+
+    def evaluate(self, epoch):
+        return {"val/acc": [0.5, 0.9, 0.7][epoch], "val/loss": 1.0 - epoch / 10}
+
+    def state_dict(self):
+        return {"model": self.model.state_dict()}
+
+
+def _logger(tmp_path, **kw):
+    return WandbLogger(project="tests", mode="offline", out_dir=tmp_path, job_type="unit", tags=["t"], **kw)
+
+
+def test_config_summary_axes_and_best_value(tmp_path):
+    logger = _logger(tmp_path, monitor=("val/acc", "max"))
+    Tiny([logger]).fit()
+    info = run_summary(logger.run_dir)
+    assert info["state"] == "finished" and info["exit_code"] == 0
+    assert info["config"]["lr"] == 0.1
+    summary = info["summary"]
+    assert summary["val/acc"] == {"max": 0.9}  # best, not last (0.7)
+    assert summary["val/loss"] == pytest.approx(0.8)
+    assert summary["train/loss"] == pytest.approx(1 / 9)
+    assert summary["trainer/step"] == 8 and summary["epoch"] == 3
+    rows = history(logger.run_dir)
+    steps = [r["trainer/step"] for r in rows if "train/loss" in r]
+    epochs = [r["epoch"] for r in rows if "val/acc" in r]
+    assert steps == list(range(9)) and epochs == [1, 2, 3]
+
+
+def test_checkpoint_is_atomic_and_uploaded_as_artifact(tmp_path):
+    logger = _logger(tmp_path, monitor=("val/acc", "max"))
+    ckpt = Checkpoint(tmp_path / "ckpt", monitor="val/acc", mode="max")
+    trainer = Tiny([logger, ckpt])
+    trainer.fit()
+    best = torch.load(tmp_path / "ckpt" / "best.pt", weights_only=False)
+    assert best["epoch"] == 2 and best["metrics"]["val/acc"] == 0.9
+    assert torch.load(tmp_path / "ckpt" / "last.pt", weights_only=False)["epoch"] == 3
+    assert not list((tmp_path / "ckpt").glob("*.tmp"))
+    arts = artifacts(logger.run_dir)
+    assert len(arts) == 2 and all(a["type"] == "model" for a in arts)  # epochs 1 and 2 improved
+    assert set(arts[-1]["aliases"]) == {"best", "latest"} and arts[-1]["files"] == ["best.pt"]
+    assert trainer.summary["best/val/acc"] == 0.9
+
+
+def test_crash_finishes_the_run_with_a_failing_exit_code(tmp_path):
+    logger = _logger(tmp_path)
+    with pytest.raises(RuntimeError):
+        Tiny([logger], fail=True).fit()
+    info = run_summary(logger.run_dir)
+    assert info["exit_code"] == 1 and info["state"] == "failed"
+    assert info["summary"]["error"] == "RuntimeError: diverged"
+    assert info["summary"]["train/loss"] == pytest.approx(1 / 3)  # what was logged survives
+
+
+def test_only_rank_zero_logs(tmp_path, monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    logger = _logger(tmp_path)
+    Tiny([logger], epochs=1).fit()
+    assert logger.run_dir is None and not (tmp_path / "wandb").exists()

@@ -1,0 +1,49 @@
+"""Shared fixtures. No test may reach the network: W&B points at an address that cannot answer."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _offline_wandb(tmp_path_factory: pytest.TempPathFactory) -> None:
+    home = tmp_path_factory.mktemp("wandb-home")
+    os.environ.update(
+        WANDB_BASE_URL="http://127.0.0.1:9",  # discard port: nothing listens, nothing leaves
+        WANDB_MODE="offline",
+        WANDB_SILENT="true",
+        WANDB_DISABLE_GIT="true",
+        WANDB_CONFIG_DIR=str(home / "config"),
+        WANDB_DATA_DIR=str(home / "data"),
+        WANDB_CACHE_DIR=str(home / "cache"),
+        NETRC=str(home / "no-netrc"),
+    )
+    os.environ.pop("WANDB_API_KEY", None)
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """``../shared/data`` beside the checkout; the test is skipped when it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data is not present")
+    return SHARED_DATA
+
+
+@pytest.fixture
+def launch_cmd() -> list[str]:
+    """How to run ``launch.py`` in a subprocess with this interpreter."""
+    return [sys.executable, str(ROOT / "launch.py")]
+
+
+def only_run_dir(out: Path) -> Path:
+    """The single W&B run folder under ``out/wandb``."""
+    runs = sorted((out / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, f"expected one run under {out}, found {runs}"
+    return runs[0]

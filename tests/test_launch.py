@@ -1,0 +1,79 @@
+"""The command line as a user meets it: subprocesses, exit codes, one-line errors, the offline run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from launch import get_args_parser
+from tests.conftest import only_run_dir
+from tracking.readback import logged_table, run_summary
+
+
+def _run(cmd, *args, env=None):
+    return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=600, env=env)
+
+
+def test_global_flags_work_after_the_subcommand_and_with_underscores():
+    p = get_args_parser()
+    a = p.parse_args(["--seed", "3", "filters", "--max_size=64", "--wandb_mode=disabled", "--out", "x"])
+    assert (a.seed, a.max_size, a.wandb_mode, a.out) == (3, 64, "disabled", "x")
+    b = p.parse_args(["--out", "before", "filters"])
+    assert b.out == "before" and b.seed == 0
+
+
+def test_out_defaults_to_the_environment(monkeypatch):
+    monkeypatch.setenv("DLHW_OUT", "/somewhere")
+    assert get_args_parser().parse_args(["filters"]).out == "/somewhere"
+
+
+def test_missing_image_is_one_line_and_exit_2(launch_cmd, tmp_path):
+    proc = _run(launch_cmd, "filters", "--image", str(tmp_path / "nope.png"), "--out", str(tmp_path))
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: image not found: {tmp_path / 'nope.png'}; pass an existing file to --image"]
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "wandb").exists()  # nothing started before the input was checked
+
+
+def test_unreadable_image_and_unknown_filter(launch_cmd, tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    proc = _run(launch_cmd, "filters", "--image", str(bad), "--out", str(tmp_path))
+    assert proc.returncode == 2 and "cannot read image" in proc.stderr and "Traceback" not in proc.stderr
+    proc = _run(launch_cmd, "filters", "--filters", "sharpen_horizontl", "--out", str(tmp_path))
+    assert proc.returncode == 2 and "did you mean sharpen_horizontal" in proc.stderr
+
+
+def test_filters_end_to_end_offline(launch_cmd, tmp_path):
+    gray = tmp_path / "gray.png"
+    Image.fromarray((np.random.default_rng(0).random((40, 50)) * 255).astype(np.uint8)).save(gray)
+    rgb = tmp_path / "rgb.jpg"
+    Image.fromarray((np.random.default_rng(1).random((30, 20, 3)) * 255).astype(np.uint8)).save(rgb)
+    out = tmp_path / "out"
+    # Without a user setting, W&B's staging folder defaults to one under --out.
+    env = {k: v for k, v in os.environ.items() if k not in ("WANDB_DATA_DIR", "WANDB_CACHE_DIR")}
+    proc = _run(launch_cmd, "filters", "--image", str(gray), "--image", str(rgb), "--out", str(out), env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "W&B mode: offline (WANDB_MODE)" in proc.stderr
+    run_dir = only_run_dir(out)
+    info = run_summary(run_dir)
+    assert info["state"] == "finished" and info["config"]["image"] == [str(gray), str(rgb)]
+    assert info["summary"]["check/passed"] == 1
+    table = logged_table(run_dir, "filters/outputs")
+    assert table["columns"][:6] == ["image", "input", "filter", "kernel", "kernel_values", "output"]
+    assert len(table["data"]) == 2 * 5
+    row = table["data"][0]
+    assert row[0] == "gray" and row[2] == "box_blur"
+    for cell in (row[1], row[3], row[5]):
+        assert cell["_type"] == "image-file" and Path(cell["local_path"]).is_file()
+    assert (row[5]["width"], row[5]["height"]) == (50, 40)
+    checks = logged_table(run_dir, "filters/checks")
+    assert all(r[-1] is True for r in checks["data"])
+    # Everything W&B staged for upload stays under --out.
+    assert all(Path(c["local_path"]).is_relative_to(out.resolve()) for c in (row[1], row[5]))

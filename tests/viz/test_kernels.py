@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from trainers.filters import BLURS, SHARPENERS, run_checks
+from viz.kernels import DIRECTIONS, KERNELS, apply_kernel, directional_gains, grating, grating_gain, kernel
+
+
+@pytest.mark.parametrize("name", KERNELS.names())
+def test_kernel_shape_sum_and_point_symmetry(name):
+    k = kernel(name)
+    assert k.shape == (3, 3)
+    assert float(k.sum()) == pytest.approx(1.0, abs=1e-6)
+    # Point symmetry is why conv2d's cross-correlation equals true convolution here.
+    assert torch.equal(k, k.flip(0, 1))
+
+
+@pytest.mark.parametrize("name", KERNELS.names())
+@given(value=st.floats(0, 1), h=st.integers(1, 12), w=st.integers(1, 12), c=st.sampled_from([1, 3]))
+@settings(max_examples=25, deadline=None)
+def test_constant_image_is_preserved_with_borders(name, value, h, w, c):
+    img = torch.full((c, h, w), value)
+    out = apply_kernel(img, kernel(name))
+    assert out.shape == img.shape
+    assert torch.allclose(out, img, atol=1e-6)
+
+
+def test_conv2d_is_cross_correlation_not_convolution():
+    # An asymmetric kernel shows the difference: a one-hot at [0, 0] copies the up-left neighbour.
+    k = torch.zeros(3, 3)
+    k[0, 0] = 1.0
+    img = torch.arange(25.0).reshape(1, 5, 5)
+    out = apply_kernel(img, k)
+    assert out[0, 2, 2] == img[0, 1, 1]
+
+
+def test_rgb_channels_are_filtered_independently():
+    img = torch.rand(3, 10, 12)
+    k = kernel("sharpen_diagonal")
+    out = apply_kernel(img, k)
+    for c in range(3):
+        assert torch.allclose(out[c : c + 1], apply_kernel(img[c : c + 1], k))
+
+
+@pytest.mark.parametrize("name,own", sorted(SHARPENERS.items()))
+def test_each_sharpener_amplifies_its_own_direction_most(name, own):
+    gains = {d: grating_gain(kernel(name), d) for d in DIRECTIONS}
+    assert max(gains, key=gains.get) == own
+    assert gains[own] > 1
+    # Along the perpendicular line the 1D mask sees no change at all.
+    perpendicular = {"horizontal": "vertical", "vertical": "horizontal", "diagonal": "antidiagonal"}[own]
+    assert gains[perpendicular] == pytest.approx(1.0, abs=1e-3)
+
+
+def test_sharpener_gain_matches_its_frequency_response():
+    # Period 4 along x: neighbour phase step pi/2, response 3 - 2 cos(pi/2) = 3.
+    assert grating_gain(kernel("sharpen_horizontal"), "horizontal", period=4) == pytest.approx(3.0, rel=1e-3)
+
+
+@pytest.mark.parametrize("name", BLURS)
+def test_blurs_attenuate_every_direction(name):
+    for d in DIRECTIONS:
+        assert grating_gain(kernel(name), d) < 1
+
+
+def test_checks_pass_and_report_numbers():
+    checks = run_checks(KERNELS.names())
+    metrics = checks.metrics()
+    assert metrics["check/passed"] == 1.0
+    for name in BLURS:
+        assert checks.hf_ratio[name] < 0.1
+    for name in SHARPENERS:
+        assert checks.hf_ratio[name] > 1
+
+
+def test_directional_gains_on_a_photo_like_image():
+    img = grating("diagonal", size=32)
+    gains = directional_gains(img, apply_kernel(img, kernel("sharpen_diagonal")))
+    assert gains["diagonal"] > gains["antidiagonal"]
