@@ -8,6 +8,7 @@ Event order for a successful fit::
 
     on_fit_start
       (on_epoch_start, on_batch_end*, on_validation_end, on_epoch_end)*
+    on_test_end          (only when ``test`` returns metrics)
     on_fit_end
 
 ``on_log`` fires whenever the trainer reports metrics; ``on_exception`` replaces ``on_fit_end``
@@ -43,6 +44,9 @@ class Callback:
 
     def on_epoch_end(self, trainer: Engine, epoch: int, metrics: Mapping[str, float]) -> None:
         """Called when an epoch (training and evaluation) is complete."""
+
+    def on_test_end(self, trainer: Engine, metrics: Mapping[str, float]) -> None:
+        """Called after the last epoch with the metrics of :meth:`Engine.test`, when it has any."""
 
     def on_fit_end(self, trainer: Engine) -> None:
         """Called once after the last epoch when nothing went wrong."""
@@ -135,6 +139,10 @@ class Engine:
         """Return the metrics of the model after ``epoch`` (namespaced keys, e.g. ``val/acc``)."""
         return {}
 
+    def test(self) -> dict[str, float]:
+        """Final metrics after the last epoch, e.g. on a held-out test set (``test/acc``); {} for none."""
+        return {}
+
     def fit(self, start_epoch: int = 0) -> dict[str, Any]:
         """Run the loop from ``start_epoch`` and return :attr:`summary`."""
         started = time.perf_counter()
@@ -151,6 +159,12 @@ class Engine:
                 self.fire("on_epoch_end", epoch=epoch, metrics=metrics)
                 if self.should_stop:
                     break
+            # Logged against the last epoch, so the epoch axis never goes backwards.
+            metrics = self.test()
+            if metrics:
+                self.log({**metrics}, axis=EPOCH_AXIS)
+                self.summary.update(metrics)
+                self.fire("on_test_end", metrics=metrics)
             self.fit_seconds = time.perf_counter() - started
             self.summary.setdefault("fit_seconds", round(self.fit_seconds, 3))
             self.fire("on_fit_end")
