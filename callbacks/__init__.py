@@ -35,6 +35,7 @@ def standard_callbacks(
                 job_type=job_type,
                 tags=tags,
                 monitor=monitor,
+                log_every=getattr(args, "log_every", 10),
             )
         )
     cbs += [ProgressBar(), SummaryTable()]

@@ -20,6 +20,10 @@ class WandbLogger(Callback):
     plots every family against its own axis. ``monitor`` = ``("val/acc", "max")`` puts the best
     value of the metric a sweep optimises in the run summary.
 
+    Step metrics are sent every ``log_every`` steps (epoch metrics, tables and images always):
+    each ``run.log`` is a record W&B's service process must handle, and on a small CPU machine
+    that process competes with training for the same cores.
+
     Only rank 0 logs; on other ranks every hook is a no-op.
     """
 
@@ -34,7 +38,10 @@ class WandbLogger(Callback):
         job_type: str | None = None,
         tags: Sequence[str] = (),
         monitor: tuple[str, str] | None = None,
+        log_every: int = 10,
     ) -> None:
+        if log_every < 1:
+            raise ValueError(f"log_every must be >= 1, got {log_every}")
         self.project = project
         self.mode = mode
         self.out_dir = Path(out_dir)
@@ -43,6 +50,7 @@ class WandbLogger(Callback):
         self.job_type = job_type
         self.tags = list(tags)
         self.monitor = monitor
+        self.log_every = log_every
         self.run: Any = None
         # The local run folder: what `wandb sync` and `wandb leet inspect` take.
         self.run_dir: Path | None = None
@@ -74,7 +82,7 @@ class WandbLogger(Callback):
         self._axis_of[key] = axis
 
     def on_log(self, trainer: Engine, metrics: Mapping[str, Any], axis: str) -> None:
-        if self.run is None:
+        if self.run is None or (axis == STEP_AXIS and trainer.global_step % self.log_every):
             return
         for key in metrics:
             if key not in self._axis_of:

@@ -31,8 +31,9 @@ class Tiny(Engine):
         return {"model": self.model.state_dict()}
 
 
-def _logger(tmp_path, **kw):
-    return WandbLogger(project="tests", mode="offline", out_dir=tmp_path, job_type="unit", tags=["t"], **kw)
+def _logger(tmp_path, log_every=1, **kw):
+    return WandbLogger(project="tests", mode="offline", out_dir=tmp_path, job_type="unit", tags=["t"],
+                       log_every=log_every, **kw)
 
 
 def test_config_summary_axes_and_best_value(tmp_path):
@@ -50,6 +51,14 @@ def test_config_summary_axes_and_best_value(tmp_path):
     steps = [r["trainer/step"] for r in rows if "train/loss" in r]
     epochs = [r["epoch"] for r in rows if "val/acc" in r]
     assert steps == list(range(9)) and epochs == [1, 2, 3]
+
+
+def test_step_metrics_every_n_steps_epoch_metrics_always(tmp_path):
+    logger = _logger(tmp_path, log_every=4)
+    Tiny([logger]).fit()
+    rows = history(logger.run_dir)
+    assert [r["trainer/step"] for r in rows if "train/loss" in r] == [0, 4, 8]
+    assert [r["epoch"] for r in rows if "val/acc" in r] == [1, 2, 3]
 
 
 def test_checkpoint_is_atomic_and_uploaded_as_artifact(tmp_path):
