@@ -56,8 +56,9 @@ def global_options(*, suppress: bool) -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=d(0), help="random seed (default 0)")
     g.add_argument("--group", default=d(None), help="W&B group for this run (sweeps set it per sweep)")
     g.add_argument("--run-name", default=d(None), help="W&B run name (default: W&B picks one)")
-    g.add_argument("--log-every", type=int, default=d(10), metavar="N",
-                   help="send per-step metrics to W&B every N steps (default 10; epoch metrics always)")
+    g.add_argument("--log-every", type=int, default=d(None), metavar="N",
+                   help="send per-step metrics to W&B every N steps (default: 1 for slow steps such as "
+                        "detection, 10 for fast ones; epoch metrics always)")
     return p
 
 

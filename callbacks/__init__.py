@@ -17,8 +17,13 @@ def standard_callbacks(
     job_type: str,
     monitor: tuple[str, str] | None = None,
     tags: Sequence[str] = (),
+    log_every: int = 10,
 ) -> list[Callback]:
-    """The W&B logger, the progress bar and the closing summary table, configured from the global flags."""
+    """The W&B logger, the progress bar and the closing summary table, configured from the global flags.
+
+    ``log_every`` is the experiment's default for how often per-step metrics are sent (1 where a
+    step takes seconds); ``--log-every`` overrides it.
+    """
     from callbacks.progress import ProgressBar, SummaryTable
 
     cbs: list[Callback] = []
@@ -35,7 +40,7 @@ def standard_callbacks(
                 job_type=job_type,
                 tags=tags,
                 monitor=monitor,
-                log_every=getattr(args, "log_every", 10),
+                log_every=getattr(args, "log_every", None) or log_every,
             )
         )
     cbs += [ProgressBar(), SummaryTable()]
