@@ -1,0 +1,413 @@
+"""The IoU experiment: IoU from its set definition, its gradient along a sliding box, and why a
+loss of 1 - IoU cannot move a box that does not touch its target while GIoU can.
+
+Boxes are ``(x1, y1, x2, y2)`` with the top-left corner first, as in ``torchvision.ops``. A box is
+the closed set ``[x1, x2] x [y1, y2]``; IoU is the area of the intersection of two such sets over
+the area of their union.
+
+Degenerate boxes: a box of zero area (a point or a segment, ``x1 == x2`` or ``y1 == y2``) covers
+no area, so its intersection with anything has area 0 and its IoU with every box, itself included,
+is 0. The rule keeps "IoU = 0 exactly when the overlap has zero area" true for all boxes. It
+differs from ``torchvision.ops.box_iou`` only where both boxes have zero area: there torchvision
+computes 0 / 0 and returns NaN.
+
+Nothing here imports wandb: :class:`IoUExperiment` reports through the engine's events and
+``callbacks/iou_viz.py`` turns them into W&B plots and tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torchvision.ops import distance_box_iou, generalized_box_iou, generalized_box_iou_loss
+
+from trainers.engine import Callback, Engine
+from trainers.errors import UsageError
+
+DEFAULT_BOX_A = (0.0, 0.0, 4.0, 4.0)
+DEFAULT_BOX_B = (-4.0, 1.0, -2.0, 3.0)
+DEFAULT_SLIDE_TO = 6.0
+
+
+def check_boxes(boxes: Tensor, name: str = "boxes") -> Tensor:
+    """Return ``boxes`` as a floating (N, 4) tensor, or raise ValueError naming the first bad box.
+
+    Integer boxes are converted to float32 (areas of large integer boxes would overflow).
+    """
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"{name} must have shape (N, 4) as (x1, y1, x2, y2), got {tuple(boxes.shape)}")
+    if not boxes.is_floating_point():
+        boxes = boxes.float()
+    with torch.no_grad():
+        for bad, why in (
+            (~torch.isfinite(boxes).all(dim=1), "has a non-finite coordinate"),
+            ((boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1]),
+             "has x2 < x1 or y2 < y1; give the top-left corner (x1, y1) first"),
+        ):
+            if bad.any():
+                i = int(bad.nonzero()[0])
+                raise ValueError(f"{name}[{i}] = {boxes[i].tolist()} {why}")
+    return boxes
+
+
+def box_area(boxes: Tensor) -> Tensor:
+    """Area of each (x1, y1, x2, y2) box of an already checked (N, 4) tensor."""
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    if not torch.isfinite(area).all():
+        i = int((~torch.isfinite(area)).nonzero()[0])
+        raise ValueError(f"the area of box {boxes[i].tolist()} overflows {boxes.dtype}; rescale the coordinates")
+    return area
+
+
+def _overlap(lo1: Tensor, hi1: Tensor, lo2: Tensor, hi2: Tensor) -> Tensor:
+    """N x M lengths of [lo1, hi1] ∩ [lo2, hi2] (0 when the intervals are apart)."""
+    # sub_ and clamp_ reuse the N x M buffer of `minimum` instead of allocating two more; neither
+    # op needs its overwritten input for the backward pass, so autograd still works.
+    return torch.minimum(hi1[:, None], hi2).sub_(torch.maximum(lo1[:, None], lo2)).clamp_(min=0)
+
+
+def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """Pairwise IoU, an (N, M) tensor, of (N, 4) and (M, 4) corner-format boxes.
+
+    intersection = overlap along x times overlap along y; union = area1 + area2 - intersection.
+    Differentiable; raises ValueError on a non-finite or inverted box. Zero-area boxes have IoU 0
+    with every box (see the module docstring).
+    """
+    boxes1, boxes2 = check_boxes(boxes1, "boxes1"), check_boxes(boxes2, "boxes2")
+    area1, area2 = box_area(boxes1), box_area(boxes2)
+    # Two N x M planes instead of torchvision's N x M x 2 corner tensors: less memory to touch.
+    w = _overlap(boxes1[:, 0], boxes1[:, 2], boxes2[:, 0], boxes2[:, 2])
+    h = _overlap(boxes1[:, 1], boxes1[:, 3], boxes2[:, 1], boxes2[:, 3])
+    inter = w * h
+    union = (area1[:, None] + area2).sub_(inter)
+    iou = inter / union
+    # union == 0 happens only when both areas are 0 (then inter is 0 too): the 0/0 pairs.
+    zero1, zero2 = area1 == 0, area2 == 0
+    if zero1.any() and zero2.any():
+        iou = iou.masked_fill(zero1[:, None] & zero2, 0.0)
+    return iou
+
+
+# -- the slide --------------------------------------------------------------------------------
+
+# Measures of overlap on the slide: ours, and torchvision's two that keep a gradient apart.
+MEASURES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "iou": box_iou,
+    "giou": generalized_box_iou,
+    "diou": distance_box_iou,
+}
+
+
+@dataclass
+class Kink:
+    """A position where an x-edge of B meets an x-edge of A and dIoU/dx jumps."""
+
+    x: float
+    edges: str
+    iou: float
+    left: float  # one-sided finite difference from the left
+    right: float  # ... and from the right
+    # What autograd returns exactly at the kink: a convention, not a derivative. torch.minimum and
+    # maximum split the gradient evenly at a tie (the mean of the one-sided values), and
+    # clamp(min=0) passes none at 0.
+    autograd: float
+
+
+@dataclass
+class Slide:
+    """B's left edge ``x`` and, at each position, every measure's value and autograd d/dx, and
+    one-sided finite differences of IoU."""
+
+    box_a: tuple[float, ...]
+    box_b: tuple[float, ...]
+    x: Tensor
+    values: dict[str, Tensor]
+    grads: dict[str, Tensor]
+    fd_left: Tensor
+    fd_right: Tensor
+    kinks: list[Kink]
+
+    def zero_grad_fraction(self, measure: str) -> float:
+        """Fraction of positions where autograd's d/dx of ``measure`` is exactly 0."""
+        return float((self.grads[measure] == 0).double().mean())
+
+    def disjoint(self) -> Tensor:
+        """Positions where the boxes do not overlap (IoU 0)."""
+        return self.values["iou"] == 0
+
+
+def _slid(box_b: Tensor, x: Tensor) -> Tensor:
+    """Copies of ``box_b`` whose left edge is at each ``x``, same size and height."""
+    width = box_b[2] - box_b[0]
+    return torch.stack([x, box_b[1].expand_as(x), x + width, box_b[3].expand_as(x)], dim=1)
+
+
+def measure_along(measure: str, box_a: Tensor, box_b: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+    """Value and autograd derivative of ``measure`` (A vs B moved to each x) at every position.
+
+    All positions go through one pairwise call; each value depends on its own x only, so the
+    gradient of the sum is the per-position derivative.
+    """
+    x = x.detach().clone().requires_grad_(True)
+    values = MEASURES[measure](box_a[None], _slid(box_b, x))[0]
+    (grad,) = torch.autograd.grad(values.sum(), x)
+    return values.detach(), grad
+
+
+def kink_positions(box_a: Sequence[float], box_b: Sequence[float]) -> list[tuple[float, str]]:
+    """The left-edge positions of B where one of its x-edges meets one of A's, with a label."""
+    width = box_b[2] - box_b[0]
+    found: dict[float, list[str]] = {}
+    for a_edge, a_name in ((box_a[0], "A.x1"), (box_a[2], "A.x2")):
+        for offset, b_name in ((0.0, "B.x1"), (width, "B.x2")):
+            found.setdefault(a_edge - offset, []).append(f"{b_name} = {a_name}")
+    return [(x, ", ".join(names)) for x, names in sorted(found.items())]
+
+
+def slide(
+    box_a: Sequence[float],
+    box_b: Sequence[float],
+    *,
+    to: float,
+    points: int,
+    fd_step: float = 1e-7,
+) -> Slide:
+    """Slide B (left edge from ``box_b[0]`` to ``to``) across A along x, in float64.
+
+    The grid contains every kink exactly, so the plots show the corners where they are.
+    """
+    a = check_boxes(torch.tensor([box_a], dtype=torch.float64), "box A")[0]
+    b = check_boxes(torch.tensor([box_b], dtype=torch.float64), "box B")[0]
+    start = float(b[0])
+    if not to > start:
+        raise ValueError(f"the slide must move B to the right: end {to} <= start {start}")
+    if points < 2:
+        raise ValueError(f"a slide needs at least 2 points, got {points}")
+    kinks_at = [(k, e) for k, e in kink_positions(box_a, box_b) if start < k < to]
+    grid = torch.linspace(start, to, points, dtype=torch.float64)
+    at = torch.tensor([k for k, _ in kinks_at], dtype=torch.float64)
+    # A grid point a rounding error away from a kink would sit on its wrong side: replace it.
+    near = (grid[:, None] - at).abs().le(1e-9 * (to - start)).any(dim=1)
+    x = torch.cat([grid[~near], at]).sort().values
+    values, grads = {}, {}
+    for m in MEASURES:
+        values[m], grads[m] = measure_along(m, a, b, x)
+
+    def iou_at(pos: Tensor) -> Tensor:
+        return box_iou(a[None], _slid(b, pos))[0]
+
+    fd_left = (values["iou"] - iou_at(x - fd_step)) / fd_step
+    fd_right = (iou_at(x + fd_step) - values["iou"]) / fd_step
+    kinks = []
+    for k, edges in kinks_at:
+        i = int((x == k).nonzero()[0])
+        kinks.append(Kink(x=k, edges=edges, iou=float(values["iou"][i]), left=float(fd_left[i]),
+                          right=float(fd_right[i]), autograd=float(grads["iou"][i])))
+    return Slide(tuple(map(float, box_a)), tuple(map(float, box_b)), x, values, grads, fd_left, fd_right, kinks)
+
+
+# -- descent from disjoint starts -------------------------------------------------------------
+
+# Per-box losses of predicted boxes (N, 4) against one target (4,).
+LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "iou_loss": lambda pred, target: 1 - box_iou(pred, target[None])[:, 0],
+    "giou_loss": lambda pred, target: generalized_box_iou_loss(pred, target.expand_as(pred), reduction="none"),
+}
+MIN_SIZE = 1e-3  # boxes keep a positive width and height while they move
+
+
+def disjoint_starts(target: Sequence[float], n: int, generator: torch.Generator) -> Tensor:
+    """``n`` random boxes (cx, cy, w, h) that do not touch ``target``: sizes 0.5-1.5x the target's,
+    centres in a random direction at 1.2-3x the distance where the boxes would first touch."""
+    tx1, ty1, tx2, ty2 = target
+    tw, th = tx2 - tx1, ty2 - ty1
+    size = torch.tensor([tw, th], dtype=torch.float64) * (0.5 + torch.rand(n, 2, generator=generator, dtype=torch.float64))
+    angle = torch.rand(n, generator=generator, dtype=torch.float64) * 2 * math.pi
+    cos, sin = angle.cos().abs().clamp(min=1e-12), angle.sin().abs().clamp(min=1e-12)
+    # Moving the centre along the direction, the boxes separate once either gap opens.
+    touch = torch.minimum((tw + size[:, 0]) / 2 / cos, (th + size[:, 1]) / 2 / sin)
+    dist = touch * (1.2 + 1.8 * torch.rand(n, generator=generator, dtype=torch.float64))
+    centre = torch.tensor([(tx1 + tx2) / 2, (ty1 + ty2) / 2], dtype=torch.float64)
+    centre = centre + dist[:, None] * torch.stack([angle.cos(), angle.sin()], dim=1)
+    return torch.cat([centre, size], dim=1).float()
+
+
+def corners(cxcywh: Tensor) -> Tensor:
+    """(cx, cy, w, h) -> (x1, y1, x2, y2)."""
+    half = cxcywh[:, 2:] / 2
+    return torch.cat([cxcywh[:, :2] - half, cxcywh[:, :2] + half], dim=1)
+
+
+class Descent:
+    """Adam on a batch of boxes, parametrised as centre and size, under one loss."""
+
+    def __init__(self, loss: str, starts: Tensor, target: Tensor, lr: float) -> None:
+        self.loss_fn = LOSSES[loss]
+        self.params = starts.clone().requires_grad_(True)
+        self.target = target
+        self.optimizer = torch.optim.Adam([self.params], lr=lr)
+
+    def boxes(self) -> Tensor:
+        return corners(self.params.detach())
+
+    def iou(self) -> Tensor:
+        """IoU of each box with the target now."""
+        return box_iou(self.boxes(), self.target[None])[:, 0]
+
+    def step(self) -> dict[str, float]:
+        """One update; returns the loss and gradient norm before it and the mean IoU after it.
+
+        Losses are summed, not averaged, so each box sees its own loss's gradient at any batch size.
+        """
+        losses = self.loss_fn(corners(self.params), self.target)
+        self.optimizer.zero_grad(set_to_none=True)
+        losses.sum().backward()
+        grad_norm = float(self.params.grad.norm())
+        self.optimizer.step()
+        with torch.no_grad():
+            self.params[:, 2:].clamp_(min=MIN_SIZE)  # projected step: a box never turns inside out
+        return {"loss": float(losses.detach().mean()), "grad_norm": grad_norm, "iou": float(self.iou().mean())}
+
+
+# -- the experiment ---------------------------------------------------------------------------
+
+@dataclass
+class IoUSetup:
+    """Everything the experiment needs, resolved from flags."""
+
+    box_a: tuple[float, float, float, float] = DEFAULT_BOX_A
+    box_b: tuple[float, float, float, float] = DEFAULT_BOX_B
+    slide_to: float = DEFAULT_SLIDE_TO
+    slide_points: int = 401
+    epochs: int = 1
+    steps: int = 200
+    lr: float = 0.1
+    batch_size: int = 16
+    seed: int = 0
+    agreement_boxes: int = 512
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``launch.py iou``."""
+    d = IoUSetup()
+    box = dict(nargs=4, type=float, metavar=("X1", "Y1", "X2", "Y2"))
+    parser.add_argument("--box-a", **box, default=d.box_a,
+                        help=f"the fixed box, also the descent's target (default {' '.join(map(str, d.box_a))})")
+    parser.add_argument("--box-b", **box, default=d.box_b,
+                        help=f"the sliding box at its start (default {' '.join(map(str, d.box_b))})")
+    parser.add_argument("--slide-to", type=float, default=d.slide_to,
+                        help=f"left edge of B at the end of the slide (default {d.slide_to})")
+    parser.add_argument("--slide-points", type=int, default=d.slide_points,
+                        help=f"positions on the slide, kinks added (default {d.slide_points})")
+    parser.add_argument("--epochs", type=int, default=d.epochs, help=f"descent epochs (default {d.epochs})")
+    parser.add_argument("--steps", type=int, default=d.steps, help=f"descent steps per epoch (default {d.steps})")
+    parser.add_argument("--lr", type=float, default=d.lr, help=f"Adam learning rate of the descents (default {d.lr})")
+    parser.add_argument("--batch-size", type=int, default=d.batch_size,
+                        help=f"boxes descending at once from random disjoint starts (default {d.batch_size})")
+
+
+def setup_from_args(args: argparse.Namespace) -> IoUSetup:
+    """Check the flags; a bad value is a UsageError naming the flag."""
+    for flag in ("box_a", "box_b"):
+        try:
+            check_boxes(torch.tensor([getattr(args, flag)], dtype=torch.float64), f"--{flag.replace('_', '-')}")
+        except ValueError as exc:
+            raise UsageError(str(exc).replace("[0] = ", " ")) from None
+    for flag, low in (("slide_points", 2), ("epochs", 1), ("steps", 1), ("batch_size", 1)):
+        if getattr(args, flag) < low:
+            raise UsageError(f"--{flag.replace('_', '-')} must be at least {low}, got {getattr(args, flag)}")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        raise UsageError(f"--lr must be a positive number, got {args.lr}")
+    a, b = args.box_a, args.box_b
+    if a[2] - a[0] <= 0 or a[3] - a[1] <= 0:
+        raise UsageError(f"--box-a {list(a)} has zero area; the target needs a positive width and height")
+    if b[2] - b[0] <= 0 or min(a[3], b[3]) - max(a[1], b[1]) <= 0:
+        raise UsageError(f"--box-b {list(b)} never overlaps box A on the slide; give it a positive "
+                         f"width and a y-range that overlaps A's ({a[1]} to {a[3]})")
+    if not (math.isfinite(args.slide_to) and args.slide_to > b[0]):
+        raise UsageError(f"--slide-to {args.slide_to} must lie right of B's left edge {b[0]}")
+    return IoUSetup(box_a=tuple(a), box_b=tuple(b), slide_to=args.slide_to, slide_points=args.slide_points,
+                    epochs=args.epochs, steps=args.steps, lr=args.lr, batch_size=args.batch_size, seed=args.seed)
+
+
+def torchvision_agreement(n: int, seed: int) -> float:
+    """Largest |ours - torchvision.ops.box_iou| over n x n random float32 boxes of positive area."""
+    from torchvision.ops import box_iou as tv_box_iou
+
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.rand(n, 2, generator=g) * 100
+    boxes = torch.cat([xy, xy + 0.01 + torch.rand(n, 2, generator=g) * 30], dim=1)
+    other = boxes.flip(0) + torch.randn(n, 4, generator=g).clamp(-1, 1)
+    other[:, 2:] = torch.maximum(other[:, 2:], other[:, :2] + 0.01)
+    return float((box_iou(boxes, other) - tv_box_iou(boxes, other)).abs().max())
+
+
+class IoUExperiment(Engine):
+    """Descents with 1 - IoU and GIoU loss as the training loop (one step per update), then, once
+    after the last epoch (:meth:`test`), the slide and the agreement with torchvision.
+
+    After each epoch ``eval/<loss>/mean_iou`` and ``min_iou`` give the boxes' IoU with the target.
+    ``curves`` keeps each loss's mean IoU per step for the closing chart.
+    """
+
+    def __init__(self, setup: IoUSetup, callbacks: Iterable[Callback] = (), config: dict | None = None) -> None:
+        super().__init__(callbacks, epochs=setup.epochs, config=config, name="iou", steps_per_epoch=setup.steps)
+        self.setup = setup
+        target = torch.tensor(setup.box_a)
+        starts = disjoint_starts(setup.box_a, setup.batch_size, torch.Generator().manual_seed(setup.seed))
+        self.descents = {name: Descent(name, starts, target, setup.lr) for name in LOSSES}
+        self.starts = corners(starts)
+        self.start_iou = float(self.descents["iou_loss"].iou().max())
+        self.curves: dict[str, list[float]] = {name: [] for name in LOSSES}
+        self.slide: Slide | None = None
+        self.max_abs_diff: float | None = None
+
+    def train_epoch(self, epoch: int) -> None:
+        for i in range(self.setup.steps):
+            metrics = {}
+            for name, descent in self.descents.items():
+                out = descent.step()
+                self.curves[name].append(out["iou"])
+                metrics.update({f"descent/{name}/{k}": v for k, v in out.items()})
+            self.log(metrics)
+            self.step_end(i, metrics)
+
+    def evaluate(self, epoch: int) -> dict[str, float]:
+        metrics: dict[str, float] = {}
+        for name, descent in self.descents.items():
+            iou = descent.iou()
+            metrics[f"eval/{name}/mean_iou"] = float(iou.mean())
+            metrics[f"eval/{name}/min_iou"] = float(iou.min())
+        return metrics
+
+    def test(self) -> dict[str, float]:
+        """The slide and the agreement with torchvision: the same every epoch, so computed once."""
+        s = self.setup
+        self.slide = slide(s.box_a, s.box_b, to=s.slide_to, points=s.slide_points)
+        self.max_abs_diff = torchvision_agreement(s.agreement_boxes, s.seed)
+        return self.analysis_metrics()
+
+    def analysis_metrics(self) -> dict[str, float]:
+        """Slide and agreement numbers, and ``check/passed``: 1 when IoU matches torchvision within
+        1e-6, its gradient is exactly 0 wherever the boxes are apart while GIoU's and DIoU's are
+        not, and each kink's one-sided derivatives differ."""
+        s = self.slide
+        apart = s.disjoint()
+        checks = [
+            self.max_abs_diff <= 1e-6,
+            self.start_iou == 0.0,
+            bool((s.grads["iou"][apart] == 0).all()),
+            bool((s.grads["giou"][apart] != 0).all()) and bool((s.grads["diou"][apart] != 0).all()),
+            all(abs(k.right - k.left) > 1e-3 for k in s.kinks),
+        ]
+        return {
+            "check/max_abs_diff_vs_torchvision": self.max_abs_diff,
+            "slide/kinks": len(s.kinks),
+            **{f"slide/{m}_zero_grad_fraction": s.zero_grad_fraction(m) for m in MEASURES},
+            "check/passed": float(all(checks)),
+        }

@@ -1,0 +1,51 @@
+"""The IoU slide as a picture: values on top, d/dx below, kinks marked. Arrays in, RGB array out."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+LABELS = {"iou": "IoU", "giou": "GIoU", "diou": "DIoU"}
+
+
+def slide_figure(
+    x: np.ndarray,
+    values: Mapping[str, np.ndarray],
+    grads: Mapping[str, np.ndarray],
+    kinks: Sequence[float],
+    *,
+    dpi: int = 100,
+) -> np.ndarray:
+    """Two stacked panels over the slide position ``x``: each measure's value and its d/dx.
+
+    Kinks are dotted vertical lines; positions where dIoU/dx is exactly 0 are shaded, which is
+    where a loss of 1 - IoU gives an optimiser nothing to follow. Returns (H, W, 3) uint8.
+    """
+    # A bare Figure on the Agg canvas: no pyplot state, no window, nothing to close.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    x = np.asarray(x)
+    flat = np.asarray(grads["iou"]) == 0
+    fig = Figure(figsize=(7, 5), dpi=dpi)
+    canvas = FigureCanvasAgg(fig)
+    top, bottom = fig.subplots(2, 1, sharex=True)
+    for name, v in values.items():
+        top.plot(x, v, label=LABELS.get(name, name))
+    for name, g in grads.items():
+        bottom.plot(x, g, label=f"d{LABELS.get(name, name)}/dx")
+    for ax in (top, bottom):
+        ax.fill_between(x, 0, 1, where=flat, transform=ax.get_xaxis_transform(), color="0.9",
+                        label="dIoU/dx = 0" if ax is bottom else None)
+        for k in kinks:
+            ax.axvline(k, color="0.4", linestyle=":", linewidth=1)
+        ax.axhline(0, color="0.6", linewidth=0.5)
+        ax.legend(loc="lower left", fontsize=8)
+    top.set_ylabel("value")
+    bottom.set_ylabel("d/dx")
+    bottom.set_xlabel("x (left edge of B)")
+    top.set_title("B slides across A along x")
+    fig.tight_layout()
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
