@@ -102,7 +102,29 @@ def cmd_filters(args: argparse.Namespace) -> int:
     return 0 if summary.get("check/passed") == 1.0 else 1
 
 
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction, list], None]] = [add_filters]
+def add_iou(sub: argparse._SubParsersAction, parents: list) -> None:
+    from trainers.iou import add_arguments
+
+    p = sub.add_parser("iou", parents=parents, help="IoU, its gradient along a sliding box, and IoU vs GIoU loss",
+                       description="IoU from its set definition checked against torchvision; IoU, GIoU and DIoU with "
+                                   "their gradients as one box slides across another; descents from disjoint starts "
+                                   "with 1 - IoU loss (stuck) and GIoU loss.")
+    add_arguments(p)
+    p.set_defaults(func=cmd_iou)
+
+
+def cmd_iou(args: argparse.Namespace) -> int:
+    from callbacks import standard_callbacks
+    from callbacks.iou_viz import IoUPlots
+    from trainers.iou import IoUExperiment, setup_from_args
+
+    setup = setup_from_args(args)
+    callbacks = standard_callbacks(args, job_type="iou") + [IoUPlots()]
+    summary = IoUExperiment(setup, callbacks, config=run_config(args)).fit()
+    return 0 if summary.get("check/passed") == 1.0 else 1
+
+
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction, list], None]] = [add_filters, add_iou]
 
 
 def get_args_parser() -> argparse.ArgumentParser:
