@@ -253,6 +253,7 @@ class Descent:
         self.optimizer = torch.optim.Adam([self.params], lr=lr)
 
     def boxes(self) -> Tensor:
+        """The boxes now, as (x1, y1, x2, y2)."""
         return corners(self.params.detach())
 
     def iou(self) -> Tensor:
