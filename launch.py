@@ -102,6 +102,31 @@ def cmd_filters(args: argparse.Namespace) -> int:
     return 0 if summary.get("check/passed") == 1.0 else 1
 
 
+def add_sweep(sub: argparse._SubParsersAction, parents: list) -> None:
+    p = sub.add_parser("sweep", parents=parents, help="run a W&B sweep YAML here, offline, with W&B's sweeps engine",
+                       description="Run the trials of a W&B sweep YAML locally: W&B's sweeps engine proposes them "
+                                   "(grid, random, bayes) and stops laggards (hyperband); each trial is started "
+                                   "as `wandb agent` would start it and leaves its own W&B run.")
+    p.add_argument("config", nargs="?", metavar="SWEEP.yaml", help="the W&B sweep YAML (not needed with --resume)")
+    p.add_argument("--count", type=int, default=None,
+                   help="run at most N trials (default: the whole grid; random and bayes run until stopped)")
+    p.add_argument("--jobs", type=int, default=1, help="trials run at once; they share the CPU threads (default 1)")
+    p.add_argument("--resume", metavar="SWEEP_DIR", default=None,
+                   help="continue the sweep kept in SWEEP_DIR without re-running its finished trials")
+    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                   help="pin a parameter to one value for this run of the sweep (e.g. --param epochs=1); repeatable")
+    p.add_argument("--sweep-id", default=None, metavar="[ENTITY/PROJECT/]ID",
+                   help="attach the trials to this sweep on the W&B server (only one that exists there)")
+    p.set_defaults(func=cmd_sweep)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from tracking.sweep_view import run_sweep
+
+    return run_sweep(yaml_path=args.config, resume=args.resume, out=args.out, count=args.count, jobs=args.jobs,
+                     params=args.param, sweep_id=args.sweep_id, seed=args.seed, wandb_mode=args.wandb_mode)
+
+
 def add_iou(sub: argparse._SubParsersAction, parents: list) -> None:
     from trainers.iou import add_arguments
 
@@ -124,7 +149,35 @@ def cmd_iou(args: argparse.Namespace) -> int:
     return 0 if summary.get("check/passed") == 1.0 else 1
 
 
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction, list], None]] = [add_filters, add_iou]
+def add_compare(sub: argparse._SubParsersAction, parents: list) -> None:
+    # Here --project names the cloud project to read (ENTITY/PROJECT), replacing the global flag.
+    p = sub.add_parser("compare", parents=parents, conflict_handler="resolve",
+                       help="compare runs: a ranked table and a plot against the swept parameters",
+                       description="One table of runs with the config keys that differ and the chosen summary metrics, "
+                                   "from local W&B run folders, a `launch.py sweep` folder, or the W&B cloud; plus a PNG "
+                                   "of the metric against the swept parameters.")
+    p.add_argument("run_dirs", nargs="*", metavar="RUN_DIR",
+                   help="W&B run folders, or folders holding them (a wandb/ folder, an --out folder)")
+    p.add_argument("--sweep", metavar="SWEEP_DIR", default=None, help="a folder written by `launch.py sweep`")
+    p.add_argument("--project", metavar="ENTITY/PROJECT", default=None,
+                   help="read the runs of this W&B cloud project (online only; --group filters them)")
+    p.add_argument("--metric", action="append", default=[], metavar="NAME",
+                   help="summary metric to show and rank by (repeatable; default: the sweep's metric)")
+    p.add_argument("--goal", choices=("maximize", "minimize"), default=None,
+                   help="ranking direction (default: the sweep's goal, else maximize)")
+    p.add_argument("--plot", metavar="PNG", default=None,
+                   help="where to write the plot (default: compare-METRIC.png in the sweep folder or --out)")
+    p.set_defaults(func=cmd_compare)
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from tracking.compare import run_compare
+
+    return run_compare(run_dirs=args.run_dirs, sweep_dir=args.sweep, project=args.project, metrics=args.metric,
+                       goal=args.goal, plot=args.plot, out=args.out, mode=args.wandb_mode, group=args.group)
+
+
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction, list], None]] = [add_filters, add_sweep, add_iou, add_compare]
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -31,6 +31,17 @@ def _inspect(run_dir: str | Path, *flags: str) -> str:
     return proc.stdout
 
 
+def follow(run_dir: str | Path, **popen: Any) -> subprocess.Popen:
+    """Start ``wandb leet inspect --follow --json RUN_DIR`` for a run that may still be running.
+
+    Its stdout gives one JSON record per line as the run writes them and ends after the run's
+    exit record; a run that dies without one leaves it waiting, so stop it when the run's
+    process is gone.
+    """
+    cmd = [*_wandb_cli(), "leet", "inspect", "--follow", "--idle-timeout", "0", "--json", str(run_dir)]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, **popen)
+
+
 def run_summary(run_dir: str | Path) -> dict[str, Any]:
     """``wandb leet inspect --summary --json RUN_DIR``: state, exit code, config, summary."""
     return json.loads(_inspect(run_dir, "--summary", "--json"))

@@ -1,0 +1,282 @@
+"""``launch.py compare``: runs side by side, from local run folders, a sweep folder or the W&B cloud.
+
+One table shows each run's state, the config keys that differ between the runs and the chosen
+summary metrics, best first; a PNG plots the first metric against the swept parameter with the
+most values, one line per combination of the others (for the weight-decay sweep: validation
+accuracy against lambda, one line per learning rate).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from tracking.readback import run_summary
+from trainers.errors import UsageError
+
+# Flags that say where and under which label a run was filed, not what it computed: they differ
+# between any two sweep trials and would crowd out the parameters that matter.
+BOOKKEEPING = frozenset({"out", "run_name", "group"})
+_SUMMARY_PICK = {"maximize": ("max", "last", "mean"), "minimize": ("min", "last", "mean")}
+
+
+@dataclass
+class RunRecord:
+    """One run as compare sees it: flat config and summary, where it came from."""
+
+    name: str
+    state: str
+    config: dict[str, Any]
+    summary: dict[str, Any]
+    source: str
+    params: dict[str, Any] = field(default_factory=dict)  # a sweep trial's parameters
+
+    def value(self, metric: str, goal: str) -> float | None:
+        """The metric's summary value; a define_metric summary ({"max": v}) gives its best value."""
+        v = self.summary.get(metric)
+        if isinstance(v, Mapping):
+            v = next((v[k] for k in _SUMMARY_PICK[goal] if k in v), None)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v):
+            return None
+        return float(v)
+
+
+def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping) and not (set(v) & {"max", "min", "last", "mean"}):
+            out.update(_flat(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _visible(d: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in _flat(d).items() if not k.startswith("_")}
+
+
+# -- sources ------------------------------------------------------------------------------------
+
+def find_run_dirs(paths: Iterable[str | Path]) -> list[Path]:
+    """Run folders in ``paths``: a run folder itself, or any folder holding run folders below it."""
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if not p.exists():
+            raise UsageError(f"no such run folder: {p}; pass a W&B run folder, a wandb/ folder or an --out folder")
+        if list(p.glob("run-*.wandb")):
+            found.append(p)
+            continue
+        runs = sorted({f.parent for f in p.rglob("run-*.wandb")})
+        if not runs:
+            raise UsageError(f"{p} holds no W&B runs (no run-*.wandb file below it)")
+        found += runs
+    return list(dict.fromkeys(found))
+
+
+def _read_local(run_dir: Path) -> RunRecord:
+    info = run_summary(run_dir)
+    return RunRecord(name=info.get("name") or info.get("run_id") or run_dir.name, state=info.get("state", "?"),
+                     config=_visible(info.get("config") or {}), summary=_visible(info.get("summary") or {}),
+                     source=str(run_dir))
+
+
+def local_runs(run_dirs: Sequence[Path]) -> list[RunRecord]:
+    """Read each run back with ``wandb leet inspect`` (a few at a time: each is a subprocess)."""
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        return list(pool.map(_read_local, run_dirs))
+
+
+def sweep_runs(sweep_dir: str | Path) -> tuple[list[RunRecord], Any]:
+    """The trials of a ``launch.py sweep`` folder that left a W&B run, with the sweep itself.
+
+    The runner already read each trial's run while it ran (parameters, summary); only a trial
+    without a recorded summary (a sweep with no metric) is read back again.
+    """
+    from tracking.sweep import Sweep
+
+    sweep = Sweep.load(sweep_dir)
+    trials = [t for t in sweep.trials if t.run_dir and Path(t.run_dir).is_dir()]
+    unread = [t for t in trials if not t.summary]
+    read = dict(zip((t.run_id for t in unread), local_runs([Path(t.run_dir) for t in unread])))
+    records = []
+    for t in trials:
+        rec = read.get(t.run_id) or RunRecord(name=t.run_id, state=t.state, config={}, summary=_visible(t.summary),
+                                              source=t.run_dir)
+        rec.name, rec.state, rec.params = t.run_id, t.state, t.values
+        records.append(rec)
+    return records, sweep
+
+
+def cloud_runs(project: str, *, mode: str, group: str | None = None) -> list[RunRecord]:
+    """Runs of ENTITY/PROJECT from the W&B server (``wandb.Api()``); needs online mode."""
+    if mode != "online":
+        raise UsageError("--project reads runs from the W&B cloud, which needs `wandb login` and a network; "
+                         "compare local runs with RUN_DIR ... or --sweep SWEEP_DIR")
+    import wandb
+
+    try:
+        runs = wandb.Api(timeout=30).runs(project, filters={"group": group} if group else None)
+        return [RunRecord(name=r.name or r.id, state=r.state, config=_visible(r.config),
+                          summary=_visible(r.summary._json_dict), source=r.url) for r in runs]
+    except Exception as exc:  # the public API raises several types for "no server" / "no project"
+        raise UsageError(f"could not read runs of {project} from W&B ({type(exc).__name__}: {exc}); "
+                         "check the ENTITY/PROJECT path and your login") from None
+
+
+# -- the table ----------------------------------------------------------------------------------
+
+def differing_keys(records: Sequence[RunRecord]) -> list[str]:
+    """Config keys whose values are not the same in every run (bookkeeping flags left out)."""
+    keys = sorted({k for r in records for k in r.config} - BOOKKEEPING)
+    return [k for k in keys if len({repr(r.config.get(k)) for r in records}) > 1]
+
+
+def default_metrics(records: Sequence[RunRecord], limit: int = 4) -> list[str]:
+    """Numeric summary keys every run has, at most ``limit`` (used when no --metric is given)."""
+    common = None
+    for r in records:
+        names = {k for k in r.summary if r.value(k, "maximize") is not None}
+        common = names if common is None else common & names
+    return sorted(common or [])[:limit]
+
+
+def rank(records: Sequence[RunRecord], metric: str | None, goal: str) -> list[RunRecord]:
+    """Best first by ``metric``; runs without it last."""
+    if not metric:
+        return list(records)
+    sign = -1.0 if goal == "maximize" else 1.0
+
+    def key(r: RunRecord) -> tuple[int, float]:
+        v = r.value(metric, goal)
+        return (1, 0.0) if v is None else (0, sign * v)
+
+    return sorted(records, key=key)
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def comparison_table(records: Sequence[RunRecord], keys: Sequence[str], metrics: Sequence[str], goal: str,
+                     title: str) -> Table:
+    """The rich table: rank, run, state, differing config keys, metrics."""
+    table = Table(title=title, title_justify="left")
+    for col in ("#", "run", "state", *keys, *metrics):
+        table.add_column(col, justify="right" if col in keys or col in metrics or col == "#" else "left")
+    for pos, r in enumerate(records, 1):
+        values = {**r.config, **r.params}
+        table.add_row(str(pos), r.name, r.state, *(_cell(values.get(k)) for k in keys),
+                      *(_cell(r.value(m, goal)) for m in metrics))
+    return table
+
+
+# -- the plot -----------------------------------------------------------------------------------
+
+def _numeric(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def plot_metric(records: Sequence[RunRecord], keys: Sequence[str], metric: str, goal: str,
+                path: str | Path) -> Path | None:
+    """Plot ``metric`` against the numeric key with the most distinct values, one line per
+    combination of the other keys; returns the PNG's path, or None when no key is numeric."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    values = [{**r.config, **r.params} for r in records]
+    numeric = [k for k in keys if all(_numeric(v.get(k)) for v in values)]
+    if not numeric:
+        return None
+    x_key = max(numeric, key=lambda k: (len({v[k] for v in values}), -keys.index(k)))
+    others = [k for k in keys if k != x_key]
+    series: dict[str, list[tuple[float, float]]] = {}
+    for r, v in zip(records, values):
+        y = r.value(metric, goal)
+        if y is None:
+            continue
+        label = ", ".join(f"{k}={_cell(v.get(k))}" for k in others) or metric
+        series.setdefault(label, []).append((float(v[x_key]), y))
+    if not series:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    for label, points in sorted(series.items()):
+        xs, ys = zip(*sorted(points))
+        ax.plot(xs, ys, marker="o", label=label)
+    xs_all = [x for pts in series.values() for x, _ in pts]
+    positive = [x for x in xs_all if x > 0]
+    if positive and max(positive) / min(positive) >= 100:
+        # Decades of lambda or lr read best on a log axis; a zero (no decay) needs symlog's linear patch.
+        if min(xs_all) > 0:
+            ax.set_xscale("log")
+        else:
+            ax.set_xscale("symlog", linthresh=min(positive))
+    ax.set_xlabel(x_key)
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric} vs {x_key}")
+    ax.grid(True, alpha=0.3)
+    if len(series) > 1 or others:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")
+
+
+def run_compare(*, run_dirs: Sequence[str], sweep_dir: str | None, project: str | None, metrics: Sequence[str],
+                goal: str | None, plot: str | None, out: str, mode: str, group: str | None,
+                console: Console | None = None) -> int:
+    """``launch.py compare``: print the table, write the plot, say where; the exit code."""
+    console = console or Console()
+    records: list[RunRecord] = []
+    swept: list[str] = []
+    where = Path(out)
+    sweep_metric: dict[str, Any] = {}
+    if sweep_dir:
+        recs, sweep = sweep_runs(sweep_dir)
+        records += recs
+        swept = sweep.swept()
+        sweep_metric = sweep.metric or {}
+        where = sweep.directory
+    if run_dirs:
+        records += local_runs(find_run_dirs(run_dirs))
+    if project:
+        records += cloud_runs(project, mode=mode, group=group)
+    if not (sweep_dir or run_dirs or project):
+        raise UsageError("nothing to compare: pass run folders, --sweep SWEEP_DIR or --project ENTITY/PROJECT")
+    if not records:
+        raise UsageError("no runs found to compare (the sweep's trials left no W&B runs yet)")
+    metrics = list(metrics) or ([sweep_metric["name"]] if sweep_metric.get("name") else default_metrics(records))
+    goal = goal or (sweep_metric.get("goal") if sweep_metric.get("name") == (metrics or [None])[0] else None) or "maximize"
+    keys = swept + [k for k in differing_keys(records) if k not in swept]
+    ranked = rank(records, metrics[0] if metrics else None, goal)
+    title = f"{len(records)} runs" + (f", best {goal[:3]} {metrics[0]} first" if metrics else "")
+    console.print(comparison_table(ranked, keys, metrics, goal, title))
+    if not metrics:
+        console.print("no numeric summary metric is shared by all runs; pass --metric NAME", highlight=False)
+        return 0
+    png = plot_metric(ranked, swept or keys, metrics[0], goal, plot or where / f"compare-{_slug(metrics[0])}.png")
+    if png is None:
+        console.print(f"no plot: no numeric parameter differs between the runs with a value of {metrics[0]}",
+                      highlight=False)
+    else:
+        console.print(f"plot: {png}", highlight=False, soft_wrap=True)
+    return 0
