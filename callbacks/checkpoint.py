@@ -15,12 +15,17 @@ class Checkpoint(Callback):
 
     The file holds the trainer's ``state_dict()`` (model, optimizer, ...), the epoch, the
     metrics and every callback's state, so a run can be resumed or evaluated later.
-    ``on_checkpoint_saved`` then lets the W&B logger upload the best one as an artifact.
+    ``on_checkpoint_saved`` then lets the W&B logger upload the best one as an artifact: every
+    time it improves (``upload="improved"``), or once after the last epoch (``upload="end"``),
+    which keeps a run of a large model from staging one copy per improvement.
     """
 
-    def __init__(self, directory: str | Path, *, monitor: str, mode: str = "max") -> None:
+    def __init__(self, directory: str | Path, *, monitor: str, mode: str = "max", upload: str = "improved") -> None:
         if mode not in ("max", "min"):
             raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+        if upload not in ("improved", "end"):
+            raise ValueError(f"upload must be 'improved' or 'end', got {upload!r}")
+        self.upload = upload
         self.directory = Path(directory)
         self.monitor = monitor
         self.mode = mode
@@ -49,6 +54,10 @@ class Checkpoint(Callback):
             self.best = float(value)
             self.best_path = save_atomic(state, self.directory / "best.pt")
             trainer.summary[f"best/{self.monitor}"] = self.best
+            if self.upload == "improved":
+                trainer.fire("on_checkpoint_saved", path=str(self.best_path), aliases=["best", "latest"])
+        last_epoch = epoch + 1 == trainer.epochs or trainer.should_stop
+        if self.upload == "end" and last_epoch and self.best_path is not None:
             trainer.fire("on_checkpoint_saved", path=str(self.best_path), aliases=["best", "latest"])
 
     def state_dict(self) -> dict[str, Any]:
