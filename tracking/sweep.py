@@ -47,8 +47,9 @@ from tracking.readback import follow
 from trainers.errors import UsageError
 
 with warnings.catch_warnings():
-    # The engine's SweepRun still spells a pydantic-v1 config key; the warning is W&B's, not the user's.
-    warnings.filterwarnings("ignore", message="Valid config keys have changed", category=UserWarning)
+    # The engine's SweepRun still uses pydantic-v1 config spellings; those warnings are W&B's
+    # business, not the user's, and only its import raises them.
+    warnings.simplefilter("ignore")
     import sweeps
 
 STATE_FILE = "sweep.json"
@@ -62,7 +63,7 @@ PENDING, RUNNING, FINISHED, FAILED, STOPPED, INTERRUPTED = (
     "pending", "running", "finished", "failed", "stopped", "interrupted")
 _ENGINE_STATE = {PENDING: sweeps.RunState.pending, RUNNING: sweeps.RunState.running,
                  FINISHED: sweeps.RunState.finished, FAILED: sweeps.RunState.failed,
-                 STOPPED: sweeps.RunState.killed}
+                 STOPPED: sweeps.RunState.killed, INTERRUPTED: sweeps.RunState.killed}
 ENDED = (FINISHED, FAILED, STOPPED)
 
 
@@ -262,7 +263,8 @@ class Sweep:
         # sweep repeatable, also across --resume.
         np.random.seed((self.seed * 100_003 + len(self.trials)) % 2**32)
         run = sweeps.next_run(self.config, self.engine_runs())
-        return None if run is None else dict(run.config)
+        # The engine proposes NumPy scalars; the agent gets plain JSON values from the server.
+        return None if run is None else json.loads(json.dumps(run.config, default=lambda v: v.item()))
 
     def ranked(self) -> list[Trial]:
         """Ended trials, best first by the sweep's metric (trials without a value last)."""

@@ -1,0 +1,236 @@
+"""``launch.py sweep`` on a tiny trial program: real W&B offline runs, the real sweeps engine."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from launch import main
+from tests.conftest import ROOT
+from tracking.compare import local_runs
+from tracking.readback import records, run_summary
+from tracking.sweep import Sweep, load_config
+
+PROGRAM = str(ROOT / "tests" / "tracking" / "trial_program.py")
+
+
+def write_sweep(path: Path, **config) -> Path:
+    config.setdefault("program", PROGRAM)
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def sweep_dirs(out: Path) -> list[Path]:
+    return sorted((out / "sweeps").iterdir())
+
+
+def run_sweep(out: Path, *args: str) -> tuple[int, Sweep]:
+    code = main(["sweep", *args, "--out", str(out), "--wandb-mode", "offline"])
+    (directory,) = sweep_dirs(out)
+    return code, Sweep.load(directory)
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory):
+    """A 6-point grid (x: 3 values, y: 2) run two at a time."""
+    tmp = tmp_path_factory.mktemp("grid")
+    cfg = write_sweep(tmp / "grid.yaml", name="tiny-grid", method="grid", metric={"name": "score", "goal": "maximize"},
+                      parameters={"x": {"values": [1, 2, 3]}, "y": {"values": [0.0, 0.5]}, "steps": {"value": 2}})
+    code, sweep = run_sweep(tmp / "out", str(cfg), "--jobs", "2")
+    assert code == 0
+    return sweep
+
+
+def test_grid_of_six_leaves_six_offline_runs_with_their_configs(grid):
+    assert [t.state for t in grid.trials] == ["finished"] * 6
+    points = {(t.values["x"], t.values["y"]) for t in grid.trials}
+    assert points == {(x, y) for x in (1, 2, 3) for y in (0.0, 0.5)}
+    by_dir = {t.run_dir: t for t in grid.trials}
+    for rec in local_runs([Path(d) for d in by_dir]):
+        trial = by_dir[rec.source]
+        assert rec.state == "finished"
+        assert {k: rec.config[k] for k in ("x", "y", "steps")} == trial.values  # via WANDB_SWEEP_PARAM_PATH
+        assert rec.summary["score"] == {"max": trial.values["x"] * 2 + trial.values["y"]}
+    run = next(r for r in records(grid.trials[0].run_dir) if r["type"] == "run")["run"]
+    assert (run["run_id"], run["run_group"], run["job_type"]) == (grid.trials[0].run_id, "tiny-grid", "sweep-trial")
+    # One folder per trial, under the sweep's folder; links make the sweep one W&B folder to browse.
+    for t in grid.trials:
+        assert Path(t.out_dir).parent == grid.directory / "trials" and Path(t.log).is_file()
+        assert (grid.directory / "wandb" / Path(t.run_dir).name).resolve() == Path(t.run_dir).resolve()
+    assert not list(grid.directory.glob(".sweep.json.*"))  # atomic writes leave no temporary files
+
+
+def test_trials_run_the_agents_command_and_rank_by_the_metric(grid, capsys):
+    best = grid.ranked()[0]
+    assert best.values == {"x": 3, "y": 0.5, "steps": 2} and best.score(grid.metric) == 6.5
+    assert best.command == ["/usr/bin/env", "python", PROGRAM, "--steps=2", "--x=3", "--y=0.5"]
+    assert grid.trials[0].history == [{"score": 1.0}, {"score": 2.0}]  # read from the .wandb log as it ran
+    from tracking.sweep_view import final_report
+    from rich.console import Console
+
+    final_report(grid, Console(width=200, stderr=True))
+    err = capsys.readouterr().err
+    assert f"reproduce: python {PROGRAM} --steps=2 --x=3 --y=0.5" in err
+    assert "best: trial" in err and "x=3  y=0.5" in err
+
+
+def test_compare_ranks_the_sweep_and_writes_the_plot(grid, capsys, tmp_path):
+    assert main(["compare", "--sweep", str(grid.directory)]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if "finished" in line]
+    assert len(rows) == 6 and "6.5" in rows[0] and rows[-1].split("│")[-2].strip() == "2"
+    png = grid.directory / "compare-score.png"
+    assert f"plot: {png}" in out and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The same runs read straight from their folders (wandb leet inspect), with a chosen plot path.
+    plot = tmp_path / "p.png"
+    assert main(["compare", str(grid.directory / "trials"), "--metric", "score", "--plot", str(plot)]) == 0
+    out = capsys.readouterr().out
+    assert plot.is_file() and "│ x " not in out and out.count("finished") == 6
+
+
+@pytest.mark.parametrize("method", ["random", "bayes"])
+def test_random_and_bayes_honour_count(method, tmp_path):
+    cfg = write_sweep(tmp_path / "s.yaml", method=method, metric={"name": "score", "goal": "maximize"},
+                      parameters={"x": {"min": 0.0, "max": 1.0}, "steps": {"value": 1}})
+    code, sweep = run_sweep(tmp_path / "out", str(cfg), "--count", "2", "--jobs", "2")
+    assert code == 0 and [t.state for t in sweep.trials] == ["finished", "finished"]
+    xs = [t.values["x"] for t in sweep.trials]
+    assert all(0.0 <= x <= 1.0 for x in xs) and xs[0] != xs[1]
+
+
+def test_hyperband_stops_the_trial_that_lags(tmp_path):
+    # Run one at a time, the laggard last: its thresholds come from the two finished trials.
+    cfg = write_sweep(tmp_path / "hb.yaml", method="grid", metric={"name": "score", "goal": "maximize"},
+                      early_terminate={"type": "hyperband", "min_iter": 2, "eta": 2},
+                      parameters={"x": {"values": [3, 2, 0.1]}, "steps": {"value": 12}, "sleep": {"value": 0.3}})
+    code, sweep = run_sweep(tmp_path / "out", str(cfg))
+    assert code == 0
+    assert [t.state for t in sweep.trials] == ["finished", "finished", "stopped"]
+    laggard = sweep.trials[2]
+    assert 2 <= len(laggard.history) < 12 and "STOP" in laggard.note
+    assert run_summary(laggard.run_dir)["state"] != "running"  # its W&B run was closed, not left dangling
+
+
+def test_crash_is_recorded_and_the_sweep_goes_on(tmp_path, capsys):
+    cfg = write_sweep(tmp_path / "c.yaml", method="grid", metric={"name": "score", "goal": "maximize"},
+                      parameters={"crash": {"values": [True, False]}, "steps": {"value": 1}})
+    code, sweep = run_sweep(tmp_path / "out", str(cfg))
+    crashed, fine = sweep.trials
+    assert code == 0 and (crashed.state, fine.state) == ("failed", "finished")
+    assert crashed.exit_code == 3 and str(crashed.log) in crashed.note
+    assert "crashing on purpose" in crashed.log.read_text()
+    assert run_summary(crashed.run_dir)["exit_code"] == 3
+    assert f"trial 0 failed (exit code 3; log: {crashed.log})" in capsys.readouterr().err
+
+
+def test_repeated_immediate_failures_stop_the_sweep(tmp_path, capsys):
+    cfg = write_sweep(tmp_path / "f.yaml", method="grid",
+                      command=["${env}", "${interpreter}", "-c", "raise SystemExit(5)", "${args}"],
+                      parameters={"x": {"values": [1, 2, 3, 4, 5, 6]}})
+    code, sweep = run_sweep(tmp_path / "out", str(cfg))
+    assert code == 1 and [t.state for t in sweep.trials] == ["failed"] * 3
+    err = capsys.readouterr().err
+    assert "error: 3 trials failed within the first 60 s, so the sweep stops" in err
+    assert str(sweep.trials[-1].log) in err
+
+
+def test_resume_after_interrupting_the_runner(tmp_path, launch_cmd):
+    cfg = write_sweep(tmp_path / "r.yaml", method="grid", metric={"name": "score", "goal": "maximize"},
+                      parameters={"x": {"values": [1, 2, 3]}, "steps": {"value": 4}, "sleep": {"value": 0.5}})
+    out = tmp_path / "out"
+    proc = subprocess.Popen([*launch_cmd, "sweep", str(cfg), "--out", str(out), "--wandb-mode", "offline"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    state: dict = {}
+    while time.time() < deadline:  # interrupt once the first trial finished and the second runs
+        files = list(out.glob("sweeps/*/sweep.json"))
+        state = json.loads(files[0].read_text()) if files else {}
+        if [t["state"] for t in state.get("trials", [])] == ["finished", "running"]:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    text = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 130, text
+    (directory,) = sweep_dirs(out)
+    assert f"continue with: python launch.py sweep --resume {directory}" in text
+    first = Sweep.load(directory)
+    assert [t.state for t in first.trials] == ["finished", "interrupted"]
+
+    code = main(["sweep", "--resume", str(directory), "--wandb-mode", "offline"])
+    resumed = Sweep.load(directory)
+    assert code == 0
+    assert [t.state for t in resumed.trials] == ["finished", "interrupted", "finished", "finished"]
+    assert resumed.trials[0].run_id == first.trials[0].run_id  # not re-run
+    assert sorted(t.values["x"] for t in resumed.trials if t.state == "finished") == [1, 2, 3]
+
+
+def _error_lines(capsys) -> str:
+    return capsys.readouterr().err
+
+
+def test_schema_violations_are_listed_and_exit_2(tmp_path, capsys):
+    bad = write_sweep(tmp_path / "bad.yaml", method="grdi", metric={"name": "acc", "goal": "up"},
+                      parameters={"lr": {"min": 1.0, "max": 0.1}})
+    assert main(["sweep", str(bad), "--out", str(tmp_path)]) == 2
+    err = _error_lines(capsys)
+    assert f"error: {bad} is not a valid W&B sweep (" in err
+    assert "  1. " in err and "  2. " in err and "'grdi' is not one of" in err and "'up' is not one of" in err
+    assert "Traceback" not in err and not (tmp_path / "sweeps").exists()
+
+
+@pytest.mark.parametrize("config, expected", [
+    ({"method": "grid", "parameters": {"lr": {"min": 0.0, "max": 1.0}}}, "Grid search requires all parameters"),
+    ({"method": "bayes", "parameters": {"lr": {"min": 0.0, "max": 1.0}}}, "bayes search needs a `metric`"),
+    ({"method": "grid", "program": "no_such_script.py", "parameters": {"a": {"values": [1]}}},
+     "program 'no_such_script.py' is not a file"),
+])
+def test_what_the_engine_would_refuse_is_caught_up_front(config, expected, tmp_path, capsys):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"program": PROGRAM, **config}))
+    assert main(["sweep", str(path), "--out", str(tmp_path)]) == 2
+    assert expected in _error_lines(capsys)
+
+
+def test_unreadable_files_and_resume_folders_are_one_line_errors(tmp_path, capsys):
+    (tmp_path / "x.yaml").write_text("method: [grid\n")
+    assert main(["sweep", str(tmp_path / "x.yaml")]) == 2
+    assert "is not valid YAML" in _error_lines(capsys)
+    assert main(["sweep", str(tmp_path / "missing.yaml")]) == 2
+    assert "sweep file not found" in _error_lines(capsys)
+    assert main(["sweep", "--resume", str(tmp_path)]) == 2
+    assert "holds no sweep" in _error_lines(capsys)
+
+
+def test_pinned_parameters_keep_the_yaml_valid(tmp_path):
+    cfg = write_sweep(tmp_path / "p.yaml", method="grid", parameters={"lr": {"values": [0.1, 0.01]}})
+    config = load_config(cfg, {"epochs": 1, "lr": 0.5})
+    assert config["parameters"] == {"lr": {"value": 0.5}, "epochs": {"value": 1}}
+
+
+WEIGHT_DECAY = ROOT / "sweeps" / "weight_decay.yaml"
+
+
+def test_the_real_weight_decay_sweep_runs_two_trials_of_the_trainer(tmp_path, capsys, monkeypatch):
+    if not WEIGHT_DECAY.is_file():
+        pytest.fail(f"{WEIGHT_DECAY} is missing")
+    monkeypatch.chdir(ROOT)  # the YAML's program is relative to the repository, as for wandb agent
+    code, sweep = run_sweep(tmp_path / "out", str(WEIGHT_DECAY), "--count", "2", "--jobs", "2",
+                            "--param", "epochs=1")
+    assert code == 0, [t.log.read_text()[-2000:] for t in sweep.trials]
+    assert [t.state for t in sweep.trials] == ["finished", "finished"]
+    metric = sweep.metric["name"]
+    for trial in sweep.trials:
+        info = run_summary(trial.run_dir)
+        assert info["state"] == "finished" and info["config"]["epochs"] == 1
+        assert all(info["config"][k] == v for k, v in trial.values.items())
+        assert trial.score(sweep.metric) is not None and metric in info["summary"]
+    assert main(["compare", "--sweep", str(sweep.directory)]) == 0
+    assert (sweep.directory / f"compare-{metric.replace('/', '_')}.png").is_file()
