@@ -1,0 +1,140 @@
+"""Both trained detectors on one photo (the Beatles, by default), and the verdict comparing the options.
+
+The photo goes to each model as a [0, 1] tensor at its own size: the detector's
+``GeneralizedRCNNTransform`` resizes it to the size the model was trained at and normalises it,
+exactly as during training, so nothing is normalised twice and both models see the same input.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import nn
+
+from trainers.detection.dataset import street_scene
+from trainers.download import DownloadError, cache_dir, download
+from trainers.engine import Callback, Engine
+from trainers.errors import UsageError
+
+# "The Beatles arrive at JFK Airport", 7 February 1964, United Press International; public domain.
+BEATLES_URL = "https://upload.wikimedia.org/wikipedia/commons/6/61/The_Beatles_arrive_at_JFK_Airport.jpg"
+BEATLES_PAGE = "https://commons.wikimedia.org/wiki/File:The_Beatles_arrive_at_JFK_Airport.jpg"
+THRESHOLDS = (0.5, 0.7)
+
+
+@dataclass
+class Photo:
+    """The picture both models look at, and a label saying what it really is."""
+
+    name: str
+    image: np.ndarray  # (H, W, 3) uint8
+    source: str
+
+
+def _read(path: Path) -> np.ndarray:
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except (UnidentifiedImageError, OSError) as exc:
+        raise UsageError(f"cannot read image {path} ({exc}); pass a PNG or JPEG to --image") from None
+
+
+def load_photo(image: str | None) -> Photo:
+    """``--image`` (a file or URL) or the Beatles photo; an unreachable URL falls back to a generated scene."""
+    if image and not image.startswith(("http://", "https://")):
+        path = Path(image)
+        if not path.is_file():
+            raise UsageError(f"image not found: {path}; pass an existing file or a URL to --image")
+        return Photo(path.stem, _read(path), f"--image {path}")
+    url = image or BEATLES_URL
+    name = Path(url.split("?")[0]).name or "photo.jpg"
+    try:
+        path = download(url, cache_dir("photos", name))
+        return Photo(Path(name).stem, _read(path), url)
+    except DownloadError as exc:
+        print(f"photo unavailable ({exc}); using a generated street scene instead (not a photo)", file=sys.stderr)
+        return Photo("generated_street_scene", street_scene(), "generated street scene (photo unavailable)")
+
+
+def to_tensor(image: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (3, H, W) float in [0, 1]: what torchvision detectors take."""
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255)
+
+
+@torch.inference_mode()
+def detect(model: nn.Module, image: torch.Tensor, *, repeats: int = 3) -> tuple[dict[str, torch.Tensor], float]:
+    """The model's detections on ``image`` and the median inference time in milliseconds."""
+    model.eval()
+    device = next(model.parameters()).device
+    times, out = [], {}
+    for _ in range(repeats):
+        started = time.perf_counter()
+        out = model([image.to(device)])[0]
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append((time.perf_counter() - started) * 1000)
+    return {k: v.cpu() for k, v in out.items()}, float(np.median(times))
+
+
+def people_counts(scores: torch.Tensor) -> dict[str, float]:
+    """Detections at each score threshold, and the mean score of those at the lowest one."""
+    counts: dict[str, float] = {f"people@{t}": int((scores >= t).sum()) for t in THRESHOLDS}
+    kept = scores[scores >= THRESHOLDS[0]]
+    counts["mean_score"] = float(kept.mean()) if len(kept) else 0.0
+    return counts
+
+
+class PhotoComparison(Engine):
+    """Runs every trained model on the photo (one step per model) and holds the verdict rows.
+
+    ``models`` maps a label ("option 1: maskrcnn_resnet50_fpn") to the model; ``results`` maps the
+    same label to that model's final training summary, for the verdict.
+    """
+
+    def __init__(
+        self,
+        photo: Photo,
+        models: Mapping[str, nn.Module],
+        results: Mapping[str, Mapping[str, Any]],
+        callbacks: Iterable[Callback] = (),
+        config: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(callbacks, epochs=1, config=config, name="detect-photo", steps_per_epoch=len(models))
+        self.photo, self.models, self.results = photo, dict(models), dict(results)
+        self.detections: dict[str, dict[str, Any]] = {}
+
+    def train_epoch(self, epoch: int) -> None:
+        image = to_tensor(self.photo.image)
+        for i, (label, model) in enumerate(self.models.items()):
+            out, ms = detect(model, image)
+            row = {**people_counts(out["scores"]), "inference_ms": ms}
+            self.detections[label] = row
+            self.step_end(i, {"label": label, "photo": self.photo, "output": out, **row})
+
+    def evaluate(self, epoch: int) -> dict[str, float]:
+        return {f"photo/{label.split(':')[0].replace(' ', '')}/{k}": v
+                for label, row in self.detections.items() for k, v in row.items()}
+
+    def verdict(self) -> tuple[list[str], list[list[Any]]]:
+        """Columns and one row per model: train AP, held-out AP, segm AP, photo counts, s/iter."""
+        columns = ["model", "train bbox AP", "held-out bbox AP", "held-out segm AP",
+                   *(f"people@{t}" for t in THRESHOLDS), "s/iter"]
+        rows = []
+        for label, summary in self.results.items():
+            det = self.detections.get(label, {})
+            rows.append([label, summary.get("train/bbox_AP"), summary.get("val/bbox_AP"), summary.get("val/segm_AP"),
+                         *(det.get(f"people@{t}") for t in THRESHOLDS), summary.get("train/sec_per_iter")])
+        return columns, rows
+
+
+def photo_columns() -> Sequence[str]:
+    """The photo table's columns (W&B and console)."""
+    return ["model", "photo", *(f"people@{t}" for t in THRESHOLDS), "mean_score", "inference_ms"]

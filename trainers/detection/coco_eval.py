@@ -1,0 +1,90 @@
+"""COCO metrics with pycocotools, the evaluation the tutorial's ``references/detection`` runs.
+
+Ground truth is built straight from the dataset's targets (boxes, binary masks), predictions
+from the model's outputs at the original image size; both go through ``COCOeval`` unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pycocotools.mask as mask_util
+import torch
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+# COCOeval.stats positions of the numbers we log.
+STATS = {"AP": 0, "AP50": 1, "AP75": 2, "AR100": 8}
+
+
+def _xywh(boxes: torch.Tensor) -> list[list[float]]:
+    b = boxes.detach().float().cpu()
+    return torch.cat([b[:, :2], b[:, 2:] - b[:, :2]], 1).tolist()
+
+
+def _rle(masks: np.ndarray) -> list[dict]:
+    """(N, H, W) binary masks -> COCO run-length encodings with JSON-friendly counts."""
+    rles = mask_util.encode(np.asfortranarray(masks.astype(np.uint8).transpose(1, 2, 0)))
+    for r in rles:
+        r["counts"] = r["counts"].decode("ascii")
+    return rles
+
+
+def coco_ground_truth(targets: Sequence[Mapping[str, torch.Tensor]], sizes: Sequence[tuple[int, int]]) -> COCO:
+    """A pycocotools COCO object from targets (``image_id``, ``boxes``, ``masks``) and (H, W) sizes."""
+    images, annotations = [], []
+    for t, (h, w) in zip(targets, sizes):
+        image_id = int(t["image_id"])
+        images.append({"id": image_id, "height": h, "width": w})
+        boxes = _xywh(t["boxes"])
+        segm = _rle(t["masks"].cpu().numpy()) if "masks" in t and len(boxes) else [None] * len(boxes)
+        for box, rle, area in zip(boxes, segm, t["area"].tolist()):
+            ann = {"id": len(annotations) + 1, "image_id": image_id, "category_id": 1, "bbox": box,
+                   "area": area, "iscrowd": 0}
+            if rle is not None:
+                ann["segmentation"] = rle
+            annotations.append(ann)
+    gt = COCO()
+    gt.dataset = {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "person"}]}
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt.createIndex()
+    return gt
+
+
+def coco_detections(outputs: Mapping[int, Mapping[str, torch.Tensor]], iou_type: str) -> list[dict]:
+    """Model outputs keyed by image id -> COCO result records (masks thresholded at 0.5)."""
+    results = []
+    for image_id, out in outputs.items():
+        scores = out["scores"].tolist()
+        labels = out["labels"].tolist()
+        if iou_type == "bbox":
+            geoms = _xywh(out["boxes"])
+            key = "bbox"
+        else:
+            geoms = _rle((out["masks"][:, 0] > 0.5).cpu().numpy()) if len(scores) else []
+            key = "segmentation"
+        results += [{"image_id": image_id, "category_id": int(c), key: g, "score": s}
+                    for g, s, c in zip(geoms, scores, labels)]
+    return results
+
+
+def coco_metrics(gt: COCO, outputs: Mapping[int, Mapping[str, torch.Tensor]], iou_types: Sequence[str]) -> dict[str, float]:
+    """``{"bbox_AP": ..., "bbox_AP50": ..., "segm_AP": ...}`` for each IoU type; 0.0 when nothing was detected."""
+    metrics: dict[str, float] = {}
+    for iou_type in iou_types:
+        dets = coco_detections(outputs, iou_type)
+        if not dets:  # pycocotools cannot load an empty result list; nothing detected scores zero
+            metrics.update({f"{iou_type}_{k}": 0.0 for k in STATS})
+            continue
+        with contextlib.redirect_stdout(io.StringIO()):
+            evaluator = COCOeval(gt, gt.loadRes(dets), iou_type)
+            evaluator.params.imgIds = sorted(outputs)
+            evaluator.evaluate()
+            evaluator.accumulate()
+            evaluator.summarize()
+        # -1 marks "no ground truth at this size/setting"; report it as 0 rather than a negative AP.
+        metrics.update({f"{iou_type}_{k}": max(0.0, float(evaluator.stats[i])) for k, i in STATS.items()})
+    return metrics

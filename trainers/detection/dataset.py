@@ -1,0 +1,227 @@
+"""Penn-Fudan pedestrians: the official on-disk layout, a download into a cache, and a generated stand-in.
+
+The layout (``PNGImages/NAME.png``, ``PedMasks/NAME_mask.png`` where 0 is background and 1..N are
+pedestrian ids) is read the way the torchvision tutorial reads it: one instance mask per id, the
+box from the mask's extent, label 1. The generated dataset is written in exactly that layout, so
+the same reader serves both and everything downstream cannot tell them apart.
+"""
+
+from __future__ import annotations
+
+import sys
+import zipfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from trainers.download import DownloadError, cache_dir, download
+from trainers.errors import UsageError
+
+URL = "https://www.cis.upenn.edu/~jshi/ped_html/PennFudanPed.zip"
+HOME_PAGE = "https://www.cis.upenn.edu/~jshi/ped_html/"
+NAME = "PennFudanPed"
+IMAGES, MASKS = "PNGImages", "PedMasks"
+# The tutorial holds out the last 50 images of a fixed permutation.
+HOLDOUT = 50
+
+
+@dataclass
+class Sample:
+    """One image and its instance-id mask, as stored on disk."""
+
+    name: str
+    image: np.ndarray  # (H, W, 3) uint8
+    mask: np.ndarray  # (H, W) integer ids, 0 = background
+
+
+def _open(path: Path, mode: str | None) -> np.ndarray:
+    """Pixels of ``path``; ``mode`` None keeps the stored values (mask ids, whatever the PNG mode)."""
+    if not path.is_file():
+        raise UsageError(f"missing file {path}; every image in {IMAGES}/ needs its mask in {MASKS}/")
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert(mode) if mode else im)
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise UsageError(f"cannot read {path} ({exc}); replace the file or download the dataset again") from None
+
+
+def read_pennfudan(root: str | Path, limit: int | None = None) -> list[Sample]:
+    """Every image of a Penn-Fudan folder with its mask; a missing or unreadable file is a UsageError."""
+    root = Path(root)
+    image_dir = root / IMAGES
+    if not image_dir.is_dir() or not (root / MASKS).is_dir():
+        raise UsageError(f"{root} is not a Penn-Fudan folder (it needs {IMAGES}/ and {MASKS}/); "
+                         f"pass the unpacked {NAME} folder to --data, or leave --data out to download it")
+    paths = sorted(image_dir.glob("*.png"))
+    if not paths:
+        raise UsageError(f"no PNG images in {image_dir}; pass the unpacked {NAME} folder to --data")
+    samples = []
+    for path in paths[:limit]:
+        image = _open(path, "RGB")
+        mask_path = root / MASKS / f"{path.stem}_mask.png"
+        mask = _open(mask_path, None).astype(np.int32)
+        if mask.shape != image.shape[:2]:
+            raise UsageError(f"{mask_path} is {mask.shape[1]}x{mask.shape[0]} but its image is "
+                             f"{image.shape[1]}x{image.shape[0]}; replace the mask")
+        samples.append(Sample(path.stem, image, mask))
+    return samples
+
+
+def instance_masks(mask: np.ndarray) -> np.ndarray:
+    """(N, H, W) uint8 binary masks, one per pedestrian id (ids sorted, background dropped)."""
+    ids = np.unique(mask)
+    ids = ids[ids != 0]
+    return (mask[None] == ids[:, None, None]).astype(np.uint8)
+
+
+def boxes_from_masks(masks: np.ndarray) -> np.ndarray:
+    """(N, 4) float boxes ``x1, y1, x2, y2`` around each mask's pixels, in pixel-edge coordinates."""
+    boxes = np.zeros((len(masks), 4), dtype=np.float32)
+    for i, m in enumerate(masks):
+        ys, xs = np.nonzero(m)
+        if len(xs):
+            boxes[i] = (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+    return boxes
+
+
+def make_target(masks: np.ndarray, image_id: int) -> dict[str, torch.Tensor]:
+    """The torchvision detection target for binary instance masks (empty masks are dropped)."""
+    masks = masks[masks.reshape(len(masks), -1).any(1)] if len(masks) else masks
+    boxes = torch.from_numpy(boxes_from_masks(masks)).reshape(-1, 4)
+    return {
+        "boxes": boxes,
+        "labels": torch.ones(len(boxes), dtype=torch.int64),
+        "masks": torch.from_numpy(np.ascontiguousarray(masks)).to(torch.uint8),
+        "image_id": torch.tensor(image_id),
+        "area": (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]),
+        "iscrowd": torch.zeros(len(boxes), dtype=torch.int64),
+    }
+
+
+class PennFudan(torch.utils.data.Dataset):
+    """Images as float (3, H, W) tensors in [0, 1] with their targets; ``transform`` augments both.
+
+    ``transform(image, masks) -> (image, masks)`` works on uint8 arrays, so boxes are always
+    recomputed from the augmented masks and cannot drift from them.
+    """
+
+    def __init__(self, samples: Sequence[Sample], transform: Callable[..., Any] | None = None) -> None:
+        self.samples = list(samples)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, idx: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        s = self.samples[idx]
+        image, masks = s.image, instance_masks(s.mask)
+        if self.transform is not None:
+            image, masks = self.transform(image, masks)
+        tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255)
+        return tensor, make_target(masks, idx)
+
+
+def split(n: int, seed: int, holdout: int = HOLDOUT) -> tuple[list[int], list[int]]:
+    """The tutorial's split: a fixed-seed permutation, the last ``holdout`` indices held out."""
+    if not 0 < holdout < n:
+        raise UsageError(f"--holdout must be between 1 and {n - 1} for {n} images, got {holdout}")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    return order[:-holdout], order[-holdout:]
+
+
+def collate(batch: Sequence[Any]) -> tuple[Any, ...]:
+    """Detection batches are lists: images of different sizes cannot be stacked."""
+    return tuple(zip(*batch))
+
+
+# -- generated pedestrians ------------------------------------------------------------------------
+
+def _draw_scene(rng: np.random.Generator, height: int, width: int, people: int) -> tuple[np.ndarray, np.ndarray]:
+    """A street-like picture (sky, ground, noise) with ``people`` pedestrian figures and their id mask."""
+    yy, xx = np.mgrid[0:height, 0:width]
+    horizon = int(height * rng.uniform(0.35, 0.55))
+    sky, ground = rng.uniform(120, 230, 3), rng.uniform(50, 140, 3)
+    image = np.where((yy < horizon)[..., None], sky, ground).astype(np.float32)
+    for _ in range(rng.integers(1, 4)):  # buildings, so the background is not flat
+        x0, w = rng.integers(0, width), rng.integers(width // 8, width // 3)
+        top = rng.integers(0, horizon)
+        image[top:horizon, x0:x0 + w] = rng.uniform(60, 200, 3)
+    image += rng.normal(0, 8, image.shape)
+    mask = np.zeros((height, width), np.int32)
+    for pid in range(1, people + 1):
+        h = int(height * rng.uniform(0.35, 0.8))
+        w = max(6, int(h * rng.uniform(0.28, 0.4)))
+        cx = int(rng.uniform(w / 2, width - w / 2))
+        bottom = int(min(height - 1, horizon + rng.uniform(0.2, 1.0) * (height - horizon)))
+        top = max(0, bottom - h)
+        head = max(3, int(0.13 * h))
+        hy, hx = top + head, cx
+        body = (yy >= top + 2 * head) & (yy < top + int(0.6 * h)) & (np.abs(xx - cx) < w / 2)
+        legs = (yy >= top + int(0.6 * h)) & (yy < bottom) & (np.abs(np.abs(xx - cx) - w / 4) < w / 6)
+        skull = (yy - hy) ** 2 + (xx - hx) ** 2 < head**2
+        shape = body | legs | skull
+        image[body] = rng.uniform(0, 255, 3)
+        image[legs] = rng.uniform(0, 120, 3)
+        image[skull] = rng.uniform(150, 230) * np.array([1.0, 0.8, 0.65])
+        mask[shape] = pid  # later figures stand in front of earlier ones
+    # A pedestrian hidden completely behind later ones has no pixels left; renumber the visible ones.
+    visible = [i for i in np.unique(mask) if i]
+    relabel = np.zeros(people + 1, np.int32)
+    relabel[visible] = np.arange(1, len(visible) + 1)
+    return np.clip(image, 0, 255).astype(np.uint8), relabel[mask]
+
+
+def street_scene(seed: int = 0, height: int = 360, width: int = 480, people: int = 4) -> np.ndarray:
+    """A generated street picture with ``people`` figures (the photo of last resort)."""
+    return _draw_scene(np.random.default_rng(seed), height, width, people)[0]
+
+
+def generate_pennfudan(root: str | Path, n: int = 170, *, seed: int = 0, size: tuple[int, int] = (240, 320)) -> Path:
+    """Write ``n`` generated images with 0-4 pedestrians each in the Penn-Fudan layout under ``root``."""
+    root = Path(root)
+    (root / IMAGES).mkdir(parents=True, exist_ok=True)
+    (root / MASKS).mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(1, n + 1):
+        h = int(size[0] * rng.uniform(0.85, 1.15))
+        w = int(size[1] * rng.uniform(0.85, 1.15))
+        image, mask = _draw_scene(rng, h, w, int(rng.integers(0, 5)))
+        Image.fromarray(image).save(root / IMAGES / f"Generated{i:05d}.png")
+        Image.fromarray(mask.astype(np.uint8)).save(root / MASKS / f"Generated{i:05d}_mask.png")
+    (root / "GENERATED.txt").write_text("Generated stand-in for Penn-Fudan (synthetic pedestrians); not real data.\n")
+    return root
+
+
+def resolve_data(data: str | None, *, seed: int = 0) -> tuple[Path, str]:
+    """The dataset folder and a label saying which data it is (recorded in the W&B config).
+
+    ``data`` given: it must be a Penn-Fudan folder (checked by the reader; never a fallback).
+    Otherwise the cache: download and unpack the official zip when absent, and when that fails
+    generate the stand-in, saying so in one line.
+    """
+    if data:
+        return Path(data), "penn-fudan"
+    cached = cache_dir(NAME)
+    if (cached / IMAGES).is_dir():
+        return cached, "penn-fudan"
+    try:
+        archive = download(URL, cache_dir(f"{NAME}.zip"))
+        with zipfile.ZipFile(archive) as zf:
+            bad = zf.testzip()
+            if bad is not None or not any(n.startswith(f"{NAME}/{IMAGES}/") for n in zf.namelist()):
+                archive.unlink()
+                raise DownloadError(f"{URL} is not a valid {NAME}.zip (bad entry: {bad}); deleted it")
+            zf.extractall(cached.parent)
+        return cached, "penn-fudan"
+    except (DownloadError, zipfile.BadZipFile) as exc:
+        generated = cache_dir(f"{NAME}-generated-seed{seed}")
+        if not (generated / "GENERATED.txt").is_file():
+            generate_pennfudan(generated, seed=seed)
+        print(f"Penn-Fudan unavailable ({exc}); using {generated}: generated pedestrians in the same layout, "
+              f"not real data (pass --data DIR to use a local copy)", file=sys.stderr)
+        return generated, "generated"

@@ -1,0 +1,240 @@
+"""The two detectors of the tutorial and the backbones option 2 can stand on.
+
+* option 1: Mask R-CNN ResNet50-FPN with COCO weights and new box and mask predictors for
+  2 classes (``fasterrcnn_resnet50_fpn`` as the box-only alternative);
+* option 2: Faster R-CNN on another backbone: the tutorial's MobileNetV2 features by default,
+  any backbone of :data:`BACKBONES` (torchvision) or any timm model (``features_only`` + FPN).
+
+Pretrained weights come from torchvision's weight enums (``DEFAULT``), fetched into torch.hub's
+cache by :func:`trainers.download.download`; when they cannot be had the model starts from random
+init and the caller is told so in one line.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchvision
+from torch import nn
+from torchvision.models.detection import FasterRCNN
+from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
+from torchvision.models.detection.rpn import AnchorGenerator
+from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+from trainers.download import DownloadError, download, socket_timeout
+from trainers.errors import UsageError, suggest
+from trainers.registry import Registry
+
+NUM_CLASSES = 2  # background and pedestrian
+TIMM_PREFIX = "timm/"
+
+
+@dataclass
+class Built:
+    """A detector and the provenance of its starting weights (recorded in the W&B config)."""
+
+    model: nn.Module
+    weights: str  # "coco", "imagenet" or "random"
+    notes: list[str] = field(default_factory=list)
+
+
+def fetch_weights(weights: Any) -> bool:
+    """Make sure a torchvision weights entry is in torch.hub's cache; False (said in one line) if it cannot be."""
+    target = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+    if target.is_file():
+        return True
+    try:
+        download(weights.url, target)
+        return True
+    except DownloadError as exc:
+        print(f"pretrained weights unavailable ({exc}); starting from random init", file=sys.stderr)
+        return False
+
+
+def _pretrained(weights: Any, mode: str) -> Any:
+    """The weights entry to build with, or None for random init (``mode`` is ``auto`` or ``none``)."""
+    return weights if mode == "auto" and fetch_weights(weights) else None
+
+
+# -- option 1 ----------------------------------------------------------------------------------
+
+MODELS: Registry[Built] = Registry("model")
+
+
+def _new_heads(model: nn.Module) -> None:
+    """The tutorial's surgery: 2-class box (and mask) predictors on a COCO model."""
+    in_features = model.roi_heads.box_predictor.cls_score.in_features
+    model.roi_heads.box_predictor = FastRCNNPredictor(in_features, NUM_CLASSES)
+    if model.roi_heads.has_mask():
+        in_channels = model.roi_heads.mask_predictor.conv5_mask.in_channels
+        model.roi_heads.mask_predictor = MaskRCNNPredictor(in_channels, 256, NUM_CLASSES)
+
+
+def _option1(builder: Callable[..., nn.Module], weights_enum: Any, weights: str, **kwargs: Any) -> Built:
+    coco = _pretrained(weights_enum.DEFAULT, weights)
+    if coco is None:
+        return Built(builder(weights=None, weights_backbone=None, num_classes=NUM_CLASSES, **kwargs), "random")
+    model = builder(weights=coco, **kwargs)
+    _new_heads(model)
+    return Built(model, "coco")
+
+
+@MODELS.register("maskrcnn_resnet50_fpn")
+def maskrcnn_resnet50_fpn(*, weights: str = "auto", **kwargs: Any) -> Built:
+    """Option 1 of the tutorial: Mask R-CNN ResNet50-FPN, COCO weights, new 2-class predictors."""
+    from torchvision.models.detection import MaskRCNN_ResNet50_FPN_Weights, maskrcnn_resnet50_fpn as build
+
+    return _option1(build, MaskRCNN_ResNet50_FPN_Weights, weights, **kwargs)
+
+
+@MODELS.register("fasterrcnn_resnet50_fpn")
+def fasterrcnn_resnet50_fpn(*, weights: str = "auto", **kwargs: Any) -> Built:
+    """Option 1 without masks: Faster R-CNN ResNet50-FPN, COCO weights, new 2-class box predictor."""
+    from torchvision.models.detection import FasterRCNN_ResNet50_FPN_Weights, fasterrcnn_resnet50_fpn as build
+
+    return _option1(build, FasterRCNN_ResNet50_FPN_Weights, weights, **kwargs)
+
+
+# -- option 2: backbones -------------------------------------------------------------------------
+
+@dataclass
+class Backbone:
+    """A feature extractor with ``out_channels`` and the anchors / RoI pooling that fit its maps."""
+
+    body: nn.Module
+    featmap_names: list[str]
+    anchor_sizes: tuple[tuple[int, ...], ...]
+    pretrained: bool
+
+
+BACKBONES: Registry[Backbone] = Registry("backbone")
+# One map at stride 32: the tutorial's anchors, five sizes at every position.
+SINGLE_MAP_ANCHORS = ((32, 64, 128, 256, 512),)
+
+
+def _features(name: str, out_channels: int) -> Callable[..., Backbone]:
+    """A torchvision classifier's ``features`` as one feature map (the tutorial's option 2 shape)."""
+
+    def build(*, weights: str = "auto") -> Backbone:
+        w = _pretrained(torchvision.models.get_model_weights(name).DEFAULT, weights)
+        body = torchvision.models.get_model(name, weights=w).features
+        body.out_channels = out_channels
+        return Backbone(body, ["0"], SINGLE_MAP_ANCHORS, w is not None)
+
+    build.__doc__ = f"torchvision {name} features, one map with {out_channels} channels."
+    return build
+
+
+for _name, _channels in (("mobilenet_v2", 1280), ("mobilenet_v3_large", 960), ("efficientnet_b0", 1280),
+                         ("convnext_tiny", 768)):
+    BACKBONES.register(_name)(_features(_name, _channels))
+
+
+def _resnet_fpn(name: str) -> Callable[..., Backbone]:
+    def build(*, weights: str = "auto") -> Backbone:
+        w = _pretrained(torchvision.models.get_model_weights(name).DEFAULT, weights)
+        # Random init has nothing worth freezing; pretrained keeps the stem and layer1 fixed like the tutorial.
+        body = resnet_fpn_backbone(backbone_name=name, weights=w, trainable_layers=3 if w else 5)
+        return Backbone(body, ["0", "1", "2", "3"], ((32,), (64,), (128,), (256,), (512,)), w is not None)
+
+    build.__doc__ = f"torchvision {name} with an FPN over its four stages."
+    return build
+
+
+for _name in ("resnet18", "resnet50"):
+    BACKBONES.register(_name)(_resnet_fpn(_name))
+
+
+class TimmFPN(nn.Module):
+    """The last ``levels`` feature maps of a timm ``features_only`` model, through an FPN when there are several."""
+
+    def __init__(self, body: nn.Module, levels: int) -> None:
+        super().__init__()
+        self.body = body
+        channels = body.feature_info.channels()
+        if not 1 <= levels <= len(channels):
+            raise UsageError(f"--levels must be between 1 and {len(channels)} for this backbone, got {levels}")
+        self.levels = levels
+        if levels > 1:
+            self.fpn = FeaturePyramidNetwork(channels[-levels:], 256, extra_blocks=LastLevelMaxPool())
+            self.out_channels = 256
+        else:
+            self.fpn = None
+            self.out_channels = channels[-1]
+
+    def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
+        maps = self.body(x)[-self.levels:]
+        named = OrderedDict((str(i), m) for i, m in enumerate(maps))
+        return self.fpn(named) if self.fpn is not None else named
+
+
+def timm_backbone(name: str, *, weights: str = "auto", levels: int = 3) -> Backbone:
+    """Any timm model as a backbone (``features_only``); ImageNet weights from the HF hub when reachable."""
+    import timm
+
+    body, pretrained = None, False
+    if weights == "auto":
+        try:
+            with socket_timeout():
+                body, pretrained = timm.create_model(name, pretrained=True, features_only=True), True
+        except Exception as exc:  # hub errors come in many types; all mean "no weights"
+            print(f"pretrained weights for timm {name} unavailable ({type(exc).__name__}); starting from random init",
+                  file=sys.stderr)
+    if body is None:
+        body = timm.create_model(name, pretrained=False, features_only=True)
+    module = TimmFPN(body, levels)
+    if levels == 1:
+        return Backbone(module, ["0"], SINGLE_MAP_ANCHORS, pretrained)
+    sizes = tuple((32 * 2**i,) for i in range(levels + 1))  # one size per map, the max-pooled extra included
+    return Backbone(module, [str(i) for i in range(levels)], sizes, pretrained)
+
+
+def backbone_names() -> list[str]:
+    """The torchvision backbones registered here; any timm model is accepted as well (``timm/NAME``)."""
+    return BACKBONES.names()
+
+
+def check_backbone(name: str) -> None:
+    """Raise UsageError with close matches unless ``name`` is a registered or a timm backbone."""
+    import timm
+
+    if name in BACKBONES or timm.is_model(name.removeprefix(TIMM_PREFIX)):
+        return
+    known = BACKBONES.names() + [TIMM_PREFIX + n for n in timm.list_models()]
+    raise UsageError(f"unknown backbone {name!r}{suggest(name, known)}; choose one of {', '.join(BACKBONES.names())} "
+                     f"or any timm model as timm/NAME (timm.list_models())")
+
+
+def create_backbone(name: str, *, weights: str = "auto", levels: int = 3) -> Backbone:
+    """A registered torchvision backbone, or a timm one (``timm/NAME`` or a plain timm name)."""
+    check_backbone(name)
+    if name in BACKBONES:
+        return BACKBONES.create(name, weights=weights)
+    return timm_backbone(name.removeprefix(TIMM_PREFIX), weights=weights, levels=levels)
+
+
+def faster_rcnn_on(backbone: Backbone, **kwargs: Any) -> FasterRCNN:
+    """The tutorial's option 2 head on ``backbone``: ratios 0.5/1/2 at every size, 7x7 RoIAlign."""
+    anchors = AnchorGenerator(sizes=backbone.anchor_sizes, aspect_ratios=((0.5, 1.0, 2.0),) * len(backbone.anchor_sizes))
+    pool = MultiScaleRoIAlign(featmap_names=backbone.featmap_names, output_size=7, sampling_ratio=2)
+    return FasterRCNN(backbone.body, num_classes=NUM_CLASSES, rpn_anchor_generator=anchors, box_roi_pool=pool, **kwargs)
+
+
+def build_detector(option: int, *, model: str, backbone: str, weights: str, levels: int = 3, **kwargs: Any) -> Built:
+    """Option 1 (``model`` from :data:`MODELS`) or option 2 (Faster R-CNN on ``backbone``).
+
+    ``kwargs`` go to the detector: ``min_size``, ``max_size``, ``box_batch_size_per_image``, ...
+    """
+    if option == 1:
+        return MODELS.create(model, weights=weights, **kwargs)
+    bb = create_backbone(backbone, weights=weights, levels=levels)
+    return Built(faster_rcnn_on(bb, **kwargs), "imagenet" if bb.pretrained else "random")
