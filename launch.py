@@ -177,7 +177,95 @@ def cmd_compare(args: argparse.Namespace) -> int:
                        goal=args.goal, plot=args.plot, out=args.out, mode=args.wandb_mode, group=args.group)
 
 
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction, list], None]] = [add_filters, add_sweep, add_iou, add_compare]
+def add_detect(sub: argparse._SubParsersAction, parents: list) -> None:
+    from trainers.detection.trainer import add_arguments
+
+    p = sub.add_parser("detect", parents=parents, help="fine-tune two detectors on Penn-Fudan and compare them",
+                       description="The torchvision detection fine-tuning tutorial as a tracked experiment: option 1 "
+                                   "(Mask R-CNN R50-FPN) and option 2 (Faster R-CNN on another backbone) trained on "
+                                   "Penn-Fudan, COCO AP every epoch, both models on the Beatles photo, a verdict.")
+    add_arguments(p)
+    p.set_defaults(func=cmd_detect)
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    import time
+    from pathlib import Path
+
+    from callbacks import standard_callbacks
+    from callbacks.checkpoint import Checkpoint
+    from callbacks.detection_viz import PhotoTable, PredictionTable
+    from trainers.detection.beatles import PhotoComparison, load_photo
+    from trainers.detection.trainer import build_trainer, model_label, prepare
+
+    plan = prepare(args)
+    photo = load_photo(args.image)
+    args.group = args.group or f"detect-{time.strftime('%Y%m%d-%H%M%S')}"
+    to_wandb = args.wandb_mode != "disabled"
+
+    def run_args(suffix: str) -> argparse.Namespace:
+        return argparse.Namespace(**{**vars(args), "run_name": f"{args.run_name or args.group}-{suffix}"})
+
+    models, results = {}, {}
+    for option in plan.options:
+        callbacks = standard_callbacks(run_args(f"option{option}"), job_type=f"detect-option{option}",
+                                       monitor=("val/bbox_AP", "max"), log_every=1)
+        callbacks.append(Checkpoint(Path(args.out) / "checkpoints" / args.group / f"option{option}", monitor="val/bbox_AP"))
+        if to_wandb:
+            callbacks.append(PredictionTable())
+        trainer = build_trainer(plan, option, args, callbacks)
+        try:
+            results[model_label(option, args)] = trainer.fit()
+        except FloatingPointError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        models[model_label(option, args)] = trainer.model
+    callbacks = standard_callbacks(run_args("photo"), job_type="detect-photo") + [PhotoTable(log_to_wandb=to_wandb)]
+    PhotoComparison(photo, models, results, callbacks, config={**run_config(args), "photo": photo.source}).fit()
+    return 0
+
+
+def add_alexnet(sub: argparse._SubParsersAction, parents: list) -> None:
+    from trainers.classification import add_arguments
+
+    p = sub.add_parser("alexnet", parents=parents, help="AlexNet (course / d2l) and weight decay three ways",
+                       description="Train the course's CIFAR-10 AlexNet or d2l's 224x224 AlexNet (digits offline by "
+                                   "default) with l2, coupled or decoupled weight decay, a probe of the decay and "
+                                   "the learning rate's stability, learned filters, feature maps and a confusion matrix.")
+    add_arguments(p)
+    p.set_defaults(func=cmd_alexnet)
+
+
+def cmd_alexnet(args: argparse.Namespace) -> int:
+    import time
+    from pathlib import Path
+
+    from callbacks import standard_callbacks
+    from callbacks.checkpoint import Checkpoint
+    from callbacks.weight_decay import WeightDecayProbe
+    from trainers.classification import build_trainer, resolve_args
+
+    for line in resolve_args(args):
+        print(line, file=sys.stderr)
+    callbacks = standard_callbacks(args, job_type="alexnet", monitor=("val/acc", "max"),
+                                   tags=[args.recipe, args.variant, args.wd_mode])
+    ckpt_dir = Path(args.out) / "checkpoints" / f"alexnet-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    callbacks += [WeightDecayProbe(hessian_every=args.hessian_every, hessian_iters=args.hessian_iters),
+                  Checkpoint(ckpt_dir, monitor="val/acc", upload="end")]
+    if args.wandb_mode != "disabled":
+        from callbacks.classification_viz import ConfusionMatrix, FeatureMapTable, FilterGrid
+
+        callbacks += [FilterGrid(), FeatureMapTable(args.viz_images), ConfusionMatrix()]
+    trainer = build_trainer(args, callbacks, config=run_config(args))
+    try:
+        trainer.fit()
+    except FloatingPointError as exc:  # divergence: the run is already finished in W&B as failed
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction, list], None]] = [add_filters, add_sweep, add_iou, add_compare, add_detect, add_alexnet]
 
 
 def get_args_parser() -> argparse.ArgumentParser:
