@@ -187,15 +187,10 @@ def _numeric(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def plot_metric(records: Sequence[RunRecord], keys: Sequence[str], metric: str, goal: str,
-                path: str | Path) -> Path | None:
-    """Plot ``metric`` against the numeric key with the most distinct values, one line per
-    combination of the other keys; returns the PNG's path, or None when no key is numeric."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def plot_series(records: Sequence[RunRecord], keys: Sequence[str], metric: str,
+                goal: str) -> tuple[str, dict[str, list[tuple[float, float]]]] | None:
+    """The x key (the numeric key with the most distinct values) and one sorted line of
+    ``(x, metric)`` points per combination of the other keys; None when no key is numeric."""
     values = [{**r.config, **r.params} for r in records]
     numeric = [k for k in keys if all(_numeric(v.get(k)) for v in values)]
     if not numeric:
@@ -205,19 +200,31 @@ def plot_metric(records: Sequence[RunRecord], keys: Sequence[str], metric: str, 
     series: dict[str, list[tuple[float, float]]] = {}
     for r, v in zip(records, values):
         y = r.value(metric, goal)
-        if y is None:
-            continue
-        label = ", ".join(f"{k}={_cell(v.get(k))}" for k in others) or metric
-        series.setdefault(label, []).append((float(v[x_key]), y))
-    if not series:
+        if y is not None:
+            label = ", ".join(f"{k}={_cell(v.get(k))}" for k in others) or metric
+            series.setdefault(label, []).append((float(v[x_key]), y))
+    return (x_key, {label: sorted(points) for label, points in sorted(series.items())}) if series else None
+
+
+def plot_metric(records: Sequence[RunRecord], keys: Sequence[str], metric: str, goal: str,
+                path: str | Path) -> Path | None:
+    """Write the PNG of :func:`plot_series` to ``path``; None (and no file) when there is nothing to plot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    layout = plot_series(records, keys, metric, goal)
+    if layout is None:
         return None
+    x_key, series = layout
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
-    for label, points in sorted(series.items()):
-        xs, ys = zip(*sorted(points))
+    for label, points in series.items():
+        xs, ys = zip(*points)
         ax.plot(xs, ys, marker="o", label=label)
     xs_all = [x for pts in series.values() for x, _ in pts]
     positive = [x for x in xs_all if x > 0]
-    if positive and max(positive) / min(positive) >= 100:
+    if positive and max(positive) / min(positive) >= 10:
         # Decades of lambda or lr read best on a log axis; a zero (no decay) needs symlog's linear patch.
         if min(xs_all) > 0:
             ax.set_xscale("log")
@@ -227,7 +234,7 @@ def plot_metric(records: Sequence[RunRecord], keys: Sequence[str], metric: str, 
     ax.set_ylabel(metric)
     ax.set_title(f"{metric} vs {x_key}")
     ax.grid(True, alpha=0.3)
-    if len(series) > 1 or others:
+    if len(series) > 1:
         ax.legend(fontsize=8)
     fig.tight_layout()
     path = Path(path)

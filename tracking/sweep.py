@@ -215,6 +215,11 @@ class Sweep:
     def create(cls, config: dict[str, Any], *, out: str | Path, source: str, count: int | None,
                sweep_id: str | None = None, seed: int = 0) -> Sweep:
         """A new, empty sweep in ``out/sweeps/NAME-ID``."""
+        if sweep_id:
+            try:
+                agent_command.split_sweep_path(sweep_id)
+            except ValueError as exc:
+                raise UsageError(f"--sweep-id {sweep_id!r}: {exc}") from None
         local_id = generate_id()
         name = str(config.get("name") or Path(source).stem)
         directory = Path(out).resolve() / "sweeps" / f"{name}-{local_id}"
@@ -248,7 +253,8 @@ class Sweep:
 
     @property
     def param_dir(self) -> Path:
-        return self.directory / "wandb" / f"sweep-{self.sweep_id or self.local_id}"
+        sweep = agent_command.split_sweep_path(self.sweep_id)[2] if self.sweep_id else self.local_id
+        return self.directory / "wandb" / f"sweep-{sweep}"
 
     def engine_runs(self) -> list[sweeps.SweepRun]:
         return [t.engine_run() for t in self.trials if t.state != INTERRUPTED]
@@ -353,7 +359,7 @@ class Runner:
     ``WANDB_AGENT_KILL_DELAY`` seconds, as the agent escalates.
     """
 
-    POLL_S = 0.2
+    POLL_S = 0.1
     FLUSH_S = 1.0
 
     def __init__(self, sweep: Sweep, *, jobs: int = 1, wandb_mode: str | None = None,

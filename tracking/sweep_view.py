@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import time
 from typing import Any
 
@@ -125,6 +126,9 @@ def run_sweep(*, yaml_path: str | None, resume: str | None, out: str, count: int
                          if endless else ""), highlight=False, soft_wrap=True)
     view = LiveView(sweep, console)
     runner = Runner(sweep, jobs=jobs, wandb_mode=wandb_mode, view=view)
+    # A scheduler's SIGTERM gets the same clean stop as Ctrl-C (as wandb agent treats it): trials
+    # run in their own process groups and would otherwise outlive the runner.
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         with view:
             runner.run()
@@ -136,5 +140,7 @@ def run_sweep(*, yaml_path: str | None, resume: str | None, out: str, count: int
         console.print(f"interrupted; continue with: python launch.py sweep --resume {sweep.directory}",
                       highlight=False, soft_wrap=True)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     final_report(sweep, console)
     return 0 if any(t.state == FINISHED for t in sweep.trials) else 1
