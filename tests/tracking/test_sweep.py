@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
+from rich.console import Console
 
 from launch import main
 from tests.conftest import ROOT
 from tracking.compare import local_runs
 from tracking.readback import records, run_summary
 from tracking.sweep import Sweep, load_config
+from tracking.sweep_view import final_report
 
 PROGRAM = str(ROOT / "tests" / "tracking" / "trial_program.py")
 
@@ -73,9 +73,6 @@ def test_trials_run_the_agents_command_and_rank_by_the_metric(grid, capsys):
     assert best.values == {"x": 3, "y": 0.5, "steps": 2} and best.score(grid.metric) == 6.5
     assert best.command == ["/usr/bin/env", "python", PROGRAM, "--steps=2", "--x=3", "--y=0.5"]
     assert grid.trials[0].history == [{"score": 1.0}, {"score": 2.0}]  # read from the .wandb log as it ran
-    from tracking.sweep_view import final_report
-    from rich.console import Console
-
     final_report(grid, Console(width=200, stderr=True))
     err = capsys.readouterr().err
     assert f"reproduce: python {PROGRAM} --steps=2 --x=3 --y=0.5" in err
@@ -172,15 +169,11 @@ def test_resume_after_interrupting_the_runner(tmp_path, launch_cmd):
     assert sorted(t.values["x"] for t in resumed.trials if t.state == "finished") == [1, 2, 3]
 
 
-def _error_lines(capsys) -> str:
-    return capsys.readouterr().err
-
-
 def test_schema_violations_are_listed_and_exit_2(tmp_path, capsys):
     bad = write_sweep(tmp_path / "bad.yaml", method="grdi", metric={"name": "acc", "goal": "up"},
                       parameters={"lr": {"min": 1.0, "max": 0.1}})
     assert main(["sweep", str(bad), "--out", str(tmp_path)]) == 2
-    err = _error_lines(capsys)
+    err = capsys.readouterr().err
     assert f"error: {bad} is not a valid W&B sweep (" in err
     assert "  1. " in err and "  2. " in err and "'grdi' is not one of" in err and "'up' is not one of" in err
     assert "Traceback" not in err and not (tmp_path / "sweeps").exists()
@@ -196,17 +189,17 @@ def test_what_the_engine_would_refuse_is_caught_up_front(config, expected, tmp_p
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump({"program": PROGRAM, **config}))
     assert main(["sweep", str(path), "--out", str(tmp_path)]) == 2
-    assert expected in _error_lines(capsys)
+    assert expected in capsys.readouterr().err
 
 
 def test_unreadable_files_and_resume_folders_are_one_line_errors(tmp_path, capsys):
     (tmp_path / "x.yaml").write_text("method: [grid\n")
     assert main(["sweep", str(tmp_path / "x.yaml")]) == 2
-    assert "is not valid YAML" in _error_lines(capsys)
+    assert "is not valid YAML" in capsys.readouterr().err
     assert main(["sweep", str(tmp_path / "missing.yaml")]) == 2
-    assert "sweep file not found" in _error_lines(capsys)
+    assert "sweep file not found" in capsys.readouterr().err
     assert main(["sweep", "--resume", str(tmp_path)]) == 2
-    assert "holds no sweep" in _error_lines(capsys)
+    assert "holds no sweep" in capsys.readouterr().err
 
 
 def test_pinned_parameters_keep_the_yaml_valid(tmp_path):
