@@ -1,0 +1,77 @@
+"""The weight-decay probe: what decay does to the weights, step by step, and whether the
+learning rate is stable for the loss surface and lambda.
+
+Logged against ``trainer/step``:
+
+- ``wd/weight_norm``: global L2 norm of the decayed weights after each step.
+- ``wd/decay_factor``: the factor the decay part of each step multiplied the weights by, measured
+  on the weights themselves, beside ``wd/decay_factor_theory`` = 1 - lr * lambda. Only where the
+  decay part can be separated from the gradient part (decoupled decay; l2 / coupled with plain
+  SGD); with Adam or momentum, l2 / coupled decay is mixed into the optimizer's update.
+- ``wd/hessian_top_eig`` (beta, top eigenvalue of the training loss's Hessian on a fixed batch),
+  ``wd/lr_sharpness`` = lr * (beta + lambda) and ``wd/stability_bound``: gradient descent is
+  stable along the sharpest direction only while lr * (beta + lambda) < 2 (2 * (1 + momentum)
+  with heavy-ball momentum). Estimated at the start, every few epochs and at the end.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+from trainers.engine import STEP_AXIS, Callback, Engine
+
+
+class WeightDecayProbe(Callback):
+    """Logs the decay measurements of every step and the curvature-based stability margin.
+
+    ``hessian_every``: epochs between curvature estimates (0: none); ``hessian_iters``: power
+    iterations per estimate. Works with trainers that have ``measure_decay``,
+    ``decay_factor_theory``, ``decay_separable`` and ``hessian_top_eigenvalue`` (the
+    classification trainer).
+    """
+
+    def __init__(self, *, hessian_every: int = 4, hessian_iters: int = 10) -> None:
+        self.hessian_every = hessian_every
+        self.hessian_iters = hessian_iters
+
+    def on_fit_start(self, trainer: Engine) -> None:
+        trainer.measure_decay = True
+        if not trainer.decay_separable and trainer.weight_decay:
+            print(
+                f"wd/decay_factor not logged: with {trainer.optimizer_name} (momentum {trainer.momentum:g}) "
+                f"{trainer.wd_mode} decay passes through the optimizer's update, so no step has a separate "
+                f"1 - lr*lambda shrink; use --wd-mode decoupled to get one",
+                file=sys.stderr,
+            )
+        if self.hessian_every:
+            self._curvature(trainer)
+
+    def on_batch_end(self, trainer: Engine, batch_idx: int, outputs: Mapping[str, Any]) -> None:
+        metrics = {"wd/weight_norm": outputs["weight_norm"], "wd/decay_factor_theory": trainer.decay_factor_theory}
+        if "decay_factor" in outputs:
+            metrics["wd/decay_factor"] = outputs["decay_factor"]
+        trainer.log(metrics, axis=STEP_AXIS)
+
+    def on_epoch_end(self, trainer: Engine, epoch: int, metrics: Mapping[str, float]) -> None:
+        done = epoch + 1
+        if self.hessian_every and (done % self.hessian_every == 0 or done == trainer.epochs or trainer.should_stop):
+            self._curvature(trainer)
+
+    def _curvature(self, trainer: Engine) -> None:
+        beta = trainer.hessian_top_eigenvalue(self.hessian_iters)
+        sharpness = trainer.lr * (beta + trainer.weight_decay)
+        sgd = trainer.optimizer_name == "sgd"
+        bound = 2.0 * (1.0 + trainer.momentum) if sgd else 2.0
+        metrics = {"wd/hessian_top_eig": beta, "wd/lr_sharpness": sharpness, "wd/stability_bound": bound}
+        trainer.log(metrics, axis=STEP_AXIS)
+        trainer.summary.update(metrics)
+        verdict = "above the bound: this lr is too large for the surface" if sharpness >= bound else "stable"
+        if not sgd:
+            verdict += f"; the bound is SGD's, {trainer.optimizer_name} rescales the step"
+        print(
+            f"curvature at step {trainer.global_step}: beta = {beta:.4g}, lr*(beta+lambda) = {sharpness:.4g} "
+            f"vs {bound:g} ({verdict})",
+            file=sys.stderr,
+        )

@@ -1,0 +1,140 @@
+"""Weight decay three ways on the real trainer step, the parameter split, and the Hessian estimate."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from trainers.classification import ClassificationTrainer, param_groups
+from trainers.datasets import Splits, make_loaders
+from trainers.hessian import top_hessian_eigenvalue
+
+LR, LAMBDA = 0.1, 0.5
+
+
+def tiny_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 3))
+
+
+def tiny_loaders(batch_size: int = 16):
+    rng = np.random.default_rng(0)
+    part = lambda n: (rng.integers(0, 256, (n, 8, 8, 1), dtype=np.uint8), rng.integers(0, 3, n))  # noqa: E731
+    splits = Splits("tiny", part(32), part(8), part(8), ["a", "b", "c"], flips=False)
+    return make_loaders(splits, size=8, batch_size=batch_size, augment=False, seed=0)
+
+
+def trainer(model=None, **kw) -> ClassificationTrainer:
+    kw = {"optimizer": "sgd", "lr": LR, "weight_decay": LAMBDA, **kw}
+    t = ClassificationTrainer(model or tiny_model(), tiny_loaders(), epochs=1, **kw)
+    t.measure_decay = True
+    return t
+
+
+def trajectory(steps: int = 4, **kw) -> tuple[list[torch.Tensor], list[dict]]:
+    t = trainer(**kw)
+    x, y = next(iter(t.loaders.train))
+    outs = [t.train_step(x, y) for _ in range(steps)]
+    return [p.detach().clone() for p in t.model.parameters()], outs
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_sgd_l2_and_coupled_follow_the_same_trajectory(momentum):
+    l2, _ = trajectory(wd_mode="l2", momentum=momentum)
+    coupled, _ = trajectory(wd_mode="coupled", momentum=momentum)
+    for a, b in zip(l2, coupled):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    if momentum == 0:  # plain SGD: decoupled is the same update too
+        decoupled, _ = trajectory(wd_mode="decoupled")
+        for a, b in zip(l2, decoupled):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [dict(wd_mode="l2"), dict(wd_mode="coupled"), dict(wd_mode="decoupled"),
+     dict(wd_mode="decoupled", momentum=0.9), dict(optimizer="adamw", wd_mode="decoupled", lr=0.01)],
+)
+def test_decay_part_of_each_step_is_one_minus_lr_lambda(kw):
+    t = trainer(**kw)
+    x, y = next(iter(t.loaders.train))
+    for _ in range(3):
+        out = t.train_step(x, y)
+        assert out["decay_factor"] == pytest.approx(1 - t.lr * LAMBDA, abs=1e-6)
+        assert out["weight_norm"] == pytest.approx(t.weight_norm())
+    assert t.decay_factor_theory == 1 - t.lr * LAMBDA
+
+
+def test_adam_with_coupled_decay_has_no_separate_shrink():
+    t = trainer(optimizer="adam", wd_mode="coupled", lr=0.01)
+    x, y = next(iter(t.loaders.train))
+    assert not t.decay_separable and "decay_factor" not in t.train_step(x, y)
+
+
+def test_adamw_mode_matches_torch_adamw():
+    ours = trainer(optimizer="adamw", wd_mode="decoupled", lr=0.01)
+    model = tiny_model()
+    decay, no_decay = param_groups(model)
+    ref = torch.optim.AdamW([{"params": [p for _, p in decay], "weight_decay": LAMBDA},
+                             {"params": [p for _, p in no_decay], "weight_decay": 0.0}], lr=0.01)
+    x, y = next(iter(ours.loaders.train))
+    for _ in range(4):
+        ours.train_step(x, y)
+        ref.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        ref.step()
+    for a, b in zip(ours.model.parameters(), model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_biases_and_norm_weights_are_not_decayed():
+    model = tiny_model()
+    decay, no_decay = param_groups(model)
+    assert [n for n, _ in decay] == ["0.weight", "4.weight"]
+    assert [n for n, _ in no_decay] == ["0.bias", "1.weight", "1.bias", "4.bias"]
+    assert len(param_groups(model, decay_all=True)[0]) == 6
+    t = trainer(wd_mode="decoupled")
+    assert t.config["param_groups"] == {"decay_tensors": 2, "decay_params": 4 * 9 + 3 * 256,
+                                        "no_decay_tensors": 4, "no_decay_params": 4 + 8 + 3}
+    # One decoupled step: decayed tensors shrink by 1 - lr*lambda, the others take the plain gradient step.
+    reference = copy.deepcopy(t.model)
+    x, y = next(iter(t.loaders.train))
+    nn.functional.cross_entropy(reference(x), y).backward()
+    t.train_step(x, y)
+    decayed = {id(p) for p in t.decay_params}
+    for p, r in zip(t.model.parameters(), reference.parameters()):
+        shrink = 1 - LR * LAMBDA if id(p) in decayed else 1.0
+        torch.testing.assert_close(p, shrink * r.detach() - LR * r.grad, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("eigenvalues", [[5.0, 2.0, -1.0, 0.5, 0.1], [-6.0, 3.0, 1.0, 0.2, -0.5]])
+def test_hessian_estimate_matches_exact_top_eigenvalue_of_a_quadratic(eigenvalues):
+    gen = torch.Generator().manual_seed(1)
+    q, _ = torch.linalg.qr(torch.randn(5, 5, generator=gen, dtype=torch.float64))
+    a = q @ torch.diag(torch.tensor(eigenvalues, dtype=torch.float64)) @ q.T
+    b = torch.randn(5, generator=gen, dtype=torch.float64)
+    x = torch.zeros(5, dtype=torch.float64, requires_grad=True)
+    eig, _ = top_hessian_eigenvalue(lambda: 0.5 * x @ a @ x + b @ x, [x], iters=500, tol=1e-12)
+    assert eig == pytest.approx(float(torch.linalg.eigvalsh(a).max()), rel=1e-6)
+
+
+def test_trainer_curvature_matches_the_full_hessian():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))  # softmax regression: small enough for the full Hessian
+    t = trainer(model, wd_mode="coupled", hessian_batch=16)
+    x, y = t.loaders.fixed_batch("train", 16)
+    params = dict(model.named_parameters())
+
+    def loss(*flat):
+        return nn.functional.cross_entropy(torch.func.functional_call(model, dict(zip(params, flat)), (x,)), y)
+
+    blocks = torch.autograd.functional.hessian(loss, tuple(params.values()))
+    sizes = [p.numel() for p in params.values()]
+    full = torch.cat([torch.cat([blocks[i][j].reshape(sizes[i], sizes[j]) for j in range(len(sizes))], 1)
+                      for i in range(len(sizes))])
+    exact = float(torch.linalg.eigvalsh(full.double()).max())
+    assert t.hessian_top_eigenvalue(iters=500, tol=1e-9) == pytest.approx(exact, rel=1e-4)

@@ -1,0 +1,400 @@
+"""The AlexNet classification trainer and its weight-decay modes.
+
+Weight decay three ways, for the decayed parameters (weights of convs and linears; biases and
+normalisation weights only with ``--decay-all``):
+
+- ``l2``: the loss gets ``lambda/2 * sum ||w||^2``; autograd adds ``lambda * w`` to the gradient.
+- ``coupled``: the optimizer's own ``weight_decay`` adds ``lambda * w`` to the gradient.
+- ``decoupled``: the weights are multiplied by ``1 - lr * lambda`` apart from the gradient step
+  (AdamW / SGDW). ``--optimizer adamw`` is Adam with this decay.
+
+For plain SGD the three are the same update, ``w <- (1 - lr*lambda) w - lr * grad``. With Adam
+(or momentum) ``l2``/``coupled`` push ``lambda * w`` through the optimizer's scaling, so the
+shrink is no longer ``1 - lr*lambda`` per step: the point of AdamW.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from trainers.alexnet import MODELS, AlexNet
+from trainers.datasets import DATASETS, Loaders, resolve_dataset
+from trainers.engine import EPOCH_AXIS, STEP_AXIS, Callback, Engine, check_finite
+from trainers.errors import UsageError
+from trainers.hessian import top_hessian_eigenvalue
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+WD_MODES = ("l2", "coupled", "decoupled")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A preset of the flags; every field is overridden by the flag of the same name."""
+
+    dataset: str
+    variant: str
+    optimizer: str
+    lr: float
+    batch_size: int
+    epochs: int
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    wd_mode: str = "coupled"
+    augment: bool = True
+
+
+RECIPES: dict[str, Recipe] = {
+    # The course notebook: CIFAR-10 at 32x32, Adam 1e-3, batch 256, 25 epochs, best-val
+    # checkpoint; about 76.8% test accuracy.
+    "course": Recipe("cifar10", "course", "adam", 1e-3, 256, 25),
+    # Dive into Deep Learning 8.1: Fashion-MNIST resized to 224, SGD 0.01, batch 128, 10 epochs,
+    # no augmentation; about 0.885 test accuracy.
+    "d2l": Recipe("fashion-mnist", "d2l", "sgd", 0.01, 128, 10, augment=False),
+    # The offline default: the course network on the digits upscaled to 32x32, sized to reach
+    # 95% test accuracy within minutes on two CPU cores. Decoupled decay, so the probe has a
+    # shrink factor to show.
+    "digits": Recipe("digits", "course", "adam", 1e-3, 64, 6, weight_decay=5e-4, wd_mode="decoupled"),
+}
+RECIPE_FOR_DATASET = {"digits": "digits", "cifar10": "course", "fashion-mnist": "d2l"}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``launch.py alexnet``. Unset flags come from the recipe."""
+    g = parser.add_argument_group("data and model")
+    g.add_argument("--recipe", choices=sorted(RECIPES), default=None,
+                   help="preset of every flag below (default: the one for the dataset: digits -> digits, "
+                        "cifar10 -> course, fashion-mnist -> d2l); explicit flags override it")
+    g.add_argument("--dataset", choices=["auto", *DATASETS.names()], default=None,
+                   help="auto (default without --recipe): cifar10 when its files are under --data, else digits")
+    g.add_argument("--data", default="data", help="folder holding cifar-10-batches-py/ or FashionMNIST/raw/ (default ./data)")
+    g.add_argument("--download", action="store_true", help="fetch cifar10 / fashion-mnist into --data when missing")
+    g.add_argument("--variant", choices=MODELS.names(), default=None,
+                   help="course: 32x32 CIFAR-10 AlexNet; d2l: original-shape AlexNet on 224x224")
+    g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                   help="rotation, flip (not for digits), crop with padding 2 (course and digits recipes: on)")
+    g.add_argument("--limit-batches", type=int, default=None, metavar="N",
+                   help="at most N batches per epoch in training and in each evaluation (quick checks)")
+    g.add_argument("--workers", type=int, default=0, help="data-loader worker processes (default 0)")
+    g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: cuda when available")
+    o = parser.add_argument_group("optimisation and weight decay")
+    o.add_argument("--epochs", type=int, default=None)
+    o.add_argument("--batch-size", type=int, default=None)
+    o.add_argument("--optimizer", choices=OPTIMIZERS, default=None, help="adamw = adam with decoupled decay")
+    o.add_argument("--lr", type=float, default=None)
+    o.add_argument("--momentum", type=float, default=None, help="SGD momentum (recipes: 0)")
+    o.add_argument("--weight-decay", type=float, default=None, metavar="LAMBDA")
+    o.add_argument("--wd-mode", choices=WD_MODES, default=None,
+                   help="l2: lambda/2 ||w||^2 in the loss; coupled: the optimizer's weight_decay; "
+                        "decoupled: w *= 1 - lr*lambda apart from the gradient step")
+    o.add_argument("--decay-all", action="store_true", help="decay biases and normalisation weights too")
+    p = parser.add_argument_group("weight-decay probe and pictures")
+    p.add_argument("--hessian-every", type=int, default=10, metavar="EPOCHS",
+                   help="estimate the top Hessian eigenvalue at the start, every EPOCHS epochs and at the end (0: never)")
+    p.add_argument("--hessian-iters", type=int, default=10, help="power-iteration steps per estimate (default 10)")
+    p.add_argument("--hessian-batch", type=int, default=32, help="size of the fixed training batch it uses (default 32)")
+    p.add_argument("--viz-images", type=int, default=4, help="validation images in the feature-map table (default 4)")
+
+
+def resolve_args(args: argparse.Namespace) -> list[str]:
+    """Fill unset flags from the recipe and check them; returns lines saying what was chosen."""
+    notes = []
+    if args.recipe is not None and args.dataset is None:
+        args.dataset = RECIPES[args.recipe].dataset
+    args.dataset, why = resolve_dataset(args.dataset or "auto", args.data)
+    if why != "--dataset":
+        notes.append(why)
+    args.recipe = args.recipe or RECIPE_FOR_DATASET[args.dataset]
+    if args.optimizer == "adamw":
+        if args.wd_mode not in (None, "decoupled"):
+            raise UsageError("--optimizer adamw decays decoupled by definition; use --optimizer adam with --wd-mode l2 or coupled")
+        args.wd_mode = "decoupled"
+    for key, value in vars(RECIPES[args.recipe]).items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    for flag, value, ok in (
+        ("--epochs", args.epochs, args.epochs >= 1),
+        ("--batch-size", args.batch_size, args.batch_size >= 1),
+        ("--lr", args.lr, args.lr > 0),
+        ("--momentum", args.momentum, 0 <= args.momentum < 1),
+        ("--weight-decay", args.weight_decay, args.weight_decay >= 0),
+        ("--hessian-every", args.hessian_every, args.hessian_every >= 0),
+        ("--hessian-iters", args.hessian_iters, args.hessian_iters >= 1),
+        ("--hessian-batch", args.hessian_batch, args.hessian_batch >= 1),
+        ("--viz-images", args.viz_images, args.viz_images >= 0),
+        ("--limit-batches", args.limit_batches, args.limit_batches is None or args.limit_batches >= 1),
+    ):
+        if not ok:
+            raise UsageError(f"{flag} {value} is out of range; see `launch.py alexnet --help`")
+    notes.append(
+        f"recipe {args.recipe}: {args.variant} AlexNet on {args.dataset}, {args.optimizer} lr {args.lr:g}, "
+        f"batch {args.batch_size}, {args.epochs} epochs, weight decay {args.weight_decay:g} ({args.wd_mode})"
+    )
+    return notes
+
+
+def param_groups(model: nn.Module, decay_all: bool = False) -> tuple[list[tuple[str, nn.Parameter]], list[tuple[str, nn.Parameter]]]:
+    """(decayed, not decayed) named parameters, the timm / nanoGPT way: biases and every 0-d or
+    1-d tensor (normalisation weights) are not decayed unless ``decay_all``."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        skip = (p.ndim <= 1 or name.endswith(".bias")) and not decay_all
+        (no_decay if skip else decay).append((name, p))
+    return decay, no_decay
+
+
+def _sq_norm(params: list[torch.Tensor]) -> torch.Tensor:
+    # Per-tensor norms in the parameters' own precision (one fused pass), summed in float64.
+    return torch.stack(torch._foreach_norm([p.detach() for p in params])).double().pow(2).sum()
+
+
+def _dot(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
+    return torch.stack([torch.dot(x.reshape(-1), y.reshape(-1)) for x, y in zip(a, b)]).double().sum()
+
+
+class ClassificationTrainer(Engine):
+    """Trains an image classifier with cross-entropy, one of three weight-decay modes, and
+    reports val metrics per epoch and test metrics (of the best-val weights) at the end.
+
+    ``measure_decay`` (set by the weight-decay probe) makes every step also report the global
+    norm of the decayed weights and, where the decay part of the step can be separated from the
+    gradient part, the factor it multiplied the weights by.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loaders: Loaders,
+        callbacks: Iterable[Callback] = (),
+        *,
+        epochs: int,
+        optimizer: str = "sgd",
+        lr: float = 0.01,
+        momentum: float = 0.0,
+        weight_decay: float = 0.0,
+        wd_mode: str = "coupled",
+        decay_all: bool = False,
+        limit_batches: int | None = None,
+        hessian_batch: int = 64,
+        device: str = "cpu",
+        config: Mapping[str, Any] | None = None,
+    ) -> None:
+        steps = len(loaders.train) if limit_batches is None else min(limit_batches, len(loaders.train))
+        super().__init__(callbacks, epochs=epochs, config=config, name="alexnet", steps_per_epoch=steps)
+        if optimizer not in OPTIMIZERS or wd_mode not in WD_MODES:
+            raise UsageError(f"optimizer must be one of {OPTIMIZERS} and wd_mode one of {WD_MODES}")
+        if optimizer == "adamw" and wd_mode != "decoupled":
+            raise UsageError("--optimizer adamw decays decoupled by definition; use --optimizer adam with --wd-mode l2 or coupled")
+        self.device = torch.device(device)
+        self.model = model.to(self.device)
+        self.loaders = loaders
+        self.lr, self.momentum, self.weight_decay, self.wd_mode = lr, momentum, weight_decay, wd_mode
+        self.optimizer_name = optimizer
+        self.limit_batches = limit_batches
+        self.hessian_batch = hessian_batch
+        self.measure_decay = False
+        decay, no_decay = param_groups(model, decay_all)
+        self.decay_params = [p for _, p in decay]
+        self.group_sizes = {
+            "decay_tensors": len(decay), "decay_params": sum(p.numel() for _, p in decay),
+            "no_decay_tensors": len(no_decay), "no_decay_params": sum(p.numel() for _, p in no_decay),
+        }
+        self.summary.update({f"wd/{k}": v for k, v in self.group_sizes.items()})
+        self.config["param_groups"] = dict(self.group_sizes)
+        coupled = weight_decay if wd_mode == "coupled" else 0.0
+        groups = [
+            {"params": self.decay_params, "weight_decay": coupled},
+            {"params": [p for _, p in no_decay], "weight_decay": 0.0},
+        ]
+        if optimizer == "sgd":
+            self.optimizer = torch.optim.SGD(groups, lr=lr, momentum=momentum)
+        else:
+            self.optimizer = torch.optim.Adam(groups, lr=lr)
+        # Mixed precision only on CUDA; CPU runs stay in float32 so the decay arithmetic is exact.
+        self.autocast = self.device.type == "cuda"
+        self._best_acc = -1.0
+        self._best_state: dict[str, torch.Tensor] | None = None
+        self.best_epoch = 0
+        self.test_targets: list[int] = []
+        self.test_predictions: list[int] = []
+
+    # -- weight decay -------------------------------------------------------------------------
+    @property
+    def decay_factor_theory(self) -> float:
+        """The shrink ``1 - lr * lambda`` that SGD-style weight decay applies every step."""
+        return 1.0 - self.lr * self.weight_decay
+
+    @property
+    def decay_separable(self) -> bool:
+        """Whether the decay part of a step can be read off: decoupled decay is its own
+        multiplication; with plain SGD the gradient part is exactly ``-lr * grad``."""
+        return self.wd_mode == "decoupled" or (self.optimizer_name == "sgd" and self.momentum == 0)
+
+    def weight_norm(self) -> float:
+        """Global L2 norm of the decayed weights."""
+        return float(_sq_norm(self.decay_params).sqrt())
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+        """One optimisation step on a batch; returns the loss, accuracy and decay measurements."""
+        self.model.train()
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            logits = self.model(x)
+        data_loss = nn.functional.cross_entropy(logits.float(), y)
+        loss = data_loss
+        penalty = None
+        if self.wd_mode == "l2" and self.weight_decay:
+            penalty = 0.5 * self.weight_decay * sum(p.pow(2).sum() for p in self.decay_params)
+            loss = data_loss + penalty
+        check_finite({"loss": data_loss.item()}, step=self.global_step)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        out: dict[str, Any] = {"loss": data_loss.item(), "acc": float((logits.argmax(1) == y).float().mean())}
+        if penalty is not None:
+            out["penalty"] = penalty.item()
+        measure = self.measure_decay and self.decay_separable
+        shrink = self.decay_factor_theory
+        with torch.no_grad():
+            if measure and self.wd_mode != "decoupled":
+                before = [p.detach().clone() for p in self.decay_params]
+                # The data gradient alone: in l2 mode autograd has already added lambda * w.
+                grad = [p.grad - self.weight_decay * p if self.wd_mode == "l2" else p.grad for p in self.decay_params]
+                grad_dot_w = _dot(grad, before)
+            if self.wd_mode == "decoupled" and self.weight_decay:
+                if measure:
+                    norm_before = _sq_norm(self.decay_params)
+                torch._foreach_mul_(self.decay_params, shrink)
+                if measure:
+                    out["decay_factor"] = float((_sq_norm(self.decay_params) / norm_before).sqrt())
+            elif measure and self.wd_mode == "decoupled":
+                out["decay_factor"] = 1.0
+            self.optimizer.step()
+            if measure and self.wd_mode != "decoupled":
+                # w_next = shrink * w - lr * grad, so <w_next + lr * grad, w> / |w|^2 is the shrink.
+                after_dot_w = _dot(self.decay_params, before)
+                out["decay_factor"] = float((after_dot_w + self.lr * grad_dot_w) / _sq_norm(before))
+            if self.measure_decay:
+                out["weight_norm"] = self.weight_norm()
+        return out
+
+    # -- the loop -----------------------------------------------------------------------------
+    def _batches(self, loader: torch.utils.data.DataLoader) -> Iterable[tuple[int, Any]]:
+        for i, batch in enumerate(loader):
+            if self.limit_batches is not None and i >= self.limit_batches:
+                return
+            yield i, batch
+
+    def train_epoch(self, epoch: int) -> None:
+        total = correct = seen = 0.0
+        for i, (x, y) in self._batches(self.loaders.train):
+            out = self.train_step(x, y)
+            metrics = {"train/loss": out["loss"], "train/acc": out["acc"]}
+            if "penalty" in out:
+                metrics["train/l2_penalty"] = out["penalty"]
+            self.log(metrics, axis=STEP_AXIS)
+            total += out["loss"] * len(y)
+            correct += out["acc"] * len(y)
+            seen += len(y)
+            self.step_end(i, out)
+        self.log({"train/epoch_loss": total / seen, "train/epoch_acc": correct / seen}, axis=EPOCH_AXIS)
+
+    @torch.no_grad()
+    def _evaluate(self, loader: torch.utils.data.DataLoader) -> tuple[float, float, list[int], list[int]]:
+        self.model.eval()
+        loss = 0.0
+        targets: list[int] = []
+        preds: list[int] = []
+        for _, (x, y) in self._batches(loader):
+            x, y = x.to(self.device), y.to(self.device)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+                logits = self.model(x).float()
+            loss += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
+            targets += y.tolist()
+            preds += logits.argmax(1).tolist()
+        n = max(len(targets), 1)
+        acc = sum(t == p for t, p in zip(targets, preds)) / n
+        return loss / n, acc, targets, preds
+
+    def evaluate(self, epoch: int) -> dict[str, float]:
+        loss, acc, _, _ = self._evaluate(self.loaders.val)
+        if acc > self._best_acc:
+            # The test set is scored with the best-val weights, as the course recipe does.
+            self._best_acc, self.best_epoch = acc, epoch + 1
+            self._best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+        return {"val/loss": loss, "val/acc": acc}
+
+    def test(self) -> dict[str, float]:
+        if self._best_state is not None:
+            self.model.load_state_dict(self._best_state)
+        loss, acc, self.test_targets, self.test_predictions = self._evaluate(self.loaders.test)
+        return {"test/loss": loss, "test/acc": acc, "test/best_epoch": self.best_epoch}
+
+    def state_dict(self) -> dict[str, Any]:
+        # Weights only: the artifact is for evaluation, and Adam's two moment buffers would triple it.
+        return {"model": self.model.state_dict(), "classes": self.loaders.classes,
+                "mean": self.loaders.mean, "std": self.loaders.std}
+
+    # -- what the probe and the pictures ask for ----------------------------------------------
+    def hessian_top_eigenvalue(self, iters: int = 10, tol: float = 1e-2) -> float:
+        """Top eigenvalue of the Hessian of the data loss (no decay term) on a fixed training batch."""
+        x, y = self.loaders.fixed_batch("train", self.hessian_batch)
+        x, y = x.to(self.device), y.to(self.device)
+        was_training = self.model.training
+        self.model.eval()  # dropout off: one fixed surface
+        try:
+            eig, _ = top_hessian_eigenvalue(
+                lambda: nn.functional.cross_entropy(self.model(x), y), list(self.model.parameters()), iters=iters, tol=tol
+            )
+        finally:
+            self.model.train(was_training)
+        return eig
+
+    @torch.no_grad()
+    def feature_maps(self, x: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+        """The activations (after ReLU) of every conv layer for a batch, in forward order."""
+        model: AlexNet = self.model
+        layers = list(model.features)
+        captured: list[tuple[str, torch.Tensor]] = []
+        hooks = []
+        for name, conv in model.conv_layers():
+            relu = layers[layers.index(conv) + 1]
+            hooks.append(relu.register_forward_hook(lambda m, i, o, name=name: captured.append((name, o.detach().cpu().clone()))))
+        was_training = model.training
+        model.eval()
+        try:
+            model(x.to(self.device))
+        finally:
+            for h in hooks:
+                h.remove()
+            model.train(was_training)
+        return captured
+
+    def first_layer_filters(self) -> torch.Tensor:
+        """conv1's weights, (out_channels, in_channels, k, k)."""
+        return self.model.conv_layers()[0][1].weight.detach().cpu()
+
+
+def build_trainer(args: argparse.Namespace, callbacks: Iterable[Callback], config: Mapping[str, Any]) -> ClassificationTrainer:
+    """Data, model and trainer from resolved flags (see :func:`resolve_args`)."""
+    from trainers.alexnet import create_model
+    from trainers.datasets import load, make_loaders
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda but no CUDA device is visible; use --device cpu")
+    device = "cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu"
+    splits = load(args.dataset, args.data, download=args.download)
+    model = create_model(args.variant, in_channels=splits.channels, num_classes=len(splits.classes))
+    loaders = make_loaders(splits, size=model.input_size, batch_size=args.batch_size, augment=args.augment,
+                           seed=args.seed, workers=args.workers)
+    return ClassificationTrainer(
+        model, loaders, callbacks, epochs=args.epochs, optimizer=args.optimizer, lr=args.lr, momentum=args.momentum,
+        weight_decay=args.weight_decay, wd_mode=args.wd_mode, decay_all=args.decay_all,
+        limit_batches=args.limit_batches, hessian_batch=args.hessian_batch, device=device, config=config,
+    )

@@ -1,0 +1,295 @@
+"""Image-classification data: scikit-learn's digits (always there), CIFAR-10 and Fashion-MNIST
+(torchvision's files under ``--data``), with albumentations augmentation.
+
+Every dataset is loaded as uint8 arrays (N, H, W, C) split into train / val / test; resizing to
+the network's input size, augmentation and normalisation happen per sample in the loader.
+CIFAR-10 and Fashion-MNIST are read from torchvision's on-disk layout by this module (so any
+file in that format works), and downloaded with torchvision's own code (official URLs, MD5
+checks, progress bar) when ``--download`` is given.
+"""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+from albumentations.pytorch import ToTensorV2
+from torch.utils.data import DataLoader, Dataset
+
+from trainers.errors import UsageError
+from trainers.registry import Registry
+
+# The split of a dataset never depends on --seed, so runs that differ in seed, lambda or the
+# learning rate are compared on the same images.
+SPLIT_SEED = 0
+VAL_FRACTION = 0.1  # CIFAR-10: 45k / 5k, the course's split
+DIGITS_TEST_FRACTION = 0.2
+
+CIFAR10_DIR = "cifar-10-batches-py"
+CIFAR10_TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
+CIFAR10_TEST = "test_batch"
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+FASHION_DIR = Path("FashionMNIST") / "raw"
+FASHION_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+
+
+@dataclass
+class Splits:
+    """uint8 images (N, H, W, C) and int labels for train / val / test, plus what describes them."""
+
+    name: str
+    train: tuple[np.ndarray, np.ndarray]
+    val: tuple[np.ndarray, np.ndarray]
+    test: tuple[np.ndarray, np.ndarray]
+    classes: list[str]
+    # Whether a mirrored image is still a valid example (true for photos, false for digits).
+    flips: bool
+
+    @property
+    def channels(self) -> int:
+        return int(self.train[0].shape[-1])
+
+    def mean_std(self) -> tuple[list[float], list[float]]:
+        """Per-channel mean and std of the training images in [0, 1], accumulated in chunks."""
+        x = self.train[0]
+        c = x.shape[-1]
+        total, sq, n = np.zeros(c), np.zeros(c), 0
+        for i in range(0, len(x), 4096):
+            chunk = x[i : i + 4096].reshape(-1, c).astype(np.float64) / 255.0
+            total += chunk.sum(0)
+            sq += (chunk**2).sum(0)
+            n += len(chunk)
+        mean = total / n
+        std = np.sqrt(np.maximum(sq / n - mean**2, 1e-12))
+        return mean.tolist(), std.tolist()
+
+
+def _split_off(x: np.ndarray, y: np.ndarray, fraction: float) -> tuple[tuple, tuple]:
+    """A fixed-seed random split: (rest, held-out ``fraction``), at least one image held out."""
+    order = np.random.default_rng(SPLIT_SEED).permutation(len(x))
+    k = max(1, round(len(x) * fraction))
+    held, rest = order[:k], order[k:]
+    return (x[rest], y[rest]), (x[held], y[held])
+
+
+DATASETS: Registry[Splits] = Registry("dataset")
+
+
+@DATASETS.register("digits")
+def load_digits(root: Path, download: bool = False) -> Splits:
+    """scikit-learn's 1797 8x8 handwritten digits (bundled with the package, so ``root`` and
+    ``download`` play no part): a fixed 70/10/20 split."""
+    from sklearn.datasets import load_digits as sk_digits
+
+    d = sk_digits()
+    x = np.round(d.images * (255 / 16)).astype(np.uint8)[..., None]
+    y = d.target.astype(np.int64)
+    rest, test = _split_off(x, y, DIGITS_TEST_FRACTION)
+    train, val = _split_off(*rest, VAL_FRACTION / (1 - DIGITS_TEST_FRACTION))
+    return Splits("digits", train, val, test, [str(i) for i in range(10)], flips=False)
+
+
+def _missing(name: str, root: Path, what: str) -> UsageError:
+    return UsageError(
+        f"{name} not found under {root} ({what}); add --download to fetch it, "
+        f"or use --dataset digits (bundled, needs no files)"
+    )
+
+
+def _download(name: str, root: Path, fetch: Callable[[], None]) -> None:
+    print(f"downloading {name} to {root} (torchvision, official mirror, MD5-checked)", file=sys.stderr)
+    try:
+        fetch()
+    except Exception as exc:  # no network, a proxy page, a bad checksum: all mean "no data"
+        raise UsageError(
+            f"could not download {name} to {root} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+            f"place the files there yourself and keep --download off, or use --dataset digits"
+        ) from None
+
+
+def cifar10_present(root: Path) -> bool:
+    """True when the CIFAR-10 python batches are under ``root/cifar-10-batches-py``."""
+    folder = Path(root) / CIFAR10_DIR
+    return all((folder / f).is_file() for f in [*CIFAR10_TRAIN, CIFAR10_TEST])
+
+
+def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    with open(path, "rb") as fh:
+        batch = pickle.load(fh, encoding="latin1")
+    x = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(x), np.asarray(batch["labels"], dtype=np.int64)
+
+
+@DATASETS.register("cifar10")
+def load_cifar10(root: Path, download: bool = False) -> Splits:
+    """CIFAR-10 from torchvision's python batches; the last 10% (fixed seed) of train is the val split."""
+    root = Path(root)
+    if not cifar10_present(root):
+        if not download:
+            raise _missing("cifar10", root, f"expected {CIFAR10_DIR}/data_batch_1..5 and test_batch")
+        from torchvision.datasets import CIFAR10
+
+        _download("cifar10", root, lambda: CIFAR10(str(root), train=True, download=True))
+    folder = root / CIFAR10_DIR
+    parts = [_read_cifar_batch(folder / f) for f in CIFAR10_TRAIN]
+    x, y = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    train, val = _split_off(x, y, VAL_FRACTION)
+    classes = CIFAR10_CLASSES
+    meta = folder / "batches.meta"
+    if meta.is_file():
+        with open(meta, "rb") as fh:
+            classes = list(pickle.load(fh, encoding="latin1")["label_names"])
+    return Splits("cifar10", train, val, _read_cifar_batch(folder / CIFAR10_TEST), classes, flips=True)
+
+
+def _idx_file(folder: Path, stem: str) -> Path | None:
+    for name in (stem, stem + ".gz"):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX (MNIST-format) file, plain or gzipped, as a uint8 array of its declared shape."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as fh:
+        data = fh.read()
+    zero, dtype, ndim = data[0] * 256 + data[1], data[2], data[3]
+    if zero != 0 or dtype != 0x08:
+        raise UsageError(f"{path} is not an unsigned-byte IDX file; re-download it with --download")
+    shape = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def fashion_mnist_present(root: Path) -> bool:
+    """True when the four Fashion-MNIST IDX files (plain or .gz) are under ``root/FashionMNIST/raw``."""
+    folder = Path(root) / FASHION_DIR
+    return all(_idx_file(folder, f) for pair in FASHION_FILES.values() for f in pair)
+
+
+@DATASETS.register("fashion-mnist")
+def load_fashion_mnist(root: Path, download: bool = False) -> Splits:
+    """Fashion-MNIST from torchvision's raw IDX files; 10% (fixed seed) of train is the val split."""
+    root = Path(root)
+    if not fashion_mnist_present(root):
+        if not download:
+            raise _missing("fashion-mnist", root, f"expected {FASHION_DIR}/train-images-idx3-ubyte(.gz) and the other three")
+        from torchvision.datasets import FashionMNIST
+
+        _download("fashion-mnist", root, lambda: FashionMNIST(str(root), train=True, download=True))
+    folder = root / FASHION_DIR
+    arrays = {}
+    for split, (images, labels) in FASHION_FILES.items():
+        x = read_idx(_idx_file(folder, images))[..., None]
+        arrays[split] = (x, read_idx(_idx_file(folder, labels)).astype(np.int64))
+    train, val = _split_off(*arrays["train"], VAL_FRACTION)
+    return Splits("fashion-mnist", train, val, arrays["test"], FASHION_CLASSES, flips=True)
+
+
+def resolve_dataset(name: str, root: Path) -> tuple[str, str]:
+    """``auto`` -> cifar10 when its files are under ``root``, else digits; returns (name, why)."""
+    if name != "auto":
+        return name, "--dataset"
+    if cifar10_present(root):
+        return "cifar10", f"--dataset auto: CIFAR-10 found under {root}"
+    return "digits", f"--dataset auto: no CIFAR-10 under {root}, using scikit-learn's bundled digits"
+
+
+def load(name: str, root: Path, *, download: bool = False) -> Splits:
+    """Load dataset ``name`` (digits, cifar10, fashion-mnist) from ``root``."""
+    return DATASETS.create(name, Path(root), download=download)
+
+
+def transforms(
+    size: int, mean: list[float], std: list[float], *, augment: bool, flips: bool, seed: int | None = None
+) -> A.Compose:
+    """Resize to ``size``; with ``augment`` the course recipe (small rotation, horizontal flip
+    when the data allows it, random crop with padding 2); then normalisation and a CHW tensor."""
+    ops: list = [A.Resize(size, size, interpolation=cv2.INTER_LINEAR)]
+    if augment:
+        ops += [A.Rotate(limit=10, border_mode=cv2.BORDER_CONSTANT, fill=0, p=1.0)]
+        if flips:
+            ops += [A.HorizontalFlip(p=0.5)]
+        ops += [
+            A.PadIfNeeded(size + 4, size + 4, border_mode=cv2.BORDER_CONSTANT, fill=0),
+            A.RandomCrop(size, size),
+        ]
+    ops += [A.Normalize(mean=mean, std=std, max_pixel_value=255.0), ToTensorV2()]
+    return A.Compose(ops, seed=seed)
+
+
+class ArrayDataset(Dataset):
+    """uint8 (N, H, W, C) images and labels through an albumentations pipeline."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform: A.Compose) -> None:
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.transform(image=self.images[i])["image"], int(self.labels[i])
+
+
+@dataclass
+class Loaders:
+    """Train / val / test loaders of one dataset, and how its images were normalised."""
+
+    train: DataLoader
+    val: DataLoader
+    test: DataLoader
+    classes: list[str]
+    channels: int
+    mean: list[float]
+    std: list[float]
+
+    def fixed_batch(self, split: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` images of ``split`` picked with a fixed seed, without augmentation: the same
+        batch every time it is asked for (for curvature estimates and feature-map tables)."""
+        ds: ArrayDataset = getattr(self, split).dataset
+        plain = self.val.dataset.transform
+        idx = np.sort(np.random.default_rng(SPLIT_SEED).permutation(len(ds))[:n])
+        x = torch.stack([plain(image=ds.images[i])["image"] for i in idx])
+        return x, torch.as_tensor(ds.labels[idx], dtype=torch.long)
+
+    def denormalise(self, x: torch.Tensor) -> torch.Tensor:
+        """Undo the normalisation of a (C, H, W) image, back to [0, 1]."""
+        mean = torch.tensor(self.mean).view(-1, 1, 1)
+        std = torch.tensor(self.std).view(-1, 1, 1)
+        return (x.cpu() * std + mean).clamp(0, 1)
+
+
+def make_loaders(
+    splits: Splits, *, size: int, batch_size: int, augment: bool, seed: int, workers: int = 0
+) -> Loaders:
+    """Loaders that resize to ``size``; only training is shuffled (seeded) and augmented."""
+    mean, std = splits.mean_std()
+    plain = transforms(size, mean, std, augment=False, flips=splits.flips)
+    train_tf = transforms(size, mean, std, augment=augment, flips=splits.flips, seed=seed)
+    kw = dict(batch_size=batch_size, num_workers=workers, persistent_workers=workers > 0)
+
+    def loader(part: tuple, tf: A.Compose, shuffle: bool) -> DataLoader:
+        gen = torch.Generator().manual_seed(seed) if shuffle else None
+        return DataLoader(ArrayDataset(*part, tf), shuffle=shuffle, generator=gen, **kw)
+
+    return Loaders(
+        train=loader(splits.train, train_tf, True),
+        val=loader(splits.val, plain, False),
+        test=loader(splits.test, plain, False),
+        classes=splits.classes,
+        channels=splits.channels,
+        mean=mean,
+        std=std,
+    )
