@@ -465,7 +465,7 @@ class Runner:
                 continue
             if trial.run_dir is None:
                 self._find_run(live)
-            live.close_follower(grace_s=10 if code == 0 else 2)
+            live.close_follower(grace_s=5)
             trial.history = list(live.rows)
             trial.summary = {k: v for k, v in live.summary.items() if not k.startswith("_")}
             del self.live[run_id]
