@@ -539,14 +539,16 @@ class Runner:
             self._launch(params)
 
     def _interrupt_all(self, note: str) -> None:
-        """Stop every running trial (SIGINT, then SIGKILL after the kill delay) and record it."""
+        """Stop every running trial (SIGINT, then SIGKILL after the kill delay or a second Ctrl-C)
+        and record it."""
         for live in self.live.values():
             _signal_group(live.proc, signal.SIGINT)
         deadline = time.time() + self.kill_delay
         for live in self.live.values():
             try:
                 live.proc.wait(timeout=max(0.1, deadline - time.time()))
-            except subprocess.TimeoutExpired:
+            except (subprocess.TimeoutExpired, KeyboardInterrupt):
+                deadline = 0.0  # the rest are killed at once too
                 _signal_group(live.proc, signal.SIGKILL)
                 live.proc.wait()
             live.close_follower(grace_s=2)
