@@ -199,7 +199,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     from trainers.detection.trainer import build_trainer, model_label, prepare
 
     plan = prepare(args)
-    photo = load_photo(args.image)
+    photo = None if args.skip_photo else load_photo(args.image)
     args.group = args.group or f"detect-{time.strftime('%Y%m%d-%H%M%S')}"
     to_wandb = args.wandb_mode != "disabled"
 
@@ -220,8 +220,9 @@ def cmd_detect(args: argparse.Namespace) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 1
         models[model_label(option, args)] = trainer.model
-    callbacks = standard_callbacks(run_args("photo"), job_type="detect-photo") + [PhotoTable(log_to_wandb=to_wandb)]
-    PhotoComparison(photo, models, results, callbacks, config={**run_config(args), "photo": photo.source}).fit()
+    if not args.skip_photo:
+        callbacks = standard_callbacks(run_args("photo"), job_type="detect-photo") + [PhotoTable(log_to_wandb=to_wandb)]
+        PhotoComparison(photo, models, results, callbacks, config={**run_config(args), "photo": photo.source}).fit()
     return 0
 
 

@@ -45,7 +45,7 @@ def _open(path: Path, mode: str | None) -> np.ndarray:
         raise UsageError(f"missing file {path}; every image in {IMAGES}/ needs its mask in {MASKS}/")
     try:
         with Image.open(path) as im:
-            return np.asarray(im.convert(mode) if mode else im)
+            return np.array(im.convert(mode) if mode else im)
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise UsageError(f"cannot read {path} ({exc}); replace the file or download the dataset again") from None
 
