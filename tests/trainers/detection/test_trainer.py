@@ -1,0 +1,43 @@
+"""The trainer's loop details: the epoch sampler and the stop on a non-finite loss."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import pytest
+
+from callbacks.wandb_logger import WandbLogger
+from tracking.readback import history, run_summary
+from trainers.detection.dataset import PennFudan, generate_pennfudan, read_pennfudan
+from trainers.detection.models import build_detector
+from trainers.detection.trainer import PROFILES, DetectionTrainer, EpochSlices, detector_kwargs
+
+
+def test_epoch_slices_cover_the_training_set_in_turn():
+    s = EpochSlices(10, 4, seed=0)
+    seen = []
+    for epoch in range(5):
+        s.set_epoch(epoch)
+        seen.append(list(s))
+    assert all(len(x) == 4 for x in seen)
+    assert sorted(seen[0] + seen[1] + seen[2][:2]) == list(range(10))  # 10 images, then the next permutation
+    assert len(set(seen[0]) | set(seen[1])) == 8
+    s.set_epoch(1)
+    assert list(s) == seen[1]  # reproducible
+
+
+def test_non_finite_loss_stops_with_every_term_logged(tmp_path):
+    samples = read_pennfudan(generate_pennfudan(tmp_path / "d", n=4, seed=2, size=(60, 80)))
+    data = PennFudan(samples)
+    profile = replace(PROFILES["cpu"], epochs=3, lr=1e30, min_size=64, max_size=96, images_per_epoch=0)
+    model = build_detector(2, model="", backbone="timm/mobilenetv3_small_100", weights="none", levels=1,
+                           **detector_kwargs(profile)).model
+    logger = WandbLogger(project="tests", mode="offline", out_dir=tmp_path, log_every=1)
+    trainer = DetectionTrainer(model, train=data, heldout=data, train_eval=data, profile=profile, callbacks=[logger])
+    with pytest.raises(FloatingPointError, match="non-finite loss at step .*train/loss_objectness=.*train/loss="):
+        trainer.fit()
+    info = run_summary(logger.run_dir)
+    assert info["exit_code"] == 1 and "non-finite loss" in info["summary"]["error"]
+    last = [r for r in history(logger.run_dir) if "train/loss" in r][-1]
+    assert not math.isfinite(float(last["train/loss"])) and "train/loss_classifier" in last
