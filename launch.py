@@ -248,8 +248,10 @@ def cmd_alexnet(args: argparse.Namespace) -> int:
 
     for line in resolve_args(args):
         print(line, file=sys.stderr)
+    # Every step is logged: a step takes a second or more on a CPU, and the probe's per-step
+    # decay factor and curvature estimates (also on the step axis) are the point of the run.
     callbacks = standard_callbacks(args, job_type="alexnet", monitor=("val/acc", "max"),
-                                   tags=[args.recipe, args.variant, args.wd_mode])
+                                   tags=[args.recipe, args.variant, args.wd_mode], log_every=1)
     ckpt_dir = Path(args.out) / "checkpoints" / f"alexnet-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     callbacks += [WeightDecayProbe(hessian_every=args.hessian_every, hessian_iters=args.hessian_iters),
                   Checkpoint(ckpt_dir, monitor="val/acc", upload="end")]

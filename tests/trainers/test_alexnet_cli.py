@@ -1,0 +1,115 @@
+"""``launch.py alexnet`` as a user runs it: the recipes on stand-in files in the real on-disk
+formats, one-line errors, and a digits run whose offline W&B run is read back."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from launch import main
+from tests.conftest import ROOT, only_run_dir
+from tests.trainers.standins import write_cifar10, write_fashion_mnist
+from tracking.readback import artifacts, history, logged_table, run_summary
+
+
+def _errors(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith("error:")]
+
+
+def _quick(*extra: str) -> list[str]:
+    return ["alexnet", "--epochs", "1", "--limit-batches", "2", "--wandb-mode", "disabled", *extra]
+
+
+def test_course_recipe_on_a_cifar10_standin(tmp_path, capsys):
+    write_cifar10(tmp_path / "data", per_batch=8, test=8)
+    assert main(_quick("--recipe", "course", "--data", str(tmp_path / "data"), "--batch-size", "8",
+                       "--out", str(tmp_path / "out"), "--hessian-every", "0")) == 0
+    err = capsys.readouterr().err
+    assert "recipe course: course AlexNet on cifar10, adam lr 0.001, batch 8, 1 epochs" in err
+    best = torch.load(next((tmp_path / "out" / "checkpoints").glob("alexnet-*/best.pt")), weights_only=False)
+    assert best["trainer"]["model"]["features.0.weight"].shape == (64, 3, 3, 3)
+    assert best["config"]["optimizer"] == "adam" and best["config"]["augment"] is True
+
+
+def test_d2l_recipe_on_a_fashion_mnist_standin(tmp_path, capsys):
+    write_fashion_mnist(tmp_path / "data", train=12, test=4)
+    assert main(_quick("--recipe", "d2l", "--data", str(tmp_path / "data"), "--batch-size", "4",
+                       "--out", str(tmp_path / "out"), "--hessian-every", "0")) == 0
+    err = capsys.readouterr().err
+    assert "recipe d2l: d2l AlexNet on fashion-mnist, sgd lr 0.01, batch 4, 1 epochs" in err
+    best = torch.load(next((tmp_path / "out" / "checkpoints").glob("alexnet-*/best.pt")), weights_only=False)
+    assert best["trainer"]["model"]["features.0.weight"].shape == (96, 1, 11, 11)
+    assert best["config"]["augment"] is False and best["trainer"]["classes"][0] == "T-shirt/top"
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--recipe", "course"], "cifar10 not found under {data}"),
+        (["--dataset", "fashion-mnist"], "fashion-mnist not found under {data}"),
+        (["--optimizer", "adamw", "--wd-mode", "l2"], "--optimizer adamw decays decoupled by definition"),
+        (["--lr", "-1"], "--lr -1.0 is out of range"),
+    ],
+)
+def test_user_errors_are_one_line_and_exit_2(tmp_path, capsys, argv, message):
+    assert main(_quick("--data", str(tmp_path), "--out", str(tmp_path / "out"), *argv)) == 2
+    errors = _errors(capsys.readouterr().err)
+    assert len(errors) == 1 and message.format(data=tmp_path) in errors[0]
+    if "not found" in message:
+        assert "--download" in errors[0] and "--dataset digits" in errors[0]
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory) -> Path:
+    """One short digits epoch with everything on, logged offline."""
+    out = tmp_path_factory.mktemp("alexnet")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "launch.py"), "alexnet", "--epochs", "1",
+         "--limit-batches", "2", "--batch-size", "16", "--hessian-iters", "2", "--hessian-batch", "8",
+         "--out", str(out), "--data", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "--dataset auto: no CIFAR-10 under" in proc.stderr and "curvature at step 0" in proc.stderr
+    return only_run_dir(out)
+
+
+def test_digits_run_read_back(digits_run):
+    info = run_summary(digits_run)
+    assert info["state"] == "finished" and info["exit_code"] == 0
+    assert info["config"]["recipe"] == "digits" and info["config"]["wd_mode"] == "decoupled"
+    assert info["config"]["param_groups"]["no_decay_tensors"] == 8
+    s = info["summary"]
+    assert set(s["val/acc"]) == {"max"} and 0 <= s["test/acc"] <= 1
+    assert s["wd/decay_params"] > 2e7 and s["wd/no_decay_params"] == 9354
+    assert s["wd/stability_bound"] == 2 and s["wd/lr_sharpness"] == pytest.approx(1e-3 * (s["wd/hessian_top_eig"] + 5e-4))
+    rows = history(digits_run)
+    factors = [r["wd/decay_factor"] for r in rows if "wd/decay_factor" in r]
+    assert factors and all(f == pytest.approx(1 - 1e-3 * 5e-4, abs=1e-6) for f in factors)
+    assert all(r["wd/decay_factor_theory"] == 1 - 1e-3 * 5e-4 for r in rows if "wd/decay_factor_theory" in r)
+    assert [r["epoch"] for r in rows if "val/acc" in r] == [1]
+    # conv1's 64 learned 3x3 filters as one picture.
+    assert s["viz/conv1_filters"]["_type"] == "image-file" and s["viz/conv1_filters"]["width"] > 64
+    fmaps = logged_table(digits_run, "viz/feature_maps")
+    assert fmaps["columns"] == ["epoch", "input", "label", "layer", "feature_maps"]
+    assert len(fmaps["data"]) == 4 * 5 and {r[3] for r in fmaps["data"]} == {f"conv{i}" for i in range(1, 6)}
+    assert all(Path(r[4]["local_path"]).is_file() and Path(r[1]["local_path"]).is_file() for r in fmaps["data"])
+    confusion = logged_table(digits_run, "test/confusion_matrix_table")
+    assert confusion["columns"] == ["Actual", "Predicted", "nPredictions"]
+    assert sum(r[2] for r in confusion["data"]) == 2 * 16  # every scored test image, once
+    arts = artifacts(digits_run)
+    assert len(arts) == 1 and arts[0]["type"] == "model" and set(arts[0]["aliases"]) == {"best", "latest"}
+    assert arts[0]["files"] == ["best.pt"]
+
+
+def test_every_sweep_yaml_optimises_a_metric_the_run_logs(digits_run):
+    logged = {k for r in history(digits_run) for k in r}
+    for path in sorted((ROOT / "sweeps").glob("*.yaml")):
+        config = yaml.safe_load(path.read_text())
+        if "alexnet" in config["command"]:
+            assert config["metric"]["name"] in logged, path.name

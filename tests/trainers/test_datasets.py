@@ -1,0 +1,92 @@
+"""The classification data: digits, and CIFAR-10 / Fashion-MNIST read from generated files in
+torchvision's exact on-disk formats; missing files and failed downloads as one-line errors."""
+
+from __future__ import annotations
+
+import urllib.error
+
+import numpy as np
+import pytest
+import torch
+
+from tests.trainers.standins import write_cifar10, write_fashion_mnist
+from trainers import datasets
+from trainers.datasets import load, make_loaders, read_idx, resolve_dataset
+from trainers.errors import UsageError
+
+
+def test_digits_split_is_fixed_and_disjoint():
+    a, b = load("digits", "unused"), load("digits", "unused")
+    assert [len(p[0]) for p in (a.train, a.val, a.test)] == [1258, 180, 359]
+    assert a.train[0].shape[1:] == (8, 8, 1) and a.train[0].dtype == np.uint8 and a.train[0].max() == 255
+    assert np.array_equal(a.test[1], b.test[1]) and a.classes == [str(i) for i in range(10)] and not a.flips
+    rows = lambda x: {r.tobytes() for r in x}  # noqa: E731
+    assert len(rows(a.test[0]) & rows(a.train[0])) < 5  # the digits set holds a few exact duplicates
+
+
+def test_cifar10_from_python_batches(tmp_path):
+    write_cifar10(tmp_path, per_batch=10, test=6)
+    s = load("cifar10", tmp_path)
+    assert (len(s.train[0]), len(s.val[0]), len(s.test[0])) == (45, 5, 6)
+    assert s.train[0].shape[1:] == (32, 32, 3) and s.channels == 3 and s.flips
+    assert s.classes[0] == "airplane" and len(s.classes) == 10
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_fashion_mnist_from_idx_files(tmp_path, gz):
+    write_fashion_mnist(tmp_path, train=20, test=7, gz=gz)
+    s = load("fashion-mnist", tmp_path)
+    assert (len(s.train[0]), len(s.val[0]), len(s.test[0])) == (18, 2, 7)
+    assert s.train[0].shape[1:] == (28, 28, 1) and s.classes[-1] == "Ankle boot"
+
+
+def test_bad_idx_file_is_a_usage_error(tmp_path):
+    bad = tmp_path / "x-idx3-ubyte"
+    bad.write_bytes(b"\x00\x00\x0d\x01\x00\x00\x00\x01" + b"\x00" * 4)
+    with pytest.raises(UsageError, match="not an unsigned-byte IDX"):
+        read_idx(bad)
+
+
+@pytest.mark.parametrize("name", ["cifar10", "fashion-mnist"])
+def test_missing_files_name_download_and_digits(tmp_path, name):
+    with pytest.raises(UsageError) as info:
+        load(name, tmp_path)
+    msg = str(info.value)
+    assert "\n" not in msg and "--download" in msg and "--dataset digits" in msg and str(tmp_path) in msg
+
+
+def test_failed_download_is_one_line(tmp_path, monkeypatch):
+    import torchvision.datasets
+
+    def offline(*args, **kwargs):  # what torchvision raises when the mirror is unreachable
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
+    with pytest.raises(UsageError, match=r"could not download cifar10 .*URLError.*--dataset digits"):
+        load("cifar10", tmp_path, download=True)
+
+
+def test_auto_prefers_cifar10_when_present(tmp_path):
+    assert resolve_dataset("auto", tmp_path)[0] == "digits"
+    write_cifar10(tmp_path)
+    name, why = resolve_dataset("auto", tmp_path)
+    assert name == "cifar10" and "found" in why
+    assert resolve_dataset("digits", tmp_path)[0] == "digits"
+
+
+def test_loaders_resize_normalise_and_augment():
+    s = load("digits", "unused")
+    loaders = make_loaders(s, size=32, batch_size=64, augment=True, seed=0)
+    x, y = next(iter(loaders.val))
+    assert x.shape == (64, 1, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.long
+    x_all = torch.cat([b for b, _ in loaders.train])
+    assert abs(float(x_all.mean())) < 0.2 and 0.6 < float(x_all.std()) < 1.2  # normalised by train stats
+    a, _ = loaders.fixed_batch("val", 4)
+    b, _ = loaders.fixed_batch("val", 4)
+    assert torch.equal(a, b)
+    assert 0 <= float(loaders.denormalise(a[0]).min()) and float(loaders.denormalise(a[0]).max()) <= 1
+    # The same image comes out differently each time it passes the augmenting pipeline.
+    tf = loaders.train.dataset.transform
+    img = s.train[0][0]
+    assert not torch.equal(tf(image=img)["image"], tf(image=img)["image"])
+    assert datasets.transforms(32, [0.5], [0.5], augment=False, flips=False)(image=img)["image"].shape == (1, 32, 32)
