@@ -17,15 +17,18 @@ class Checkpoint(Callback):
     metrics and every callback's state, so a run can be resumed or evaluated later.
     ``on_checkpoint_saved`` then lets the W&B logger upload the best one as an artifact: every
     time it improves (``upload="improved"``), or once after the last epoch (``upload="end"``),
-    which keeps a run of a large model from staging one copy per improvement.
+    which keeps a run of a large model from staging one copy per improvement. ``upload_last``
+    also announces the final ``last.pt`` (alias ``last``; the best one carries it when they coincide).
     """
 
-    def __init__(self, directory: str | Path, *, monitor: str, mode: str = "max", upload: str = "improved") -> None:
+    def __init__(self, directory: str | Path, *, monitor: str, mode: str = "max", upload: str = "improved",
+                 upload_last: bool = False) -> None:
         if mode not in ("max", "min"):
             raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
         if upload not in ("improved", "end"):
             raise ValueError(f"upload must be 'improved' or 'end', got {upload!r}")
         self.upload = upload
+        self.upload_last = upload_last
         self.directory = Path(directory)
         self.monitor = monitor
         self.mode = mode
@@ -50,15 +53,19 @@ class Checkpoint(Callback):
         }
         save_atomic(state, self.directory / "last.pt")
         value = metrics.get(self.monitor)
-        if value is not None and self._improved(float(value)):
+        improved = value is not None and self._improved(float(value))
+        last_epoch = epoch + 1 == trainer.epochs or trainer.should_stop
+        best_aliases = ["best", "latest"] + (["last"] if self.upload_last and last_epoch and improved else [])
+        if improved:
             self.best = float(value)
             self.best_path = save_atomic(state, self.directory / "best.pt")
             trainer.summary[f"best/{self.monitor}"] = self.best
             if self.upload == "improved":
-                trainer.fire("on_checkpoint_saved", path=str(self.best_path), aliases=["best", "latest"])
-        last_epoch = epoch + 1 == trainer.epochs or trainer.should_stop
+                trainer.fire("on_checkpoint_saved", path=str(self.best_path), aliases=best_aliases)
         if self.upload == "end" and last_epoch and self.best_path is not None:
-            trainer.fire("on_checkpoint_saved", path=str(self.best_path), aliases=["best", "latest"])
+            trainer.fire("on_checkpoint_saved", path=str(self.best_path), aliases=best_aliases)
+        if self.upload_last and last_epoch and not improved:
+            trainer.fire("on_checkpoint_saved", path=str(self.directory / "last.pt"), aliases=["last"])
 
     def state_dict(self) -> dict[str, Any]:
         return {"best": self.best, "monitor": self.monitor, "mode": self.mode}

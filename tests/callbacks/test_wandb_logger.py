@@ -76,6 +76,14 @@ def test_checkpoint_is_atomic_and_uploaded_as_artifact(tmp_path):
     assert trainer.summary["best/val/acc"] == 0.9
 
 
+def test_best_once_at_the_end_and_the_last_checkpoint(tmp_path):
+    logger = _logger(tmp_path, monitor=("val/acc", "max"))
+    Tiny([logger, Checkpoint(tmp_path / "ckpt", monitor="val/acc", upload="end", upload_last=True)]).fit()
+    arts = artifacts(logger.run_dir)  # val/acc peaks at epoch 2 of 3: best and last differ
+    assert [(a["files"], set(a["aliases"])) for a in arts] == [(["best.pt"], {"best", "latest"}),
+                                                              (["last.pt"], {"last", "latest"})]  # W&B adds latest
+
+
 def test_crash_finishes_the_run_with_a_failing_exit_code(tmp_path):
     logger = _logger(tmp_path)
     with pytest.raises(RuntimeError):
