@@ -210,7 +210,9 @@ def cmd_detect(args: argparse.Namespace) -> int:
     for option in plan.options:
         callbacks = standard_callbacks(run_args(f"option{option}"), job_type=f"detect-option{option}",
                                        monitor=("val/bbox_AP", "max"), log_every=1)
-        callbacks.append(Checkpoint(Path(args.out) / "checkpoints" / args.group / f"option{option}", monitor="val/bbox_AP"))
+        # One staged copy of the best and one of the last checkpoint: Mask R-CNN's are ~350 MB with the optimizer.
+        callbacks.append(Checkpoint(Path(args.out) / "checkpoints" / args.group / f"option{option}",
+                                    monitor="val/bbox_AP", upload="end", upload_last=True))
         if to_wandb:
             callbacks.append(PredictionTable())
         trainer = build_trainer(plan, option, args, callbacks)

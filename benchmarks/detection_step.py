@@ -167,9 +167,14 @@ def main() -> None:
         return (time.perf_counter() - started) / len(loader)
 
     run_ours(), run_reference()  # warm-up: allocator, oneDNN kernels for these shapes
-    for _ in range(args.repeats):
-        ours.append(run_ours())
-        ref.append(run_reference())
+    # ABBA order, so neither loop always runs first when the machine's load drifts.
+    for r in range(args.repeats):
+        if r % 2:
+            ref.append(run_reference())
+            ours.append(run_ours())
+        else:
+            ours.append(run_ours())
+            ref.append(run_reference())
     ratios = sorted(o / r for o, r in zip(ours, ref))
     result = {
         "benchmark": "detection_step",

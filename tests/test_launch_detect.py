@@ -6,7 +6,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from tracking.readback import history, logged_table, run_summary
+from tracking.readback import artifacts, history, logged_table, run_summary
 from trainers.detection.dataset import generate_pennfudan
 
 TINY = ["--epochs", "1", "--min-size", "64", "--max-size", "96", "--holdout", "3", "--train-eval-images", "2",
@@ -38,6 +38,8 @@ def test_detect_end_to_end_offline(launch_cmd, tmp_path, shared_data):
         for key in ("train/bbox_AP", "val/bbox_AP50", "val/bbox_AR100"):
             assert 0.0 <= summary[key] <= 1.0
         assert ("val/segm_AP" in summary) == (option == "option1")
+        (model,) = [a for a in artifacts(runs[option]) if a["type"] == "model"]
+        assert {"best", "last"} <= set(model["aliases"])  # one epoch: the best checkpoint is also the last
         steps = [r for r in history(runs[option]) if "train/loss" in r]
         assert len(steps) == 2 and {"train/lr", "train/loss_objectness", "train/loss_rpn_box_reg"} <= set(steps[0])
         table = logged_table(runs[option], "detect/predictions")
