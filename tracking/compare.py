@@ -275,7 +275,7 @@ def run_compare(*, run_dirs: Sequence[str], sweep_dir: str | None, project: str 
     goal = goal or (sweep_metric.get("goal") if sweep_metric.get("name") == (metrics or [None])[0] else None) or "maximize"
     keys = swept + [k for k in differing_keys(records) if k not in swept]
     ranked = rank(records, metrics[0] if metrics else None, goal)
-    title = f"{len(records)} runs" + (f", best {goal[:3]} {metrics[0]} first" if metrics else "")
+    title = f"{len(records)} runs" + (f", ranked by {metrics[0]} ({goal})" if metrics else "")
     console.print(comparison_table(ranked, keys, metrics, goal, title))
     if not metrics:
         console.print("no numeric summary metric is shared by all runs; pass --metric NAME", highlight=False)
