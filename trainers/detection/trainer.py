@@ -82,6 +82,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="auto: pretrained weights when cached or downloadable, else random init; none: random init")
     parser.add_argument("--image", default=None, metavar="PATH_OR_URL",
                         help="photo both models are run on at the end (default: the Beatles photo on Wikimedia Commons)")
+    parser.add_argument("--clip-grad", type=float, default=None, metavar="NORM",
+                        help="clip the gradient norm (default: off with pretrained weights, as in the tutorial; 10 "
+                             "from random init, where the tutorial's lr diverges within the first epoch)")
     parser.add_argument("--skip-photo", action="store_true",
                         help="train and evaluate only, one W&B run per model (what sweep trials use)")
     parser.add_argument("--epochs", type=int, default=None, help="override the profile's epochs")
@@ -182,6 +185,7 @@ class DetectionTrainer(Engine):
         seed: int = 0,
         workers: int = 0,
         device: torch.device | str = "cpu",
+        clip_grad: float = 0.0,
     ) -> None:
         self.device = torch.device(device)
         self.sampler = EpochSlices(len(train), profile.images_per_epoch or len(train), seed)
@@ -192,6 +196,7 @@ class DetectionTrainer(Engine):
         super().__init__(callbacks, epochs=profile.epochs, config=config, name=name, steps_per_epoch=len(self.loader))
         self.model = model.to(self.device)
         self.profile = profile
+        self.clip_grad = clip_grad
         self.heldout, self.train_eval = heldout, train_eval
         self.optimizer, self.scheduler = make_optimizer(self.model, profile)
         self.amp = self.device.type == "cuda"
@@ -222,6 +227,10 @@ class DetectionTrainer(Engine):
             check_finite({k: v for k, v in terms.items() if k != "train/lr"}, step=self.global_step)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
+            if self.clip_grad:
+                self.scaler.unscale_(self.optimizer)
+                norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad)
+                self.log({"train/grad_norm": float(norm)})
             self.scaler.step(self.optimizer)
             self.scaler.update()
             if ramp is not None:
@@ -344,11 +353,12 @@ def build_trainer(plan: Plan, option: int, args: argparse.Namespace, callbacks: 
 
     built = build_detector(option, model=args.model, backbone=args.backbone, weights=args.weights, levels=args.levels,
                            **detector_kwargs(plan.profile))
+    clip = args.clip_grad if args.clip_grad is not None else (10.0 if built.weights == "random" else 0.0)
     config = {**vars(args), **plan.config(), "option": option, "model_label": model_label(option, args),
-              "start_weights": built.weights}
+              "start_weights": built.weights, "clip_grad": clip}
     config.pop("func", None)
     return DetectionTrainer(
         built.model, train=plan.train, heldout=plan.heldout, train_eval=plan.train_eval, profile=plan.profile,
         callbacks=callbacks, config=config, name=f"detect-option{option}", viz_images=args.viz_images,
-        seed=args.seed, workers=plan.workers, device=plan.device,
+        seed=args.seed, workers=plan.workers, device=plan.device, clip_grad=clip,
     )
