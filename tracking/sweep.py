@@ -364,8 +364,6 @@ class Runner:
 
     def __init__(self, sweep: Sweep, *, jobs: int = 1, wandb_mode: str | None = None,
                  view: Any = None) -> None:
-        if jobs < 1:
-            raise UsageError(f"--jobs must be >= 1, got {jobs}")
         self.sweep = sweep
         self.jobs = jobs
         self.wandb_mode = wandb_mode

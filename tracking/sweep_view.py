@@ -109,6 +109,9 @@ def run_sweep(*, yaml_path: str | None, resume: str | None, out: str, count: int
               console: Console | None = None) -> int:
     """``launch.py sweep``: start or resume a sweep, run it with a live table, report; the exit code."""
     console = console or Console(stderr=True)
+    for flag, value in (("--jobs", jobs), ("--count", count)):
+        if value is not None and value < 1:
+            raise UsageError(f"{flag} must be at least 1, got {value}")
     if resume:
         sweep = Sweep.load(resume)
         if count is not None:

@@ -200,6 +200,8 @@ def test_unreadable_files_and_resume_folders_are_one_line_errors(tmp_path, capsy
     assert "sweep file not found" in capsys.readouterr().err
     assert main(["sweep", "--resume", str(tmp_path)]) == 2
     assert "holds no sweep" in capsys.readouterr().err
+    assert main(["sweep", str(tmp_path / "x.yaml"), "--jobs", "0"]) == 2
+    assert "--jobs must be at least 1, got 0" in capsys.readouterr().err
 
 
 def test_pinned_parameters_keep_the_yaml_valid(tmp_path):
