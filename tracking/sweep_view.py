@@ -95,7 +95,7 @@ def final_report(sweep: Sweep, console: Console) -> None:
     best = next((t for t in ranked if t.state == FINISHED), None)
     if best is not None:
         console.print(f"best: trial {best.index} (run {best.run_id})  "
-                      + "  ".join(f"{k}={_num(v)}" for k, v in best.values.items()), highlight=False)
+                      + "  ".join(f"{k}={_num(v)}" for k, v in best.values.items()), highlight=False, soft_wrap=True)
         console.print(f"reproduce: {reproduce_command(best)}", highlight=False, soft_wrap=True)
     console.print(f"sweep folder: {sweep.directory}", highlight=False, soft_wrap=True)
     if (sweep.directory / "wandb").is_dir():
