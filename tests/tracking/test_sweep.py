@@ -61,6 +61,7 @@ def test_grid_of_six_leaves_six_offline_runs_with_their_configs(grid):
         assert rec.summary["score"] == {"max": trial.values["x"] * 2 + trial.values["y"]}
     run = next(r for r in records(grid.trials[0].run_dir) if r["type"] == "run")["run"]
     assert (run["run_id"], run["run_group"], run["job_type"]) == (grid.trials[0].run_id, "tiny-grid", "sweep-trial")
+    assert "sweep_id" not in run  # no sweep id the W&B server never saw
     # One folder per trial, under the sweep's folder; links make the sweep one W&B folder to browse.
     for t in grid.trials:
         assert Path(t.out_dir).parent == grid.directory / "trials" and Path(t.log).is_file()
@@ -114,6 +115,14 @@ def test_hyperband_stops_the_trial_that_lags(tmp_path):
     laggard = sweep.trials[2]
     assert 2 <= len(laggard.history) < 12 and "STOP" in laggard.note
     assert run_summary(laggard.run_dir)["state"] != "running"  # its W&B run was closed, not left dangling
+
+
+def test_a_real_sweep_id_attaches_the_trials_to_it(tmp_path):
+    cfg = write_sweep(tmp_path / "one.yaml", method="grid", parameters={"x": {"values": [1]}, "steps": {"value": 1}})
+    code, sweep = run_sweep(tmp_path / "out", str(cfg), "--sweep-id", "team/proj/abc123de")
+    run = next(r for r in records(sweep.trials[0].run_dir) if r["type"] == "run")["run"]
+    assert code == 0 and (run["sweep_id"], run["entity"], run["project"]) == ("abc123de", "team", "proj")
+    assert (sweep.directory / "wandb" / "sweep-abc123de" / f"config-{sweep.trials[0].run_id}.yaml").is_file()
 
 
 def test_crash_is_recorded_and_the_sweep_goes_on(tmp_path, capsys):
