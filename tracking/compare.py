@@ -79,7 +79,8 @@ def find_run_dirs(paths: Iterable[str | Path]) -> list[Path]:
         if not runs:
             raise UsageError(f"{p} holds no W&B runs (no run-*.wandb file below it)")
         found += runs
-    return list(dict.fromkeys(found))
+    # A sweep folder links every trial's run into its wandb/ folder: count each run once.
+    return list({p.resolve(): p for p in found}.values())
 
 
 def _read_local(run_dir: Path) -> RunRecord:
