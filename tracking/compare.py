@@ -9,6 +9,7 @@ accuracy against lambda, one line per learning rate).
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -75,7 +76,9 @@ def find_run_dirs(paths: Iterable[str | Path]) -> list[Path]:
         if list(p.glob("run-*.wandb")):
             found.append(p)
             continue
-        runs = sorted({f.parent for f in p.rglob("run-*.wandb")})
+        # followlinks: a sweep's wandb/ folder holds links to its trials' runs.
+        runs = sorted(Path(root) for root, _, files in os.walk(p, followlinks=True)
+                      if any(f.startswith("run-") and f.endswith(".wandb") for f in files))
         if not runs:
             raise UsageError(f"{p} holds no W&B runs (no run-*.wandb file below it)")
         found += runs

@@ -91,7 +91,12 @@ def test_compare_ranks_the_sweep_and_writes_the_plot(grid, capsys, tmp_path):
     plot = tmp_path / "p.png"
     assert main(["compare", str(grid.directory / "trials"), "--metric", "score", "--plot", str(plot)]) == 0
     out = capsys.readouterr().out
-    assert plot.is_file() and "│ x " not in out and out.count("finished") == 6
+    header = next(line for line in out.splitlines() if "┃ run" in line)
+    assert [c.strip() for c in header.split("┃")[1:-1]] == ["#", "run", "state", "x", "y", "score"]  # steps: same in all
+    assert plot.is_file() and out.count("finished") == 6
+    # The sweep's wandb/ folder (links to every trial's run) and the trials' folders: each run once.
+    assert main(["compare", str(grid.directory / "wandb"), str(grid.directory / "trials"), "--plot", str(plot)]) == 0
+    assert capsys.readouterr().out.count("finished") == 6
 
 
 @pytest.mark.parametrize("method", ["random", "bayes"])
