@@ -260,7 +260,9 @@ def cmd_alexnet(args: argparse.Namespace) -> int:
     if args.wandb_mode != "disabled":
         from callbacks.classification_viz import ConfusionMatrix, FeatureMapTable, FilterGrid
 
-        callbacks += [FilterGrid(), FeatureMapTable(args.viz_images), ConfusionMatrix()]
+        callbacks += [FilterGrid(), ConfusionMatrix()]
+        if args.viz_images:
+            callbacks.append(FeatureMapTable(args.viz_images))
     trainer = build_trainer(args, callbacks, config=run_config(args))
     try:
         trainer.fit()

@@ -40,8 +40,6 @@ class FeatureMapTable(Callback):
         ]
 
     def on_epoch_end(self, trainer: Engine, epoch: int, metrics: Mapping[str, float]) -> None:
-        if not len(self.x):
-            return
         rows = []
         for layer, maps in trainer.feature_maps(self.x):
             for i, fmap in enumerate(maps):

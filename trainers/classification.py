@@ -59,7 +59,7 @@ RECIPES: dict[str, Recipe] = {
     # The offline default: the course network on the digits upscaled to 32x32, sized to reach
     # 95% test accuracy within minutes on two CPU cores. Decoupled decay, so the probe has a
     # shrink factor to show.
-    "digits": Recipe("digits", "course", "adam", 1e-3, 64, 6, weight_decay=5e-4, wd_mode="decoupled"),
+    "digits": Recipe("digits", "course", "adam", 1e-3, 32, 5, weight_decay=5e-4, wd_mode="decoupled"),
 }
 RECIPE_FOR_DATASET = {"digits": "digits", "cifar10": "course", "fashion-mnist": "d2l"}
 
@@ -213,10 +213,12 @@ class ClassificationTrainer(Engine):
             {"params": self.decay_params, "weight_decay": coupled},
             {"params": [p for _, p in no_decay], "weight_decay": 0.0},
         ]
+        # The fused kernels update all 23-47 M parameters in one pass: on a CPU, Adam's default
+        # (foreach) step costs about as much as the forward pass of a batch.
         if optimizer == "sgd":
-            self.optimizer = torch.optim.SGD(groups, lr=lr, momentum=momentum)
+            self.optimizer = torch.optim.SGD(groups, lr=lr, momentum=momentum, fused=True)
         else:
-            self.optimizer = torch.optim.Adam(groups, lr=lr)
+            self.optimizer = torch.optim.Adam(groups, lr=lr, fused=True)
         # Mixed precision only on CUDA; CPU runs stay in float32 so the decay arithmetic is exact.
         self.autocast = self.device.type == "cuda"
         self._best_acc = -1.0

@@ -80,7 +80,7 @@ def test_adamw_mode_matches_torch_adamw():
     model = tiny_model()
     decay, no_decay = param_groups(model)
     ref = torch.optim.AdamW([{"params": [p for _, p in decay], "weight_decay": LAMBDA},
-                             {"params": [p for _, p in no_decay], "weight_decay": 0.0}], lr=0.01)
+                             {"params": [p for _, p in no_decay], "weight_decay": 0.0}], lr=0.01, fused=True)
     x, y = next(iter(ours.loaders.train))
     for _ in range(4):
         ours.train_step(x, y)
