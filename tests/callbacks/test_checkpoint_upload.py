@@ -1,0 +1,40 @@
+"""Checkpoint(upload="end"): the best checkpoint is announced once, after the last epoch."""
+
+from __future__ import annotations
+
+import pytest
+
+from callbacks.checkpoint import Checkpoint
+from trainers.engine import Callback, Engine
+
+
+class Improving(Engine):
+    def __init__(self, callbacks):
+        super().__init__(callbacks, epochs=3, name="tiny", steps_per_epoch=1)
+
+    def train_epoch(self, epoch):
+        self.step_end(0, {})
+
+    def evaluate(self, epoch):
+        return {"val/acc": [0.5, 0.9, 0.7][epoch]}
+
+
+class Saved(Callback):
+    def __init__(self):
+        self.calls = []
+
+    def on_checkpoint_saved(self, trainer, path, aliases):
+        self.calls.append((trainer.epoch + 1, path.rsplit("/", 1)[-1], sorted(aliases)))
+
+
+@pytest.mark.parametrize("upload, expected", [("improved", [1, 2]), ("end", [3])])
+def test_when_the_best_checkpoint_is_announced(tmp_path, upload, expected):
+    saved = Saved()
+    Improving([Checkpoint(tmp_path, monitor="val/acc", upload=upload), saved]).fit()
+    assert [c[0] for c in saved.calls] == expected
+    assert all(c[1:] == ("best.pt", ["best", "latest"]) for c in saved.calls)
+
+
+def test_unknown_upload_mode():
+    with pytest.raises(ValueError, match="upload"):
+        Checkpoint("x", monitor="val/acc", upload="always")
