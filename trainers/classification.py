@@ -262,29 +262,38 @@ class ClassificationTrainer(Engine):
         if penalty is not None:
             out["penalty"] = penalty.item()
         measure = self.measure_decay and self.decay_separable
-        shrink = self.decay_factor_theory
         with torch.no_grad():
-            if measure and self.wd_mode != "decoupled":
-                before = [p.detach().clone() for p in self.decay_params]
-                # The data gradient alone: in l2 mode autograd has already added lambda * w.
-                grad = [p.grad - self.weight_decay * p if self.wd_mode == "l2" else p.grad for p in self.decay_params]
-                grad_dot_w = _dot(grad, before)
-            if self.wd_mode == "decoupled" and self.weight_decay:
-                if measure:
-                    norm_before = _sq_norm(self.decay_params)
-                torch._foreach_mul_(self.decay_params, shrink)
-                if measure:
-                    out["decay_factor"] = float((_sq_norm(self.decay_params) / norm_before).sqrt())
-            elif measure and self.wd_mode == "decoupled":
-                out["decay_factor"] = 1.0
-            self.optimizer.step()
-            if measure and self.wd_mode != "decoupled":
-                # w_next = shrink * w - lr * grad, so <w_next + lr * grad, w> / |w|^2 is the shrink.
-                after_dot_w = _dot(self.decay_params, before)
-                out["decay_factor"] = float((after_dot_w + self.lr * grad_dot_w) / _sq_norm(before))
+            step = self._decoupled_step if self.wd_mode == "decoupled" else self._gradient_step
+            out.update(step(measure))
             if self.measure_decay:
                 out["weight_norm"] = self.weight_norm()
         return out
+
+    def _decoupled_step(self, measure: bool) -> dict[str, float]:
+        """``w *= 1 - lr * lambda``, then the optimizer's gradient step (the order of AdamW and SGDW)."""
+        found = {}
+        if measure:
+            before = _sq_norm(self.decay_params)
+        if self.weight_decay:
+            torch._foreach_mul_(self.decay_params, self.decay_factor_theory)
+        if measure:
+            found["decay_factor"] = float((_sq_norm(self.decay_params) / before).sqrt())
+        self.optimizer.step()
+        return found
+
+    def _gradient_step(self, measure: bool) -> dict[str, float]:
+        """The optimizer's step, with the decay inside it: l2 put ``lambda * w`` in the gradient
+        already, coupled has the optimizer add it. With plain SGD the step is
+        ``w_next = (1 - lr * lambda) w - lr * g`` (g the data gradient), so the shrink is
+        ``<w_next + lr * g, w> / |w|^2``."""
+        if not measure:
+            self.optimizer.step()
+            return {}
+        before = [p.detach().clone() for p in self.decay_params]
+        grad = [p.grad - self.weight_decay * p if self.wd_mode == "l2" else p.grad for p in self.decay_params]
+        grad_dot_w = _dot(grad, before)
+        self.optimizer.step()
+        return {"decay_factor": float((_dot(self.decay_params, before) + self.lr * grad_dot_w) / _sq_norm(before))}
 
     # -- the loop -----------------------------------------------------------------------------
     def _batches(self, loader: torch.utils.data.DataLoader) -> Iterable[tuple[int, Any]]:
