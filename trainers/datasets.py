@@ -24,6 +24,7 @@ import torch
 from albumentations.pytorch import ToTensorV2
 from torch.utils.data import DataLoader, Dataset
 
+from trainers.download import socket_timeout
 from trainers.errors import UsageError
 from trainers.registry import Registry
 
@@ -111,7 +112,8 @@ def _missing(name: str, root: Path, what: str) -> UsageError:
 def _download(name: str, root: Path, fetch: Callable[[], None]) -> None:
     print(f"downloading {name} to {root} (torchvision, official mirror, MD5-checked)", file=sys.stderr)
     try:
-        fetch()
+        with socket_timeout():  # an unreachable mirror fails in seconds instead of hanging
+            fetch()
     except Exception as exc:  # no network, a proxy page, a bad checksum: all mean "no data"
         raise UsageError(
             f"could not download {name} to {root} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
