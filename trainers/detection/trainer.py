@@ -210,7 +210,6 @@ class DetectionTrainer(Engine):
         self.viz: list[tuple[torch.Tensor, dict, dict]] = []
         self._gt: dict[str, Any] = {}
         self.step_seconds: list[float] = []
-        self.eval_seconds = 0.0
 
     def train_epoch(self, epoch: int) -> None:
         self.model.train()
@@ -275,8 +274,8 @@ class DetectionTrainer(Engine):
             outputs = self.predict(dataset, keep)
             scores = coco_metrics(self._ground_truth(split, dataset), outputs, self.iou_types)
             metrics.update({f"{split}/{k}": v for k, v in scores.items()})
-        self.eval_seconds += time.perf_counter() - started
         metrics["train/sec_per_iter"] = self.seconds_per_iter()
+        metrics["time/eval_seconds"] = time.perf_counter() - started
         return metrics
 
     def seconds_per_iter(self) -> float:
