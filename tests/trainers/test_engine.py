@@ -101,3 +101,23 @@ def test_check_finite_names_every_term():
 def test_zero_epochs_is_refused():
     with pytest.raises(ValueError, match="epochs"):
         Counting([], epochs=0)
+
+
+def test_test_metrics_come_after_the_last_epoch_and_before_fit_end():
+    class Tested(Counting):
+        def test(self):
+            return {"test/acc": 0.75}
+
+    class TestSeen(Recorder):
+        def on_test_end(self, trainer, metrics):
+            self.events.append(("test_end", dict(metrics)))
+
+    rec = TestSeen()
+    summary = Tested([rec], epochs=2).fit()
+    names = [e[0] for e in rec.events]
+    assert names[-3:] == ["log", "test_end", "fit_end"] and names.index("test_end") > names.index("epoch_end")
+    assert rec.events[-3] == ("log", EPOCH_AXIS, 2, {"test/acc": 0.75})  # the last epoch's value: never backwards
+    assert summary["test/acc"] == 0.75
+    plain = Recorder()
+    Counting([plain], epochs=1).fit()
+    assert "test_end" not in [e[0] for e in plain.events]
