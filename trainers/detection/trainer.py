@@ -50,7 +50,8 @@ class Profile:
 PROFILES = {
     # The tutorial, unchanged (torchvision's detector defaults for size and sampling).
     "full": Profile(epochs=10, lr=0.005, batch_size=2, min_size=800, max_size=1333, rois_per_image=512,
-                    rpn_post_nms_train=2000, rpn_post_nms_test=1000, detections_per_image=100, train_eval_images=0, images_per_epoch=0),
+                    rpn_post_nms_train=2000, rpn_post_nms_test=1000, detections_per_image=100,
+                    train_eval_images=0, images_per_epoch=0),
     # Measured on 2 shared cores, Mask R-CNN R50-FPN takes ~5 s a step even at 160 px: two
     # half-epochs (60 images each, together the whole training set once) fit the 15-minute budget.
     # Pedestrians are still 60-130 px tall at 160 px. The box head, not the image size, dominates
