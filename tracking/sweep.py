@@ -26,7 +26,6 @@ import shlex
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import warnings
@@ -44,6 +43,7 @@ from wandb.wandb_agent import Agent
 from launch import OUT_ENV
 from tracking import agent_command
 from tracking.readback import follow
+from trainers.checkpoint import atomic_file
 from trainers.errors import UsageError
 
 with warnings.catch_warnings():
@@ -184,16 +184,8 @@ class Trial:
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=1, default=str)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as fh:
+        fh.write(json.dumps(data, indent=1, default=str).encode())
 
 
 class Sweep:
