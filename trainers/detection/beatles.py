@@ -42,7 +42,7 @@ class Photo:
 def _read(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
+            return np.array(im.convert("RGB"))
     except (UnidentifiedImageError, OSError) as exc:
         raise UsageError(f"cannot read image {path} ({exc}); pass a PNG or JPEG to --image") from None
 
