@@ -52,16 +52,16 @@ PROFILES = {
     "full": Profile(epochs=10, lr=0.005, batch_size=2, min_size=800, max_size=1333, rois_per_image=512,
                     rpn_post_nms_train=2000, rpn_post_nms_test=1000, detections_per_image=100,
                     train_eval_images=0, images_per_epoch=0),
-    # Measured on 2 shared cores, Mask R-CNN R50-FPN takes ~5 s a step even at 160 px: two
-    # half-epochs (60 images each, together the whole training set once) fit the 15-minute budget.
-    # Pedestrians are still 60-130 px tall at 160 px. The box head, not the image size, dominates
-    # option 2: MobileNetV2's 1280x7x7 -> 1024 layer costs 64 GFLOP per 1000 RoIs, so training
-    # samples 64 RoIs per image and prediction keeps 150 proposals (Penn-Fudan has <= 8 people).
-    # Mask R-CNN's mask head costs ~1 GFLOP per detection; from random init nearly all 100 default
-    # detections pass the 0.05 score threshold, so the cpu profile keeps 20 (AR100 is then AR@20).
+    # On 2 quiet cores Mask R-CNN R50-FPN takes ~1.1 s a step at 160 px and option 2 ~1.2 s, and
+    # scoring 90 images ~22 s: two epochs of all 120 images for both models take ~7 minutes, half
+    # the 15-minute budget, so a busier machine still fits. Pedestrians are 60-130 px tall at 160 px.
+    # The box head, not the image size, dominates option 2: MobileNetV2's 1280x7x7 -> 1024 layer
+    # costs 64 GFLOP per 1000 RoIs, so training samples 64 RoIs per image and prediction keeps 150
+    # proposals. Mask R-CNN's mask head costs ~1 GFLOP per detection and from random init nearly all
+    # 100 default detections pass the score threshold: keep 20 (Penn-Fudan images hold <= 8 people).
     "cpu": Profile(epochs=2, lr=0.005, batch_size=2, min_size=160, max_size=272, rois_per_image=64,
                    rpn_post_nms_train=600, rpn_post_nms_test=150, detections_per_image=20,
-                   train_eval_images=20, images_per_epoch=60),
+                   train_eval_images=40, images_per_epoch=0),
 }
 OPTIONS = {"1": (1,), "2": (2,), "both": (1, 2)}
 
@@ -100,9 +100,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-size", type=int, default=None, help="override the detector's resize (shorter side)")
     parser.add_argument("--max-size", type=int, default=None, help="override the detector's cap on the longer side")
     parser.add_argument("--train-eval-images", type=int, default=None,
-                        help="training images scored for train AP each epoch (0 = all; cpu profile: 20)")
+                        help="training images scored for train AP each epoch (0 = all; cpu profile: 40)")
     parser.add_argument("--images-per-epoch", type=int, default=None,
-                        help="training images per epoch, later epochs taking the next ones (0 = all; cpu profile: 60)")
+                        help="training images per epoch, later epochs taking the next ones (0 = all, the default)")
     parser.add_argument("--holdout", type=int, default=HOLDOUT, help=f"held-out images (default {HOLDOUT}, the tutorial's)")
     parser.add_argument("--limit", type=int, default=None, help="use only the first N images of the dataset (quick tries)")
     parser.add_argument("--jitter", type=float, default=0.0, help="photometric jitter strength (default 0: flip only)")
