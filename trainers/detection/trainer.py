@@ -52,9 +52,9 @@ PROFILES = {
     "full": Profile(epochs=10, lr=0.005, batch_size=2, min_size=800, max_size=1333, rois_per_image=512,
                     rpn_post_nms_train=2000, rpn_post_nms_test=1000, detections_per_image=100,
                     train_eval_images=0, images_per_epoch=0),
-    # On 2 quiet cores Mask R-CNN R50-FPN takes ~1.1 s a step at 160 px and option 2 ~1.2 s, and
-    # scoring 90 images ~22 s: two epochs of all 120 images for both models take ~7 minutes, half
-    # the 15-minute budget, so a busier machine still fits. Pedestrians are 60-130 px tall at 160 px.
+    # On 2 cores Mask R-CNN R50-FPN takes 1.1-1.5 s a step at 160 px, option 2 1.2-1.5 s, and
+    # scoring 90 images 22-31 s: the whole command (two epochs of all 120 images for both models)
+    # took 8.4 minutes, leaving room in the 15-minute budget for a busier machine. Pedestrians are 60-130 px tall at 160 px.
     # The box head, not the image size, dominates option 2: MobileNetV2's 1280x7x7 -> 1024 layer
     # costs 64 GFLOP per 1000 RoIs, so training samples 64 RoIs per image and prediction keeps 150
     # proposals. Mask R-CNN's mask head costs ~1 GFLOP per detection and from random init nearly all
