@@ -38,11 +38,12 @@ def test_conv2d_is_cross_correlation_not_convolution():
 
 
 def test_rgb_channels_are_filtered_independently():
-    img = torch.rand(3, 10, 12)
+    img = torch.rand(3, 10, 12, generator=torch.Generator().manual_seed(0))
     k = kernel("sharpen_diagonal")
     out = apply_kernel(img, k)
     for c in range(3):
-        assert torch.allclose(out[c : c + 1], apply_kernel(img[c : c + 1], k))
+        # Grouped and single-channel convolutions may sum in a different order: float32 rounding.
+        assert torch.allclose(out[c : c + 1], apply_kernel(img[c : c + 1], k), atol=1e-6)
 
 
 @pytest.mark.parametrize("name,own", sorted(SHARPENERS.items()))
