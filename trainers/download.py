@@ -10,7 +10,6 @@ import contextlib
 import hashlib
 import os
 import socket
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -18,6 +17,8 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+from trainers.checkpoint import atomic_file
 
 CACHE_ENV = "DLHW_CACHE"
 # Long enough for a slow server to answer, short enough that an offline machine moves on at once.
@@ -80,12 +81,9 @@ def download(
 
     if dest.is_file() and verified(dest):
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    tmp = Path(tmp_name)
     try:
         request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(request, timeout=timeout) as response:
+        with atomic_file(dest, suffix=".part") as out, urllib.request.urlopen(request, timeout=timeout) as response:
             total = int(response.headers.get("Content-Length") or 0) or None
             with Progress(
                 TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
@@ -95,14 +93,12 @@ def download(
                 for chunk in iter(lambda: response.read(1 << 16), b""):
                     out.write(chunk)
                     progress.advance(task, len(chunk))
-        if not verified(tmp):
-            raise DownloadError(f"checksum mismatch for {url}; the file may have changed upstream")
-        os.replace(tmp, dest)
+            out.flush()
+            if not verified(Path(out.name)):
+                raise DownloadError(f"checksum mismatch for {url}; the file may have changed upstream")
         return dest
     except DownloadError:
         raise
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", None) or exc
         raise DownloadError(f"cannot download {url} ({reason})") from None
-    finally:
-        tmp.unlink(missing_ok=True)
