@@ -20,7 +20,7 @@ from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
-from callbacks.progress import _fmt
+from callbacks.progress import _fmt, report_console
 from trainers.engine import EPOCH_AXIS, Callback, Engine
 from viz.images import to_uint8
 
@@ -113,7 +113,7 @@ class PhotoTable(Callback):
     """
 
     def __init__(self, console: Console | None = None, *, log_to_wandb: bool = True) -> None:
-        self.console = console or Console()
+        self.console = console or report_console()
         self.log_to_wandb = log_to_wandb
         self.cache = _PictureCache()
         self.rows: list[list[Any]] = []

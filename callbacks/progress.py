@@ -20,6 +20,15 @@ from rich.table import Table
 from trainers.engine import EPOCH_AXIS, Callback, Engine, is_rank_zero
 
 
+def report_console(*, stderr: bool = False) -> Console:
+    """A console for tables: the terminal's width, or 160 columns when output goes to a file or
+    pipe, where rich would otherwise cut tables to 80 columns and truncate model names."""
+    console = Console(stderr=stderr)
+    if not console.is_terminal:
+        console.width = max(console.width, 160)
+    return console
+
+
 def _fmt(value: Any) -> str:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         return str(value)
@@ -94,7 +103,7 @@ class SummaryTable(Callback):
     """Prints the run's final numbers as one table when the fit ends."""
 
     def __init__(self, console: Console | None = None, *, title: str | None = None) -> None:
-        self.console = console or Console()
+        self.console = console or report_console()
         self.title = title
 
     def on_fit_end(self, trainer: Engine) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from callbacks.progress import report_console
 from tracking.readback import run_summary
 from trainers.errors import UsageError
 
@@ -256,7 +257,7 @@ def run_compare(*, run_dirs: Sequence[str], sweep_dir: str | None, project: str 
                 goal: str | None, plot: str | None, out: str, mode: str, group: str | None,
                 console: Console | None = None) -> int:
     """``launch.py compare``: print the table, write the plot, say where; the exit code."""
-    console = console or Console()
+    console = console or report_console()
     records: list[RunRecord] = []
     swept: list[str] = []
     where = Path(out)

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from callbacks.progress import report_console
 from trainers.errors import UsageError
 from tracking.sweep import (
     ENDED, FAILED, FINISHED, RUNNING, STOPPED, Runner, Sweep, SweepStopped, Trial, load_config,
@@ -108,7 +109,7 @@ def run_sweep(*, yaml_path: str | None, resume: str | None, out: str, count: int
               params: list[str], sweep_id: str | None, seed: int, wandb_mode: str | None,
               console: Console | None = None) -> int:
     """``launch.py sweep``: start or resume a sweep, run it with a live table, report; the exit code."""
-    console = console or Console(stderr=True)
+    console = console or report_console(stderr=True)
     for flag, value in (("--jobs", jobs), ("--count", count)):
         if value is not None and value < 1:
             raise UsageError(f"{flag} must be at least 1, got {value}")
