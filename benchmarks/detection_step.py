@@ -16,7 +16,6 @@ import datetime
 import io
 import json
 import math
-import statistics
 import sys
 import tempfile
 import time
@@ -27,6 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pairing import alternate, ratio_summary  # noqa: E402
 from trainers.detection.dataset import PennFudan, collate, generate_pennfudan, read_pennfudan  # noqa: E402
 from trainers.detection.models import build_detector  # noqa: E402
 from trainers.detection.trainer import (  # noqa: E402
@@ -145,7 +145,6 @@ def main() -> None:
     torch.manual_seed(0)
     template = build_detector(args.model_option, model="maskrcnn_resnet50_fpn", backbone="mobilenet_v2",
                               weights="none", **detector_kwargs(profile)).model
-    ours, ref = [], []
 
     def batches_loader():
         return torch.utils.data.DataLoader(train, batch_size=profile.batch_size, collate_fn=collate,
@@ -167,15 +166,7 @@ def main() -> None:
         return (time.perf_counter() - started) / len(loader)
 
     run_ours(), run_reference()  # warm-up: allocator, oneDNN kernels for these shapes
-    # ABBA order, so neither loop always runs first when the machine's load drifts.
-    for r in range(args.repeats):
-        if r % 2:
-            ref.append(run_reference())
-            ours.append(run_ours())
-        else:
-            ours.append(run_ours())
-            ref.append(run_reference())
-    ratios = sorted(o / r for o, r in zip(ours, ref))
+    ours, ref = alternate(run_ours, run_reference, args.repeats)
     result = {
         "benchmark": "detection_step",
         "model_option": args.model_option,
@@ -185,8 +176,7 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "ours_s_per_iter": round(min(ours), 4),
         "reference_s_per_iter": round(min(ref), 4),
-        "ratio": round(statistics.median(ratios), 4),
-        "ratio_range": [round(ratios[0], 4), round(ratios[-1], 4)],
+        **ratio_summary(ours, ref),
         "goal_ratio": 1.0,
     }
     result["meets_goal"] = result["ratio"] <= result["goal_ratio"]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ from torchvision.ops import box_iou as tv_box_iou
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pairing import alternate, ratio_summary  # noqa: E402
 from trainers.iou import box_iou  # noqa: E402
 
 
@@ -44,15 +44,7 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     a, b = random_boxes(args.boxes, g), random_boxes(args.boxes, g)
     max_abs_diff = float((box_iou(a, b) - tv_box_iou(a, b)).abs().max())  # also the warm-up
-    ours, theirs = [], []
-    for r in range(args.repeats):
-        # Swap who goes first each round, so neither always runs on a freshly freed allocator.
-        pair = [(ours, box_iou), (theirs, tv_box_iou)]
-        for times, fn in pair if r % 2 == 0 else pair[::-1]:
-            times.append(timed(fn, a, b))
-    # Each pair shares the machine's momentary load; the median of the pair ratios is robust to
-    # the noise of a shared CPU, the minima are the cleanest single times.
-    ratios = sorted(o / t for o, t in zip(ours, theirs))
+    ours, theirs = alternate(lambda: timed(box_iou, a, b), lambda: timed(tv_box_iou, a, b), args.repeats)
     result = {
         "benchmark": "iou",
         "boxes": args.boxes,
@@ -60,8 +52,7 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "ours_s": round(min(ours), 4),
         "torchvision_s": round(min(theirs), 4),
-        "ratio": round(statistics.median(ratios), 4),
-        "ratio_range": [round(ratios[0], 4), round(ratios[-1], 4)],
+        **ratio_summary(ours, theirs),
         "goal_ratio": 1.1,
         "max_abs_diff": max_abs_diff,
     }
