@@ -216,11 +216,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
         if to_wandb:
             callbacks.append(PredictionTable())
         trainer = build_trainer(plan, option, args, callbacks)
-        try:
-            results[model_label(option, args)] = trainer.fit()
-        except FloatingPointError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
+        results[model_label(option, args)] = trainer.fit()
         models[model_label(option, args)] = trainer.model
     if not args.skip_photo:
         callbacks = standard_callbacks(run_args("photo"), job_type="detect-photo") + [PhotoTable(log_to_wandb=to_wandb)]
@@ -263,12 +259,7 @@ def cmd_alexnet(args: argparse.Namespace) -> int:
         callbacks += [FilterGrid(), ConfusionMatrix()]
         if args.viz_images:
             callbacks.append(FeatureMapTable(args.viz_images))
-    trainer = build_trainer(args, callbacks, config=run_config(args))
-    try:
-        trainer.fit()
-    except FloatingPointError as exc:  # divergence: the run is already finished in W&B as failed
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    build_trainer(args, callbacks, config=run_config(args)).fit()
     return 0
 
 
@@ -299,6 +290,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except FloatingPointError as exc:  # a diverged run: already finished in W&B as failed
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

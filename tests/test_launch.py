@@ -77,3 +77,12 @@ def test_filters_end_to_end_offline(launch_cmd, tmp_path):
     assert all(r[-1] is True for r in checks["data"])
     # Everything W&B staged for upload stays under --out.
     assert all(Path(c["local_path"]).is_relative_to(out.resolve()) for c in (row[1], row[5]))
+
+
+def test_diverged_run_is_one_line_and_exit_1(launch_cmd, tmp_path):
+    proc = _run(launch_cmd, "alexnet", "--optimizer", "sgd", "--lr", "1e12", "--epochs", "1", "--limit-batches", "4",
+                "--hessian-every", "0", "--viz-images", "0", "--out", str(tmp_path), "--wandb-mode", "disabled")
+    assert proc.returncode == 1
+    assert [line for line in proc.stderr.splitlines() if line.startswith("error:")] == [
+        "error: non-finite loss at step 1: loss=nan; lower --lr or check the data"]
+    assert "Traceback" not in proc.stderr
