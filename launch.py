@@ -98,8 +98,9 @@ def cmd_filters(args: argparse.Namespace) -> int:
     images = images_from_args(args.image, args.max_size)
     args.filters = args.filters or KERNELS.names()
     callbacks = standard_callbacks(args, job_type="filters") + [FilterTable()]
-    summary = FiltersExperiment(images, args.filters, callbacks, config=run_config(args)).fit()
-    return 0 if summary.get("check/passed") == 1.0 else 1
+    experiment = FiltersExperiment(images, args.filters, callbacks, config=run_config(args))
+    experiment.fit()
+    return experiment.exit_code
 
 
 def add_sweep(sub: argparse._SubParsersAction, parents: list) -> None:
@@ -145,8 +146,9 @@ def cmd_iou(args: argparse.Namespace) -> int:
 
     setup = setup_from_args(args)
     callbacks = standard_callbacks(args, job_type="iou") + [IoUPlots()]
-    summary = IoUExperiment(setup, callbacks, config=run_config(args)).fit()
-    return 0 if summary.get("check/passed") == 1.0 else 1
+    experiment = IoUExperiment(setup, callbacks, config=run_config(args))
+    experiment.fit()
+    return experiment.exit_code
 
 
 def add_compare(sub: argparse._SubParsersAction, parents: list) -> None:

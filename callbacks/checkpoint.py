@@ -19,6 +19,12 @@ class Checkpoint(Callback):
     time it improves (``upload="improved"``), or once after the last epoch (``upload="end"``),
     which keeps a run of a large model from staging one copy per improvement. ``upload_last``
     also announces the final ``last.pt`` (alias ``last``; the best one carries it when they coincide).
+
+    Each announcement carries the checkpoint's own epoch, step and metrics as ``metadata``, so an
+    artifact uploaded at the end describes the epoch whose weights it holds, not the last epoch.
+    Aliases follow W&B's model-checkpoint convention: ``best`` on the best version; ``latest`` is
+    not asked for, because W&B gives it to the newest version of the artifact by itself (the best
+    is announced before the last, so ``latest`` ends on the newest weights).
     """
 
     def __init__(self, directory: str | Path, *, monitor: str, mode: str = "max", upload: str = "improved",
@@ -34,6 +40,7 @@ class Checkpoint(Callback):
         self.mode = mode
         self.best: float | None = None
         self.best_path: Path | None = None
+        self.best_metadata: dict[str, Any] = {}
 
     def _improved(self, value: float) -> bool:
         if self.best is None:
@@ -52,20 +59,25 @@ class Checkpoint(Callback):
             "callbacks": {type(cb).__name__: cb.state_dict() for cb in trainer.callbacks},
         }
         save_atomic(state, self.directory / "last.pt")
+        metadata = {"epoch": epoch + 1, "step": trainer.global_step,
+                    **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
         value = metrics.get(self.monitor)
         improved = value is not None and self._improved(float(value))
         last_epoch = epoch + 1 == trainer.epochs or trainer.should_stop
-        best_aliases = ["best", "latest"] + (["last"] if self.upload_last and last_epoch and improved else [])
+        best_aliases = ["best"] + (["last"] if self.upload_last and last_epoch and improved else [])
         if improved:
             self.best = float(value)
             self.best_path = save_atomic(state, self.directory / "best.pt")
+            self.best_metadata = metadata
             trainer.summary[f"best/{self.monitor}"] = self.best
             if self.upload == "improved":
-                trainer.fire("on_checkpoint_saved", path=str(self.best_path), aliases=best_aliases)
+                trainer.fire("on_checkpoint_saved", path=str(self.best_path), aliases=best_aliases, metadata=metadata)
         if self.upload == "end" and last_epoch and self.best_path is not None:
-            trainer.fire("on_checkpoint_saved", path=str(self.best_path), aliases=best_aliases)
+            trainer.fire("on_checkpoint_saved", path=str(self.best_path), aliases=best_aliases,
+                         metadata=self.best_metadata)
         if self.upload_last and last_epoch and not improved:
-            trainer.fire("on_checkpoint_saved", path=str(self.directory / "last.pt"), aliases=["last"])
+            trainer.fire("on_checkpoint_saved", path=str(self.directory / "last.pt"), aliases=["last"],
+                         metadata=metadata)
 
     def state_dict(self) -> dict[str, Any]:
         return {"best": self.best, "monitor": self.monitor, "mode": self.mode}

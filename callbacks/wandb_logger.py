@@ -20,9 +20,16 @@ class WandbLogger(Callback):
     plots every family against its own axis. ``monitor`` = ``("val/acc", "max")`` puts the best
     value of the metric a sweep optimises in the run summary.
 
-    Step metrics are sent every ``log_every`` steps (epoch metrics, tables and images always):
-    each ``run.log`` is a record W&B's service process must handle, and on a small CPU machine
-    that process competes with training for the same cores.
+    Step metrics are thinned, never dropped: everything reported in a window of ``log_every``
+    steps goes out as one ``run.log`` record at the window's end (numbers as their mean over the
+    window, anything else as its last value), and an open window is always sent before an epoch's
+    metrics and when the fit ends, so the last step of a fit always reaches W&B. Each ``run.log``
+    is a record W&B's service process must handle, and on a small CPU machine that process
+    competes with training for the same cores; the run summary gets every key's last reported
+    value, whatever the window did to its curve.
+
+    A fit of a single epoch has no epoch curves: its epoch-axis numbers go to the run summary
+    only (tables and pictures still to history), so the workspace does not open on one-point charts.
 
     Only rank 0 logs; on other ranks every hook is a no-op.
     """
@@ -55,6 +62,11 @@ class WandbLogger(Callback):
         # The local run folder: what `wandb sync` and `wandb leet inspect` take.
         self.run_dir: Path | None = None
         self._axis_of: dict[str, str] = {}
+        # The open step window: key -> [sum, count] for numbers, key -> value for anything else.
+        self._window: dict[str, Any] = {}
+        self._window_step = 0
+        # Each step key's last reported value: the run summary's final value.
+        self._last: dict[str, Any] = {}
 
     def on_fit_start(self, trainer: Engine) -> None:
         if not is_rank_zero():
@@ -82,40 +94,79 @@ class WandbLogger(Callback):
         self._axis_of[key] = axis
 
     def on_log(self, trainer: Engine, metrics: Mapping[str, Any], axis: str) -> None:
-        if self.run is None or (axis == STEP_AXIS and trainer.global_step % self.log_every):
+        if self.run is None:
             return
         for key in metrics:
             if key not in self._axis_of:
                 self._bind(key, axis)
+        if axis == STEP_AXIS:
+            self._collect(metrics, trainer.global_step)
+            if trainer.global_step % self.log_every == 0:
+                self._flush()
+            return
+        self._flush()
+        if trainer.epochs == 1:
+            one_off = {k: v for k, v in metrics.items() if _is_number(v)}
+            self.run.summary.update(one_off)
+            metrics = {k: v for k, v in metrics.items() if k not in one_off}
+            if not metrics:
+                return
         self.run.log({**metrics, axis: trainer.axis_value(axis)})
 
-    def on_checkpoint_saved(self, trainer: Engine, path: str, aliases: Sequence[str]) -> None:
+    def _collect(self, metrics: Mapping[str, Any], step: int) -> None:
+        window = self._window
+        for key, value in metrics.items():
+            if _is_number(value):
+                acc = window.get(key)
+                if acc is None:
+                    window[key] = [value, 1]
+                else:
+                    acc[0] += value
+                    acc[1] += 1
+            else:
+                window[key] = value
+        self._last.update(metrics)
+        self._window_step = step
+
+    def _flush(self) -> None:
+        """Send the open step window as one record against the last step it saw."""
+        if not self._window:
+            return
+        record = {k: (v[0] / v[1] if v[1] > 1 else v[0]) if isinstance(v, list) else v for k, v in self._window.items()}
+        record[STEP_AXIS] = self._window_step
+        self._window = {}
+        self.run.log(record)
+
+    def on_checkpoint_saved(self, trainer: Engine, path: str, aliases: Sequence[str],
+                            metadata: Mapping[str, Any]) -> None:
         if self.run is None:
             return
-        artifact = wandb.Artifact(
-            f"{trainer.name}-{self.run.id}",
-            type="model",
-            metadata={"epoch": trainer.epoch + 1, "step": trainer.global_step, **{k: v for k, v in trainer.summary.items() if isinstance(v, (int, float))}},
-        )
+        artifact = wandb.Artifact(f"{trainer.name}-{self.run.id}", type="model", metadata=dict(metadata))
         artifact.add_file(str(path))
         self.run.log_artifact(artifact, aliases=list(aliases))
 
     def on_fit_end(self, trainer: Engine) -> None:
         if self.run is None:
             return
+        self._flush()
         # The monitored metric keeps the best value define_metric collected, not the last one.
         best = self.monitor[0] if self.monitor else None
-        for key, value in trainer.summary.items():
-            if key != best:
-                self.run.summary[key] = value
-        self._finish(0)
+        final = {k: v for k, v in self._last.items() if _is_number(v)}
+        final.update((k, v) for k, v in trainer.summary.items() if k != best)
+        self.run.summary.update(final)
+        self._finish(trainer.exit_code)
 
     def on_exception(self, trainer: Engine, exception: BaseException) -> None:
         if self.run is None:
             return
+        self._flush()
         self.run.summary["error"] = f"{type(exception).__name__}: {exception}"
         self._finish(130 if isinstance(exception, KeyboardInterrupt) else 1)
 
     def _finish(self, exit_code: int) -> None:
         self.run.finish(exit_code=exit_code)
         self.run = None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -71,12 +71,13 @@ def staged_files(run_dir: str | Path) -> dict[str, str]:
 
 
 def artifacts(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The artifacts the run logged: name, type, aliases and entry paths."""
+    """The artifacts the run logged: name, type, aliases, metadata and entry paths."""
     out = []
     for r in records(run_dir):
         if r.get("type") == "artifact":
             a = r["artifact"]
             out.append({"name": a.get("name"), "type": a.get("type"), "aliases": a.get("aliases", []),
+                        "metadata": json.loads(a.get("metadata") or "{}"),
                         "files": [e["path"] for e in a["manifest"]["contents"]]})
     return out
 

@@ -57,8 +57,10 @@ class Callback:
     def on_log(self, trainer: Engine, metrics: Mapping[str, Any], axis: str) -> None:
         """Called when the trainer reports metrics against the x-axis ``axis``."""
 
-    def on_checkpoint_saved(self, trainer: Engine, path: str, aliases: Sequence[str]) -> None:
-        """Called after a checkpoint file has been written atomically."""
+    def on_checkpoint_saved(self, trainer: Engine, path: str, aliases: Sequence[str],
+                            metadata: Mapping[str, Any]) -> None:
+        """Called after a checkpoint file has been written atomically; ``metadata`` describes the
+        epoch it holds (``epoch``, ``step`` and that epoch's metrics)."""
 
     def state_dict(self) -> dict[str, Any]:
         """State to store in checkpoints."""
@@ -101,6 +103,9 @@ class Engine:
         # Final numbers for the console summary and the W&B run summary.
         self.summary: dict[str, Any] = {}
         self.fit_seconds = 0.0
+        # The process's exit code for this fit, known before ``on_fit_end`` so that the W&B run
+        # records the same one: 1 when the experiment's self-check (summary ``check/passed``) failed.
+        self.exit_code = 0
 
     # -- events -------------------------------------------------------------------------------
     def fire(self, event: str, **kwargs: Any) -> None:
@@ -167,6 +172,8 @@ class Engine:
                 self.fire("on_test_end", metrics=metrics)
             self.fit_seconds = time.perf_counter() - started
             self.summary.setdefault("fit_seconds", round(self.fit_seconds, 3))
+            if self.summary.get("check/passed") == 0:
+                self.exit_code = 1
             self.fire("on_fit_end")
         except BaseException as exc:
             self.fit_seconds = time.perf_counter() - started

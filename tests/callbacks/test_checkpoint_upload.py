@@ -23,8 +23,8 @@ class Saved(Callback):
     def __init__(self):
         self.calls = []
 
-    def on_checkpoint_saved(self, trainer, path, aliases):
-        self.calls.append((trainer.epoch + 1, path.rsplit("/", 1)[-1], sorted(aliases)))
+    def on_checkpoint_saved(self, trainer, path, aliases, metadata):
+        self.calls.append((trainer.epoch + 1, path.rsplit("/", 1)[-1], sorted(aliases), metadata))
 
 
 @pytest.mark.parametrize("upload, expected", [("improved", [1, 2]), ("end", [3])])
@@ -32,7 +32,9 @@ def test_when_the_best_checkpoint_is_announced(tmp_path, upload, expected):
     saved = Saved()
     Improving([Checkpoint(tmp_path, monitor="val/acc", upload=upload), saved]).fit()
     assert [c[0] for c in saved.calls] == expected
-    assert all(c[1:] == ("best.pt", ["best", "latest"]) for c in saved.calls)
+    assert all(c[1:3] == ("best.pt", ["best"]) for c in saved.calls)
+    # The metadata is the saved epoch's own, even when announced after a later epoch.
+    assert saved.calls[-1][3] == {"epoch": 2, "step": 2, "val/acc": 0.9}
 
 
 def test_unknown_upload_mode():

@@ -53,12 +53,25 @@ def test_config_summary_axes_and_best_value(tmp_path):
     assert steps == list(range(9)) and epochs == [1, 2, 3]
 
 
-def test_step_metrics_every_n_steps_epoch_metrics_always(tmp_path):
+def test_step_metrics_thinned_by_window_never_dropped(tmp_path):
     logger = _logger(tmp_path, log_every=4)
     Tiny([logger]).fit()
     rows = history(logger.run_dir)
-    assert [r["trainer/step"] for r in rows if "train/loss" in r] == [0, 4, 8]
+    # A window closes every 4 steps and before each epoch's metrics: the epoch's last step is sent.
+    loss = {r["trainer/step"]: r["train/loss"] for r in rows if "train/loss" in r}
+    assert list(loss) == [0, 2, 4, 5, 8]
+    assert loss[2] == pytest.approx((1 / 2 + 1 / 3) / 2)  # the mean of the window's steps 1 and 2
+    assert loss[8] == pytest.approx((1 / 7 + 1 / 8 + 1 / 9) / 3)
     assert [r["epoch"] for r in rows if "val/acc" in r] == [1, 2, 3]
+    summary = run_summary(logger.run_dir)["summary"]
+    assert summary["train/loss"] == pytest.approx(1 / 9) and summary["trainer/step"] == 8  # the last, not the mean
+
+
+def test_single_epoch_numbers_go_to_the_summary_only(tmp_path):
+    logger = _logger(tmp_path)
+    Tiny([logger], epochs=1).fit()
+    assert not [r for r in history(logger.run_dir) if "val/acc" in r]
+    assert run_summary(logger.run_dir)["summary"]["val/acc"] == 0.5
 
 
 def test_checkpoint_is_atomic_and_uploaded_as_artifact(tmp_path):
@@ -73,6 +86,7 @@ def test_checkpoint_is_atomic_and_uploaded_as_artifact(tmp_path):
     arts = artifacts(logger.run_dir)
     assert len(arts) == 2 and all(a["type"] == "model" for a in arts)  # epochs 1 and 2 improved
     assert set(arts[-1]["aliases"]) == {"best", "latest"} and arts[-1]["files"] == ["best.pt"]
+    assert arts[-1]["metadata"] == {"epoch": 2, "step": 6, "val/acc": 0.9, "val/loss": 0.9}
     assert trainer.summary["best/val/acc"] == 0.9
 
 
@@ -80,8 +94,10 @@ def test_best_once_at_the_end_and_the_last_checkpoint(tmp_path):
     logger = _logger(tmp_path, monitor=("val/acc", "max"))
     Tiny([logger, Checkpoint(tmp_path / "ckpt", monitor="val/acc", upload="end", upload_last=True)]).fit()
     arts = artifacts(logger.run_dir)  # val/acc peaks at epoch 2 of 3: best and last differ
+    # W&B adds `latest` to each version it logs; the server keeps it on the newest (last.pt).
     assert [(a["files"], set(a["aliases"])) for a in arts] == [(["best.pt"], {"best", "latest"}),
-                                                              (["last.pt"], {"last", "latest"})]  # W&B adds latest
+                                                              (["last.pt"], {"last", "latest"})]
+    assert [a["metadata"]["epoch"] for a in arts] == [2, 3]  # each its own epoch, though both sent at the end
 
 
 def test_crash_finishes_the_run_with_a_failing_exit_code(tmp_path):
