@@ -18,27 +18,14 @@ import random
 import sys
 from collections.abc import Callable, Sequence
 
+from tracking.agent_args import AgentParser as Parser
+from tracking.mode import DEFAULT_PROJECT
+
 OUT_ENV = "DLHW_OUT"
-DEFAULT_PROJECT = "dlhw"
-
-
-class Parser(argparse.ArgumentParser):
-    """ArgumentParser that reads ``--flag_name`` as ``--flag-name`` and never abbreviates flags."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        kwargs.setdefault("allow_abbrev", False)
-        super().__init__(*args, **kwargs)
-
-    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
-        args = sys.argv[1:] if args is None else list(args)
-        return super().parse_known_args([_dashed(a) for a in args], namespace)
-
-
-def _dashed(token: str) -> str:
-    if not token.startswith("--") or token == "--":
-        return token
-    flag, eq, value = token.partition("=")
-    return flag.replace("_", "-") + eq + value
+# What names the run and where it goes, not how the experiment ran: kept out of the W&B config
+# (W&B has its own fields for them), so dashboards do not offer them as hyperparameters.
+BOOKKEEPING = ("func", "command", "out", "wandb_dir", "wandb_mode", "project", "entity", "group", "run_name",
+               "log_every")
 
 
 def global_options(*, suppress: bool) -> argparse.ArgumentParser:
@@ -47,15 +34,18 @@ def global_options(*, suppress: bool) -> argparse.ArgumentParser:
     p = Parser(add_help=False)
     d = (lambda v: argparse.SUPPRESS) if suppress else (lambda v: v)
     g = p.add_argument_group("global options")
-    g.add_argument("--out", default=d(os.environ.get(OUT_ENV, "runs")),
+    g.add_argument("--out", default=d(os.environ.get(OUT_ENV)),
                    help=f"folder for everything a command writes: W&B runs, checkpoints, logs "
-                        f"(default: ${OUT_ENV} or ./runs)")
+                        f"(default: ${OUT_ENV} or ./runs; W&B runs go to $WANDB_DIR when it is set and "
+                        f"neither is given)")
     g.add_argument("--wandb-mode", choices=("online", "offline", "disabled"), default=d(None),
                    help="W&B mode (default: online when an API key is configured, otherwise offline)")
-    g.add_argument("--project", default=d(DEFAULT_PROJECT), help=f"W&B project (default {DEFAULT_PROJECT})")
+    g.add_argument("--project", default=d(None), help=f"W&B project (default: $WANDB_PROJECT or {DEFAULT_PROJECT})")
+    g.add_argument("--entity", default=d(None), help="W&B entity, a user or team (default: $WANDB_ENTITY or yours)")
     g.add_argument("--seed", type=int, default=d(0), help="random seed (default 0)")
-    g.add_argument("--group", default=d(None), help="W&B group for this run (sweeps set it per sweep)")
-    g.add_argument("--run-name", default=d(None), help="W&B run name (default: W&B picks one)")
+    g.add_argument("--group", default=d(None), help="W&B group for this run (default: $WANDB_RUN_GROUP; "
+                                                     "sweeps set it per sweep)")
+    g.add_argument("--run-name", default=d(None), help="W&B run name (default: $WANDB_NAME, else W&B picks one)")
     g.add_argument("--log-every", type=int, default=d(None), metavar="N",
                    help="send per-step metrics to W&B every N steps (default: 1 for slow steps such as "
                         "detection, 10 for fast ones; epoch metrics always)")
@@ -73,8 +63,17 @@ def seed_everything(seed: int) -> None:
 
 
 def run_config(args: argparse.Namespace) -> dict:
-    """The resolved flags as the run's config (what W&B stores and a sweep compares)."""
-    return {k: v for k, v in vars(args).items() if k not in ("func",)}
+    """The experiment's settings after every override (recipe, flags, sweep parameters): the run's
+    W&B config, what a sweep compares. Bookkeeping (folders, mode, names) is left out."""
+    return {k: v for k, v in vars(args).items() if k not in BOOKKEEPING}
+
+
+def resolve_locations(args: argparse.Namespace) -> None:
+    """``--out`` (or ``$DLHW_OUT``) decides where a command writes; without either, files go to
+    ``./runs`` and W&B runs to ``$WANDB_DIR`` when it is set, as W&B's own variable beats our default."""
+    explicit = args.out
+    args.out = explicit or "runs"
+    args.wandb_dir = explicit or os.environ.get("WANDB_DIR") or args.out
 
 
 # -- subcommands ------------------------------------------------------------------------------
@@ -202,11 +201,13 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
     plan = prepare(args)
     photo = None if args.skip_photo else load_photo(args.image)
-    args.group = args.group or f"detect-{time.strftime('%Y%m%d-%H%M%S')}"
+    # The three runs share a group and name stem: flags, then W&B's variables, then our own.
+    args.group = args.group or os.environ.get("WANDB_RUN_GROUP") or f"detect-{time.strftime('%Y%m%d-%H%M%S')}"
     to_wandb = args.wandb_mode != "disabled"
 
     def run_args(suffix: str) -> argparse.Namespace:
-        return argparse.Namespace(**{**vars(args), "run_name": f"{args.run_name or args.group}-{suffix}"})
+        stem = args.run_name or os.environ.get("WANDB_NAME") or args.group
+        return argparse.Namespace(**{**vars(args), "run_name": f"{stem}-{suffix}"})
 
     models, results = {}, {}
     for option in plan.options:
@@ -275,6 +276,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
     for add in SUBCOMMANDS:
         add(sub, [global_options(suppress=True)])
+    for name, subparser in sub.choices.items():
+        # Experiments are what `wandb agent` starts; sweep and compare take no sweep parameters.
+        subparser.reads_sweep_params = name not in ("sweep", "compare")
     return parser
 
 
@@ -283,8 +287,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from trainers.errors import UsageError
     from tracking.mode import resolve_mode
 
-    args = get_args_parser().parse_args(argv)
     try:
+        args = get_args_parser().parse_args(argv)
+        resolve_locations(args)
         args.wandb_mode, why = resolve_mode(args.wandb_mode)
         print(f"W&B mode: {args.wandb_mode} ({why})", file=sys.stderr)
         seed_everything(args.seed)

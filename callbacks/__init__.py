@@ -33,8 +33,9 @@ def standard_callbacks(
         cbs.append(
             WandbLogger(
                 project=args.project,
+                entity=getattr(args, "entity", None),
                 mode=args.wandb_mode,
-                out_dir=args.out,
+                out_dir=getattr(args, "wandb_dir", args.out),
                 name=getattr(args, "run_name", None),
                 group=getattr(args, "group", None),
                 job_type=job_type,

@@ -37,7 +37,7 @@ class WandbLogger(Callback):
     def __init__(
         self,
         *,
-        project: str,
+        project: str | None,
         mode: str,
         out_dir: str | Path,
         name: str | None = None,
@@ -46,10 +46,12 @@ class WandbLogger(Callback):
         tags: Sequence[str] = (),
         monitor: tuple[str, str] | None = None,
         log_every: int = 10,
+        entity: str | None = None,
     ) -> None:
         if log_every < 1:
             raise ValueError(f"log_every must be >= 1, got {log_every}")
         self.project = project
+        self.entity = entity
         self.mode = mode
         self.out_dir = Path(out_dir)
         self.name = name
@@ -73,6 +75,7 @@ class WandbLogger(Callback):
             return
         self.run = init_run(
             project=self.project,
+            entity=self.entity,
             mode=self.mode,
             out_dir=self.out_dir,
             config=trainer.config,

@@ -8,6 +8,8 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 MODES = ("online", "offline", "disabled")
+# The project a run goes to when neither --project nor WANDB_PROJECT names one.
+DEFAULT_PROJECT = "dlhw"
 # Spellings W&B itself accepts in WANDB_MODE.
 _ENV_ALIASES = {"run": "online", "dryrun": "offline", "online": "online", "offline": "offline", "disabled": "disabled"}
 

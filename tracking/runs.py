@@ -9,6 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import wandb
+from wandb import env as wandb_env
+
+from tracking.mode import DEFAULT_PROJECT
 
 # Online runs give up on an unreachable server after this long and fall back to offline.
 ONLINE_INIT_TIMEOUT_S = 30
@@ -16,7 +19,7 @@ ONLINE_INIT_TIMEOUT_S = 30
 
 def init_run(
     *,
-    project: str,
+    project: str | None,
     mode: str,
     out_dir: str | Path,
     config: Mapping[str, Any],
@@ -24,8 +27,15 @@ def init_run(
     group: str | None = None,
     job_type: str | None = None,
     tags: Sequence[str] = (),
+    entity: str | None = None,
 ) -> Any:
-    """Start a run under ``out_dir/wandb``; an online start that fails is retried offline, said in one line."""
+    """Start a run under ``out_dir/wandb``; an online start that fails is retried offline, said in one line.
+
+    Arguments given here are the user's explicit choices and win. ``job_type`` and ``tags`` are the
+    suite's defaults, so W&B's own ``WANDB_JOB_TYPE`` and ``WANDB_TAGS`` replace them; a project,
+    entity, group or name left None is W&B's to fill from ``WANDB_PROJECT`` (else ``dlhw``),
+    ``WANDB_ENTITY``, ``WANDB_RUN_GROUP`` and ``WANDB_NAME``.
+    """
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     # W&B stages table, image and checkpoint files for upload in its data dir and caches artifacts;
@@ -34,13 +44,14 @@ def init_run(
     os.environ.setdefault("WANDB_DATA_DIR", str(out_dir / "wandb-data"))
     os.environ.setdefault("WANDB_CACHE_DIR", str(out_dir / "wandb-cache"))
     kwargs: dict[str, Any] = dict(
-        project=project,
+        project=project or os.environ.get(wandb_env.PROJECT) or DEFAULT_PROJECT,
+        entity=entity,
         dir=str(out_dir),
         config=dict(config),
         name=name,
         group=group,
-        job_type=job_type,
-        tags=list(tags) or None,
+        job_type=os.environ.get(wandb_env.JOB_TYPE) or job_type,
+        tags=None if os.environ.get(wandb_env.TAGS) else list(tags) or None,
         reinit="finish_previous",
     )
     if mode == "online":

@@ -1,0 +1,82 @@
+"""Every flag type set by a sweep through every agent macro: W&B's own ``create_sweep_command_args``
+builds the trial's arguments and ``trial_environment`` writes the parameter file the agent writes."""
+
+from __future__ import annotations
+
+import pytest
+from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
+
+from launch import get_args_parser, resolve_locations, run_config
+from tracking.agent_command import trial_environment, wire_params
+from trainers.classification import resolve_args
+from trainers.errors import UsageError
+
+MACROS = ["args", "args_no_equals", "args_no_boolean_flags", "args_no_hyphens", "args_json", "args_json_file"]
+
+
+def _trial_argv(tmp_path, monkeypatch, command, params, macro):
+    """The argv and environment ``wandb agent`` gives a trial of ``command`` with ``params``."""
+    wire = wire_params(params)
+    env = trial_environment({}, run_id="r1", params=wire, param_file=tmp_path / "config-r1.yaml")
+    monkeypatch.setenv("WANDB_SWEEP_PARAM_PATH", env["WANDB_SWEEP_PARAM_PATH"])
+    made = create_sweep_command_args({"args": wire})
+    if macro == "args_json_file":
+        path = tmp_path / "args.json"
+        path.write_text(made["args_json"][0])
+        return [command, str(path)]
+    return [command, *made[macro]]
+
+
+def _config(argv):
+    args = get_args_parser().parse_args(argv)
+    resolve_locations(args)
+    if args.command == "alexnet":
+        resolve_args(args)
+    return run_config(args)
+
+
+@pytest.mark.parametrize("macro", MACROS)
+@pytest.mark.parametrize("augment, decay_all", [(False, True), (True, False)])
+def test_booleans_and_numbers_reach_training(tmp_path, monkeypatch, macro, augment, decay_all):
+    # augment is unset (None) unless given, so the digits recipe would fill in True: a dropped
+    # `augment: false` shows as training with augmentation.
+    params = {"augment": augment, "decay_all": decay_all, "lr": 0.03, "optimizer": "sgd", "dataset": "digits"}
+    config = _config(_trial_argv(tmp_path, monkeypatch, "alexnet", params, macro))
+    assert {k: config[k] for k in params} == params
+
+
+@pytest.mark.parametrize("macro", MACROS)
+def test_lists_reach_training(tmp_path, monkeypatch, macro):
+    params = {"box_a": [0, 0, 4, 4], "box_b": [-4.5, 1, -2, 3], "steps": 7}
+    config = _config(_trial_argv(tmp_path, monkeypatch, "iou", params, macro))
+    assert config["box_a"] == [0, 0, 4, 4] and config["box_b"] == [-4.5, 1, -2, 3] and config["steps"] == 7
+
+
+@pytest.mark.parametrize("macro", MACROS)
+def test_list_of_names_and_repeated_flag(tmp_path, monkeypatch, macro):
+    params = {"filters": ["blur", "sharpen_h"], "image": ["a.png", "b.png"], "max_size": 64}
+    config = _config(_trial_argv(tmp_path, monkeypatch, "filters", params, macro))
+    assert config["filters"] == ["blur", "sharpen_h"] and config["image"] == ["a.png", "b.png"]
+
+
+def test_explicit_flags_beat_the_parameter_file(tmp_path, monkeypatch):
+    argv = _trial_argv(tmp_path, monkeypatch, "alexnet", {"lr": 0.03, "decay_all": True, "dataset": "digits"},
+                       "args_no_boolean_flags")
+    config = _config([*argv, "--lr=0.5", "--no-decay-all"])
+    assert config["lr"] == 0.5 and config["decay_all"] is False
+
+
+def test_every_boolean_spelling():
+    p = get_args_parser()
+    for spelling, value in [("--decay-all", True), ("--no-decay_all", False), ("--decay_all=True", True),
+                            ("--decay-all=false", False), ("--decay-all=1", True), ("--decay-all=0", False)]:
+        assert p.parse_args(["alexnet", spelling]).decay_all is value, spelling
+    with pytest.raises(UsageError, match="--decay-all takes true or false"):
+        p.parse_args(["alexnet", "--decay-all=maybe"])
+
+
+def test_config_holds_settings_not_bookkeeping():
+    config = _config(["alexnet", "--dataset", "digits", "--out", "/x", "--group", "g", "--run-name", "n",
+                      "--project", "p", "--wandb-mode", "disabled", "--log-every", "3"])
+    assert not {"out", "wandb_dir", "group", "run_name", "project", "wandb_mode", "log_every", "command"} & set(config)
+    assert config["seed"] == 0 and config["dataset"] == "digits"
