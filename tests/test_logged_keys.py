@@ -1,0 +1,98 @@
+"""Nothing a trainer reports is lost on the way to W&B: each command run small, in process, with
+every ``Engine.log`` call recorded, then the offline run read back with ``wandb leet inspect``."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+import pytest
+
+from callbacks.wandb_logger import WandbLogger
+from launch import main
+from tracking.readback import history, run_summary
+from trainers.detection.dataset import generate_pennfudan
+from trainers.engine import EPOCH_AXIS, Engine
+
+
+@pytest.fixture
+def reported(monkeypatch):
+    """Engine -> [(axis, metrics)] for every ``Engine.log`` call, the calls themselves unchanged."""
+    calls: dict[Engine, list] = defaultdict(list)
+    original = Engine.log
+
+    def recording_log(self, metrics, *, axis="trainer/step"):
+        calls[self].append((axis, dict(metrics)))
+        original(self, metrics, axis=axis)
+
+    monkeypatch.setattr(Engine, "log", recording_log)
+    return calls
+
+
+def _number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def compare_run(engine: Engine, calls: list) -> tuple[set, set]:
+    """Assert the run holds every reported key and each number's final value; return (reported, in run)."""
+    last, axis_of = {}, {}
+    for axis, metrics in calls:
+        last.update(metrics)
+        axis_of.update(dict.fromkeys(metrics, axis))
+    logger = engine.find_callback(WandbLogger)
+    info = run_summary(logger.run_dir)
+    summary = info["summary"]
+    # History rows are flat: a table or picture shows as its fields, "filters/checks._type", ...
+    # A custom chart (wandb.plot.line) is stored as its data, "<key>_table".
+    in_history = {k.split(".")[0] for row in history(logger.run_dir) for k in row}
+    in_history |= {k.removesuffix("_table") for k in in_history}
+    # One-off numbers (an epoch-axis number of a single-epoch fit) live in the summary only.
+    one_off = {k for k, a in axis_of.items() if a == EPOCH_AXIS and engine.epochs == 1 and _number(last[k])}
+    assert set(last) - one_off <= in_history, f"missing from history: {sorted(set(last) - one_off - in_history)}"
+    in_summary = set(summary) | {k.removesuffix("_table") for k in summary}
+    assert set(last) <= in_summary, f"missing from the summary: {sorted(set(last) - in_summary)}"
+    for key, value in last.items():
+        got = summary.get(key)
+        if _number(value) and not isinstance(got, dict) and math.isfinite(value):
+            assert got == pytest.approx(value, rel=1e-6, abs=1e-9), key
+    assert info["exit_code"] == engine.exit_code
+    return set(last), (in_history | in_summary) & set(last)
+
+
+def _check(calls):
+    assert calls, "no trainer ran"
+    for engine, engine_calls in calls.items():
+        keys, found = compare_run(engine, engine_calls)
+        assert keys == found and keys
+    return calls
+
+
+def test_filters_keys(reported, tmp_path):
+    # Default --log-every (10): the second and third photo's step metrics used to be dropped.
+    assert main(["filters", "--out", str(tmp_path), "--max-size", "48"]) == 0
+    (calls,) = _check(reported).values()
+    photos = {k.split("/")[1] for _, m in calls for k in m if k.startswith("image/")}
+    assert len(photos) == 3
+
+
+def test_iou_keys_last_step_sent(reported, tmp_path):
+    assert main(["iou", "--out", str(tmp_path), "--steps", "23", "--batch-size", "2", "--slide-points", "41"]) == 0
+    (engine,) = _check(reported)
+    steps = [r["trainer/step"] for r in history(engine.find_callback(WandbLogger).run_dir) if "trainer/step" in r]
+    assert steps[-1] == engine.global_step - 1  # the last step of the fit, not the last multiple of 10
+
+
+def test_alexnet_keys(reported, tmp_path):
+    assert main(["alexnet", "--out", str(tmp_path), "--dataset", "digits", "--epochs", "2", "--limit-batches", "3",
+                 "--batch-size", "16", "--hessian-every", "1", "--hessian-iters", "2", "--hessian-batch", "8",
+                 "--viz-images", "1", "--log-every", "4"]) == 0
+    _check(reported)
+
+
+def test_detect_keys(reported, tmp_path):
+    data = generate_pennfudan(tmp_path / "data", n=5, seed=1, size=(60, 80))
+    assert main(["detect", "--out", str(tmp_path / "out"), "--data", str(data), "--skip-photo",
+                 "--backbone", "timm/mobilenetv3_small_100", "--levels", "1", "--epochs", "1", "--min-size", "64",
+                 "--max-size", "96", "--holdout", "2", "--train-eval-images", "1", "--images-per-epoch", "0",
+                 "--viz-images", "1", "--weights", "none"]) == 0
+    assert len(_check(reported)) == 2
