@@ -7,6 +7,7 @@ from collections.abc import Mapping
 
 import wandb
 
+from callbacks.tables import EpochTable
 from trainers.engine import EPOCH_AXIS, Callback, Engine
 from viz.feature_maps import feature_map_grid, filter_grid, upscale
 from viz.images import to_uint8
@@ -23,11 +24,13 @@ class FilterGrid(Callback):
 
 class FeatureMapTable(Callback):
     """``viz/feature_maps``: epoch | input | label | layer | feature maps, for a fixed set of
-    validation images (the same ones every epoch), one row per image and conv layer."""
+    validation images (the same ones every epoch), one row per image and conv layer; one
+    incremental table that each epoch adds its rows to."""
 
     def __init__(self, n_images: int = 4, max_maps: int = 16) -> None:
         self.n_images = n_images
         self.max_maps = max_maps
+        self.table = EpochTable(["epoch", "input", "label", "layer", "feature_maps"])
 
     def on_fit_start(self, trainer: Engine) -> None:
         self.x, y = trainer.loaders.fixed_batch("val", self.n_images)
@@ -47,8 +50,7 @@ class FeatureMapTable(Callback):
                 picture = wandb.Image(to_uint8(feature_map_grid(fmap, self.max_maps)),
                                       caption=f"{layer}: {shown} of {fmap.shape[0]} maps, {fmap.shape[1]}x{fmap.shape[2]}")
                 rows.append([epoch + 1, self.inputs[i], self.labels[i], layer, picture])
-        table = wandb.Table(columns=["epoch", "input", "label", "layer", "feature_maps"], data=rows)
-        trainer.log({"viz/feature_maps": table}, axis=EPOCH_AXIS)
+        trainer.log({"viz/feature_maps": self.table.with_rows(rows)}, axis=EPOCH_AXIS)
 
 
 class ConfusionMatrix(Callback):

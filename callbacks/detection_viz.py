@@ -8,6 +8,7 @@ the pixels are uploaded once however many epochs show them.
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -21,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from callbacks.progress import _fmt, report_console
+from callbacks.tables import EpochTable
 from trainers.engine import EPOCH_AXIS, Callback, Engine
 from viz.images import to_uint8
 
@@ -50,18 +52,41 @@ def _mask_layer(masks: torch.Tensor, keep: torch.Tensor) -> dict[str, Any]:
 
 
 class _PictureCache:
-    """Each picture written to PNG once; later references reuse the same file."""
+    """Each picture written to PNG once; later references reuse the same file. The folder is
+    removed when the fit ends: W&B has copied every logged picture into its run by then."""
 
     def __init__(self) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="dlhw-pictures-"))
+        self.dir: Path | None = None  # made on the first picture
         self.paths: dict[str, str] = {}
 
     def path(self, key: str, pixels: np.ndarray) -> str:
         if key not in self.paths:
+            if self.dir is None:
+                self.dir = Path(tempfile.mkdtemp(prefix="dlhw-pictures-"))
             target = self.dir / f"{len(self.paths):04d}.png"
             Image.fromarray(pixels).save(target)
             self.paths[key] = str(target)
         return self.paths[key]
+
+    def remove(self) -> None:
+        """Delete the folder and forget its pictures."""
+        if self.dir is not None:
+            shutil.rmtree(self.dir, ignore_errors=True)
+        self.dir = None
+        self.paths.clear()
+
+
+class _CachedPictures(Callback):
+    """A callback owning a picture cache, removed at the end of the fit whatever its outcome."""
+
+    def __init__(self) -> None:
+        self.cache = _PictureCache()
+
+    def on_fit_end(self, trainer: Engine) -> None:
+        self.cache.remove()
+
+    def on_exception(self, trainer: Engine, exception: BaseException) -> None:
+        self.cache.remove()
 
 
 def annotated_image(path: str, output: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor] | None = None,
@@ -74,15 +99,17 @@ def annotated_image(path: str, output: Mapping[str, torch.Tensor], target: Mappi
     return wandb.Image(path, boxes=boxes, masks=masks, caption=caption)
 
 
-class PredictionTable(Callback):
+class PredictionTable(_CachedPictures):
     """``detect/predictions`` each epoch: the fixed held-out images with ground truth and predictions.
 
     Columns: epoch | image id | image (box layers ``ground_truth``, ``predictions``; mask layer for
-    Mask R-CNN) | ground-truth people | predictions at score >= 0.5 | their mean score.
+    Mask R-CNN) | ground-truth people | predictions at score >= 0.5 | their mean score. One
+    incremental table: each epoch adds its rows to the same table view.
     """
 
     def __init__(self) -> None:
-        self.cache = _PictureCache()
+        super().__init__()
+        self.table = EpochTable(["epoch", "image_id", "image", "gt_people", "pred_people@0.5", "mean_score"])
 
     def on_validation_end(self, trainer: Engine, epoch: int, metrics: Mapping[str, float]) -> None:
         rows = []
@@ -92,8 +119,7 @@ class PredictionTable(Callback):
             confident = output["scores"][output["scores"] >= 0.5]
             rows.append([epoch + 1, image_id, annotated_image(path, output, target), len(target["boxes"]),
                          len(confident), float(confident.mean()) if len(confident) else 0.0])
-        table = wandb.Table(columns=["epoch", "image_id", "image", "gt_people", "pred_people@0.5", "mean_score"], data=rows)
-        trainer.log({"detect/predictions": table}, axis=EPOCH_AXIS)
+        trainer.log({"detect/predictions": self.table.with_rows(rows)}, axis=EPOCH_AXIS)
 
 
 def _console_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> Table:
@@ -105,7 +131,7 @@ def _console_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[A
     return table
 
 
-class PhotoTable(Callback):
+class PhotoTable(_CachedPictures):
     """The photo comparison: one W&B table ``detect/photo`` and the same numbers as a console table.
 
     Columns: model | photo with boxes | people at score >= 0.5 | >= 0.7 | mean score | inference ms.
@@ -113,9 +139,9 @@ class PhotoTable(Callback):
     """
 
     def __init__(self, console: Console | None = None, *, log_to_wandb: bool = True) -> None:
+        super().__init__()
         self.console = console or report_console()
         self.log_to_wandb = log_to_wandb
-        self.cache = _PictureCache()
         self.rows: list[list[Any]] = []
 
     def on_batch_end(self, trainer: Engine, batch_idx: int, outputs: Mapping[str, Any]) -> None:

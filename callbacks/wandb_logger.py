@@ -29,7 +29,8 @@ class WandbLogger(Callback):
     value, whatever the window did to its curve.
 
     A fit of a single epoch has no epoch curves: its epoch-axis numbers go to the run summary
-    only (tables and pictures still to history), so the workspace does not open on one-point charts.
+    only (tables, pictures and the monitored metric still to history), so the workspace does not
+    open on one-point charts.
 
     Only rank 0 logs; on other ranks every hook is a no-op.
     """
@@ -109,7 +110,9 @@ class WandbLogger(Callback):
             return
         self._flush()
         if trainer.epochs == 1:
-            one_off = {k: v for k, v in metrics.items() if _is_number(v)}
+            # The monitored metric stays in history: sweeps and their early stopping read it there.
+            monitored = self.monitor[0] if self.monitor else None
+            one_off = {k: v for k, v in metrics.items() if _is_number(v) and k != monitored}
             self.run.summary.update(one_off)
             metrics = {k: v for k, v in metrics.items() if k not in one_off}
             if not metrics:

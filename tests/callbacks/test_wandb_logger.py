@@ -115,3 +115,17 @@ def test_only_rank_zero_logs(tmp_path, monkeypatch):
     logger = _logger(tmp_path)
     Tiny([logger], epochs=1).fit()
     assert logger.run_dir is None and not (tmp_path / "wandb").exists()
+
+
+class SelfCheck(Tiny):
+    def test(self):
+        return {"check/passed": 0.0}
+
+
+def test_failed_self_check_finishes_the_run_with_exit_code_1(tmp_path):
+    logger = _logger(tmp_path)
+    trainer = SelfCheck([logger], epochs=1)
+    trainer.fit()
+    info = run_summary(logger.run_dir)
+    assert trainer.exit_code == 1 and info["exit_code"] == 1 and info["state"] == "failed"
+    assert info["summary"]["check/passed"] == 0
