@@ -217,7 +217,9 @@ def cmd_detect(args: argparse.Namespace) -> int:
         callbacks.append(Checkpoint(Path(args.out) / "checkpoints" / args.group / f"option{option}",
                                     monitor="val/bbox_AP", upload="end", upload_last=True))
         if to_wandb:
-            callbacks.append(PredictionTable())
+            from callbacks.lineage import DatasetArtifact
+
+            callbacks += [DatasetArtifact(plan.data_source, plan.data_root), PredictionTable()]
         trainer = build_trainer(plan, option, args, callbacks)
         results[model_label(option, args)] = trainer.fit()
         models[model_label(option, args)] = trainer.model
@@ -259,7 +261,11 @@ def cmd_alexnet(args: argparse.Namespace) -> int:
     if args.wandb_mode != "disabled":
         from callbacks.classification_viz import ConfusionMatrix, FeatureMapTable, FilterGrid
 
-        callbacks += [FilterGrid(), ConfusionMatrix()]
+        from callbacks.lineage import DatasetArtifact
+        from trainers.datasets import dataset_path
+
+        callbacks += [DatasetArtifact(args.dataset, dataset_path(args.dataset, Path(args.data))), FilterGrid(),
+                      ConfusionMatrix()]
         if args.viz_images:
             callbacks.append(FeatureMapTable(args.viz_images))
     build_trainer(args, callbacks, config=run_config(args)).fit()

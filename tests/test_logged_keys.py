@@ -11,7 +11,7 @@ import pytest
 
 from callbacks.wandb_logger import WandbLogger
 from launch import main
-from tracking.readback import history, run_summary
+from tracking.readback import artifacts, history, records, run_summary
 from trainers.detection.dataset import generate_pennfudan
 from trainers.engine import EPOCH_AXIS, Engine
 
@@ -85,11 +85,26 @@ def test_iou_keys_last_step_sent(reported, tmp_path):
     assert steps[-1] == engine.global_step - 1  # the last step of the fit, not the last multiple of 10
 
 
+def _dataset_references(run_dir):
+    """The dataset artifacts of a run: name -> [(reference URI, checksum)]."""
+    found = {}
+    for r in records(run_dir):
+        a = r.get("artifact") if r.get("type") == "artifact" else None
+        if a and a["type"] == "dataset":
+            found[a["name"]] = [(e["ref"], e["digest"]) for e in a["manifest"]["contents"]]
+    return found
+
+
 def test_alexnet_keys(reported, tmp_path):
     assert main(["alexnet", "--out", str(tmp_path), "--dataset", "digits", "--epochs", "2", "--limit-batches", "3",
                  "--batch-size", "16", "--hessian-every", "1", "--hessian-iters", "2", "--hessian-batch", "8",
                  "--viz-images", "1", "--log-every", "4"]) == 0
-    _check(reported)
+    (engine,) = _check(reported)
+    # Lineage: the run holds its data (scikit-learn's digits file, by reference and checksum) and its model.
+    run_dir = engine.find_callback(WandbLogger).run_dir
+    (refs,) = _dataset_references(run_dir).values()
+    assert refs[0][0].startswith("file://") and refs[0][0].endswith("digits.csv.gz") and refs[0][1]
+    assert [a["type"] for a in artifacts(run_dir)].count("model") == 1
 
 
 def test_detect_keys(reported, tmp_path, monkeypatch):
@@ -101,5 +116,8 @@ def test_detect_keys(reported, tmp_path, monkeypatch):
                  "--backbone", "timm/mobilenetv3_small_100", "--levels", "1", "--epochs", "1", "--min-size", "64",
                  "--max-size", "96", "--holdout", "2", "--train-eval-images", "1", "--images-per-epoch", "0",
                  "--viz-images", "1", "--weights", "none"]) == 0
-    assert len(_check(reported)) == 2
+    engines = _check(reported)
+    assert len(engines) == 2
+    for engine in engines:
+        assert list(_dataset_references(engine.find_callback(WandbLogger).run_dir)) == ["penn-fudan"]
     assert not list(scratch.glob("dlhw-pictures-*"))  # the temporary pictures are gone with the runs

@@ -295,3 +295,12 @@ def make_loaders(
         mean=mean,
         std=std,
     )
+
+
+def dataset_path(name: str, root: Path) -> Path:
+    """The file or folder dataset ``name`` is read from: what its W&B dataset artifact references."""
+    if name == "digits":
+        import sklearn.datasets
+
+        return Path(sklearn.datasets.__file__).parent / "data" / "digits.csv.gz"
+    return Path(root) / (CIFAR10_DIR if name == "cifar10" else FASHION_DIR)

@@ -1,0 +1,36 @@
+"""The data a run trained on, as a W&B dataset artifact, so its models link back to it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import wandb
+
+from trainers.engine import Callback, Engine, is_rank_zero
+
+
+class DatasetArtifact(Callback):
+    """At fit start, declares ``path`` (a file or folder) as the dataset artifact ``name``.
+
+    The artifact holds ``file://`` references, not copies: W&B records each file's checksum, so a
+    changed dataset shows as a new version while nothing is uploaded. Online the run *uses* it,
+    which links every model the run logs to that data in W&B's lineage view. W&B cannot mark an
+    artifact as used by an offline run, so offline it is logged by the run instead: it is still
+    part of the run, and synced with it. Place it after the W&B logger; without a run it does nothing.
+    """
+
+    def __init__(self, name: str, path: str | Path, *, metadata: dict | None = None) -> None:
+        self.name = name
+        self.path = Path(path).resolve()
+        self.metadata = dict(metadata or {})
+
+    def on_fit_start(self, trainer: Engine) -> None:
+        run = wandb.run
+        if run is None or not is_rank_zero() or not self.path.exists():
+            return
+        artifact = wandb.Artifact(self.name, type="dataset", metadata={"path": str(self.path), **self.metadata})
+        artifact.add_reference(self.path.as_uri(), name=self.path.name if self.path.is_file() else None)
+        if run.offline:
+            run.log_artifact(artifact)
+        else:
+            run.use_artifact(artifact)
