@@ -7,7 +7,9 @@
 
 Global flags (``--out``, ``--wandb-mode``, ``--project``, ``--seed``, ...) are accepted before or
 after the subcommand, and every ``--flag-name`` also as ``--flag_name``, because ``wandb agent``
-appends ``${args}`` after the subcommand with the parameter names as the sweep YAML spells them.
+appends ``${args}`` after the subcommand with the parameter names as the sweep YAML spells them;
+``tracking.agent_args`` reads every other spelling the agent uses (booleans, lists, its parameter file).
+The run's W&B config is :func:`run_config`: the experiment's settings, without bookkeeping.
 """
 
 from __future__ import annotations
