@@ -1,12 +1,13 @@
-"""Last and best checkpoints, written atomically, announced to the other callbacks."""
+"""Last and best checkpoints, written atomically in the background, announced to the other callbacks."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from trainers.checkpoint import save_atomic
+from trainers.checkpoint import BackgroundWriter
 from trainers.engine import Callback, Engine, is_rank_zero
 
 
@@ -25,6 +26,10 @@ class Checkpoint(Callback):
     Aliases follow W&B's model-checkpoint convention: ``best`` on the best version; ``latest`` is
     not asked for, because W&B gives it to the newest version of the artifact by itself (the best
     is announced before the last, so ``latest`` ends on the newest weights).
+
+    Files are written by a :class:`BackgroundWriter` while the next epoch trains (``best.pt`` a
+    hard link to the same bytes when both change); a file is on disk before it is announced,
+    and all are when the fit ends. A failed write is raised at the next epoch's end or at the end.
     """
 
     def __init__(self, directory: str | Path, *, monitor: str, mode: str = "max", upload: str = "improved",
@@ -41,6 +46,7 @@ class Checkpoint(Callback):
         self.best: float | None = None
         self.best_path: Path | None = None
         self.best_metadata: dict[str, Any] = {}
+        self.writer = BackgroundWriter()
 
     def _improved(self, value: float) -> bool:
         if self.best is None:
@@ -58,26 +64,39 @@ class Checkpoint(Callback):
             "trainer": trainer.state_dict(),
             "callbacks": {type(cb).__name__: cb.state_dict() for cb in trainer.callbacks},
         }
-        save_atomic(state, self.directory / "last.pt")
         metadata = {"epoch": epoch + 1, "step": trainer.global_step,
                     **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
         value = metrics.get(self.monitor)
         improved = value is not None and self._improved(float(value))
+        self.best_path = self.directory / "best.pt" if improved else self.best_path
+        self.writer.submit(state, [self.directory / "last.pt"] + ([self.best_path] if improved else []))
         last_epoch = epoch + 1 == trainer.epochs or trainer.should_stop
         best_aliases = ["best"] + (["last"] if self.upload_last and last_epoch and improved else [])
         if improved:
             self.best = float(value)
-            self.best_path = save_atomic(state, self.directory / "best.pt")
             self.best_metadata = metadata
             trainer.summary[f"best/{self.monitor}"] = self.best
             if self.upload == "improved":
+                self.writer.wait()
                 trainer.fire("on_checkpoint_saved", path=str(self.best_path), aliases=best_aliases, metadata=metadata)
+        if last_epoch:
+            self.writer.wait()
         if self.upload == "end" and last_epoch and self.best_path is not None:
             trainer.fire("on_checkpoint_saved", path=str(self.best_path), aliases=best_aliases,
                          metadata=self.best_metadata)
         if self.upload_last and last_epoch and not improved:
             trainer.fire("on_checkpoint_saved", path=str(self.directory / "last.pt"), aliases=["last"],
                          metadata=metadata)
+
+    def on_fit_end(self, trainer: Engine) -> None:
+        self.writer.wait()
+
+    def on_exception(self, trainer: Engine, exception: BaseException) -> None:
+        # The last epoch that finished is on disk for a resume; a write error here is secondary.
+        try:
+            self.writer.wait()
+        except RuntimeError as error:
+            print(f"checkpoint: {error}", file=sys.stderr)
 
     def state_dict(self) -> dict[str, Any]:
         return {"best": self.best, "monitor": self.monitor, "mode": self.mode}

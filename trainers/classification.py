@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from trainers.alexnet import MODELS, AlexNet
+from trainers.amp import Precision
 from trainers.datasets import DATASETS, Loaders, resolve_dataset
 from trainers.engine import EPOCH_AXIS, STEP_AXIS, Callback, Engine, check_finite
 from trainers.errors import UsageError
@@ -80,8 +81,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="rotation, flip (not for digits), crop with padding 2 (course and digits recipes: on)")
     g.add_argument("--limit-batches", type=int, default=None, metavar="N",
                    help="at most N batches per epoch in training and in each evaluation (quick checks)")
-    g.add_argument("--workers", type=int, default=0, help="data-loader worker processes (default 0)")
     g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: cuda when available")
+    s = parser.add_argument_group("speed")
+    s.add_argument("--device-data", choices=("auto", "on", "off"), default="auto",
+                   help="on: every split held on the device, batches resized, augmented and normalised there in a "
+                        "few batched operations; off: a DataLoader running albumentations per image (auto: on "
+                        "unless --workers is set)")
+    s.add_argument("--workers", type=int, default=0, help="DataLoader worker processes when --device-data is off (default 0)")
+    s.add_argument("--compile", action="store_true",
+                   help="torch.compile the model for training and evaluation (pays off on long CUDA runs)")
     o = parser.add_argument_group("optimisation and weight decay")
     o.add_argument("--epochs", type=int, default=None)
     o.add_argument("--batch-size", type=int, default=None)
@@ -128,6 +136,7 @@ def resolve_args(args: argparse.Namespace) -> list[str]:
         ("--hessian-batch", args.hessian_batch, args.hessian_batch >= 1),
         ("--viz-images", args.viz_images, args.viz_images >= 0),
         ("--limit-batches", args.limit_batches, args.limit_batches is None or args.limit_batches >= 1),
+        ("--workers", args.workers, args.workers >= 0),
     ):
         if not ok:
             raise UsageError(f"{flag} {value} is out of range; see `launch.py alexnet --help`")
@@ -184,6 +193,7 @@ class ClassificationTrainer(Engine):
         limit_batches: int | None = None,
         hessian_batch: int = 64,
         device: str = "cpu",
+        compile: bool = False,
         config: Mapping[str, Any] | None = None,
     ) -> None:
         steps = len(loaders.train) if limit_batches is None else min(limit_batches, len(loaders.train))
@@ -193,7 +203,16 @@ class ClassificationTrainer(Engine):
         if optimizer == "adamw" and wd_mode != "decoupled":
             raise UsageError("--optimizer adamw decays decoupled by definition; use --optimizer adam with --wd-mode l2 or coupled")
         self.device = torch.device(device)
-        self.model = model.to(self.device)
+        self.precision = Precision(self.device)
+        # NHWC lets cuDNN use tensor-core kernels without transposing every activation; input
+        # shapes are fixed, so cuDNN's autotuner picks each conv's fastest algorithm once.
+        self.memory_format = torch.channels_last if self.device.type == "cuda" else torch.preserve_format
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        self.model = model.to(self.device, memory_format=self.memory_format)
+        # The compiled module serves training and evaluation only: the curvature estimates need
+        # double backward and the feature maps add hooks, both on the plain module (same weights).
+        self.forward = torch.compile(self.model) if compile else self.model
         self.loaders = loaders
         self.lr, self.momentum, self.weight_decay, self.wd_mode = lr, momentum, weight_decay, wd_mode
         self.optimizer_name = optimizer
@@ -219,8 +238,6 @@ class ClassificationTrainer(Engine):
             self.optimizer = torch.optim.SGD(groups, lr=lr, momentum=momentum, fused=True)
         else:
             self.optimizer = torch.optim.Adam(groups, lr=lr, fused=True)
-        # Mixed precision only on CUDA; CPU runs stay in float32 so the decay arithmetic is exact.
-        self.autocast = self.device.type == "cuda"
         self._best_acc = -1.0
         self._best_state: dict[str, torch.Tensor] | None = None
         self.best_epoch = 0
@@ -246,9 +263,10 @@ class ClassificationTrainer(Engine):
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
         """One optimisation step on a batch; returns the loss, accuracy and decay measurements."""
         self.model.train()
-        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            logits = self.model(x)
+        x = x.to(self.device, non_blocking=True, memory_format=self.memory_format)
+        y = y.to(self.device, non_blocking=True)
+        with self.precision.autocast():
+            logits = self.forward(x)
         data_loss = nn.functional.cross_entropy(logits.float(), y)
         loss = data_loss
         penalty = None
@@ -257,7 +275,8 @@ class ClassificationTrainer(Engine):
             loss = data_loss + penalty
         check_finite({"loss": data_loss.item()}, step=self.global_step)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        self.precision.backward(loss)
+        self.precision.unscale(self.optimizer)
         out: dict[str, Any] = {"loss": data_loss.item(), "acc": float((logits.argmax(1) == y).float().mean())}
         if penalty is not None:
             out["penalty"] = penalty.item()
@@ -274,12 +293,19 @@ class ClassificationTrainer(Engine):
         found = {}
         if measure:
             before = _sq_norm(self.decay_params)
-        if self.weight_decay:
+        # fp16's scaler skips steps with inf/NaN gradients; the decay must skip with them.
+        if self.weight_decay and self._grads_finite():
             torch._foreach_mul_(self.decay_params, self.decay_factor_theory)
         if measure:
             found["decay_factor"] = float((_sq_norm(self.decay_params) / before).sqrt())
-        self.optimizer.step()
+        self.precision.step(self.optimizer)
         return found
+
+    def _grads_finite(self) -> bool:
+        if not self.precision.scaler.is_enabled():
+            return True  # float32 and bf16 never skip a step
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        return bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all())
 
     def _gradient_step(self, measure: bool) -> dict[str, float]:
         """The optimizer's step, with the decay inside it: l2 put ``lambda * w`` in the gradient
@@ -287,12 +313,12 @@ class ClassificationTrainer(Engine):
         ``w_next = (1 - lr * lambda) w - lr * g`` (g the data gradient), so the shrink is
         ``<w_next + lr * g, w> / |w|^2``."""
         if not measure:
-            self.optimizer.step()
+            self.precision.step(self.optimizer)
             return {}
         before = [p.detach().clone() for p in self.decay_params]
         grad = [p.grad - self.weight_decay * p if self.wd_mode == "l2" else p.grad for p in self.decay_params]
         grad_dot_w = _dot(grad, before)
-        self.optimizer.step()
+        self.precision.step(self.optimizer)
         return {"decay_factor": float((_dot(self.decay_params, before) + self.lr * grad_dot_w) / _sq_norm(before))}
 
     # -- the loop -----------------------------------------------------------------------------
@@ -323,9 +349,10 @@ class ClassificationTrainer(Engine):
         targets: list[int] = []
         preds: list[int] = []
         for _, (x, y) in self._batches(loader):
-            x, y = x.to(self.device), y.to(self.device)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-                logits = self.model(x).float()
+            x = x.to(self.device, non_blocking=True, memory_format=self.memory_format)
+            y = y.to(self.device, non_blocking=True)
+            with self.precision.autocast():
+                logits = self.forward(x).float()
             loss += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
             targets += y.tolist()
             preds += logits.argmax(1).tolist()
@@ -402,10 +429,12 @@ def build_trainer(args: argparse.Namespace, callbacks: Iterable[Callback], confi
     device = "cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu"
     splits = load(args.dataset, args.data, download=args.download)
     model = create_model(args.variant, in_channels=splits.channels, num_classes=len(splits.classes))
+    on_device = args.device_data == "on" or (args.device_data == "auto" and args.workers == 0)
     loaders = make_loaders(splits, size=model.input_size, batch_size=args.batch_size, augment=args.augment,
-                           seed=args.seed, workers=args.workers)
+                           seed=args.seed, workers=args.workers, device=device, on_device=on_device)
     return ClassificationTrainer(
         model, loaders, callbacks, epochs=args.epochs, optimizer=args.optimizer, lr=args.lr, momentum=args.momentum,
         weight_decay=args.weight_decay, wd_mode=args.wd_mode, decay_all=args.decay_all,
-        limit_batches=args.limit_batches, hessian_batch=args.hessian_batch, device=device, config=config,
+        limit_batches=args.limit_batches, hessian_batch=args.hessian_batch, device=device, compile=args.compile,
+        config=config,
     )

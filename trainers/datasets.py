@@ -2,7 +2,8 @@
 (torchvision's files under ``--data``), with albumentations augmentation.
 
 Every dataset is loaded as uint8 arrays (N, H, W, C) split into train / val / test; resizing to
-the network's input size, augmentation and normalisation happen per sample in the loader.
+the network's input size, augmentation and normalisation happen per sample in the loader, or
+batched on the training device (:mod:`trainers.device_data`) with the same distribution.
 CIFAR-10 and Fashion-MNIST are read from torchvision's on-disk layout by this module (so any
 file in that format works), and downloaded with torchvision's own code (official URLs, MD5
 checks, progress bar) when ``--download`` is given.
@@ -24,6 +25,7 @@ import torch
 from albumentations.pytorch import ToTensorV2
 from torch.utils.data import DataLoader, Dataset
 
+from trainers.device_data import DeviceBatches
 from trainers.download import socket_timeout
 from trainers.errors import UsageError
 from trainers.registry import Registry
@@ -249,9 +251,9 @@ class ArrayDataset(Dataset):
 class Loaders:
     """Train / val / test loaders of one dataset, and how its images were normalised."""
 
-    train: DataLoader
-    val: DataLoader
-    test: DataLoader
+    train: DataLoader | DeviceBatches
+    val: DataLoader | DeviceBatches
+    test: DataLoader | DeviceBatches
     classes: list[str]
     channels: int
     mean: list[float]
@@ -274,15 +276,26 @@ class Loaders:
 
 
 def make_loaders(
-    splits: Splits, *, size: int, batch_size: int, augment: bool, seed: int, workers: int = 0
+    splits: Splits, *, size: int, batch_size: int, augment: bool, seed: int, workers: int = 0,
+    device: str | torch.device = "cpu", on_device: bool = False,
 ) -> Loaders:
-    """Loaders that resize to ``size``; only training is shuffled (seeded) and augmented."""
+    """Loaders that resize to ``size``; only training is shuffled (seeded) and augmented.
+
+    ``on_device``: every split is held on ``device`` and batches are made there
+    (:class:`DeviceBatches`); otherwise a DataLoader with ``workers`` processes applies
+    albumentations per image, into pinned memory when ``device`` is CUDA.
+    """
     mean, std = splits.mean_std()
     plain = transforms(size, mean, std, augment=False, flips=splits.flips)
     train_tf = transforms(size, mean, std, augment=augment, flips=splits.flips, seed=seed)
-    kw = dict(batch_size=batch_size, num_workers=workers, persistent_workers=workers > 0)
+    kw = dict(batch_size=batch_size, num_workers=workers, persistent_workers=workers > 0,
+              pin_memory=torch.device(device).type == "cuda")
 
-    def loader(part: tuple, tf: A.Compose, shuffle: bool) -> DataLoader:
+    def loader(part: tuple, tf: A.Compose, shuffle: bool) -> DataLoader | DeviceBatches:
+        if on_device:
+            return DeviceBatches(*part, size=size, mean=mean, std=std, batch_size=batch_size, device=device,
+                                 augment=shuffle and augment, flips=splits.flips, shuffle=shuffle, seed=seed,
+                                 dataset=ArrayDataset(*part, plain))
         gen = torch.Generator().manual_seed(seed) if shuffle else None
         return DataLoader(ArrayDataset(*part, tf), shuffle=shuffle, generator=gen, **kw)
 

@@ -1,4 +1,4 @@
-"""The trainer's loop details: the epoch sampler and the stop on a non-finite loss."""
+"""The trainer's loop details: the epoch sampler, the stop on a non-finite loss, the evaluation schedule."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from tracking.readback import history, run_summary
 from trainers.detection.dataset import PennFudan, generate_pennfudan, read_pennfudan
 from trainers.detection.models import build_detector
 from trainers.detection.trainer import PROFILES, DetectionTrainer, EpochSlices, detector_kwargs
+from trainers.engine import Callback
 
 
 def test_epoch_slices_cover_the_training_set_in_turn():
@@ -41,3 +42,32 @@ def test_non_finite_loss_stops_with_every_term_logged(tmp_path):
     assert info["exit_code"] == 1 and "non-finite loss" in info["summary"]["error"]
     last = [r for r in history(logger.run_dir) if "train/loss" in r][-1]
     assert not math.isfinite(float(last["train/loss"])) and "train/loss_classifier" in last
+
+
+class _Validations(Callback):
+    def __init__(self) -> None:
+        self.keys: list[set[str]] = []
+
+    def on_validation_end(self, trainer, epoch, metrics) -> None:
+        self.keys.append(set(metrics))
+
+
+def test_held_out_ap_every_epoch_train_ap_every_k_and_at_the_end(tmp_path):
+    samples = read_pennfudan(generate_pennfudan(tmp_path / "d", n=5, seed=3, size=(60, 80)))
+    data = PennFudan(samples)
+    profile = replace(PROFILES["cpu"], epochs=3, min_size=64, max_size=96, images_per_epoch=2, rois_per_image=16,
+                      rpn_post_nms_train=50, rpn_post_nms_test=20, detections_per_image=5)
+    model = build_detector(2, model="", backbone="timm/mobilenetv3_small_100", weights="none", levels=1,
+                           **detector_kwargs(profile)).model
+    seen = _Validations()
+    trainer = DetectionTrainer(model, train=data, heldout=data, train_eval=data, profile=profile, callbacks=[seen],
+                               viz_images=2, clip_grad=10.0, train_eval_every=2, eval_batch_size=3)
+    trainer.fit()
+    has_train = [any(k.startswith("train/bbox_") for k in keys) for keys in seen.keys]
+    assert has_train == [False, True, True]  # epoch 2 (every 2nd) and epoch 3 (the last)
+    assert all({"val/bbox_AP", "val/bbox_AR100", "time/eval_seconds"} <= keys for keys in seen.keys)
+    # Batches of 3 over 5 images: every image scored once, the kept ones shown.
+    outputs = trainer.predict(data, keep=trainer.viz_ids)
+    assert sorted(outputs) == sorted(int(data[i][1]["image_id"]) for i in range(len(data)))
+    assert sorted(int(t["image_id"]) for _, t, _ in trainer.viz[-2:]) == sorted(
+        int(data[i][1]["image_id"]) for i in trainer.viz_ids)

@@ -1,0 +1,108 @@
+"""Classifier batches cut from one uint8 tensor that lives on the training device.
+
+The per-image path (a DataLoader over albumentations) spends one Python call and several cv2
+calls per image on one core; on a GPU that, not the network, bounds an epoch. Here a split is
+copied to the device once as a uint8 (N, C, H, W) tensor, and each batch is resized, augmented
+and normalised in a handful of batched tensor operations with the same distribution as
+:func:`trainers.datasets.transforms`: rotation uniform in +-10 degrees about the centre (zero
+fill, bilinear), a horizontal flip with probability 1/2 where the data allows it, a random crop
+of the image padded by 2 with zeros (an integer shift in [-2, 2] along each axis), then
+``(x / 255 - mean) / std``. The three geometric steps are one affine map, so they cost a single
+``grid_sample``. Random numbers come from a generator seeded by ``(seed, epoch)``, so an epoch's
+batches are the same for the same seed whatever happened before.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+ROTATION_DEGREES = 10.0
+CROP_PADDING = 2
+
+
+def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
+    """A generator on ``device`` whose state depends on ``seed`` and ``epoch`` only (well mixed, so
+    epoch 1 of seed 0 and epoch 0 of seed 1 do not share a stream)."""
+    state = int(np.random.SeedSequence([seed, epoch]).generate_state(1, dtype=np.uint64)[0]) >> 1
+    return torch.Generator(device=device).manual_seed(state)
+
+
+def resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 or float (B, C, H, W) -> float (B, C, size, size) on the 0-255 scale, bilinear with
+    edge clamping and rounded like cv2's INTER_LINEAR on uint8 (albumentations' ``Resize``)."""
+    x = x.float()
+    if x.shape[-2:] == (size, size):
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False).round_().clamp_(0, 255)
+
+
+def augment(x: torch.Tensor, *, flips: bool, generator: torch.Generator,
+            degrees: float = ROTATION_DEGREES, padding: int = CROP_PADDING) -> torch.Tensor:
+    """Rotate, flip (when ``flips``) and pad-and-crop a float (B, C, S, S) batch, each image with its
+    own random draw; returns the same shape. The map from output to input pixel is
+    rotation . flip . shift, sampled once with zeros outside the image."""
+    b, _, _, size = x.shape
+    dev = x.device
+    angle = (torch.rand(b, generator=generator, device=dev) * 2 - 1) * math.radians(degrees)
+    flip = torch.ones(b, device=dev)
+    if flips:
+        flip = torch.where(torch.rand(b, generator=generator, device=dev) < 0.5, -1.0, 1.0)
+    # In normalised coordinates ([-1, 1] across the image) one pixel is 2 / size.
+    shift = (torch.randint(-padding, padding + 1, (b, 2), generator=generator, device=dev).float() * 2 / size)
+    cos, sin = angle.cos(), angle.sin()
+    linear = torch.stack([torch.stack([cos * flip, -sin], -1), torch.stack([sin * flip, cos], -1)], -2)  # (B, 2, 2)
+    theta = torch.cat([linear, (linear @ shift.unsqueeze(-1))], -1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+class DeviceBatches:
+    """Batches ``(x, y)`` of one split, held on ``device``: float normalised images and int64
+    labels. Each ``iter()`` is one epoch: shuffled (when ``shuffle``) and augmented (when
+    ``augment``) with the generator of ``(seed, epoch)``, the epoch counting up per iteration.
+
+    ``dataset`` is the split's per-image dataset, kept for code that picks single images
+    (fixed batches for pictures and curvature estimates).
+    """
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, *, size: int, mean: list[float], std: list[float],
+                 batch_size: int, device: torch.device | str, augment: bool = False, flips: bool = False,
+                 shuffle: bool = False, seed: int = 0, dataset: torch.utils.data.Dataset | None = None) -> None:
+        self.device = torch.device(device)
+        pinned = self.device.type == "cuda"
+        images_t = torch.tensor(images).permute(0, 3, 1, 2).contiguous()
+        labels_t = torch.as_tensor(labels, dtype=torch.long)
+        if pinned:  # a page-locked source lets the one copy to the GPU run as a DMA transfer
+            images_t, labels_t = images_t.pin_memory(), labels_t.pin_memory()
+        self.images = images_t.to(self.device, non_blocking=pinned)
+        self.labels = labels_t.to(self.device, non_blocking=pinned)
+        self.size, self.batch_size = size, batch_size
+        self.augment, self.flips, self.shuffle, self.seed = augment, flips, shuffle, seed
+        self.scale = (1.0 / (255.0 * torch.tensor(std, device=self.device))).view(1, -1, 1, 1)
+        self.offset = (torch.tensor(mean, device=self.device) / torch.tensor(std, device=self.device)).view(1, -1, 1, 1)
+        self.dataset = dataset
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.labels) / self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next iteration epoch ``epoch`` (for resuming)."""
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        gen = epoch_generator(self.seed, self.epoch, self.device)
+        self.epoch += 1
+        n = len(self.labels)
+        order = torch.randperm(n, generator=gen, device=self.device) if self.shuffle else None
+        for start in range(0, n, self.batch_size):
+            idx = order[start:start + self.batch_size] if order is not None else slice(start, start + self.batch_size)
+            x = resize(self.images[idx], self.size)
+            if self.augment:
+                x = augment(x, flips=self.flips, generator=gen)
+            yield x.mul_(self.scale).sub_(self.offset), self.labels[idx]
