@@ -86,8 +86,9 @@ def make_target(masks: np.ndarray, image_id: int) -> dict[str, torch.Tensor]:
     the mask covers), the area is that box's. Masks whose box has no width or height (empty, or one
     pixel row or column, e.g. after a crop) are dropped: the detection models refuse such boxes."""
     tensor = torch.from_numpy(np.ascontiguousarray(masks)).to(torch.uint8).reshape(-1, *masks.shape[-2:])
+    tensor = tensor[(tensor.flatten(1) != 0).any(1)]  # masks_to_boxes needs at least one pixel per mask
     boxes = masks_to_boxes(tensor) if len(tensor) else torch.zeros(0, 4)
-    keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1]) & tensor.flatten(1).any(1)
+    keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
     boxes, tensor = boxes[keep], tensor[keep]
     return {
         "boxes": boxes,

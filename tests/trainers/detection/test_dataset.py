@@ -108,10 +108,11 @@ def test_flip_moves_image_masks_and_boxes_together(shared_data):
 
 
 def test_boxes_are_the_masks_inclusive_extent_as_in_the_tutorial():
-    masks = np.zeros((3, 6, 8), np.uint8)
+    masks = np.zeros((4, 6, 8), np.uint8)
     masks[0, 1:4, 2:6] = 1  # rows 1..3, columns 2..5
     masks[1, 5, 7] = 1  # one pixel: a box with no width or height, dropped
     masks[2, 0:2, 0:3] = 1
+    # masks[3] is empty (a pedestrian cropped away): dropped
     target = make_target(masks, 4)
     assert target["boxes"].tolist() == [[2, 1, 5, 3], [0, 0, 2, 1]]
     assert target["area"].tolist() == [6, 2] and target["masks"].shape == (2, 6, 8)

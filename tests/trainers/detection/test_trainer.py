@@ -1,4 +1,5 @@
-"""The trainer's loop details: the epoch sampler and the stop on a non-finite loss."""
+"""The trainer's loop details: the epoch sampler, the stop on a non-finite loss, and the tutorial's
+recipe (warm-up, StepLR 3 / 0.1)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from tracking.readback import history, run_summary
 from trainers.detection.dataset import PennFudan, generate_pennfudan, read_pennfudan
 from trainers.detection.models import build_detector
 from trainers.detection.trainer import PROFILES, DetectionTrainer, EpochSlices, detector_kwargs
+from trainers.engine import Callback
 
 
 def test_epoch_slices_cover_the_training_set_in_turn():
@@ -41,3 +43,38 @@ def test_non_finite_loss_stops_with_every_term_logged(tmp_path):
     assert info["exit_code"] == 1 and "non-finite loss" in info["summary"]["error"]
     last = [r for r in history(logger.run_dir) if "train/loss" in r][-1]
     assert not math.isfinite(float(last["train/loss"])) and "train/loss_classifier" in last
+
+
+def test_full_profile_is_the_tutorials_recipe():
+    full = PROFILES["full"]
+    assert (full.epochs, full.lr, full.momentum, full.weight_decay, full.batch_size) == (10, 0.005, 0.9, 5e-4, 2)
+    assert (full.step_size, full.gamma) == (3, 0.1)
+
+
+class _LearningRates(Callback):
+    def __init__(self) -> None:
+        self.lrs: list[float] = []
+
+    def on_log(self, trainer, metrics, axis) -> None:
+        if "train/lr" in metrics:
+            self.lrs.append(metrics["train/lr"])
+
+
+def test_learning_rate_warms_up_in_the_first_epoch_then_steps_down_every_3_epochs(tmp_path):
+    samples = read_pennfudan(generate_pennfudan(tmp_path / "d", n=6, seed=2, size=(60, 80)))
+    data = PennFudan(samples)
+    profile = replace(PROFILES["full"], epochs=7, min_size=64, max_size=96, rois_per_image=16,
+                      rpn_post_nms_train=50, rpn_post_nms_test=20, detections_per_image=5)
+    model = build_detector(2, model="", backbone="timm/mobilenetv3_small_100", weights="none", levels=1,
+                           **detector_kwargs(profile)).model
+    lrs = _LearningRates()
+    trainer = DetectionTrainer(model, train=data, heldout=data, train_eval=data, profile=profile, callbacks=[lrs])
+    for epoch in range(7):  # the training loop only: the schedule does not depend on evaluation
+        trainer.train_epoch(epoch)
+    steps = 3  # 6 images, batch 2
+    first, rest = lrs.lrs[:steps], lrs.lrs[steps:]
+    # references/detection's warm-up: linear from 1e-3 x lr to lr over the first epoch's steps.
+    assert first == pytest.approx([0.005 * 1e-3, 0.005 * (1e-3 + (1 - 1e-3) / 2), 0.005])
+    # StepLR(3, 0.1) per epoch: epochs 1-2 at lr, 3-5 at lr/10, 6 at lr/100.
+    per_epoch = [rest[i * steps] for i in range(6)]
+    assert per_epoch == pytest.approx([0.005, 0.005, 5e-4, 5e-4, 5e-4, 5e-5])
