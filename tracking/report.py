@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from tracking.compare import RunRecord, differing_keys, find_run_dirs, local_runs, plot_metric
-from tracking.readback import history, staged_files
+from tracking.readback import history, run_summary, staged_files
 from trainers.checkpoint import atomic_file
 from trainers.errors import UsageError
 
@@ -44,6 +44,7 @@ class Run:
 
     @property
     def command(self) -> str:
+        """The subcommand that made the run (its config's ``command``)."""
         return str(self.record.config.get("command", "?"))
 
     @cached_property
@@ -78,14 +79,13 @@ class Run:
         return None
 
     def value(self, key: str) -> Any:
+        """A summary value; a ``define_metric`` summary gives its max (or last) value."""
         v = self.record.summary.get(key)
         return v.get("max", v.get("last")) if isinstance(v, Mapping) else v
 
 
 def read_runs(paths: Sequence[str | Path]) -> list[Run]:
     """Every run below ``paths``, read with ``wandb leet inspect``."""
-    from tracking.readback import run_summary
-
     dirs = find_run_dirs(paths)
     return [Run(rec, d, run_summary(d).get("summary") or {}) for rec, d in zip(local_runs(dirs), dirs)]
 
@@ -99,8 +99,6 @@ def _esc(v: Any) -> str:
 def _num(v: Any) -> str:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         return _esc("" if v is None else v)
-    if isinstance(v, int) or (math.isfinite(v) and v == int(v) and abs(v) < 1e6):
-        return str(int(v)) if float(v).is_integer() else f"{v:.4g}"
     return f"{v:.4g}"
 
 
@@ -200,6 +198,7 @@ def line_series_plot(run: Run, key: str, title: str) -> str:
 
 
 def summary_rows(run: Run, prefix: str) -> list[list[Any]]:
+    """``[key, value]`` for every summary key starting with ``prefix``."""
     return [[k, run.value(k)] for k in sorted(run.record.summary) if k.startswith(prefix)]
 
 
@@ -215,8 +214,8 @@ def section_filters(runs: list[Run]) -> str:
         f"<p>Run {_esc(run.record.name)}: <code>check/passed</code> = {_num(run.value('check/passed'))}.</p>",
         logged_table(run, "filters/outputs"),
         logged_table(run, "filters/checks"),
-        html_table(["filter", "grating direction", "theory 3 - 2cos(2&pi;s/4)", "measured gain"], rows,
-                   "sharpener gains at a 4-pixel period: theory beside measurement").replace("&amp;pi;", "&pi;"),
+        html_table(["filter", "grating direction", "theory 3 - 2cos(2πs/4)", "measured gain"], rows,
+                   "sharpener gains at a 4-pixel period: theory beside measurement"),
     ])
 
 
