@@ -366,4 +366,5 @@ def write_report(paths: Sequence[str | Path], output: str | Path) -> Path:
     output = Path(output)
     with atomic_file(output) as fh:
         fh.write(build_page(runs).encode("utf-8"))
+    output.chmod(0o644)  # the temporary file was private; the page is meant to be shared
     return output
