@@ -99,7 +99,7 @@ def _esc(v: Any) -> str:
 def _num(v: Any) -> str:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         return _esc("" if v is None else v)
-    return f"{v:.4g}"
+    return f"{v + 0.0:.4g}"  # + 0.0: -0.0 prints as 0
 
 
 def _data_uri(path: str | Path, mime: str = "image/png") -> str:
