@@ -274,7 +274,28 @@ def cmd_alexnet(args: argparse.Namespace) -> int:
     return 0
 
 
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction, list], None]] = [add_filters, add_sweep, add_iou, add_compare, add_detect, add_alexnet]
+def add_report(sub: argparse._SubParsersAction, parents: list) -> None:
+    p = sub.add_parser("report", parents=parents, help="one self-contained HTML page from local runs",
+                       description="Gathers the filters, weight-decay, IoU, AlexNet and detection runs into one HTML "
+                                   "page (pictures embedded) from local W&B run folders; a missing experiment is "
+                                   "named on the page.")
+    p.add_argument("run_dirs", nargs="*", metavar="RUN_DIR",
+                   help="W&B run folders, or folders holding them (default: the runs under --out)")
+    p.add_argument("--output", default=None, metavar="HTML", help="where to write the page (default: --out/report.html)")
+    p.set_defaults(func=cmd_report)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tracking.report import write_report
+
+    page = write_report(args.run_dirs or [args.out], args.output or Path(args.out) / "report.html")
+    print(f"report: {page} ({page.stat().st_size / 1e6:.2f} MB)")
+    return 0
+
+
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction, list], None]] = [add_filters, add_sweep, add_iou, add_compare, add_detect, add_alexnet, add_report]
 
 
 def get_args_parser() -> argparse.ArgumentParser:

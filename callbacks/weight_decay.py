@@ -9,9 +9,9 @@ Logged against ``trainer/step``:
   decay part can be separated from the gradient part (decoupled decay; l2 / coupled with plain
   SGD); with Adam or momentum, l2 / coupled decay is mixed into the optimizer's update.
 - ``wd/hessian_top_eig`` (beta, top eigenvalue of the training loss's Hessian on a fixed batch),
-  ``wd/lr_sharpness`` = lr * (beta + lambda) and ``wd/stability_bound``: gradient descent is
-  stable along the sharpest direction only while lr * (beta + lambda) < 2 (2 * (1 + momentum)
-  with heavy-ball momentum). Estimated at the start, every few epochs and at the end.
+  ``wd/lr_sharpness`` = lr * (beta + lambda) and ``wd/stability_bound`` (:func:`stability_bound`):
+  gradient descent is stable along the sharpest direction only while the sharpness stays below
+  the bound. Estimated at the start, every few epochs and at the end.
 """
 
 from __future__ import annotations
@@ -21,6 +21,26 @@ from collections.abc import Mapping
 from typing import Any
 
 from trainers.engine import STEP_AXIS, Callback, Engine
+
+
+def stability_bound(*, optimizer: str, momentum: float, wd_mode: str, lr: float, weight_decay: float) -> float:
+    """The largest ``lr * (beta + lambda)`` for which SGD is stable on a quadratic of curvature beta.
+
+    Heavy-ball momentum mu (``v <- mu v + g; w <- w - lr v``) with the decay in the gradient
+    (l2, coupled) is the linear recursion of curvature beta + lambda, stable while
+    lr * (beta + lambda) < 2 (1 + mu). Decoupled decay (``w <- (1 - lr lambda) w`` before the
+    momentum step, as SGDW does it) keeps lambda out of the momentum buffer: the recursion's
+    characteristic polynomial is z^2 - (c + mu - lr beta) z + c mu with c = 1 - lr lambda, whose
+    root at z = -1 gives lr beta < (1 + c)(1 + mu), i.e. lr * (beta + lambda) < 2 (1 + mu) - mu lr lambda.
+    Both agree without momentum. For Adam the value (2) is only a reference: Adam rescales every
+    coordinate's step.
+    """
+    if optimizer != "sgd":
+        return 2.0
+    bound = 2.0 * (1.0 + momentum)
+    if wd_mode == "decoupled":
+        bound -= momentum * lr * weight_decay
+    return bound
 
 
 class WeightDecayProbe(Callback):
@@ -63,7 +83,8 @@ class WeightDecayProbe(Callback):
         beta = trainer.hessian_top_eigenvalue(self.hessian_iters)
         sharpness = trainer.lr * (beta + trainer.weight_decay)
         sgd = trainer.optimizer_name == "sgd"
-        bound = 2.0 * (1.0 + trainer.momentum) if sgd else 2.0
+        bound = stability_bound(optimizer=trainer.optimizer_name, momentum=trainer.momentum, wd_mode=trainer.wd_mode,
+                                lr=trainer.lr, weight_decay=trainer.weight_decay)
         metrics = {"wd/hessian_top_eig": beta, "wd/lr_sharpness": sharpness, "wd/stability_bound": bound}
         trainer.log(metrics, axis=STEP_AXIS)
         trainer.summary.update(metrics)

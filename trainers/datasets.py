@@ -15,7 +15,7 @@ import gzip
 import pickle
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import albumentations as A
@@ -63,6 +63,12 @@ class Splits:
     @property
     def channels(self) -> int:
         return int(self.train[0].shape[-1])
+
+    def without_val(self) -> Splits:
+        """Every training image trains (the validation images go back into training) and the
+        validation split is the test set: d2l's setting, which monitors test accuracy per epoch."""
+        train = tuple(np.concatenate([t, v]) for t, v in zip(self.train, self.val))
+        return replace(self, train=train, val=self.test)
 
     def mean_std(self) -> tuple[list[float], list[float]]:
         """Per-channel mean and std of the training images in [0, 1], accumulated in chunks."""
@@ -277,15 +283,16 @@ class Loaders:
 
 def make_loaders(
     splits: Splits, *, size: int, batch_size: int, augment: bool, seed: int, workers: int = 0,
-    device: str | torch.device = "cpu", on_device: bool = False,
+    device: str | torch.device = "cpu", on_device: bool = False, normalize: bool = True,
 ) -> Loaders:
     """Loaders that resize to ``size``; only training is shuffled (seeded) and augmented.
 
     ``on_device``: every split is held on ``device`` and batches are made there
     (:class:`DeviceBatches`); otherwise a DataLoader with ``workers`` processes applies
-    albumentations per image, into pinned memory when ``device`` is CUDA.
+    albumentations per image, into pinned memory when ``device`` is CUDA. Without ``normalize``
+    the pixels are only scaled to [0, 1] (mean 0, std 1: torchvision's ToTensor).
     """
-    mean, std = splits.mean_std()
+    mean, std = splits.mean_std() if normalize else ([0.0] * splits.channels, [1.0] * splits.channels)
     plain = transforms(size, mean, std, augment=False, flips=splits.flips)
     train_tf = transforms(size, mean, std, augment=augment, flips=splits.flips, seed=seed)
     kw = dict(batch_size=batch_size, num_workers=workers, persistent_workers=workers > 0,

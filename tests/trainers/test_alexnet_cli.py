@@ -45,6 +45,10 @@ def test_d2l_recipe_on_a_fashion_mnist_standin(tmp_path, capsys):
     best = torch.load(next((tmp_path / "out" / "checkpoints").glob("alexnet-*/best.pt")), weights_only=False)
     assert best["trainer"]["model"]["features.0.weight"].shape == (96, 1, 11, 11)
     assert best["config"]["augment"] is False and best["trainer"]["classes"][0] == "T-shirt/top"
+    # d2l's data settings: every training image, pixels in [0, 1], the last epoch's weights tested.
+    assert best["config"]["val_split"] is False and best["config"]["normalize"] is False
+    assert best["config"]["test_weights"] == "last"
+    assert best["trainer"]["mean"] == [0.0] and best["trainer"]["std"] == [1.0]
 
 
 @pytest.mark.parametrize(

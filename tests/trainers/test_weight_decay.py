@@ -138,3 +138,42 @@ def test_trainer_curvature_matches_the_full_hessian():
                       for i in range(len(sizes))])
     exact = float(torch.linalg.eigvalsh(full.double()).max())
     assert t.hessian_top_eigenvalue(iters=500, tol=1e-9) == pytest.approx(exact, rel=1e-4)
+
+
+def test_l2_penalty_raises_every_curvature_by_lambda():
+    # The Hessian of L + lambda/2 ||w||^2 is H + lambda I: each eigenvalue, the top one included,
+    # moves up by exactly lambda.
+    gen = torch.Generator().manual_seed(2)
+    q, _ = torch.linalg.qr(torch.randn(4, 4, generator=gen, dtype=torch.float64))
+    a = q @ torch.diag(torch.tensor([3.0, 1.0, 0.5, -0.2], dtype=torch.float64)) @ q.T
+    x = torch.zeros(4, dtype=torch.float64, requires_grad=True)
+    lam = 0.7
+    eig, _ = top_hessian_eigenvalue(lambda: 0.5 * x @ a @ x + 0.5 * lam * x @ x, [x], iters=500, tol=1e-12)
+    assert eig == pytest.approx(3.0 + lam, rel=1e-6)
+
+
+def test_adam_l2_decays_large_gradient_weights_less_while_adamw_shrinks_all_by_one_minus_lr_lambda():
+    # Two weights of equal size, one with a 100x larger data gradient. Adam divides lambda * w by
+    # the gradient's RMS, so the decay it adds is scaled away (the more, the larger the gradient);
+    # decoupled decay shrinks both by 1 - lr*lambda per step.
+    lr, lam = 1e-3, 0.1
+    scales = torch.tensor([100.0, 1.0], dtype=torch.float64)
+
+    def decay_part(optimizer_cls, **kw):
+        # The step minus the step the same optimizer takes without decay: what decay did.
+        moved = []
+        for decay in (lam, 0.0):
+            w = torch.nn.Parameter(torch.ones(2, dtype=torch.float64))
+            opt = optimizer_cls([w], lr=lr, weight_decay=decay, **kw)
+            for _ in range(5):
+                opt.zero_grad()
+                (scales * w).sum().backward()
+                opt.step()
+            moved.append(w.detach().clone())
+        return moved[1] - moved[0]
+
+    adam = decay_part(torch.optim.Adam)
+    adamw = decay_part(torch.optim.AdamW)
+    assert adam.abs().max() < 1e-3 * 5 * lr * lam and abs(adam[0]) < abs(adam[1])
+    assert adamw[0] == pytest.approx(float(adamw[1]), rel=1e-3)
+    assert float(adamw[1]) == pytest.approx(5 * lr * lam, rel=1e-2)  # 5 shrinks of 1 - lr*lambda, w ~ 1

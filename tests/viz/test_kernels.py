@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -56,9 +58,32 @@ def test_each_sharpener_amplifies_its_own_direction_most(name, own):
     assert gains[perpendicular] == pytest.approx(1.0, abs=1e-3)
 
 
-def test_sharpener_gain_matches_its_frequency_response():
-    # Period 4 along x: neighbour phase step pi/2, response 3 - 2 cos(pi/2) = 3.
-    assert grating_gain(kernel("sharpen_horizontal"), "horizontal", period=4) == pytest.approx(3.0, rel=1e-3)
+def test_the_five_kernels_have_the_homeworks_exact_weights():
+    # Rows are y (top to bottom), columns x; "bottom-left to top-right" is cells [2, 0] and [0, 2].
+    expected = {
+        "box_blur": [[1 / 9] * 3] * 3,
+        "gaussian_blur": [[1 / 16, 2 / 16, 1 / 16], [2 / 16, 4 / 16, 2 / 16], [1 / 16, 2 / 16, 1 / 16]],
+        "sharpen_horizontal": [[0, 0, 0], [-1, 3, -1], [0, 0, 0]],
+        "sharpen_vertical": [[0, -1, 0], [0, 3, 0], [0, -1, 0]],
+        "sharpen_diagonal": [[0, 0, -1], [0, 3, 0], [-1, 0, 0]],
+    }
+    assert sorted(KERNELS.names()) == sorted(expected)
+    for name, weights in expected.items():
+        assert torch.allclose(kernel(name), torch.tensor(weights, dtype=torch.float32), atol=1e-7), name
+
+
+@pytest.mark.parametrize("name", sorted(SHARPENERS))
+def test_sharpener_gain_matches_its_frequency_response(name):
+    # A grating of period P along a unit direction u meets the two -1 neighbours at offset d with
+    # phase step 2 pi (u . d) / P, so the gain is 3 - 2 cos(2 pi (u . d) / P). At P = 4 that is 3
+    # for the axis sharpeners along their axis (u . d = 1) but 3 - 2 cos(pi / sqrt 2) = 4.21 for the
+    # diagonal one along its diagonal (its neighbours are sqrt 2 apart), and 1 across (u . d = 0).
+    dy, dx = DIRECTIONS[SHARPENERS[name]]
+    for direction, (uy, ux) in DIRECTIONS.items():
+        step = (uy * dy + ux * dx) / math.hypot(uy, ux)
+        expected = 3 - 2 * math.cos(2 * math.pi * step / 4)
+        assert grating_gain(kernel(name), direction, period=4) == pytest.approx(expected, rel=1e-3), direction
+    assert grating_gain(kernel("sharpen_diagonal"), "diagonal", period=4) == pytest.approx(4.2114, abs=1e-3)
 
 
 @pytest.mark.parametrize("name", BLURS)

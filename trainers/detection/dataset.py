@@ -2,7 +2,7 @@
 
 The layout (``PNGImages/NAME.png``, ``PedMasks/NAME_mask.png`` where 0 is background and 1..N are
 pedestrian ids) is read the way the torchvision tutorial reads it: one instance mask per id, the
-box from the mask's extent, label 1. The generated dataset is written in exactly that layout, so
+box from the mask's extent (``torchvision.ops.masks_to_boxes``), label 1. The generated dataset is written in exactly that layout, so
 the same reader serves both and everything downstream cannot tell them apart.
 """
 
@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
+from torchvision.ops import masks_to_boxes
 
 from trainers.download import DownloadError, cache_dir, download
 from trainers.errors import UsageError
@@ -79,24 +80,20 @@ def instance_masks(mask: np.ndarray) -> np.ndarray:
     return (mask[None] == ids[:, None, None]).astype(np.uint8)
 
 
-def boxes_from_masks(masks: np.ndarray) -> np.ndarray:
-    """(N, 4) float boxes ``x1, y1, x2, y2`` around each mask's pixels, in pixel-edge coordinates."""
-    boxes = np.zeros((len(masks), 4), dtype=np.float32)
-    for i, m in enumerate(masks):
-        ys, xs = np.nonzero(m)
-        if len(xs):
-            boxes[i] = (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
-    return boxes
-
-
 def make_target(masks: np.ndarray, image_id: int) -> dict[str, torch.Tensor]:
-    """The torchvision detection target for binary instance masks (empty masks are dropped)."""
-    masks = masks[masks.reshape(len(masks), -1).any(1)] if len(masks) else masks
-    boxes = torch.from_numpy(boxes_from_masks(masks)).reshape(-1, 4)
+    """The torchvision detection target for binary instance masks, as the tutorial builds it: each
+    box is ``torchvision.ops.masks_to_boxes`` of its mask (the first and last pixel row and column
+    the mask covers), the area is that box's. Masks whose box has no width or height (empty, or one
+    pixel row or column, e.g. after a crop) are dropped: the detection models refuse such boxes."""
+    tensor = torch.from_numpy(np.ascontiguousarray(masks)).to(torch.uint8).reshape(-1, *masks.shape[-2:])
+    tensor = tensor[(tensor.flatten(1) != 0).any(1)]  # masks_to_boxes needs at least one pixel per mask
+    boxes = masks_to_boxes(tensor) if len(tensor) else torch.zeros(0, 4)
+    keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    boxes, tensor = boxes[keep], tensor[keep]
     return {
         "boxes": boxes,
         "labels": torch.ones(len(boxes), dtype=torch.int64),
-        "masks": torch.from_numpy(np.ascontiguousarray(masks)).to(torch.uint8),
+        "masks": tensor,
         "image_id": torch.tensor(image_id),
         "area": (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]),
         "iscrowd": torch.zeros(len(boxes), dtype=torch.int64),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from trainers.detection import dataset as ds
@@ -98,8 +99,34 @@ def test_flip_moves_image_masks_and_boxes_together(shared_data):
     w = s.image.shape[1]
     assert np.array_equal(flipped, masks[:, :, ::-1]) and np.array_equal(image, s.image[:, ::-1])
     before, after = make_target(masks, 0)["boxes"], make_target(flipped, 0)["boxes"]
-    assert np.allclose(after[:, [0, 2]].numpy(), (w - before[:, [2, 0]]).numpy())
+    # Boxes hold the first and last covered pixel, so a flip maps column c to w - 1 - c.
+    assert np.allclose(after[:, [0, 2]].numpy(), (w - 1 - before[:, [2, 0]]).numpy())
     assert np.allclose(after[:, [1, 3]].numpy(), before[:, [1, 3]].numpy())
     # Jitter changes colours only: the pedestrians' pixels stay where the masks say.
     jittered, same = Augment(flip=0.0, jitter=0.4, seed=1)(s.image, masks)
     assert np.array_equal(same, masks) and not np.array_equal(jittered, s.image)
+
+
+def test_boxes_are_the_masks_inclusive_extent_as_in_the_tutorial():
+    masks = np.zeros((4, 6, 8), np.uint8)
+    masks[0, 1:4, 2:6] = 1  # rows 1..3, columns 2..5
+    masks[1, 5, 7] = 1  # one pixel: a box with no width or height, dropped
+    masks[2, 0:2, 0:3] = 1
+    # masks[3] is empty (a pedestrian cropped away): dropped
+    target = make_target(masks, 4)
+    assert target["boxes"].tolist() == [[2, 1, 5, 3], [0, 0, 2, 1]]
+    assert target["area"].tolist() == [6, 2] and target["masks"].shape == (2, 6, 8)
+    assert np.array_equal(target["masks"][0].numpy(), masks[0])
+
+
+def test_real_targets_match_the_tutorials_reading(shared_data):
+    from torchvision.ops import masks_to_boxes
+
+    for i, s in enumerate(read_pennfudan(shared_data / "PennFudanPed", limit=5)):
+        # The tutorial: one mask per id in the PNG (0 is background), masks_to_boxes, area of the box.
+        mask = torch.from_numpy(s.mask)
+        ids = mask.unique()[1:]
+        expected = masks_to_boxes((mask == ids[:, None, None]).to(torch.uint8))
+        target = make_target(instance_masks(s.mask), i)
+        assert torch.equal(target["boxes"], expected)
+        assert torch.equal(target["area"], (expected[:, 3] - expected[:, 1]) * (expected[:, 2] - expected[:, 0]))

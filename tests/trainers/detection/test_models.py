@@ -67,3 +67,50 @@ def test_backbone_sweep_trials_parse_and_name_known_backbones(tmp_path):
         args = get_args_parser().parse_args(argv[argv.index("launch.py") + 1:])
         assert (args.command, args.option, args.skip_photo, args.backbone, args.lr) == ("detect", "2", True, backbone, lr)
         check_backbone(args.backbone)
+
+
+def test_option2_is_the_tutorials_mobilenet_v2_faster_rcnn():
+    model = build_detector(2, model="", backbone="mobilenet_v2", weights="none").model
+    assert model.backbone.out_channels == 1280
+    # One feature map; anchors of 5 sizes x 3 ratios at every position.
+    gen = model.rpn.anchor_generator
+    assert gen.sizes == ((32, 64, 128, 256, 512),) and gen.aspect_ratios == ((0.5, 1.0, 2.0),)
+    assert gen.num_anchors_per_location() == [15]
+    with torch.no_grad():
+        features = model.backbone(torch.rand(1, 3, 64, 64))
+    assert isinstance(features, torch.Tensor) and features.shape[1] == 1280  # FasterRCNN names it "0"
+    pool = model.roi_heads.box_roi_pool
+    assert pool.featmap_names == ["0"] and tuple(pool.output_size) == (7, 7) and pool.sampling_ratio == 2
+    assert model.roi_heads.box_predictor.cls_score.out_features == 2
+
+
+def test_option1_puts_new_two_class_predictors_on_coco_weights(tmp_path, monkeypatch):
+    # A state dict of COCO's shape (91 classes), written where torch.hub keeps the download, stands
+    # in for the real weights: the builder loads it exactly as it would load the downloaded file.
+    from torchvision.models.detection import MaskRCNN_ResNet50_FPN_Weights, maskrcnn_resnet50_fpn
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+    from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    torch.manual_seed(7)
+    coco = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=91).state_dict()
+    cache = Path(torch.hub.get_dir()) / "checkpoints"
+    cache.mkdir(parents=True)
+    torch.save(coco, cache / Path(MaskRCNN_ResNet50_FPN_Weights.DEFAULT.url).name)
+    assert str(tmp_path) in str(cache)
+
+    built = build_detector(1, model="maskrcnn_resnet50_fpn", backbone="", weights="auto", **TINY)
+    assert built.weights == "coco"
+    heads = built.model.roi_heads
+    assert isinstance(heads.box_predictor, FastRCNNPredictor) and isinstance(heads.mask_predictor, MaskRCNNPredictor)
+    assert heads.box_predictor.cls_score.in_features == 1024 and heads.box_predictor.cls_score.out_features == 2
+    assert heads.box_predictor.bbox_pred.out_features == 2 * 4
+    assert heads.mask_predictor.conv5_mask.in_channels == 256 and heads.mask_predictor.conv5_mask.out_channels == 256
+    assert heads.mask_predictor.mask_fcn_logits.out_channels == 2
+    # Everything but the two predictors holds the COCO-shaped weights from the cache.
+    state = built.model.state_dict()
+    for key in ("backbone.body.conv1.weight", "rpn.head.conv.0.0.weight", "roi_heads.box_head.fc7.weight",
+                "roi_heads.mask_head.0.0.weight"):
+        assert torch.equal(state[key], coco[key]), key
+    assert coco["roi_heads.box_predictor.cls_score.weight"].shape[0] == 91
+    _forward(built)

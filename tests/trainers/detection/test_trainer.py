@@ -1,4 +1,5 @@
-"""The trainer's loop details: the epoch sampler, the stop on a non-finite loss, the evaluation schedule."""
+"""The trainer's loop details: the epoch sampler, the stop on a non-finite loss, the evaluation
+schedule, and the tutorial's recipe (warm-up, StepLR 3 / 0.1)."""
 
 from __future__ import annotations
 
@@ -71,3 +72,38 @@ def test_held_out_ap_every_epoch_train_ap_every_k_and_at_the_end(tmp_path):
     assert sorted(outputs) == sorted(int(data[i][1]["image_id"]) for i in range(len(data)))
     assert sorted(int(t["image_id"]) for _, t, _ in trainer.viz[-2:]) == sorted(
         int(data[i][1]["image_id"]) for i in trainer.viz_ids)
+
+
+def test_full_profile_is_the_tutorials_recipe():
+    full = PROFILES["full"]
+    assert (full.epochs, full.lr, full.momentum, full.weight_decay, full.batch_size) == (10, 0.005, 0.9, 5e-4, 2)
+    assert (full.step_size, full.gamma) == (3, 0.1)
+
+
+class _LearningRates(Callback):
+    def __init__(self) -> None:
+        self.lrs: list[float] = []
+
+    def on_log(self, trainer, metrics, axis) -> None:
+        if "train/lr" in metrics:
+            self.lrs.append(metrics["train/lr"])
+
+
+def test_learning_rate_warms_up_in_the_first_epoch_then_steps_down_every_3_epochs(tmp_path):
+    samples = read_pennfudan(generate_pennfudan(tmp_path / "d", n=6, seed=2, size=(60, 80)))
+    data = PennFudan(samples)
+    profile = replace(PROFILES["full"], epochs=7, min_size=64, max_size=96, rois_per_image=16,
+                      rpn_post_nms_train=50, rpn_post_nms_test=20, detections_per_image=5)
+    model = build_detector(2, model="", backbone="timm/mobilenetv3_small_100", weights="none", levels=1,
+                           **detector_kwargs(profile)).model
+    lrs = _LearningRates()
+    trainer = DetectionTrainer(model, train=data, heldout=data, train_eval=data, profile=profile, callbacks=[lrs])
+    for epoch in range(7):  # the training loop only: the schedule does not depend on evaluation
+        trainer.train_epoch(epoch)
+    steps = 3  # 6 images, batch 2
+    first, rest = lrs.lrs[:steps], lrs.lrs[steps:]
+    # references/detection's warm-up: linear from 1e-3 x lr to lr over the first epoch's steps.
+    assert first == pytest.approx([0.005 * 1e-3, 0.005 * (1e-3 + (1 - 1e-3) / 2), 0.005])
+    # StepLR(3, 0.1) per epoch: epochs 1-2 at lr, 3-5 at lr/10, 6 at lr/100.
+    per_epoch = [rest[i * steps] for i in range(6)]
+    assert per_epoch == pytest.approx([0.005, 0.005, 5e-4, 5e-4, 5e-4, 5e-5])

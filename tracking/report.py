@@ -1,0 +1,370 @@
+"""One self-contained HTML page from local W&B runs: the homework's answers as the runs logged them.
+
+Everything on the page comes from the run folders (offline or synced): config and summary as
+``wandb leet inspect --summary --json`` reports them, tables and their images from the files the
+run staged for W&B, pictures from ``files/media``. Nothing is recomputed; plots only draw logged
+numbers. Images are embedded as data URIs, so the page can be mailed or opened anywhere. An
+experiment without a run is named on the page with the command that produces it.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from tracking.compare import RunRecord, differing_keys, find_run_dirs, local_runs, plot_metric
+from tracking.readback import history, run_summary, staged_files
+from trainers.checkpoint import atomic_file
+from trainers.errors import UsageError
+
+# The theory's numbers (docs/theory.md), shown beside what the runs measured.
+KINK_THEORY = {-2.0: (0.0, 0.1), 0.0: (40 / 256, 0.0), 2.0: (0.0, -40 / 256), 4.0: (-0.1, 0.0)}
+SHARPENER_SPACING = {"sharpen_horizontal": {"horizontal": 1.0, "vertical": 0.0, "diagonal": 2**-0.5, "antidiagonal": 2**-0.5},
+                     "sharpen_vertical": {"horizontal": 0.0, "vertical": 1.0, "diagonal": 2**-0.5, "antidiagonal": 2**-0.5},
+                     "sharpen_diagonal": {"horizontal": 1.0, "vertical": 1.0, "diagonal": 2**0.5, "antidiagonal": 0.0}}
+WD_METRICS = ("val/acc", "test/acc", "wd/weight_norm", "wd/decay_factor", "wd/decay_factor_theory",
+              "wd/lr_sharpness", "wd/stability_bound")
+
+
+@dataclass
+class Run:
+    """A run folder and what it logged, read once."""
+
+    record: RunRecord
+    path: Path
+    raw_summary: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def command(self) -> str:
+        """The subcommand that made the run (its config's ``command``)."""
+        return str(self.record.config.get("command", "?"))
+
+    @cached_property
+    def staged(self) -> dict[str, str]:
+        """Entry path -> staged local file of everything the run handed to W&B."""
+        try:
+            return staged_files(self.path)
+        except RuntimeError:
+            return {}
+
+    def table(self, key: str) -> dict[str, Any] | None:
+        """The last table logged under ``key`` with image cells resolved to local files, or None."""
+        entry = self.raw_summary.get(key)
+        if not isinstance(entry, Mapping) or "artifact_path" not in entry:
+            return None
+        staged = self.staged.get(entry["artifact_path"].split("/", 3)[-1])
+        if staged is None or not Path(staged).is_file():
+            return None  # a synced run whose staging copy is gone
+        table = json.loads(Path(staged).read_text())
+        for row in table.get("data", []):
+            for cell in row:
+                if isinstance(cell, dict) and "path" in cell:
+                    cell["local_path"] = self.staged.get(cell["path"])
+        return table
+
+    def image(self, key: str) -> Path | None:
+        """The file of an image logged under ``key`` (its last value), or None."""
+        entry = self.raw_summary.get(key)
+        if isinstance(entry, Mapping) and entry.get("_type") == "image-file":
+            p = self.path / "files" / entry["path"]
+            return p if p.is_file() else None
+        return None
+
+    def value(self, key: str) -> Any:
+        """A summary value; a ``define_metric`` summary gives its max (or last) value."""
+        v = self.record.summary.get(key)
+        return v.get("max", v.get("last")) if isinstance(v, Mapping) else v
+
+
+def read_runs(paths: Sequence[str | Path]) -> list[Run]:
+    """Every run below ``paths``, read with ``wandb leet inspect``."""
+    dirs = find_run_dirs(paths)
+    return [Run(rec, d, run_summary(d).get("summary") or {}) for rec, d in zip(local_runs(dirs), dirs)]
+
+
+# -- HTML pieces ------------------------------------------------------------------------------
+
+def _esc(v: Any) -> str:
+    return html.escape(str(v))
+
+
+def _num(v: Any) -> str:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return _esc("" if v is None else v)
+    return f"{v + 0.0:.4g}"  # + 0.0: -0.0 prints as 0
+
+
+def _data_uri(path: str | Path, mime: str = "image/png") -> str:
+    return f"data:{mime};base64," + base64.b64encode(Path(path).read_bytes()).decode()
+
+
+def _img(path: str | Path | None, alt: str, width: int | None = None) -> str:
+    if path is None or not Path(path).is_file():
+        return f'<span class="missing">{_esc(alt)}: picture not stored locally</span>'
+    w = f' width="{width}"' if width else ""
+    return f'<img src="{_data_uri(path)}" alt="{_esc(alt)}"{w}>'
+
+
+def _boxed_image(cell: Mapping[str, Any], alt: str) -> str:
+    """An image cell with its W&B box layers drawn over it as SVG rectangles."""
+    path = cell.get("local_path")
+    if path is None or not Path(path).is_file():
+        return _img(None, alt)
+    w, h = cell.get("width", 1), cell.get("height", 1)
+    shapes = []
+    colours = ("#e41a1c", "#377eb8", "#4daf4a", "#ff7f00")
+    for i, (layer, boxes) in enumerate((cell.get("boxes") or {}).items()):
+        boxes = boxes.get("box_data", boxes) if isinstance(boxes, Mapping) else boxes
+        for b in boxes or []:
+            p = b.get("position", {})
+            sx, sy = (1, 1) if b.get("domain") == "pixel" else (w, h)
+            if "minX" in p:
+                x, y, bw, bh = p["minX"] * sx, p["minY"] * sy, (p["maxX"] - p["minX"]) * sx, (p["maxY"] - p["minY"]) * sy
+            else:
+                x, y = (p["middle"][0] - p["width"] / 2) * sx, (p["middle"][1] - p["height"] / 2) * sy
+                bw, bh = p["width"] * sx, p["height"] * sy
+            shapes.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{bw:.1f}" height="{bh:.1f}" fill="none" '
+                          f'stroke="{colours[i % len(colours)]}" stroke-width="{max(w, h) / 300:.1f}">'
+                          f'<title>{_esc(layer)}: {_esc(b.get("box_caption", ""))}</title></rect>')
+    return (f'<svg viewBox="0 0 {w} {h}" width="{min(w, 480)}" role="img" aria-label="{_esc(alt)}">'
+            f'<image href="{_data_uri(path)}" width="{w}" height="{h}"/>{"".join(shapes)}</svg>')
+
+
+def _cell(v: Any, alt: str) -> str:
+    if isinstance(v, Mapping) and v.get("_type") == "image-file":
+        return _boxed_image(v, alt) if v.get("boxes") else _img(v.get("local_path"), alt, width=160)
+    if isinstance(v, list):
+        return _esc(json.dumps([round(x, 4) if isinstance(x, float) else x for x in v]))
+    return _num(v)
+
+
+def html_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], caption: str = "") -> str:
+    """A plain HTML table; image cells become embedded pictures."""
+    head = "".join(f"<th>{_esc(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{_cell(v, f'{caption} {c}')}</td>" for c, v in zip(columns, r)) + "</tr>"
+                   for r in rows)
+    cap = f"<caption>{_esc(caption)}</caption>" if caption else ""
+    return f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def logged_table(run: Run, key: str) -> str:
+    """``key``'s table as HTML, or a line saying it is missing."""
+    t = run.table(key)
+    if t is None:
+        return f'<p class="missing">{_esc(key)} not found in this run.</p>'
+    return html_table(t["columns"], t["data"], key)
+
+
+def _png(draw: Callable[[Any], None], title: str) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 3.6), dpi=100)
+    draw(ax)
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}" alt="{_esc(title)}">'
+
+
+def line_series_plot(run: Run, key: str, title: str) -> str:
+    """A W&B line-series chart (its ``step, lineKey, lineVal`` table) drawn again as a PNG."""
+    t = run.table(key)
+    if t is None or t["columns"][:3] != ["step", "lineKey", "lineVal"]:
+        return f'<p class="missing">{_esc(key)} not found in this run.</p>'
+    series: dict[str, list[tuple[float, float]]] = {}
+    for x, name, y in (r[:3] for r in t["data"]):
+        series.setdefault(name, []).append((x, y))
+
+    def draw(ax: Any) -> None:
+        for name, pts in series.items():
+            ax.plot(*zip(*pts), label=name)
+        ax.legend(fontsize=8)
+
+    return _png(draw, title)
+
+
+def summary_rows(run: Run, prefix: str) -> list[list[Any]]:
+    """``[key, value]`` for every summary key starting with ``prefix``."""
+    return [[k, run.value(k)] for k in sorted(run.record.summary) if k.startswith(prefix)]
+
+
+# -- sections -----------------------------------------------------------------------------------
+
+def section_filters(runs: list[Run]) -> str:
+    run = runs[-1]
+    rows = []
+    for name, spacing in SHARPENER_SPACING.items():
+        for d, s in spacing.items():
+            rows.append([name, d, 3 - 2 * math.cos(2 * math.pi * s / 4), run.value(f"check/gain/{name}/{d}")])
+    return "".join([
+        f"<p>Run {_esc(run.record.name)}: <code>check/passed</code> = {_num(run.value('check/passed'))}.</p>",
+        logged_table(run, "filters/outputs"),
+        logged_table(run, "filters/checks"),
+        html_table(["filter", "grating direction", "theory 3 - 2cos(2πs/4)", "measured gain"], rows,
+                   "sharpener gains at a 4-pixel period: theory beside measurement"),
+    ])
+
+
+def section_weight_decay(runs: list[Run]) -> str:
+    records = [r.record for r in runs]
+    keys = [k for k in differing_keys(records) if k not in ("seed",)] or ["weight_decay", "lr"]
+    rows = []
+    for r in runs:
+        bound, sharp = r.value("wd/stability_bound"), r.value("wd/lr_sharpness")
+        margin = bound - sharp if isinstance(bound, (int, float)) and isinstance(sharp, (int, float)) else None
+        rows.append([r.record.name, *(r.record.config.get(k) for k in keys), *(r.value(m) for m in WD_METRICS), margin])
+    parts = [html_table(["run", *keys, *WD_METRICS, "stability margin (bound - lr*(beta+lambda))"], rows,
+                        "weight decay: every AlexNet run")]
+    if len(runs) > 1:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            png = plot_metric(records, keys, "val/acc", "maximize", Path(tmp) / "val_acc.png")
+            if png is not None:
+                parts.append(_img(png, "val/acc against the swept parameters"))
+    return "".join(parts)
+
+
+def section_iou(runs: list[Run]) -> str:
+    run = runs[-1]
+    t = run.table("iou/kinks")
+    kinks = ""
+    if t is not None:
+        cols = t["columns"]
+        rows = [[*r, *KINK_THEORY.get(float(r[0]), (None, None))] for r in t["data"]]
+        kinks = html_table([*cols, "theory left", "theory right"], rows,
+                           "iou/kinks: measured one-sided derivatives beside the hand derivation (default boxes)")
+    return "".join([
+        html_table(["metric", "value"], summary_rows(run, "check/") + summary_rows(run, "slide/")
+                   + summary_rows(run, "eval/"), "IoU checks and results"),
+        _img(run.image("iou/slide_plot"), "iou/slide_plot"),
+        kinks or '<p class="missing">iou/kinks not found in this run.</p>',
+        line_series_plot(run, "iou/descent_table", "mean IoU with the target per step: 1 - IoU vs GIoU loss"),
+        logged_table(run, "iou/descent_boxes"),
+    ])
+
+
+def _epoch_curves(run: Run) -> str:
+    try:
+        rows = [r for r in history(run.path) if "val/acc" in r or "train/epoch_loss" in r]
+    except RuntimeError:
+        rows = []
+    if not rows:
+        return f'<p class="missing">no epoch metrics in {_esc(run.record.name)}.</p>'
+
+    def draw(ax: Any) -> None:
+        for key in ("train/epoch_acc", "val/acc", "train/epoch_loss", "val/loss"):
+            pts = [(r.get("epoch", i), r[key]) for i, r in enumerate(rows) if key in r]
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=key)
+        ax.set_xlabel("epoch")
+        ax.legend(fontsize=8)
+
+    return _png(draw, f"{run.record.name}: curves per epoch")
+
+
+def _confusion(run: Run) -> str:
+    t = run.table("test/confusion_matrix_table")
+    if t is None:
+        return '<p class="missing">test/confusion_matrix not found in this run.</p>'
+    actual = list(dict.fromkeys(r[0] for r in t["data"]))
+    predicted = list(dict.fromkeys(r[1] for r in t["data"]))
+    counts = {(r[0], r[1]): r[2] for r in t["data"]}
+    rows = [[a, *(counts.get((a, p), 0) for p in predicted)] for a in actual]
+    return html_table(["actual \\ predicted", *predicted], rows, "test confusion matrix")
+
+
+def section_alexnet(runs: list[Run]) -> str:
+    parts = []
+    for run in runs[-3:]:  # the latest few: each curve is a pass over the run's log
+        parts.append(f"<h3>{_esc(run.record.name)} ({_esc(run.record.config.get('dataset', '?'))}, "
+                     f"test/acc {_num(run.value('test/acc'))})</h3>")
+        parts += [_epoch_curves(run), _img(run.image("viz/conv1_filters"), "viz/conv1_filters"), _confusion(run)]
+    return "".join(parts)
+
+
+def section_detect(runs: list[Run]) -> str:
+    # `detect` leaves one run per option (the APs) and one for the photo (verdict and boxes).
+    options = [r for r in runs if isinstance(r.record.config.get("option"), int)]
+    photo = [r for r in runs if r.table("detect/photo") is not None]
+    ap = sorted({k for r in options for k in r.record.summary if k.endswith("AP") or "AP50" in k})
+    parts = [html_table(["run", "option", "backbone", *ap],
+                        [[r.record.name, r.record.config.get("option"),
+                          r.record.config.get("backbone", "resnet50") if r.record.config.get("option") == 2 else "resnet50",
+                          *(r.value(k) for k in ap)] for r in options], "detection: COCO AP of each option")]
+    if photo:
+        parts += [logged_table(photo[-1], "detect/verdict"), logged_table(photo[-1], "detect/photo")]
+    else:
+        parts.append('<p class="missing">No photo comparison (detect/photo) among these runs.</p>')
+    return "".join(parts)
+
+
+# (config command, title, section, the command that produces it)
+SECTIONS: list[tuple[str, str, Callable[[list[Run]], str], str]] = [
+    ("filters", "Hand-designed 3x3 filters", section_filters, "python launch.py filters"),
+    ("alexnet", "Weight decay: lambda, learning rate, shrink and stability", section_weight_decay,
+     "python launch.py sweep sweeps/weight_decay.yaml"),
+    ("iou", "IoU: the slide, the kinks and the descents", section_iou, "python launch.py iou"),
+    ("alexnet", "AlexNet: curves, learned filters, confusion matrix", section_alexnet, "python launch.py alexnet"),
+    ("detect", "Detection: option 1 vs option 2 on the photo", section_detect, "python launch.py detect"),
+]
+
+# Pictures that fail to decode (a truncated file, a page cut short in transit) are counted on load
+# and named at the top of the page, and the count is left on <html data-broken-images>.
+CHECK_IMAGES = """window.addEventListener("load",function(){var bad=0;
+document.querySelectorAll("img").forEach(function(i){if(!i.complete||i.naturalWidth===0)bad++;});
+document.documentElement.dataset.brokenImages=String(bad);
+if(bad){var p=document.createElement("p");p.className="missing";p.textContent=bad+" picture(s) failed to load.";
+document.body.prepend(p);}});"""
+
+STYLE = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}
+table{border-collapse:collapse;margin:1em 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px;vertical-align:top}
+caption{font-weight:bold;text-align:left;padding:4px 0}.missing{color:#a33}img{max-width:100%}"""
+
+
+def build_page(runs: Sequence[Run]) -> str:
+    """The whole page; sections without runs say which command produces them."""
+    by_command: dict[str, list[Run]] = {}
+    for r in runs:
+        by_command.setdefault(r.command, []).append(r)
+    body = [f"<h1>Homework results from {len(runs)} W&amp;B run(s)</h1>",
+            "<p>Every number and picture below is read from the runs' own files; the theory behind them is in "
+            "docs/theory.md.</p>",
+            html_table(["run", "command", "state", "folder"],
+                       [[r.record.name, r.command, r.record.state, str(r.path)] for r in runs], "runs")]
+    for command, title, section, how in SECTIONS:
+        body.append(f"<h2>{_esc(title)}</h2>")
+        found = by_command.get(command)
+        if found:
+            body.append(section(found))
+        else:
+            body.append(f'<p class="missing">Missing experiment: no <code>{_esc(command)}</code> run was given. '
+                        f"Produce one with <code>{_esc(how)}</code>.</p>")
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>dlhw report</title>'
+            f"<style>{STYLE}</style><script>{CHECK_IMAGES}</script></head><body>{''.join(body)}</body></html>")
+
+
+def write_report(paths: Sequence[str | Path], output: str | Path) -> Path:
+    """Read the runs under ``paths`` and write the page to ``output``; raises UsageError when none."""
+    runs = read_runs(paths)
+    if not runs:
+        raise UsageError(f"no W&B runs under {', '.join(map(str, paths))}; pass run folders or an --out folder")
+    output = Path(output)
+    with atomic_file(output) as fh:
+        fh.write(build_page(runs).encode("utf-8"))
+    output.chmod(0o644)  # the temporary file was private; the page is meant to be shared
+    return output
