@@ -20,10 +20,10 @@ import random
 import sys
 from collections.abc import Callable, Sequence
 
+from callbacks import DEFAULT_PROJECT
 from tracking.agent_args import AgentParser as Parser
-from tracking.mode import DEFAULT_PROJECT
+from tracking.mode import OUT_ENV
 
-OUT_ENV = "DLHW_OUT"
 # What names the run and where it goes, not how the experiment ran: kept out of the W&B config
 # (W&B has its own fields for them), so dashboards do not offer them as hyperparameters.
 BOOKKEEPING = ("func", "command", "out", "wandb_dir", "wandb_mode", "project", "entity", "group", "run_name",
@@ -313,7 +313,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv``, run the subcommand and return its exit code (2 for errors the user can fix)."""
-    from trainers.errors import UsageError
+    from core.errors import UsageError
     from tracking.mode import resolve_mode
 
     try:

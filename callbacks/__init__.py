@@ -8,7 +8,10 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from trainers.engine import Callback
+from core.events import Callback
+
+# The project a run goes to when neither --project nor WANDB_PROJECT names one.
+DEFAULT_PROJECT = "dlhw"
 
 
 def standard_callbacks(
@@ -48,4 +51,4 @@ def standard_callbacks(
     return cbs
 
 
-__all__ = ["Callback", "standard_callbacks"]
+__all__ = ["DEFAULT_PROJECT", "Callback", "standard_callbacks"]

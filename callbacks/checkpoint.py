@@ -7,8 +7,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from trainers.checkpoint import BackgroundWriter
-from trainers.engine import Callback, Engine, is_rank_zero
+from core.files import BackgroundWriter
+from core.events import Callback, Loop, is_rank_zero
 
 
 class Checkpoint(Callback):
@@ -53,7 +53,7 @@ class Checkpoint(Callback):
             return True
         return value > self.best if self.mode == "max" else value < self.best
 
-    def on_epoch_end(self, trainer: Engine, epoch: int, metrics: Mapping[str, float]) -> None:
+    def on_epoch_end(self, trainer: Loop, epoch: int, metrics: Mapping[str, float]) -> None:
         if not is_rank_zero():
             return
         state: dict[str, Any] = {
@@ -88,10 +88,10 @@ class Checkpoint(Callback):
             trainer.fire("on_checkpoint_saved", path=str(self.directory / "last.pt"), aliases=["last"],
                          metadata=metadata)
 
-    def on_fit_end(self, trainer: Engine) -> None:
+    def on_fit_end(self, trainer: Loop) -> None:
         self.writer.wait()
 
-    def on_exception(self, trainer: Engine, exception: BaseException) -> None:
+    def on_exception(self, trainer: Loop, exception: BaseException) -> None:
         # The last epoch that finished is on disk for a resume; a write error here is secondary.
         try:
             self.writer.wait()

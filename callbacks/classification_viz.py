@@ -8,7 +8,7 @@ from collections.abc import Mapping
 import wandb
 
 from callbacks.tables import EpochTable
-from trainers.engine import EPOCH_AXIS, Callback, Engine
+from core.events import Callback, EPOCH_AXIS, Loop
 from viz.feature_maps import feature_map_grid, filter_grid, upscale
 from viz.images import to_uint8
 
@@ -16,7 +16,7 @@ from viz.images import to_uint8
 class FilterGrid(Callback):
     """``viz/conv1_filters``: the first conv layer's learned filters as one image, every epoch."""
 
-    def on_epoch_end(self, trainer: Engine, epoch: int, metrics: Mapping[str, float]) -> None:
+    def on_epoch_end(self, trainer: Loop, epoch: int, metrics: Mapping[str, float]) -> None:
         picture = filter_grid(trainer.first_layer_filters())
         trainer.log({"viz/conv1_filters": wandb.Image(to_uint8(picture), caption=f"conv1 after epoch {epoch + 1}")},
                     axis=EPOCH_AXIS)
@@ -32,7 +32,7 @@ class FeatureMapTable(Callback):
         self.max_maps = max_maps
         self.table = EpochTable(["epoch", "input", "label", "layer", "feature_maps"])
 
-    def on_fit_start(self, trainer: Engine) -> None:
+    def on_fit_start(self, trainer: Loop) -> None:
         self.x, y = trainer.loaders.fixed_batch("val", self.n_images)
         classes = trainer.loaders.classes
         self.labels = [classes[int(i)] for i in y]
@@ -42,7 +42,7 @@ class FeatureMapTable(Callback):
             for img, label in zip(self.x, self.labels)
         ]
 
-    def on_epoch_end(self, trainer: Engine, epoch: int, metrics: Mapping[str, float]) -> None:
+    def on_epoch_end(self, trainer: Loop, epoch: int, metrics: Mapping[str, float]) -> None:
         rows = []
         for layer, maps in trainer.feature_maps(self.x):
             for i, fmap in enumerate(maps):
@@ -56,7 +56,7 @@ class FeatureMapTable(Callback):
 class ConfusionMatrix(Callback):
     """``test/confusion_matrix``: W&B's interactive confusion matrix of the final test predictions."""
 
-    def on_test_end(self, trainer: Engine, metrics: Mapping[str, float]) -> None:
+    def on_test_end(self, trainer: Loop, metrics: Mapping[str, float]) -> None:
         chart = wandb.plot.confusion_matrix(
             y_true=trainer.test_targets, preds=trainer.test_predictions, class_names=list(trainer.loaders.classes),
             title="test confusion matrix",

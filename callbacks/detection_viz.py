@@ -23,7 +23,7 @@ from rich.table import Table
 
 from callbacks.progress import _fmt, report_console
 from callbacks.tables import EpochTable
-from trainers.engine import EPOCH_AXIS, Callback, Engine
+from core.events import Callback, EPOCH_AXIS, Loop
 from viz.images import to_uint8
 
 CLASS_LABELS = {1: "person"}
@@ -82,10 +82,10 @@ class _CachedPictures(Callback):
     def __init__(self) -> None:
         self.cache = _PictureCache()
 
-    def on_fit_end(self, trainer: Engine) -> None:
+    def on_fit_end(self, trainer: Loop) -> None:
         self.cache.remove()
 
-    def on_exception(self, trainer: Engine, exception: BaseException) -> None:
+    def on_exception(self, trainer: Loop, exception: BaseException) -> None:
         self.cache.remove()
 
 
@@ -111,7 +111,7 @@ class PredictionTable(_CachedPictures):
         super().__init__()
         self.table = EpochTable(["epoch", "image_id", "image", "gt_people", "pred_people@0.5", "mean_score"])
 
-    def on_validation_end(self, trainer: Engine, epoch: int, metrics: Mapping[str, float]) -> None:
+    def on_validation_end(self, trainer: Loop, epoch: int, metrics: Mapping[str, float]) -> None:
         rows = []
         for image, target, output in trainer.viz:
             image_id = int(target["image_id"])
@@ -144,11 +144,11 @@ class PhotoTable(_CachedPictures):
         self.log_to_wandb = log_to_wandb
         self.rows: list[list[Any]] = []
 
-    def on_batch_end(self, trainer: Engine, batch_idx: int, outputs: Mapping[str, Any]) -> None:
+    def on_batch_end(self, trainer: Loop, batch_idx: int, outputs: Mapping[str, Any]) -> None:
         self.rows.append([outputs["label"], outputs["output"], outputs["people@0.5"], outputs["people@0.7"],
                           outputs["mean_score"], outputs["inference_ms"]])
 
-    def on_validation_end(self, trainer: Engine, epoch: int, metrics: Mapping[str, float]) -> None:
+    def on_validation_end(self, trainer: Loop, epoch: int, metrics: Mapping[str, float]) -> None:
         from trainers.detection.beatles import photo_columns
 
         photo = trainer.photo

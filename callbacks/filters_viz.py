@@ -7,7 +7,7 @@ from typing import Any
 
 import wandb
 
-from trainers.engine import EPOCH_AXIS, Callback, Engine
+from core.events import Callback, EPOCH_AXIS, Loop
 from viz.images import kernel_picture, to_uint8
 from viz.kernels import DIRECTIONS
 
@@ -30,7 +30,7 @@ class FilterTable(Callback):
     def __init__(self) -> None:
         self.rows: list[list[Any]] = []
 
-    def on_batch_end(self, trainer: Engine, batch_idx: int, outputs: Mapping[str, Any]) -> None:
+    def on_batch_end(self, trainer: Loop, batch_idx: int, outputs: Mapping[str, Any]) -> None:
         source = wandb.Image(to_uint8(outputs["image"]), caption=outputs["image_name"])
         for r in outputs["results"]:
             self.rows.append(
@@ -47,7 +47,7 @@ class FilterTable(Callback):
                 ]
             )
 
-    def on_validation_end(self, trainer: Engine, epoch: int, metrics: Mapping[str, float]) -> None:
+    def on_validation_end(self, trainer: Loop, epoch: int, metrics: Mapping[str, float]) -> None:
         outputs = wandb.Table(
             columns=["image", "input", "filter", "kernel", "kernel_values", "output",
                      *(f"gain_{d}" for d in DIRECTIONS), "hf_energy_ratio", "mean_shift"],

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 import wandb
 
-from trainers.engine import EPOCH_AXIS, Callback
+from core.events import Callback, EPOCH_AXIS
 from trainers.iou import IoUExperiment, Slide
 from viz.iou import LABELS, slide_figure
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import wandb
 
-from trainers.engine import Callback, Engine, is_rank_zero
+from core.events import Callback, Loop, is_rank_zero
 
 
 class DatasetArtifact(Callback):
@@ -24,7 +24,7 @@ class DatasetArtifact(Callback):
         self.path = Path(path).resolve()
         self.metadata = dict(metadata or {})
 
-    def on_fit_start(self, trainer: Engine) -> None:
+    def on_fit_start(self, trainer: Loop) -> None:
         run = wandb.run
         if run is None or not is_rank_zero() or not self.path.exists():
             return

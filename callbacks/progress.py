@@ -17,7 +17,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from trainers.engine import EPOCH_AXIS, Callback, Engine, is_rank_zero
+from core.events import Callback, EPOCH_AXIS, Loop, is_rank_zero
 
 
 def report_console(*, stderr: bool = False) -> Console:
@@ -49,7 +49,7 @@ class ProgressBar(Callback):
         self._task: Any = None
         self._live: dict[str, Any] = {}
 
-    def on_fit_start(self, trainer: Engine) -> None:
+    def on_fit_start(self, trainer: Loop) -> None:
         if not is_rank_zero():
             return
         self._progress = Progress(
@@ -66,23 +66,23 @@ class ProgressBar(Callback):
         self._progress.start()
         self._task = self._progress.add_task(trainer.name, total=trainer.steps_per_epoch, metrics="")
 
-    def on_epoch_start(self, trainer: Engine, epoch: int) -> None:
+    def on_epoch_start(self, trainer: Loop, epoch: int) -> None:
         if self._progress is not None:
             desc = f"{trainer.name} epoch {epoch + 1}/{trainer.epochs}"
             self._progress.reset(self._task, total=trainer.steps_per_epoch, description=desc, metrics="")
 
-    def on_batch_end(self, trainer: Engine, batch_idx: int, outputs: Mapping[str, Any]) -> None:
+    def on_batch_end(self, trainer: Loop, batch_idx: int, outputs: Mapping[str, Any]) -> None:
         if self._progress is not None:
             self._progress.advance(self._task)
 
-    def on_log(self, trainer: Engine, metrics: Mapping[str, Any], axis: str) -> None:
+    def on_log(self, trainer: Loop, metrics: Mapping[str, Any], axis: str) -> None:
         if self._progress is None or axis == EPOCH_AXIS:
             return
         self._live.update((k, v) for k, v in metrics.items() if isinstance(v, numbers.Real))
         shown = list(self._live.items())[: self.max_metrics]
         self._progress.update(self._task, metrics="  ".join(f"{k}={_fmt(v)}" for k, v in shown))
 
-    def on_epoch_end(self, trainer: Engine, epoch: int, metrics: Mapping[str, float]) -> None:
+    def on_epoch_end(self, trainer: Loop, epoch: int, metrics: Mapping[str, float]) -> None:
         if self._progress is not None and metrics:
             shown = "  ".join(f"{k}={_fmt(v)}" for k, v in metrics.items() if isinstance(v, numbers.Real))
             self._progress.console.print(f"epoch {epoch + 1}/{trainer.epochs}  {shown}")
@@ -92,10 +92,10 @@ class ProgressBar(Callback):
             self._progress.stop()
             self._progress = None
 
-    def on_fit_end(self, trainer: Engine) -> None:
+    def on_fit_end(self, trainer: Loop) -> None:
         self._stop()
 
-    def on_exception(self, trainer: Engine, exception: BaseException) -> None:
+    def on_exception(self, trainer: Loop, exception: BaseException) -> None:
         self._stop()
 
 
@@ -106,7 +106,7 @@ class SummaryTable(Callback):
         self.console = console or report_console()
         self.title = title
 
-    def on_fit_end(self, trainer: Engine) -> None:
+    def on_fit_end(self, trainer: Loop) -> None:
         if not is_rank_zero():
             return
         table = Table(title=self.title or f"{trainer.name}: summary", show_header=True)

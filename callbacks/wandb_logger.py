@@ -8,8 +8,8 @@ from typing import Any
 
 import wandb
 
-from trainers.engine import EPOCH_AXIS, STEP_AXIS, Callback, Engine, is_rank_zero
-from tracking.runs import init_run
+from core.events import Callback, EPOCH_AXIS, Loop, STEP_AXIS, is_rank_zero
+from callbacks.runs import init_run
 
 
 class WandbLogger(Callback):
@@ -71,7 +71,7 @@ class WandbLogger(Callback):
         # Each step key's last reported value: the run summary's final value.
         self._last: dict[str, Any] = {}
 
-    def on_fit_start(self, trainer: Engine) -> None:
+    def on_fit_start(self, trainer: Loop) -> None:
         if not is_rank_zero():
             return
         self.run = init_run(
@@ -97,7 +97,7 @@ class WandbLogger(Callback):
         self.run.define_metric(key, step_metric=axis, **kwargs)
         self._axis_of[key] = axis
 
-    def on_log(self, trainer: Engine, metrics: Mapping[str, Any], axis: str) -> None:
+    def on_log(self, trainer: Loop, metrics: Mapping[str, Any], axis: str) -> None:
         if self.run is None:
             return
         for key in metrics:
@@ -143,7 +143,7 @@ class WandbLogger(Callback):
         self._window = {}
         self.run.log(record)
 
-    def on_checkpoint_saved(self, trainer: Engine, path: str, aliases: Sequence[str],
+    def on_checkpoint_saved(self, trainer: Loop, path: str, aliases: Sequence[str],
                             metadata: Mapping[str, Any]) -> None:
         if self.run is None:
             return
@@ -151,7 +151,7 @@ class WandbLogger(Callback):
         artifact.add_file(str(path))
         self.run.log_artifact(artifact, aliases=list(aliases))
 
-    def on_fit_end(self, trainer: Engine) -> None:
+    def on_fit_end(self, trainer: Loop) -> None:
         if self.run is None:
             return
         self._flush()
@@ -162,7 +162,7 @@ class WandbLogger(Callback):
         self.run.summary.update(final)
         self._finish(trainer.exit_code)
 
-    def on_exception(self, trainer: Engine, exception: BaseException) -> None:
+    def on_exception(self, trainer: Loop, exception: BaseException) -> None:
         if self.run is None:
             return
         self._flush()

@@ -20,7 +20,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from trainers.engine import STEP_AXIS, Callback, Engine
+from core.events import Callback, Loop, STEP_AXIS
 
 
 def stability_bound(*, optimizer: str, momentum: float, wd_mode: str, lr: float, weight_decay: float) -> float:
@@ -56,7 +56,7 @@ class WeightDecayProbe(Callback):
         self.hessian_every = hessian_every
         self.hessian_iters = hessian_iters
 
-    def on_fit_start(self, trainer: Engine) -> None:
+    def on_fit_start(self, trainer: Loop) -> None:
         trainer.measure_decay = True
         if not trainer.decay_separable and trainer.weight_decay:
             print(
@@ -68,18 +68,18 @@ class WeightDecayProbe(Callback):
         if self.hessian_every:
             self._curvature(trainer)
 
-    def on_batch_end(self, trainer: Engine, batch_idx: int, outputs: Mapping[str, Any]) -> None:
+    def on_batch_end(self, trainer: Loop, batch_idx: int, outputs: Mapping[str, Any]) -> None:
         metrics = {"wd/weight_norm": outputs["weight_norm"], "wd/decay_factor_theory": trainer.decay_factor_theory}
         if "decay_factor" in outputs:
             metrics["wd/decay_factor"] = outputs["decay_factor"]
         trainer.log(metrics, axis=STEP_AXIS)
 
-    def on_epoch_end(self, trainer: Engine, epoch: int, metrics: Mapping[str, float]) -> None:
+    def on_epoch_end(self, trainer: Loop, epoch: int, metrics: Mapping[str, float]) -> None:
         done = epoch + 1
         if self.hessian_every and (done % self.hessian_every == 0 or done == trainer.epochs or trainer.should_stop):
             self._curvature(trainer)
 
-    def _curvature(self, trainer: Engine) -> None:
+    def _curvature(self, trainer: Loop) -> None:
         beta = trainer.hessian_top_eigenvalue(self.hessian_iters)
         sharpness = trainer.lr * (beta + trainer.weight_decay)
         sgd = trainer.optimizer_name == "sgd"

@@ -13,7 +13,8 @@ from callbacks.wandb_logger import WandbLogger
 from launch import main
 from tracking.readback import artifacts, history, records, run_summary
 from trainers.detection.dataset import generate_pennfudan
-from trainers.engine import EPOCH_AXIS, Engine
+from core.events import EPOCH_AXIS
+from trainers.engine import Engine
 
 
 @pytest.fixture

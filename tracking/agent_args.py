@@ -24,7 +24,7 @@ import os
 import sys
 from typing import Any
 
-from trainers.errors import UsageError
+from core.errors import UsageError
 
 TRUE_WORDS = ("true", "1", "yes")
 FALSE_WORDS = ("false", "0", "no")

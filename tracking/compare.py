@@ -22,7 +22,7 @@ from rich.table import Table
 
 from callbacks.progress import report_console
 from tracking.readback import run_summary
-from trainers.errors import UsageError
+from core.errors import UsageError
 
 # Flags that say where and under which label a run was filed, not what it computed: they differ
 # between any two sweep trials and would crowd out the parameters that matter.

@@ -8,8 +8,9 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 MODES = ("online", "offline", "disabled")
-# The project a run goes to when neither --project nor WANDB_PROJECT names one.
-DEFAULT_PROJECT = "dlhw"
+# The folder every command writes under when --out is not given; the sweep runner sets it for each
+# trial so that a trial's files land under the sweep's own --out.
+OUT_ENV = "DLHW_OUT"
 # Spellings W&B itself accepts in WANDB_MODE.
 _ENV_ALIASES = {"run": "online", "dryrun": "offline", "online": "online", "offline": "offline", "disabled": "disabled"}
 

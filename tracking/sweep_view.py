@@ -11,7 +11,7 @@ from rich.live import Live
 from rich.table import Table
 
 from callbacks.progress import report_console
-from trainers.errors import UsageError
+from core.errors import UsageError
 from tracking.sweep import (
     ENDED, FAILED, FINISHED, RUNNING, STOPPED, Runner, Sweep, SweepStopped, Trial, load_config,
     parse_param_overrides, reproduce_command,

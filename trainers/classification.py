@@ -26,8 +26,9 @@ from torch import nn
 from trainers.alexnet import MODELS, AlexNet
 from trainers.amp import Precision
 from trainers.datasets import DATASETS, Loaders, resolve_dataset
-from trainers.engine import EPOCH_AXIS, STEP_AXIS, Callback, Engine, check_finite
-from trainers.errors import UsageError
+from core.events import Callback, EPOCH_AXIS, STEP_AXIS
+from trainers.engine import Engine, check_finite
+from core.errors import UsageError
 from trainers.hessian import top_hessian_eigenvalue
 
 OPTIMIZERS = ("sgd", "adam", "adamw")

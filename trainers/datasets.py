@@ -27,8 +27,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from trainers.device_data import DeviceBatches
 from trainers.download import socket_timeout
-from trainers.errors import UsageError
-from trainers.registry import Registry
+from core.errors import UsageError
+from core.registry import Registry
 
 # The split of a dataset never depends on --seed, so runs that differ in seed, lambda or the
 # learning rate are compared on the same images.

@@ -18,56 +18,11 @@ when the loop raises (KeyboardInterrupt included), and the exception is re-raise
 from __future__ import annotations
 
 import math
-import os
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-STEP_AXIS = "trainer/step"
-EPOCH_AXIS = "epoch"
-
-
-class Callback:
-    """Base class for plug-ins; every hook is a no-op so a callback overrides only what it needs."""
-
-    def on_fit_start(self, trainer: Engine) -> None:
-        """Called once before the first epoch."""
-
-    def on_epoch_start(self, trainer: Engine, epoch: int) -> None:
-        """Called at the start of every training epoch."""
-
-    def on_batch_end(self, trainer: Engine, batch_idx: int, outputs: Mapping[str, Any]) -> None:
-        """Called after every training step with what the step produced."""
-
-    def on_validation_end(self, trainer: Engine, epoch: int, metrics: Mapping[str, float]) -> None:
-        """Called after evaluation with the epoch's metrics."""
-
-    def on_epoch_end(self, trainer: Engine, epoch: int, metrics: Mapping[str, float]) -> None:
-        """Called when an epoch (training and evaluation) is complete."""
-
-    def on_test_end(self, trainer: Engine, metrics: Mapping[str, float]) -> None:
-        """Called after the last epoch with the metrics of :meth:`Engine.test`, when it has any."""
-
-    def on_fit_end(self, trainer: Engine) -> None:
-        """Called once after the last epoch when nothing went wrong."""
-
-    def on_exception(self, trainer: Engine, exception: BaseException) -> None:
-        """Called when the loop raises; the exception is re-raised afterwards."""
-
-    def on_log(self, trainer: Engine, metrics: Mapping[str, Any], axis: str) -> None:
-        """Called when the trainer reports metrics against the x-axis ``axis``."""
-
-    def on_checkpoint_saved(self, trainer: Engine, path: str, aliases: Sequence[str],
-                            metadata: Mapping[str, Any]) -> None:
-        """Called after a checkpoint file has been written atomically; ``metadata`` describes the
-        epoch it holds (``epoch``, ``step`` and that epoch's metrics)."""
-
-    def state_dict(self) -> dict[str, Any]:
-        """State to store in checkpoints."""
-        return {}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned."""
+from core.events import EPOCH_AXIS, STEP_AXIS, Callback
 
 
 class Engine:
@@ -187,8 +142,3 @@ def check_finite(losses: Mapping[str, float], *, step: int) -> None:
     if not all(math.isfinite(v) for v in losses.values()):
         terms = ", ".join(f"{k}={v:.4g}" for k, v in losses.items())
         raise FloatingPointError(f"non-finite loss at step {step}: {terms}; lower --lr or check the data")
-
-
-def is_rank_zero() -> bool:
-    """True in the process that owns logging and checkpoints (the only one without torchrun)."""
-    return int(os.environ.get("RANK", "0")) == 0

@@ -13,8 +13,9 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from trainers.engine import Callback, Engine
-from trainers.errors import UsageError
+from core.events import Callback
+from trainers.engine import Engine
+from core.errors import UsageError
 from viz.kernels import (
     DIRECTIONS,
     KERNELS,

@@ -24,7 +24,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from trainers.registry import Registry
+from core.registry import Registry
 
 KERNELS: Registry[torch.Tensor] = Registry("filter")
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from callbacks.checkpoint import Checkpoint
-from trainers.engine import Callback, Engine
+from core.events import Callback
+from trainers.engine import Engine
 
 
 class Improving(Engine):

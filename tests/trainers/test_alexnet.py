@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from trainers.alexnet import MODELS, create_model
-from trainers.errors import UsageError
+from core.errors import UsageError
 
 
 def conv(cin: int, cout: int, k: int) -> int:

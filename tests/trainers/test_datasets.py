@@ -10,7 +10,7 @@ import torch
 from tests.trainers.standins import write_cifar10, write_fashion_mnist
 from trainers import datasets
 from trainers.datasets import load, make_loaders, read_idx, resolve_dataset
-from trainers.errors import UsageError
+from core.errors import UsageError
 
 
 def test_digits_split_is_fixed_and_disjoint():

@@ -4,7 +4,8 @@ import math
 
 import pytest
 
-from trainers.engine import EPOCH_AXIS, STEP_AXIS, Callback, Engine, check_finite
+from core.events import Callback, EPOCH_AXIS, STEP_AXIS
+from trainers.engine import Engine, check_finite
 
 
 class Recorder(Callback):

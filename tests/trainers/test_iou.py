@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torchvision.ops import box_iou as tv_box_iou
 
-from trainers.errors import UsageError
+from core.errors import UsageError
 from trainers.iou import (
     DEFAULT_BOX_A,
     DEFAULT_BOX_B,

@@ -21,8 +21,9 @@ from torch import nn
 
 from trainers.detection.dataset import street_scene
 from trainers.download import DownloadError, cache_dir, download
-from trainers.engine import Callback, Engine
-from trainers.errors import UsageError
+from core.events import Callback
+from trainers.engine import Engine
+from core.errors import UsageError
 
 # "The Beatles arrive at JFK Airport", 7 February 1964, United Press International; public domain.
 BEATLES_URL = "https://upload.wikimedia.org/wikipedia/commons/6/61/The_Beatles_arrive_at_JFK_Airport.jpg"

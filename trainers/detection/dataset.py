@@ -21,7 +21,7 @@ from PIL import Image, UnidentifiedImageError
 from torchvision.ops import masks_to_boxes
 
 from trainers.download import DownloadError, cache_dir, download
-from trainers.errors import UsageError
+from core.errors import UsageError
 
 URL = "https://www.cis.upenn.edu/~jshi/ped_html/PennFudanPed.zip"
 HOME_PAGE = "https://www.cis.upenn.edu/~jshi/ped_html/"

@@ -31,8 +31,8 @@ from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from trainers.download import DownloadError, download, socket_timeout
-from trainers.errors import UsageError, suggest
-from trainers.registry import Registry
+from core.errors import UsageError, suggest
+from core.registry import Registry
 
 NUM_CLASSES = 2  # background and pedestrian
 TIMM_PREFIX = "timm/"

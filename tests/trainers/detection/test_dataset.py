@@ -18,7 +18,7 @@ from trainers.detection.dataset import (
     split,
 )
 from trainers.detection.transforms import Augment
-from trainers.errors import UsageError
+from core.errors import UsageError
 
 
 def _check_targets(samples):

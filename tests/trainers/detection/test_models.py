@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from trainers.detection.models import MODELS, backbone_names, build_detector, create_backbone
-from trainers.errors import UsageError
+from core.errors import UsageError
 
 TINY = {"min_size": 64, "max_size": 96}
 # Two timm backbones stand for "any timm model": several levels through an FPN, and one map without.

@@ -13,7 +13,7 @@ from tracking.readback import history, run_summary
 from trainers.detection.dataset import PennFudan, generate_pennfudan, read_pennfudan
 from trainers.detection.models import build_detector
 from trainers.detection.trainer import PROFILES, DetectionTrainer, EpochSlices, detector_kwargs
-from trainers.engine import Callback
+from core.events import Callback
 
 
 def test_epoch_slices_cover_the_training_set_in_turn():

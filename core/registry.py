@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
-from trainers.errors import UsageError, suggest
+from core.errors import UsageError, suggest
 
 T = TypeVar("T")
 

@@ -1,0 +1,83 @@
+"""Events, their x-axes and the process that owns logging: what every layer of the suite shares.
+
+A :class:`Callback` reacts to the events an ``Engine`` (``trainers.engine``) fires; it lives here,
+below both trainers and callbacks, so neither has to import the other.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+STEP_AXIS = "trainer/step"
+EPOCH_AXIS = "epoch"
+
+
+class Loop(Protocol):
+    """What a callback may use of the loop that fires its events (``trainers.engine.Engine`` is one)."""
+
+    epochs: int
+    epoch: int
+    global_step: int
+    steps_per_epoch: int | None
+    should_stop: bool
+    exit_code: int
+    fit_seconds: float
+    name: str
+    config: dict[str, Any]
+    summary: dict[str, Any]
+
+    def log(self, metrics: Mapping[str, Any], *, axis: str = ...) -> None:
+        """Report metrics against ``axis`` to every callback."""
+
+    def axis_value(self, axis: str) -> int:
+        """Current value of an x-axis."""
+
+
+class Callback:
+    """Base class for plug-ins; every hook is a no-op so a callback overrides only what it needs."""
+
+    def on_fit_start(self, trainer: Loop) -> None:
+        """Called once before the first epoch."""
+
+    def on_epoch_start(self, trainer: Loop, epoch: int) -> None:
+        """Called at the start of every training epoch."""
+
+    def on_batch_end(self, trainer: Loop, batch_idx: int, outputs: Mapping[str, Any]) -> None:
+        """Called after every training step with what the step produced."""
+
+    def on_validation_end(self, trainer: Loop, epoch: int, metrics: Mapping[str, float]) -> None:
+        """Called after evaluation with the epoch's metrics."""
+
+    def on_epoch_end(self, trainer: Loop, epoch: int, metrics: Mapping[str, float]) -> None:
+        """Called when an epoch (training and evaluation) is complete."""
+
+    def on_test_end(self, trainer: Loop, metrics: Mapping[str, float]) -> None:
+        """Called after the last epoch with the metrics of :meth:`Engine.test`, when it has any."""
+
+    def on_fit_end(self, trainer: Loop) -> None:
+        """Called once after the last epoch when nothing went wrong."""
+
+    def on_exception(self, trainer: Loop, exception: BaseException) -> None:
+        """Called when the loop raises; the exception is re-raised afterwards."""
+
+    def on_log(self, trainer: Loop, metrics: Mapping[str, Any], axis: str) -> None:
+        """Called when the trainer reports metrics against the x-axis ``axis``."""
+
+    def on_checkpoint_saved(self, trainer: Loop, path: str, aliases: Sequence[str],
+                            metadata: Mapping[str, Any]) -> None:
+        """Called after a checkpoint file has been written atomically; ``metadata`` describes the
+        epoch it holds (``epoch``, ``step`` and that epoch's metrics)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """State to store in checkpoints."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+
+
+def is_rank_zero() -> bool:
+    """True in the process that owns logging and checkpoints (the only one without torchrun)."""
+    return int(os.environ.get("RANK", "0")) == 0
