@@ -248,7 +248,7 @@ def cmd_alexnet(args: argparse.Namespace) -> int:
 
     from callbacks import standard_callbacks
     from callbacks.checkpoint import Checkpoint
-    from callbacks.weight_decay import WeightDecayProbe
+    from callbacks.weight_decay import DecayProbeCallback
     from trainers.classification import build_trainer, resolve_args
 
     for line in resolve_args(args):
@@ -258,16 +258,16 @@ def cmd_alexnet(args: argparse.Namespace) -> int:
     callbacks = standard_callbacks(args, job_type="alexnet", monitor=("val/acc", "max"),
                                    tags=[args.recipe, args.variant, args.wd_mode], log_every=1)
     ckpt_dir = Path(args.out) / "checkpoints" / f"alexnet-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-    callbacks += [WeightDecayProbe(hessian_every=args.hessian_every, hessian_iters=args.hessian_iters),
+    callbacks += [DecayProbeCallback(hessian_every=args.hessian_every, hessian_iters=args.hessian_iters),
                   Checkpoint(ckpt_dir, monitor="val/acc", upload="end")]
     if args.wandb_mode != "disabled":
-        from callbacks.classification_viz import ConfusionMatrix, FeatureMapTable, FilterGrid
+        from callbacks.classification_viz import FeatureMapTable, FilterGrid, TestConfusionMatrix
 
         from callbacks.lineage import DatasetArtifact
         from trainers.datasets import dataset_path
 
         callbacks += [DatasetArtifact(args.dataset, dataset_path(args.dataset, Path(args.data))), FilterGrid(),
-                      ConfusionMatrix()]
+                      TestConfusionMatrix()]
         if args.viz_images:
             callbacks.append(FeatureMapTable(args.viz_images))
     build_trainer(args, callbacks, config=run_config(args)).fit()

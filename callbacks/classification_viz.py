@@ -1,64 +1,49 @@
-"""Pictures of a classifier for W&B: learned conv1 filters and feature maps per epoch, and an
-interactive confusion matrix of the test set at the end."""
+"""The classifier panels on the suite's classification trainer: learned conv1 filters and feature
+maps every epoch, the interactive confusion matrix of the test set at the end. Each adapter feeds
+one panel of :mod:`callbacks.panels` from the trainer's model and data."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
-import wandb
-
-from callbacks.tables import EpochTable
-from core.events import Callback, EPOCH_AXIS, Loop
-from viz.feature_maps import feature_map_grid, filter_grid, upscale
-from viz.images import to_uint8
+from callbacks.panels import ConfusionMatrix, FeatureMaps, LearnedFilters
+from core.events import EPOCH_AXIS, Callback, Loop
 
 
 class FilterGrid(Callback):
-    """``viz/conv1_filters``: the first conv layer's learned filters as one image, every epoch."""
+    """``viz/conv1_filters`` (:class:`~callbacks.panels.LearnedFilters`) after every epoch."""
+
+    def on_fit_start(self, trainer: Loop) -> None:
+        self.panel = LearnedFilters(trainer.model)
 
     def on_epoch_end(self, trainer: Loop, epoch: int, metrics: Mapping[str, float]) -> None:
-        picture = filter_grid(trainer.first_layer_filters())
-        trainer.log({"viz/conv1_filters": wandb.Image(to_uint8(picture), caption=f"conv1 after epoch {epoch + 1}")},
-                    axis=EPOCH_AXIS)
+        trainer.log(self.panel.payload(f"conv1 after epoch {epoch + 1}"), axis=EPOCH_AXIS)
 
 
 class FeatureMapTable(Callback):
-    """``viz/feature_maps``: epoch | input | label | layer | feature maps, for a fixed set of
-    validation images (the same ones every epoch), one row per image and conv layer; one
-    incremental table that each epoch adds its rows to."""
+    """``viz/feature_maps`` (:class:`~callbacks.panels.FeatureMaps`) after every epoch, for a fixed
+    set of validation images (the same ones every epoch), each conv layer's maps after its ReLU."""
 
     def __init__(self, n_images: int = 4, max_maps: int = 16) -> None:
         self.n_images = n_images
         self.max_maps = max_maps
-        self.table = EpochTable(["epoch", "input", "label", "layer", "feature_maps"])
 
     def on_fit_start(self, trainer: Loop) -> None:
-        self.x, y = trainer.loaders.fixed_batch("val", self.n_images)
+        x, y = trainer.loaders.fixed_batch("val", self.n_images)
         classes = trainer.loaders.classes
-        self.labels = [classes[int(i)] for i in y]
-        # One wandb.Image per input, reused in all of its rows.
-        self.inputs = [
-            wandb.Image(to_uint8(upscale(trainer.loaders.denormalise(img), 96)), caption=label)
-            for img, label in zip(self.x, self.labels)
-        ]
+        layers = list(trainer.model.features)
+        # The activations shown are each conv's output after the ReLU that follows it.
+        after_relu = {name: layers[layers.index(conv) + 1] for name, conv in trainer.model.conv_layers()}
+        self.panel = FeatureMaps(trainer.model, x, labels=[classes[int(i)] for i in y], layers=after_relu,
+                                 pictures=[trainer.loaders.denormalise(img) for img in x], max_maps=self.max_maps)
 
     def on_epoch_end(self, trainer: Loop, epoch: int, metrics: Mapping[str, float]) -> None:
-        rows = []
-        for layer, maps in trainer.feature_maps(self.x):
-            for i, fmap in enumerate(maps):
-                shown = min(self.max_maps, fmap.shape[0])
-                picture = wandb.Image(to_uint8(feature_map_grid(fmap, self.max_maps)),
-                                      caption=f"{layer}: {shown} of {fmap.shape[0]} maps, {fmap.shape[1]}x{fmap.shape[2]}")
-                rows.append([epoch + 1, self.inputs[i], self.labels[i], layer, picture])
-        trainer.log({"viz/feature_maps": self.table.with_rows(rows)}, axis=EPOCH_AXIS)
+        trainer.log(self.panel.payload(epoch + 1), axis=EPOCH_AXIS)
 
 
-class ConfusionMatrix(Callback):
-    """``test/confusion_matrix``: W&B's interactive confusion matrix of the final test predictions."""
+class TestConfusionMatrix(Callback):
+    """``test/confusion_matrix`` (:class:`~callbacks.panels.ConfusionMatrix`) of the final test predictions."""
 
     def on_test_end(self, trainer: Loop, metrics: Mapping[str, float]) -> None:
-        chart = wandb.plot.confusion_matrix(
-            y_true=trainer.test_targets, preds=trainer.test_predictions, class_names=list(trainer.loaders.classes),
-            title="test confusion matrix",
-        )
-        trainer.log({"test/confusion_matrix": chart}, axis=EPOCH_AXIS)
+        panel = ConfusionMatrix(list(trainer.loaders.classes))
+        trainer.log(panel.payload(trainer.test_targets, trainer.test_predictions), axis=EPOCH_AXIS)

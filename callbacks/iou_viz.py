@@ -4,11 +4,11 @@ table, and the two descents as one line plot with a table of where each box ende
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import wandb
 
-from core.events import Callback, EPOCH_AXIS
-from trainers.iou import IoUExperiment, Slide
+from core.events import EPOCH_AXIS, Callback, Loop
 from viz.iou import LABELS, slide_figure
 
 
@@ -28,15 +28,15 @@ class IoUPlots(Callback):
       each loss; ``iou/descent_boxes`` (table): each box's start, end and final IoU per loss.
     """
 
-    def on_validation_end(self, trainer: IoUExperiment, epoch: int, metrics: Mapping[str, float]) -> None:
+    def on_validation_end(self, trainer: Loop, epoch: int, metrics: Mapping[str, float]) -> None:
         if epoch == trainer.epochs - 1:
             trainer.log(self._descent(trainer), axis=EPOCH_AXIS)
 
-    def on_test_end(self, trainer: IoUExperiment, metrics: Mapping[str, float]) -> None:
+    def on_test_end(self, trainer: Loop, metrics: Mapping[str, float]) -> None:
         trainer.log(self._slide(trainer.slide), axis=EPOCH_AXIS)
 
     @staticmethod
-    def _slide(s: Slide) -> dict:
+    def _slide(s: Any) -> dict:
         x = s.x.tolist()
         names = list(s.values)
         rows = [
@@ -66,7 +66,7 @@ class IoUPlots(Callback):
         }
 
     @staticmethod
-    def _descent(trainer: IoUExperiment) -> dict:
+    def _descent(trainer: Loop) -> dict:
         names = list(trainer.curves)
         steps = list(range(1, len(trainer.curves[names[0]]) + 1))
         finals = {n: (d.boxes(), d.iou()) for n, d in trainer.descents.items()}

@@ -16,20 +16,20 @@ shrink is no longer ``1 - lr*lambda`` per step: the point of AdamW.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterable, Mapping
+import inspect
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from trainers.alexnet import MODELS, AlexNet
+from trainers.alexnet import MODELS
 from trainers.amp import Precision
 from trainers.datasets import DATASETS, Loaders, resolve_dataset
 from core.events import Callback, EPOCH_AXIS, STEP_AXIS
 from trainers.engine import Engine, check_finite
 from core.errors import UsageError
-from trainers.hessian import top_hessian_eigenvalue
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 WD_MODES = ("l2", "coupled", "decoupled")
@@ -176,22 +176,43 @@ def param_groups(model: nn.Module, decay_all: bool = False) -> tuple[list[tuple[
     return decay, no_decay
 
 
-def _sq_norm(params: list[torch.Tensor]) -> torch.Tensor:
-    # Per-tensor norms in the parameters' own precision (one fused pass), summed in float64.
-    return torch.stack(torch._foreach_norm([p.detach() for p in params])).double().pow(2).sum()
+class SGDW(torch.optim.SGD):
+    """SGD with decoupled weight decay, as AdamW is Adam's: each step first multiplies the decayed
+    weights by ``1 - lr * lambda``, then takes SGD's (momentum) step on the gradient alone, so
+    lambda never enters the momentum buffer. Its groups say ``decoupled_weight_decay`` as Adam's do."""
+
+    def __init__(self, params: Iterable[Any], **kwargs: Any) -> None:
+        super().__init__(params, **kwargs)
+        self.defaults["decoupled_weight_decay"] = True
+        for group in self.param_groups:
+            group.setdefault("decoupled_weight_decay", True)
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        decays = [g["weight_decay"] for g in self.param_groups]
+        for group, decay in zip(self.param_groups, decays):
+            params = [p for p in group["params"] if p.grad is not None]
+            if decay and params:
+                torch._foreach_mul_(params, 1 - group["lr"] * decay)
+            group["weight_decay"] = 0.0
+        try:
+            # SGD's own update without its hook wrapper: this optimizer's step hooks run once, around both parts.
+            return _SGD_UPDATE(self, closure)
+        finally:
+            for group, decay in zip(self.param_groups, decays):
+                group["weight_decay"] = decay
 
 
-def _dot(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
-    return torch.stack([torch.dot(x.reshape(-1), y.reshape(-1)) for x, y in zip(a, b)]).double().sum()
+_SGD_UPDATE = inspect.unwrap(torch.optim.SGD.step)
 
 
 class ClassificationTrainer(Engine):
     """Trains an image classifier with cross-entropy, one of three weight-decay modes, and
     reports val metrics per epoch and test metrics (of the best-val weights) at the end.
 
-    ``measure_decay`` (set by the weight-decay probe) makes every step also report the global
-    norm of the decayed weights and, where the decay part of the step can be separated from the
-    gradient part, the factor it multiplied the weights by.
+    Coupled and decoupled decay live in the optimizer (``weight_decay`` of torch's SGD or Adam;
+    :class:`SGDW` or Adam's ``decoupled_weight_decay``), so a probe on the optimizer's step hooks
+    sees every part of every step.
     """
 
     def __init__(
@@ -236,7 +257,6 @@ class ClassificationTrainer(Engine):
         self.optimizer_name = optimizer
         self.limit_batches = limit_batches
         self.hessian_batch = hessian_batch
-        self.measure_decay = False
         decay, no_decay = param_groups(model, decay_all)
         self.decay_params = [p for _, p in decay]
         self.group_sizes = {
@@ -245,17 +265,18 @@ class ClassificationTrainer(Engine):
         }
         self.summary.update({f"wd/{k}": v for k, v in self.group_sizes.items()})
         self.config["param_groups"] = dict(self.group_sizes)
-        coupled = weight_decay if wd_mode == "coupled" else 0.0
+        in_optimizer = weight_decay if wd_mode != "l2" else 0.0
         groups = [
-            {"params": self.decay_params, "weight_decay": coupled},
+            {"params": self.decay_params, "weight_decay": in_optimizer},
             {"params": [p for _, p in no_decay], "weight_decay": 0.0},
         ]
         # The fused kernels update all 23-47 M parameters in one pass: on a CPU, Adam's default
         # (foreach) step costs about as much as the forward pass of a batch.
+        decoupled = wd_mode == "decoupled"
         if optimizer == "sgd":
-            self.optimizer = torch.optim.SGD(groups, lr=lr, momentum=momentum, fused=True)
+            self.optimizer = (SGDW if decoupled else torch.optim.SGD)(groups, lr=lr, momentum=momentum, fused=True)
         else:
-            self.optimizer = torch.optim.Adam(groups, lr=lr, fused=True)
+            self.optimizer = torch.optim.Adam(groups, lr=lr, fused=True, decoupled_weight_decay=decoupled)
         self._best_acc = -1.0
         self._best_state: dict[str, torch.Tensor] | None = None
         self.best_epoch = 0
@@ -263,24 +284,8 @@ class ClassificationTrainer(Engine):
         self.test_targets: list[int] = []
         self.test_predictions: list[int] = []
 
-    # -- weight decay -------------------------------------------------------------------------
-    @property
-    def decay_factor_theory(self) -> float:
-        """The shrink ``1 - lr * lambda`` that SGD-style weight decay applies every step."""
-        return 1.0 - self.lr * self.weight_decay
-
-    @property
-    def decay_separable(self) -> bool:
-        """Whether the decay part of a step can be read off: decoupled decay is its own
-        multiplication; with plain SGD the gradient part is exactly ``-lr * grad``."""
-        return self.wd_mode == "decoupled" or (self.optimizer_name == "sgd" and self.momentum == 0)
-
-    def weight_norm(self) -> float:
-        """Global L2 norm of the decayed weights."""
-        return float(_sq_norm(self.decay_params).sqrt())
-
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
-        """One optimisation step on a batch; returns the loss, accuracy and decay measurements."""
+        """One optimisation step on a batch; returns its loss and accuracy (and the L2 penalty)."""
         self.model.train()
         x = x.to(self.device, non_blocking=True, memory_format=self.memory_format)
         y = y.to(self.device, non_blocking=True)
@@ -299,46 +304,8 @@ class ClassificationTrainer(Engine):
         out: dict[str, Any] = {"loss": data_loss.item(), "acc": float((logits.argmax(1) == y).float().mean())}
         if penalty is not None:
             out["penalty"] = penalty.item()
-        measure = self.measure_decay and self.decay_separable
-        with torch.no_grad():
-            step = self._decoupled_step if self.wd_mode == "decoupled" else self._gradient_step
-            out.update(step(measure))
-            if self.measure_decay:
-                out["weight_norm"] = self.weight_norm()
+        self.precision.step(self.optimizer)
         return out
-
-    def _decoupled_step(self, measure: bool) -> dict[str, float]:
-        """``w *= 1 - lr * lambda``, then the optimizer's gradient step (the order of AdamW and SGDW)."""
-        found = {}
-        if measure:
-            before = _sq_norm(self.decay_params)
-        # fp16's scaler skips steps with inf/NaN gradients; the decay must skip with them.
-        if self.weight_decay and self._grads_finite():
-            torch._foreach_mul_(self.decay_params, self.decay_factor_theory)
-        if measure:
-            found["decay_factor"] = float((_sq_norm(self.decay_params) / before).sqrt())
-        self.precision.step(self.optimizer)
-        return found
-
-    def _grads_finite(self) -> bool:
-        if not self.precision.scaler.is_enabled():
-            return True  # float32 and bf16 never skip a step
-        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        return bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all())
-
-    def _gradient_step(self, measure: bool) -> dict[str, float]:
-        """The optimizer's step, with the decay inside it: l2 put ``lambda * w`` in the gradient
-        already, coupled has the optimizer add it. With plain SGD the step is
-        ``w_next = (1 - lr * lambda) w - lr * g`` (g the data gradient), so the shrink is
-        ``<w_next + lr * g, w> / |w|^2``."""
-        if not measure:
-            self.precision.step(self.optimizer)
-            return {}
-        before = [p.detach().clone() for p in self.decay_params]
-        grad = [p.grad - self.weight_decay * p if self.wd_mode == "l2" else p.grad for p in self.decay_params]
-        grad_dot_w = _dot(grad, before)
-        self.precision.step(self.optimizer)
-        return {"decay_factor": float((_dot(self.decay_params, before) + self.lr * grad_dot_w) / _sq_norm(before))}
 
     # -- the loop -----------------------------------------------------------------------------
     def _batches(self, loader: torch.utils.data.DataLoader) -> Iterable[tuple[int, Any]]:
@@ -398,44 +365,22 @@ class ClassificationTrainer(Engine):
         return {"model": self.model.state_dict(), "classes": self.loaders.classes,
                 "mean": self.loaders.mean, "std": self.loaders.std}
 
-    # -- what the probe and the pictures ask for ----------------------------------------------
-    def hessian_top_eigenvalue(self, iters: int = 10, tol: float = 1e-2) -> float:
-        """Top eigenvalue of the Hessian of the data loss (no decay term) on a fixed training batch."""
+    # -- what the weight-decay probe asks for -------------------------------------------------
+    def curvature_loss(self) -> tuple[Callable[[], torch.Tensor], list[nn.Parameter]]:
+        """The data loss (no decay term) on a fixed training batch with dropout off, as a closure,
+        and the parameters its curvature is taken in."""
         x, y = self.loaders.fixed_batch("train", self.hessian_batch)
         x, y = x.to(self.device), y.to(self.device)
-        was_training = self.model.training
-        self.model.eval()  # dropout off: one fixed surface
-        try:
-            eig, _ = top_hessian_eigenvalue(
-                lambda: nn.functional.cross_entropy(self.model(x), y), list(self.model.parameters()), iters=iters, tol=tol
-            )
-        finally:
-            self.model.train(was_training)
-        return eig
 
-    @torch.no_grad()
-    def feature_maps(self, x: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
-        """The activations (after ReLU) of every conv layer for a batch, in forward order."""
-        model: AlexNet = self.model
-        layers = list(model.features)
-        captured: list[tuple[str, torch.Tensor]] = []
-        hooks = []
-        for name, conv in model.conv_layers():
-            relu = layers[layers.index(conv) + 1]
-            hooks.append(relu.register_forward_hook(lambda m, i, o, name=name: captured.append((name, o.detach().cpu().clone()))))
-        was_training = model.training
-        model.eval()
-        try:
-            model(x.to(self.device))
-        finally:
-            for h in hooks:
-                h.remove()
-            model.train(was_training)
-        return captured
+        def loss() -> torch.Tensor:
+            was_training = self.model.training
+            self.model.eval()  # dropout off: one fixed surface
+            try:
+                return nn.functional.cross_entropy(self.model(x), y)
+            finally:
+                self.model.train(was_training)
 
-    def first_layer_filters(self) -> torch.Tensor:
-        """conv1's weights, (out_channels, in_channels, k, k)."""
-        return self.model.conv_layers()[0][1].weight.detach().cpu()
+        return loss, list(self.model.parameters())
 
 
 def build_trainer(args: argparse.Namespace, callbacks: Iterable[Callback], config: Mapping[str, Any]) -> ClassificationTrainer:

@@ -9,9 +9,10 @@ import pytest
 import torch
 from torch import nn
 
+from callbacks.hessian import top_hessian_eigenvalue
+from callbacks.weight_decay import WeightDecayProbe
 from trainers.classification import ClassificationTrainer, param_groups
 from trainers.datasets import Splits, make_loaders
-from trainers.hessian import top_hessian_eigenvalue
 
 LR, LAMBDA = 0.1, 0.5
 
@@ -30,9 +31,15 @@ def tiny_loaders(batch_size: int = 16):
 
 def trainer(model=None, **kw) -> ClassificationTrainer:
     kw = {"optimizer": "sgd", "lr": LR, "weight_decay": LAMBDA, **kw}
-    t = ClassificationTrainer(model or tiny_model(), tiny_loaders(), epochs=1, **kw)
-    t.measure_decay = True
-    return t
+    return ClassificationTrainer(model or tiny_model(), tiny_loaders(), epochs=1, **kw)
+
+
+def probed(t: ClassificationTrainer) -> list[dict]:
+    """What a weight-decay probe on the trainer's optimizer records, one dict per step."""
+    records: list[dict] = []
+    WeightDecayProbe(t.optimizer, l2=t.weight_decay if t.wd_mode == "l2" else 0.0, params=t.decay_params,
+                     publish=records.append)
+    return records
 
 
 def trajectory(steps: int = 4, **kw) -> tuple[list[torch.Tensor], list[dict]]:
@@ -61,18 +68,24 @@ def test_sgd_l2_and_coupled_follow_the_same_trajectory(momentum):
 )
 def test_decay_part_of_each_step_is_one_minus_lr_lambda(kw):
     t = trainer(**kw)
+    records = probed(t)
+    x, y = next(iter(t.loaders.train))
+    for i in range(3):
+        t.train_step(x, y)
+        assert records[i]["wd/decay_factor"] == pytest.approx(1 - t.lr * LAMBDA, abs=1e-6)
+        norm = float(torch.sqrt(sum(p.detach().double().pow(2).sum() for p in t.decay_params)))
+        assert records[i]["wd/weight_norm"] == pytest.approx(norm)
+        assert records[i]["wd/decay_factor_theory"] == pytest.approx(1 - t.lr * LAMBDA)
+
+
+@pytest.mark.parametrize("mode", ["l2", "coupled"])
+def test_adam_with_decay_in_the_gradient_shrinks_by_other_than_one_minus_lr_lambda(mode):
+    t = trainer(optimizer="adam", wd_mode=mode, lr=0.01)
+    records = probed(t)
     x, y = next(iter(t.loaders.train))
     for _ in range(3):
-        out = t.train_step(x, y)
-        assert out["decay_factor"] == pytest.approx(1 - t.lr * LAMBDA, abs=1e-6)
-        assert out["weight_norm"] == pytest.approx(t.weight_norm())
-    assert t.decay_factor_theory == 1 - t.lr * LAMBDA
-
-
-def test_adam_with_coupled_decay_has_no_separate_shrink():
-    t = trainer(optimizer="adam", wd_mode="coupled", lr=0.01)
-    x, y = next(iter(t.loaders.train))
-    assert not t.decay_separable and "decay_factor" not in t.train_step(x, y)
+        t.train_step(x, y)
+    assert all(abs(r["wd/decay_factor"] - (1 - t.lr * LAMBDA)) > 1e-3 for r in records)
 
 
 def test_adamw_mode_matches_torch_adamw():
@@ -137,7 +150,8 @@ def test_trainer_curvature_matches_the_full_hessian():
     full = torch.cat([torch.cat([blocks[i][j].reshape(sizes[i], sizes[j]) for j in range(len(sizes))], 1)
                       for i in range(len(sizes))])
     exact = float(torch.linalg.eigvalsh(full.double()).max())
-    assert t.hessian_top_eigenvalue(iters=500, tol=1e-9) == pytest.approx(exact, rel=1e-4)
+    loss, params = t.curvature_loss()
+    assert top_hessian_eigenvalue(loss, params, iters=500, tol=1e-9)[0] == pytest.approx(exact, rel=1e-4)
 
 
 def test_l2_penalty_raises_every_curvature_by_lambda():

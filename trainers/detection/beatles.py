@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,12 +23,12 @@ from trainers.detection.dataset import street_scene
 from trainers.download import DownloadError, cache_dir, download
 from core.events import Callback
 from trainers.engine import Engine
+from viz.detections import THRESHOLDS, people_counts
 from core.errors import UsageError
 
 # "The Beatles arrive at JFK Airport", 7 February 1964, United Press International; public domain.
 BEATLES_URL = "https://upload.wikimedia.org/wikipedia/commons/6/61/The_Beatles_arrive_at_JFK_Airport.jpg"
 BEATLES_PAGE = "https://commons.wikimedia.org/wiki/File:The_Beatles_arrive_at_JFK_Airport.jpg"
-THRESHOLDS = (0.5, 0.7)
 
 
 @dataclass
@@ -85,14 +85,6 @@ def detect(model: nn.Module, image: torch.Tensor, *, repeats: int = 3) -> tuple[
     return {k: v.cpu() for k, v in out.items()}, float(np.median(times))
 
 
-def people_counts(scores: torch.Tensor) -> dict[str, float]:
-    """Detections at each score threshold, and the mean score of those at the lowest one."""
-    counts: dict[str, float] = {f"people@{t}": int((scores >= t).sum()) for t in THRESHOLDS}
-    kept = scores[scores >= THRESHOLDS[0]]
-    counts["mean_score"] = float(kept.mean()) if len(kept) else 0.0
-    return counts
-
-
 class PhotoComparison(Engine):
     """Runs every trained model on the photo (one step per model) and holds the verdict rows.
 
@@ -135,7 +127,3 @@ class PhotoComparison(Engine):
                          *(det.get(f"people@{t}") for t in THRESHOLDS), summary.get("train/sec_per_iter")])
         return columns, rows
 
-
-def photo_columns() -> Sequence[str]:
-    """The photo table's columns (W&B and console)."""
-    return ["model", "photo", *(f"people@{t}" for t in THRESHOLDS), "mean_score", "inference_ms"]

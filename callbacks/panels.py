@@ -1,0 +1,377 @@
+"""W&B panels for any training loop: plain objects that take tensors, models or torchvision-format
+predictions and log to the active W&B run.
+
+.. code-block:: python
+
+    run = wandb.init()
+    filters = LearnedFilters(model)
+    maps = FeatureMaps(model, fixed_inputs)
+    for epoch in range(epochs):
+        ...                                  # the user's own training
+        filters.log()
+        maps.log()
+    ConfusionMatrix(class_names).log(targets, predictions)
+
+A panel never starts, finishes or reconfigures a run: it logs to ``run=`` when given, else to
+``wandb.run``, and says so in one line when there is none. Each panel's keys are plotted against
+its own axis (``define_metric``): a counter of its own logs, or the ``step`` the caller passes,
+which may never go backwards. ``payload(...)`` builds what ``log(...)`` sends, for loops that
+route metrics through their own logger (the suite's ``Engine`` callbacks, Lightning).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import wandb
+from PIL import Image
+from torch import nn
+
+from callbacks.tables import EpochTable
+from viz.detections import THRESHOLDS, people_counts
+from viz.feature_maps import feature_map_grid, filter_grid, upscale
+from viz.images import kernel_picture, to_uint8
+from viz.kernels import DIRECTIONS, apply_kernel, directional_gains, high_frequency_energy
+
+
+class Panel:
+    """Where a panel's numbers and pictures go: ``publish`` when given, else the W&B run."""
+
+    axis = "panel/step"
+
+    def __init__(self, *, run: Any = None, publish: Callable[[dict[str, Any]], None] | None = None) -> None:
+        self.run = run
+        self.publish = publish
+        self._defined: set[str] = set()
+        self._last_step: int | None = None
+
+    def _active_run(self) -> Any:
+        run = self.run if self.run is not None else wandb.run
+        if run is None:
+            raise RuntimeError(f"{type(self).__name__}: no active W&B run; call wandb.init() first or pass run=")
+        return run
+
+    def send(self, payload: Mapping[str, Any], step: int | None = None) -> None:
+        """Log ``payload`` against this panel's axis at ``step`` (default: one past the last)."""
+        if not payload:
+            return
+        if self.publish is not None:
+            self.publish(dict(payload))
+            return
+        run = self._active_run()
+        if step is None:
+            step = 1 if self._last_step is None else self._last_step + 1
+        if self._last_step is not None and step < self._last_step:
+            raise ValueError(f"{type(self).__name__}: step {step} goes back from {self._last_step}; pass a step that never decreases")
+        self._last_step = step
+        new = [k for k in payload if k not in self._defined]
+        if new:
+            run.define_metric(self.axis, hidden=True)
+            for key in new:
+                run.define_metric(key, step_metric=self.axis)
+            self._defined.update(new)
+        run.log({**payload, self.axis: step})
+
+
+def first_conv(model: nn.Module) -> nn.Conv2d:
+    """The first ``Conv2d`` of ``model`` in registration order."""
+    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    if conv is None:
+        raise ValueError(f"{type(model).__name__} has no Conv2d layer to show")
+    return conv
+
+
+class LearnedFilters(Panel):
+    """``viz/conv1_filters``: the first conv layer's learned filters as one picture."""
+
+    axis = "viz/step"
+
+    def __init__(self, model: nn.Module, *, key: str = "viz/conv1_filters", **kw: Any) -> None:
+        super().__init__(**kw)
+        self.conv, self.key = first_conv(model), key
+
+    def payload(self, caption: str | None = None) -> dict[str, Any]:
+        """The picture of the filters as they are now."""
+        picture = filter_grid(self.conv.weight.detach().cpu())
+        return {self.key: wandb.Image(to_uint8(picture), caption=caption)}
+
+    def log(self, step: int | None = None, caption: str | None = None) -> None:
+        """Log the filters now; ``caption`` defaults to the step."""
+        self.send(self.payload(caption or f"conv1 at step {step if step is not None else (self._last_step or 0) + 1}"), step)
+
+
+class FeatureMaps(Panel):
+    """``viz/feature_maps``: step | input | label | layer | feature maps, for fixed inputs.
+
+    ``layers`` maps a name to the module whose output is shown (default: every ``Conv2d``, named
+    as in the model); outputs are caught by forward hooks, attached only while the panel runs the
+    model in eval mode. ``pictures`` are the inputs as shown (e.g. denormalised, in [0, 1]).
+    One incremental table: each log adds its rows.
+    """
+
+    axis = "viz/step"
+
+    def __init__(self, model: nn.Module, inputs: torch.Tensor, *, labels: Sequence[str] | None = None,
+                 layers: Mapping[str, nn.Module] | None = None, pictures: torch.Tensor | None = None,
+                 max_maps: int = 16, key: str = "viz/feature_maps", **kw: Any) -> None:
+        super().__init__(**kw)
+        self.model, self.inputs, self.max_maps, self.key = model, inputs, max_maps, key
+        self.layers = dict(layers) if layers is not None else {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+        self.labels = list(labels) if labels is not None else [str(i) for i in range(len(inputs))]
+        shown = pictures if pictures is not None else inputs
+        # One wandb.Image per input, reused in all of its rows.
+        self.pictures = [wandb.Image(to_uint8(upscale(img.detach().float().cpu(), 96)), caption=label)
+                         for img, label in zip(shown, self.labels)]
+        self.table = EpochTable(["epoch", "input", "label", "layer", "feature_maps"])
+
+    @torch.no_grad()
+    def capture(self) -> list[tuple[str, torch.Tensor]]:
+        """(layer name, activations of every input) in forward order."""
+        captured: list[tuple[str, torch.Tensor]] = []
+        hooks = [m.register_forward_hook(lambda mod, i, o, name=name: captured.append((name, o.detach().cpu().clone())))
+                 for name, m in self.layers.items()]
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            device = next(self.model.parameters()).device
+            self.model(self.inputs.to(device))
+        finally:
+            for h in hooks:
+                h.remove()
+            self.model.train(was_training)
+        return captured
+
+    def payload(self, step: int) -> dict[str, Any]:
+        """The table with this step's rows added."""
+        rows = []
+        for layer, maps in self.capture():
+            for i, fmap in enumerate(maps):
+                shown = min(self.max_maps, fmap.shape[0])
+                picture = wandb.Image(to_uint8(feature_map_grid(fmap, self.max_maps)),
+                                      caption=f"{layer}: {shown} of {fmap.shape[0]} maps, {fmap.shape[1]}x{fmap.shape[2]}")
+                rows.append([step, self.pictures[i], self.labels[i], layer, picture])
+        return {self.key: self.table.with_rows(rows)}
+
+    def log(self, step: int | None = None) -> None:
+        """Run the model on the fixed inputs and log the maps."""
+        step = step if step is not None else (self._last_step or 0) + 1
+        self.send(self.payload(step), step)
+
+
+class ConfusionMatrix(Panel):
+    """``test/confusion_matrix``: W&B's interactive confusion matrix of targets and predictions."""
+
+    axis = "test/step"
+
+    def __init__(self, class_names: Sequence[str], *, key: str = "test/confusion_matrix",
+                 title: str = "test confusion matrix", **kw: Any) -> None:
+        super().__init__(**kw)
+        self.class_names, self.key, self.title = list(class_names), key, title
+
+    def payload(self, targets: Sequence[int] | torch.Tensor, predictions: Sequence[int] | torch.Tensor) -> dict[str, Any]:
+        """The chart; ``predictions`` are class indices (take ``argmax`` of logits first)."""
+        as_list = lambda v: v.tolist() if torch.is_tensor(v) else list(v)  # noqa: E731
+        chart = wandb.plot.confusion_matrix(y_true=as_list(targets), preds=as_list(predictions),
+                                            class_names=self.class_names, title=self.title)
+        return {self.key: chart}
+
+    def log(self, targets: Sequence[int] | torch.Tensor, predictions: Sequence[int] | torch.Tensor,
+            step: int | None = None) -> None:
+        """Log the matrix of ``targets`` against ``predictions``."""
+        self.send(self.payload(targets, predictions), step)
+
+
+def _nine_numbers(k: torch.Tensor) -> str:
+    return "[" + ", ".join("[" + ", ".join(f"{v:.4g}" for v in row) + "]" for row in k.tolist()) + "]"
+
+
+FILTER_COLUMNS = ["image", "input", "filter", "kernel", "kernel_values", "output",
+                  *(f"gain_{d}" for d in DIRECTIONS), "hf_energy_ratio", "mean_shift"]
+
+
+class FilterTable(Panel):
+    """``filters/outputs``: image | input | filter | kernel (picture) | kernel (nine numbers) |
+    output | gain along each direction | high-frequency energy ratio | mean shift, one row per
+    (image, kernel). Images are (C, H, W) in [0, 1]; kernels 3x3 tensors applied per channel.
+    A photo's ``wandb.Image`` is made once and reused in all its rows, so it is stored once.
+    """
+
+    axis = "filters/step"
+
+    def __init__(self, *, key: str = "filters/outputs", **kw: Any) -> None:
+        super().__init__(**kw)
+        self.key = key
+
+    @staticmethod
+    def rows(image_name: str, image: torch.Tensor, kernels: Mapping[str, torch.Tensor]) -> tuple[list[list[Any]], dict[str, float]]:
+        """One photo's rows, and each kernel's high-frequency energy ratio on it."""
+        source = wandb.Image(to_uint8(image), caption=image_name)
+        rows, ratios = [], {}
+        for name, k in kernels.items():
+            out = apply_kernel(image, k)
+            gains = directional_gains(image, out)
+            ratios[name] = high_frequency_energy(out) / max(high_frequency_energy(image), 1e-12)
+            rows.append([image_name, source, name, wandb.Image(kernel_picture(k), caption=name), _nine_numbers(k),
+                         wandb.Image(to_uint8(out), caption=f"{image_name} * {name}"),
+                         *(round(gains[d], 4) for d in DIRECTIONS), round(ratios[name], 4),
+                         round(float(out.mean() - image.mean()), 6)])
+        return rows, ratios
+
+    def payload(self, images: Mapping[str, torch.Tensor], kernels: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+        """The table of every kernel on every image."""
+        rows = [r for name, img in images.items() for r in self.rows(name, img, kernels)[0]]
+        return {self.key: wandb.Table(columns=FILTER_COLUMNS, data=rows)}
+
+    def log(self, images: Mapping[str, torch.Tensor], kernels: Mapping[str, torch.Tensor], step: int | None = None) -> None:
+        """Apply every kernel to every image and log the table."""
+        self.send(self.payload(images, kernels), step)
+
+
+# -- detection -------------------------------------------------------------------------------
+# Boxes and masks travel as ``wandb.Image`` layers over the untouched picture, so the dashboard
+# can toggle ground truth and predictions and filter by score. Each picture is written to a PNG
+# once and every later ``wandb.Image`` refers to that same file: W&B stores media by content
+# hash, so the pixels are uploaded once however many epochs show them.
+MAX_BOXES = 30
+
+
+def _boxes(boxes: torch.Tensor, labels: Mapping[int, str], classes: torch.Tensor | None,
+           scores: torch.Tensor | None = None) -> dict[str, Any]:
+    data = []
+    for i, (x1, y1, x2, y2) in enumerate(boxes.tolist()[:MAX_BOXES]):
+        cls = int(classes[i]) if classes is not None else 1
+        name = labels.get(cls, str(cls))
+        item: dict[str, Any] = {"position": {"minX": x1, "minY": y1, "maxX": x2, "maxY": y2},
+                                "domain": "pixel", "class_id": cls}
+        if scores is None:
+            item["box_caption"] = name
+        else:
+            s = float(scores[i])
+            item.update(box_caption=f"{name} {s:.2f}", scores={"score": s})
+        data.append(item)
+    return {"box_data": data, "class_labels": dict(labels)}
+
+
+def _mask_layer(masks: torch.Tensor, keep: torch.Tensor, labels: Mapping[int, str]) -> dict[str, Any]:
+    """Predicted soft masks of the kept detections as one label map (1 = the first class)."""
+    hw = masks.shape[-2:]
+    chosen = masks[keep, 0] > 0.5 if keep.any() else torch.zeros(1, *hw, dtype=torch.bool)
+    return {"mask_data": chosen.any(0).numpy().astype(np.uint8), "class_labels": dict(labels)}
+
+
+def annotated_image(picture: str | np.ndarray, output: Mapping[str, torch.Tensor],
+                    target: Mapping[str, torch.Tensor] | None = None, *, labels: Mapping[int, str] | None = None,
+                    mask_score: float = 0.5, caption: str | None = None) -> wandb.Image:
+    """A picture (path or uint8 array) with predicted boxes (scores), ground-truth boxes and
+    predicted masks, all in torchvision's detection format, as W&B layers."""
+    labels = labels or {1: "person"}
+    output = {k: v.detach().cpu() for k, v in output.items()}
+    boxes = {"predictions": _boxes(output["boxes"], labels, output.get("labels"), output["scores"])}
+    if target is not None:
+        boxes["ground_truth"] = _boxes(target["boxes"].cpu(), labels, target.get("labels"))
+    masks = ({"predictions": _mask_layer(output["masks"], output["scores"] >= mask_score, labels)}
+             if "masks" in output else None)
+    return wandb.Image(picture, boxes=boxes, masks=masks, caption=caption)
+
+
+class PictureCache:
+    """Each picture written to PNG once; later references reuse the same file. :meth:`remove`
+    deletes the folder: call it once W&B has the logged pictures (after the run's last log)."""
+
+    def __init__(self) -> None:
+        self.dir: Path | None = None  # made on the first picture
+        self.paths: dict[str, str] = {}
+
+    def path(self, key: str, pixels: np.ndarray) -> str:
+        """The PNG file holding ``pixels``, written the first time ``key`` is asked for."""
+        if key not in self.paths:
+            if self.dir is None:
+                self.dir = Path(tempfile.mkdtemp(prefix="dlhw-pictures-"))
+            target = self.dir / f"{len(self.paths):04d}.png"
+            Image.fromarray(pixels).save(target)
+            self.paths[key] = str(target)
+        return self.paths[key]
+
+    def remove(self) -> None:
+        """Delete the folder and forget its pictures."""
+        if self.dir is not None:
+            shutil.rmtree(self.dir, ignore_errors=True)
+        self.dir = None
+        self.paths.clear()
+
+
+class DetectionTable(Panel):
+    """``detect/predictions``: step | image id | image (box layers ``ground_truth`` and
+    ``predictions``; a mask layer when outputs have masks) | ground-truth objects | predictions
+    at score >= 0.5 | their mean score. Images are (3, H, W) in [0, 1]; targets and outputs in
+    torchvision's detection format. One incremental table: each log adds its rows.
+    """
+
+    axis = "detect/step"
+
+    def __init__(self, *, labels: Mapping[int, str] | None = None, key: str = "detect/predictions", **kw: Any) -> None:
+        super().__init__(**kw)
+        self.labels, self.key = dict(labels or {1: "person"}), key
+        self.cache = PictureCache()
+        self.table = EpochTable(["epoch", "image_id", "image", "gt_people", "pred_people@0.5", "mean_score"])
+
+    def payload(self, images: Sequence[torch.Tensor], targets: Sequence[Mapping[str, torch.Tensor]],
+                outputs: Sequence[Mapping[str, torch.Tensor]], step: int) -> dict[str, Any]:
+        """The table with this step's rows added."""
+        rows = []
+        for i, (image, target, output) in enumerate(zip(images, targets, outputs)):
+            image_id = int(target["image_id"]) if "image_id" in target else i
+            path = self.cache.path(f"image-{image_id}", to_uint8(image))
+            scores = output["scores"].detach().cpu()
+            confident = scores[scores >= 0.5]
+            rows.append([step, image_id, annotated_image(path, output, target, labels=self.labels), len(target["boxes"]),
+                         len(confident), float(confident.mean()) if len(confident) else 0.0])
+        return {self.key: self.table.with_rows(rows)}
+
+    def log(self, images: Sequence[torch.Tensor], targets: Sequence[Mapping[str, torch.Tensor]],
+            outputs: Sequence[Mapping[str, torch.Tensor]], step: int | None = None) -> None:
+        """Log one row per image."""
+        step = step if step is not None else (self._last_step or 0) + 1
+        self.send(self.payload(images, targets, outputs, step), step)
+
+
+PHOTO_COLUMNS = ["model", "photo", *(f"people@{t}" for t in THRESHOLDS), "mean_score", "inference_ms"]
+
+
+class PhotoComparison(Panel):
+    """``detect/photo``: model | photo with that model's boxes (and masks) | detections at score
+    >= 0.5 | >= 0.7 | their mean score | inference ms, one row per detector on the same photo."""
+
+    axis = "detect/step"
+
+    def __init__(self, *, labels: Mapping[int, str] | None = None, key: str = "detect/photo", **kw: Any) -> None:
+        super().__init__(**kw)
+        self.labels, self.key = dict(labels or {1: "person"}), key
+        self.cache = PictureCache()
+
+    @staticmethod
+    def rows(outputs: Mapping[str, Mapping[str, torch.Tensor]],
+             inference_ms: Mapping[str, float] | None = None) -> list[list[Any]]:
+        """Per model: its label, output and the numbers of the table."""
+        ms = inference_ms or {}
+        return [[label, out, *people_counts(out["scores"].detach().cpu()).values(), ms.get(label)]
+                for label, out in outputs.items()]
+
+    def payload(self, photo: np.ndarray, outputs: Mapping[str, Mapping[str, torch.Tensor]],
+                inference_ms: Mapping[str, float] | None = None, *, name: str = "photo") -> dict[str, Any]:
+        """The table; ``photo`` is (H, W, 3) uint8 and ``outputs`` maps a model's label to its detections."""
+        path = self.cache.path(name, photo)
+        data = [[r[0], annotated_image(path, r[1], labels=self.labels, caption=r[0]), *r[2:]]
+                for r in self.rows(outputs, inference_ms)]
+        return {self.key: wandb.Table(columns=PHOTO_COLUMNS, data=data)}
+
+    def log(self, photo: np.ndarray, outputs: Mapping[str, Mapping[str, torch.Tensor]],
+            inference_ms: Mapping[str, float] | None = None, *, name: str = "photo", step: int | None = None) -> None:
+        """Log every model's detections on ``photo``."""
+        self.send(self.payload(photo, outputs, inference_ms, name=name), step)
