@@ -92,13 +92,13 @@ def add_filters(sub: argparse._SubParsersAction, parents: list) -> None:
 
 def cmd_filters(args: argparse.Namespace) -> int:
     from callbacks import standard_callbacks
-    from callbacks.filters_viz import FilterTable
+    from callbacks.filters_viz import FilterTables
     from trainers.filters import FiltersExperiment, images_from_args
     from viz.kernels import KERNELS
 
     images = images_from_args(args.image, args.max_size)
     args.filters = args.filters or KERNELS.names()
-    callbacks = standard_callbacks(args, job_type="filters") + [FilterTable()]
+    callbacks = standard_callbacks(args, job_type="filters") + [FilterTables()]
     experiment = FiltersExperiment(images, args.filters, callbacks, config=run_config(args))
     experiment.fit()
     return experiment.exit_code

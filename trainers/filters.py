@@ -13,18 +13,10 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from core.errors import UsageError
 from core.events import Callback
 from trainers.engine import Engine
-from core.errors import UsageError
-from viz.kernels import (
-    DIRECTIONS,
-    KERNELS,
-    apply_kernel,
-    directional_gains,
-    grating_gain,
-    high_frequency_energy,
-    kernel,
-)
+from viz.kernels import DIRECTIONS, KERNELS, apply_kernel, grating_gain, high_frequency_energy, kernel
 
 # scikit-image ships these inside the package, so they need no download.
 SAMPLE_IMAGES = ("camera", "astronaut", "coffee")
@@ -84,18 +76,6 @@ def sample_images() -> list[tuple[str, torch.Tensor]]:
 
 
 @dataclass
-class FilterOutput:
-    """One kernel applied to one photo."""
-
-    filter: str
-    kernel: torch.Tensor
-    output: torch.Tensor
-    gains: dict[str, float]
-    hf_ratio: float
-    mean_shift: float
-
-
-@dataclass
 class Checks:
     """What the kernels do to generated signals: the numbers behind the pass/fail verdicts."""
 
@@ -145,7 +125,7 @@ def run_checks(names: Iterable[str], *, size: int = 64, period: float = 4.0, see
 
 
 class FiltersExperiment(Engine):
-    """Applies each kernel to each photo (one step per photo) and then runs :func:`run_checks`."""
+    """Hands each photo and the kernels to its callbacks (one step per photo), then runs :func:`run_checks`."""
 
     def __init__(
         self,
@@ -162,23 +142,10 @@ class FiltersExperiment(Engine):
         self.checks: Checks | None = None
 
     def train_epoch(self, epoch: int) -> None:
+        # Each photo is one step; the filter table (callbacks.panels.FilterTable) applies the kernels.
+        kernels = {name: kernel(name) for name in self.filters}
         for i, (image_name, img) in enumerate(self.images):
-            results = []
-            for name in self.filters:
-                k = kernel(name)
-                out = apply_kernel(img, k)
-                results.append(
-                    FilterOutput(
-                        filter=name,
-                        kernel=k,
-                        output=out,
-                        gains=directional_gains(img, out),
-                        hf_ratio=high_frequency_energy(out) / max(high_frequency_energy(img), 1e-12),
-                        mean_shift=float(out.mean() - img.mean()),
-                    )
-                )
-            self.log({f"image/{image_name}/hf_ratio/{r.filter}": r.hf_ratio for r in results})
-            self.step_end(i, {"image_name": image_name, "image": img, "results": results})
+            self.step_end(i, {"image_name": image_name, "image": img, "kernels": kernels})
 
     def evaluate(self, epoch: int) -> dict[str, float]:
         self.checks = run_checks(self.filters, seed=int(self.config.get("seed", 0)))

@@ -33,22 +33,30 @@ def _rle(masks: np.ndarray) -> list[dict]:
     return rles
 
 
-def coco_ground_truth(targets: Sequence[Mapping[str, torch.Tensor]], sizes: Sequence[tuple[int, int]]) -> COCO:
-    """A pycocotools COCO object from targets (``image_id``, ``boxes``, ``masks``) and (H, W) sizes."""
-    images, annotations = [], []
+def coco_ground_truth(targets: Sequence[Mapping[str, torch.Tensor]], sizes: Sequence[tuple[int, int]],
+                      class_names: Mapping[int, str] | None = None) -> COCO:
+    """A pycocotools COCO object from torchvision-format targets (``image_id``, ``boxes``; ``labels``,
+    ``area``, ``masks`` when present) and (H, W) sizes. A target without labels is class 1, one
+    without areas takes its boxes' areas."""
+    images, annotations, classes = [], [], set()
     for t, (h, w) in zip(targets, sizes):
         image_id = int(t["image_id"])
         images.append({"id": image_id, "height": h, "width": w})
         boxes = _xywh(t["boxes"])
         segm = _rle(t["masks"].cpu().numpy()) if "masks" in t and len(boxes) else [None] * len(boxes)
-        for box, rle, area in zip(boxes, segm, t["area"].tolist()):
-            ann = {"id": len(annotations) + 1, "image_id": image_id, "category_id": 1, "bbox": box,
+        areas = t["area"].tolist() if "area" in t else [bw * bh for _, _, bw, bh in boxes]
+        labels = t["labels"].tolist() if "labels" in t else [1] * len(boxes)
+        classes.update(int(c) for c in labels)
+        for box, rle, area, label in zip(boxes, segm, areas, labels):
+            ann = {"id": len(annotations) + 1, "image_id": image_id, "category_id": int(label), "bbox": box,
                    "area": area, "iscrowd": 0}
             if rle is not None:
                 ann["segmentation"] = rle
             annotations.append(ann)
+    names = dict(class_names or {1: "person"})
     gt = COCO()
-    gt.dataset = {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "person"}]}
+    gt.dataset = {"images": images, "annotations": annotations,
+                  "categories": [{"id": c, "name": names.get(c, str(c))} for c in sorted(classes | set(names))]}
     with contextlib.redirect_stdout(io.StringIO()):
         gt.createIndex()
     return gt
@@ -88,3 +96,20 @@ def coco_metrics(gt: COCO, outputs: Mapping[int, Mapping[str, torch.Tensor]], io
         # -1 marks "no ground truth at this size/setting"; report it as 0 rather than a negative AP.
         metrics.update({f"{iou_type}_{k}": max(0.0, float(evaluator.stats[i])) for k, i in STATS.items()})
     return metrics
+
+
+def coco_ap(targets: Sequence[Mapping[str, torch.Tensor]], outputs: Sequence[Mapping[str, torch.Tensor]], *,
+            iou_types: Sequence[str] = ("bbox",), sizes: Sequence[tuple[int, int]] | None = None,
+            class_names: Mapping[int, str] | None = None) -> dict[str, float]:
+    """COCO AP of detections in torchvision's format, usable from any loop: ``targets`` and
+    ``outputs`` are parallel lists of what a torchvision detection dataset gives and a detector in
+    eval mode returns (``boxes`` in x1y1x2y2 pixels, ``labels``, ``scores``; ``masks`` for "segm").
+    ``sizes`` are the images' (H, W), needed for "segm" only when targets have no masks to read them
+    from. Returns ``{"bbox_AP": ..., "bbox_AP50": ..., "bbox_AP75": ..., "bbox_AR100": ...}`` per type.
+    """
+    targets = [{**t, "image_id": t.get("image_id", torch.tensor(i))} for i, t in enumerate(targets)]
+    if sizes is None:
+        sizes = [tuple(t["masks"].shape[-2:]) if "masks" in t else (0, 0) for t in targets]
+    gt = coco_ground_truth(targets, sizes, class_names)
+    by_id = {int(t["image_id"]): {k: v.detach().cpu() for k, v in out.items()} for t, out in zip(targets, outputs)}
+    return coco_metrics(gt, by_id, iou_types)
