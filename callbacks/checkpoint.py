@@ -7,8 +7,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from core.files import BackgroundWriter
 from core.events import Callback, Loop, is_rank_zero
+from core.files import BackgroundWriter
 
 
 class Checkpoint(Callback):

@@ -8,8 +8,8 @@ from typing import Any
 
 import wandb
 
-from core.events import Callback, EPOCH_AXIS, Loop, STEP_AXIS, is_rank_zero
 from callbacks.runs import init_run
+from core.events import Callback, EPOCH_AXIS, Loop, STEP_AXIS, is_rank_zero
 
 
 class WandbLogger(Callback):

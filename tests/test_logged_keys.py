@@ -11,9 +11,9 @@ import pytest
 
 from callbacks.wandb_logger import WandbLogger
 from launch import main
+from core.events import EPOCH_AXIS
 from tracking.readback import artifacts, history, records, run_summary
 from trainers.detection.dataset import generate_pennfudan
-from core.events import EPOCH_AXIS
 from trainers.engine import Engine
 
 

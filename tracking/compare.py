@@ -21,8 +21,8 @@ from rich.console import Console
 from rich.table import Table
 
 from callbacks.progress import report_console
-from tracking.readback import run_summary
 from core.errors import UsageError
+from tracking.readback import run_summary
 
 # Flags that say where and under which label a run was filed, not what it computed: they differ
 # between any two sweep trials and would crowd out the parameters that matter.

@@ -20,10 +20,10 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from core.errors import UsageError
+from core.files import atomic_file
 from tracking.compare import RunRecord, differing_keys, find_run_dirs, local_runs, plot_metric
 from tracking.readback import history, run_summary, staged_files
-from core.files import atomic_file
-from core.errors import UsageError
 
 # The theory's numbers (docs/theory.md), shown beside what the runs measured.
 KINK_THEORY = {-2.0: (0.0, 0.1), 0.0: (40 / 256, 0.0), 2.0: (0.0, -40 / 256), 4.0: (-0.1, 0.0)}

@@ -24,12 +24,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from core.errors import UsageError
+from core.events import Callback, EPOCH_AXIS, STEP_AXIS
 from trainers.alexnet import MODELS
 from trainers.amp import Precision
 from trainers.datasets import DATASETS, Loaders, resolve_dataset
-from core.events import Callback, EPOCH_AXIS, STEP_AXIS
 from trainers.engine import Engine, check_finite
-from core.errors import UsageError
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 WD_MODES = ("l2", "coupled", "decoupled")

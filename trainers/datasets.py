@@ -25,10 +25,10 @@ import torch
 from albumentations.pytorch import ToTensorV2
 from torch.utils.data import DataLoader, Dataset
 
-from trainers.device_data import DeviceBatches
-from trainers.download import socket_timeout
 from core.errors import UsageError
 from core.registry import Registry
+from trainers.device_data import DeviceBatches
+from trainers.download import socket_timeout
 
 # The split of a dataset never depends on --seed, so runs that differ in seed, lambda or the
 # learning rate are compared on the same images.

@@ -26,9 +26,9 @@ import torch
 from torch import Tensor
 from torchvision.ops import distance_box_iou, generalized_box_iou, generalized_box_iou_loss
 
+from core.errors import UsageError
 from core.events import Callback
 from trainers.engine import Engine
-from core.errors import UsageError
 
 DEFAULT_BOX_A = (0.0, 0.0, 4.0, 4.0)
 DEFAULT_BOX_B = (-4.0, 1.0, -2.0, 3.0)

@@ -7,7 +7,7 @@ import torch
 import wandb
 from torch import nn
 
-from callbacks.panels import ConfusionMatrix, FeatureMaps, LearnedFilters
+from callbacks.panels import ConfusionMatrix, DetectionTable, FeatureMaps, FilterTable, LearnedFilters, PhotoComparison
 from callbacks.weight_decay import WeightDecayProbe
 from trainers.classification import SGDW
 
@@ -117,3 +117,30 @@ def test_panels_log_against_their_own_axis_and_never_go_back(tmp_path):
     assert [r["viz/step"] for r in rows if "viz/conv1_filters._type" in r] == [2]
     assert [r["viz/step"] for r in rows if "viz/feature_maps._type" in r] == [1]
     assert any("test/confusion_matrix_table._type" in r for r in rows)
+
+
+def test_filter_detection_and_photo_panels_reach_the_run(tmp_path):
+    from tracking.readback import logged_table
+
+    image = torch.rand(3, 12, 16)
+    target = {"boxes": torch.tensor([[1.0, 2.0, 9.0, 10.0]]), "labels": torch.tensor([1]), "image_id": torch.tensor(7)}
+    output = {"boxes": torch.tensor([[1.0, 2.0, 8.0, 10.0], [3.0, 3.0, 6.0, 6.0]]), "labels": torch.tensor([1, 1]),
+              "scores": torch.tensor([0.9, 0.6]), "masks": torch.rand(2, 1, 12, 16)}
+    with wandb.init(mode="offline", dir=tmp_path, project="dlhw-tests"):
+        FilterTable().log({"noise": image}, {"box": torch.full((3, 3), 1 / 9)})
+        table = DetectionTable()
+        table.log([image], [target], [output])
+        table.log([image], [target], [output])
+        photo = PhotoComparison()
+        photo.log((image.permute(1, 2, 0) * 255).byte().numpy(), {"a": output, "b": {**output, "scores": torch.tensor([0.8, 0.75])}},
+                  {"a": 12.0, "b": 30.0})
+        table.cache.remove()
+        photo.cache.remove()
+    run_dir = next((tmp_path / "wandb").glob("offline-run-*"))
+    outputs = logged_table(run_dir, "filters/outputs")
+    assert outputs["columns"][:3] == ["image", "input", "filter"] and outputs["data"][0][2] == "box"
+    predictions = logged_table(run_dir, "detect/predictions")
+    assert [r[0] for r in predictions["data"]] == [2]  # the second log's increment: step 2
+    assert predictions["data"][0][1:2] == [7] and predictions["data"][0][3:5] == [1, 2]
+    rows = logged_table(run_dir, "detect/photo")["data"]
+    assert [(r[0], r[2], r[3], r[5]) for r in rows] == [("a", 2, 1, 12.0), ("b", 2, 2, 30.0)]

@@ -7,8 +7,8 @@ import torch
 
 from callbacks.checkpoint import Checkpoint
 from callbacks.wandb_logger import WandbLogger
-from trainers.engine import Engine
 from tracking.readback import artifacts, history, run_summary
+from trainers.engine import Engine
 
 
 class Tiny(Engine):

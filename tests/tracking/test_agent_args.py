@@ -7,9 +7,9 @@ import pytest
 from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
 
 from launch import get_args_parser, resolve_locations, run_config
+from core.errors import UsageError
 from tracking.agent_command import trial_environment, wire_params
 from trainers.classification import resolve_args
-from core.errors import UsageError
 
 MACROS = ["args", "args_no_equals", "args_no_boolean_flags", "args_no_hyphens", "args_json", "args_json_file"]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainers.alexnet import MODELS, create_model
 from core.errors import UsageError
+from trainers.alexnet import MODELS, create_model
 
 
 def conv(cin: int, cout: int, k: int) -> int:

@@ -30,9 +30,9 @@ from torchvision.models.detection.rpn import AnchorGenerator
 from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-from trainers.download import DownloadError, download, socket_timeout
 from core.errors import UsageError, suggest
 from core.registry import Registry
+from trainers.download import DownloadError, download, socket_timeout
 
 NUM_CLASSES = 2  # background and pedestrian
 TIMM_PREFIX = "timm/"

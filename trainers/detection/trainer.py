@@ -21,13 +21,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from core.errors import UsageError
+from core.events import Callback
 from trainers.amp import Precision
 from trainers.detection.coco_eval import coco_ground_truth, coco_metrics
 from trainers.detection.dataset import HOLDOUT, PennFudan, collate
 from trainers.detection.models import MODELS
-from core.events import Callback
 from trainers.engine import Engine, check_finite
-from core.errors import UsageError
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,8 @@ from trainers.detection.dataset import (
     resolve_data,
     split,
 )
-from trainers.detection.transforms import Augment
 from core.errors import UsageError
+from trainers.detection.transforms import Augment
 
 
 def _check_targets(samples):

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainers.detection.models import MODELS, backbone_names, build_detector, create_backbone
 from core.errors import UsageError
+from trainers.detection.models import MODELS, backbone_names, build_detector, create_backbone
 
 TINY = {"min_size": 64, "max_size": 96}
 # Two timm backbones stand for "any timm model": several levels through an FPN, and one map without.

@@ -9,11 +9,11 @@ from dataclasses import replace
 import pytest
 
 from callbacks.wandb_logger import WandbLogger
+from core.events import Callback
 from tracking.readback import history, run_summary
 from trainers.detection.dataset import PennFudan, generate_pennfudan, read_pennfudan
 from trainers.detection.models import build_detector
 from trainers.detection.trainer import PROFILES, DetectionTrainer, EpochSlices, detector_kwargs
-from core.events import Callback
 
 
 def test_epoch_slices_cover_the_training_set_in_turn():
