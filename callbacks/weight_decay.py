@@ -145,16 +145,33 @@ class WeightDecayProbe(Panel):
         for g, sg in zip((g for g in opt.param_groups if any(id(p) in self._copies for p in g["params"])),
                          shadow.param_groups):
             sg.update({k: v for k, v in g.items() if k not in ("params", "weight_decay")})
-        shadow.state.clear()
         out = []
         with torch.no_grad():
             for p in params:
                 c = self._copies[id(p)]
                 c.copy_(p)
                 # The gradient the loss gave without its penalty: l2 added lambda * w to it.
-                c.grad = p.grad - self.l2 * p if self.l2 else p.grad.clone()
-                shadow.state[c] = {k: v.clone() if torch.is_tensor(v) else v for k, v in opt.state.get(p, {}).items()}
+                if c.grad is None:
+                    c.grad = torch.empty_like(p.grad)
+                c.grad.copy_(p.grad)
+                if self.l2:
+                    c.grad.sub_(p, alpha=self.l2)
+                # The optimizer's state before this step, copied into the replay's own buffers
+                # (reused from step to step: a fresh copy of Adam's two moments costs as much as the step).
+                state, mine = opt.state.get(p, {}), shadow.state.get(c)
+                if mine is None or mine.keys() != state.keys():
+                    shadow.state[c] = {k: v.clone() if torch.is_tensor(v) else v for k, v in state.items()}
+                else:
+                    for k, v in state.items():
+                        if torch.is_tensor(v):
+                            mine[k].copy_(v)
+                        else:
+                            mine[k] = v
                 out.append(c)
+            stepped = {id(c) for c in out}
+            for c in self._copies.values():
+                if id(c) not in stepped:
+                    c.grad = None  # a weight without a gradient this step is not stepped in the replay either
         shadow.step()
         return out
 
