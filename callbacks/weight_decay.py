@@ -84,9 +84,11 @@ class WeightDecayProbe(Panel):
             optimizer then has no weight_decay); ``params`` names the penalised weights.
         params: the decayed weights, when not every weight of a decaying group.
         every: measure one step in ``every`` (the replay costs about one optimizer step).
-            A ``closure`` given to ``step()`` is called once by the probe, before the step, and its
-            loss handed to the optimizer (so closures that must run several times, as LBFGS's, are not supported).
         run: the W&B run to log to (default ``wandb.run``); ``publish`` replaces W&B altogether.
+
+    A ``closure`` given to ``step()`` (Lightning gives one) is called once by the probe, before the
+    step, and its loss handed to the optimizer; closures that must run several times (LBFGS's)
+    are not supported.
     """
 
     axis = "wd/step"
@@ -104,7 +106,8 @@ class WeightDecayProbe(Panel):
             raise ValueError("WeightDecayProbe: no decayed parameters; give the optimizer a weight_decay or pass l2= and params=")
         self.steps = 0
         self.last: dict[str, float] = {}
-        self._pending: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
+        # (weights, their values before the step, the replay's values without decay) of the step under way
+        self._pending: tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]] | None = None
         self._shadow: torch.optim.Optimizer | None = None
         self._handles = [optimizer.register_step_pre_hook(self._before), optimizer.register_step_post_hook(self._after)]
 

@@ -8,6 +8,7 @@ import argparse
 
 import lightning as L
 import torch
+import wandb
 from lightning.pytorch.loggers import WandbLogger
 from sklearn.datasets import load_digits
 from torch import nn
@@ -58,3 +59,5 @@ trainer = L.Trainer(
 model = DigitsNet()
 trainer.fit(model, train)
 trainer.test(model, test)
+# The logger leaves its run open for more fits; finishing it writes everything before the script exits.
+wandb.finish()
