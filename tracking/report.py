@@ -299,12 +299,13 @@ def section_alexnet(runs: list[Run]) -> str:
 
 def section_detect(runs: list[Run]) -> str:
     # `detect` leaves one run per option (the APs) and one for the photo (verdict and boxes).
-    options = [r for r in runs if isinstance(r.record.config.get("option"), int)]
+    # A model's run records option "1" or "2" (1 or 2 before settings were typed); the photo run the command's choice.
+    options = [r for r in runs if str(r.record.config.get("option")) in ("1", "2")]
     photo = [r for r in runs if r.table("detect/photo") is not None]
     ap = sorted({k for r in options for k in r.record.summary if k.endswith("AP") or "AP50" in k})
     parts = [html_table(["run", "option", "backbone", *ap],
                         [[r.record.name, r.record.config.get("option"),
-                          r.record.config.get("backbone", "resnet50") if r.record.config.get("option") == 2 else "resnet50",
+                          r.record.config.get("backbone", "resnet50") if str(r.record.config.get("option")) == "2" else "resnet50",
                           *(r.value(k) for k in ap)] for r in options], "detection: COCO AP of each option")]
     if photo:
         parts += [logged_table(photo[-1], "detect/verdict"), logged_table(photo[-1], "detect/photo")]
