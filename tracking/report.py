@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from tracking.compare import RunRecord, differing_keys, find_run_dirs, local_runs, plot_metric
-from tracking.readback import history, run_summary, staged_files
+from tracking.readback import history, records, run_summary, staged_files
 from trainers.checkpoint import atomic_file
 from trainers.errors import UsageError
 
@@ -42,10 +42,15 @@ class Run:
     path: Path
     raw_summary: dict[str, Any] = field(default_factory=dict)
 
-    @property
+    @cached_property
     def command(self) -> str:
-        """The subcommand that made the run (its config's ``command``)."""
-        return str(self.record.config.get("command", "?"))
+        """The subcommand that made the run: the first of the report's commands on the command line W&B
+        recorded for the run (the config holds the experiment's settings only)."""
+        known = {section[0] for section in SECTIONS}
+        for r in records(self.path):
+            if r.get("type") == "environment":
+                return next((a for a in r["environment"].get("args", []) if a in known), "?")
+        return "?"
 
     @cached_property
     def staged(self) -> dict[str, str]:
