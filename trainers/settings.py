@@ -47,8 +47,8 @@ def settings(cls: type[T]) -> type[T]:
         where = f"{cls.__name__}.{f.name}"
         if not f.metadata.get("help"):
             raise TypeError(f"{where} has no help; declare it with setting(default, 'what it does')")
-        _parse_type(hints[f.name], where)
-        if f.metadata["repeat"] and _parse_type(hints[f.name], where)[2] != "+":
+        nargs = _parse_type(hints[f.name], where)[2]
+        if f.metadata["repeat"] and nargs != "+":
             raise TypeError(f"{where}: repeat=True needs a tuple[X, ...] field")
     return cls
 
