@@ -9,12 +9,14 @@ Global flags (``--out``, ``--wandb-mode``, ``--project``, ``--seed``, ...) are a
 after the subcommand, and every ``--flag-name`` also as ``--flag_name``, because ``wandb agent``
 appends ``${args}`` after the subcommand with the parameter names as the sweep YAML spells them;
 ``tracking.agent_args`` reads every other spelling the agent uses (booleans, lists, its parameter file).
-The run's W&B config is :func:`run_config`: the experiment's settings, without bookkeeping.
+The run's W&B config is ``dataclasses.asdict`` of the experiment's resolved settings (``trainers.settings``):
+bookkeeping flags (folders, mode, project, names) are not settings and never enter it.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import random
 import sys
@@ -23,11 +25,6 @@ from collections.abc import Callable, Sequence
 from callbacks import DEFAULT_PROJECT
 from tracking.agent_args import AgentParser as Parser
 from tracking.mode import OUT_ENV
-
-# What names the run and where it goes, not how the experiment ran: kept out of the W&B config
-# (W&B has its own fields for them), so dashboards do not offer them as hyperparameters.
-BOOKKEEPING = ("func", "command", "out", "wandb_dir", "wandb_mode", "project", "entity", "group", "run_name",
-               "log_every")
 
 
 def global_options(*, suppress: bool) -> argparse.ArgumentParser:
@@ -64,12 +61,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def run_config(args: argparse.Namespace) -> dict:
-    """The experiment's settings after every override (recipe, flags, sweep parameters): the run's
-    W&B config, what a sweep compares. Bookkeeping (folders, mode, names) is left out."""
-    return {k: v for k, v in vars(args).items() if k not in BOOKKEEPING}
-
-
 def resolve_locations(args: argparse.Namespace) -> None:
     """``--out`` (or ``$DLHW_OUT``) decides where a command writes; without either, files go to
     ``./runs`` and W&B runs to ``$WANDB_DIR`` when it is set, as W&B's own variable beats our default."""
@@ -93,13 +84,12 @@ def add_filters(sub: argparse._SubParsersAction, parents: list) -> None:
 def cmd_filters(args: argparse.Namespace) -> int:
     from callbacks import standard_callbacks
     from callbacks.filters_viz import FilterTables
-    from trainers.filters import FiltersExperiment, images_from_args
-    from viz.kernels import KERNELS
+    from trainers.filters import FiltersExperiment, filters_settings, images_from_args
 
-    images = images_from_args(args.image, args.max_size)
-    args.filters = args.filters or KERNELS.names()
+    settings = filters_settings(args)
+    images = images_from_args(settings.image, settings.max_size)
     callbacks = standard_callbacks(args, job_type="filters") + [FilterTables()]
-    experiment = FiltersExperiment(images, args.filters, callbacks, config=run_config(args))
+    experiment = FiltersExperiment(images, settings.filters, callbacks, config=dataclasses.asdict(settings))
     experiment.fit()
     return experiment.exit_code
 
@@ -147,7 +137,7 @@ def cmd_iou(args: argparse.Namespace) -> int:
 
     setup = setup_from_args(args)
     callbacks = standard_callbacks(args, job_type="iou") + [IoUPlots()]
-    experiment = IoUExperiment(setup, callbacks, config=run_config(args))
+    experiment = IoUExperiment(setup, callbacks, config=dataclasses.asdict(setup))
     experiment.fit()
     return experiment.exit_code
 
@@ -202,7 +192,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     from trainers.detection.trainer import build_trainer, model_label, prepare
 
     plan = prepare(args)
-    photo = None if args.skip_photo else load_photo(args.image)
+    photo = None if plan.settings.skip_photo else load_photo(plan.settings.image)
     # The three runs share a group and name stem: flags, then W&B's variables, then our own.
     args.group = args.group or os.environ.get("WANDB_RUN_GROUP") or f"detect-{time.strftime('%Y%m%d-%H%M%S')}"
     to_wandb = args.wandb_mode != "disabled"
@@ -221,13 +211,14 @@ def cmd_detect(args: argparse.Namespace) -> int:
         if to_wandb:
             from callbacks.lineage import DatasetArtifact
 
-            callbacks += [DatasetArtifact(plan.data_source, plan.data_root), PredictionTable()]
-        trainer = build_trainer(plan, option, args, callbacks)
-        results[model_label(option, args)] = trainer.fit()
-        models[model_label(option, args)] = trainer.model
-    if not args.skip_photo:
+            callbacks += [DatasetArtifact(plan.settings.data_source, plan.settings.data_root), PredictionTable()]
+        trainer = build_trainer(plan, option, callbacks)
+        results[model_label(option, plan.settings)] = trainer.fit()
+        models[model_label(option, plan.settings)] = trainer.model
+    if photo is not None:
         callbacks = standard_callbacks(run_args("photo"), job_type="detect-photo") + [PhotoTable(log_to_wandb=to_wandb)]
-        PhotoComparison(photo, models, results, callbacks, config={**run_config(args), "photo": photo.source}).fit()
+        config = dataclasses.asdict(dataclasses.replace(plan.settings, photo=photo.source))
+        PhotoComparison(photo, models, results, callbacks, config=config).fit()
     return 0
 
 
@@ -251,14 +242,15 @@ def cmd_alexnet(args: argparse.Namespace) -> int:
     from callbacks.weight_decay import DecayProbeCallback
     from trainers.classification import build_trainer, resolve_args
 
-    for line in resolve_args(args):
+    settings, notes = resolve_args(args)
+    for line in notes:
         print(line, file=sys.stderr)
     # Every step is logged: a step takes a second or more on a CPU, and the probe's per-step
     # decay factor and curvature estimates (also on the step axis) are the point of the run.
     callbacks = standard_callbacks(args, job_type="alexnet", monitor=("val/acc", "max"),
-                                   tags=[args.recipe, args.variant, args.wd_mode], log_every=1)
+                                   tags=[settings.recipe, settings.variant, settings.wd_mode], log_every=1)
     ckpt_dir = Path(args.out) / "checkpoints" / f"alexnet-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-    callbacks += [DecayProbeCallback(hessian_every=args.hessian_every, hessian_iters=args.hessian_iters),
+    callbacks += [DecayProbeCallback(hessian_every=settings.hessian_every, hessian_iters=settings.hessian_iters),
                   Checkpoint(ckpt_dir, monitor="val/acc", upload="end")]
     if args.wandb_mode != "disabled":
         from callbacks.classification_viz import FeatureMapTable, FilterGrid, TestConfusionMatrix
@@ -266,11 +258,11 @@ def cmd_alexnet(args: argparse.Namespace) -> int:
         from callbacks.lineage import DatasetArtifact
         from trainers.datasets import dataset_path
 
-        callbacks += [DatasetArtifact(args.dataset, dataset_path(args.dataset, Path(args.data))), FilterGrid(),
-                      TestConfusionMatrix()]
-        if args.viz_images:
-            callbacks.append(FeatureMapTable(args.viz_images))
-    build_trainer(args, callbacks, config=run_config(args)).fit()
+        callbacks += [DatasetArtifact(settings.dataset, dataset_path(settings.dataset, Path(settings.data))),
+                      FilterGrid(), TestConfusionMatrix()]
+        if settings.viz_images:
+            callbacks.append(FeatureMapTable(settings.viz_images))
+    build_trainer(settings, callbacks).fit()
     return 0
 
 

@@ -27,7 +27,7 @@ def test_detect_end_to_end_offline(launch_cmd, tmp_path, shared_data):
     assert "profile cpu: epochs=1" in proc.stdout and "4 train, 3 held out" in proc.stdout
     # The option runs record their option number; the photo run records the command's "--option both".
     configs = {d: run_summary(d)["config"] for d in (out / "wandb").glob("offline-run-*")}
-    runs = {f"option{c['option']}" if isinstance(c["option"], int) else "photo": d for d, c in configs.items()}
+    runs = {f"option{c['option']}" if c["option"] in ("1", "2") else "photo": d for d, c in configs.items()}
     assert sorted(runs) == ["option1", "option2", "photo"]
 
     for option in ("option1", "option2"):

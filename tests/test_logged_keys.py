@@ -3,6 +3,8 @@ every ``Engine.log`` call recorded, then the offline run read back with ``wandb 
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import tempfile
 from collections import defaultdict
@@ -10,11 +12,16 @@ from collections import defaultdict
 import pytest
 
 from callbacks.wandb_logger import WandbLogger
-from launch import main
 from core.events import EPOCH_AXIS
+from launch import get_args_parser, main
 from tracking.readback import artifacts, history, records, run_summary
+from trainers.classification import AlexNetSettings, resolve_args
 from trainers.detection.dataset import generate_pennfudan
+from trainers.detection.trainer import DetectSettings
 from trainers.engine import Engine
+from trainers.filters import FiltersSettings, filters_settings
+from trainers.iou import IoUSetup, setup_from_args
+from trainers.settings import make
 
 
 @pytest.fixture
@@ -63,6 +70,23 @@ def compare_run(engine: Engine, calls: list) -> tuple[set, set]:
     return set(last), (in_history | in_summary) & set(last)
 
 
+def _as_stored(config: dict) -> dict:
+    """A config as W&B stores it (tuples as lists), without the ``_``-prefixed keys dashboards hide."""
+    return {k: v for k, v in json.loads(json.dumps(config)).items() if not k.startswith("_")}
+
+
+def check_config(calls, cls: type, argv: list[str] | None = None, resolve=None) -> None:
+    """Each run's W&B config is exactly a resolved ``cls`` instance, the one the trainer was built from;
+    with ``resolve``, the one that resolving ``argv`` again gives."""
+    for engine in calls:
+        stored = _as_stored(run_summary(engine.find_callback(WandbLogger).run_dir)["config"])
+        used = make(cls, json.loads(json.dumps(_as_stored(engine.config))))
+        assert stored == _as_stored(dataclasses.asdict(used))
+        assert set(stored) == {f.name for f in dataclasses.fields(cls)}
+        if resolve is not None:
+            assert used == resolve(get_args_parser().parse_args(argv))
+
+
 def _check(calls):
     assert calls, "no trainer ran"
     for engine, engine_calls in calls.items():
@@ -73,14 +97,18 @@ def _check(calls):
 
 def test_filters_keys(reported, tmp_path):
     # Default --log-every (10): the second and third photo's step metrics used to be dropped.
-    assert main(["filters", "--out", str(tmp_path), "--max-size", "48"]) == 0
+    argv = ["filters", "--out", str(tmp_path), "--max-size", "48"]
+    assert main(argv) == 0
+    check_config(reported, FiltersSettings, argv, filters_settings)
     (calls,) = _check(reported).values()
     photos = {k.split("/")[1] for _, m in calls for k in m if k.startswith("image/")}
     assert len(photos) == 3
 
 
 def test_iou_keys_last_step_sent(reported, tmp_path):
-    assert main(["iou", "--out", str(tmp_path), "--steps", "23", "--batch-size", "2", "--slide-points", "41"]) == 0
+    argv = ["iou", "--out", str(tmp_path), "--steps", "23", "--batch-size", "2", "--slide-points", "41"]
+    assert main(argv) == 0
+    check_config(reported, IoUSetup, argv, setup_from_args)
     (engine,) = _check(reported)
     steps = [r["trainer/step"] for r in history(engine.find_callback(WandbLogger).run_dir) if "trainer/step" in r]
     assert steps[-1] == engine.global_step - 1  # the last step of the fit, not the last multiple of 10
@@ -97,9 +125,11 @@ def _dataset_references(run_dir):
 
 
 def test_alexnet_keys(reported, tmp_path):
-    assert main(["alexnet", "--out", str(tmp_path), "--dataset", "digits", "--epochs", "2", "--limit-batches", "3",
-                 "--batch-size", "16", "--hessian-every", "1", "--hessian-iters", "2", "--hessian-batch", "8",
-                 "--viz-images", "1", "--log-every", "4"]) == 0
+    argv = ["alexnet", "--out", str(tmp_path), "--dataset", "digits", "--epochs", "2", "--limit-batches", "3",
+            "--batch-size", "16", "--hessian-every", "1", "--hessian-iters", "2", "--hessian-batch", "8",
+            "--viz-images", "1", "--log-every", "4"]
+    assert main(argv) == 0
+    check_config(reported, AlexNetSettings, argv, lambda args: resolve_args(args)[0])
     (engine,) = _check(reported)
     # Lineage: the run holds its data (scikit-learn's digits file, by reference and checksum) and its model.
     run_dir = engine.find_callback(WandbLogger).run_dir
@@ -117,8 +147,10 @@ def test_detect_keys(reported, tmp_path, monkeypatch):
                  "--backbone", "timm/mobilenetv3_small_100", "--levels", "1", "--epochs", "1", "--min-size", "64",
                  "--max-size", "96", "--holdout", "2", "--train-eval-images", "1", "--images-per-epoch", "0",
                  "--viz-images", "1", "--weights", "none"]) == 0
+    check_config(reported, DetectSettings)
     engines = _check(reported)
     assert len(engines) == 2
+    assert sorted(e.config["option"] for e in engines) == ["1", "2"]
     for engine in engines:
         assert list(_dataset_references(engine.find_callback(WandbLogger).run_dir)) == ["penn-fudan"]
     assert not list(scratch.glob("dlhw-pictures-*"))  # the temporary pictures are gone with the runs

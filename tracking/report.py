@@ -23,7 +23,7 @@ from typing import Any
 from core.errors import UsageError
 from core.files import atomic_file
 from tracking.compare import RunRecord, differing_keys, find_run_dirs, local_runs, plot_metric
-from tracking.readback import history, run_summary, staged_files
+from tracking.readback import history, records, run_summary, staged_files
 
 # The theory's numbers (docs/theory.md), shown beside what the runs measured.
 KINK_THEORY = {-2.0: (0.0, 0.1), 0.0: (40 / 256, 0.0), 2.0: (0.0, -40 / 256), 4.0: (-0.1, 0.0)}
@@ -42,10 +42,15 @@ class Run:
     path: Path
     raw_summary: dict[str, Any] = field(default_factory=dict)
 
-    @property
+    @cached_property
     def command(self) -> str:
-        """The subcommand that made the run (its config's ``command``)."""
-        return str(self.record.config.get("command", "?"))
+        """The subcommand that made the run: the first of the report's commands on the command line W&B
+        recorded for the run (the config holds the experiment's settings only)."""
+        known = {section[0] for section in SECTIONS}
+        for r in records(self.path):
+            if r.get("type") == "environment":
+                return next((a for a in r["environment"].get("args", []) if a in known), "?")
+        return "?"
 
     @cached_property
     def staged(self) -> dict[str, str]:
@@ -299,12 +304,13 @@ def section_alexnet(runs: list[Run]) -> str:
 
 def section_detect(runs: list[Run]) -> str:
     # `detect` leaves one run per option (the APs) and one for the photo (verdict and boxes).
-    options = [r for r in runs if isinstance(r.record.config.get("option"), int)]
+    # A model's run records option "1" or "2" (1 or 2 before settings were typed); the photo run the command's choice.
+    options = [r for r in runs if str(r.record.config.get("option")) in ("1", "2")]
     photo = [r for r in runs if r.table("detect/photo") is not None]
     ap = sorted({k for r in options for k in r.record.summary if k.endswith("AP") or "AP50" in k})
     parts = [html_table(["run", "option", "backbone", *ap],
                         [[r.record.name, r.record.config.get("option"),
-                          r.record.config.get("backbone", "resnet50") if r.record.config.get("option") == 2 else "resnet50",
+                          r.record.config.get("backbone", "resnet50") if str(r.record.config.get("option")) == "2" else "resnet50",
                           *(r.value(k) for k in ap)] for r in options], "detection: COCO AP of each option")]
     if photo:
         parts += [logged_table(photo[-1], "detect/verdict"), logged_table(photo[-1], "detect/photo")]

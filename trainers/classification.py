@@ -16,6 +16,7 @@ shrink is no longer ``1 - lr*lambda`` per step: the point of AdamW.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import inspect
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ from trainers.alexnet import MODELS
 from trainers.amp import Precision
 from trainers.datasets import DATASETS, Loaders, resolve_dataset
 from trainers.engine import Engine, check_finite
+from trainers.settings import add_arguments as settings_flags
+from trainers.settings import make, setting, settings, values
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 WD_MODES = ("l2", "coupled", "decoupled")
@@ -73,95 +76,103 @@ RECIPES: dict[str, Recipe] = {
 RECIPE_FOR_DATASET = {"digits": "digits", "cifar10": "course", "fashion-mnist": "d2l"}
 
 
+DATA, SPEED, OPTIM, PROBE = "data and model", "speed", "optimisation and weight decay", "weight-decay probe and pictures"
+
+
+@settings
+class AlexNetSettings:
+    """The settings of ``launch.py alexnet`` (its flags are generated from these fields). Fields without
+    a default come from the recipe unless their flag is given."""
+
+    recipe: str = setting(help="preset of every flag below (default: the one for the dataset: digits -> digits, "
+                               "cifar10 -> course, fashion-mnist -> d2l); explicit flags override it",
+                          choices=sorted(RECIPES), group=DATA)
+    dataset: str = setting(help="auto (default without --recipe): cifar10 when its files are under --data, else digits",
+                           choices=["auto", *DATASETS.names()], group=DATA)
+    data: str = setting("data", "folder holding cifar-10-batches-py/ or FashionMNIST/raw/ (default ./data)", group=DATA)
+    download: bool = setting(False, "fetch cifar10 / fashion-mnist into --data when missing", group=DATA)
+    variant: str = setting(help="course: 32x32 CIFAR-10 AlexNet; d2l: original-shape AlexNet on 224x224",
+                           choices=MODELS.names(), group=DATA)
+    augment: bool = setting(help="rotation, flip (not for digits), crop with padding 2 (course and digits recipes: on)",
+                            group=DATA)
+    val_split: bool = setting(help="hold out 10%% of the training images for validation; without it every training "
+                                   "image trains and the per-epoch evaluation runs on the test set, as d2l does "
+                                   "(d2l recipe: off)", group=DATA)
+    normalize: bool = setting(help="normalise with the training split's mean and std; without it pixels are in [0, 1] "
+                                   "(d2l recipe: off)", group=DATA)
+    test_weights: str = setting(help="weights scored on the test set: the best validation epoch's or the last "
+                                     "epoch's (d2l recipe: last)", choices=("best", "last"), group=DATA)
+    limit_batches: int | None = setting(None, "at most N batches per epoch in training and in each evaluation "
+                                              "(quick checks)", metavar="N", group=DATA)
+    device: str = setting("auto", "default: cuda when available", choices=("auto", "cpu", "cuda"), group=DATA)
+    device_data: str = setting("auto", "on: every split held on the device, batches resized, augmented and "
+                                       "normalised there in a few batched operations; off: a DataLoader running "
+                                       "albumentations per image (auto: on unless --workers is set)",
+                               choices=("auto", "on", "off"), group=SPEED)
+    workers: int = setting(0, "DataLoader worker processes when --device-data is off (default 0)", group=SPEED)
+    compile: bool = setting(False, "torch.compile the model for training and evaluation (pays off on long CUDA runs)",
+                            group=SPEED)
+    epochs: int = setting(help="training epochs (from the recipe)", group=OPTIM)
+    batch_size: int = setting(help="images per step (from the recipe)", group=OPTIM)
+    optimizer: str = setting(help="adamw = adam with decoupled decay", choices=OPTIMIZERS, group=OPTIM)
+    lr: float = setting(help="learning rate (from the recipe)", group=OPTIM)
+    momentum: float = setting(help="SGD momentum (recipes: 0)", group=OPTIM)
+    weight_decay: float = setting(help="decay strength lambda (from the recipe)", metavar="LAMBDA", group=OPTIM)
+    wd_mode: str = setting(help="l2: lambda/2 ||w||^2 in the loss; coupled: the optimizer's weight_decay; "
+                                "decoupled: w *= 1 - lr*lambda apart from the gradient step", choices=WD_MODES,
+                           group=OPTIM)
+    decay_all: bool = setting(False, "decay biases and normalisation weights too", group=OPTIM)
+    hessian_every: int = setting(10, "estimate the top Hessian eigenvalue at the start, every EPOCHS epochs and at "
+                                     "the end (0: never)", metavar="EPOCHS", group=PROBE)
+    hessian_iters: int = setting(10, "power-iteration steps per estimate (default 10)", group=PROBE)
+    hessian_batch: int = setting(32, "size of the fixed training batch it uses (default 32)", group=PROBE)
+    viz_images: int = setting(4, "validation images in the feature-map table (default 4)", group=PROBE)
+    seed: int = setting(0, "random seed (the global --seed)", flag=False)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags of ``launch.py alexnet``. Unset flags come from the recipe."""
-    g = parser.add_argument_group("data and model")
-    g.add_argument("--recipe", choices=sorted(RECIPES), default=None,
-                   help="preset of every flag below (default: the one for the dataset: digits -> digits, "
-                        "cifar10 -> course, fashion-mnist -> d2l); explicit flags override it")
-    g.add_argument("--dataset", choices=["auto", *DATASETS.names()], default=None,
-                   help="auto (default without --recipe): cifar10 when its files are under --data, else digits")
-    g.add_argument("--data", default="data", help="folder holding cifar-10-batches-py/ or FashionMNIST/raw/ (default ./data)")
-    g.add_argument("--download", action="store_true", help="fetch cifar10 / fashion-mnist into --data when missing")
-    g.add_argument("--variant", choices=MODELS.names(), default=None,
-                   help="course: 32x32 CIFAR-10 AlexNet; d2l: original-shape AlexNet on 224x224")
-    g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
-                   help="rotation, flip (not for digits), crop with padding 2 (course and digits recipes: on)")
-    g.add_argument("--val-split", action=argparse.BooleanOptionalAction, default=None,
-                   help="hold out 10%% of the training images for validation; without it every training image "
-                        "trains and the per-epoch evaluation runs on the test set, as d2l does (d2l recipe: off)")
-    g.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
-                   help="normalise with the training split's mean and std; without it pixels are in [0, 1] "
-                        "(d2l recipe: off)")
-    g.add_argument("--test-weights", choices=("best", "last"), default=None,
-                   help="weights scored on the test set: the best validation epoch's or the last epoch's "
-                        "(d2l recipe: last)")
-    g.add_argument("--limit-batches", type=int, default=None, metavar="N",
-                   help="at most N batches per epoch in training and in each evaluation (quick checks)")
-    g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: cuda when available")
-    s = parser.add_argument_group("speed")
-    s.add_argument("--device-data", choices=("auto", "on", "off"), default="auto",
-                   help="on: every split held on the device, batches resized, augmented and normalised there in a "
-                        "few batched operations; off: a DataLoader running albumentations per image (auto: on "
-                        "unless --workers is set)")
-    s.add_argument("--workers", type=int, default=0, help="DataLoader worker processes when --device-data is off (default 0)")
-    s.add_argument("--compile", action="store_true",
-                   help="torch.compile the model for training and evaluation (pays off on long CUDA runs)")
-    o = parser.add_argument_group("optimisation and weight decay")
-    o.add_argument("--epochs", type=int, default=None)
-    o.add_argument("--batch-size", type=int, default=None)
-    o.add_argument("--optimizer", choices=OPTIMIZERS, default=None, help="adamw = adam with decoupled decay")
-    o.add_argument("--lr", type=float, default=None)
-    o.add_argument("--momentum", type=float, default=None, help="SGD momentum (recipes: 0)")
-    o.add_argument("--weight-decay", type=float, default=None, metavar="LAMBDA")
-    o.add_argument("--wd-mode", choices=WD_MODES, default=None,
-                   help="l2: lambda/2 ||w||^2 in the loss; coupled: the optimizer's weight_decay; "
-                        "decoupled: w *= 1 - lr*lambda apart from the gradient step")
-    o.add_argument("--decay-all", action="store_true", help="decay biases and normalisation weights too")
-    p = parser.add_argument_group("weight-decay probe and pictures")
-    p.add_argument("--hessian-every", type=int, default=10, metavar="EPOCHS",
-                   help="estimate the top Hessian eigenvalue at the start, every EPOCHS epochs and at the end (0: never)")
-    p.add_argument("--hessian-iters", type=int, default=10, help="power-iteration steps per estimate (default 10)")
-    p.add_argument("--hessian-batch", type=int, default=32, help="size of the fixed training batch it uses (default 32)")
-    p.add_argument("--viz-images", type=int, default=4, help="validation images in the feature-map table (default 4)")
+    """Flags of ``launch.py alexnet``, one per :class:`AlexNetSettings` field. Unset flags come from the recipe."""
+    settings_flags(parser, AlexNetSettings)
 
 
-def resolve_args(args: argparse.Namespace) -> list[str]:
-    """Fill unset flags from the recipe and check them; returns lines saying what was chosen."""
+def resolve_args(args: argparse.Namespace) -> tuple[AlexNetSettings, list[str]]:
+    """The settings: unset flags filled from the recipe, then checked; with lines saying what was chosen."""
     notes = []
-    if args.recipe is not None and args.dataset is None:
-        args.dataset = RECIPES[args.recipe].dataset
-    args.dataset, why = resolve_dataset(args.dataset or "auto", args.data)
+    v = values(AlexNetSettings, args)
+    if v["recipe"] is not None and v["dataset"] is None:
+        v["dataset"] = RECIPES[v["recipe"]].dataset
+    v["dataset"], why = resolve_dataset(v["dataset"] or "auto", v["data"])
     if why != "--dataset":
         notes.append(why)
-    args.recipe = args.recipe or RECIPE_FOR_DATASET[args.dataset]
-    if args.optimizer == "adamw":
-        if args.wd_mode not in (None, "decoupled"):
+    v["recipe"] = v["recipe"] or RECIPE_FOR_DATASET[v["dataset"]]
+    if v["optimizer"] == "adamw":
+        if v["wd_mode"] not in (None, "decoupled"):
             raise UsageError("--optimizer adamw decays decoupled by definition; use --optimizer adam with --wd-mode l2 or coupled")
-        args.wd_mode = "decoupled"
-    for key, value in vars(RECIPES[args.recipe]).items():
-        if getattr(args, key, None) is None:
-            setattr(args, key, value)
+        v["wd_mode"] = "decoupled"
+    for key, value in vars(RECIPES[v["recipe"]]).items():
+        if v.get(key) is None:
+            v[key] = value
+    s = make(AlexNetSettings, v)
     for flag, value, ok in (
-        ("--epochs", args.epochs, args.epochs >= 1),
-        ("--batch-size", args.batch_size, args.batch_size >= 1),
-        ("--lr", args.lr, args.lr > 0),
-        ("--momentum", args.momentum, 0 <= args.momentum < 1),
-        ("--weight-decay", args.weight_decay, args.weight_decay >= 0),
-        ("--hessian-every", args.hessian_every, args.hessian_every >= 0),
-        ("--hessian-iters", args.hessian_iters, args.hessian_iters >= 1),
-        ("--hessian-batch", args.hessian_batch, args.hessian_batch >= 1),
-        ("--viz-images", args.viz_images, args.viz_images >= 0),
-        ("--limit-batches", args.limit_batches, args.limit_batches is None or args.limit_batches >= 1),
-        ("--workers", args.workers, args.workers >= 0),
+        ("--epochs", s.epochs, s.epochs >= 1),
+        ("--batch-size", s.batch_size, s.batch_size >= 1),
+        ("--lr", s.lr, s.lr > 0),
+        ("--momentum", s.momentum, 0 <= s.momentum < 1),
+        ("--weight-decay", s.weight_decay, s.weight_decay >= 0),
+        ("--hessian-every", s.hessian_every, s.hessian_every >= 0),
+        ("--hessian-iters", s.hessian_iters, s.hessian_iters >= 1),
+        ("--hessian-batch", s.hessian_batch, s.hessian_batch >= 1),
+        ("--viz-images", s.viz_images, s.viz_images >= 0),
+        ("--limit-batches", s.limit_batches, s.limit_batches is None or s.limit_batches >= 1),
+        ("--workers", s.workers, s.workers >= 0),
     ):
         if not ok:
             raise UsageError(f"{flag} {value} is out of range; see `launch.py alexnet --help`")
     notes.append(
-        f"recipe {args.recipe}: {args.variant} AlexNet on {args.dataset}, {args.optimizer} lr {args.lr:g}, "
-        f"batch {args.batch_size}, {args.epochs} epochs, weight decay {args.weight_decay:g} ({args.wd_mode})"
+        f"recipe {s.recipe}: {s.variant} AlexNet on {s.dataset}, {s.optimizer} lr {s.lr:g}, "
+        f"batch {s.batch_size}, {s.epochs} epochs, weight decay {s.weight_decay:g} ({s.wd_mode})"
     )
-    return notes
+    return s, notes
 
 
 def param_groups(model: nn.Module, decay_all: bool = False) -> tuple[list[tuple[str, nn.Parameter]], list[tuple[str, nn.Parameter]]]:
@@ -264,7 +275,7 @@ class ClassificationTrainer(Engine):
             "no_decay_tensors": len(no_decay), "no_decay_params": sum(p.numel() for _, p in no_decay),
         }
         self.summary.update({f"wd/{k}": v for k, v in self.group_sizes.items()})
-        self.config["param_groups"] = dict(self.group_sizes)
+        self.config["_param_groups"] = dict(self.group_sizes)
         in_optimizer = weight_decay if wd_mode != "l2" else 0.0
         groups = [
             {"params": self.decay_params, "weight_decay": in_optimizer},
@@ -383,25 +394,25 @@ class ClassificationTrainer(Engine):
         return loss, list(self.model.parameters())
 
 
-def build_trainer(args: argparse.Namespace, callbacks: Iterable[Callback], config: Mapping[str, Any]) -> ClassificationTrainer:
-    """Data, model and trainer from resolved flags (see :func:`resolve_args`)."""
+def build_trainer(settings: AlexNetSettings, callbacks: Iterable[Callback]) -> ClassificationTrainer:
+    """Data, model and trainer from the resolved settings (see :func:`resolve_args`); they are the run's config."""
     from trainers.alexnet import create_model
     from trainers.datasets import load, make_loaders
 
-    if args.device == "cuda" and not torch.cuda.is_available():
+    if settings.device == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda but no CUDA device is visible; use --device cpu")
-    device = "cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu"
-    splits = load(args.dataset, args.data, download=args.download)
-    if not args.val_split:
+    device = "cuda" if settings.device != "cpu" and torch.cuda.is_available() else "cpu"
+    splits = load(settings.dataset, settings.data, download=settings.download)
+    if not settings.val_split:
         splits = splits.without_val()
-    model = create_model(args.variant, in_channels=splits.channels, num_classes=len(splits.classes))
-    on_device = args.device_data == "on" or (args.device_data == "auto" and args.workers == 0)
-    loaders = make_loaders(splits, size=model.input_size, batch_size=args.batch_size, augment=args.augment,
-                           seed=args.seed, workers=args.workers, device=device, on_device=on_device,
-                           normalize=args.normalize)
+    model = create_model(settings.variant, in_channels=splits.channels, num_classes=len(splits.classes))
+    on_device = settings.device_data == "on" or (settings.device_data == "auto" and settings.workers == 0)
+    loaders = make_loaders(splits, size=model.input_size, batch_size=settings.batch_size, augment=settings.augment,
+                           seed=settings.seed, workers=settings.workers, device=device, on_device=on_device,
+                           normalize=settings.normalize)
     return ClassificationTrainer(
-        model, loaders, callbacks, epochs=args.epochs, optimizer=args.optimizer, lr=args.lr, momentum=args.momentum,
-        weight_decay=args.weight_decay, wd_mode=args.wd_mode, decay_all=args.decay_all,
-        limit_batches=args.limit_batches, hessian_batch=args.hessian_batch, device=device, compile=args.compile,
-        test_weights=args.test_weights, config=config,
+        model, loaders, callbacks, epochs=settings.epochs, optimizer=settings.optimizer, lr=settings.lr, momentum=settings.momentum,
+        weight_decay=settings.weight_decay, wd_mode=settings.wd_mode, decay_all=settings.decay_all,
+        limit_batches=settings.limit_batches, hessian_batch=settings.hessian_batch, device=device, compile=settings.compile,
+        test_weights=settings.test_weights, config=dataclasses.asdict(settings),
     )

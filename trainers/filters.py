@@ -16,6 +16,8 @@ from PIL import Image, UnidentifiedImageError
 from core.errors import UsageError
 from core.events import Callback
 from trainers.engine import Engine
+from trainers.settings import add_arguments as settings_flags
+from trainers.settings import make, setting, settings, values
 from viz.kernels import DIRECTIONS, KERNELS, apply_kernel, grating_gain, high_frequency_energy, kernel
 
 # scikit-image ships these inside the package, so they need no download.
@@ -24,14 +26,27 @@ SHARPENERS = {"sharpen_horizontal": "horizontal", "sharpen_vertical": "vertical"
 BLURS = ("box_blur", "gaussian_blur")
 
 
+@settings
+class FiltersSettings:
+    """The settings of ``launch.py filters`` (its flags are generated from these fields)."""
+
+    image: tuple[str, ...] = setting((), "photo to filter (repeatable); default: scikit-image's camera, astronaut "
+                                         "and coffee", metavar="PATH", repeat=True)
+    filters: tuple[str, ...] = setting((), f"kernels to apply (default: all of {', '.join(KERNELS.names())})",
+                                       metavar="NAME")
+    max_size: int = setting(512, "longer image side after downscaling, to keep tables light (default 512)")
+    seed: int = setting(0, "random seed (the global --seed)", flag=False)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags of ``launch.py filters``."""
-    parser.add_argument("--image", action="append", default=None, metavar="PATH",
-                        help="photo to filter (repeatable); default: scikit-image's camera, astronaut and coffee")
-    parser.add_argument("--filters", nargs="+", default=None, metavar="NAME",
-                        help=f"kernels to apply (default: all of {', '.join(KERNELS.names())})")
-    parser.add_argument("--max-size", type=int, default=512,
-                        help="longer image side after downscaling, to keep tables light (default 512)")
+    """Flags of ``launch.py filters``, one per :class:`FiltersSettings` field."""
+    settings_flags(parser, FiltersSettings)
+
+
+def filters_settings(args: argparse.Namespace) -> FiltersSettings:
+    """The resolved settings: every kernel when none is named."""
+    given = values(FiltersSettings, args)
+    return make(FiltersSettings, {**given, "filters": given["filters"] or KERNELS.names()})
 
 
 def _to_tensor(array: np.ndarray) -> torch.Tensor:

@@ -29,6 +29,8 @@ from torchvision.ops import distance_box_iou, generalized_box_iou, generalized_b
 from core.errors import UsageError
 from core.events import Callback
 from trainers.engine import Engine
+from trainers.settings import add_arguments as settings_flags
+from trainers.settings import make, setting, settings, values
 
 DEFAULT_BOX_A = (0.0, 0.0, 4.0, 4.0)
 DEFAULT_BOX_B = (-4.0, 1.0, -2.0, 3.0)
@@ -298,43 +300,37 @@ class Descent:
 
 # -- the experiment ---------------------------------------------------------------------------
 
-@dataclass
-class IoUSetup:
-    """Everything the experiment needs, resolved from flags."""
+_BOX = ("X1", "Y1", "X2", "Y2")
 
-    box_a: tuple[float, float, float, float] = DEFAULT_BOX_A
-    box_b: tuple[float, float, float, float] = DEFAULT_BOX_B
-    slide_to: float = DEFAULT_SLIDE_TO
-    slide_points: int = 401
-    epochs: int = 1
-    steps: int = 200
-    lr: float = 0.1
-    batch_size: int = 16
-    seed: int = 0
-    agreement_boxes: int = 512
+
+@settings
+class IoUSetup:
+    """The settings of ``launch.py iou`` (its flags are generated from these fields)."""
+
+    box_a: tuple[float, float, float, float] = setting(
+        DEFAULT_BOX_A, f"the fixed box, also the descent's target (default {' '.join(map(str, DEFAULT_BOX_A))})",
+        metavar=_BOX)
+    box_b: tuple[float, float, float, float] = setting(
+        DEFAULT_BOX_B, f"the sliding box at its start (default {' '.join(map(str, DEFAULT_BOX_B))})", metavar=_BOX)
+    slide_to: float = setting(DEFAULT_SLIDE_TO, f"left edge of B at the end of the slide (default {DEFAULT_SLIDE_TO})")
+    slide_points: int = setting(401, "positions on the slide, kinks added (default 401)")
+    epochs: int = setting(1, "descent epochs (default 1)")
+    steps: int = setting(200, "descent steps per epoch (default 200)")
+    lr: float = setting(0.1, "Adam learning rate of the descents (default 0.1)")
+    batch_size: int = setting(16, "boxes descending at once from random disjoint starts (default 16)")
+    agreement_boxes: int = setting(512, "random boxes per side in the check against torchvision's box_iou "
+                                        "(default 512)")
+    seed: int = setting(0, "random seed (the global --seed)", flag=False)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags of ``launch.py iou``."""
-    d = IoUSetup()
-    box = dict(nargs=4, type=float, metavar=("X1", "Y1", "X2", "Y2"))
-    parser.add_argument("--box-a", **box, default=d.box_a,
-                        help=f"the fixed box, also the descent's target (default {' '.join(map(str, d.box_a))})")
-    parser.add_argument("--box-b", **box, default=d.box_b,
-                        help=f"the sliding box at its start (default {' '.join(map(str, d.box_b))})")
-    parser.add_argument("--slide-to", type=float, default=d.slide_to,
-                        help=f"left edge of B at the end of the slide (default {d.slide_to})")
-    parser.add_argument("--slide-points", type=int, default=d.slide_points,
-                        help=f"positions on the slide, kinks added (default {d.slide_points})")
-    parser.add_argument("--epochs", type=int, default=d.epochs, help=f"descent epochs (default {d.epochs})")
-    parser.add_argument("--steps", type=int, default=d.steps, help=f"descent steps per epoch (default {d.steps})")
-    parser.add_argument("--lr", type=float, default=d.lr, help=f"Adam learning rate of the descents (default {d.lr})")
-    parser.add_argument("--batch-size", type=int, default=d.batch_size,
-                        help=f"boxes descending at once from random disjoint starts (default {d.batch_size})")
+    """Flags of ``launch.py iou``, one per :class:`IoUSetup` field."""
+    settings_flags(parser, IoUSetup)
 
 
 def setup_from_args(args: argparse.Namespace) -> IoUSetup:
-    """Check the flags; a bad value is a UsageError naming the flag."""
+    """The resolved settings; a bad value is a UsageError naming the flag."""
+    args = argparse.Namespace(**{**vars(IoUSetup()), **values(IoUSetup, args)})
     for flag in ("box_a", "box_b"):
         try:
             check_boxes(torch.tensor([getattr(args, flag)], dtype=torch.float64), f"--{flag.replace('_', '-')}")
@@ -353,8 +349,9 @@ def setup_from_args(args: argparse.Namespace) -> IoUSetup:
                          f"width and a y-range that overlaps A's ({a[1]} to {a[3]})")
     if not (math.isfinite(args.slide_to) and args.slide_to > b[0]):
         raise UsageError(f"--slide-to {args.slide_to} must lie right of B's left edge {b[0]}")
-    return IoUSetup(box_a=tuple(a), box_b=tuple(b), slide_to=args.slide_to, slide_points=args.slide_points,
-                    epochs=args.epochs, steps=args.steps, lr=args.lr, batch_size=args.batch_size, seed=args.seed)
+    if args.agreement_boxes < 1:
+        raise UsageError(f"--agreement-boxes must be at least 1, got {args.agreement_boxes}")
+    return make(IoUSetup, vars(args))
 
 
 def torchvision_agreement(n: int, seed: int) -> float:

@@ -3,13 +3,18 @@ builds the trial's arguments and ``trial_environment`` writes the parameter file
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import pytest
 from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
 
-from launch import get_args_parser, resolve_locations, run_config
 from core.errors import UsageError
+from launch import get_args_parser, resolve_locations
 from tracking.agent_command import trial_environment, wire_params
 from trainers.classification import resolve_args
+from trainers.filters import filters_settings
+from trainers.iou import setup_from_args
 
 MACROS = ["args", "args_no_equals", "args_no_boolean_flags", "args_no_hyphens", "args_json", "args_json_file"]
 
@@ -27,12 +32,14 @@ def _trial_argv(tmp_path, monkeypatch, command, params, macro):
     return [command, *made[macro]]
 
 
+RESOLVE = {"alexnet": lambda args: resolve_args(args)[0], "iou": setup_from_args, "filters": filters_settings}
+
+
 def _config(argv):
+    """The W&B config of the trial: its resolved settings, as W&B stores them (tuples as lists)."""
     args = get_args_parser().parse_args(argv)
     resolve_locations(args)
-    if args.command == "alexnet":
-        resolve_args(args)
-    return run_config(args)
+    return json.loads(json.dumps(dataclasses.asdict(RESOLVE[args.command](args))))
 
 
 @pytest.mark.parametrize("macro", MACROS)

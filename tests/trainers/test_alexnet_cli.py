@@ -87,7 +87,7 @@ def test_digits_run_read_back(digits_run):
     info = run_summary(digits_run)
     assert info["state"] == "finished" and info["exit_code"] == 0
     assert info["config"]["recipe"] == "digits" and info["config"]["wd_mode"] == "decoupled"
-    assert info["config"]["param_groups"]["no_decay_tensors"] == 8
+    assert info["config"]["_param_groups"]["no_decay_tensors"] == 8
     s = info["summary"]
     assert set(s["val/acc"]) == {"max"} and 0 <= s["test/acc"] <= 1
     assert s["wd/decay_params"] > 2e7 and s["wd/no_decay_params"] == 9354

@@ -111,7 +111,7 @@ def test_biases_and_norm_weights_are_not_decayed():
     assert [n for n, _ in no_decay] == ["0.bias", "1.weight", "1.bias", "4.bias"]
     assert len(param_groups(model, decay_all=True)[0]) == 6
     t = trainer(wd_mode="decoupled")
-    assert t.config["param_groups"] == {"decay_tensors": 2, "decay_params": 4 * 9 + 3 * 256,
+    assert t.config["_param_groups"] == {"decay_tensors": 2, "decay_params": 4 * 9 + 3 * 256,
                                         "no_decay_tensors": 4, "no_decay_params": 4 + 8 + 3}
     # One decoupled step: decayed tensors shrink by 1 - lr*lambda, the others take the plain gradient step.
     reference = copy.deepcopy(t.model)

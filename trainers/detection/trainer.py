@@ -28,6 +28,8 @@ from trainers.detection.coco_eval import coco_ground_truth, coco_metrics
 from trainers.detection.dataset import HOLDOUT, PennFudan, collate
 from trainers.detection.models import MODELS
 from trainers.engine import Engine, check_finite
+from trainers.settings import add_arguments as settings_flags
+from trainers.settings import make, setting, settings, values
 
 
 @dataclass(frozen=True)
@@ -70,55 +72,77 @@ PROFILES = {
 OPTIONS = {"1": (1,), "2": (2,), "both": (1, 2)}
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags of ``launch.py detect``."""
+def _backbone_help() -> str:
     from trainers.detection.models import backbone_names
 
-    parser.add_argument("--data", default=None, metavar="DIR",
-                        help="an unpacked PennFudanPed folder (default: download it into the cache; offline, "
-                             "generated pedestrians in the same layout)")
-    parser.add_argument("--profile", choices=sorted(PROFILES), default=None,
-                        help="full: the tutorial's recipe (default with CUDA); cpu: smaller images and fewer "
-                             "epochs to finish in 15 minutes on 2 cores (default without CUDA)")
-    parser.add_argument("--option", choices=sorted(OPTIONS), default="both",
-                        help="which model(s) to train: 1 (Mask R-CNN R50-FPN), 2 (Faster R-CNN on --backbone), both")
-    parser.add_argument("--model", default="maskrcnn_resnet50_fpn", metavar="NAME",
-                        help=f"option 1 model: {', '.join(MODELS.names())} (default maskrcnn_resnet50_fpn)")
-    parser.add_argument("--backbone", default="mobilenet_v2", metavar="NAME",
-                        help=f"option 2 backbone: {', '.join(backbone_names())}, or any timm model as timm/NAME "
-                             f"(default mobilenet_v2, the tutorial's)")
-    parser.add_argument("--levels", type=int, default=3,
-                        help="timm backbones: how many of the last feature maps to use, with an FPN when > 1 (default 3)")
-    parser.add_argument("--weights", choices=("auto", "none"), default="auto",
-                        help="auto: pretrained weights when cached or downloadable, else random init; none: random init")
-    parser.add_argument("--image", default=None, metavar="PATH_OR_URL",
-                        help="photo both models are run on at the end (default: the Beatles photo on Wikimedia Commons)")
-    parser.add_argument("--clip-grad", type=float, default=None, metavar="NORM",
-                        help="clip the gradient norm (default: off with pretrained weights, as in the tutorial; 10 "
-                             "from random init, where the tutorial's lr diverges within the first epoch)")
-    parser.add_argument("--skip-photo", action="store_true",
-                        help="train and evaluate only, one W&B run per model (what sweep trials use)")
-    parser.add_argument("--epochs", type=int, default=None, help="override the profile's epochs")
-    parser.add_argument("--lr", type=float, default=None, help="override the profile's learning rate (0.005)")
-    parser.add_argument("--batch-size", type=int, default=None, help="override the profile's batch size (2)")
-    parser.add_argument("--min-size", type=int, default=None, help="override the detector's resize (shorter side)")
-    parser.add_argument("--max-size", type=int, default=None, help="override the detector's cap on the longer side")
-    parser.add_argument("--train-eval-images", type=int, default=None,
-                        help="training images scored for train AP each epoch (0 = all; cpu profile: 40)")
-    parser.add_argument("--images-per-epoch", type=int, default=None,
-                        help="training images per epoch, later epochs taking the next ones (0 = all, the default)")
-    parser.add_argument("--holdout", type=int, default=HOLDOUT, help=f"held-out images (default {HOLDOUT}, the tutorial's)")
-    parser.add_argument("--limit", type=int, default=None, help="use only the first N images of the dataset (quick tries)")
-    parser.add_argument("--jitter", type=float, default=0.0, help="photometric jitter strength (default 0: flip only)")
-    parser.add_argument("--viz-images", type=int, default=4, help="held-out images in each epoch's prediction table")
-    parser.add_argument("--workers", type=int, default=None, help="data-loader workers (default: 0 on CPU, 4 on CUDA)")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda when available)")
-    parser.add_argument("--train-eval-every", type=int, default=0, metavar="K",
-                        help="score the training images every K epochs too (default 0: after the last epoch only; "
-                             "held-out images are scored every epoch)")
-    parser.add_argument("--eval-batch-size", type=int, default=None,
-                        help="images per forward pass when scoring (default: 8 on CUDA, 1 on CPU, where padding "
-                             "images of different sizes to one batch costs more than it saves)")
+    return (f"option 2 backbone: {', '.join(backbone_names())}, or any timm model as timm/NAME "
+            f"(default mobilenet_v2, the tutorial's)")
+
+
+@settings
+class DetectSettings:
+    """The settings of ``launch.py detect`` (flags generated from the fields). Fields without a default
+    come from the profile unless their flag is given; fields without a flag are resolved from the data,
+    the device and the model each run trains."""
+
+    data: str | None = setting(None, "an unpacked PennFudanPed folder (default: download it into the cache; offline, "
+                                     "generated pedestrians in the same layout)", metavar="DIR")
+    profile: str = setting(help="full: the tutorial's recipe (default with CUDA); cpu: smaller images and fewer epochs "
+                                "to finish in 15 minutes on 2 cores (default without CUDA)", choices=sorted(PROFILES))
+    option: str = setting("both", "which model(s) to train: 1 (Mask R-CNN R50-FPN), 2 (Faster R-CNN on --backbone), "
+                                  "both; a model's own run records 1 or 2", choices=sorted(OPTIONS))
+    model: str = setting("maskrcnn_resnet50_fpn", f"option 1 model: {', '.join(MODELS.names())} "
+                                                  f"(default maskrcnn_resnet50_fpn)", metavar="NAME")
+    backbone: str = setting("mobilenet_v2", _backbone_help(), metavar="NAME")
+    levels: int = setting(3, "timm backbones: how many of the last feature maps to use, with an FPN when > 1 (default 3)")
+    weights: str = setting("auto", "auto: pretrained weights when cached or downloadable, else random init; none: "
+                                   "random init", choices=("auto", "none"))
+    image: str | None = setting(None, "photo both models are run on at the end (default: the Beatles photo on "
+                                      "Wikimedia Commons)", metavar="PATH_OR_URL")
+    clip_grad: float | None = setting(None, "clip the gradient norm (default: off with pretrained weights, as in the "
+                                            "tutorial; 10 from random init, where the tutorial's lr diverges within "
+                                            "the first epoch)", metavar="NORM")
+    skip_photo: bool = setting(False, "train and evaluate only, one W&B run per model (what sweep trials use)")
+    epochs: int = setting(help="override the profile's epochs")
+    lr: float = setting(help="override the profile's learning rate (0.005)")
+    batch_size: int = setting(help="override the profile's batch size (2)")
+    min_size: int = setting(help="override the detector's resize (shorter side)")
+    max_size: int = setting(help="override the detector's cap on the longer side")
+    train_eval_images: int = setting(help="training images scored for train AP each epoch (0 = all; cpu profile: 40); "
+                                          "the run records how many were scored")
+    images_per_epoch: int = setting(help="training images per epoch, later epochs taking the next ones "
+                                         "(0 = all, the default)")
+    rois_per_image: int = setting(help="RoIs sampled per image for the box head while training", flag=False)
+    rpn_post_nms_train: int = setting(help="proposals kept per image after NMS while training", flag=False)
+    rpn_post_nms_test: int = setting(help="proposals kept per image after NMS while predicting", flag=False)
+    detections_per_image: int = setting(help="detections kept after NMS", flag=False)
+    momentum: float = setting(help="SGD momentum", flag=False)
+    weight_decay: float = setting(help="SGD weight decay", flag=False)
+    step_size: int = setting(help="StepLR step in epochs", flag=False)
+    gamma: float = setting(help="StepLR factor", flag=False)
+    holdout: int = setting(HOLDOUT, f"held-out images (default {HOLDOUT}, the tutorial's)")
+    limit: int | None = setting(None, "use only the first N images of the dataset (quick tries)")
+    jitter: float = setting(0.0, "photometric jitter strength (default 0: flip only)")
+    viz_images: int = setting(4, "held-out images in each epoch's prediction table")
+    workers: int = setting(help="data-loader workers (default: 0 on CPU, 4 on CUDA)")
+    device: str = setting(help="torch device (default: cuda when available)")
+    train_eval_every: int = setting(0, "score the training images every K epochs too (default 0: after the last "
+                                       "epoch only; held-out images are scored every epoch)", metavar="K")
+    eval_batch_size: int = setting(help="images per forward pass when scoring (default: 8 on CUDA, 1 on CPU, where "
+                                        "padding images of different sizes to one batch costs more than it saves)")
+    seed: int = setting(0, "random seed (the global --seed)", flag=False)
+    data_root: str | None = setting(None, "the folder the images were read from", flag=False)
+    data_source: str | None = setting(None, "penn-fudan or generated", flag=False)
+    train_images: int | None = setting(None, "training images", flag=False)
+    heldout_images: int | None = setting(None, "held-out images", flag=False)
+    model_label: str | None = setting(None, "the model this run trains, as tables name it", flag=False)
+    start_weights: str | None = setting(None, "the weights training started from: pretrained or random", flag=False)
+    photo: str | None = setting(None, "the photo both models ran on (the photo run)", flag=False)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``launch.py detect``, one per flagged :class:`DetectSettings` field."""
+    settings_flags(parser, DetectSettings)
 
 
 def resolve_profile(args: argparse.Namespace) -> tuple[str, Profile]:
@@ -324,24 +348,14 @@ class DetectionTrainer(Engine):
 
 @dataclass
 class Plan:
-    """Everything ``launch.py detect`` resolved before training: profile, data, splits, device."""
+    """Everything ``launch.py detect`` resolved before training: the settings, the profile they make, the splits."""
 
-    profile_name: str
+    settings: DetectSettings
     profile: Profile
     options: tuple[int, ...]
-    data_root: str
-    data_source: str  # "penn-fudan" or "generated"
     train: PennFudan
     heldout: PennFudan
     train_eval: PennFudan
-    device: str
-    workers: int
-
-    def config(self) -> dict[str, Any]:
-        """What every run of the command records in its W&B config."""
-        return {"profile": self.profile_name, **asdict(self.profile), "data_root": self.data_root,
-                "data_source": self.data_source, "train_images": len(self.train), "heldout_images": len(self.heldout),
-                "train_eval_images": len(self.train_eval), "device": self.device}
 
 
 def prepare(args: argparse.Namespace) -> Plan:
@@ -363,39 +377,44 @@ def prepare(args: argparse.Namespace) -> Plan:
     samples = read_pennfudan(root, limit=args.limit)
     train_idx, held_idx = split(len(samples), args.seed, args.holdout)
     train = [samples[i] for i in train_idx]
-    n_eval = profile.train_eval_images or len(train)
+    profile = replace(profile, train_eval_images=profile.train_eval_images or len(train))
+    cuda = device.startswith("cuda")
+    settings = make(DetectSettings, {
+        **values(DetectSettings, args), **asdict(profile), "profile": name, "device": device,
+        "workers": args.workers if args.workers is not None else (4 if cuda else 0),
+        "eval_batch_size": args.eval_batch_size or (8 if cuda else 1), "data_root": str(root), "data_source": source,
+        "train_images": len(train), "heldout_images": len(held_idx)})
     plan = Plan(
-        profile_name=name, profile=profile, options=options, data_root=str(root), data_source=source,
+        settings=settings, profile=profile, options=options,
         train=PennFudan(train, Augment(jitter=args.jitter, seed=args.seed)),
         heldout=PennFudan([samples[i] for i in held_idx]),
-        train_eval=PennFudan(train[:n_eval]),  # the permutation already shuffled them: a fixed-seed subset
-        device=device, workers=args.workers if args.workers is not None else (4 if device.startswith("cuda") else 0),
+        # The permutation already shuffled them: a fixed-seed subset.
+        train_eval=PennFudan(train[:profile.train_eval_images]),
     )
     shown = ", ".join(f"{k}={v}" for k, v in asdict(profile).items())
     print(f"profile {name}: {shown}; data {source} ({root}): {len(plan.train)} train, {len(plan.heldout)} held out, "
-          f"train AP on {len(plan.train_eval)}; device {device}{' with AMP' if device.startswith('cuda') else ''}")
+          f"train AP on {len(plan.train_eval)}; device {device}{' with AMP' if cuda else ''}")
     return plan
 
 
-def model_label(option: int, args: argparse.Namespace) -> str:
+def model_label(option: int, settings: DetectSettings) -> str:
     """How a model is named in tables: ``option 1: maskrcnn_resnet50_fpn``."""
-    return f"option {option}: {args.model if option == 1 else 'fasterrcnn_' + args.backbone.replace('/', '_')}"
+    return f"option {option}: {settings.model if option == 1 else 'fasterrcnn_' + settings.backbone.replace('/', '_')}"
 
 
-def build_trainer(plan: Plan, option: int, args: argparse.Namespace, callbacks: Iterable[Callback]) -> DetectionTrainer:
-    """The detector of ``option`` (weights per ``--weights``) inside a :class:`DetectionTrainer`."""
+def build_trainer(plan: Plan, option: int, callbacks: Iterable[Callback]) -> DetectionTrainer:
+    """The detector of ``option`` (weights per ``--weights``) inside a :class:`DetectionTrainer`; its run's
+    config is the plan's settings resolved for this model."""
     from trainers.detection.models import build_detector
 
-    built = build_detector(option, model=args.model, backbone=args.backbone, weights=args.weights, levels=args.levels,
+    s = plan.settings
+    built = build_detector(option, model=s.model, backbone=s.backbone, weights=s.weights, levels=s.levels,
                            **detector_kwargs(plan.profile))
-    clip = args.clip_grad if args.clip_grad is not None else (10.0 if built.weights == "random" else 0.0)
-    config = {**vars(args), **plan.config(), "option": option, "model_label": model_label(option, args),
-              "start_weights": built.weights, "clip_grad": clip}
-    config.pop("func", None)
+    clip = s.clip_grad if s.clip_grad is not None else (10.0 if built.weights == "random" else 0.0)
+    s = replace(s, option=str(option), model_label=model_label(option, s), start_weights=built.weights, clip_grad=clip)
     return DetectionTrainer(
         built.model, train=plan.train, heldout=plan.heldout, train_eval=plan.train_eval, profile=plan.profile,
-        callbacks=callbacks, config=config, name=f"detect-option{option}", viz_images=args.viz_images,
-        seed=args.seed, workers=plan.workers, device=plan.device, clip_grad=clip,
-        train_eval_every=args.train_eval_every,
-        eval_batch_size=args.eval_batch_size or (8 if plan.device.startswith("cuda") else 1),
+        callbacks=callbacks, config=asdict(s), name=f"detect-option{option}", viz_images=s.viz_images,
+        seed=s.seed, workers=s.workers, device=s.device, clip_grad=clip, train_eval_every=s.train_eval_every,
+        eval_batch_size=s.eval_batch_size,
     )

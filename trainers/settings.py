@@ -1,0 +1,129 @@
+"""An experiment's settings as one typed object, its command-line flags generated from it.
+
+Each experiment declares a frozen dataclass with :func:`settings`; every field is a
+:func:`setting` carrying its help, choices and argument group, and its annotation decides the
+flag: ``int``/``float``/``str`` take one value, ``bool`` is ``--flag``/``--no-flag``, ``X | None``
+may stay unset, ``tuple[X, ...]`` takes one or more values (``repeat=True``: the flag is repeated
+instead), ``tuple[X, X, X, X]`` exactly four. A field without a default is filled by the
+experiment's resolution (a recipe or profile); its flag's default is "unset" (None).
+
+The resolved instance is what the trainer is built from, and ``dataclasses.asdict`` of it is the
+run's W&B config: nothing that is not a setting can enter it. A field a resolution does not know
+or leaves unset is an error, as in nanoGPT's configurator.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeVar
+
+from core.errors import UsageError
+
+T = TypeVar("T")
+SCALARS = (int, float, str, bool)
+
+
+def setting(default: Any = dataclasses.MISSING, help: str = "", *, choices: Sequence[str] | None = None,
+            metavar: str | tuple[str, ...] | None = None, group: str | None = None, flag: bool = True,
+            repeat: bool = False) -> Any:
+    """A settings field. ``flag=False``: not generated (a global flag of that name, or a value only the
+    resolution sets); ``repeat``: a tuple field given as ``--flag a --flag b``."""
+    meta = {"help": help, "choices": tuple(choices) if choices is not None else None, "metavar": metavar,
+            "group": group, "flag": flag, "repeat": repeat}
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def settings(cls: type[T]) -> type[T]:
+    """Make ``cls`` a frozen, keyword-only dataclass of settings, checking every field now: each needs
+    help and a type the flag generator reads, so a bad field fails where it is defined."""
+    cls = dataclasses.dataclass(frozen=True, kw_only=True)(cls)
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        where = f"{cls.__name__}.{f.name}"
+        if not f.metadata.get("help"):
+            raise TypeError(f"{where} has no help; declare it with setting(default, 'what it does')")
+        nargs = _parse_type(hints[f.name], where)[2]
+        if f.metadata["repeat"] and nargs != "+":
+            raise TypeError(f"{where}: repeat=True needs a tuple[X, ...] field")
+    return cls
+
+
+def _parse_type(tp: Any, where: str) -> tuple[type, bool, int | str | None]:
+    """(scalar type, may be None, nargs) of a field's annotation; TypeError for any other type."""
+    optional = False
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        members = typing.get_args(tp)
+        if len(members) != 2 or type(None) not in members:
+            raise TypeError(f"{where}: unsupported type {tp}; only X | None unions are read")
+        tp, optional = next(m for m in members if m is not type(None)), True
+    nargs: int | str | None = None
+    if typing.get_origin(tp) is tuple:
+        items = typing.get_args(tp)
+        if len(items) == 2 and items[1] is Ellipsis:
+            tp, nargs = items[0], "+"
+        elif items and all(i is items[0] for i in items):
+            tp, nargs = items[0], len(items)
+        else:
+            raise TypeError(f"{where}: unsupported type; tuples are tuple[X, ...] or tuple[X, X, ...]")
+    if tp not in SCALARS or (tp is bool and nargs is not None):
+        raise TypeError(f"{where}: unsupported type {tp}; use int, float, str, bool, X | None or tuples of them")
+    return tp, optional, nargs
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One flag per field of ``cls`` (``--field-name``), in the field's argument group."""
+    hints = typing.get_type_hints(cls)
+    groups: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        meta = f.metadata
+        if not meta["flag"]:
+            continue
+        tp, _, nargs = _parse_type(hints[f.name], f.name)
+        target = parser
+        if meta["group"]:
+            target = groups.setdefault(meta["group"], parser.add_argument_group(meta["group"]))
+        unset = f.default is dataclasses.MISSING or meta["repeat"]
+        kwargs: dict[str, Any] = {"default": None if unset else f.default, "help": meta["help"]}
+        if tp is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs.update(type=tp, choices=meta["choices"], metavar=meta["metavar"])
+            if meta["repeat"]:
+                kwargs["action"] = "append"
+            elif nargs is not None:
+                kwargs["nargs"] = nargs
+        target.add_argument("--" + f.name.replace("_", "-"), **kwargs)
+
+
+def values(cls: type, args: argparse.Namespace) -> dict[str, Any]:
+    """The namespace's value of every field of ``cls`` it holds (None where a flag was left unset)."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+
+
+def make(cls: type[T], given: Mapping[str, Any]) -> T:
+    """The settings instance from resolved values: sequences become tuples, an unset defaulted field
+    takes its default; an unknown name or a field still unset is a UsageError."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(given) - set(fields))
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], fields, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(fields)}"
+        raise UsageError(f"unknown {cls.__name__} setting {unknown[0]!r}{hint}")
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for name, value in given.items():
+        tp, optional, nargs = _parse_type(hints[name], name)
+        if value is None and not optional:
+            if fields[name].default is dataclasses.MISSING:
+                raise UsageError(f"setting {name!r} of {cls.__name__} was left unset; pass --{name.replace('_', '-')}")
+            continue
+        out[name] = tuple(value) if nargs is not None and value is not None else value
+    missing = [n for n, f in fields.items() if n not in out and f.default is dataclasses.MISSING]
+    if missing:
+        raise UsageError(f"setting {missing[0]!r} of {cls.__name__} was left unset; pass --{missing[0].replace('_', '-')}")
+    return cls(**out)
