@@ -1,6 +1,7 @@
-"""Plug-ins that react to trainer events: W&B logging, progress, checkpoints, viz uploads.
-
-An integration whose library is missing contributes no callbacks instead of failing at import.
+"""Plug-ins: the panels and probes any loop can use (:mod:`callbacks.panels`,
+:mod:`callbacks.weight_decay`), their adapters for the suite's loop and for Lightning
+(:mod:`callbacks.lightning`, which needs the ``lightning`` extra), and the suite's own W&B
+logging, progress, checkpoints and tables.
 """
 
 from __future__ import annotations
