@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -281,8 +282,8 @@ def annotated_image(picture: str | np.ndarray, output: Mapping[str, torch.Tensor
 
 
 class PictureCache:
-    """Each picture written to PNG once; later references reuse the same file. :meth:`remove`
-    deletes the folder: call it once W&B has the logged pictures (after the run's last log)."""
+    """Each picture written to PNG once; later references reuse the same file. The folder is
+    deleted by :meth:`remove`, or else when the cache is garbage-collected or the process exits."""
 
     def __init__(self) -> None:
         self.dir: Path | None = None  # made on the first picture
@@ -293,6 +294,9 @@ class PictureCache:
         if key not in self.paths:
             if self.dir is None:
                 self.dir = Path(tempfile.mkdtemp(prefix="dlhw-pictures-"))
+                # W&B copies a picture into its run when it is logged, so the folder may go with the
+                # panel (or the process) when nobody calls remove().
+                self._cleanup = weakref.finalize(self, shutil.rmtree, self.dir, True)
             target = self.dir / f"{len(self.paths):04d}.png"
             Image.fromarray(pixels).save(target)
             self.paths[key] = str(target)
@@ -301,7 +305,7 @@ class PictureCache:
     def remove(self) -> None:
         """Delete the folder and forget its pictures."""
         if self.dir is not None:
-            shutil.rmtree(self.dir, ignore_errors=True)
+            self._cleanup()
         self.dir = None
         self.paths.clear()
 

@@ -144,3 +144,19 @@ def test_filter_detection_and_photo_panels_reach_the_run(tmp_path):
     assert predictions["data"][0][1:2] == [7] and predictions["data"][0][3:5] == [1, 2]
     rows = logged_table(run_dir, "detect/photo")["data"]
     assert [(r[0], r[2], r[3], r[5]) for r in rows] == [("a", 2, 1, 12.0), ("b", 2, 2, 30.0)]
+
+
+def test_picture_folder_goes_with_the_cache_when_nobody_removes_it():
+    import gc
+
+    import numpy as np
+
+    from callbacks.panels import PictureCache
+
+    cache = PictureCache()
+    path = cache.path("a", np.zeros((4, 4, 3), np.uint8))
+    assert cache.path("a", np.ones((4, 4, 3), np.uint8)) == path  # written once, reused
+    folder = cache.dir
+    del cache
+    gc.collect()
+    assert not folder.exists()
