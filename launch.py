@@ -245,12 +245,13 @@ def cmd_alexnet(args: argparse.Namespace) -> int:
     settings, notes = resolve_args(args)
     for line in notes:
         print(line, file=sys.stderr)
-    # Every step is logged: a step takes a second or more on a CPU, and the probe's per-step
-    # decay factor and curvature estimates (also on the step axis) are the point of the run.
+    # Every step is logged: a step takes a second or more on a CPU, and the probe's decay factor
+    # (one step in --decay-every) and curvature estimates, on the step axis too, are the point of the run.
     callbacks = standard_callbacks(args, job_type="alexnet", monitor=("val/acc", "max"),
                                    tags=[settings.recipe, settings.variant, settings.wd_mode], log_every=1)
     ckpt_dir = Path(args.out) / "checkpoints" / f"alexnet-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-    callbacks += [DecayProbeCallback(hessian_every=settings.hessian_every, hessian_iters=settings.hessian_iters),
+    callbacks += [DecayProbeCallback(hessian_every=settings.hessian_every, hessian_iters=settings.hessian_iters,
+                                     every=settings.decay_every),
                   Checkpoint(ckpt_dir, monitor="val/acc", upload="end")]
     if args.wandb_mode != "disabled":
         from callbacks.classification_viz import FeatureMapTable, FilterGrid, TestConfusionMatrix

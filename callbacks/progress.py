@@ -11,11 +11,13 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    ProgressColumn,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from core.events import Callback, EPOCH_AXIS, Loop, is_rank_zero
 
@@ -33,6 +35,18 @@ def _fmt(value: Any) -> str:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         return str(value)
     return f"{value:.4g}"
+
+
+class _LiveMetrics(ProgressColumn):
+    """The latest step metrics, formatted when rich redraws (a few times a second), not every step."""
+
+    def __init__(self, live: dict[str, Any], max_metrics: int) -> None:
+        super().__init__()
+        self.live, self.max_metrics = live, max_metrics
+
+    def render(self, task: Any) -> Text:
+        shown = list(self.live.items())[: self.max_metrics]  # a snapshot: the loop keeps updating the dict
+        return Text("  ".join(f"{k}={_fmt(v)}" for k, v in shown))
 
 
 class ProgressBar(Callback):
@@ -59,17 +73,18 @@ class ProgressBar(Callback):
             TimeElapsedColumn(),
             TextColumn("eta"),
             TimeRemainingColumn(),
-            TextColumn("{task.fields[metrics]}"),
+            _LiveMetrics(self._live, self.max_metrics),
             console=self.console,
             refresh_per_second=4,
         )
         self._progress.start()
-        self._task = self._progress.add_task(trainer.name, total=trainer.steps_per_epoch, metrics="")
+        self._task = self._progress.add_task(trainer.name, total=trainer.steps_per_epoch)
 
     def on_epoch_start(self, trainer: Loop, epoch: int) -> None:
         if self._progress is not None:
             desc = f"{trainer.name} epoch {epoch + 1}/{trainer.epochs}"
-            self._progress.reset(self._task, total=trainer.steps_per_epoch, description=desc, metrics="")
+            self._live.clear()
+            self._progress.reset(self._task, total=trainer.steps_per_epoch, description=desc)
 
     def on_batch_end(self, trainer: Loop, batch_idx: int, outputs: Mapping[str, Any]) -> None:
         if self._progress is not None:
@@ -79,8 +94,6 @@ class ProgressBar(Callback):
         if self._progress is None or axis == EPOCH_AXIS:
             return
         self._live.update((k, v) for k, v in metrics.items() if isinstance(v, numbers.Real))
-        shown = list(self._live.items())[: self.max_metrics]
-        self._progress.update(self._task, metrics="  ".join(f"{k}={_fmt(v)}" for k, v in shown))
 
     def on_epoch_end(self, trainer: Loop, epoch: int, metrics: Mapping[str, float]) -> None:
         if self._progress is not None and metrics:

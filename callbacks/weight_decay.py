@@ -238,16 +238,18 @@ class WeightDecayProbe(Panel):
 class DecayProbeCallback(Callback):
     """The :class:`WeightDecayProbe` on the suite's classification trainer: every step's
     measurements against ``trainer/step``, and the curvature on the trainer's fixed training batch
-    at the start, every ``hessian_every`` epochs (0: never) and at the end, into the run's summary too."""
+    at the start, every ``hessian_every`` epochs (0: never) and at the end, into the run's summary too.
+    ``every``: the decay factor is measured on one step in ``every`` (the weight norm on all)."""
 
-    def __init__(self, *, hessian_every: int = 4, hessian_iters: int = 10) -> None:
+    def __init__(self, *, hessian_every: int = 4, hessian_iters: int = 10, every: int = 1) -> None:
         self.hessian_every = hessian_every
         self.hessian_iters = hessian_iters
+        self.every = every
         self.probe: WeightDecayProbe | None = None
 
     def on_fit_start(self, trainer: Loop) -> None:
         l2 = trainer.weight_decay if trainer.wd_mode == "l2" else 0.0
-        self.probe = WeightDecayProbe(trainer.optimizer, l2=l2, params=trainer.decay_params,
+        self.probe = WeightDecayProbe(trainer.optimizer, l2=l2, params=trainer.decay_params, every=self.every,
                                       publish=lambda m: trainer.log(m, axis=STEP_AXIS))
         if trainer.weight_decay and trainer.wd_mode != "decoupled" and (trainer.optimizer_name != "sgd" or trainer.momentum):
             print(

@@ -125,6 +125,9 @@ class AlexNetSettings:
     hessian_every: int = setting(10, "estimate the top Hessian eigenvalue at the start, every EPOCHS epochs and at "
                                      "the end (0: never)", metavar="EPOCHS", group=PROBE)
     hessian_iters: int = setting(10, "power-iteration steps per estimate (default 10)", group=PROBE)
+    decay_every: int = setting(10, "measure the decay factor of one optimizer step in N; the measurement replays the "
+                                   "step without decay, about one more optimizer step (default 10; 1: every step)",
+                               metavar="STEPS", group=PROBE)
     hessian_batch: int = setting(32, "size of the fixed training batch it uses (default 32)", group=PROBE)
     viz_images: int = setting(4, "validation images in the feature-map table (default 4)", group=PROBE)
     seed: int = setting(0, "random seed (the global --seed)", flag=False)
@@ -161,6 +164,7 @@ def resolve_args(args: argparse.Namespace) -> tuple[AlexNetSettings, list[str]]:
         ("--weight-decay", s.weight_decay, s.weight_decay >= 0),
         ("--hessian-every", s.hessian_every, s.hessian_every >= 0),
         ("--hessian-iters", s.hessian_iters, s.hessian_iters >= 1),
+        ("--decay-every", s.decay_every, s.decay_every >= 1),
         ("--hessian-batch", s.hessian_batch, s.hessian_batch >= 1),
         ("--viz-images", s.viz_images, s.viz_images >= 0),
         ("--limit-batches", s.limit_batches, s.limit_batches is None or s.limit_batches >= 1),

@@ -75,7 +75,7 @@ def digits_run(tmp_path_factory) -> Path:
     proc = subprocess.run(
         [sys.executable, str(ROOT / "launch.py"), "alexnet", "--epochs", "1",
          "--limit-batches", "2", "--batch-size", "16", "--hessian-iters", "2", "--hessian-batch", "8",
-         "--out", str(out), "--data", str(out)],
+         "--decay-every", "1", "--out", str(out), "--data", str(out)],
         capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
