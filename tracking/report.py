@@ -20,6 +20,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 from core.errors import UsageError
 from core.files import atomic_file
 from tracking.compare import RunRecord, differing_keys, find_run_dirs, local_runs, plot_metric
@@ -107,15 +109,30 @@ def _num(v: Any) -> str:
     return f"{v + 0.0:.4g}"  # + 0.0: -0.0 prints as 0
 
 
-def _data_uri(path: str | Path, mime: str = "image/png") -> str:
-    return f"data:{mime};base64," + base64.b64encode(Path(path).read_bytes()).decode()
+def _data_uri(path: str | Path, max_side: int = 1024) -> str:
+    """The picture as a data URI, at most ``max_side`` pixels on its longer side: the page shows
+    table cells small, and full-size photos as PNG would make it tens of megabytes. Small PNGs
+    (plots, kernels) keep their bytes; larger pictures become JPEG unless they have transparency."""
+    with Image.open(path) as picture:
+        if max(picture.size) <= max_side and picture.format == "PNG" and Path(path).stat().st_size < 200_000:
+            return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode()
+        picture.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+        buf = io.BytesIO()
+        if picture.mode in ("RGBA", "LA", "P"):
+            picture.save(buf, format="PNG", optimize=True)
+            mime = "image/png"
+        else:
+            picture.convert("RGB").save(buf, format="JPEG", quality=88)
+            mime = "image/jpeg"
+    return f"data:{mime};base64," + base64.b64encode(buf.getvalue()).decode()
 
 
 def _img(path: str | Path | None, alt: str, width: int | None = None) -> str:
     if path is None or not Path(path).is_file():
         return f'<span class="missing">{_esc(alt)}: picture not stored locally</span>'
     w = f' width="{width}"' if width else ""
-    return f'<img src="{_data_uri(path)}" alt="{_esc(alt)}"{w}>'
+    # Twice the shown width keeps it sharp on high-density screens.
+    return f'<img src="{_data_uri(path, 2 * width if width else 1024)}" alt="{_esc(alt)}"{w}>'
 
 
 def _boxed_image(cell: Mapping[str, Any], alt: str) -> str:
@@ -140,7 +157,7 @@ def _boxed_image(cell: Mapping[str, Any], alt: str) -> str:
                           f'stroke="{colours[i % len(colours)]}" stroke-width="{max(w, h) / 300:.1f}">'
                           f'<title>{_esc(layer)}: {_esc(b.get("box_caption", ""))}</title></rect>')
     return (f'<svg viewBox="0 0 {w} {h}" width="{min(w, 480)}" role="img" aria-label="{_esc(alt)}">'
-            f'<image href="{_data_uri(path)}" width="{w}" height="{h}"/>{"".join(shapes)}</svg>')
+            f'<image href="{_data_uri(path, 960)}" width="{w}" height="{h}"/>{"".join(shapes)}</svg>')
 
 
 def _cell(v: Any, alt: str) -> str:
