@@ -1,0 +1,116 @@
+"""A run's lifecycle as the callbacks see it, with or without a training loop.
+
+A :class:`Session` fires ``on_fit_start``, then whatever the experiment reports (``on_log``,
+``on_batch_end``, epoch ends), then ``on_fit_end``, or ``on_exception`` when the work raises. The
+W&B logger, the progress bar, the summary table and the panels' adapters need nothing more, so
+an experiment that trains nothing (the filters, the IoU slide, the photo comparison) is a plain
+function over a session, and ``trainers.engine.Engine`` is a session that adds a training loop.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from core.events import EPOCH_AXIS, STEP_AXIS, Callback
+
+
+class Session:
+    """Fires the events of one run to its callbacks and holds what they read (a :class:`~core.events.Loop`).
+
+    Args:
+        callbacks: plug-ins notified of every event, in order.
+        name: short experiment name ("filters", "alexnet", ...), used as the W&B job type.
+        config: the resolved configuration of the run (what W&B records).
+        epochs: epochs the run reports, for progress bars; 1 for a run without epochs.
+        steps_per_epoch: steps per epoch, for progress bars; None when unknown.
+    """
+
+    def __init__(
+        self,
+        callbacks: Iterable[Callback] = (),
+        *,
+        name: str = "experiment",
+        config: Mapping[str, Any] | None = None,
+        epochs: int = 1,
+        steps_per_epoch: int | None = None,
+    ) -> None:
+        if epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {epochs}")
+        self.callbacks: list[Callback] = list(callbacks)
+        self.name = name
+        self.config: dict[str, Any] = dict(config or {})
+        self.epochs = epochs
+        self.steps_per_epoch = steps_per_epoch
+        self.epoch = 0
+        self.global_step = 0
+        self.should_stop = False
+        # Final numbers for the console summary and the W&B run summary.
+        self.summary: dict[str, Any] = {}
+        self.fit_seconds = 0.0
+        # The process's exit code for this run, known before ``on_fit_end`` so that the W&B run
+        # records the same one: 1 when the experiment's self-check (summary ``check/passed``) failed.
+        self.exit_code = 0
+        # What an experiment without a trainer hands its panels' adapters (the kernels' checks,
+        # the slide, the photo...), by name; a training loop keeps such things as attributes.
+        self.results: dict[str, Any] = {}
+
+    def fire(self, event: str, **kwargs: Any) -> None:
+        """Call hook ``event`` on every callback."""
+        for cb in self.callbacks:
+            getattr(cb, event)(self, **kwargs)
+
+    def log(self, metrics: Mapping[str, Any], *, axis: str = STEP_AXIS) -> None:
+        """Report metrics against ``axis`` (``trainer/step`` or ``epoch``) to the callbacks."""
+        if metrics:
+            self.fire("on_log", metrics=metrics, axis=axis)
+
+    def axis_value(self, axis: str) -> int:
+        """Current value of an x-axis: steps taken, or epochs completed (1-based)."""
+        return self.epoch + 1 if axis == EPOCH_AXIS else self.global_step
+
+    def step_end(self, batch_idx: int, outputs: Mapping[str, Any]) -> None:
+        """Count one step and fire ``on_batch_end``."""
+        self.global_step += 1
+        self.fire("on_batch_end", batch_idx=batch_idx, outputs=outputs)
+
+    def epoch_end(self, epoch: int, metrics: Mapping[str, float]) -> None:
+        """Report an epoch's metrics: ``on_validation_end``, logged on the epoch axis, kept in the
+        summary, then ``on_epoch_end``."""
+        self.fire("on_validation_end", epoch=epoch, metrics=metrics)
+        self.log({**metrics}, axis=EPOCH_AXIS)
+        self.summary.update(metrics)
+        self.fire("on_epoch_end", epoch=epoch, metrics=metrics)
+
+    def test_end(self, metrics: Mapping[str, float]) -> None:
+        """Report the final metrics after the last epoch (logged against it, so the epoch axis
+        never goes backwards) and fire ``on_test_end``; nothing for no metrics."""
+        if metrics:
+            self.log({**metrics}, axis=EPOCH_AXIS)
+            self.summary.update(metrics)
+            self.fire("on_test_end", metrics=metrics)
+
+    def find_callback(self, kind: type) -> Any:
+        """The first callback that is an instance of ``kind``, or None."""
+        return next((cb for cb in self.callbacks if isinstance(cb, kind)), None)
+
+    @contextmanager
+    def running(self) -> Iterator[Session]:
+        """``on_fit_start`` on entry; on a clean exit the summary's ``fit_seconds``, the exit code
+        and ``on_fit_end``; when the body raises (KeyboardInterrupt included) ``on_exception``,
+        then the exception goes on."""
+        started = time.perf_counter()
+        try:
+            self.fire("on_fit_start")
+            yield self
+            self.fit_seconds = time.perf_counter() - started
+            self.summary.setdefault("fit_seconds", round(self.fit_seconds, 3))
+            if self.summary.get("check/passed") == 0:
+                self.exit_code = 1
+            self.fire("on_fit_end")
+        except BaseException as exc:
+            self.fit_seconds = time.perf_counter() - started
+            self.fire("on_exception", exception=exc)
+            raise
