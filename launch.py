@@ -84,14 +84,12 @@ def add_filters(sub: argparse._SubParsersAction, parents: list) -> None:
 def cmd_filters(args: argparse.Namespace) -> int:
     from callbacks import standard_callbacks
     from callbacks.filters_viz import FilterTables
-    from trainers.filters import FiltersExperiment, filters_settings, images_from_args
+    from trainers.filters import filters_settings, images_from_args, run_filters
 
     settings = filters_settings(args)
     images = images_from_args(settings.image, settings.max_size)
     callbacks = standard_callbacks(args, job_type="filters") + [FilterTables()]
-    experiment = FiltersExperiment(images, settings.filters, callbacks, config=dataclasses.asdict(settings))
-    experiment.fit()
-    return experiment.exit_code
+    return run_filters(images, settings.filters, callbacks, config=dataclasses.asdict(settings)).exit_code
 
 
 def add_sweep(sub: argparse._SubParsersAction, parents: list) -> None:
@@ -133,13 +131,11 @@ def add_iou(sub: argparse._SubParsersAction, parents: list) -> None:
 def cmd_iou(args: argparse.Namespace) -> int:
     from callbacks import standard_callbacks
     from callbacks.iou_viz import IoUPlots
-    from trainers.iou import IoUExperiment, setup_from_args
+    from trainers.iou import run_iou, setup_from_args
 
     setup = setup_from_args(args)
     callbacks = standard_callbacks(args, job_type="iou") + [IoUPlots()]
-    experiment = IoUExperiment(setup, callbacks, config=dataclasses.asdict(setup))
-    experiment.fit()
-    return experiment.exit_code
+    return run_iou(setup, callbacks, config=dataclasses.asdict(setup)).exit_code
 
 
 def add_compare(sub: argparse._SubParsersAction, parents: list) -> None:
@@ -188,7 +184,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     from callbacks import standard_callbacks
     from callbacks.checkpoint import Checkpoint
     from callbacks.detection_viz import PhotoTable, PredictionTable
-    from trainers.detection.beatles import PhotoComparison, load_photo
+    from trainers.detection.beatles import compare_on_photo, load_photo
     from trainers.detection.trainer import build_trainer, model_label, prepare
 
     plan = prepare(args)
@@ -218,7 +214,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     if photo is not None:
         callbacks = standard_callbacks(run_args("photo"), job_type="detect-photo") + [PhotoTable(log_to_wandb=to_wandb)]
         config = dataclasses.asdict(dataclasses.replace(plan.settings, photo=photo.source))
-        PhotoComparison(photo, models, results, callbacks, config=config).fit()
+        compare_on_photo(photo, models, results, callbacks, config=config)
     return 0
 
 

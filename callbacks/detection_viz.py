@@ -67,10 +67,10 @@ class PhotoTable(_CachedPictures):
         self.inference_ms[outputs["label"]] = outputs["inference_ms"]
 
     def on_validation_end(self, trainer: Loop, epoch: int, metrics: Mapping[str, float]) -> None:
-        photo = trainer.photo
+        photo = trainer.results["photo"]
         console_rows = [[r[0], photo.name, *r[2:]] for r in self.panel.rows(self.outputs, self.inference_ms)]
         self.console.print(_console_table(f"both models on {photo.name} ({photo.source})", PHOTO_COLUMNS, console_rows))
-        verdict_cols, verdict_rows = trainer.verdict()
+        verdict_cols, verdict_rows = trainer.results["verdict"]
         self.console.print(_console_table("verdict: option 1 vs option 2", verdict_cols, verdict_rows))
         if not self.log_to_wandb:
             return

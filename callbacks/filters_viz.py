@@ -32,7 +32,7 @@ class FilterTables(Callback):
         trainer.log({f"image/{name}/hf_ratio/{k}": v for k, v in ratios.items()}, axis=STEP_AXIS)
 
     def on_validation_end(self, trainer: Loop, epoch: int, metrics: Mapping[str, float]) -> None:
-        checks = trainer.checks
+        checks = trainer.results["checks"]
         check_rows = [
             [name, *(round(per_dir[d], 4) for d in DIRECTIONS), round(checks.hf_ratio[name], 4),
              checks.constant_error[name], checks.passed(name)]

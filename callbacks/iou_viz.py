@@ -33,7 +33,7 @@ class IoUPlots(Callback):
             trainer.log(self._descent(trainer), axis=EPOCH_AXIS)
 
     def on_test_end(self, trainer: Loop, metrics: Mapping[str, float]) -> None:
-        trainer.log(self._slide(trainer.slide), axis=EPOCH_AXIS)
+        trainer.log(self._slide(trainer.results["slide"]), axis=EPOCH_AXIS)
 
     @staticmethod
     def _slide(s: Any) -> dict:
@@ -67,11 +67,12 @@ class IoUPlots(Callback):
 
     @staticmethod
     def _descent(trainer: Loop) -> dict:
-        names = list(trainer.curves)
-        steps = list(range(1, len(trainer.curves[names[0]]) + 1))
-        finals = {n: (d.boxes(), d.iou()) for n, d in trainer.descents.items()}
+        curves, descents, starts = (trainer.results[k] for k in ("curves", "descents", "starts"))
+        names = list(curves)
+        steps = list(range(1, len(curves[names[0]]) + 1))
+        finals = {n: (d.boxes(), d.iou()) for n, d in descents.items()}
         rows = []
-        for i, start in enumerate(trainer.starts.tolist()):
+        for i, start in enumerate(starts.tolist()):
             row = [i, [_r(v) for v in start]]
             for n in names:
                 boxes, iou = finals[n]
@@ -79,7 +80,7 @@ class IoUPlots(Callback):
             rows.append(row)
         return {
             "iou/descent": wandb.plot.line_series(
-                xs=steps, ys=[trainer.curves[n] for n in names], keys=[f"{n}: mean IoU" for n in names],
+                xs=steps, ys=[curves[n] for n in names], keys=[f"{n}: mean IoU" for n in names],
                 title="Mean IoU with the target, from disjoint starts", xname="step"),
             "iou/descent_boxes": wandb.Table(
                 columns=["box", "start", *(c for n in names for c in (f"{n}_end", f"{n}_iou"))], data=rows),

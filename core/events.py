@@ -1,6 +1,7 @@
 """Events, their x-axes and the process that owns logging: what every layer of the suite shares.
 
-A :class:`Callback` reacts to the events an ``Engine`` (``trainers.engine``) fires; it lives here,
+A :class:`Callback` reacts to the events a run fires (a ``core.session.Session``, or the training
+loop ``trainers.engine.Engine`` built on it); it lives here,
 below both trainers and callbacks, so neither has to import the other.
 """
 
@@ -15,7 +16,8 @@ EPOCH_AXIS = "epoch"
 
 
 class Loop(Protocol):
-    """What a callback may use of the loop that fires its events (``trainers.engine.Engine`` is one)."""
+    """What a callback may use of the run that fires its events: a ``core.session.Session``, or a
+    ``trainers.engine.Engine`` (a session with a training loop)."""
 
     epochs: int
     epoch: int
@@ -27,6 +29,7 @@ class Loop(Protocol):
     name: str
     config: dict[str, Any]
     summary: dict[str, Any]
+    results: dict[str, Any]
 
     def log(self, metrics: Mapping[str, Any], *, axis: str = ...) -> None:
         """Report metrics against ``axis`` to every callback."""

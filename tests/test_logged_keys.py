@@ -1,5 +1,6 @@
 """Nothing a trainer reports is lost on the way to W&B: each command run small, in process, with
-every ``Engine.log`` call recorded, then the offline run read back with ``wandb leet inspect``."""
+every ``Session.log`` call (training loops and plain experiments alike) recorded, then the offline
+run read back with ``wandb leet inspect``."""
 
 from __future__ import annotations
 
@@ -13,12 +14,12 @@ import pytest
 
 from callbacks.wandb_logger import WandbLogger
 from core.events import EPOCH_AXIS
+from core.session import Session
 from launch import get_args_parser, main
 from tracking.readback import artifacts, history, records, run_summary
 from trainers.classification import AlexNetSettings, resolve_args
 from trainers.detection.dataset import generate_pennfudan
 from trainers.detection.trainer import DetectSettings
-from trainers.engine import Engine
 from trainers.filters import FiltersSettings, filters_settings
 from trainers.iou import IoUSetup, setup_from_args
 from trainers.settings import make
@@ -26,15 +27,15 @@ from trainers.settings import make
 
 @pytest.fixture
 def reported(monkeypatch):
-    """Engine -> [(axis, metrics)] for every ``Engine.log`` call, the calls themselves unchanged."""
-    calls: dict[Engine, list] = defaultdict(list)
-    original = Engine.log
+    """Session -> [(axis, metrics)] for every ``Session.log`` call, the calls themselves unchanged."""
+    calls: dict[Session, list] = defaultdict(list)
+    original = Session.log
 
     def recording_log(self, metrics, *, axis="trainer/step"):
         calls[self].append((axis, dict(metrics)))
         original(self, metrics, axis=axis)
 
-    monkeypatch.setattr(Engine, "log", recording_log)
+    monkeypatch.setattr(Session, "log", recording_log)
     return calls
 
 
@@ -42,7 +43,7 @@ def _number(v):
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def compare_run(engine: Engine, calls: list) -> tuple[set, set]:
+def compare_run(engine: Session, calls: list) -> tuple[set, set]:
     """Assert the run holds every reported key and each number's final value; return (reported, in run)."""
     last, axis_of = {}, {}
     for axis, metrics in calls:

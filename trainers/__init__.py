@@ -1,4 +1,4 @@
-"""What trains: the loop and its events, the experiments, models and data."""
+"""What trains: the training loop, the experiments (plain functions where nothing trains), models and data."""
 
 import os
 

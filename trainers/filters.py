@@ -1,13 +1,14 @@
 """The hand-designed filters experiment: every kernel on every photo, plus a check of what each
-kernel should do on generated gratings. Nothing is trained; the loop still runs through the
-engine so the same callbacks (W&B, progress, summary, tables) apply."""
+kernel should do on generated gratings. Nothing is trained: :func:`run_filters` reports through a
+:class:`~core.session.Session`, so the same callbacks (W&B, progress, summary, tables) apply."""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -15,7 +16,7 @@ from PIL import Image, UnidentifiedImageError
 
 from core.errors import UsageError
 from core.events import Callback
-from trainers.engine import Engine
+from core.session import Session
 from trainers.settings import add_arguments as settings_flags
 from trainers.settings import make, setting, settings, values
 from viz.kernels import DIRECTIONS, KERNELS, apply_kernel, grating_gain, high_frequency_energy, kernel
@@ -139,32 +140,26 @@ def run_checks(names: Iterable[str], *, size: int = 64, period: float = 4.0, see
     return checks
 
 
-class FiltersExperiment(Engine):
-    """Hands each photo and the kernels to its callbacks (one step per photo), then runs :func:`run_checks`."""
-
-    def __init__(
-        self,
-        images: Sequence[tuple[str, torch.Tensor]],
-        filters: Sequence[str],
-        callbacks: Iterable[Callback] = (),
-        config: dict | None = None,
-    ) -> None:
-        super().__init__(callbacks, epochs=1, config=config, name="filters", steps_per_epoch=len(images))
-        for name in filters:
-            KERNELS.get(name)  # fail before any work on an unknown name
-        self.images = list(images)
-        self.filters = list(filters)
-        self.checks: Checks | None = None
-
-    def train_epoch(self, epoch: int) -> None:
-        # Each photo is one step; the filter table (callbacks.panels.FilterTable) applies the kernels.
-        kernels = {name: kernel(name) for name in self.filters}
-        for i, (image_name, img) in enumerate(self.images):
-            self.step_end(i, {"image_name": image_name, "image": img, "kernels": kernels})
-
-    def evaluate(self, epoch: int) -> dict[str, float]:
-        self.checks = run_checks(self.filters, seed=int(self.config.get("seed", 0)))
-        return self.checks.metrics()
+def run_filters(
+    images: Sequence[tuple[str, torch.Tensor]],
+    filters: Sequence[str],
+    callbacks: Iterable[Callback] = (),
+    config: Mapping[str, Any] | None = None,
+) -> Session:
+    """Hand each photo and the kernels to the callbacks (one step per photo; the filter table,
+    :class:`callbacks.panels.FilterTable`, applies them), then report :func:`run_checks` as the
+    run's one epoch, its :class:`Checks` under ``session.results["checks"]``."""
+    for name in filters:
+        KERNELS.get(name)  # fail before any work on an unknown name
+    session = Session(callbacks, name="filters", config=config, steps_per_epoch=len(images))
+    kernels = {name: kernel(name) for name in filters}
+    with session.running():
+        session.fire("on_epoch_start", epoch=0)
+        for i, (image_name, img) in enumerate(images):
+            session.step_end(i, {"image_name": image_name, "image": img, "kernels": kernels})
+        checks = session.results["checks"] = run_checks(filters, seed=int(session.config.get("seed", 0)))
+        session.epoch_end(0, checks.metrics())
+    return session
 
 
 def images_from_args(paths: Sequence[str] | None, max_size: int) -> list[tuple[str, torch.Tensor]]:

@@ -11,7 +11,7 @@ is 0. The rule keeps "IoU = 0 exactly when the overlap has zero area" true for a
 differs from ``torchvision.ops.box_iou`` only where both boxes have zero area: there torchvision
 computes 0 / 0 and returns NaN.
 
-Nothing here imports wandb: :class:`IoUExperiment` reports through the engine's events and
+Nothing here imports wandb: :func:`run_iou` reports through a session's events and
 ``callbacks/iou_viz.py`` turns them into W&B plots and tables.
 """
 
@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import argparse
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -28,7 +29,7 @@ from torchvision.ops import distance_box_iou, generalized_box_iou, generalized_b
 
 from core.errors import UsageError
 from core.events import Callback
-from trainers.engine import Engine
+from core.session import Session
 from trainers.settings import add_arguments as settings_flags
 from trainers.settings import make, setting, settings, values
 
@@ -366,59 +367,50 @@ def torchvision_agreement(n: int, seed: int) -> float:
     return float((box_iou(boxes, other) - tv_box_iou(boxes, other)).abs().max())
 
 
-class IoUExperiment(Engine):
-    """Descents with 1 - IoU and GIoU loss as the training loop (one step per update), then, once
-    after the last epoch (:meth:`test`), the slide and the agreement with torchvision.
+def run_iou(setup: IoUSetup, callbacks: Iterable[Callback] = (), config: Mapping[str, Any] | None = None) -> Session:
+    """Descents with 1 - IoU and GIoU loss (one step per update, ``eval/<loss>/mean_iou`` and
+    ``min_iou`` after each epoch), then, once, the slide and the agreement with torchvision.
 
-    After each epoch ``eval/<loss>/mean_iou`` and ``min_iou`` give the boxes' IoU with the target.
-    ``curves`` keeps each loss's mean IoU per step for the closing chart.
+    The adapters find in ``session.results``: ``descents`` (loss -> :class:`Descent`), ``starts``
+    (the boxes' corners at the start), ``curves`` (each loss's mean IoU per step) and ``slide``.
     """
+    session = Session(callbacks, name="iou", config=config, epochs=setup.epochs, steps_per_epoch=setup.steps)
+    target = torch.tensor(setup.box_a)
+    starts = disjoint_starts(setup.box_a, setup.batch_size, torch.Generator().manual_seed(setup.seed))
+    descents = {name: Descent(name, starts, target, setup.lr) for name in LOSSES}
+    curves: dict[str, list[float]] = {name: [] for name in LOSSES}
+    session.results.update(descents=descents, starts=corners(starts), curves=curves)
+    start_iou = float(descents["iou_loss"].iou().max())
+    with session.running():
+        for epoch in range(setup.epochs):
+            session.epoch = epoch
+            session.fire("on_epoch_start", epoch=epoch)
+            for i in range(setup.steps):
+                metrics = {}
+                for name, descent in descents.items():
+                    out = descent.step()
+                    curves[name].append(out["iou"])
+                    metrics.update({f"descent/{name}/{k}": v for k, v in out.items()})
+                session.log(metrics)
+                session.step_end(i, metrics)
+            session.epoch_end(epoch, {f"eval/{name}/{k}": float(f(descent.iou()))
+                                      for name, descent in descents.items()
+                                      for k, f in (("mean_iou", torch.mean), ("min_iou", torch.min))})
+            if session.should_stop:
+                break
+        # The slide and the agreement do not change with the epochs, so they are computed once.
+        s = session.results["slide"] = slide(setup.box_a, setup.box_b, to=setup.slide_to, points=setup.slide_points)
+        session.test_end(analysis_metrics(s, torchvision_agreement(setup.agreement_boxes, setup.seed), start_iou))
+    return session
 
-    def __init__(self, setup: IoUSetup, callbacks: Iterable[Callback] = (), config: dict | None = None) -> None:
-        super().__init__(callbacks, epochs=setup.epochs, config=config, name="iou", steps_per_epoch=setup.steps)
-        self.setup = setup
-        target = torch.tensor(setup.box_a)
-        starts = disjoint_starts(setup.box_a, setup.batch_size, torch.Generator().manual_seed(setup.seed))
-        self.descents = {name: Descent(name, starts, target, setup.lr) for name in LOSSES}
-        self.starts = corners(starts)
-        self.start_iou = float(self.descents["iou_loss"].iou().max())
-        self.curves: dict[str, list[float]] = {name: [] for name in LOSSES}
-        self.slide: Slide | None = None
-        self.max_abs_diff: float | None = None
 
-    def train_epoch(self, epoch: int) -> None:
-        for i in range(self.setup.steps):
-            metrics = {}
-            for name, descent in self.descents.items():
-                out = descent.step()
-                self.curves[name].append(out["iou"])
-                metrics.update({f"descent/{name}/{k}": v for k, v in out.items()})
-            self.log(metrics)
-            self.step_end(i, metrics)
-
-    def evaluate(self, epoch: int) -> dict[str, float]:
-        metrics: dict[str, float] = {}
-        for name, descent in self.descents.items():
-            iou = descent.iou()
-            metrics[f"eval/{name}/mean_iou"] = float(iou.mean())
-            metrics[f"eval/{name}/min_iou"] = float(iou.min())
-        return metrics
-
-    def test(self) -> dict[str, float]:
-        """The slide and the agreement with torchvision: the same every epoch, so computed once."""
-        s = self.setup
-        self.slide = slide(s.box_a, s.box_b, to=s.slide_to, points=s.slide_points)
-        self.max_abs_diff = torchvision_agreement(s.agreement_boxes, s.seed)
-        return self.analysis_metrics()
-
-    def analysis_metrics(self) -> dict[str, float]:
-        """Slide and agreement numbers, and ``check/passed``: 1 when IoU matches torchvision within
-        1e-6, the descents start apart and :meth:`Slide.gradients_as_expected` holds."""
-        s = self.slide
-        checks = [self.max_abs_diff <= 1e-6, self.start_iou == 0.0, s.gradients_as_expected()]
-        return {
-            "check/max_abs_diff_vs_torchvision": self.max_abs_diff,
-            "slide/kinks": len(s.kinks),
-            **{f"slide/{m}_zero_grad_fraction": s.zero_grad_fraction(m) for m in MEASURES},
-            "check/passed": float(all(checks)),
-        }
+def analysis_metrics(s: Slide, max_abs_diff: float, start_iou: float) -> dict[str, float]:
+    """Slide and agreement numbers, and ``check/passed``: 1 when IoU matches torchvision within
+    1e-6, the descents start apart and :meth:`Slide.gradients_as_expected` holds."""
+    checks = [max_abs_diff <= 1e-6, start_iou == 0.0, s.gradients_as_expected()]
+    return {
+        "check/max_abs_diff_vs_torchvision": max_abs_diff,
+        "slide/kinks": len(s.kinks),
+        **{f"slide/{m}_zero_grad_fraction": s.zero_grad_fraction(m) for m in MEASURES},
+        "check/passed": float(all(checks)),
+    }

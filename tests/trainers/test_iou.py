@@ -18,12 +18,12 @@ from trainers.iou import (
     DEFAULT_BOX_A,
     DEFAULT_BOX_B,
     Descent,
-    IoUExperiment,
     IoUSetup,
     box_iou,
     corners,
     disjoint_starts,
     kink_positions,
+    run_iou,
     setup_from_args,
     slide,
     torchvision_agreement,
@@ -254,7 +254,7 @@ def test_iou_loss_is_stuck_and_giou_loss_converges():
 
 
 def test_experiment_summary():
-    summary = IoUExperiment(IoUSetup(steps=20, batch_size=2, slide_points=51, agreement_boxes=64)).fit()
+    summary = run_iou(IoUSetup(steps=20, batch_size=2, slide_points=51, agreement_boxes=64)).summary
     assert summary["check/passed"] == 1.0 and summary["slide/kinks"] == 4
     assert summary["eval/iou_loss/mean_iou"] == 0.0 and summary["eval/giou_loss/mean_iou"] > 0
 

@@ -21,9 +21,9 @@ from torch import nn
 
 from core.errors import UsageError
 from core.events import Callback
+from core.session import Session
 from trainers.detection.dataset import street_scene
 from trainers.download import DownloadError, cache_dir, download
-from trainers.engine import Engine
 from viz.detections import THRESHOLDS, people_counts
 
 # "The Beatles arrive at JFK Airport", 7 February 1964, United Press International; public domain.
@@ -85,45 +85,45 @@ def detect(model: nn.Module, image: torch.Tensor, *, repeats: int = 3) -> tuple[
     return {k: v.cpu() for k, v in out.items()}, float(np.median(times))
 
 
-class PhotoComparison(Engine):
-    """Runs every trained model on the photo (one step per model) and holds the verdict rows.
+def compare_on_photo(
+    photo: Photo,
+    models: Mapping[str, nn.Module],
+    results: Mapping[str, Mapping[str, Any]],
+    callbacks: Iterable[Callback] = (),
+    config: Mapping[str, Any] | None = None,
+) -> Session:
+    """Run every trained model on the photo (one step per model) and report the counts as the
+    run's one epoch.
 
     ``models`` maps a label ("option 1: maskrcnn_resnet50_fpn") to the model; ``results`` maps the
-    same label to that model's final training summary, for the verdict.
+    same label to that model's final training summary. The adapters find ``photo`` and the
+    :func:`verdict` as ``(columns, rows)`` in ``session.results``.
     """
-
-    def __init__(
-        self,
-        photo: Photo,
-        models: Mapping[str, nn.Module],
-        results: Mapping[str, Mapping[str, Any]],
-        callbacks: Iterable[Callback] = (),
-        config: Mapping[str, Any] | None = None,
-    ) -> None:
-        super().__init__(callbacks, epochs=1, config=config, name="detect-photo", steps_per_epoch=len(models))
-        self.photo, self.models, self.results = photo, dict(models), dict(results)
-        self.detections: dict[str, dict[str, Any]] = {}
-
-    def train_epoch(self, epoch: int) -> None:
-        image = to_tensor(self.photo.image)
-        for i, (label, model) in enumerate(self.models.items()):
+    session = Session(callbacks, name="detect-photo", config=config, steps_per_epoch=len(models))
+    session.results["photo"] = photo
+    image = to_tensor(photo.image)
+    detections: dict[str, dict[str, Any]] = {}
+    with session.running():
+        session.fire("on_epoch_start", epoch=0)
+        for i, (label, model) in enumerate(models.items()):
             out, ms = detect(model, image)
-            row = {**people_counts(out["scores"]), "inference_ms": ms}
-            self.detections[label] = row
-            self.step_end(i, {"label": label, "photo": self.photo, "output": out, **row})
+            row = detections[label] = {**people_counts(out["scores"]), "inference_ms": ms}
+            session.step_end(i, {"label": label, "photo": photo, "output": out, **row})
+        session.results["verdict"] = verdict(results, detections)
+        session.epoch_end(0, {f"photo/{label.split(':')[0].replace(' ', '')}/{k}": v
+                              for label, row in detections.items() for k, v in row.items()})
+    return session
 
-    def evaluate(self, epoch: int) -> dict[str, float]:
-        return {f"photo/{label.split(':')[0].replace(' ', '')}/{k}": v
-                for label, row in self.detections.items() for k, v in row.items()}
 
-    def verdict(self) -> tuple[list[str], list[list[Any]]]:
-        """Columns and one row per model: train AP, held-out AP, segm AP, photo counts, s/iter."""
-        columns = ["model", "train bbox AP", "held-out bbox AP", "held-out segm AP",
-                   *(f"people@{t}" for t in THRESHOLDS), "s/iter"]
-        rows = []
-        for label, summary in self.results.items():
-            det = self.detections.get(label, {})
-            rows.append([label, summary.get("train/bbox_AP"), summary.get("val/bbox_AP"), summary.get("val/segm_AP"),
-                         *(det.get(f"people@{t}") for t in THRESHOLDS), summary.get("train/sec_per_iter")])
-        return columns, rows
-
+def verdict(results: Mapping[str, Mapping[str, Any]],
+            detections: Mapping[str, Mapping[str, Any]]) -> tuple[list[str], list[list[Any]]]:
+    """Columns and one row per trained model (``results``: label -> final training summary): train
+    AP, held-out AP, segm AP, people counted on the photo (``detections``, by label), s/iter."""
+    columns = ["model", "train bbox AP", "held-out bbox AP", "held-out segm AP",
+               *(f"people@{t}" for t in THRESHOLDS), "s/iter"]
+    rows = []
+    for label, summary in results.items():
+        det = detections.get(label, {})
+        rows.append([label, summary.get("train/bbox_AP"), summary.get("val/bbox_AP"), summary.get("val/segm_AP"),
+                     *(det.get(f"people@{t}") for t in THRESHOLDS), summary.get("train/sec_per_iter")])
+    return columns, rows
