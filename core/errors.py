@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 
 class UsageError(Exception):
@@ -13,7 +13,11 @@ class UsageError(Exception):
     """
 
 
-def suggest(name: str, choices: Iterable[str], n: int = 3) -> str:
-    """Return ' (did you mean a, b?)' for close matches of ``name``, or ''."""
-    close = difflib.get_close_matches(name, list(choices), n=n, cutoff=0.5)
+def suggest(name: str, choices: Iterable[str], n: int = 3, *, first: Sequence[str] = ()) -> str:
+    """Return ' (did you mean a, b?)' for close matches of ``name``, or ''.
+
+    ``first``: matches found another way (an abbreviation, say), listed before the spelled-alike ones.
+    """
+    spelled = difflib.get_close_matches(name, list(choices), n=n, cutoff=0.5)
+    close = list(dict.fromkeys([*first, *spelled]))[:n]
     return f" (did you mean {', '.join(close)}?)" if close else ""

@@ -22,9 +22,9 @@ import argparse
 import json
 import os
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
-from core.errors import UsageError
+from core.errors import UsageError, suggest
 
 TRUE_WORDS = ("true", "1", "yes")
 FALSE_WORDS = ("false", "0", "no")
@@ -52,6 +52,35 @@ class AgentParser(argparse.ArgumentParser):
         if self.reads_sweep_params:
             tokens = self._sweep_tokens(tokens)
         return super().parse_known_args(self._argparse_spelling(tokens), namespace)
+
+    def parse_args(self, args=None, namespace=None):  # type: ignore[override]
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            # The subcommand's parser knows its flags; argparse leaves unknown ones to the top parser.
+            parser = self._chosen_subparser(parsed) or self
+            flags = [t.partition("=")[0] for t in extras if t.startswith("-")]
+            if not flags:
+                parser.error(f"unrecognized arguments: {' '.join(extras)}")
+            known = [o for a in parser._actions for o in a.option_strings if o.startswith("--")]
+            parser.error(f"unrecognized argument {flags[0]}{suggest(flags[0], known, first=initial_matches(flags[0], known))}")
+        return parsed
+
+    def _chosen_subparser(self, parsed: argparse.Namespace) -> AgentParser | None:
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                return action.choices.get(getattr(parsed, action.dest, None))
+        return None
+
+    def _check_value(self, action: argparse.Action, value: Any) -> None:
+        # argparse's own message lists the choices but not the close ones.
+        if action.choices is not None and value not in action.choices:
+            choices = [str(c) for c in action.choices]
+            raise argparse.ArgumentError(action, f"invalid choice {value!r}{suggest(str(value), choices)}; "
+                                                 f"choose from {', '.join(choices)}")
+
+    def error(self, message: str) -> NoReturn:  # type: ignore[override]
+        """Every parsing error is one line naming the culprit, as every other error the user can fix."""
+        raise UsageError(f"{message}; see `{self.prog} --help`")
 
     def _action(self, flag: str) -> argparse.Action | None:
         return self._option_string_actions.get(flag)
@@ -104,6 +133,18 @@ def dashed(token: str) -> str:
         return token
     flag, eq, value = token.partition("=")
     return flag.replace("_", "-") + eq + value
+
+
+def initial_matches(flag: str, known: list[str]) -> list[str]:
+    """The known flags that are ``flag``'s initials or whose initials ``flag`` is: ``--learning-rate``
+    and ``--lr``, ``--wd`` and ``--weight-decay``, which no spelling distance finds."""
+
+    def initials(f: str) -> str | None:
+        words = f.lstrip("-").split("-")
+        return "".join(w[0] for w in words if w) if len(words) > 1 else None
+
+    name = flag.lstrip("-")
+    return [k for k in known if initials(flag) == k.lstrip("-") or initials(k) == name]
 
 
 def flag_token(name: str, value: Any) -> str:

@@ -44,7 +44,7 @@ def test_unset_and_unknown_are_errors():
         _parse([])
     with pytest.raises(UsageError, match="unknown Example setting 'step'; did you mean 'steps'"):
         make(Example, {"lr": 1.0, "step": 2})
-    with pytest.raises(SystemExit):
+    with pytest.raises(UsageError, match="unrecognized argument --seed"):
         _parse(["--lr", "1", "--seed", "3"])  # not a flag of its own
 
 
