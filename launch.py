@@ -63,10 +63,17 @@ def seed_everything(seed: int) -> None:
 
 def resolve_locations(args: argparse.Namespace) -> None:
     """``--out`` (or ``$DLHW_OUT``) decides where a command writes; without either, files go to
-    ``./runs`` and W&B runs to ``$WANDB_DIR`` when it is set, as W&B's own variable beats our default."""
+    ``./runs`` and W&B runs to ``$WANDB_DIR`` when it is set, as W&B's own variable beats our default.
+    Both folders are created and checked here, before any work, so one that cannot be written is a
+    usage error and not a crash at the first checkpoint."""
+    from core.files import writable_folder
+
     explicit = args.out
     args.out = explicit or "runs"
     args.wandb_dir = explicit or os.environ.get("WANDB_DIR") or args.out
+    writable_folder(args.out, "--out")
+    if args.wandb_dir != args.out:
+        writable_folder(args.wandb_dir, "$WANDB_DIR")
 
 
 # -- subcommands ------------------------------------------------------------------------------

@@ -42,6 +42,28 @@ def atomic_file(path: str | os.PathLike[str], suffix: str = ".tmp") -> Iterator[
         Path(tmp).unlink(missing_ok=True)
 
 
+def writable_folder(path: str | os.PathLike[str], flag: str = "--out") -> Path:
+    """Create the folder ``path`` (and its parents) when missing and prove a file can be written in it.
+
+    Checked before a command does any work, so that a folder it cannot write to is one clear line
+    (:class:`~core.errors.UsageError` naming ``flag``) instead of a failure hours into a run; the
+    probe file is removed, and nothing already in the folder is touched.
+    """
+    from core.errors import UsageError
+
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-check-", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+        why = f"{blocker} is a file" if blocker is not None else exc.strerror or type(exc).__name__
+        raise UsageError(f"cannot write to {flag} {path} ({why}); pass {flag} a folder you can write to") from None
+    return path
+
+
 def save_atomic(obj: Any, path: str | os.PathLike[str]) -> Path:
     """``torch.save`` ``obj`` to ``path`` so that a crash leaves either the old file or the new one."""
     with atomic_file(path) as fh:
