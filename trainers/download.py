@@ -57,26 +57,41 @@ def file_digest(path: str | os.PathLike[str], algorithm: str = "sha256") -> str:
     return h.hexdigest()
 
 
+def hash_prefix(file_name: str) -> str | None:
+    """The sha256 prefix a torchvision weights file carries in its name, the hex between its last
+    ``-`` and the extension (``resnet50-0676ba61.pth`` -> ``0676ba61``), or None when it has none.
+
+    torch.hub checks this prefix only while downloading and only when asked (``check_hash``); a file
+    already in its cache is trusted as it is.
+    """
+    stem, dash, tail = file_name.partition(".")[0].rpartition("-")
+    return tail.lower() if dash and stem and tail and all(c in "0123456789abcdefABCDEF" for c in tail) else None
+
+
 def download(
     url: str,
     dest: str | os.PathLike[str],
     *,
     sha256: str | None = None,
     md5: str | None = None,
+    sha256_prefix: str | None = None,
     timeout: float = SOCKET_TIMEOUT_S,
     console: Console | None = None,
 ) -> Path:
     """Download ``url`` to ``dest`` unless a file with the right checksum is already there.
 
     The bytes go to a temporary file beside ``dest`` and are renamed over it only after the
-    checksum (when given) matches, so an interrupted download never leaves a half file behind.
-    Raises :class:`DownloadError` on any failure.
+    checksum (when given; ``sha256_prefix``: the digest's first hex digits) matches, so an
+    interrupted or corrupt download never leaves a file behind. Raises :class:`DownloadError` on
+    any failure.
     """
     dest = Path(dest)
     expected = {"sha256": sha256, "md5": md5}
     checks = {alg: digest.lower() for alg, digest in expected.items() if digest}
 
     def verified(path: Path) -> bool:
+        if sha256_prefix and not file_digest(path).startswith(sha256_prefix.lower()):
+            return False
         return all(file_digest(path, alg) == digest for alg, digest in checks.items())
 
     if dest.is_file() and verified(dest):

@@ -6,15 +6,19 @@
   any backbone of :data:`BACKBONES` (torchvision) or any timm model (``features_only`` + FPN).
 
 Pretrained weights come from torchvision's weight enums (``DEFAULT``), fetched into torch.hub's
-cache by :func:`trainers.download.download`; when they cannot be had the model starts from random
-init and the caller is told so in one line.
+cache by :func:`trainers.download.download` and checked against the sha256 prefix in their file
+name, in the cache too; a file that fails the check is removed. They are unpickled with
+``weights_only=True``, so a weights file can hold tensors and nothing that runs code. When they
+cannot be had the model starts from random init and the caller is told so in one line.
 """
 
 from __future__ import annotations
 
+import contextlib
+import pickle
 import sys
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +26,7 @@ from typing import Any
 import torch
 import torchvision
 from torch import nn
+from torchvision.models import _api as torchvision_weights_api
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
@@ -32,7 +37,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from core.errors import UsageError, suggest
 from core.registry import Registry
-from trainers.download import DownloadError, download, socket_timeout
+from trainers.download import DownloadError, download, file_digest, hash_prefix, socket_timeout
 
 NUM_CLASSES = 2  # background and pedestrian
 TIMM_PREFIX = "timm/"
@@ -47,17 +52,57 @@ class Built:
     notes: list[str] = field(default_factory=list)
 
 
+def weights_file(url: str) -> Path:
+    """Where torch.hub keeps the weights file of ``url``."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(url.split("?")[0]).name
+
+
 def fetch_weights(weights: Any) -> bool:
-    """Make sure a torchvision weights entry is in torch.hub's cache; False (said in one line) if it cannot be."""
-    target = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+    """Make sure a torchvision weights entry is in torch.hub's cache with the sha256 prefix its file
+    name promises; a cached file that fails the check is removed and fetched again. False (said in
+    one line, naming a removed file) if the weights cannot be had."""
+    target = weights_file(weights.url)
+    prefix = hash_prefix(target.name)
+    removed = ""
     if target.is_file():
-        return True
+        if prefix is None or file_digest(target).startswith(prefix):
+            return True
+        target.unlink()
+        removed = f"removed {target}, whose sha256 does not start with {prefix} as its name says; "
     try:
-        download(weights.url, target)
-        return True
+        download(weights.url, target, sha256_prefix=prefix)
     except DownloadError as exc:
-        print(f"pretrained weights unavailable ({exc}); starting from random init", file=sys.stderr)
+        print(f"{removed}pretrained weights unavailable ({exc}); starting from random init", file=sys.stderr)
         return False
+    if removed:
+        print(f"{removed}downloaded it again", file=sys.stderr)
+    return True
+
+
+def load_weights(url: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """The state dict of ``url``'s file in torch.hub's cache (put and checked there by
+    :func:`fetch_weights`), unpickled with ``weights_only=True``. It takes torch.hub's
+    ``load_state_dict_from_url`` arguments (progress, check_hash) to stand in for it; they concern
+    the download, done already."""
+    path = weights_file(url)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, OSError) as exc:
+        raise UsageError(f"cannot load pretrained weights {path} as plain tensors ({type(exc).__name__}); "
+                         f"delete the file, or pass --weights none") from None
+
+
+@contextlib.contextmanager
+def tensors_only() -> Iterator[None]:
+    """torchvision's builders load weights through ``load_state_dict_from_url``, which unpickles
+    with ``weights_only=False``; inside this block they get :func:`load_weights` instead. Its one
+    seam is ``torchvision.models._api``, an internal module: the tests check it is still there."""
+    original = torchvision_weights_api.load_state_dict_from_url
+    torchvision_weights_api.load_state_dict_from_url = load_weights
+    try:
+        yield
+    finally:
+        torchvision_weights_api.load_state_dict_from_url = original
 
 
 def _pretrained(weights: Any, mode: str) -> Any:
@@ -83,7 +128,8 @@ def _option1(builder: Callable[..., nn.Module], weights_enum: Any, weights: str,
     coco = _pretrained(weights_enum.DEFAULT, weights)
     if coco is None:
         return Built(builder(weights=None, weights_backbone=None, num_classes=NUM_CLASSES, **kwargs), "random")
-    model = builder(weights=coco, **kwargs)
+    with tensors_only():
+        model = builder(weights=coco, **kwargs)
     _new_heads(model)
     return Built(model, "coco")
 
@@ -218,7 +264,8 @@ def create_backbone(name: str, *, weights: str = "auto", levels: int = 3) -> Bac
     """A registered torchvision backbone, or a timm one (``timm/NAME`` or a plain timm name)."""
     check_backbone(name)
     if name in BACKBONES:
-        return BACKBONES.create(name, weights=weights)
+        with tensors_only():
+            return BACKBONES.create(name, weights=weights)
     return timm_backbone(name.removeprefix(TIMM_PREFIX), weights=weights, levels=levels)
 
 

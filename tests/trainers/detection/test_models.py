@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from core.errors import UsageError
-from trainers.detection.models import MODELS, backbone_names, build_detector, create_backbone
+from trainers.detection.models import (MODELS, Built, _new_heads, backbone_names, build_detector, create_backbone,
+                                       fetch_weights, load_weights, tensors_only)
 
 TINY = {"min_size": 64, "max_size": 96}
 # Two timm backbones stand for "any timm model": several levels through an FPN, and one map without.
@@ -84,33 +85,89 @@ def test_option2_is_the_tutorials_mobilenet_v2_faster_rcnn():
     assert model.roi_heads.box_predictor.cls_score.out_features == 2
 
 
-def test_option1_puts_new_two_class_predictors_on_coco_weights(tmp_path, monkeypatch):
-    # A state dict of COCO's shape (91 classes), written where torch.hub keeps the download, stands
-    # in for the real weights: the builder loads it exactly as it would load the downloaded file.
-    from torchvision.models.detection import MaskRCNN_ResNet50_FPN_Weights, maskrcnn_resnet50_fpn
+def test_option1_puts_new_two_class_predictors_on_coco_weights():
+    from torchvision.models.detection import maskrcnn_resnet50_fpn
     from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
     from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
 
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     torch.manual_seed(7)
-    coco = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=91).state_dict()
-    cache = Path(torch.hub.get_dir()) / "checkpoints"
-    cache.mkdir(parents=True)
-    torch.save(coco, cache / Path(MaskRCNN_ResNet50_FPN_Weights.DEFAULT.url).name)
-    assert str(tmp_path) in str(cache)
-
-    built = build_detector(1, model="maskrcnn_resnet50_fpn", backbone="", weights="auto", **TINY)
-    assert built.weights == "coco"
-    heads = built.model.roi_heads
+    model = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=91, **TINY)
+    coco = {k: v.clone() for k, v in model.state_dict().items()}
+    _new_heads(model)
+    heads = model.roi_heads
     assert isinstance(heads.box_predictor, FastRCNNPredictor) and isinstance(heads.mask_predictor, MaskRCNNPredictor)
     assert heads.box_predictor.cls_score.in_features == 1024 and heads.box_predictor.cls_score.out_features == 2
     assert heads.box_predictor.bbox_pred.out_features == 2 * 4
     assert heads.mask_predictor.conv5_mask.in_channels == 256 and heads.mask_predictor.conv5_mask.out_channels == 256
     assert heads.mask_predictor.mask_fcn_logits.out_channels == 2
-    # Everything but the two predictors holds the COCO-shaped weights from the cache.
-    state = built.model.state_dict()
+    # Everything but the two predictors keeps the COCO-shaped weights.
+    state = model.state_dict()
     for key in ("backbone.body.conv1.weight", "rpn.head.conv.0.0.weight", "roi_heads.box_head.fc7.weight",
                 "roi_heads.mask_head.0.0.weight"):
         assert torch.equal(state[key], coco[key]), key
-    assert coco["roi_heads.box_predictor.cls_score.weight"].shape[0] == 91
-    _forward(built)
+    _forward(Built(model, "coco"))
+
+
+def _tiny_weights(cache: Path, prefix: str | None = None, obj=None) -> tuple[str, dict]:
+    """A tiny state dict saved in torch.hub's cache under a torchvision-style name carrying the first
+    8 hex digits of its sha256 (or ``prefix``); returns the URL it would come from and the state."""
+    import hashlib
+
+    state = obj if obj is not None else {"w": torch.arange(6.0).reshape(2, 3)}
+    staged = cache / "staged.pth"
+    cache.mkdir(parents=True, exist_ok=True)
+    torch.save(state, staged)
+    name = f"tiny-{prefix or hashlib.sha256(staged.read_bytes()).hexdigest()[:8]}.pth"
+    staged.rename(cache / name)
+    # Port 9 (discard) never answers: a re-download fails at once, without the network.
+    return f"http://127.0.0.1:9/models/{name}", state
+
+
+def _entry(url: str):
+    from torchvision.models import Weights, WeightsEnum
+
+    class TinyWeights(WeightsEnum):
+        DEFAULT = Weights(url=url, transforms=None, meta={})
+
+    return TinyWeights.DEFAULT
+
+
+def test_cached_weights_matching_their_name_load_as_tensors_only(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    url, state = _tiny_weights(Path(torch.hub.get_dir()) / "checkpoints")
+    entry = _entry(url)
+    assert fetch_weights(entry) and capsys.readouterr().err == ""
+    # torchvision's builders call exactly this; inside the block it reads the verified file, tensors only.
+    with tensors_only():
+        loaded = entry.get_state_dict(progress=False, check_hash=True)
+    assert torch.equal(loaded["w"], state["w"])
+
+
+def test_weights_that_run_code_when_unpickled_are_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    # Any class outside torch's allow-list is what weights_only refuses; a plain state dict never holds one.
+    url, _ = _tiny_weights(Path(torch.hub.get_dir()) / "checkpoints", obj={"w": torch.zeros(1), "x": UsageError("x")})
+    assert fetch_weights(_entry(url))
+    with pytest.raises(UsageError, match=r"cannot load pretrained weights .*tiny-.*\.pth as plain tensors"):
+        load_weights(url)
+
+
+def test_a_cached_file_whose_hash_does_not_match_its_name_is_removed_and_named(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    cache = Path(torch.hub.get_dir()) / "checkpoints"
+    url, _ = _tiny_weights(cache, prefix="0badc0de")
+    assert not fetch_weights(_entry(url))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"removed {cache / 'tiny-0badc0de.pth'}, whose sha256 does not start "
+                                               "with 0badc0de") and err[0].endswith("starting from random init")
+    assert list(cache.iterdir()) == []
+
+
+def test_the_torchvision_seam_is_still_there():
+    # tensors_only() swaps this module attribute; an upgrade that moves it must fail here, not load unchecked.
+    from torchvision.models import _api
+
+    assert callable(_api.load_state_dict_from_url)
+    with tensors_only():
+        assert _api.load_state_dict_from_url is load_weights
+    assert _api.load_state_dict_from_url is not load_weights
