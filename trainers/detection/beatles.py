@@ -40,16 +40,19 @@ class Photo:
     source: str
 
 
-def _read(path: Path) -> np.ndarray:
+def _read(path: Path, shown: str | None = None) -> np.ndarray:
+    """The picture at ``path`` as (H, W, 3) uint8; ``shown`` is how the user named it (a URL), if not by path."""
     try:
         with Image.open(path) as im:
             return np.array(im.convert("RGB"))
     except (UnidentifiedImageError, OSError) as exc:
-        raise UsageError(f"cannot read image {path} ({exc}); pass a PNG or JPEG to --image") from None
+        raise UsageError(f"cannot read image {shown or path} ({exc}); pass a PNG or JPEG to --image") from None
 
 
 def load_photo(image: str | None) -> Photo:
-    """``--image`` (a file or URL) or the Beatles photo; an unreachable URL falls back to a generated scene."""
+    """``--image`` (a file or URL) or the Beatles photo. Only the default photo falls back to a
+    generated scene when it cannot be fetched: a photo the user named that fails is a UsageError,
+    raised before any training, since a stand-in would answer a question nobody asked."""
     if image and not image.startswith(("http://", "https://")):
         path = Path(image)
         if not path.is_file():
@@ -59,10 +62,16 @@ def load_photo(image: str | None) -> Photo:
     name = Path(url.split("?")[0]).name or "photo.jpg"
     try:
         path = download(url, cache_dir("photos", name))
-        return Photo(Path(name).stem, _read(path), url)
     except DownloadError as exc:
+        if image:
+            raise UsageError(f"--image {exc}; check the URL, or download the photo and pass its path") from None
         print(f"photo unavailable ({exc}); using a generated street scene instead (not a photo)", file=sys.stderr)
         return Photo("generated_street_scene", street_scene(), "generated street scene (photo unavailable)")
+    try:
+        return Photo(Path(name).stem, _read(path, shown=url), url)
+    except UsageError:
+        path.unlink()  # an error page saved under the photo's name would be found in the cache next time
+        raise
 
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:
