@@ -9,6 +9,7 @@ Each spelling is turned into argparse's own before parsing, so every flag type c
 - a boolean flag takes ``--flag``, ``--no-flag`` and ``--flag=True/False/true/false/1/0``
   (``${args}`` writes Python's ``True``); ``store_true`` flags become such switches;
 - a flag taking several values takes W&B's list spelling ``--flag=[a, b, c]``;
+- a flag's value may be a negative number in any spelling (``--lr -1e-4``, which argparse takes for a flag);
 - with ``reads_sweep_params`` (the experiment subcommands): ``name=value``, one JSON object or the
   path of a JSON file, and the parameter file. A parameter the command line does not set comes
   from the file, so ``${args_no_boolean_flags}``, which leaves out a false boolean, still turns it off.
@@ -106,7 +107,7 @@ class AgentParser(argparse.ArgumentParser):
             elif _is_list(value) and action.nargs not in (None, "?"):
                 out += [flag, *_list_items(value)]
             else:
-                out.append(token)
+                out.append(f"{flag}={value}")
         return out
 
     def _sweep_tokens(self, tokens: list[str]) -> list[str]:
@@ -155,6 +156,8 @@ def flag_token(name: str, value: Any) -> str:
 def _agent_value_follows(action: argparse.Action, following: str) -> bool:
     if isinstance(action, argparse.BooleanOptionalAction):
         return following.lower() in TRUE_WORDS + FALSE_WORDS
+    if action.nargs is None and _is_negative_number(following):
+        return True  # argparse takes -1e-4 for a flag and reports the value as missing
     return _is_list(following) and (action.nargs not in (None, "?") or isinstance(action, argparse._AppendAction))
 
 
@@ -166,6 +169,14 @@ def _switch_token(action: argparse.Action, flag: str, value: str) -> str:
     if word in FALSE_WORDS:
         return "--no-" + on[2:]
     raise UsageError(f"{flag} takes true or false (or {on} / --no-{on[2:]}), got {value!r}")
+
+
+def _is_negative_number(token: str) -> bool:
+    try:
+        float(token)
+    except ValueError:
+        return False
+    return token.startswith("-")
 
 
 def _is_list(value: str) -> bool:

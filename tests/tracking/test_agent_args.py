@@ -35,6 +35,12 @@ def _trial_argv(tmp_path, monkeypatch, command, params, macro):
 RESOLVE = {"alexnet": lambda args: resolve_args(args)[0], "iou": setup_from_args, "filters": filters_settings}
 
 
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    # resolve_locations creates the default ./runs; keep it out of the checkout.
+    monkeypatch.chdir(tmp_path)
+
+
 def _config(argv):
     """The W&B config of the trial: its resolved settings, as W&B stores them (tuples as lists)."""
     args = get_args_parser().parse_args(argv)
@@ -87,3 +93,17 @@ def test_config_holds_settings_not_bookkeeping():
                       "--project", "p", "--wandb-mode", "disabled", "--log-every", "3"])
     assert not {"out", "wandb_dir", "group", "run_name", "project", "wandb_mode", "log_every", "command"} & set(config)
     assert config["seed"] == 0 and config["dataset"] == "digits"
+
+
+def test_a_negative_number_is_a_value_in_every_spelling():
+    p = get_args_parser()
+    for argv in (["alexnet", "--lr", "-1e-4"], ["alexnet", "--lr=-1e-4"], ["alexnet", "--lr", "-0.0001"]):
+        assert p.parse_args(argv).lr == -1e-4
+    assert p.parse_args(["iou", "--box-a", "-6", "0.5", "-3", "2"]).box_a == [-6, 0.5, -3, 2]
+
+
+@pytest.mark.parametrize("flag, meant", [("--learning-rate", "--lr"), ("--wd", "--weight-decay"),
+                                         ("--batchsize", "--batch-size"), ("--epoch", "--epochs")])
+def test_an_unknown_flag_names_the_flag_meant(flag, meant):
+    with pytest.raises(UsageError, match=rf"^unrecognized argument {flag} \(did you mean {meant}[,?].*`launch.py alexnet --help`$"):
+        get_args_parser().parse_args(["alexnet", flag, "1"])

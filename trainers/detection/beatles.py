@@ -46,7 +46,8 @@ def _read(path: Path, shown: str | None = None) -> np.ndarray:
         with Image.open(path) as im:
             return np.array(im.convert("RGB"))
     except (UnidentifiedImageError, OSError) as exc:
-        raise UsageError(f"cannot read image {shown or path} ({exc}); pass a PNG or JPEG to --image") from None
+        why = "what it sent is not an image" if shown else exc
+        raise UsageError(f"cannot read image {shown or path} ({why}); pass a PNG or JPEG to --image") from None
 
 
 def load_photo(image: str | None) -> Photo:
