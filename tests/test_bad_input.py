@@ -73,6 +73,7 @@ DETECT_DATA = ("--holdout", "1", "--skip-photo")
     (["alexnet", "--learning-rate", "0.1"], "unrecognized argument --learning-rate (did you mean --lr"),
     (["alexnet", "--learning_rate=0.1"], "unrecognized argument --learning-rate (did you mean --lr"),
     (["filters", "--filtres", "box_blur"], "did you mean --filters"),
+    (["filters", "--filters", "sharpen_horizontl"], "unknown filter 'sharpen_horizontl' (did you mean sharpen_horizontal"),
     (["alexnet", "--dataset", "cifar11"], "invalid choice 'cifar11' (did you mean cifar10?)"),
     (["alexnet", "--recipe", "cours"], "invalid choice 'cours' (did you mean course?)"),
     (["--wandb-mode", "offlin", "iou"], "invalid choice 'offlin' (did you mean offline"),
