@@ -73,12 +73,14 @@ DETECT_DATA = ("--holdout", "1", "--skip-photo")
     (["alexnet", "--learning-rate", "0.1"], "unrecognized argument --learning-rate (did you mean --lr"),
     (["alexnet", "--learning_rate=0.1"], "unrecognized argument --learning-rate (did you mean --lr"),
     (["filters", "--filtres", "box_blur"], "did you mean --filters"),
-    (["filters", "--filters", "sharpen_horizontl"], "unknown filter 'sharpen_horizontl' (did you mean sharpen_horizontal"),
+    (["filters", "--filters", "sharpen_horizontl"],
+     "unknown filter 'sharpen_horizontl' (did you mean sharpen_horizontal"),
     (["alexnet", "--dataset", "cifar11"], "invalid choice 'cifar11' (did you mean cifar10?)"),
     (["alexnet", "--recipe", "cours"], "invalid choice 'cours' (did you mean course?)"),
     (["--wandb-mode", "offlin", "iou"], "invalid choice 'offlin' (did you mean offline"),
     (["detect", "--backbone", "mobilenet_v9"], "unknown backbone 'mobilenet_v9' (did you mean mobilenet_v2"),
-    (["detect", "--model", "maskrcnn_resnet50"], "unknown model 'maskrcnn_resnet50' (did you mean maskrcnn_resnet50_fpn"),
+    (["detect", "--model", "maskrcnn_resnet50"],
+     "unknown model 'maskrcnn_resnet50' (did you mean maskrcnn_resnet50_fpn"),
     (["alexnet", "--lr", "0"], "--lr 0.0"),
     (["alexnet", "--lr", "-1"], "--lr -1.0"),
     (["detect", "--lr", "0"], "--lr must be positive"),
@@ -137,7 +139,8 @@ def test_an_image_url_that_is_not_an_image_is_not_kept(capsys, tmp_path, files):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_port}/photo.jpg"
     try:
-        line = _error(capsys, tmp_path / "out", "detect", "--image", url, "--data", str(files["good"]), "--holdout", "1")
+        line = _error(capsys, tmp_path / "out", "detect", "--image", url, "--data", str(files["good"]),
+                      "--holdout", "1")
     finally:
         server.shutdown()
         server.server_close()

@@ -63,7 +63,8 @@ class AgentParser(argparse.ArgumentParser):
             if not flags:
                 parser.error(f"unrecognized arguments: {' '.join(extras)}")
             known = [o for a in parser._actions for o in a.option_strings if o.startswith("--")]
-            parser.error(f"unrecognized argument {flags[0]}{suggest(flags[0], known, first=initial_matches(flags[0], known))}")
+            close = suggest(flags[0], known, first=initial_matches(flags[0], known))
+            parser.error(f"unrecognized argument {flags[0]}{close}")
         return parsed
 
     def _chosen_subparser(self, parsed: argparse.Namespace) -> AgentParser | None:

@@ -105,5 +105,6 @@ def test_a_negative_number_is_a_value_in_every_spelling():
 @pytest.mark.parametrize("flag, meant", [("--learning-rate", "--lr"), ("--wd", "--weight-decay"),
                                          ("--batchsize", "--batch-size"), ("--epoch", "--epochs")])
 def test_an_unknown_flag_names_the_flag_meant(flag, meant):
-    with pytest.raises(UsageError, match=rf"^unrecognized argument {flag} \(did you mean {meant}[,?].*`launch.py alexnet --help`$"):
+    expected = rf"^unrecognized argument {flag} \(did you mean {meant}[,?].*`launch.py alexnet --help`$"
+    with pytest.raises(UsageError, match=expected):
         get_args_parser().parse_args(["alexnet", flag, "1"])
