@@ -63,6 +63,7 @@ class Dist:
     backend: str | None = None
     _store: Any = field(default=None, repr=False)
     _previous_sigterm: Any = field(default=None, repr=False)
+    _owns_group: bool = field(default=False, repr=False)
 
     @property
     def is_main(self) -> bool:
@@ -114,7 +115,7 @@ class Dist:
         return out
 
     def report_failure(self) -> bool:
-        """Call from an exception handler: records that this rank failed and returns True when
+        """Call once, from an exception handler: records that this rank failed and returns True when
         this is the job's first failure (show the error) or False when another rank failed first
         and this exception is its echo (stay quiet: the other rank shows the cause).
 
@@ -132,9 +133,11 @@ class Dist:
             return False
 
     def shutdown(self) -> None:
-        """Destroy the process group this object created and restore the SIGTERM handler."""
-        if self.distributed and torch_dist.is_initialized():
+        """Destroy the process group if :func:`init_distributed` created it (one that already
+        existed belongs to whoever made it) and restore the SIGTERM handler."""
+        if self._owns_group and torch_dist.is_initialized():
             torch_dist.destroy_process_group()
+            self._owns_group = False
         if self._previous_sigterm is not None:
             signal.signal(signal.SIGTERM, self._previous_sigterm)
             self._previous_sigterm = None
@@ -162,14 +165,17 @@ def init_distributed(device: str | torch.device = "cpu", *, timeout: timedelta |
         backend = "nccl"
     else:
         backend = "gloo"
-    if not torch_dist.is_initialized():
+    owns_group = not torch_dist.is_initialized()
+    if owns_group:
         kwargs = {"timeout": timeout} if timeout is not None else {}
         torch_dist.init_process_group(backend, rank=rank, world_size=world, **kwargs)
+    else:  # made by someone else (Lightning, a user's script): use it as it is
+        backend = str(torch_dist.get_backend())
     store = torch_dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
                                 timeout=STORE_TIMEOUT, wait_for_workers=False)
     previous = signal.signal(signal.SIGTERM, _terminated)
     return Dist(rank=rank, world_size=world, local_rank=local_rank, device=device, backend=backend,
-                _store=store, _previous_sigterm=previous)
+                _store=store, _previous_sigterm=previous, _owns_group=owns_group)
 
 
 def wrap_ddp(model: nn.Module, dist: Dist, **kwargs: Any) -> nn.Module:
