@@ -28,12 +28,13 @@ def test_yaml_is_valid_and_its_trials_parse(path):
     assert sweeps.schema_violations_from_proposed_config(config) == []
     assert config["program"] == "launch.py" and (ROOT / config["program"]).is_file()
     command = config["command"]
-    assert command[:3] == ["${env}", "${interpreter}", "${program}"] and command[-1] == "${args}"
+    # A launcher (torchrun as `-m torch.distributed.run ...`) may stand between the interpreter and the program.
+    assert command[:2] == ["${env}", "${interpreter}"] and "${program}" in command and command[-1] == "${args}"
     assert config["metric"]["goal"] in ("maximize", "minimize")
     # The engine proposes the first trial exactly as W&B's controller would.
     proposal = sweeps.next_run(config, [], validate=True)
     params = {k: v["value"] for k, v in proposal.config.items()}
-    argv = [*command[3:-1], *(f"--{k}={v}" for k, v in params.items())]
+    argv = [*command[command.index("${program}") + 1:-1], *(f"--{k}={v}" for k, v in params.items())]
     args = get_args_parser().parse_args(argv)
     for key, value in params.items():
         assert getattr(args, key) == value, key

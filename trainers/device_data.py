@@ -10,6 +10,10 @@ of the image padded by 2 with zeros (an integer shift in [-2, 2] along each axis
 ``(x / 255 - mean) / std``. The three geometric steps are one affine map, so they cost a single
 ``grid_sample``. Random numbers come from a generator seeded by ``(seed, epoch)``, so an epoch's
 batches are the same for the same seed whatever happened before.
+
+Under torchrun each rank holds the whole split but takes only its shard of each epoch's order
+(:func:`core.distributed.shard`, the cut of ``DistributedSampler``): the order is drawn from
+the same generator on every rank, so the shards are disjoint and, for training, equally long.
 """
 
 from __future__ import annotations
@@ -21,14 +25,16 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from core.distributed import shard
+
 ROTATION_DEGREES = 10.0
 CROP_PADDING = 2
 
 
-def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
-    """A generator on ``device`` whose state depends on ``seed`` and ``epoch`` only (well mixed, so
-    epoch 1 of seed 0 and epoch 0 of seed 1 do not share a stream)."""
-    state = int(np.random.SeedSequence([seed, epoch]).generate_state(1, dtype=np.uint64)[0]) >> 1
+def epoch_generator(seed: int, epoch: int, device: torch.device, *more: int) -> torch.Generator:
+    """A generator on ``device`` whose state depends on ``seed``, ``epoch`` (and ``more``) only
+    (well mixed, so epoch 1 of seed 0 and epoch 0 of seed 1 do not share a stream)."""
+    state = int(np.random.SeedSequence([seed, epoch, *more]).generate_state(1, dtype=np.uint64)[0]) >> 1
     return torch.Generator(device=device).manual_seed(state)
 
 
@@ -68,11 +74,17 @@ class DeviceBatches:
 
     ``dataset`` is the split's per-image dataset, kept for code that picks single images
     (fixed batches for pictures and curvature estimates).
+
+    ``rank`` of ``world`` processes takes its shard of every epoch: when ``shuffle`` (training)
+    ``ceil(n / world)`` images, wrapped round as ``DistributedSampler`` pads, so that every rank
+    takes the same number of steps; otherwise (evaluation) a disjoint part, all parts together
+    covering the split exactly once. Each rank augments with its own random stream.
     """
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, *, size: int, mean: list[float], std: list[float],
                  batch_size: int, device: torch.device | str, augment: bool = False, flips: bool = False,
-                 shuffle: bool = False, seed: int = 0, dataset: torch.utils.data.Dataset | None = None) -> None:
+                 shuffle: bool = False, seed: int = 0, dataset: torch.utils.data.Dataset | None = None,
+                 rank: int = 0, world: int = 1) -> None:
         self.device = torch.device(device)
         pinned = self.device.type == "cuda"
         images_t = torch.tensor(images).permute(0, 3, 1, 2).contiguous()
@@ -86,10 +98,15 @@ class DeviceBatches:
         self.scale = (1.0 / (255.0 * torch.tensor(std, device=self.device))).view(1, -1, 1, 1)
         self.offset = (torch.tensor(mean, device=self.device) / torch.tensor(std, device=self.device)).view(1, -1, 1, 1)
         self.dataset = dataset
+        self.rank, self.world = rank, world
         self.epoch = 0
 
+    def _shard_length(self) -> int:
+        n = len(self.labels)
+        return math.ceil(n / self.world) if self.shuffle else len(range(self.rank, n, self.world))
+
     def __len__(self) -> int:
-        return math.ceil(len(self.labels) / self.batch_size)
+        return math.ceil(self._shard_length() / self.batch_size)
 
     def set_epoch(self, epoch: int) -> None:
         """Make the next iteration epoch ``epoch`` (for resuming)."""
@@ -97,10 +114,15 @@ class DeviceBatches:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         gen = epoch_generator(self.seed, self.epoch, self.device)
-        self.epoch += 1
         n = len(self.labels)
         order = torch.randperm(n, generator=gen, device=self.device) if self.shuffle else None
-        for start in range(0, n, self.batch_size):
+        if self.world > 1:
+            # The order above is the same on every rank; the augmentation draws must not be.
+            order = shard(torch.arange(n, device=self.device) if order is None else order, self.rank, self.world,
+                          even=self.shuffle)
+            gen = epoch_generator(self.seed, self.epoch, self.device, self.rank)
+        self.epoch += 1
+        for start in range(0, self._shard_length(), self.batch_size):
             idx = order[start:start + self.batch_size] if order is not None else slice(start, start + self.batch_size)
             x = resize(self.images[idx], self.size)
             if self.augment:

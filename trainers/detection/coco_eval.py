@@ -2,6 +2,9 @@
 
 Ground truth is built straight from the dataset's targets (boxes, binary masks), predictions
 from the model's outputs at the original image size; both go through ``COCOeval`` unchanged.
+Under torchrun each rank predicts its shard of the images and :func:`coco_metrics` gathers the
+result records (masks already run-length encoded, so little crosses between processes) before
+every rank runs the same evaluation over all images.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import pycocotools.mask as mask_util
 import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+
+from core.distributed import Dist
 
 # COCOeval.stats positions of the numbers we log.
 STATS = {"AP": 0, "AP50": 1, "AP75": 2, "AR100": 8}
@@ -79,17 +84,30 @@ def coco_detections(outputs: Mapping[int, Mapping[str, torch.Tensor]], iou_type:
     return results
 
 
-def coco_metrics(gt: COCO, outputs: Mapping[int, Mapping[str, torch.Tensor]], iou_types: Sequence[str]) -> dict[str, float]:
-    """``{"bbox_AP": ..., "bbox_AP50": ..., "segm_AP": ...}`` for each IoU type; 0.0 when nothing was detected."""
+def coco_metrics(gt: COCO, outputs: Mapping[int, Mapping[str, torch.Tensor]], iou_types: Sequence[str],
+                 dist: Dist | None = None) -> dict[str, float]:
+    """``{"bbox_AP": ..., "bbox_AP50": ..., "segm_AP": ...}`` for each IoU type; 0.0 when nothing was detected.
+
+    With ``dist`` of several ranks, ``outputs`` are this rank's images only (a disjoint part): the
+    records of every rank are gathered first, and every rank returns the metrics of all images,
+    the same numbers one process would compute from all the outputs. Every rank must call it.
+    """
+    image_ids = sorted(outputs)
+    records = {iou_type: coco_detections(outputs, iou_type) for iou_type in iou_types}
+    if dist is not None and dist.distributed:
+        parts = dist.all_gather_object((image_ids, records))
+        image_ids = sorted(i for ids, _ in parts for i in ids)
+        # Rank order keeps each image's detections in the order its model returned them.
+        records = {t: [r for _, part in parts for r in part[t]] for t in iou_types}
     metrics: dict[str, float] = {}
     for iou_type in iou_types:
-        dets = coco_detections(outputs, iou_type)
+        dets = records[iou_type]
         if not dets:  # pycocotools cannot load an empty result list; nothing detected scores zero
             metrics.update({f"{iou_type}_{k}": 0.0 for k in STATS})
             continue
         with contextlib.redirect_stdout(io.StringIO()):
             evaluator = COCOeval(gt, gt.loadRes(dets), iou_type)
-            evaluator.params.imgIds = sorted(outputs)
+            evaluator.params.imgIds = image_ids
             evaluator.evaluate()
             evaluator.accumulate()
             evaluator.summarize()

@@ -1,0 +1,228 @@
+"""One training job over several processes: torchrun's environment, the process group, DDP, shards.
+
+``torchrun --nproc_per_node N script ...`` starts N copies of ``script`` with ``RANK``,
+``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT`` set. :func:`init_distributed`
+turns that environment into a :class:`Dist` (and, without it, into a world of one where every
+method is a cheap no-op, so the same code runs under ``python`` and under ``torchrun``).
+
+What each piece is for:
+
+- :func:`shard` / :class:`ShardedSampler`: each rank's disjoint part of an epoch, cut as
+  ``torch.utils.data.DistributedSampler`` cuts it (every ``world``-th index from ``rank``, padded by
+  wrapping round so that every rank takes the same number of steps).
+- :meth:`Dist.all_reduce_mean` / :meth:`Dist.all_reduce_sum`: metrics of the whole data from
+  every rank's part; ``(sum, count)`` pairs make an exact mean over unequal parts.
+- :meth:`Dist.report_failure`: when one rank raises, the others' collectives fail as an echo
+  ("Connection closed by peer"); this says which process saw the job's first failure, so the error
+  is shown once and the echoes stay quiet.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, TypeVar
+
+import torch
+import torch.distributed as torch_dist
+from torch import nn
+
+__all__ = ["Dist", "ShardedSampler", "init_distributed", "shard", "wrap_ddp"]
+
+T = TypeVar("T")
+
+# How long report_failure waits for the rendezvous store before deciding the store's host is the
+# process that failed first (rank 0 hosts it when there is no torchrun agent).
+STORE_TIMEOUT = timedelta(seconds=10)
+
+
+def _terminated(signum: int, frame: Any) -> None:
+    # torchrun stops the other workers with SIGTERM when one fails, and kills them 30 s later.
+    # Python's default action ends the process on the spot; an exception instead runs the
+    # exception paths (a W&B run finished as failed, files closed) in that grace period.
+    raise SystemExit(128 + signum)
+
+
+@dataclass
+class Dist:
+    """This process's place in the job. ``world_size`` 1 means no process group: every
+    collective returns its input unchanged.
+
+    ``device`` is where this rank trains: ``cuda:LOCAL_RANK`` under torchrun on a GPU machine,
+    otherwise the device :func:`init_distributed` was given.
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    backend: str | None = None
+    _store: Any = field(default=None, repr=False)
+    _previous_sigterm: Any = field(default=None, repr=False)
+    _owns_group: bool = field(default=False, repr=False)
+
+    @property
+    def is_main(self) -> bool:
+        """True in the process that logs to W&B and writes checkpoints (rank 0)."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        """True when there is more than one process (and so a process group)."""
+        return self.world_size > 1
+
+    def barrier(self) -> None:
+        """Wait until every rank gets here."""
+        if self.distributed:
+            torch_dist.barrier()
+
+    def _reduce(self, values: Sequence[float]) -> list[float]:
+        # One collective for all values; float64 so that sums of counts stay exact. NCCL reduces
+        # only tensors on the GPU.
+        device = self.device if self.backend == "nccl" else torch.device("cpu")
+        t = torch.tensor(list(values), dtype=torch.float64, device=device)
+        torch_dist.all_reduce(t, op=torch_dist.ReduceOp.SUM)
+        return t.tolist()
+
+    def all_reduce_sum(self, values: Mapping[str, float]) -> dict[str, float]:
+        """Each key summed over the ranks. Every rank must pass the same keys."""
+        if not self.distributed:
+            return {k: float(v) for k, v in values.items()}
+        keys = sorted(values)
+        return dict(zip(keys, self._reduce([float(values[k]) for k in keys])))
+
+    def all_reduce_mean(self, values: Mapping[str, float | tuple[float, float]]) -> dict[str, float]:
+        """Means over the ranks. A plain number is averaged with equal weight per rank; a
+        ``(sum, count)`` pair becomes the sum over all ranks divided by the count over all ranks,
+        the exact mean over the whole data however unequal the ranks' parts (NaN for count 0).
+        Every rank must pass the same keys in the same forms."""
+        pairs = {k: v if isinstance(v, tuple) else (float(v), 1.0) for k, v in values.items()}
+        keys = sorted(pairs)
+        flat = [x for k in keys for x in pairs[k]]
+        totals = self._reduce(flat) if self.distributed else flat
+        return {k: totals[2 * i] / totals[2 * i + 1] if totals[2 * i + 1] else math.nan for i, k in enumerate(keys)}
+
+    def all_gather_object(self, obj: T) -> list[T]:
+        """``[obj of rank 0, obj of rank 1, ...]`` on every rank (pickled; keep it small)."""
+        if not self.distributed:
+            return [obj]
+        out: list[Any] = [None] * self.world_size
+        torch_dist.all_gather_object(out, obj)
+        return out
+
+    def report_failure(self) -> bool:
+        """Call once, from an exception handler: records that this rank failed and returns True when
+        this is the job's first failure (show the error) or False when another rank failed first
+        and this exception is its echo (stay quiet: the other rank shows the cause).
+
+        The first failing rank records itself before it exits, and its peers' collectives fail only
+        once it has exited, so the echo always finds the record. A store that cannot be reached
+        means its host (rank 0 without a torchrun agent) is gone: that was the first failure.
+        """
+        if not self.distributed:
+            return True
+        try:
+            # A restarted job (torchrun --max-restarts) starts a fresh count.
+            key = f"dlhw/failures/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+            return self._store.add(key, 1) == 1
+        except (RuntimeError, OSError):
+            return False
+
+    def shutdown(self) -> None:
+        """Destroy the process group if :func:`init_distributed` created it (one that already
+        existed belongs to whoever made it) and restore the SIGTERM handler."""
+        if self._owns_group and torch_dist.is_initialized():
+            torch_dist.destroy_process_group()
+            self._owns_group = False
+        if self._previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, self._previous_sigterm)
+            self._previous_sigterm = None
+        self._store = None
+
+
+def init_distributed(device: str | torch.device = "cpu", *, timeout: timedelta | None = None) -> Dist:
+    """The job this process belongs to, from torchrun's environment variables.
+
+    Without them (or with ``WORLD_SIZE`` 1) nothing is initialised and the result is a world of
+    one on ``device``. Otherwise the process group is created: NCCL when ``device`` is CUDA (and
+    this rank's device becomes ``cuda:LOCAL_RANK``), gloo on the CPU. ``timeout`` bounds how long
+    a collective waits for a rank that neither answers nor exits (torch's default when None).
+    Under torchrun, SIGTERM raises ``SystemExit`` so that a worker torchrun stops after a peer
+    failed still runs its exception paths.
+    """
+    device = torch.device(device)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist(device=device)
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+        backend = "nccl"
+    else:
+        backend = "gloo"
+    owns_group = not torch_dist.is_initialized()
+    if owns_group:
+        kwargs = {"timeout": timeout} if timeout is not None else {}
+        torch_dist.init_process_group(backend, rank=rank, world_size=world, **kwargs)
+    else:  # made by someone else (Lightning, a user's script): use it as it is
+        backend = str(torch_dist.get_backend())
+    store = torch_dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                                timeout=STORE_TIMEOUT, wait_for_workers=False)
+    previous = signal.signal(signal.SIGTERM, _terminated)
+    return Dist(rank=rank, world_size=world, local_rank=local_rank, device=device, backend=backend,
+                _store=store, _previous_sigterm=previous, _owns_group=owns_group)
+
+
+def wrap_ddp(model: nn.Module, dist: Dist, **kwargs: Any) -> nn.Module:
+    """``model`` inside DistributedDataParallel (gradients averaged over the ranks at every
+    backward), or ``model`` itself in a world of one. Keep the unwrapped module for state dicts,
+    hooks and checkpoints; train through the returned one. ``kwargs`` go to DDP."""
+    if not dist.distributed:
+        return model
+    if dist.device.type == "cuda":
+        kwargs.setdefault("device_ids", [dist.device.index])
+    return nn.parallel.DistributedDataParallel(model, **kwargs)
+
+
+def shard(indices: Sequence[int] | torch.Tensor, rank: int, world: int, *, even: bool = True) -> Any:
+    """Rank ``rank``'s part of ``indices``: every ``world``-th item from position ``rank``.
+
+    ``even`` (training): the list is first padded by wrapping round to a multiple of ``world``,
+    exactly as ``DistributedSampler`` pads, so every rank gets ``ceil(n / world)`` items and takes
+    the same number of steps (DDP needs that). Without ``even`` (evaluation) the parts are
+    disjoint and cover ``indices`` exactly once, their lengths differing by at most one.
+    A tensor gives a tensor on its device, anything else a list.
+    """
+    n = len(indices)
+    if n == 0:
+        return indices[:0] if isinstance(indices, torch.Tensor) else []
+    total = math.ceil(n / world) * world if even else n
+    positions = [p % n for p in range(rank, total, world)]
+    if isinstance(indices, torch.Tensor):
+        return indices[torch.tensor(positions, dtype=torch.long, device=indices.device)]
+    return [indices[i] for i in positions]
+
+
+class ShardedSampler(torch.utils.data.Sampler):
+    """This rank's shard of another sampler's epoch (:func:`shard` with ``even``), for a
+    DataLoader: wrap any sampler, e.g. one that draws a new subset every epoch, and pass this
+    one's ``set_epoch`` calls on to it. Every rank must wrap an identically seeded sampler."""
+
+    def __init__(self, sampler: torch.utils.data.Sampler, rank: int, world: int) -> None:
+        self.sampler, self.rank, self.world = sampler, rank, world
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch the wrapped sampler yields next."""
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.sampler) / self.world)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(shard(list(self.sampler), self.rank, self.world))
