@@ -73,7 +73,8 @@ def test_trials_run_the_agents_command_and_rank_by_the_metric(grid, capsys):
     best = grid.ranked()[0]
     assert best.values == {"x": 3, "y": 0.5, "steps": 2} and best.score(grid.metric) == 6.5
     assert best.command == ["/usr/bin/env", "python", PROGRAM, "--steps=2", "--x=3", "--y=0.5"]
-    assert grid.trials[0].history == [{"score": 1.0}, {"score": 2.0}]  # read from the .wandb log as it ran
+    # read from the .wandb log as it ran
+    assert grid.trials[0].history == [{"_step": 0, "score": 1.0}, {"_step": 1, "score": 2.0}]
     final_report(grid, Console(width=200, stderr=True))
     err = capsys.readouterr().err
     assert f"reproduce: python {PROGRAM} --steps=2 --x=3 --y=0.5" in err
@@ -110,15 +111,19 @@ def test_random_and_bayes_honour_count(method, tmp_path):
 
 
 def test_hyperband_stops_the_trial_that_lags(tmp_path):
-    # Run one at a time, the laggard last: its thresholds come from the two finished trials.
+    # Run one at a time, the laggard last: its thresholds come from the two finished trials. The
+    # laggard logs 3 of its 4 rows and then waits until it is stopped, so hyperband's decision never
+    # races the trial's end, however slowly the machine reads its rows back.
     cfg = write_sweep(tmp_path / "hb.yaml", method="grid", metric={"name": "score", "goal": "maximize"},
                       early_terminate={"type": "hyperband", "min_iter": 2, "eta": 2},
-                      parameters={"x": {"values": [3, 2, 0.1]}, "steps": {"value": 12}, "sleep": {"value": 0.3}})
+                      parameters={"x": {"values": [3, 2, 0.1]}, "steps": {"value": 4}, "hold_x": {"value": 0.1},
+                                  "hold_at": {"value": 3}})
     code, sweep = run_sweep(tmp_path / "out", str(cfg))
     assert code == 0
     assert [t.state for t in sweep.trials] == ["finished", "finished", "stopped"]
     laggard = sweep.trials[2]
-    assert 2 <= len(laggard.history) < 12 and "STOP" in laggard.note
+    assert [row["_step"] for row in laggard.history] == [0, 1, 2] and "STOP" in laggard.note
+    assert (Path(laggard.out_dir) / "held").is_file()
     assert run_summary(laggard.run_dir)["state"] != "running"  # its W&B run was closed, not left dangling
 
 
@@ -153,20 +158,39 @@ def test_repeated_immediate_failures_stop_the_sweep(tmp_path, capsys):
     assert str(sweep.trials[-1].log) in err
 
 
-def test_resume_after_interrupting_the_runner(tmp_path, launch_cmd):
+def start_runner(launch_cmd: list[str], cfg: Path, out: Path) -> subprocess.Popen:
+    """``launch.py sweep`` in its own process (and process group, so a test can clean up after a kill)."""
+    return subprocess.Popen([*launch_cmd, "sweep", str(cfg), "--out", str(out), "--wandb-mode", "offline"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def wait_for_hold(out: Path, proc: subprocess.Popen, timeout_s: float = 120) -> Path:
+    """The trial folder whose trial holds (it wrote ``held`` and waits): a state that lasts until the
+    test acts, so waiting for it is exact on a slow machine too."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        held = list(out.glob("sweeps/*/trials/*/held"))
+        if held:
+            return held[0].parent
+        assert proc.poll() is None, proc.communicate()[0]
+        time.sleep(0.05)
+    raise AssertionError(f"no trial held within {timeout_s} s")
+
+
+def steps_by_process(trial_dir: str | Path) -> list[tuple[int, int]]:
+    """(pid, step) for every step the trial program logged, in order."""
+    lines = (Path(trial_dir) / "steps.log").read_text().split()
+    return [(int(pid), int(step)) for pid, step in zip(lines[::2], lines[1::2])]
+
+
+@pytest.mark.slow
+def test_resume_continues_the_interrupted_trial_in_its_own_run(tmp_path, launch_cmd):
     cfg = write_sweep(tmp_path / "r.yaml", method="grid", metric={"name": "score", "goal": "maximize"},
-                      parameters={"x": {"values": [1, 2]}, "steps": {"value": 4}, "sleep": {"value": 0.5}})
+                      parameters={"x": {"values": [1, 2]}, "steps": {"value": 4}, "hold_x": {"value": 2},
+                                  "hold_at": {"value": 2}})
     out = tmp_path / "out"
-    proc = subprocess.Popen([*launch_cmd, "sweep", str(cfg), "--out", str(out), "--wandb-mode", "offline"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 120
-    state: dict = {}
-    while time.time() < deadline:  # interrupt once the first trial finished and the second runs
-        files = list(out.glob("sweeps/*/sweep.json"))
-        state = json.loads(files[0].read_text()) if files else {}
-        if [t["state"] for t in state.get("trials", [])] == ["finished", "running"]:
-            break
-        time.sleep(0.2)
+    proc = start_runner(launch_cmd, cfg, out)
+    wait_for_hold(out, proc)  # trial 0 has finished, trial 1 logged steps 0 and 1 and waits
     proc.send_signal(signal.SIGINT)
     text = proc.communicate(timeout=120)[0]
     assert proc.returncode == 130, text
@@ -178,9 +202,23 @@ def test_resume_after_interrupting_the_runner(tmp_path, launch_cmd):
     code = main(["sweep", "--resume", str(directory), "--wandb-mode", "offline"])
     resumed = Sweep.load(directory)
     assert code == 0
-    assert [t.state for t in resumed.trials] == ["finished", "interrupted", "finished"]
-    assert resumed.trials[0].run_id == first.trials[0].run_id  # not re-run
-    assert [t.values["x"] for t in resumed.trials] == [1, 2, 2]  # the interrupted point ran again
+    assert [t.state for t in resumed.trials] == ["finished", "finished"]  # no new trial for the point
+    done, again = resumed.trials
+    assert (done.run_id, done.run_dir, done.resumed) == (first.trials[0].run_id, first.trials[0].run_dir, 0)
+    assert again.run_id == first.trials[1].run_id and again.out_dir == first.trials[1].out_dir
+    assert again.resumed == 1 and again.earlier_run_dirs == [first.trials[1].run_dir] != [again.run_dir]
+    # The second attempt went on from the first one's last step: each step logged once, in order.
+    (pid1, _), _, (pid2, _), _ = steps = steps_by_process(again.out_dir)
+    assert steps == [(pid1, 0), (pid1, 1), (pid2, 2), (pid2, 3)] and pid1 != pid2
+    assert [row["_step"] for row in again.history] == [0, 1, 2, 3]
+    assert again.score(resumed.metric) == 8.0
+    # Both attempts are folders of one W&B run; the last one ended it.
+    for run_dir in (*again.earlier_run_dirs, again.run_dir):
+        run = next(r for r in records(run_dir) if r["type"] == "run")["run"]
+        assert run["run_id"] == again.run_id and (directory / "wandb" / Path(run_dir).name).is_symlink()
+    assert run_summary(again.run_dir)["state"] == "finished"
+    log = again.log.read_text()
+    assert log.count("argv ") == 2 and "--- resumed: attempt 2 of this trial" in log and "start 2" in log
 
 
 def test_schema_violations_are_listed_and_exit_2(tmp_path, capsys):
@@ -227,6 +265,7 @@ def test_pinned_parameters_keep_the_yaml_valid(tmp_path):
 WEIGHT_DECAY = ROOT / "sweeps" / "weight_decay.yaml"
 
 
+@pytest.mark.slow
 def test_the_real_weight_decay_sweep_runs_two_trials_of_the_trainer(tmp_path, capsys, monkeypatch):
     if not WEIGHT_DECAY.is_file():
         pytest.skip(f"{WEIGHT_DECAY} is not in this checkout (it comes with the weight-decay experiment)")
