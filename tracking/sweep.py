@@ -51,7 +51,7 @@ from core.errors import UsageError
 from core.files import atomic_file
 from tracking import agent_command
 from tracking.mode import OUT_ENV, RESUME_ENV
-from tracking.readback import follow
+from tracking.readback import follow, history
 
 with warnings.catch_warnings():
     # The engine's SweepRun still uses pydantic-v1 config spellings; those warnings are W&B's
@@ -484,8 +484,7 @@ class Runner:
             env[RESUME_ENV] = "auto"
             env[wandb_env.RESUME] = "allow"  # "must" fails for a run that only exists offline
             trial.resumed += 1
-            if trial.run_dir:
-                trial.earlier_run_dirs.append(trial.run_dir)
+            self._earlier_attempts(trial)
             trial.run_dir, trial.exit_code, trial.ended = None, None, None
             header = f"\n--- resumed: attempt {trial.resumed + 1} of this trial ({trial.note}) ---\n"
             trial.note = ""
@@ -517,6 +516,39 @@ class Runner:
         what = f"resumed in run {trial.run_id}" if resume else "started"
         self._say(f"trial {trial.index} {what}: {_fmt_params(trial.values)}  (log: {trial.log})")
 
+    def _run_dirs(self, trial: Trial) -> list[Path]:
+        """The trial's W&B run folders that hold a run, oldest first (one per attempt)."""
+        found = [c for c in Path(trial.out_dir).glob(f"wandb/*run-*-{trial.run_id}")
+                 if (c / f"run-{trial.run_id}.wandb").exists()]
+        return sorted(found, key=lambda c: c.name.split("run-", 1)[1])  # by start time, offline or not
+
+    def _link(self, run_dir: Path) -> None:
+        link = self.sweep.directory / "wandb" / run_dir.name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if not link.is_symlink():
+            link.symlink_to(run_dir)
+
+    def _earlier_attempts(self, trial: Trial) -> None:
+        """Before a trial resumes: record (and link) every run folder its attempts left, also one a
+        killed runner never saw, and rebuild its metric rows from them, since a killed runner may
+        have read rows it never saved."""
+        earlier = self._run_dirs(trial)
+        trial.earlier_run_dirs = [str(d) for d in earlier]
+        for run_dir in earlier:
+            self._link(run_dir)
+        metric = (self.sweep.metric or {}).get("name")
+        if not metric or not earlier:
+            return
+        rows: list[dict[str, Any]] = []
+        try:
+            for run_dir in earlier:
+                logged = [item for item in history(run_dir) if metric in item]
+                rows = merge_history(rows, [{"_step": item.get("_step", i), metric: item[metric]}
+                                            for i, item in enumerate(logged)])
+        except RuntimeError:
+            return  # an unreadable folder: keep the rows sweep.json has
+        trial.history = rows
+
     def _stop_orphan(self, trial: Trial) -> None:
         """Stop what still runs of a trial whose runner was killed, before it runs again: SIGINT
         (it checkpoints and closes its W&B run), SIGKILL after the kill delay."""
@@ -538,15 +570,10 @@ class Runner:
 
     def _find_run(self, live: _Live) -> None:
         trial = live.trial
-        for candidate in sorted(Path(trial.out_dir).glob(f"wandb/*run-*-{trial.run_id}")):
-            if str(candidate) in trial.earlier_run_dirs:
-                continue  # an earlier attempt's folder; a resumed attempt gets a new one
-            if (candidate / f"run-{trial.run_id}.wandb").exists():
+        for candidate in self._run_dirs(trial):
+            if str(candidate) not in trial.earlier_run_dirs:  # a resumed attempt writes a new folder
                 trial.run_dir = str(candidate)
-                link = self.sweep.directory / "wandb" / candidate.name
-                link.parent.mkdir(parents=True, exist_ok=True)
-                if not link.is_symlink():
-                    link.symlink_to(candidate)
+                self._link(candidate)
                 if live.metric:
                     live.start_follower(candidate)
                 self.sweep.save()

@@ -158,69 +158,6 @@ def test_repeated_immediate_failures_stop_the_sweep(tmp_path, capsys):
     assert str(sweep.trials[-1].log) in err
 
 
-def start_runner(launch_cmd: list[str], cfg: Path, out: Path) -> subprocess.Popen:
-    """``launch.py sweep`` in its own process (and process group, so a test can clean up after a kill)."""
-    return subprocess.Popen([*launch_cmd, "sweep", str(cfg), "--out", str(out), "--wandb-mode", "offline"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-
-
-def wait_for_hold(out: Path, proc: subprocess.Popen, timeout_s: float = 120) -> Path:
-    """The trial folder whose trial holds (it wrote ``held`` and waits): a state that lasts until the
-    test acts, so waiting for it is exact on a slow machine too."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        held = list(out.glob("sweeps/*/trials/*/held"))
-        if held:
-            return held[0].parent
-        assert proc.poll() is None, proc.communicate()[0]
-        time.sleep(0.05)
-    raise AssertionError(f"no trial held within {timeout_s} s")
-
-
-def steps_by_process(trial_dir: str | Path) -> list[tuple[int, int]]:
-    """(pid, step) for every step the trial program logged, in order."""
-    lines = (Path(trial_dir) / "steps.log").read_text().split()
-    return [(int(pid), int(step)) for pid, step in zip(lines[::2], lines[1::2])]
-
-
-@pytest.mark.slow
-def test_resume_continues_the_interrupted_trial_in_its_own_run(tmp_path, launch_cmd):
-    cfg = write_sweep(tmp_path / "r.yaml", method="grid", metric={"name": "score", "goal": "maximize"},
-                      parameters={"x": {"values": [1, 2]}, "steps": {"value": 4}, "hold_x": {"value": 2},
-                                  "hold_at": {"value": 2}})
-    out = tmp_path / "out"
-    proc = start_runner(launch_cmd, cfg, out)
-    wait_for_hold(out, proc)  # trial 0 has finished, trial 1 logged steps 0 and 1 and waits
-    proc.send_signal(signal.SIGINT)
-    text = proc.communicate(timeout=120)[0]
-    assert proc.returncode == 130, text
-    (directory,) = sweep_dirs(out)
-    assert f"continue with: python launch.py sweep --resume {directory}" in text
-    first = Sweep.load(directory)
-    assert [t.state for t in first.trials] == ["finished", "interrupted"]
-
-    code = main(["sweep", "--resume", str(directory), "--wandb-mode", "offline"])
-    resumed = Sweep.load(directory)
-    assert code == 0
-    assert [t.state for t in resumed.trials] == ["finished", "finished"]  # no new trial for the point
-    done, again = resumed.trials
-    assert (done.run_id, done.run_dir, done.resumed) == (first.trials[0].run_id, first.trials[0].run_dir, 0)
-    assert again.run_id == first.trials[1].run_id and again.out_dir == first.trials[1].out_dir
-    assert again.resumed == 1 and again.earlier_run_dirs == [first.trials[1].run_dir] != [again.run_dir]
-    # The second attempt went on from the first one's last step: each step logged once, in order.
-    (pid1, _), _, (pid2, _), _ = steps = steps_by_process(again.out_dir)
-    assert steps == [(pid1, 0), (pid1, 1), (pid2, 2), (pid2, 3)] and pid1 != pid2
-    assert [row["_step"] for row in again.history] == [0, 1, 2, 3]
-    assert again.score(resumed.metric) == 8.0
-    # Both attempts are folders of one W&B run; the last one ended it.
-    for run_dir in (*again.earlier_run_dirs, again.run_dir):
-        run = next(r for r in records(run_dir) if r["type"] == "run")["run"]
-        assert run["run_id"] == again.run_id and (directory / "wandb" / Path(run_dir).name).is_symlink()
-    assert run_summary(again.run_dir)["state"] == "finished"
-    log = again.log.read_text()
-    assert log.count("argv ") == 2 and "--- resumed: attempt 2 of this trial" in log and "start 2" in log
-
-
 def test_schema_violations_are_listed_and_exit_2(tmp_path, capsys):
     bad = write_sweep(tmp_path / "bad.yaml", method="grdi", metric={"name": "acc", "goal": "up"},
                       parameters={"lr": {"min": 1.0, "max": 0.1}})
