@@ -58,6 +58,7 @@ with warnings.catch_warnings():
     # business, not the user's, and only its import raises them.
     warnings.simplefilter("ignore")
     import sweeps
+    from sweeps.config.cfg import validator as _schema_validator
 
 STATE_FILE = "sweep.json"
 # 2: interrupted trials are resumed as themselves (pid, resumed, earlier_run_dirs per trial).
@@ -89,6 +90,21 @@ def parse_param_overrides(items: Iterable[str]) -> dict[str, Any]:
     return out
 
 
+def _schema_problems(config: dict[str, Any]) -> list[str]:
+    """W&B's schema violations, each once, prefixed with the key it is about (``metric.goal: ...``):
+    the engine's own messages name the bad value but not where it stands."""
+    located: dict[str, str] = {}
+    for error in _schema_validator.iter_errors(config):
+        where = ".".join(map(str, error.absolute_path))
+        located.setdefault(error.message, f"{where}: {error.message}" if where else error.message)
+    problems: list[str] = []
+    for message in sweeps.schema_violations_from_proposed_config(config):
+        problem = located.get(message, message)
+        if problem not in problems:
+            problems.append(problem)
+    return problems
+
+
 def config_problems(config: Any) -> list[str]:
     """Everything that keeps ``config`` from running: W&B's schema violations first, then what
     the engine itself refuses (an unknown method, grid over a continuous range, no metric for bayes
@@ -96,7 +112,7 @@ def config_problems(config: Any) -> list[str]:
     if not isinstance(config, dict):
         return ["the file must hold a mapping of sweep keys (method, metric, parameters, ...)"]
     try:
-        problems = list(sweeps.schema_violations_from_proposed_config(config))
+        problems = _schema_problems(config)
     except ValueError as exc:
         return [str(exc)]
     if problems:
@@ -128,24 +144,36 @@ def config_problems(config: Any) -> list[str]:
 def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Read a sweep YAML, pin ``overrides`` as constant parameters, and check it as W&B would.
 
-    A broken file raises :class:`UsageError` listing every problem, numbered.
+    A broken file raises :class:`UsageError`: one line naming the file and every problem, numbered.
     """
     path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{path} is a folder; pass a W&B sweep YAML such as sweeps/weight_decay.yaml")
     if not path.is_file():
         raise UsageError(f"sweep file not found: {path}; pass a W&B sweep YAML such as sweeps/weight_decay.yaml")
     try:
-        config = yaml.safe_load(path.read_text())
+        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror or exc}; check its permissions") from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{path} is not a text file (byte {exc.start} is not UTF-8); "
+                         "pass a W&B sweep YAML such as sweeps/weight_decay.yaml") from None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        context = (f" ({exc.context} from line {exc.context_mark.line + 1})"
+                   if exc.context and exc.context_mark else "")
+        raise UsageError(f"{path} is not valid YAML{where}: {exc.problem}{context}; fix the file there") from None
     except yaml.YAMLError as exc:
-        raise UsageError(f"{path} is not valid YAML: {' '.join(str(exc).split())}") from None
+        raise UsageError(f"{path} is not valid YAML: {' '.join(str(exc).split())}; fix the file") from None
     if isinstance(config, dict) and overrides:
         config.setdefault("parameters", {})
         for name, value in overrides.items():
             config["parameters"][name] = {"value": value}
     problems = config_problems(config)
     if problems:
-        listed = "\n".join(f"  {i}. {p}" for i, p in enumerate(problems, 1))
-        raise UsageError(f"{path} is not a valid W&B sweep ({len(problems)} problem"
-                         f"{'s' if len(problems) > 1 else ''}):\n{listed}\n  see {DOCS}")
+        listed = "; ".join(f"({i}) {p}" for i, p in enumerate(problems, 1)) if len(problems) > 1 else problems[0]
+        raise UsageError(f"{path} is not a valid W&B sweep: {listed}; fix the file (see {DOCS})")
     return config
 
 

@@ -50,7 +50,7 @@ def steps_by_process(trial_dir: str | Path) -> list[tuple[int, int]]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
-def test_a_killed_runner_resumes_without_rerunning_or_losing_trials(sig, tmp_path, launch_cmd):
+def test_a_killed_runner_resumes_without_rerunning_or_losing_trials(sig, tmp_path, launch_cmd, capsys):
     # One at a time: x=1 finishes, x=2 fails, x=3 logs steps 0 and 1 and holds: the runner dies then.
     cfg = write_sweep(tmp_path / "f.yaml", method="grid", metric={"name": "score", "goal": "maximize"},
                       parameters={"x": {"values": [1, 2, 3, 4]}, "steps": {"value": 4}, "crash_x": {"value": 2},
@@ -75,6 +75,9 @@ def test_a_killed_runner_resumes_without_rerunning_or_losing_trials(sig, tmp_pat
             assert trial_processes(held.pid, held.run_id) == []
 
         assert main(["sweep", "--resume", str(directory), "--wandb-mode", "offline"]) == 0
+        err = capsys.readouterr().err
+        assert "2 trials already ended, 1 interrupted go on from their last checkpoint in their own W&B runs" in err
+        assert ("still runs from the runner that was stopped" in err) == (sig == signal.SIGKILL)
     finally:
         try:  # what a killed runner leaves of its own (its readers of the trials' W&B runs)
             os.killpg(proc.pid, signal.SIGKILL)

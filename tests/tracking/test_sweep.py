@@ -158,14 +158,45 @@ def test_repeated_immediate_failures_stop_the_sweep(tmp_path, capsys):
     assert str(sweep.trials[-1].log) in err
 
 
-def test_schema_violations_are_listed_and_exit_2(tmp_path, capsys):
+def error_line(capsys) -> str:
+    """The one ``error:`` line a usage error prints, checked to be the last line and alone."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert lines[-1].startswith("error: ") and sum(line.startswith("error") for line in lines) == 1, err
+    return lines[-1]
+
+
+def test_schema_violations_are_one_numbered_line_naming_each_key(tmp_path, capsys):
     bad = write_sweep(tmp_path / "bad.yaml", method="grdi", metric={"name": "acc", "goal": "up"},
                       parameters={"lr": {"min": 1.0, "max": 0.1}})
     assert main(["sweep", str(bad), "--out", str(tmp_path)]) == 2
-    err = capsys.readouterr().err
-    assert f"error: {bad} is not a valid W&B sweep (" in err
-    assert "  1. " in err and "  2. " in err and "'grdi' is not one of" in err and "'up' is not one of" in err
-    assert "Traceback" not in err and not (tmp_path / "sweeps").exists()
+    line = error_line(capsys)
+    assert line.startswith(f"error: {bad} is not a valid W&B sweep: (1) method: 'grdi' is not one of [")
+    assert "; (2) metric.goal: 'up' is not one of [" in line
+    assert line.count("lr: min 1.0 is not less than max 0.1") == 1  # the engine reports it twice
+    assert line.endswith("; fix the file (see https://docs.wandb.ai/guides/sweeps/define-sweep-configuration)")
+    assert not (tmp_path / "sweeps").exists()
+
+
+BAD_FILES = {
+    "syntax": (b"method: [grid\n", "is not valid YAML at line 2, column 1: expected ',' or ']', but got "
+               "'<stream end>' (while parsing a flow sequence from line 1); fix the file there"),
+    "indentation": (b"method: grid\n  metric: x\n", "is not valid YAML at line 2, column 9: mapping values are "
+                    "not allowed here; fix the file there"),
+    "a list": (b"- grid\n", "is not a valid W&B sweep: the file must hold a mapping of sweep keys"),
+    "empty": (b"", "is not a valid W&B sweep: the file must hold a mapping of sweep keys"),
+    "binary": (b"\x89PNG\r\n\x1a\n", "is not a text file (byte 0 is not UTF-8); pass a W&B sweep YAML"),
+}
+
+
+@pytest.mark.parametrize("content, expected", BAD_FILES.values(), ids=BAD_FILES.keys())
+def test_malformed_sweep_files_are_one_line_errors(content, expected, tmp_path, capsys):
+    path = tmp_path / "s.yaml"
+    path.write_bytes(content)
+    assert main(["sweep", str(path), "--out", str(tmp_path / "out")]) == 2
+    assert error_line(capsys).startswith(f"error: {path} {expected}")
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("config, expected", [
@@ -181,16 +212,22 @@ def test_what_the_engine_would_refuse_is_caught_up_front(config, expected, tmp_p
     assert expected in capsys.readouterr().err
 
 
-def test_unreadable_files_and_resume_folders_are_one_line_errors(tmp_path, capsys):
-    (tmp_path / "x.yaml").write_text("method: [grid\n")
-    assert main(["sweep", str(tmp_path / "x.yaml")]) == 2
-    assert "is not valid YAML" in capsys.readouterr().err
+def test_missing_files_and_bad_resume_folders_are_one_line_errors(tmp_path, capsys):
     assert main(["sweep", str(tmp_path / "missing.yaml")]) == 2
-    assert "sweep file not found" in capsys.readouterr().err
+    assert error_line(capsys) == (f"error: sweep file not found: {tmp_path / 'missing.yaml'}; pass a W&B sweep YAML "
+                                  "such as sweeps/weight_decay.yaml")
+    assert main(["sweep", str(tmp_path)]) == 2
+    assert error_line(capsys).startswith(f"error: {tmp_path} is a folder; pass a W&B sweep YAML")
     assert main(["sweep", "--resume", str(tmp_path)]) == 2
-    assert "holds no sweep" in capsys.readouterr().err
+    assert "holds no sweep (sweep.json missing or unreadable)" in error_line(capsys)
+    (tmp_path / "sweep.json").write_text('{"version": 99, "config": {}}')
+    assert main(["sweep", "--resume", str(tmp_path)]) == 2
+    assert "was written by a newer version of this suite (format 99, this one reads up to 2)" in error_line(capsys)
+    (tmp_path / "sweep.json").write_text("[1, 2]")
+    assert main(["sweep", "--resume", str(tmp_path)]) == 2
+    assert "sweep.json is not a sweep's state" in error_line(capsys)
     assert main(["sweep", str(tmp_path / "x.yaml"), "--jobs", "0"]) == 2
-    assert "--jobs must be at least 1, got 0" in capsys.readouterr().err
+    assert error_line(capsys) == "error: --jobs must be at least 1, got 0"
 
 
 def test_pinned_parameters_keep_the_yaml_valid(tmp_path):
