@@ -403,13 +403,11 @@ def _signal_group(pgid: int, sig: int) -> None:
         pass
 
 
-def trial_processes(pgid: int, run_id: str) -> list[int]:
-    """The processes of group ``pgid`` that still run trial ``run_id`` (found after a runner died).
+def group_processes(pgid: int) -> list[int]:
+    """The processes of group ``pgid`` that still run.
 
-    On Linux they are read from ``/proc``: zombies are left out (an orphan's exit may wait for a
-    reaper that never comes in a container), and only processes whose environment carries the
-    trial's ``WANDB_RUN_ID`` count, so a group id the system gave to someone else is never
-    signalled. Elsewhere the group's existence is all there is to go by.
+    On Linux they are read from ``/proc``, zombies left out: a dead orphan may wait for a reaper
+    that never comes in a container. Elsewhere the group's existence is all there is to go by.
     """
     proc = Path("/proc")
     if not proc.is_dir():
@@ -418,19 +416,36 @@ def trial_processes(pgid: int, run_id: str) -> list[int]:
         except (ProcessLookupError, PermissionError):
             return []
         return [pgid]
-    marker = f"{wandb_env.RUN_ID}={run_id}".encode()
     found = []
     for entry in proc.iterdir():
         if not entry.name.isdigit():
             continue
         try:
             stat = (entry / "stat").read_text()
-            state, _ppid, pgrp = stat[stat.rindex(")") + 2:].split()[:3]
-            if int(pgrp) != pgid or state in ("Z", "X"):
-                continue
-            if marker in (entry / "environ").read_bytes().split(b"\0"):
-                found.append(int(entry.name))
-        except (OSError, ValueError):
+        except OSError:
+            continue  # gone meanwhile
+        state, _ppid, pgrp = stat[stat.rindex(")") + 2:].split()[:3]
+        if int(pgrp) == pgid and state not in ("Z", "X"):
+            found.append(int(entry.name))
+    return found
+
+
+def trial_processes(pgid: int, run_id: str) -> list[int]:
+    """The processes of group ``pgid`` that still run trial ``run_id`` (found after a runner died).
+
+    Only processes whose environment carries the trial's ``WANDB_RUN_ID`` count, so a group id the
+    system has since given to someone else is never signalled (where ``/proc`` exists to tell).
+    """
+    members = group_processes(pgid)
+    if not Path("/proc").is_dir():
+        return members
+    marker = f"{wandb_env.RUN_ID}={run_id}".encode()
+    found = []
+    for pid in members:
+        try:
+            if marker in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                found.append(pid)
+        except OSError:
             continue  # gone meanwhile, or not ours to read
     return found
 

@@ -20,7 +20,7 @@ import pytest
 from launch import main
 from tests.tracking.test_sweep import sweep_dirs, write_sweep
 from tracking.readback import records, run_summary
-from tracking.sweep import Sweep, trial_processes
+from tracking.sweep import Sweep, group_processes, trial_processes
 
 
 def start_runner(launch_cmd: list[str], cfg: Path, out: Path) -> subprocess.Popen:
@@ -40,6 +40,16 @@ def wait_for_hold(out: Path, proc: subprocess.Popen, timeout_s: float = 120) -> 
         assert proc.poll() is None, proc.communicate()[0]
         time.sleep(0.05)
     raise AssertionError(f"no trial held within {timeout_s} s")
+
+
+def wait_until_gone(pgid: int, timeout_s: float = 30) -> bool:
+    """Whether every process of group ``pgid`` ended (zombies count as ended) within ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while group_processes(pgid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def steps_by_process(trial_dir: str | Path) -> list[tuple[int, int]]:
@@ -78,6 +88,8 @@ def test_a_killed_runner_resumes_without_rerunning_or_losing_trials(sig, tmp_pat
         err = capsys.readouterr().err
         assert "2 trials already ended, 1 interrupted go on from their last checkpoint in their own W&B runs" in err
         assert ("still runs from the runner that was stopped" in err) == (sig == signal.SIGKILL)
+        # The killed runner's readers of the held trial's W&B run end once the stopped orphan closes it.
+        assert wait_until_gone(proc.pid), "processes of the killed runner are still running"
     finally:
         try:  # what a killed runner leaves of its own (its readers of the trials' W&B runs)
             os.killpg(proc.pid, signal.SIGKILL)
