@@ -534,10 +534,11 @@ class Runner:
         else:
             # A new trial starts from nothing, whatever the runner's own environment asks for.
             env.pop(RESUME_ENV, None)
+            header = ""
+        if not (resume and trial.command):  # a resumed trial runs the command its first attempt ran
             trial.command = agent_command.trial_command(
                 self.sweep.config.get("command"), program=self.sweep.config.get("program"), params=trial.params,
                 args_json_file=self.sweep.param_dir / f"config-{trial.run_id}.json", python=python)
-            header = ""
         # Own process group (as the agent does): stopping a trial reaches its workers too.
         group = dict(process_group=0) if sys.version_info >= (3, 11) else dict(preexec_fn=os.setpgrp)
         with open(trial.log, "ab" if resume else "wb") as log:

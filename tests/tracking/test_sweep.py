@@ -16,7 +16,7 @@ from launch import main
 from tests.conftest import ROOT
 from tracking.compare import local_runs
 from tracking.readback import records, run_summary
-from tracking.sweep import Sweep, load_config
+from tracking.sweep import Sweep, load_config, merge_history
 from tracking.sweep_view import final_report
 
 PROGRAM = str(ROOT / "tests" / "tracking" / "trial_program.py")
@@ -228,6 +228,13 @@ def test_missing_files_and_bad_resume_folders_are_one_line_errors(tmp_path, caps
     assert "sweep.json is not a sweep's state" in error_line(capsys)
     assert main(["sweep", str(tmp_path / "x.yaml"), "--jobs", "0"]) == 2
     assert error_line(capsys) == "error: --jobs must be at least 1, got 0"
+
+
+def test_a_resumed_attempts_rows_replace_what_came_after_its_checkpoint():
+    earlier = [{"_step": i, "score": float(i)} for i in range(4)]  # logged up to step 3, checkpoint at 1
+    again = [{"_step": 2, "score": 20.0}, {"_step": 3, "score": 30.0}, {"_step": 4, "score": 40.0}]
+    assert [r["score"] for r in merge_history(earlier, again)] == [0.0, 1.0, 20.0, 30.0, 40.0]
+    assert merge_history(earlier, []) == earlier
 
 
 def test_pinned_parameters_keep_the_yaml_valid(tmp_path):
