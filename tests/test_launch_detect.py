@@ -6,6 +6,8 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from tracking.readback import artifacts, history, logged_table, run_summary
 from trainers.detection.dataset import generate_pennfudan
 
@@ -18,6 +20,7 @@ def _run(cmd, *args):
     return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_detect_end_to_end_offline(launch_cmd, tmp_path, shared_data):
     data = generate_pennfudan(tmp_path / "data", n=7, seed=1, size=(60, 80))
     out = tmp_path / "out"

@@ -125,6 +125,7 @@ def _dataset_references(run_dir):
     return found
 
 
+@pytest.mark.slow
 def test_alexnet_keys(reported, tmp_path):
     argv = ["alexnet", "--out", str(tmp_path), "--dataset", "digits", "--epochs", "2", "--limit-batches", "3",
             "--batch-size", "16", "--hessian-every", "1", "--hessian-iters", "2", "--hessian-batch", "8",
@@ -139,6 +140,7 @@ def test_alexnet_keys(reported, tmp_path):
     assert [a["type"] for a in artifacts(run_dir)].count("model") == 1
 
 
+@pytest.mark.slow
 def test_detect_keys(reported, tmp_path, monkeypatch):
     data = generate_pennfudan(tmp_path / "data", n=5, seed=1, size=(60, 80))
     scratch = tmp_path / "tmp"

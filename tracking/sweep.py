@@ -8,12 +8,19 @@ starts each trial as ``wandb agent`` would (``tracking.agent_command``), K at a 
 metric the trial logs while it runs (``wandb leet inspect --follow``), and lets hyperband stop
 the laggards.
 
+A trial the runner was stopped under (Ctrl-C, SIGTERM, or the runner killed outright) is not
+re-proposed: ``--resume`` starts it again as itself, with the same run id and folder,
+``DLHW_RESUME=auto`` (continue from its own last checkpoint) and ``WANDB_RESUME=allow``, so it goes
+on in the same W&B run. A trial process that outlived a killed runner is stopped first, so that
+two processes never write one run.
+
 Layout of a sweep folder::
 
     sweep.json                      the sweep's config and every trial's state
-    trials/NNN-RUNID/trial.log      a trial's stdout and stderr
+    trials/NNN-RUNID/trial.log      a trial's stdout and stderr (a resumed trial's attempts appended)
     trials/NNN-RUNID/wandb/...      its W&B run (the trial's --out, via $DLHW_OUT)
-    wandb/offline-run-*             links to every trial's run: `wandb leet SWEEP/wandb`
+    wandb/offline-run-*             links to every trial's run folders (one per attempt, one run id):
+                                    `wandb leet SWEEP/wandb`; `wandb sync` joins a run's folders
     wandb/sweep-ID/config-RUNID.*   the parameter files the agent would write
 """
 
@@ -43,27 +50,30 @@ from wandb.wandb_agent import Agent
 from core.errors import UsageError
 from core.files import atomic_file
 from tracking import agent_command
-from tracking.mode import OUT_ENV
-from tracking.readback import follow
+from tracking.mode import OUT_ENV, RESUME_ENV
+from tracking.readback import follow, history
 
 with warnings.catch_warnings():
     # The engine's SweepRun still uses pydantic-v1 config spellings; those warnings are W&B's
     # business, not the user's, and only its import raises them.
     warnings.simplefilter("ignore")
     import sweeps
+    from sweeps.config.cfg import validator as _schema_validator
 
 STATE_FILE = "sweep.json"
-STATE_VERSION = 1
+# 2: interrupted trials are resumed as themselves (pid, resumed, earlier_run_dirs per trial).
+STATE_VERSION = 2
 METHODS = ("grid", "random", "bayes")
 DOCS = "https://docs.wandb.ai/guides/sweeps/define-sweep-configuration"
 
 # Trial states. The engine knows a stopped trial as "killed"; an interrupted one (the runner was
-# stopped under it) is left out of what the engine sees, so that --resume runs its point again.
+# stopped under it) will run again as itself, so the engine sees it as pending and never
+# proposes its point a second time.
 PENDING, RUNNING, FINISHED, FAILED, STOPPED, INTERRUPTED = (
     "pending", "running", "finished", "failed", "stopped", "interrupted")
 _ENGINE_STATE = {PENDING: sweeps.RunState.pending, RUNNING: sweeps.RunState.running,
                  FINISHED: sweeps.RunState.finished, FAILED: sweeps.RunState.failed,
-                 STOPPED: sweeps.RunState.killed, INTERRUPTED: sweeps.RunState.killed}
+                 STOPPED: sweeps.RunState.killed, INTERRUPTED: sweeps.RunState.pending}
 ENDED = (FINISHED, FAILED, STOPPED)
 
 
@@ -80,6 +90,21 @@ def parse_param_overrides(items: Iterable[str]) -> dict[str, Any]:
     return out
 
 
+def _schema_problems(config: dict[str, Any]) -> list[str]:
+    """W&B's schema violations, each once, prefixed with the key it is about (``metric.goal: ...``):
+    the engine's own messages name the bad value but not where it stands."""
+    located: dict[str, str] = {}
+    for error in _schema_validator.iter_errors(config):
+        where = ".".join(map(str, error.absolute_path))
+        located.setdefault(error.message, f"{where}: {error.message}" if where else error.message)
+    problems: list[str] = []
+    for message in sweeps.schema_violations_from_proposed_config(config):
+        problem = located.get(message, message)
+        if problem not in problems:
+            problems.append(problem)
+    return problems
+
+
 def config_problems(config: Any) -> list[str]:
     """Everything that keeps ``config`` from running: W&B's schema violations first, then what
     the engine itself refuses (an unknown method, grid over a continuous range, no metric for bayes
@@ -87,7 +112,7 @@ def config_problems(config: Any) -> list[str]:
     if not isinstance(config, dict):
         return ["the file must hold a mapping of sweep keys (method, metric, parameters, ...)"]
     try:
-        problems = list(sweeps.schema_violations_from_proposed_config(config))
+        problems = _schema_problems(config)
     except ValueError as exc:
         return [str(exc)]
     if problems:
@@ -119,24 +144,36 @@ def config_problems(config: Any) -> list[str]:
 def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Read a sweep YAML, pin ``overrides`` as constant parameters, and check it as W&B would.
 
-    A broken file raises :class:`UsageError` listing every problem, numbered.
+    A broken file raises :class:`UsageError`: one line naming the file and every problem, numbered.
     """
     path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{path} is a folder; pass a W&B sweep YAML such as sweeps/weight_decay.yaml")
     if not path.is_file():
         raise UsageError(f"sweep file not found: {path}; pass a W&B sweep YAML such as sweeps/weight_decay.yaml")
     try:
-        config = yaml.safe_load(path.read_text())
+        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror or exc}; check its permissions") from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{path} is not a text file (byte {exc.start} is not UTF-8); "
+                         "pass a W&B sweep YAML such as sweeps/weight_decay.yaml") from None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        context = (f" ({exc.context} from line {exc.context_mark.line + 1})"
+                   if exc.context and exc.context_mark else "")
+        raise UsageError(f"{path} is not valid YAML{where}: {exc.problem}{context}; fix the file there") from None
     except yaml.YAMLError as exc:
-        raise UsageError(f"{path} is not valid YAML: {' '.join(str(exc).split())}") from None
+        raise UsageError(f"{path} is not valid YAML: {' '.join(str(exc).split())}; fix the file") from None
     if isinstance(config, dict) and overrides:
         config.setdefault("parameters", {})
         for name, value in overrides.items():
             config["parameters"][name] = {"value": value}
     problems = config_problems(config)
     if problems:
-        listed = "\n".join(f"  {i}. {p}" for i, p in enumerate(problems, 1))
-        raise UsageError(f"{path} is not a valid W&B sweep ({len(problems)} problem"
-                         f"{'s' if len(problems) > 1 else ''}):\n{listed}\n  see {DOCS}")
+        listed = "; ".join(f"({i}) {p}" for i, p in enumerate(problems, 1)) if len(problems) > 1 else problems[0]
+        raise UsageError(f"{path} is not a valid W&B sweep: {listed}; fix the file (see {DOCS})")
     return config
 
 
@@ -155,10 +192,13 @@ class Trial:
     exit_code: int | None = None
     started: float | None = None
     ended: float | None = None
-    history: list[dict[str, Any]] = field(default_factory=list)  # rows that logged the metric
+    history: list[dict[str, Any]] = field(default_factory=list)  # rows that logged the metric, with _step
     summary: dict[str, Any] = field(default_factory=dict)
-    run_dir: str | None = None
+    run_dir: str | None = None  # the W&B run folder of the latest attempt
     note: str = ""
+    pid: int | None = None  # process group of the latest attempt, so a later runner can stop an orphan
+    resumed: int = 0  # how often it was started again after an interruption
+    earlier_run_dirs: list[str] = field(default_factory=list)  # folders of earlier attempts, same run id
 
     @property
     def log(self) -> Path:
@@ -230,6 +270,12 @@ class Sweep:
         except (OSError, ValueError):
             raise UsageError(f"{directory} holds no sweep ({STATE_FILE} missing or unreadable); "
                              "pass the folder `launch.py sweep` printed when it started") from None
+        if not isinstance(state, dict) or "config" not in state:
+            raise UsageError(f"{directory / STATE_FILE} is not a sweep's state; pass the folder `launch.py sweep` "
+                             "printed when it started")
+        if state.get("version", 1) > STATE_VERSION:
+            raise UsageError(f"{directory / STATE_FILE} was written by a newer version of this suite (format "
+                             f"{state['version']}, this one reads up to {STATE_VERSION}); resume it with that version")
         return cls(directory, state)
 
     def save(self) -> None:
@@ -249,11 +295,12 @@ class Sweep:
         return self.directory / "wandb" / f"sweep-{sweep}"
 
     def engine_runs(self) -> list[sweeps.SweepRun]:
-        return [t.engine_run() for t in self.trials if t.state != INTERRUPTED]
+        return [t.engine_run() for t in self.trials]
 
     def counted(self) -> int:
-        """Trials that use up ``count``: ended or running (an interrupted one will run again)."""
-        return sum(t.state in (*ENDED, RUNNING) for t in self.trials)
+        """Trials that use up ``count``: every trial that started (an interrupted one resumes, it is
+        not a new trial)."""
+        return len(self.trials)
 
     def propose(self) -> dict[str, dict[str, Any]] | None:
         """The engine's next parameters (wire form), or None when a grid is exhausted."""
@@ -284,6 +331,19 @@ class Sweep:
 
 # -- running trials -----------------------------------------------------------------------------
 
+def merge_history(earlier: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A resumed attempt's rows replace the earlier attempts' rows from its first step on.
+
+    An attempt resumes from its last checkpoint, which may be older than the last row an earlier
+    attempt logged; the rows it logs again are the run's history from there, so each step counts
+    once, as in the W&B run.
+    """
+    if not rows:
+        return list(earlier)
+    first = rows[0].get("_step", 0)
+    return [r for r in earlier if r.get("_step", -1) < first] + list(rows)
+
+
 class _Live:
     """A running trial: its process and the follower that reads its W&B run while it runs."""
 
@@ -293,9 +353,15 @@ class _Live:
         self.metric = metric
         self.follower: subprocess.Popen | None = None
         self.reader: threading.Thread | None = None
+        self.earlier = list(trial.history)  # what earlier attempts of a resumed trial logged
         self.rows: list[dict[str, Any]] = []
+        self.seen = 0  # rows already handed to the trial's history
         self.summary: dict[str, Any] = {}
         self.stop_sent: float | None = None
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        return merge_history(self.earlier, self.rows)
 
     def start_follower(self, run_dir: Path) -> None:
         self.follower = follow(run_dir)
@@ -313,7 +379,7 @@ class _Live:
             if kind == "history":
                 item = record["history"].get("item", {})
                 if self.metric in item:
-                    self.rows.append({self.metric: item[self.metric]})
+                    self.rows.append({"_step": item.get("_step", len(self.rows)), self.metric: item[self.metric]})
             elif kind == "summary":
                 self.summary.update(record["summary"].get("update", {}))
 
@@ -330,11 +396,58 @@ class _Live:
             self.reader.join(timeout=5)
 
 
-def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+def _signal_group(pgid: int, sig: int) -> None:
     try:
-        os.killpg(proc.pid, sig)
+        os.killpg(pgid, sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def group_processes(pgid: int) -> list[int]:
+    """The processes of group ``pgid`` that still run.
+
+    On Linux they are read from ``/proc``, zombies left out: a dead orphan may wait for a reaper
+    that never comes in a container. Elsewhere the group's existence is all there is to go by.
+    """
+    proc = Path("/proc")
+    if not proc.is_dir():
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return []
+        return [pgid]
+    found = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # gone meanwhile
+        state, _ppid, pgrp = stat[stat.rindex(")") + 2:].split()[:3]
+        if int(pgrp) == pgid and state not in ("Z", "X"):
+            found.append(int(entry.name))
+    return found
+
+
+def trial_processes(pgid: int, run_id: str) -> list[int]:
+    """The processes of group ``pgid`` that still run trial ``run_id`` (found after a runner died).
+
+    Only processes whose environment carries the trial's ``WANDB_RUN_ID`` count, so a group id the
+    system has since given to someone else is never signalled (where ``/proc`` exists to tell).
+    """
+    members = group_processes(pgid)
+    if not Path("/proc").is_dir():
+        return members
+    marker = f"{wandb_env.RUN_ID}={run_id}".encode()
+    found = []
+    for pid in members:
+        try:
+            if marker in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                found.append(pid)
+        except OSError:
+            continue  # gone meanwhile, or not ours to read
+    return found
 
 
 class SweepStopped(Exception):
@@ -402,39 +515,109 @@ class Runner:
         run_id = generate_id()
         out_dir = self.sweep.directory / "trials" / f"{index:03d}-{run_id}"
         out_dir.mkdir(parents=True)
-        trial = Trial(index=index, run_id=run_id, params=params, out_dir=str(out_dir))
+        self.sweep.trials.append(Trial(index=index, run_id=run_id, params=params, out_dir=str(out_dir)))
+        self._start(self.sweep.trials[-1])
+
+    def _start(self, trial: Trial) -> None:
+        """Start a new trial's process, or an interrupted trial's again as itself: same run id,
+        folder and command, told to continue from its own last checkpoint in the same W&B run."""
+        resume = trial.state == INTERRUPTED
         env, python = self._environment(trial)
-        trial.command = agent_command.trial_command(
-            self.sweep.config.get("command"), program=self.sweep.config.get("program"), params=params,
-            args_json_file=self.sweep.param_dir / f"config-{run_id}.json", python=python)
+        if resume:
+            env[RESUME_ENV] = "auto"
+            env[wandb_env.RESUME] = "allow"  # "must" fails for a run that only exists offline
+            trial.resumed += 1
+            self._earlier_attempts(trial)
+            trial.run_dir, trial.exit_code, trial.ended = None, None, None
+            header = f"\n--- resumed: attempt {trial.resumed + 1} of this trial ({trial.note}) ---\n"
+            trial.note = ""
+        else:
+            # A new trial starts from nothing, whatever the runner's own environment asks for.
+            env.pop(RESUME_ENV, None)
+            header = ""
+        if not (resume and trial.command):  # a resumed trial runs the command its first attempt ran
+            trial.command = agent_command.trial_command(
+                self.sweep.config.get("command"), program=self.sweep.config.get("program"), params=trial.params,
+                args_json_file=self.sweep.param_dir / f"config-{trial.run_id}.json", python=python)
         # Own process group (as the agent does): stopping a trial reaches its workers too.
         group = dict(process_group=0) if sys.version_info >= (3, 11) else dict(preexec_fn=os.setpgrp)
-        with open(trial.log, "wb") as log:
+        with open(trial.log, "ab" if resume else "wb") as log:
+            log.write(header.encode())
+            log.flush()
             try:
                 proc = subprocess.Popen(trial.command, env=env, stdin=subprocess.DEVNULL, stdout=log,
                                         stderr=subprocess.STDOUT, **group)
             except OSError as exc:
                 log.write(f"could not start {shlex.join(trial.command)}: {exc}\n".encode())
                 proc = None
-        trial.started = time.time()
-        self.sweep.trials.append(trial)
+        trial.started = trial.started or time.time()
         if proc is None:
             self._ended(trial, 127)
             return
-        trial.state = RUNNING
-        self.live[run_id] = _Live(trial, proc, (self.sweep.metric or {}).get("name"))
+        trial.state, trial.pid = RUNNING, proc.pid
+        self.live[trial.run_id] = _Live(trial, proc, (self.sweep.metric or {}).get("name"))
         self.sweep.save()
-        self._say(f"trial {index} started: {_fmt_params(trial.values)}  (log: {trial.log})")
+        what = f"resumed in run {trial.run_id}" if resume else "started"
+        self._say(f"trial {trial.index} {what}: {_fmt_params(trial.values)}  (log: {trial.log})")
+
+    def _run_dirs(self, trial: Trial) -> list[Path]:
+        """The trial's W&B run folders that hold a run, oldest first (one per attempt)."""
+        found = [c for c in Path(trial.out_dir).glob(f"wandb/*run-*-{trial.run_id}")
+                 if (c / f"run-{trial.run_id}.wandb").exists()]
+        return sorted(found, key=lambda c: c.name.split("run-", 1)[1])  # by start time, offline or not
+
+    def _link(self, run_dir: Path) -> None:
+        link = self.sweep.directory / "wandb" / run_dir.name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if not link.is_symlink():
+            link.symlink_to(run_dir)
+
+    def _earlier_attempts(self, trial: Trial) -> None:
+        """Before a trial resumes: record (and link) every run folder its attempts left, also one a
+        killed runner never saw, and rebuild its metric rows from them, since a killed runner may
+        have read rows it never saved."""
+        earlier = self._run_dirs(trial)
+        trial.earlier_run_dirs = [str(d) for d in earlier]
+        for run_dir in earlier:
+            self._link(run_dir)
+        metric = (self.sweep.metric or {}).get("name")
+        if not metric or not earlier:
+            return
+        rows: list[dict[str, Any]] = []
+        try:
+            for run_dir in earlier:
+                logged = [item for item in history(run_dir) if metric in item]
+                rows = merge_history(rows, [{"_step": item.get("_step", i), metric: item[metric]}
+                                            for i, item in enumerate(logged)])
+        except RuntimeError:
+            return  # an unreadable folder: keep the rows sweep.json has
+        trial.history = rows
+
+    def _stop_orphan(self, trial: Trial) -> None:
+        """Stop what still runs of a trial whose runner was killed, before it runs again: SIGINT
+        (it checkpoints and closes its W&B run), SIGKILL after the kill delay."""
+        if trial.pid is None or not trial_processes(trial.pid, trial.run_id):
+            return
+        self._say(f"trial {trial.index} still runs from the runner that was stopped (process group "
+                  f"{trial.pid}); stopping it before it resumes", style="yellow")
+        _signal_group(trial.pid, signal.SIGINT)
+        for sig, wait_s in ((signal.SIGKILL, self.kill_delay), (None, 10.0)):
+            deadline = time.monotonic() + wait_s
+            while trial_processes(trial.pid, trial.run_id) and time.monotonic() < deadline:
+                time.sleep(self.POLL_S)
+            if not trial_processes(trial.pid, trial.run_id):
+                return
+            if sig is not None:
+                _signal_group(trial.pid, sig)
+        raise SweepStopped(f"trial {trial.index}'s processes (group {trial.pid}) survive SIGKILL; resuming it "
+                           "would make two processes write one W&B run")
 
     def _find_run(self, live: _Live) -> None:
         trial = live.trial
-        for candidate in Path(trial.out_dir).glob(f"wandb/*run-*-{trial.run_id}"):
-            if (candidate / f"run-{trial.run_id}.wandb").exists():
+        for candidate in self._run_dirs(trial):
+            if str(candidate) not in trial.earlier_run_dirs:  # a resumed attempt writes a new folder
                 trial.run_dir = str(candidate)
-                link = self.sweep.directory / "wandb" / candidate.name
-                link.parent.mkdir(parents=True, exist_ok=True)
-                if not link.is_symlink():
-                    link.symlink_to(candidate)
+                self._link(candidate)
                 if live.metric:
                     live.start_follower(candidate)
                 self.sweep.save()
@@ -445,18 +628,19 @@ class Runner:
             trial = live.trial
             if trial.run_dir is None:
                 self._find_run(live)
-            if len(live.rows) > len(trial.history):
-                trial.history = list(live.rows)
+            if len(live.rows) > live.seen:
+                live.seen = len(live.rows)
+                trial.history = live.history
                 self._new_metrics = True
             code = live.proc.poll()
             if code is None:
                 if live.stop_sent and time.time() - live.stop_sent > self.kill_delay:
-                    _signal_group(live.proc, signal.SIGKILL)
+                    _signal_group(live.proc.pid, signal.SIGKILL)
                 continue
             if trial.run_dir is None:
                 self._find_run(live)
             live.close_follower(grace_s=5)
-            trial.history = list(live.rows)
+            trial.history = live.history
             trial.summary = {k: v for k, v in live.summary.items() if not k.startswith("_")}
             del self.live[run_id]
             self._ended(trial, code)
@@ -514,14 +698,20 @@ class Runner:
             lines = (run.early_terminate_info or {}).get("lines", [])
             trial.note = lines[-1].strip() if lines else "hyperband"
             live.stop_sent = time.time()
-            _signal_group(live.proc, signal.SIGINT)
+            _signal_group(live.proc.pid, signal.SIGINT)
             self.sweep.save()
 
     def _budget_left(self) -> bool:
         return self.sweep.count is None or self.sweep.counted() < self.sweep.count
 
     def _fill(self) -> None:
-        while not self.exhausted and len(self.live) < self.jobs and self._budget_left():
+        while len(self.live) < self.jobs:
+            waiting = next((t for t in self.sweep.trials if t.state == INTERRUPTED), None)
+            if waiting is not None:  # interrupted trials go on before anything new starts
+                self._start(waiting)
+                continue
+            if self.exhausted or not self._budget_left():
+                return
             params = self.sweep.propose()
             if params is None:
                 self.exhausted = True
@@ -532,18 +722,18 @@ class Runner:
         """Stop every running trial (SIGINT, then SIGKILL after the kill delay or a second Ctrl-C)
         and record it."""
         for live in self.live.values():
-            _signal_group(live.proc, signal.SIGINT)
+            _signal_group(live.proc.pid, signal.SIGINT)
         deadline = time.time() + self.kill_delay
         for live in self.live.values():
             try:
                 live.proc.wait(timeout=max(0.1, deadline - time.time()))
             except (subprocess.TimeoutExpired, KeyboardInterrupt):
                 deadline = 0.0  # the rest are killed at once too
-                _signal_group(live.proc, signal.SIGKILL)
+                _signal_group(live.proc.pid, signal.SIGKILL)
                 live.proc.wait()
             live.close_follower(grace_s=2)
             trial = live.trial
-            trial.history = list(live.rows)
+            trial.history = live.history
             trial.exit_code, trial.ended = live.proc.returncode, time.time()
             if trial.state == RUNNING:
                 trial.state, trial.note = INTERRUPTED, note
@@ -554,10 +744,13 @@ class Runner:
         """Run trials until done. Raises :class:`SweepStopped` after repeated failures and
         re-raises KeyboardInterrupt, in both cases after stopping and recording running trials."""
         for trial in self.sweep.trials:
-            if trial.state in (RUNNING, PENDING):  # the runner died under it: run its point again
+            if trial.state in (RUNNING, PENDING):  # the runner was killed under it: resume it
                 trial.state, trial.note = INTERRUPTED, "the runner stopped while it ran"
         self.sweep.save()
         try:
+            for trial in self.sweep.trials:
+                if trial.state == INTERRUPTED:
+                    self._stop_orphan(trial)
             while True:
                 self._poll()
                 self._early_terminate()
@@ -569,7 +762,7 @@ class Runner:
             self._interrupt_all("the sweep stopped after repeated failures")
             raise
         except KeyboardInterrupt:
-            self._interrupt_all("interrupted; --resume runs it again")
+            self._interrupt_all("interrupted; --resume continues it")
             raise
 
     def _say(self, message: str, style: str | None = None) -> None:

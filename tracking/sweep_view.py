@@ -13,11 +13,11 @@ from rich.table import Table
 from callbacks.progress import report_console
 from core.errors import UsageError
 from tracking.sweep import (
-    ENDED, FAILED, FINISHED, RUNNING, STOPPED, Runner, Sweep, SweepStopped, Trial, load_config,
+    ENDED, FAILED, FINISHED, INTERRUPTED, RUNNING, STOPPED, Runner, Sweep, SweepStopped, Trial, load_config,
     parse_param_overrides, reproduce_command,
 )
 
-_STYLE = {RUNNING: "cyan", FINISHED: "green", FAILED: "red", STOPPED: "yellow"}
+_STYLE = {RUNNING: "cyan", FINISHED: "green", FAILED: "red", STOPPED: "yellow", INTERRUPTED: "magenta"}
 
 
 def _num(v: Any) -> str:
@@ -117,8 +117,11 @@ def run_sweep(*, yaml_path: str | None, resume: str | None, out: str, count: int
         sweep = Sweep.load(resume)
         if count is not None:
             sweep.count = count
+        unfinished = sum(t.state not in ENDED for t in sweep.trials)
         console.print(f"resuming sweep {sweep.name} in {sweep.directory}: "
-                      f"{sum(t.state in ENDED for t in sweep.trials)} trials already ended", highlight=False)
+                      f"{sum(t.state in ENDED for t in sweep.trials)} trials already ended"
+                      + (f", {unfinished} interrupted go on from their last checkpoint in their own W&B runs"
+                         if unfinished else ""), highlight=False, soft_wrap=True)
     else:
         if not yaml_path:
             raise UsageError("pass a sweep YAML (python launch.py sweep sweeps/weight_decay.yaml) or --resume SWEEP_DIR")

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import signal
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +12,7 @@ from launch import main
 from tests.conftest import ROOT
 from tracking.compare import local_runs
 from tracking.readback import records, run_summary
-from tracking.sweep import Sweep, load_config
+from tracking.sweep import Sweep, load_config, merge_history
 from tracking.sweep_view import final_report
 
 PROGRAM = str(ROOT / "tests" / "tracking" / "trial_program.py")
@@ -73,7 +69,8 @@ def test_trials_run_the_agents_command_and_rank_by_the_metric(grid, capsys):
     best = grid.ranked()[0]
     assert best.values == {"x": 3, "y": 0.5, "steps": 2} and best.score(grid.metric) == 6.5
     assert best.command == ["/usr/bin/env", "python", PROGRAM, "--steps=2", "--x=3", "--y=0.5"]
-    assert grid.trials[0].history == [{"score": 1.0}, {"score": 2.0}]  # read from the .wandb log as it ran
+    # read from the .wandb log as it ran
+    assert grid.trials[0].history == [{"_step": 0, "score": 1.0}, {"_step": 1, "score": 2.0}]
     final_report(grid, Console(width=200, stderr=True))
     err = capsys.readouterr().err
     assert f"reproduce: python {PROGRAM} --steps=2 --x=3 --y=0.5" in err
@@ -110,15 +107,19 @@ def test_random_and_bayes_honour_count(method, tmp_path):
 
 
 def test_hyperband_stops_the_trial_that_lags(tmp_path):
-    # Run one at a time, the laggard last: its thresholds come from the two finished trials.
+    # Run one at a time, the laggard last: its thresholds come from the two finished trials. The
+    # laggard logs 3 of its 4 rows and then waits until it is stopped, so hyperband's decision never
+    # races the trial's end, however slowly the machine reads its rows back.
     cfg = write_sweep(tmp_path / "hb.yaml", method="grid", metric={"name": "score", "goal": "maximize"},
                       early_terminate={"type": "hyperband", "min_iter": 2, "eta": 2},
-                      parameters={"x": {"values": [3, 2, 0.1]}, "steps": {"value": 12}, "sleep": {"value": 0.3}})
+                      parameters={"x": {"values": [3, 2, 0.1]}, "steps": {"value": 4}, "hold_x": {"value": 0.1},
+                                  "hold_at": {"value": 3}})
     code, sweep = run_sweep(tmp_path / "out", str(cfg))
     assert code == 0
     assert [t.state for t in sweep.trials] == ["finished", "finished", "stopped"]
     laggard = sweep.trials[2]
-    assert 2 <= len(laggard.history) < 12 and "STOP" in laggard.note
+    assert [row["_step"] for row in laggard.history] == [0, 1, 2] and "STOP" in laggard.note
+    assert (Path(laggard.out_dir) / "held").is_file()
     assert run_summary(laggard.run_dir)["state"] != "running"  # its W&B run was closed, not left dangling
 
 
@@ -153,44 +154,45 @@ def test_repeated_immediate_failures_stop_the_sweep(tmp_path, capsys):
     assert str(sweep.trials[-1].log) in err
 
 
-def test_resume_after_interrupting_the_runner(tmp_path, launch_cmd):
-    cfg = write_sweep(tmp_path / "r.yaml", method="grid", metric={"name": "score", "goal": "maximize"},
-                      parameters={"x": {"values": [1, 2]}, "steps": {"value": 4}, "sleep": {"value": 0.5}})
-    out = tmp_path / "out"
-    proc = subprocess.Popen([*launch_cmd, "sweep", str(cfg), "--out", str(out), "--wandb-mode", "offline"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 120
-    state: dict = {}
-    while time.time() < deadline:  # interrupt once the first trial finished and the second runs
-        files = list(out.glob("sweeps/*/sweep.json"))
-        state = json.loads(files[0].read_text()) if files else {}
-        if [t["state"] for t in state.get("trials", [])] == ["finished", "running"]:
-            break
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
-    text = proc.communicate(timeout=120)[0]
-    assert proc.returncode == 130, text
-    (directory,) = sweep_dirs(out)
-    assert f"continue with: python launch.py sweep --resume {directory}" in text
-    first = Sweep.load(directory)
-    assert [t.state for t in first.trials] == ["finished", "interrupted"]
-
-    code = main(["sweep", "--resume", str(directory), "--wandb-mode", "offline"])
-    resumed = Sweep.load(directory)
-    assert code == 0
-    assert [t.state for t in resumed.trials] == ["finished", "interrupted", "finished"]
-    assert resumed.trials[0].run_id == first.trials[0].run_id  # not re-run
-    assert [t.values["x"] for t in resumed.trials] == [1, 2, 2]  # the interrupted point ran again
+def error_line(capsys) -> str:
+    """The one ``error:`` line a usage error prints, checked to be the last line and alone."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert lines[-1].startswith("error: ") and sum(line.startswith("error") for line in lines) == 1, err
+    return lines[-1]
 
 
-def test_schema_violations_are_listed_and_exit_2(tmp_path, capsys):
+def test_schema_violations_are_one_numbered_line_naming_each_key(tmp_path, capsys):
     bad = write_sweep(tmp_path / "bad.yaml", method="grdi", metric={"name": "acc", "goal": "up"},
                       parameters={"lr": {"min": 1.0, "max": 0.1}})
     assert main(["sweep", str(bad), "--out", str(tmp_path)]) == 2
-    err = capsys.readouterr().err
-    assert f"error: {bad} is not a valid W&B sweep (" in err
-    assert "  1. " in err and "  2. " in err and "'grdi' is not one of" in err and "'up' is not one of" in err
-    assert "Traceback" not in err and not (tmp_path / "sweeps").exists()
+    line = error_line(capsys)
+    assert line.startswith(f"error: {bad} is not a valid W&B sweep: (1) method: 'grdi' is not one of [")
+    assert "; (2) metric.goal: 'up' is not one of [" in line
+    assert line.count("lr: min 1.0 is not less than max 0.1") == 1  # the engine reports it twice
+    assert line.endswith("; fix the file (see https://docs.wandb.ai/guides/sweeps/define-sweep-configuration)")
+    assert not (tmp_path / "sweeps").exists()
+
+
+BAD_FILES = {
+    "syntax": (b"method: [grid\n", "is not valid YAML at line 2, column 1: expected ',' or ']', but got "
+               "'<stream end>' (while parsing a flow sequence from line 1); fix the file there"),
+    "indentation": (b"method: grid\n  metric: x\n", "is not valid YAML at line 2, column 9: mapping values are "
+                    "not allowed here; fix the file there"),
+    "a list": (b"- grid\n", "is not a valid W&B sweep: the file must hold a mapping of sweep keys"),
+    "empty": (b"", "is not a valid W&B sweep: the file must hold a mapping of sweep keys"),
+    "binary": (b"\x89PNG\r\n\x1a\n", "is not a text file (byte 0 is not UTF-8); pass a W&B sweep YAML"),
+}
+
+
+@pytest.mark.parametrize("content, expected", BAD_FILES.values(), ids=BAD_FILES.keys())
+def test_malformed_sweep_files_are_one_line_errors(content, expected, tmp_path, capsys):
+    path = tmp_path / "s.yaml"
+    path.write_bytes(content)
+    assert main(["sweep", str(path), "--out", str(tmp_path / "out")]) == 2
+    assert error_line(capsys).startswith(f"error: {path} {expected}")
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("config, expected", [
@@ -206,16 +208,29 @@ def test_what_the_engine_would_refuse_is_caught_up_front(config, expected, tmp_p
     assert expected in capsys.readouterr().err
 
 
-def test_unreadable_files_and_resume_folders_are_one_line_errors(tmp_path, capsys):
-    (tmp_path / "x.yaml").write_text("method: [grid\n")
-    assert main(["sweep", str(tmp_path / "x.yaml")]) == 2
-    assert "is not valid YAML" in capsys.readouterr().err
+def test_missing_files_and_bad_resume_folders_are_one_line_errors(tmp_path, capsys):
     assert main(["sweep", str(tmp_path / "missing.yaml")]) == 2
-    assert "sweep file not found" in capsys.readouterr().err
+    assert error_line(capsys) == (f"error: sweep file not found: {tmp_path / 'missing.yaml'}; pass a W&B sweep YAML "
+                                  "such as sweeps/weight_decay.yaml")
+    assert main(["sweep", str(tmp_path)]) == 2
+    assert error_line(capsys).startswith(f"error: {tmp_path} is a folder; pass a W&B sweep YAML")
     assert main(["sweep", "--resume", str(tmp_path)]) == 2
-    assert "holds no sweep" in capsys.readouterr().err
+    assert "holds no sweep (sweep.json missing or unreadable)" in error_line(capsys)
+    (tmp_path / "sweep.json").write_text('{"version": 99, "config": {}}')
+    assert main(["sweep", "--resume", str(tmp_path)]) == 2
+    assert "was written by a newer version of this suite (format 99, this one reads up to 2)" in error_line(capsys)
+    (tmp_path / "sweep.json").write_text("[1, 2]")
+    assert main(["sweep", "--resume", str(tmp_path)]) == 2
+    assert "sweep.json is not a sweep's state" in error_line(capsys)
     assert main(["sweep", str(tmp_path / "x.yaml"), "--jobs", "0"]) == 2
-    assert "--jobs must be at least 1, got 0" in capsys.readouterr().err
+    assert error_line(capsys) == "error: --jobs must be at least 1, got 0"
+
+
+def test_a_resumed_attempts_rows_replace_what_came_after_its_checkpoint():
+    earlier = [{"_step": i, "score": float(i)} for i in range(4)]  # logged up to step 3, checkpoint at 1
+    again = [{"_step": 2, "score": 20.0}, {"_step": 3, "score": 30.0}, {"_step": 4, "score": 40.0}]
+    assert [r["score"] for r in merge_history(earlier, again)] == [0.0, 1.0, 20.0, 30.0, 40.0]
+    assert merge_history(earlier, []) == earlier
 
 
 def test_pinned_parameters_keep_the_yaml_valid(tmp_path):
@@ -227,6 +242,7 @@ def test_pinned_parameters_keep_the_yaml_valid(tmp_path):
 WEIGHT_DECAY = ROOT / "sweeps" / "weight_decay.yaml"
 
 
+@pytest.mark.slow
 def test_the_real_weight_decay_sweep_runs_two_trials_of_the_trainer(tmp_path, capsys, monkeypatch):
     if not WEIGHT_DECAY.is_file():
         pytest.skip(f"{WEIGHT_DECAY} is not in this checkout (it comes with the weight-decay experiment)")
