@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 
 from callbacks import DEFAULT_PROJECT
 from tracking.agent_args import AgentParser as Parser
-from tracking.mode import OUT_ENV
+from tracking.mode import OUT_ENV, RESUME_ENV
 
 
 def global_options(*, suppress: bool) -> argparse.ArgumentParser:
@@ -226,7 +226,20 @@ def add_alexnet(sub: argparse._SubParsersAction, parents: list) -> None:
                                    "default) with l2, coupled or decoupled weight decay, a probe of the decay and "
                                    "the learning rate's stability, learned filters, feature maps and a confusion matrix.")
     add_arguments(p)
+    add_resume(p)
     p.set_defaults(func=cmd_alexnet)
+
+
+def add_resume(p: argparse.ArgumentParser) -> None:
+    """``--resume PATH|auto`` of the training commands (default ``$DLHW_RESUME``)."""
+    p.add_argument("--resume", default=os.environ.get(RESUME_ENV) or None, metavar="PATH|auto",
+                   help=f"continue a stopped run in the same W&B run: PATH is its checkpoints/.../last.pt, auto the "
+                        f"newest unfinished one under --out (none yet: start afresh) (default: ${RESUME_ENV})")
+
+
+# Settings a resume may change: more epochs, and where or how fast it runs; anything else would make
+# the continued run a different experiment.
+ALEXNET_RESUME_CHANGES = ("epochs", "device", "compile", "data", "download")
 
 
 def cmd_alexnet(args: argparse.Namespace) -> int:
@@ -236,16 +249,24 @@ def cmd_alexnet(args: argparse.Namespace) -> int:
     from callbacks import standard_callbacks
     from callbacks.checkpoint import Checkpoint
     from callbacks.weight_decay import DecayProbeCallback
+    from core.session import Stopped
     from trainers.classification import build_trainer, resolve_args
+    from trainers.engine import check_resumable
+    from tracking.resume import continue_from, fit_resumable, resolve_resume
 
     settings, notes = resolve_args(args)
     for line in notes:
         print(line, file=sys.stderr)
+    resume = resolve_resume(args.resume, args.out, "alexnet-*/last.pt")
+    if resume is not None:
+        check_resumable(resume.state, resume.path, name="alexnet", config=dataclasses.asdict(settings),
+                        may_differ=ALEXNET_RESUME_CHANGES)
     # Every step is logged: a step takes a second or more on a CPU, and the probe's decay factor
     # (one step in --decay-every) and curvature estimates, on the step axis too, are the point of the run.
     callbacks = standard_callbacks(args, job_type="alexnet", monitor=("val/acc", "max"),
                                    tags=[settings.recipe, settings.variant, settings.wd_mode], log_every=1)
-    ckpt_dir = Path(args.out) / "checkpoints" / f"alexnet-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    ckpt_dir = (resume.path.parent if resume is not None else
+                Path(args.out) / "checkpoints" / f"alexnet-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
     callbacks += [DecayProbeCallback(hessian_every=settings.hessian_every, hessian_iters=settings.hessian_iters,
                                      every=settings.decay_every),
                   Checkpoint(ckpt_dir, monitor="val/acc", upload="end")]
@@ -259,7 +280,13 @@ def cmd_alexnet(args: argparse.Namespace) -> int:
                       FilterGrid(), TestConfusionMatrix()]
         if settings.viz_images:
             callbacks.append(FeatureMapTable(settings.viz_images))
-    build_trainer(settings, callbacks).fit()
+    trainer = build_trainer(settings, callbacks)
+    if resume is not None:
+        continue_from(trainer, resume, args.wandb_dir)
+    try:
+        fit_resumable(trainer)
+    except Stopped as stop:
+        return stop.exit_code
     return 0
 
 
