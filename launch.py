@@ -174,7 +174,13 @@ def add_detect(sub: argparse._SubParsersAction, parents: list) -> None:
                                    "(Mask R-CNN R50-FPN) and option 2 (Faster R-CNN on another backbone) trained on "
                                    "Penn-Fudan, COCO AP every epoch, both models on the Beatles photo, a verdict.")
     add_arguments(p)
+    add_resume(p)
     p.set_defaults(func=cmd_detect)
+
+
+# Settings a detect resume may change besides epochs: where it runs, how fast it scores, what it shows.
+DETECT_RESUME_CHANGES = ("epochs", "device", "workers", "eval_batch_size", "data", "data_root", "image", "skip_photo",
+                         "viz_images")
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
@@ -184,13 +190,19 @@ def cmd_detect(args: argparse.Namespace) -> int:
     from callbacks import standard_callbacks
     from callbacks.checkpoint import Checkpoint
     from callbacks.detection_viz import PhotoTable, PredictionTable
+    from core.session import Stopped
     from trainers.detection.beatles import compare_on_photo, load_photo
     from trainers.detection.trainer import build_trainer, model_label, prepare
+    from trainers.engine import check_resumable
+    from tracking.resume import continue_from, finished_summary, fit_resumable, option_resume, resolve_resume
 
     plan = prepare(args)
     photo = None if plan.settings.skip_photo else load_photo(plan.settings.image)
-    # The three runs share a group and name stem: flags, then W&B's variables, then our own.
-    args.group = args.group or os.environ.get("WANDB_RUN_GROUP") or f"detect-{time.strftime('%Y%m%d-%H%M%S')}"
+    resume = resolve_resume(args.resume, args.out, "*/option*/last.pt")
+    # The three runs share a group and name stem: flags, then W&B's variables, then our own; a
+    # resumed command keeps the group its checkpoints are filed under.
+    args.group = (resume.path.parent.parent.name if resume is not None else
+                  args.group or os.environ.get("WANDB_RUN_GROUP") or f"detect-{time.strftime('%Y%m%d-%H%M%S')}")
     to_wandb = args.wandb_mode != "disabled"
 
     def run_args(suffix: str) -> argparse.Namespace:
@@ -199,18 +211,35 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
     models, results = {}, {}
     for option in plan.options:
+        label = model_label(option, plan.settings)
+        ckpt_dir = Path(args.out) / "checkpoints" / args.group / f"option{option}"
+        done = finished_summary(ckpt_dir) if resume is not None else None
+        if done is not None:
+            # Trained to its end before: its final weights and results serve the photo comparison.
+            trainer = build_trainer(plan, option, [])
+            trainer.load_state_dict(option_resume(ckpt_dir).state["trainer"])
+            print(f"option {option}: finished in {ckpt_dir}; not trained again", file=sys.stderr)
+            models[label], results[label] = trainer.model, done
+            continue
         callbacks = standard_callbacks(run_args(f"option{option}"), job_type=f"detect-option{option}",
                                        monitor=("val/bbox_AP", "max"), log_every=1)
         # One staged copy of the best and one of the last checkpoint: Mask R-CNN's are ~350 MB with the optimizer.
-        callbacks.append(Checkpoint(Path(args.out) / "checkpoints" / args.group / f"option{option}",
-                                    monitor="val/bbox_AP", upload="end", upload_last=True))
+        callbacks.append(Checkpoint(ckpt_dir, monitor="val/bbox_AP", upload="end", upload_last=True))
         if to_wandb:
             from callbacks.lineage import DatasetArtifact
 
             callbacks += [DatasetArtifact(plan.settings.data_source, plan.settings.data_root), PredictionTable()]
         trainer = build_trainer(plan, option, callbacks)
-        results[model_label(option, plan.settings)] = trainer.fit()
-        models[model_label(option, plan.settings)] = trainer.model
+        earlier = option_resume(ckpt_dir) if resume is not None else None
+        if earlier is not None:
+            check_resumable(earlier.state, earlier.path, name=trainer.name, config=trainer.config,
+                            may_differ=DETECT_RESUME_CHANGES)
+            continue_from(trainer, earlier, args.wandb_dir)
+        try:
+            results[label] = fit_resumable(trainer)
+        except Stopped as stop:
+            return stop.exit_code
+        models[label] = trainer.model
     if photo is not None:
         callbacks = standard_callbacks(run_args("photo"), job_type="detect-photo") + [PhotoTable(log_to_wandb=to_wandb)]
         config = dataclasses.asdict(dataclasses.replace(plan.settings, photo=photo.source))

@@ -91,6 +91,8 @@ class WandbLogger(Callback):
         self._resuming = False
         self._sent: dict[str, int] = {}
         self._warned = False
+        self._failures = 0
+        self._init: dict[str, Any] = {}
 
     def state_dict(self) -> dict[str, Any]:
         return {"run_id": self.run.id if self.run is not None else self.run_id, "sent": dict(self._sent)}
@@ -111,6 +113,7 @@ class WandbLogger(Callback):
         try:
             return fn(*args, **kwargs)
         except Exception as exc:  # any failure of the W&B client or its service process
+            self._failures += 1
             if not self._warned:
                 self._warned = True
                 print(f"warning: W&B {what} failed ({type(exc).__name__}: {exc}); training and checkpoints go on, "
@@ -120,20 +123,11 @@ class WandbLogger(Callback):
     def on_fit_start(self, trainer: Loop) -> None:
         if not is_rank_zero():
             return
+        self._init = dict(project=self.project, entity=self.entity, mode=self.mode, out_dir=self.out_dir,
+                          config=trainer.config, name=self.name, group=self.group,
+                          job_type=self.job_type or trainer.name, tags=self.tags)
         run_id = os.environ.get(wandb_env.RUN_ID) or self.run_id
-        self.run = self._call("init", init_run,
-            project=self.project,
-            entity=self.entity,
-            mode=self.mode,
-            out_dir=self.out_dir,
-            config=trainer.config,
-            name=self.name,
-            group=self.group,
-            job_type=self.job_type or trainer.name,
-            tags=self.tags,
-            run_id=run_id,
-            resume=self._resuming,
-        )
+        self.run = self._call("init", init_run, **self._init, run_id=run_id, resume=self._resuming)
         if self.run is None:
             return
         self.run_dir = Path(self.run.dir).parent
@@ -220,7 +214,7 @@ class WandbLogger(Callback):
         final = {k: v for k, v in self._last.items() if _is_number(v)}
         final.update((k, v) for k, v in trainer.summary.items() if k != best)
         self._call("summary", self.run.summary.update, final)
-        self._finish(trainer.exit_code)
+        self._finish(trainer.exit_code, final)
 
     def on_exception(self, trainer: Loop, exception: BaseException) -> None:
         if self.run is None:
@@ -234,10 +228,19 @@ class WandbLogger(Callback):
         self._call("summary", self.run.summary.update, {"error": f"{type(exception).__name__}: {exception}"})
         self._finish(130 if isinstance(exception, KeyboardInterrupt) else 1)
 
-    def _finish(self, exit_code: int) -> None:
-        self.run_id = self.run.id
-        self._call("finish", self.run.finish, exit_code=exit_code)
-        self.run = None
+    def _finish(self, exit_code: int, summary: Mapping[str, Any] | None = None) -> None:
+        run, self.run, self.run_id = self.run, None, self.run.id
+        failures = self._failures
+        self._call("finish", run.finish, exit_code=exit_code)
+        if self._failures == failures:
+            return
+        # The service process is gone, so the run's record has no end: a fresh service continues the
+        # same run just to record its summary and exit code, so that it never stays "running".
+        self._call("teardown", wandb.teardown)
+        run = self._call("init", init_run, **self._init, run_id=self.run_id, resume=True)
+        if run is not None:
+            self._call("summary", run.summary.update, dict(summary or {}))
+            self._call("finish", run.finish, exit_code=exit_code)
 
 
 def _is_number(value: Any) -> bool:

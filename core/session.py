@@ -83,11 +83,22 @@ class Session:
         # What an experiment without a trainer hands its panels' adapters (the kernels' checks,
         # the slide, the photo...), by name; a training loop keeps such things as attributes.
         self.results: dict[str, Any] = {}
+        # Reporting callbacks already warned about (see fire).
+        self._report_failures: set[int] = set()
 
     def fire(self, event: str, **kwargs: Any) -> None:
-        """Call hook ``event`` on every callback."""
+        """Call hook ``event`` on every callback; a ``reports_only`` callback that raises is warned
+        about once and skipped (see :class:`~core.events.Callback`)."""
         for cb in self.callbacks:
-            getattr(cb, event)(self, **kwargs)
+            try:
+                getattr(cb, event)(self, **kwargs)
+            except Exception as exc:
+                if not cb.reports_only:
+                    raise
+                if id(cb) not in self._report_failures:
+                    self._report_failures.add(id(cb))
+                    print(f"warning: {type(cb).__name__}.{event} failed ({type(exc).__name__}: {exc}); "
+                          f"training goes on without it", file=sys.stderr)
 
     def log(self, metrics: Mapping[str, Any], *, axis: str = STEP_AXIS) -> None:
         """Report metrics against ``axis`` (``trainer/step`` or ``epoch``) to the callbacks."""

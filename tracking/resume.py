@@ -59,6 +59,20 @@ def resolve_resume(value: str | None, out: str | Path, pattern: str) -> Resume |
     return Resume(path, read_checkpoint(path))
 
 
+def option_resume(directory: Path) -> Resume | None:
+    """The checkpoint in ``directory`` (one model of ``detect``) to continue from, or None."""
+    path = directory / LAST
+    return Resume(path, read_checkpoint(path)) if path.exists() else None
+
+
+def finished_summary(directory: Path) -> dict[str, Any] | None:
+    """The summary of the fit whose checkpoints are in ``directory`` when it ran to its end, else None."""
+    import torch
+
+    path = directory / FINISHED
+    return torch.load(path, map_location="cpu", weights_only=True)["summary"] if path.exists() else None
+
+
 def sent_before(wandb_dir: str | Path, run_id: str) -> dict[str, int]:
     """Per metric key, the last ``trainer/step`` or ``epoch`` at which the local W&B run folders of
     ``run_id`` under ``wandb_dir`` logged it: what an earlier process sent, including anything after
