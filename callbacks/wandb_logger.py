@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import sys
+import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,10 @@ from wandb import env as wandb_env
 from callbacks.runs import init_run
 from core.events import Callback, EPOCH_AXIS, Loop, STEP_AXIS, is_rank_zero
 from core.session import Stopped
+
+# How far back the journal of sent numbers reaches: W&B's service writes its file every 15 s
+# (``x_transaction_log_flush_interval``), with room to spare.
+JOURNAL_SECONDS = 60.0
 
 
 class WandbLogger(Callback):
@@ -90,23 +96,45 @@ class WandbLogger(Callback):
         self.run_id: str | None = None
         self._resuming = False
         self._sent: dict[str, int] = {}
+        # The numbers sent in the last JOURNAL_SECONDS (time, axis, value, metrics): W&B's service
+        # writes its file every few seconds, so a kill -9 loses what it had not written yet; a
+        # checkpoint carries them, to be sent again (see already_logged).
+        self._journal: deque[tuple[float, str, int, dict[str, float]]] = deque()
+        self._replay: list[tuple] = []
+        self._persisted: dict[str, int] | None = None
         self._warned = False
         self._failures = 0
         self._init: dict[str, Any] = {}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"run_id": self.run.id if self.run is not None else self.run_id, "sent": dict(self._sent)}
+        return {"run_id": self.run.id if self.run is not None else self.run_id, "sent": dict(self._sent),
+                "journal": [[axis, value, metrics] for _, axis, value, metrics in self._journal]}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.run_id = state.get("run_id")
         self._resuming = self.run_id is not None
-        self.already_logged(state.get("sent") or {})
+        self._sent = dict(state.get("sent") or {})
+        self._replay = [tuple(entry) for entry in state.get("journal") or []]
 
     def already_logged(self, sent: Mapping[str, int]) -> None:
-        """Treat each ``key`` as already sent at axis value ``sent[key]``: records at or below it are
-        dropped (what the earlier process of a resumed run logged after its checkpoint)."""
+        """What the W&B run's files hold: each ``key`` up to axis value ``sent[key]``. Records at or
+        below it are dropped (what an earlier process logged after its checkpoint), and the numbers
+        the checkpoint's journal has beyond it are sent again when the run starts (what W&B had
+        not yet written to its file when that process was killed)."""
+        self._persisted = dict(sent)
         for key, value in sent.items():
             self._sent[key] = max(self._sent.get(key, value), value)
+
+    def _replay_journal(self) -> None:
+        if self._persisted is None:
+            return
+        for axis, value, metrics in self._replay:
+            lost = {k: v for k, v in metrics.items() if self._persisted.get(k, -1) < value}
+            if lost:
+                for key in lost.keys() - self._axis_of.keys():
+                    self._bind(key, axis)
+                self._call("log", self.run.log, {**lost, axis: value})
+        self._replay = []
 
     def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """``fn(*args, **kwargs)``; when it raises, warn once and carry on: W&B never stops training."""
@@ -136,6 +164,7 @@ class WandbLogger(Callback):
         if self.monitor:
             key, goal = self.monitor
             self._bind(key, EPOCH_AXIS, summary=goal)
+        self._replay_journal()
 
     def _bind(self, key: str, axis: str, summary: str | None = None) -> None:
         kwargs = {"summary": summary} if summary else {}
@@ -170,6 +199,12 @@ class WandbLogger(Callback):
         if fresh:
             self._sent.update((k, value) for k in fresh)
             self._call("log", self.run.log, {**fresh, axis: value})
+            now = time.monotonic()
+            numbers = {k: v for k, v in fresh.items() if _is_number(v)}
+            if numbers:
+                self._journal.append((now, axis, value, numbers))
+            while self._journal and now - self._journal[0][0] > JOURNAL_SECONDS:
+                self._journal.popleft()
 
     def _collect(self, metrics: Mapping[str, Any], step: int) -> None:
         window = self._window

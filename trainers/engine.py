@@ -143,7 +143,9 @@ class Engine(Session):
     def fit(self) -> dict[str, Any]:
         """Run the loop (from where :meth:`load_checkpoint_state` left it, else from the start)
         and return :attr:`summary`. A stop signal ends it with :class:`core.session.Stopped`."""
-        with self.running(), self.stopping_on_signals():
+        # The handlers outlive the loop: a signal during the final test or the callbacks' ending
+        # (W&B finishing) lets them complete instead of killing them halfway.
+        with self.stopping_on_signals(), self.running():
             first = self.epoch
             if self._pending_rng is not None:
                 set_global_rng_state(self._pending_rng["global"])
