@@ -234,7 +234,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
         if earlier is not None:
             check_resumable(earlier.state, earlier.path, name=trainer.name, config=trainer.config,
                             may_differ=DETECT_RESUME_CHANGES)
-            continue_from(trainer, earlier, args.wandb_dir)
+        continue_from(trainer, earlier, args.wandb_dir)
         try:
             results[label] = fit_resumable(trainer)
         except Stopped as stop:
@@ -310,8 +310,7 @@ def cmd_alexnet(args: argparse.Namespace) -> int:
         if settings.viz_images:
             callbacks.append(FeatureMapTable(settings.viz_images))
     trainer = build_trainer(settings, callbacks)
-    if resume is not None:
-        continue_from(trainer, resume, args.wandb_dir)
+    continue_from(trainer, resume, args.wandb_dir)
     try:
         fit_resumable(trainer)
     except Stopped as stop:

@@ -134,6 +134,8 @@ class WandbLogger(Callback):
                 for key in lost.keys() - self._axis_of.keys():
                     self._bind(key, axis)
                 self._call("log", self.run.log, {**lost, axis: value})
+                # Journaled again: W&B may not have written them when this process is killed in turn.
+                self._journal.append((time.monotonic(), axis, value, lost))
         self._replay = []
 
     def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

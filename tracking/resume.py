@@ -9,12 +9,15 @@ first checkpoint must still run.
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from wandb import env as wandb_env
 
 from callbacks.checkpoint import FINISHED, LAST
 from core.events import EPOCH_AXIS, STEP_AXIS
@@ -97,14 +100,18 @@ def sent_before(wandb_dir: str | Path, run_id: str) -> dict[str, int]:
     return sent
 
 
-def continue_from(trainer: Engine, resume: Resume, wandb_dir: str | Path) -> None:
-    """Load ``resume`` into ``trainer`` and tell its W&B logger what the earlier process logged."""
-    trainer.load_checkpoint_state(resume.state)
+def continue_from(trainer: Engine, resume: Resume | None, wandb_dir: str | Path) -> None:
+    """Load ``resume`` (when there is one) into ``trainer``, and tell its W&B logger what earlier
+    processes of the same W&B run logged: the checkpoint's run, or ``WANDB_RUN_ID``'s, which a
+    sweep trial started again keeps even when it was killed before its first checkpoint."""
+    if resume is not None:
+        trainer.load_checkpoint_state(resume.state)
     from callbacks.wandb_logger import WandbLogger
 
     logger = trainer.find_callback(WandbLogger)
-    if logger is not None and resume.run_id:
-        logger.already_logged(sent_before(wandb_dir, resume.run_id))
+    run_id = os.environ.get(wandb_env.RUN_ID) or (resume.run_id if resume is not None else None)
+    if logger is not None and run_id:
+        logger.already_logged(sent_before(wandb_dir, run_id))
 
 
 def fit_resumable(trainer: Engine) -> Mapping[str, Any]:
@@ -126,7 +133,7 @@ def resume_command(checkpoint: str | Path, argv: list[str] | None = None) -> str
     for arg in argv:
         if skip:
             skip = False
-        elif arg in ("--resume",):
+        elif arg == "--resume":
             skip = True
         elif not arg.startswith("--resume="):
             kept.append(arg)

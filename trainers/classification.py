@@ -335,7 +335,7 @@ class ClassificationTrainer(Engine):
     def train_epoch(self, epoch: int) -> None:
         if isinstance(self.loaders.train, DeviceBatches):
             self.loaders.train.set_epoch(epoch)
-        if not self.batch_in_epoch:  # a resumed epoch keeps the totals of the steps it already took
+        if not self.resume_batch:  # a resumed epoch keeps the totals of the steps it already took
             self.epoch_totals = [0.0, 0.0, 0.0]
         totals = self.epoch_totals
         for i, (x, y) in self.epoch_batches(batch for _, batch in self._batches(self.loaders.train)):

@@ -75,6 +75,8 @@ class Engine(Session):
         # The data generators' state when the current epoch began: a mid-epoch resume replays the
         # epoch's first batches from there.
         self._epoch_data_rng: dict[str, Any] = {}
+        # Steps of the current epoch that a resumed run already trained: epoch_batches skips them.
+        self.resume_batch = 0
 
     def state_dict(self) -> dict[str, Any]:
         """The weights and what evaluating them needs (the small checkpoint a W&B artifact holds)."""
@@ -119,6 +121,7 @@ class Engine(Session):
         """Put back what :meth:`checkpoint_state` returned; the next :meth:`fit` continues from it.
         Callbacks are matched by :func:`callback_keys`; one the checkpoint does not know keeps its state."""
         self.epoch, self.batch_in_epoch, self.global_step = state["epoch"], state["batch"], state["global_step"]
+        self.resume_batch = self.batch_in_epoch
         self.summary.update(state["summary"])
         self.load_state_dict(state["trainer"])
         saved = state["callbacks"]
@@ -147,6 +150,8 @@ class Engine(Session):
         # (W&B finishing) lets them complete instead of killing them halfway.
         with self.stopping_on_signals(), self.running():
             first = self.epoch
+            # A checkpoint of the last epoch's end has only the test left, logged against that epoch.
+            self.epoch = min(first, self.epochs - 1)
             if self._pending_rng is not None:
                 set_global_rng_state(self._pending_rng["global"])
                 set_generators_state(self.data_generators(), self._pending_rng["data"])
@@ -168,7 +173,8 @@ class Engine(Session):
         """``(index, batch)`` of this epoch's training batches, without those a resumed run
         already trained on: they are still drawn (so the data's random generators advance
         exactly as they did) but not yielded."""
-        skip = self.batch_in_epoch
+        skip, self.resume_batch = self.resume_batch, 0
+        self.batch_in_epoch = skip
         for i, batch in enumerate(batches):
             if i >= skip:
                 yield i, batch
