@@ -176,3 +176,26 @@ def test_a_checkpoint_of_another_model_or_config_is_refused(saved):
     check_resumable(state, saved, name="noisy", config={**state["config"], "epochs": 5})
     with pytest.raises(UsageError, match="too few to resume"):
         check_resumable(state, saved, name="noisy", config={**state["config"], "epochs": 0})
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("missing", "does not exist"),
+    ("truncated", "truncated or not a checkpoint"),
+    ("other model", "variant='course' there, 'd2l' now"),
+])
+def test_launch_refuses_a_bad_checkpoint_with_one_line_and_exit_2(saved, tmp_path, capsys, damage, message):
+    from launch import main
+
+    ckpt = tmp_path / "checkpoints" / "alexnet-x" / LAST
+    ckpt.parent.mkdir(parents=True)
+    state = torch.load(saved, weights_only=True)
+    state.update(name="alexnet", config={"variant": "course"})
+    if damage == "truncated":
+        ckpt.write_bytes(saved.read_bytes()[:1000])
+    elif damage == "other model":
+        torch.save(state, ckpt)
+    before = ckpt.read_bytes() if ckpt.exists() else None
+    code = main(["alexnet", "--out", str(tmp_path), "--variant", "d2l", "--resume", str(ckpt), "--wandb-mode", "disabled"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and message in err[-1] and err[-1].startswith("error: "), err
+    assert (ckpt.read_bytes() if ckpt.exists() else None) == before  # nothing written over it
