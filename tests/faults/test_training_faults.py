@@ -28,8 +28,11 @@ pytestmark = pytest.mark.slow
 
 
 def _start(args: list[str], out: Path, **env: str) -> subprocess.Popen:
+    # Its own W&B service, as from a shell: one inherited from this process (WANDB_SERVICE, set
+    # when an earlier test started a run here) would outlive the kills and keep writing for it.
+    base = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
     return subprocess.Popen([sys.executable, str(ROOT / "launch.py"), *args, "--out", str(out)], cwd=out.parent,
-                            env={**os.environ, "PYTHONPATH": str(ROOT), **env},
+                            env={**base, "PYTHONPATH": str(ROOT), **env},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
