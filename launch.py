@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 
 from callbacks import DEFAULT_PROJECT
 from tracking.agent_args import AgentParser as Parser
-from tracking.mode import OUT_ENV
+from tracking.mode import OUT_ENV, RESUME_ENV
 
 
 def global_options(*, suppress: bool) -> argparse.ArgumentParser:
@@ -181,7 +181,13 @@ def add_detect(sub: argparse._SubParsersAction, parents: list) -> None:
                                    "(Mask R-CNN R50-FPN) and option 2 (Faster R-CNN on another backbone) trained on "
                                    "Penn-Fudan, COCO AP every epoch, both models on the Beatles photo, a verdict.")
     add_arguments(p)
+    add_resume(p)
     p.set_defaults(func=cmd_detect)
+
+
+# Settings a detect resume may change besides epochs: where it runs, how fast it scores, what it shows.
+DETECT_RESUME_CHANGES = ("epochs", "device", "workers", "eval_batch_size", "data", "data_root", "image", "skip_photo",
+                         "viz_images")
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
@@ -191,13 +197,19 @@ def cmd_detect(args: argparse.Namespace) -> int:
     from callbacks import standard_callbacks
     from callbacks.checkpoint import Checkpoint
     from callbacks.detection_viz import PhotoTable, PredictionTable
+    from core.session import Stopped
     from trainers.detection.beatles import compare_on_photo, load_photo
     from trainers.detection.trainer import build_trainer, model_label, prepare
+    from trainers.engine import check_resumable
+    from tracking.resume import continue_from, finished_summary, fit_resumable, option_resume, resolve_resume
 
     plan = prepare(args)
     photo = None if plan.settings.skip_photo else load_photo(plan.settings.image)
-    # The three runs share a group and name stem: flags, then W&B's variables, then our own.
-    args.group = args.group or os.environ.get("WANDB_RUN_GROUP") or f"detect-{time.strftime('%Y%m%d-%H%M%S')}"
+    resume = resolve_resume(args.resume, args.out, "*/option*/last.pt")
+    # The three runs share a group and name stem: flags, then W&B's variables, then our own; a
+    # resumed command keeps the group its checkpoints are filed under.
+    args.group = (resume.path.parent.parent.name if resume is not None else
+                  args.group or os.environ.get("WANDB_RUN_GROUP") or f"detect-{time.strftime('%Y%m%d-%H%M%S')}")
     to_wandb = args.wandb_mode != "disabled"
 
     def run_args(suffix: str) -> argparse.Namespace:
@@ -206,18 +218,35 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
     models, results = {}, {}
     for option in plan.options:
+        label = model_label(option, plan.settings)
+        ckpt_dir = Path(args.out) / "checkpoints" / args.group / f"option{option}"
+        done = finished_summary(ckpt_dir) if resume is not None else None
+        if done is not None:
+            # Trained to its end before: its final weights and results serve the photo comparison.
+            trainer = build_trainer(plan, option, [])
+            trainer.load_state_dict(option_resume(ckpt_dir).state["trainer"])
+            print(f"option {option}: finished in {ckpt_dir}; not trained again", file=sys.stderr)
+            models[label], results[label] = trainer.model, done
+            continue
         callbacks = standard_callbacks(run_args(f"option{option}"), job_type=f"detect-option{option}",
                                        monitor=("val/bbox_AP", "max"), log_every=1)
         # One staged copy of the best and one of the last checkpoint: Mask R-CNN's are ~350 MB with the optimizer.
-        callbacks.append(Checkpoint(Path(args.out) / "checkpoints" / args.group / f"option{option}",
-                                    monitor="val/bbox_AP", upload="end", upload_last=True))
+        callbacks.append(Checkpoint(ckpt_dir, monitor="val/bbox_AP", upload="end", upload_last=True))
         if to_wandb:
             from callbacks.lineage import DatasetArtifact
 
             callbacks += [DatasetArtifact(plan.settings.data_source, plan.settings.data_root), PredictionTable()]
         trainer = build_trainer(plan, option, callbacks)
-        results[model_label(option, plan.settings)] = trainer.fit()
-        models[model_label(option, plan.settings)] = trainer.model
+        earlier = option_resume(ckpt_dir) if resume is not None else None
+        if earlier is not None:
+            check_resumable(earlier.state, earlier.path, name=trainer.name, config=trainer.config,
+                            may_differ=DETECT_RESUME_CHANGES)
+        continue_from(trainer, earlier, args.wandb_dir)
+        try:
+            results[label] = fit_resumable(trainer)
+        except Stopped as stop:
+            return stop.exit_code
+        models[label] = trainer.model
     if photo is not None:
         callbacks = standard_callbacks(run_args("photo"), job_type="detect-photo") + [PhotoTable(log_to_wandb=to_wandb)]
         config = dataclasses.asdict(dataclasses.replace(plan.settings, photo=photo.source))
@@ -233,7 +262,20 @@ def add_alexnet(sub: argparse._SubParsersAction, parents: list) -> None:
                                    "default) with l2, coupled or decoupled weight decay, a probe of the decay and "
                                    "the learning rate's stability, learned filters, feature maps and a confusion matrix.")
     add_arguments(p)
+    add_resume(p)
     p.set_defaults(func=cmd_alexnet)
+
+
+def add_resume(p: argparse.ArgumentParser) -> None:
+    """``--resume PATH|auto`` of the training commands (default ``$DLHW_RESUME``)."""
+    p.add_argument("--resume", default=os.environ.get(RESUME_ENV) or None, metavar="PATH|auto",
+                   help=f"continue a stopped run in the same W&B run: PATH is its checkpoints/.../last.pt, auto the "
+                        f"newest unfinished one under --out (none yet: start afresh) (default: ${RESUME_ENV})")
+
+
+# Settings a resume may change: more epochs, and where or how fast it runs; anything else would make
+# the continued run a different experiment.
+ALEXNET_RESUME_CHANGES = ("epochs", "device", "compile", "data", "download")
 
 
 def cmd_alexnet(args: argparse.Namespace) -> int:
@@ -243,16 +285,24 @@ def cmd_alexnet(args: argparse.Namespace) -> int:
     from callbacks import standard_callbacks
     from callbacks.checkpoint import Checkpoint
     from callbacks.weight_decay import DecayProbeCallback
+    from core.session import Stopped
     from trainers.classification import build_trainer, resolve_args
+    from trainers.engine import check_resumable
+    from tracking.resume import continue_from, fit_resumable, resolve_resume
 
     settings, notes = resolve_args(args)
     for line in notes:
         print(line, file=sys.stderr)
+    resume = resolve_resume(args.resume, args.out, "alexnet-*/last.pt")
+    if resume is not None:
+        check_resumable(resume.state, resume.path, name="alexnet", config=dataclasses.asdict(settings),
+                        may_differ=ALEXNET_RESUME_CHANGES)
     # Every step is logged: a step takes a second or more on a CPU, and the probe's decay factor
     # (one step in --decay-every) and curvature estimates, on the step axis too, are the point of the run.
     callbacks = standard_callbacks(args, job_type="alexnet", monitor=("val/acc", "max"),
                                    tags=[settings.recipe, settings.variant, settings.wd_mode], log_every=1)
-    ckpt_dir = Path(args.out) / "checkpoints" / f"alexnet-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    ckpt_dir = (resume.path.parent if resume is not None else
+                Path(args.out) / "checkpoints" / f"alexnet-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
     callbacks += [DecayProbeCallback(hessian_every=settings.hessian_every, hessian_iters=settings.hessian_iters,
                                      every=settings.decay_every),
                   Checkpoint(ckpt_dir, monitor="val/acc", upload="end")]
@@ -266,7 +316,12 @@ def cmd_alexnet(args: argparse.Namespace) -> int:
                       FilterGrid(), TestConfusionMatrix()]
         if settings.viz_images:
             callbacks.append(FeatureMapTable(settings.viz_images))
-    build_trainer(settings, callbacks).fit()
+    trainer = build_trainer(settings, callbacks)
+    continue_from(trainer, resume, args.wandb_dir)
+    try:
+        fit_resumable(trainer)
+    except Stopped as stop:
+        return stop.exit_code
     return 0
 
 

@@ -8,14 +8,24 @@ from pathlib import Path
 from typing import Any
 
 from core.events import Callback, Loop, is_rank_zero
-from core.files import BackgroundWriter
+from core.files import BackgroundWriter, plain
+from core.session import Stopped
+
+LAST, BEST, FINISHED = "last.pt", "best.pt", "finished.pt"
 
 
 class Checkpoint(Callback):
     """Saves ``last.pt`` after every epoch and ``best.pt`` whenever ``monitor`` improves.
 
-    The file holds the trainer's ``state_dict()`` (model, optimizer, ...), the epoch, the
-    metrics and every callback's state, so a run can be resumed or evaluated later.
+    ``last.pt`` is what a run resumes from: the trainer's whole ``checkpoint_state()`` (weights,
+    optimizer, scheduler, loss scaler, position, every callback's state, random generators,
+    config; see :meth:`trainers.engine.Engine.checkpoint_state`). It is also written when a stop
+    signal ends the fit (:class:`core.session.Stopped`), mid-epoch, at the end of the step that was
+    running. ``best.pt`` holds only the trainer's ``state_dict()`` (the weights and what evaluating
+    them needs) with the epoch, step, metrics and config: it is the file uploaded to W&B, kept
+    small (Adam's two moment buffers would triple an AlexNet's). ``finished.pt`` (the summary)
+    says the fit ran to its end, so that a resume does not train that model again.
+
     ``on_checkpoint_saved`` then lets the W&B logger upload the best one as an artifact: every
     time it improves (``upload="improved"``), or once after the last epoch (``upload="end"``),
     which keeps a run of a large model from staging one copy per improvement. ``upload_last``
@@ -27,9 +37,9 @@ class Checkpoint(Callback):
     not asked for, because W&B gives it to the newest version of the artifact by itself (the best
     is announced before the last, so ``latest`` ends on the newest weights).
 
-    Files are written by a :class:`BackgroundWriter` while the next epoch trains (``best.pt`` a
-    hard link to the same bytes when both change); a file is on disk before it is announced,
-    and all are when the fit ends. A failed write is raised at the next epoch's end or at the end.
+    Files are written by a :class:`BackgroundWriter` while the next epoch trains; a file is on
+    disk before it is announced, and all are when the fit ends. A failed write is raised at the
+    next epoch's end or at the end.
     """
 
     def __init__(self, directory: str | Path, *, monitor: str, mode: str = "max", upload: str = "improved",
@@ -56,50 +66,57 @@ class Checkpoint(Callback):
     def on_epoch_end(self, trainer: Loop, epoch: int, metrics: Mapping[str, float]) -> None:
         if not is_rank_zero():
             return
-        state: dict[str, Any] = {
-            "epoch": epoch + 1,
-            "global_step": trainer.global_step,
-            "metrics": dict(metrics),
-            "config": trainer.config,
-            "trainer": trainer.state_dict(),
-            "callbacks": {type(cb).__name__: cb.state_dict() for cb in trainer.callbacks},
-        }
         metadata = {"epoch": epoch + 1, "step": trainer.global_step,
                     **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
         value = metrics.get(self.monitor)
         improved = value is not None and self._improved(float(value))
-        self.best_path = self.directory / "best.pt" if improved else self.best_path
-        self.writer.submit(state, [self.directory / "last.pt"] + ([self.best_path] if improved else []))
-        last_epoch = epoch + 1 == trainer.epochs or trainer.should_stop
-        best_aliases = ["best"] + (["last"] if self.upload_last and last_epoch and improved else [])
+        best: list = []
         if improved:
+            self.best_path = self.directory / BEST
+            best = [({"epoch": epoch + 1, "global_step": trainer.global_step, "metrics": dict(metrics),
+                      "config": plain(trainer.config), "trainer": trainer.state_dict()}, [self.best_path])]
             self.best = float(value)
             self.best_metadata = metadata
             trainer.summary[f"best/{self.monitor}"] = self.best
-            if self.upload == "improved":
-                self.writer.wait()
-                trainer.fire("on_checkpoint_saved", path=str(self.best_path), aliases=best_aliases, metadata=metadata)
+        # The callbacks' states go in last.pt, this one's included: best is updated first.
+        self.writer.submit(trainer.checkpoint_state(), [self.directory / LAST], also=best)
+        last_epoch = epoch + 1 == trainer.epochs or trainer.should_stop
+        best_aliases = ["best"] + (["last"] if self.upload_last and last_epoch and improved else [])
+        if improved and self.upload == "improved":
+            self.writer.wait()
+            trainer.fire("on_checkpoint_saved", path=str(self.best_path), aliases=best_aliases, metadata=metadata)
         if last_epoch:
             self.writer.wait()
         if self.upload == "end" and last_epoch and self.best_path is not None:
             trainer.fire("on_checkpoint_saved", path=str(self.best_path), aliases=best_aliases,
                          metadata=self.best_metadata)
         if self.upload_last and last_epoch and not improved:
-            trainer.fire("on_checkpoint_saved", path=str(self.directory / "last.pt"), aliases=["last"],
+            trainer.fire("on_checkpoint_saved", path=str(self.directory / LAST), aliases=["last"],
                          metadata=metadata)
 
     def on_fit_end(self, trainer: Loop) -> None:
+        if not is_rank_zero():
+            return
+        self.writer.submit({"name": trainer.name, "summary": plain(trainer.summary)}, [self.directory / FINISHED])
         self.writer.wait()
 
     def on_exception(self, trainer: Loop, exception: BaseException) -> None:
         # The last epoch that finished is on disk for a resume; a write error here is secondary.
         try:
             self.writer.wait()
+            if isinstance(exception, Stopped) and is_rank_zero():
+                # A stop signal lands between steps: the state is whole, so it is saved where it is.
+                self.writer.submit(trainer.checkpoint_state(), [self.directory / LAST])
+                self.writer.wait()
+                exception.checkpoint = str(self.directory / LAST)
         except RuntimeError as error:
             print(f"checkpoint: {error}", file=sys.stderr)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best, "monitor": self.monitor, "mode": self.mode}
+        return {"best": self.best, "monitor": self.monitor, "mode": self.mode, "best_metadata": self.best_metadata,
+                "best_path": str(self.best_path) if self.best_path else None}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.best = state.get("best")
+        self.best_metadata = dict(state.get("best_metadata") or {})
+        self.best_path = self.directory / BEST if state.get("best_path") else None

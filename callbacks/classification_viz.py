@@ -13,6 +13,8 @@ from core.events import EPOCH_AXIS, Callback, Loop
 class FilterGrid(Callback):
     """``viz/conv1_filters`` (:class:`~callbacks.panels.LearnedFilters`) after every epoch."""
 
+    reports_only = True
+
     def on_fit_start(self, trainer: Loop) -> None:
         self.panel = LearnedFilters(trainer.model)
 
@@ -23,6 +25,8 @@ class FilterGrid(Callback):
 class FeatureMapTable(Callback):
     """``viz/feature_maps`` (:class:`~callbacks.panels.FeatureMaps`) after every epoch, for a fixed
     set of validation images (the same ones every epoch), each conv layer's maps after its ReLU."""
+
+    reports_only = True
 
     def __init__(self, n_images: int = 4, max_maps: int = 16) -> None:
         self.n_images = n_images
@@ -43,6 +47,8 @@ class FeatureMapTable(Callback):
 
 class TestConfusionMatrix(Callback):
     """``test/confusion_matrix`` (:class:`~callbacks.panels.ConfusionMatrix`) of the final test predictions."""
+
+    reports_only = True
 
     def on_test_end(self, trainer: Loop, metrics: Mapping[str, float]) -> None:
         panel = ConfusionMatrix(list(trainer.loaders.classes))

@@ -18,6 +18,8 @@ from core.events import EPOCH_AXIS, Callback, Loop
 class _CachedPictures(Callback):
     """An adapter whose panel's picture folder is removed at the end of the fit, whatever its outcome."""
 
+    reports_only = True
+
     panel: DetectionTable | PhotoComparison
 
     def on_fit_end(self, trainer: Loop) -> None:

@@ -19,6 +19,8 @@ class DatasetArtifact(Callback):
     part of the run, and synced with it. Place it after the W&B logger; without a run it does nothing.
     """
 
+    reports_only = True
+
     def __init__(self, name: str, path: str | Path, *, metadata: dict | None = None) -> None:
         self.name = name
         self.path = Path(path).resolve()

@@ -28,6 +28,8 @@ def init_run(
     job_type: str | None = None,
     tags: Sequence[str] = (),
     entity: str | None = None,
+    run_id: str | None = None,
+    resume: bool = False,
 ) -> Any:
     """Start a run under ``out_dir/wandb``; an online start that fails is retried offline, said in one line.
 
@@ -35,6 +37,10 @@ def init_run(
     suite's defaults, so W&B's own ``WANDB_JOB_TYPE`` and ``WANDB_TAGS`` replace them; a project,
     entity, group or name left None is W&B's to fill from ``WANDB_PROJECT`` (else ``dlhw``),
     ``WANDB_ENTITY``, ``WANDB_RUN_GROUP`` and ``WANDB_NAME``.
+
+    ``run_id`` names the run (None: W&B's ``WANDB_RUN_ID``, else a new id); with ``resume`` the run
+    continues: ``resume="must"`` online, where the server holds it, ``"allow"`` offline, where the
+    earlier part may only be local.
     """
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -53,14 +59,16 @@ def init_run(
         job_type=os.environ.get(wandb_env.JOB_TYPE) or job_type,
         tags=None if os.environ.get(wandb_env.TAGS) else list(tags) or None,
         reinit="finish_previous",
+        id=run_id,
     )
     if mode == "online":
         try:
-            return wandb.init(mode="online", settings=wandb.Settings(init_timeout=ONLINE_INIT_TIMEOUT_S), **kwargs)
+            return wandb.init(mode="online", settings=wandb.Settings(init_timeout=ONLINE_INIT_TIMEOUT_S),
+                              resume="must" if resume else None, **kwargs)
         except Exception as exc:  # wandb raises several types for "no server"; all mean: go offline.
             print(
                 f"W&B online start failed ({type(exc).__name__}: {exc}); logging offline instead, "
                 f"upload later with `wandb sync {out_dir / 'wandb'}`",
                 file=sys.stderr,
             )
-    return wandb.init(mode=mode if mode != "online" else "offline", **kwargs)
+    return wandb.init(mode=mode if mode != "online" else "offline", resume="allow" if resume else None, **kwargs)

@@ -251,6 +251,8 @@ class DecayProbeCallback(Callback):
         l2 = trainer.weight_decay if trainer.wd_mode == "l2" else 0.0
         self.probe = WeightDecayProbe(trainer.optimizer, l2=l2, params=trainer.decay_params, every=self.every,
                                       publish=lambda m: trainer.log(m, axis=STEP_AXIS))
+        # A resumed fit counts on from its checkpoint, so "one step in every" picks the same steps.
+        self.probe.steps = trainer.global_step
         if trainer.weight_decay and trainer.wd_mode != "decoupled" and (trainer.optimizer_name != "sgd" or trainer.momentum):
             print(
                 f"wd/decay_factor: with {trainer.optimizer_name} (momentum {trainer.momentum:g}) {trainer.wd_mode} decay "
@@ -258,7 +260,7 @@ class DecayProbeCallback(Callback):
                 f"use --wd-mode decoupled for a shrink of exactly that",
                 file=sys.stderr,
             )
-        if self.hessian_every:
+        if self.hessian_every and trainer.global_step == 0:  # the start of training, not of a resumed fit
             self._curvature(trainer)
 
     def on_epoch_end(self, trainer: Loop, epoch: int, metrics: Mapping[str, float]) -> None:

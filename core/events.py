@@ -39,7 +39,14 @@ class Loop(Protocol):
 
 
 class Callback:
-    """Base class for plug-ins; every hook is a no-op so a callback overrides only what it needs."""
+    """Base class for plug-ins; every hook is a no-op so a callback overrides only what it needs.
+
+    ``reports_only`` marks a callback that only sends pictures and tables to W&B: when one of its
+    hooks raises, the run warns once and goes on, since a reporting failure (the W&B service
+    gone, a full disk) must never stop training.
+    """
+
+    reports_only = False
 
     def on_fit_start(self, trainer: Loop) -> None:
         """Called once before the first epoch."""

@@ -13,11 +13,12 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
 import torch
 
 
@@ -84,6 +85,23 @@ def snapshot(obj: Any) -> Any:
     return copy.deepcopy(obj)
 
 
+def plain(obj: Any) -> Any:
+    """``obj`` as what ``torch.load(weights_only=True)`` reads: tensors, numbers, strings, None and
+    dicts/lists/tuples of them; NumPy arrays and scalars become tensors and numbers, anything
+    else its ``str``."""
+    if isinstance(obj, (torch.Tensor, str, int, float, bool, type(None))):
+        return obj
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(obj.copy())
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Mapping):
+        return {k: plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(plain(v) for v in obj)
+    return str(obj)
+
+
 def save_linked(obj: Any, paths: Sequence[str | os.PathLike[str]]) -> None:
     """``torch.save`` ``obj`` once, atomically, to ``paths[0]``; every other path atomically
     becomes a hard link to that file (a copy where the file system has no links)."""
@@ -117,18 +135,22 @@ class BackgroundWriter:
         self._error: BaseException | None = None
         self._failed: str = ""
 
-    def submit(self, obj: Any, paths: Sequence[str | os.PathLike[str]]) -> None:
-        """Write ``obj`` to ``paths`` (see :func:`save_linked`) in the background."""
+    def submit(self, obj: Any, paths: Sequence[str | os.PathLike[str]],
+               also: Sequence[tuple[Any, Sequence[str | os.PathLike[str]]]] = ()) -> None:
+        """Write ``obj`` to ``paths`` (see :func:`save_linked`), then each ``(obj, paths)`` of
+        ``also``, in the background: one snapshot, one wait, whatever the number of files."""
         self.wait()
-        state = snapshot(obj)
-        self._thread = threading.Thread(target=self._write, args=(state, list(paths)), name="checkpoint-writer")
+        writes = [(snapshot(o), list(p)) for o, p in [(obj, paths), *also]]
+        self._thread = threading.Thread(target=self._write, args=(writes,), name="checkpoint-writer")
         self._thread.start()
 
-    def _write(self, state: Any, paths: list) -> None:
-        try:
-            save_linked(state, paths)
-        except BaseException as exc:  # handed to the training thread by wait()
-            self._error, self._failed = exc, str(paths[0])
+    def _write(self, writes: list[tuple[Any, list]]) -> None:
+        for state, paths in writes:
+            try:
+                save_linked(state, paths)
+            except BaseException as exc:  # handed to the training thread by wait()
+                self._error, self._failed = exc, str(paths[0])
+                return
 
     def wait(self) -> None:
         """Block until the pending write is on disk; raise its error if it failed."""

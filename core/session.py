@@ -9,12 +9,35 @@ function over a session, and ``trainers.engine.Engine`` is a session that adds a
 
 from __future__ import annotations
 
+import signal
+import sys
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
 from core.events import EPOCH_AXIS, STEP_AXIS, Callback
+
+# The signals that ask a training run to stop cleanly: Ctrl-C, and what schedulers and
+# preemptible machines send before they kill a process.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Stopped(BaseException):
+    """A stop asked for by SIGINT or SIGTERM, raised between two steps, where the run's state is
+    whole and can be checkpointed. A BaseException, as KeyboardInterrupt is, so that code
+    catching ``Exception`` does not swallow it.
+
+    ``exit_code`` is the shell's convention, 128 + the signal's number (130 for SIGINT, 143 for
+    SIGTERM); ``checkpoint`` is set by whoever wrote the checkpoint the run can resume from.
+    """
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        self.exit_code = 128 + signum
+        self.checkpoint: str | None = None
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
 
 
 class Session:
@@ -46,7 +69,11 @@ class Session:
         self.steps_per_epoch = steps_per_epoch
         self.epoch = 0
         self.global_step = 0
+        # Steps taken in the current epoch: where a checkpoint written mid-epoch resumes.
+        self.batch_in_epoch = 0
         self.should_stop = False
+        # The stop signal received, acted on at the next step's end (see :meth:`stopping_on_signals`).
+        self.stop_signal: int | None = None
         # Final numbers for the console summary and the W&B run summary.
         self.summary: dict[str, Any] = {}
         self.fit_seconds = 0.0
@@ -56,11 +83,22 @@ class Session:
         # What an experiment without a trainer hands its panels' adapters (the kernels' checks,
         # the slide, the photo...), by name; a training loop keeps such things as attributes.
         self.results: dict[str, Any] = {}
+        # Reporting callbacks already warned about (see fire).
+        self._report_failures: set[int] = set()
 
     def fire(self, event: str, **kwargs: Any) -> None:
-        """Call hook ``event`` on every callback."""
+        """Call hook ``event`` on every callback; a ``reports_only`` callback that raises is warned
+        about once and skipped (see :class:`~core.events.Callback`)."""
         for cb in self.callbacks:
-            getattr(cb, event)(self, **kwargs)
+            try:
+                getattr(cb, event)(self, **kwargs)
+            except Exception as exc:
+                if not cb.reports_only:
+                    raise
+                if id(cb) not in self._report_failures:
+                    self._report_failures.add(id(cb))
+                    print(f"warning: {type(cb).__name__}.{event} failed ({type(exc).__name__}: {exc}); "
+                          f"training goes on without it", file=sys.stderr)
 
     def log(self, metrics: Mapping[str, Any], *, axis: str = STEP_AXIS) -> None:
         """Report metrics against ``axis`` (``trainer/step`` or ``epoch``) to the callbacks."""
@@ -74,7 +112,39 @@ class Session:
     def step_end(self, batch_idx: int, outputs: Mapping[str, Any]) -> None:
         """Count one step and fire ``on_batch_end``."""
         self.global_step += 1
+        self.batch_in_epoch += 1
         self.fire("on_batch_end", batch_idx=batch_idx, outputs=outputs)
+        self.check_stop()
+
+    def check_stop(self) -> None:
+        """Raise :class:`Stopped` when a stop signal arrived; called where the state is whole."""
+        if self.stop_signal is not None:
+            raise Stopped(self.stop_signal)
+
+    @contextmanager
+    def stopping_on_signals(self) -> Iterator[None]:
+        """While the body runs, SIGINT and SIGTERM ask for a clean stop at the next step's end
+        instead of killing the process mid-step; a second Ctrl-C aborts at once
+        (KeyboardInterrupt). The previous handlers come back on exit. Only the main thread can
+        install handlers: elsewhere this does nothing."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def on_signal(signum: int, frame: Any) -> None:
+            if self.stop_signal is not None and signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            if self.stop_signal is None:
+                print(f"\n{signal.Signals(signum).name}: stopping after this step and writing a checkpoint "
+                      f"(Ctrl-C again to abort at once)", file=sys.stderr)
+            self.stop_signal = signum
+
+        previous = {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     def epoch_end(self, epoch: int, metrics: Mapping[str, float]) -> None:
         """Report an epoch's metrics: ``on_validation_end``, logged on the epoch axis, kept in the

@@ -30,7 +30,8 @@ from core.events import Callback, EPOCH_AXIS, STEP_AXIS
 from trainers.alexnet import MODELS
 from trainers.amp import Precision
 from trainers.datasets import DATASETS, Loaders, resolve_dataset
-from trainers.engine import Engine, check_finite
+from trainers.device_data import DeviceBatches
+from trainers.engine import Engine, check_finite, pipeline_generators
 from trainers.settings import add_arguments as settings_flags
 from trainers.settings import make, setting, settings, values
 
@@ -298,6 +299,8 @@ class ClassificationTrainer(Engine):
         self.test_weights = test_weights
         self.test_targets: list[int] = []
         self.test_predictions: list[int] = []
+        # The current epoch's summed loss, summed accuracy and images seen (its epoch metrics).
+        self.epoch_totals = [0.0, 0.0, 0.0]
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
         """One optimisation step on a batch; returns its loss and accuracy (and the L2 penalty)."""
@@ -330,18 +333,22 @@ class ClassificationTrainer(Engine):
             yield i, batch
 
     def train_epoch(self, epoch: int) -> None:
-        total = correct = seen = 0.0
-        for i, (x, y) in self._batches(self.loaders.train):
+        if isinstance(self.loaders.train, DeviceBatches):
+            self.loaders.train.set_epoch(epoch)
+        if not self.resume_batch:  # a resumed epoch keeps the totals of the steps it already took
+            self.epoch_totals = [0.0, 0.0, 0.0]
+        totals = self.epoch_totals
+        for i, (x, y) in self.epoch_batches(batch for _, batch in self._batches(self.loaders.train)):
             out = self.train_step(x, y)
             metrics = {"train/loss": out["loss"], "train/acc": out["acc"]}
             if "penalty" in out:
                 metrics["train/l2_penalty"] = out["penalty"]
             self.log(metrics, axis=STEP_AXIS)
-            total += out["loss"] * len(y)
-            correct += out["acc"] * len(y)
-            seen += len(y)
+            totals[0] += out["loss"] * len(y)
+            totals[1] += out["acc"] * len(y)
+            totals[2] += len(y)
             self.step_end(i, out)
-        self.log({"train/epoch_loss": total / seen, "train/epoch_acc": correct / seen}, axis=EPOCH_AXIS)
+        self.log({"train/epoch_loss": totals[0] / totals[2], "train/epoch_acc": totals[1] / totals[2]}, axis=EPOCH_AXIS)
 
     @torch.no_grad()
     def _evaluate(self, loader: torch.utils.data.DataLoader) -> tuple[float, float, list[int], list[int]]:
@@ -376,9 +383,37 @@ class ClassificationTrainer(Engine):
         return {"test/loss": loss, "test/acc": acc, "test/best_epoch": self.best_epoch}
 
     def state_dict(self) -> dict[str, Any]:
-        # Weights only: the artifact is for evaluation, and Adam's two moment buffers would triple it.
+        """The weights and how to feed them (classes, normalisation): the uploaded best checkpoint,
+        small because the optimizer's state (Adam's two moment buffers would triple it) is left to
+        :meth:`training_state`, which only the resumable ``last.pt`` holds."""
         return {"model": self.model.state_dict(), "classes": self.loaders.classes,
                 "mean": self.loaders.mean, "std": self.loaders.std}
+
+    def training_state(self) -> dict[str, Any]:
+        """Optimizer, loss scaler, the best validation epoch and its weights (what ``test`` scores)
+        and the current epoch's running totals."""
+        return {"optimizer": self.optimizer.state_dict(), "scaler": self.precision.scaler.state_dict(),
+                "best_acc": self._best_acc, "best_epoch": self.best_epoch, "best_model": self._best_state,
+                "epoch_totals": list(self.epoch_totals)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Load a :meth:`state_dict`, and a :meth:`training_state` when it has one (a resume)."""
+        self.model.load_state_dict(state["model"])
+        if "optimizer" in state:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.precision.scaler.load_state_dict(state["scaler"])
+            self._best_acc, self.best_epoch = state["best_acc"], state["best_epoch"]
+            self._best_state = state["best_model"]
+            self.epoch_totals = list(state["epoch_totals"])
+
+    def data_generators(self) -> dict[str, Any]:
+        # Batches on the device are drawn from a generator made from (seed, epoch) each epoch; the
+        # DataLoader path draws its order from its generator and its augmentation from the
+        # pipeline's own (in this process with --workers 0; in the workers, out of reach, otherwise).
+        train = self.loaders.train
+        if isinstance(train, DeviceBatches):
+            return {}
+        return {"sampler": train.generator, **pipeline_generators("augment", train.dataset.transform)}
 
     # -- what the weight-decay probe asks for -------------------------------------------------
     def curvature_loss(self) -> tuple[Callable[[], torch.Tensor], list[nn.Parameter]]:

@@ -15,16 +15,35 @@ Event order for a successful fit::
 
 ``on_log`` fires whenever the trainer reports metrics; ``on_exception`` replaces ``on_fit_end``
 when the loop raises (KeyboardInterrupt included), and the exception is re-raised.
+
+A fit can be stopped and continued: :meth:`Engine.checkpoint_state` is everything a resume needs
+(weights, optimizer and scheduler, the position in the run down to the step within an epoch,
+every callback's state, the random generators), :meth:`Engine.load_checkpoint_state` puts it
+back, and the next :meth:`Engine.fit` carries on from there as if it had never stopped. While
+``fit`` runs, SIGINT and SIGTERM stop it at the end of the current step
+(:class:`core.session.Stopped`) instead of killing it mid-step.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+import random
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+
+from core.errors import UsageError
 from core.events import Callback
+from core.files import plain
 from core.session import Session
+
+# The layout of what checkpoint_state returns; raised whenever a field changes meaning, so that an
+# older program refuses a newer checkpoint instead of misreading it.
+CHECKPOINT_FORMAT = 1
 
 
 class Engine(Session):
@@ -50,9 +69,66 @@ class Engine(Session):
     ) -> None:
         super().__init__(callbacks, name=name, config=config, epochs=epochs, steps_per_epoch=steps_per_epoch)
 
+        # Set by load_checkpoint_state, applied when fit starts its loop (after on_fit_start, whose
+        # callbacks may draw random numbers the uninterrupted run drew at its own start).
+        self._pending_rng: dict[str, Any] | None = None
+        # The data generators' state when the current epoch began: a mid-epoch resume replays the
+        # epoch's first batches from there.
+        self._epoch_data_rng: dict[str, Any] = {}
+        # Steps of the current epoch that a resumed run already trained: epoch_batches skips them.
+        self.resume_batch = 0
+
     def state_dict(self) -> dict[str, Any]:
-        """What a checkpoint stores of the trainer (model and optimizer state in subclasses)."""
+        """The weights and what evaluating them needs (the small checkpoint a W&B artifact holds)."""
         return {}
+
+    def training_state(self) -> dict[str, Any]:
+        """What continuing the training needs beyond :meth:`state_dict`: optimizer, scheduler,
+        loss scaler, running totals (subclasses)."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` and :meth:`training_state` returned, merged (subclasses)."""
+
+    def data_generators(self) -> dict[str, Any]:
+        """The random generators the training data path draws from, by name (torch ``Generator``,
+        NumPy ``Generator``, ``random.Random``), other than the global ones."""
+        return {}
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """Everything a resume needs, made of tensors and plain containers only (so that
+        ``torch.load(weights_only=True)`` reads it): ``format``, ``name``, ``config``, the position
+        (``epoch`` epochs done, ``batch`` steps into the next, ``global_step``), ``summary``,
+        ``trainer`` (:meth:`state_dict` and :meth:`training_state`), ``callbacks`` (each one's
+        state under :func:`callback_keys`) and ``rng`` (global and data generators)."""
+        mid_epoch = self.batch_in_epoch > 0
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "name": self.name,
+            "config": plain(self.config),
+            "epoch": self.epoch + (0 if mid_epoch else 1),
+            "batch": self.batch_in_epoch,
+            "global_step": self.global_step,
+            "summary": plain(self.summary),
+            "trainer": {**self.state_dict(), **self.training_state()},
+            "callbacks": {key: plain(cb.state_dict()) for key, cb in callback_keys(self.callbacks)},
+            "rng": {"global": global_rng_state(),
+                    # Mid-epoch, the epoch's first batches are replayed from the epoch's start.
+                    "data": self._epoch_data_rng if mid_epoch else generators_state(self.data_generators())},
+        }
+
+    def load_checkpoint_state(self, state: Mapping[str, Any]) -> None:
+        """Put back what :meth:`checkpoint_state` returned; the next :meth:`fit` continues from it.
+        Callbacks are matched by :func:`callback_keys`; one the checkpoint does not know keeps its state."""
+        self.epoch, self.batch_in_epoch, self.global_step = state["epoch"], state["batch"], state["global_step"]
+        self.resume_batch = self.batch_in_epoch
+        self.summary.update(state["summary"])
+        self.load_state_dict(state["trainer"])
+        saved = state["callbacks"]
+        for key, cb in callback_keys(self.callbacks):
+            if key in saved:
+                cb.load_state_dict(saved[key])
+        self._pending_rng = state["rng"]
 
     # -- the loop -----------------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> None:
@@ -67,18 +143,113 @@ class Engine(Session):
         """Final metrics after the last epoch, e.g. on a held-out test set (``test/acc``); {} for none."""
         return {}
 
-    def fit(self, start_epoch: int = 0) -> dict[str, Any]:
-        """Run the loop from ``start_epoch`` and return :attr:`summary`."""
-        with self.running():
-            for epoch in range(start_epoch, self.epochs):
+    def fit(self) -> dict[str, Any]:
+        """Run the loop (from where :meth:`load_checkpoint_state` left it, else from the start)
+        and return :attr:`summary`. A stop signal ends it with :class:`core.session.Stopped`."""
+        # The handlers outlive the loop: a signal during the final test or the callbacks' ending
+        # (W&B finishing) lets them complete instead of killing them halfway.
+        with self.stopping_on_signals(), self.running():
+            first = self.epoch
+            # A checkpoint of the last epoch's end has only the test left, logged against that epoch.
+            self.epoch = min(first, self.epochs - 1)
+            if self._pending_rng is not None:
+                set_global_rng_state(self._pending_rng["global"])
+                set_generators_state(self.data_generators(), self._pending_rng["data"])
+                self._pending_rng = None
+            for epoch in range(first, self.epochs):
                 self.epoch = epoch
+                self._epoch_data_rng = generators_state(self.data_generators())
                 self.fire("on_epoch_start", epoch=epoch)
                 self.train_epoch(epoch)
+                self.batch_in_epoch = 0
                 self.epoch_end(epoch, self.evaluate(epoch))
+                self.check_stop()
                 if self.should_stop:
                     break
             self.test_end(self.test())
         return self.summary
+
+    def epoch_batches(self, batches: Iterable[Any]) -> Iterator[tuple[int, Any]]:
+        """``(index, batch)`` of this epoch's training batches, without those a resumed run
+        already trained on: they are still drawn (so the data's random generators advance
+        exactly as they did) but not yielded."""
+        skip, self.resume_batch = self.resume_batch, 0
+        self.batch_in_epoch = skip
+        for i, batch in enumerate(batches):
+            if i >= skip:
+                yield i, batch
+
+
+def callback_keys(callbacks: Iterable[Callback]) -> Iterator[tuple[str, Callback]]:
+    """``(key, callback)``: the class name, with ``#2``, ``#3``... for later instances of one class,
+    so that two instances keep separate states and adding another kind of callback moves no key."""
+    seen: Counter[str] = Counter()
+    for cb in callbacks:
+        name = type(cb).__name__
+        seen[name] += 1
+        yield (name if seen[name] == 1 else f"{name}#{seen[name]}"), cb
+
+
+def global_rng_state() -> dict[str, Any]:
+    """Python's, NumPy's and torch's global generators (every CUDA device's too)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": random.getstate(), "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_global_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore what :func:`global_rng_state` returned."""
+    random.setstate(_tuples(state["python"]))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def generators_state(generators: Mapping[str, Any]) -> dict[str, Any]:
+    """The state of each named generator (torch, NumPy ``Generator`` or ``random.Random``)."""
+    out: dict[str, Any] = {}
+    for name, gen in generators.items():
+        if isinstance(gen, torch.Generator):
+            out[name] = gen.get_state()
+        elif isinstance(gen, np.random.Generator):
+            out[name] = gen.bit_generator.state
+        else:
+            out[name] = gen.getstate()
+    return out
+
+
+def set_generators_state(generators: Mapping[str, Any], state: Mapping[str, Any]) -> None:
+    """Restore what :func:`generators_state` returned into the same-named generators."""
+    for name, gen in generators.items():
+        if name not in state:
+            continue
+        if isinstance(gen, torch.Generator):
+            gen.set_state(state[name])
+        elif isinstance(gen, np.random.Generator):
+            gen.bit_generator.state = state[name]
+        else:
+            gen.setstate(_tuples(state[name]))
+
+
+def pipeline_generators(name: str, pipeline: Any) -> dict[str, Any]:
+    """The generators of an albumentations pipeline and of each of its transforms, by name: each
+    keeps its own NumPy and Python generator once the pipeline is seeded."""
+    out: dict[str, Any] = {}
+    for i, part in enumerate([pipeline, *getattr(pipeline, "transforms", [])]):
+        for attr in ("random_generator", "py_random"):
+            if getattr(part, attr, None) is not None:
+                out[f"{name}.{i}.{attr}"] = getattr(part, attr)
+    return out
+
+
+def _tuples(obj: Any) -> Any:
+    # random.setstate wants tuples all the way down; a checkpoint may hand back lists.
+    return tuple(_tuples(v) for v in obj) if isinstance(obj, (list, tuple)) else obj
 
 
 def check_finite(losses: Mapping[str, float], *, step: int) -> None:
@@ -86,3 +257,46 @@ def check_finite(losses: Mapping[str, float], *, step: int) -> None:
     if not all(math.isfinite(v) for v in losses.values()):
         terms = ", ".join(f"{k}={v:.4g}" for k, v in losses.items())
         raise FloatingPointError(f"non-finite loss at step {step}: {terms}; lower --lr or check the data")
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The resumable checkpoint at ``path`` (what :meth:`Engine.checkpoint_state` wrote), read
+    with ``weights_only=True``; a missing, truncated, foreign or newer-format file is a
+    :class:`~core.errors.UsageError` naming the file and what to do."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"checkpoint {path} does not exist; pass the last.pt of an earlier run, or --resume auto")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for a cut or foreign file
+        reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"checkpoint {path} cannot be read ({reason}): it is truncated or not a checkpoint; "
+                         f"delete it to resume from an earlier one, or start afresh without --resume") from None
+    if not isinstance(state, dict) or not {"format", "name", "trainer", "rng"} <= state.keys():
+        raise UsageError(f"{path} is not a resumable checkpoint (best.pt holds weights only); "
+                         f"resume from the last.pt beside it")
+    if not isinstance(state["format"], int) or state["format"] > CHECKPOINT_FORMAT:
+        raise UsageError(f"checkpoint {path} has format {state['format']}, newer than this program's "
+                         f"{CHECKPOINT_FORMAT}; resume it with the version that wrote it, or upgrade")
+    return state
+
+
+def check_resumable(state: Mapping[str, Any], path: str | Path, *, name: str, config: Mapping[str, Any],
+                    may_differ: Iterable[str] = ("epochs",)) -> None:
+    """Refuse (:class:`~core.errors.UsageError`, one line) to resume ``state`` into a run named
+    ``name`` with settings ``config`` when it comes from another experiment or model, when a
+    setting outside ``may_differ`` changed, or when ``epochs`` is below the epochs it has done."""
+    if state["name"] != name:
+        raise UsageError(f"checkpoint {path} is from a {state['name']} run, not {name}; "
+                         f"pass a checkpoint of this command, or start afresh without --resume")
+    saved, now = state["config"], plain(dict(config))
+    allowed = set(may_differ)
+    changed = [f"{k}={saved.get(k)!r} there, {now.get(k)!r} now" for k in sorted(set(saved) | set(now))
+               if k not in allowed and not k.startswith("_") and saved.get(k) != now.get(k)]
+    if changed:
+        raise UsageError(f"checkpoint {path} was trained with other settings ({'; '.join(changed)}); resume with "
+                         f"its settings (only {', '.join(sorted(allowed))} may change), or start afresh without --resume")
+    needed = state["epoch"] + (1 if state["batch"] else 0)
+    if "epochs" in now and now["epochs"] < needed:
+        raise UsageError(f"checkpoint {path} is {state['epoch']} epochs and {state['batch']} steps into its run; "
+                         f"--epochs {now['epochs']} is too few to resume it (at least {needed})")

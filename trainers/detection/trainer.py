@@ -27,7 +27,7 @@ from trainers.amp import Precision
 from trainers.detection.coco_eval import coco_ground_truth, coco_metrics
 from trainers.detection.dataset import HOLDOUT, PennFudan, collate
 from trainers.detection.models import MODELS
-from trainers.engine import Engine, check_finite
+from trainers.engine import Engine, check_finite, pipeline_generators
 from trainers.settings import add_arguments as settings_flags
 from trainers.settings import make, setting, settings, values
 
@@ -257,13 +257,22 @@ class DetectionTrainer(Engine):
         self.viz: list[tuple[torch.Tensor, dict, dict]] = []
         self._gt: dict[str, Any] = {}
         self.step_seconds: list[float] = []
+        # The first epoch's warm-up, and its state when a checkpoint stopped inside that epoch.
+        self.ramp: Any = None
+        self._ramp_state: Mapping[str, Any] | None = None
 
     def train_epoch(self, epoch: int) -> None:
         self.model.train()
         self.sampler.set_epoch(epoch)
         # The first epoch ramps the learning rate up linearly, as references/detection does.
-        ramp = warmup(self.optimizer, min(1000, len(self.loader) - 1)) if epoch == 0 and len(self.loader) > 1 else None
-        for i, (images, targets) in enumerate(self.loader):
+        self.ramp = warmup(self.optimizer, min(1000, len(self.loader) - 1)) if epoch == 0 and len(self.loader) > 1 else None
+        if self.ramp is not None and self._ramp_state is not None:
+            # Building the warm-up rescaled the learning rate; the checkpoint's position puts it back.
+            self.ramp.load_state_dict(self._ramp_state)
+            for group, lr in zip(self.optimizer.param_groups, self.ramp.get_last_lr()):
+                group["lr"] = lr
+        self._ramp_state = None
+        for i, (images, targets) in self.epoch_batches(self.loader):
             started = time.perf_counter()
             images, targets = _to(self.device, images, targets)
             with self.precision.autocast():
@@ -281,8 +290,8 @@ class DetectionTrainer(Engine):
                 norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad)
                 self.log({"train/grad_norm": float(norm)})
             # The warm-up counts real steps only: fp16's scaler skips its first few.
-            if self.precision.step(self.optimizer) and ramp is not None:
-                ramp.step()
+            if self.precision.step(self.optimizer) and self.ramp is not None:
+                self.ramp.step()
             self.step_seconds.append(time.perf_counter() - started)
             self.step_end(i, {"loss": terms["train/loss"]})
         self.scheduler.step()
@@ -342,8 +351,31 @@ class DetectionTrainer(Engine):
         return float(torch.tensor(self.step_seconds).median())
 
     def state_dict(self) -> dict[str, Any]:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "profile": asdict(self.profile)}
+        """The weights and the profile that sized the detector: the uploaded best checkpoint (the
+        optimizer's momentum would double Mask R-CNN's; it is in :meth:`training_state`)."""
+        return {"model": self.model.state_dict(), "profile": asdict(self.profile)}
+
+    def training_state(self) -> dict[str, Any]:
+        """Optimizer, schedule (and the warm-up when inside the first epoch), loss scaler, step times."""
+        ramp = self.ramp.state_dict() if self.ramp is not None and self.batch_in_epoch else None
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(), "ramp": ramp,
+                "scaler": self.precision.scaler.state_dict(), "step_seconds": list(self.step_seconds)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Load a :meth:`state_dict`, and a :meth:`training_state` when it has one (a resume)."""
+        self.model.load_state_dict(state["model"])
+        if "optimizer" in state:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.precision.scaler.load_state_dict(state["scaler"])
+            self._ramp_state = state["ramp"]
+            self.step_seconds = list(state["step_seconds"])
+
+    def data_generators(self) -> dict[str, Any]:
+        # The image order comes from (seed, epoch) alone; the flips and jitter from the augmentation's
+        # own generators (in this process with --workers 0; in the workers, out of reach, otherwise).
+        augment = getattr(self.loader.dataset.transform, "pipeline", None)
+        return pipeline_generators("augment", augment) if augment is not None else {}
 
 
 @dataclass

@@ -1,0 +1,175 @@
+"""Fault injection on real training processes: killed (SIGKILL) or stopped (SIGTERM) at seeded
+random points, resumed with ``--resume auto``, and compared with an uninterrupted run: the same
+final metrics, and a W&B history with every step once, in order. Also: the W&B service process
+killed mid-fit, which must not stop training."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tracking.readback import history, run_summary
+
+ROOT = Path(__file__).resolve().parents[2]
+# Tiny on purpose: 4 epochs of 3 steps of 16 digits each, no curvature probe, no feature maps.
+ALEXNET = ["alexnet", "--epochs", "4", "--limit-batches", "3", "--batch-size", "16", "--device", "cpu",
+           "--device-data", "on", "--hessian-every", "0", "--viz-images", "0", "--seed", "3"]
+# Metrics compared between the uninterrupted and the resumed run: exact up to float32 printing.
+TOLERANCE = 1e-6
+
+pytestmark = pytest.mark.slow
+
+
+def _start(args: list[str], out: Path, **env: str) -> subprocess.Popen:
+    # Its own W&B service, as from a shell: one inherited from this process (WANDB_SERVICE, set
+    # when an earlier test started a run here) would outlive the kills and keep writing for it.
+    base = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
+    return subprocess.Popen([sys.executable, str(ROOT / "launch.py"), *args, "--out", str(out)], cwd=out.parent,
+                            env={**base, "PYTHONPATH": str(ROOT), **env},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str]:
+    _, err = proc.communicate(timeout=timeout)
+    return proc.returncode, err
+
+
+def _newest_checkpoint_time(out: Path) -> int:
+    return max((p.stat().st_mtime_ns for p in (out / "checkpoints").glob("*/**/last.pt")), default=0)
+
+
+def _wait_for_new_checkpoint(proc: subprocess.Popen, out: Path, since: int, timeout: float = 240) -> None:
+    """Until a checkpoint newer than ``since`` is on disk (or the process ended)."""
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and _newest_checkpoint_time(out) <= since:
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.1)
+
+
+def _run_dirs(out: Path) -> list[Path]:
+    return sorted((out / "wandb").glob("offline-run-*"))
+
+
+def _steps_and_epochs(run_dirs: list[Path]) -> tuple[list[tuple[int, float]], dict[str, list[int]]]:
+    """(trainer/step, train/loss) of every step record, and per epoch-axis key its epochs, in order."""
+    steps, epochs = [], {}
+    for run_dir in run_dirs:
+        for item in history(run_dir):
+            if "train/loss" in item:
+                steps.append((int(item["trainer/step"]), item["train/loss"]))
+            if "epoch" in item:
+                for key in item:
+                    if key not in ("epoch",) and not key.startswith("_"):
+                        epochs.setdefault(key, []).append(int(item["epoch"]))
+    return steps, epochs
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("whole") / "out"
+    code, err = _finish(_start(ALEXNET, out))
+    assert code == 0, err[-2000:]
+    return out
+
+
+def test_alexnet_killed_and_stopped_at_random_points_resumes_to_the_same_run(uninterrupted, tmp_path):
+    out = tmp_path / "out"
+    rng = random.Random(13)
+    faults = [signal.SIGKILL, signal.SIGTERM]
+    for attempt, sig in enumerate(faults):
+        before = _newest_checkpoint_time(out) if out.exists() else 0
+        proc = _start(ALEXNET + (["--resume", "auto"] if attempt else []), out)
+        _wait_for_new_checkpoint(proc, out, before)
+        # Somewhere within the next epoch: its 3 steps and evaluation take a second or two.
+        time.sleep(rng.uniform(0.0, 1.5))
+        proc.send_signal(sig)
+        code, err = _finish(proc)
+        print(f"fault {attempt}: {sig.name} -> exit {code}")
+        if sig == signal.SIGTERM and code == 143:
+            assert "continue with: " in err and "--resume " in err, err[-2000:]
+        assert code in (-signal.SIGKILL, 143, 0), err[-2000:]
+    # The runner's way: DLHW_RESUME=auto instead of the flag.
+    code, err = _finish(_start(ALEXNET, out, DLHW_RESUME="auto"))
+    assert code == 0, err[-2000:]
+
+    whole_dirs, parts = _run_dirs(uninterrupted), _run_dirs(out)
+    assert len({p.name.rsplit("-", 1)[1] for p in parts}) == 1, f"one W&B run id expected: {parts}"
+    final, expected = run_summary(parts[-1]), run_summary(whole_dirs[0])
+    assert final["exit_code"] == 0
+    for key in ("test/loss", "test/acc", "train/epoch_loss", "val/loss"):
+        assert final["summary"][key] == pytest.approx(expected["summary"][key], abs=TOLERANCE), key
+
+    steps, epochs = _steps_and_epochs(parts)
+    want_steps, want_epochs = _steps_and_epochs(whole_dirs)
+    logged = [s for s, _ in steps]
+    assert logged == sorted(set(logged)), f"steps repeat or go back: {logged}"
+    assert logged == [s for s, _ in want_steps]
+    assert [loss for _, loss in steps] == pytest.approx([loss for _, loss in want_steps], abs=TOLERANCE)
+    for key in ("val/loss", "train/epoch_loss"):
+        assert epochs[key] == want_epochs[key] == [1, 2, 3, 4], key
+
+
+def _wandb_core(pid: int) -> int | None:
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and b"wandb-core" in cmdline:
+            return int(stat.parent.name)
+    return None
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the W&B service process through /proc")
+def test_training_goes_on_when_the_wandb_service_dies(tmp_path):
+    out = tmp_path / "out"
+    proc = _start(ALEXNET, out)
+    deadline = time.monotonic() + 120
+    while not (core := _wandb_core(proc.pid)) or not _run_dirs(out):
+        assert proc.poll() is None and time.monotonic() < deadline, "the W&B service never started"
+        time.sleep(0.1)
+    time.sleep(2.0)  # into the fit
+    os.kill(core, signal.SIGKILL)
+    code, err = _finish(proc)
+    assert code == 0, err[-2000:]
+    assert err.count("warning: W&B") == 1, err[-2000:]
+    assert "Traceback" not in err
+    assert list((out / "checkpoints").glob("alexnet-*/finished.pt"))
+    # The run's end is on record under its id all the same: finished, with the final numbers.
+    final = run_summary(_run_dirs(out)[-1])
+    assert final["state"] == "finished" and final["exit_code"] == 0
+    assert "test/acc" in final["summary"]
+
+
+DETECT = ["detect", "--limit", "6", "--holdout", "2", "--min-size", "96", "--max-size", "128", "--weights", "none",
+          "--epochs", "2", "--train-eval-images", "2", "--viz-images", "1", "--skip-photo", "--option", "2",
+          "--backbone", "timm/mobilenetv3_small_100", "--levels", "1", "--device", "cpu"]
+
+
+def test_detect_stopped_after_its_first_epoch_resumes_in_the_same_run(shared_data, tmp_path):
+    out = tmp_path / "out"
+    args = DETECT + ["--data", str(shared_data / "PennFudanPed")]
+    proc = _start(args, out)
+    _wait_for_new_checkpoint(proc, out, 0)
+    proc.send_signal(signal.SIGTERM)
+    code, err = _finish(proc)
+    assert code == 143, err[-2000:]
+    code, err = _finish(_start(args + ["--resume", "auto"], out))
+    assert code == 0, err[-2000:]
+
+    parts = _run_dirs(out)
+    assert len(parts) == 2 and len({p.name.rsplit("-", 1)[1] for p in parts}) == 1, parts
+    steps, epochs = _steps_and_epochs(parts)
+    logged = [s for s, _ in steps]
+    assert logged == list(range(len(logged))) and len(logged) == 2 * 2  # 4 training images, batch 2, 2 epochs
+    assert epochs["val/bbox_AP"] == [1, 2]
+    assert run_summary(parts[-1])["exit_code"] == 0
+    assert list((out / "checkpoints").glob("detect-*/option2/finished.pt"))

@@ -1,0 +1,39 @@
+"""Which checkpoint ``--resume`` means, and the line that continues a stopped run."""
+
+from __future__ import annotations
+
+import os
+import shlex
+
+from tracking.resume import find_checkpoint, resolve_resume, resume_command
+
+
+def _touch(path, when):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"")
+    os.utime(path, (when, when))
+
+
+def test_auto_takes_the_newest_unfinished_checkpoint(tmp_path):
+    ckpts = tmp_path / "checkpoints"
+    _touch(ckpts / "alexnet-a" / "last.pt", 100)
+    _touch(ckpts / "alexnet-b" / "last.pt", 300)
+    _touch(ckpts / "alexnet-b" / "finished.pt", 300)  # ran to its end: nothing to resume
+    _touch(ckpts / "alexnet-c" / "last.pt", 200)
+    _touch(ckpts / "detect-x" / "option1" / "last.pt", 400)  # another command's
+    assert find_checkpoint(tmp_path, "alexnet-*/last.pt") == ckpts / "alexnet-c" / "last.pt"
+    assert find_checkpoint(tmp_path, "*/option*/last.pt") == ckpts / "detect-x" / "option1" / "last.pt"
+
+
+def test_auto_without_a_checkpoint_starts_afresh(tmp_path, capsys):
+    # A sweep trial killed before its first checkpoint must still run.
+    assert resolve_resume("auto", tmp_path, "alexnet-*/last.pt") is None
+    assert "starting afresh" in capsys.readouterr().err
+    assert resolve_resume(None, tmp_path, "alexnet-*/last.pt") is None
+
+
+def test_the_resume_command_replaces_an_earlier_resume():
+    argv = ["alexnet", "--out", "my runs", "--resume", "auto", "--epochs", "3", "--resume=old.pt"]
+    line = resume_command("my runs/checkpoints/a/last.pt", argv)
+    assert shlex.split(line)[1:] == ["launch.py", "alexnet", "--out", "my runs", "--epochs", "3",
+                                     "--resume", "my runs/checkpoints/a/last.pt"]

@@ -1,0 +1,140 @@
+"""Continuing a training command: which checkpoint ``--resume`` means, what the earlier process
+already sent to W&B, and the line that tells a stopped run how to continue.
+
+``--resume PATH`` names a ``last.pt``; ``--resume auto`` (what the sweep runner sets through
+``$DLHW_RESUME`` when it starts an interrupted trial again) takes the newest unfinished one under
+``--out`` for the command, and starts afresh when there is none yet: a trial killed before its
+first checkpoint must still run.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from wandb import env as wandb_env
+
+from callbacks.checkpoint import FINISHED, LAST
+from core.events import EPOCH_AXIS, STEP_AXIS
+from core.session import Stopped
+from trainers.engine import Engine, read_checkpoint
+
+
+@dataclass
+class Resume:
+    """A checkpoint to continue from: its path and what it holds."""
+
+    path: Path
+    state: dict[str, Any]
+
+    @property
+    def run_id(self) -> str | None:
+        """The W&B run the checkpoint belongs to (None when it was written without W&B)."""
+        return (self.state["callbacks"].get("WandbLogger") or {}).get("run_id")
+
+
+def find_checkpoint(out: str | Path, pattern: str) -> Path | None:
+    """The newest ``last.pt`` matching ``out/checkpoints/PATTERN`` whose run did not finish, or None."""
+    found = [p for p in (Path(out) / "checkpoints").glob(pattern)
+             if p.name == LAST and not (p.parent / FINISHED).exists()]
+    return max(found, key=lambda p: p.stat().st_mtime, default=None)
+
+
+def resolve_resume(value: str | None, out: str | Path, pattern: str) -> Resume | None:
+    """What ``--resume VALUE`` asks for: None (start afresh) for no value or ``auto`` without a
+    checkpoint yet, else the checkpoint read and checked for format (see ``read_checkpoint``)."""
+    if not value:
+        return None
+    if value == "auto":
+        path = find_checkpoint(out, pattern)
+        if path is None:
+            print(f"--resume auto: no unfinished checkpoint under {Path(out) / 'checkpoints'}; starting afresh",
+                  file=sys.stderr)
+            return None
+    else:
+        path = Path(value)
+    print(f"resuming from {path}", file=sys.stderr)
+    return Resume(path, read_checkpoint(path))
+
+
+def option_resume(directory: Path) -> Resume | None:
+    """The checkpoint in ``directory`` (one model of ``detect``) to continue from, or None."""
+    path = directory / LAST
+    return Resume(path, read_checkpoint(path)) if path.exists() else None
+
+
+def finished_summary(directory: Path) -> dict[str, Any] | None:
+    """The summary of the fit whose checkpoints are in ``directory`` when it ran to its end, else None."""
+    import torch
+
+    path = directory / FINISHED
+    return torch.load(path, map_location="cpu", weights_only=True)["summary"] if path.exists() else None
+
+
+def sent_before(wandb_dir: str | Path, run_id: str) -> dict[str, int]:
+    """Per metric key, the last ``trainer/step`` or ``epoch`` at which the local W&B run folders of
+    ``run_id`` under ``wandb_dir`` logged it: what an earlier process sent, including anything after
+    its last checkpoint. Online runs keep the same local files, so this serves both modes."""
+    from tracking.readback import history
+
+    sent: dict[str, int] = {}
+    for run_dir in sorted((Path(wandb_dir) / "wandb").glob(f"*run-*-{run_id}")):
+        try:
+            items = history(run_dir)
+        except RuntimeError as exc:  # an unreadable folder hides nothing we could do better without it
+            print(f"warning: {exc}", file=sys.stderr)
+            continue
+        for item in items:
+            axis = STEP_AXIS if STEP_AXIS in item else EPOCH_AXIS if EPOCH_AXIS in item else None
+            if axis is None:
+                continue
+            value = int(item[axis])
+            for key in item:
+                if key != axis and not key.startswith("_"):
+                    sent[key] = max(sent.get(key, value), value)
+    return sent
+
+
+def continue_from(trainer: Engine, resume: Resume | None, wandb_dir: str | Path) -> None:
+    """Load ``resume`` (when there is one) into ``trainer``, and tell its W&B logger what earlier
+    processes of the same W&B run logged: the checkpoint's run, or ``WANDB_RUN_ID``'s, which a
+    sweep trial started again keeps even when it was killed before its first checkpoint."""
+    if resume is not None:
+        trainer.load_checkpoint_state(resume.state)
+    from callbacks.wandb_logger import WandbLogger
+
+    logger = trainer.find_callback(WandbLogger)
+    run_id = os.environ.get(wandb_env.RUN_ID) or (resume.run_id if resume is not None else None)
+    if logger is not None and run_id:
+        logger.already_logged(sent_before(wandb_dir, run_id))
+
+
+def fit_resumable(trainer: Engine) -> Mapping[str, Any]:
+    """``trainer.fit()``; a stop signal re-raises :class:`Stopped` after printing the one line
+    that continues the run from the checkpoint it wrote."""
+    try:
+        return trainer.fit()
+    except Stopped as stop:
+        if stop.checkpoint:
+            print(f"{stop}; continue with: {resume_command(stop.checkpoint)}", file=sys.stderr)
+        raise
+
+
+def resume_command(checkpoint: str | Path, argv: list[str] | None = None) -> str:
+    """This process's command line with ``--resume CHECKPOINT`` in place of any earlier ``--resume``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    kept: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--resume":
+            skip = True
+        elif not arg.startswith("--resume="):
+            kept.append(arg)
+    return shlex.join([Path(sys.executable).name, "launch.py", *kept, "--resume", str(checkpoint)])
