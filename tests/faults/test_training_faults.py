@@ -173,3 +173,32 @@ def test_detect_stopped_after_its_first_epoch_resumes_in_the_same_run(shared_dat
     assert epochs["val/bbox_AP"] == [1, 2]
     assert run_summary(parts[-1])["exit_code"] == 0
     assert list((out / "checkpoints").glob("detect-*/option2/finished.pt"))
+
+
+def test_detect_both_options_stopped_in_option_2_does_not_train_option_1_again(shared_data, tmp_path):
+    out = tmp_path / "out"
+    photo = shared_data / "images" / "bus.jpg"
+    args = [a for a in DETECT if a not in ("--skip-photo",)]
+    args = args[:args.index("--option")] + ["--option", "both", "--image", str(photo)] + args[args.index("--option") + 2:]
+    args += ["--data", str(shared_data / "PennFudanPed")]
+    proc = _start(args, out)
+    deadline = time.monotonic() + 240
+    while proc.poll() is None and not list((out / "checkpoints").glob("detect-*/option2/last.pt")):
+        assert time.monotonic() < deadline, "option 2 wrote no checkpoint"
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    code, err = _finish(proc)
+    assert code == 143, err[-2000:]
+    (option1,) = (out / "checkpoints").glob("detect-*/option1")
+    before = {p.name: p.stat().st_mtime_ns for p in option1.iterdir()}
+    assert "finished.pt" in before
+
+    code, err = _finish(_start(args + ["--resume", "auto"], out))
+    assert code == 0, err[-2000:]
+    assert "option 1: finished in" in err and "not trained again" in err
+    assert {p.name: p.stat().st_mtime_ns for p in option1.iterdir()} == before  # option 1 was not rewritten
+    assert list((out / "checkpoints").glob("detect-*/option2/finished.pt"))
+    # The photo run compares both models: option 1's weights came from its finished checkpoint.
+    summaries = [run_summary(d)["summary"] for d in _run_dirs(out)]
+    photo = [s for s in summaries if "photo/option1/inference_ms" in s]
+    assert len(photo) == 1 and "photo/option2/inference_ms" in photo[0]
