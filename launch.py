@@ -220,6 +220,14 @@ DETECT_RESUME_CHANGES = ("epochs", "device", "workers", "eval_batch_size", "data
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
+    import torch
+
+    return on_every_rank(args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
+                         lambda dist: detect_job(args, dist))
+
+
+def detect_job(args: argparse.Namespace, dist: Any) -> int:
+    """``launch.py detect`` in one process of the job ``dist`` (the only one without torchrun)."""
     import time
     from pathlib import Path
 
@@ -232,13 +240,21 @@ def cmd_detect(args: argparse.Namespace) -> int:
     from trainers.engine import check_resumable
     from tracking.resume import continue_from, finished_summary, fit_resumable, option_resume, resolve_resume
 
-    plan = prepare(args)
-    photo = None if plan.settings.skip_photo else load_photo(plan.settings.image)
+    args.world_size = dist.world_size
+    # Rank 0 first: it may download or generate the data into the cache the others then read.
+    if not dist.is_main:
+        dist.barrier()
+    plan = prepare(args, verbose=dist.is_main)
+    if dist.is_main:
+        dist.barrier()
+    # The photo is rank 0's alone: it runs both models on it once training is over.
+    photo = None if plan.settings.skip_photo or not dist.is_main else load_photo(plan.settings.image)
     resume = resolve_resume(args.resume, args.out, "*/option*/last.pt")
     # The three runs share a group and name stem: flags, then W&B's variables, then our own; a
     # resumed command keeps the group its checkpoints are filed under.
     args.group = (resume.path.parent.parent.name if resume is not None else
-                  args.group or os.environ.get("WANDB_RUN_GROUP") or f"detect-{time.strftime('%Y%m%d-%H%M%S')}")
+                  args.group or os.environ.get("WANDB_RUN_GROUP") or
+                  dist.all_gather_object(f"detect-{time.strftime('%Y%m%d-%H%M%S')}")[0])
     to_wandb = args.wandb_mode != "disabled"
 
     def run_args(suffix: str) -> argparse.Namespace:
@@ -252,20 +268,21 @@ def cmd_detect(args: argparse.Namespace) -> int:
         done = finished_summary(ckpt_dir) if resume is not None else None
         if done is not None:
             # Trained to its end before: its final weights and results serve the photo comparison.
-            trainer = build_trainer(plan, option, [])
+            trainer = build_trainer(plan, option, [], dist)
             trainer.load_state_dict(option_resume(ckpt_dir).state["trainer"])
-            print(f"option {option}: finished in {ckpt_dir}; not trained again", file=sys.stderr)
+            if dist.is_main:
+                print(f"option {option}: finished in {ckpt_dir}; not trained again", file=sys.stderr)
             models[label], results[label] = trainer.model, done
             continue
         callbacks = standard_callbacks(run_args(f"option{option}"), job_type=f"detect-option{option}",
                                        monitor=("val/bbox_AP", "max"), log_every=1)
         # One staged copy of the best and one of the last checkpoint: Mask R-CNN's are ~350 MB with the optimizer.
         callbacks.append(Checkpoint(ckpt_dir, monitor="val/bbox_AP", upload="end", upload_last=True))
-        if to_wandb:
+        if to_wandb and dist.is_main:
             from callbacks.lineage import DatasetArtifact
 
             callbacks += [DatasetArtifact(plan.settings.data_source, plan.settings.data_root), PredictionTable()]
-        trainer = build_trainer(plan, option, callbacks)
+        trainer = build_trainer(plan, option, callbacks, dist)
         earlier = option_resume(ckpt_dir) if resume is not None else None
         if earlier is not None:
             check_resumable(earlier.state, earlier.path, name=trainer.name, config=trainer.config,
