@@ -458,7 +458,7 @@ def prepare(args: argparse.Namespace, *, verbose: bool = True) -> Plan:
     )
     shown = ", ".join(f"{k}={v}" for k, v in asdict(profile).items())
     if verbose:
-            print(f"profile {name}: {shown}; data {source} ({root}): {len(plan.train)} train, {len(plan.heldout)} held out, "
+        print(f"profile {name}: {shown}; data {source} ({root}): {len(plan.train)} train, {len(plan.heldout)} held out, "
               f"train AP on {len(plan.train_eval)}; device {device}{' with AMP' if cuda else ''}")
     return plan
 
