@@ -21,6 +21,7 @@ import os
 import random
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from callbacks import DEFAULT_PROJECT
 from tracking.agent_args import AgentParser as Parser
@@ -49,6 +50,34 @@ def global_options(*, suppress: bool) -> argparse.ArgumentParser:
                    help="send per-step metrics to W&B every N steps (default: 1 for slow steps such as "
                         "detection, 10 for fast ones; epoch metrics always)")
     return p
+
+
+def on_every_rank(device: str, job: Callable[[Any], int]) -> int:
+    """``job(dist)`` as this process's part of a torchrun job (or as the only process), ``dist``
+    the :class:`core.distributed.Dist` made from torchrun's environment for ``device``.
+
+    When ``job`` raises, the job's first failure is raised on to :func:`main` (a usage error's
+    one line, a traceback) and its echoes on the other ranks (their collectives failing because
+    the failed rank is gone) end quietly with exit code 1. The process group is closed either way.
+    """
+    from core.distributed import init_distributed
+
+    dist = init_distributed(device)
+    try:
+        return job(dist)
+    except Exception:
+        if dist.report_failure():
+            raise
+        return 1
+    finally:
+        dist.shutdown()
+
+
+def job_stamp(dist: Any, prefix: str) -> str:
+    """``PREFIX-YYYYmmdd-HHMMSS-PID`` of rank 0, the same on every rank: names the job's folders."""
+    import time
+
+    return dist.all_gather_object(f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")[0]
 
 
 def seed_everything(seed: int) -> None:
@@ -191,6 +220,14 @@ DETECT_RESUME_CHANGES = ("epochs", "device", "workers", "eval_batch_size", "data
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
+    import torch
+
+    return on_every_rank(args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
+                         lambda dist: detect_job(args, dist))
+
+
+def detect_job(args: argparse.Namespace, dist: Any) -> int:
+    """``launch.py detect`` in one process of the job ``dist`` (the only one without torchrun)."""
     import time
     from pathlib import Path
 
@@ -203,13 +240,21 @@ def cmd_detect(args: argparse.Namespace) -> int:
     from trainers.engine import check_resumable
     from tracking.resume import continue_from, finished_summary, fit_resumable, option_resume, resolve_resume
 
-    plan = prepare(args)
-    photo = None if plan.settings.skip_photo else load_photo(plan.settings.image)
+    args.world_size = dist.world_size
+    # Rank 0 first: it may download or generate the data into the cache the others then read.
+    if not dist.is_main:
+        dist.barrier()
+    plan = prepare(args, verbose=dist.is_main)
+    if dist.is_main:
+        dist.barrier()
+    # The photo is rank 0's alone: it runs both models on it once training is over.
+    photo = None if plan.settings.skip_photo or not dist.is_main else load_photo(plan.settings.image)
     resume = resolve_resume(args.resume, args.out, "*/option*/last.pt")
     # The three runs share a group and name stem: flags, then W&B's variables, then our own; a
     # resumed command keeps the group its checkpoints are filed under.
     args.group = (resume.path.parent.parent.name if resume is not None else
-                  args.group or os.environ.get("WANDB_RUN_GROUP") or f"detect-{time.strftime('%Y%m%d-%H%M%S')}")
+                  args.group or os.environ.get("WANDB_RUN_GROUP") or
+                  dist.all_gather_object(f"detect-{time.strftime('%Y%m%d-%H%M%S')}")[0])
     to_wandb = args.wandb_mode != "disabled"
 
     def run_args(suffix: str) -> argparse.Namespace:
@@ -223,20 +268,21 @@ def cmd_detect(args: argparse.Namespace) -> int:
         done = finished_summary(ckpt_dir) if resume is not None else None
         if done is not None:
             # Trained to its end before: its final weights and results serve the photo comparison.
-            trainer = build_trainer(plan, option, [])
+            trainer = build_trainer(plan, option, [], dist)
             trainer.load_state_dict(option_resume(ckpt_dir).state["trainer"])
-            print(f"option {option}: finished in {ckpt_dir}; not trained again", file=sys.stderr)
+            if dist.is_main:
+                print(f"option {option}: finished in {ckpt_dir}; not trained again", file=sys.stderr)
             models[label], results[label] = trainer.model, done
             continue
         callbacks = standard_callbacks(run_args(f"option{option}"), job_type=f"detect-option{option}",
                                        monitor=("val/bbox_AP", "max"), log_every=1)
         # One staged copy of the best and one of the last checkpoint: Mask R-CNN's are ~350 MB with the optimizer.
         callbacks.append(Checkpoint(ckpt_dir, monitor="val/bbox_AP", upload="end", upload_last=True))
-        if to_wandb:
+        if to_wandb and dist.is_main:
             from callbacks.lineage import DatasetArtifact
 
             callbacks += [DatasetArtifact(plan.settings.data_source, plan.settings.data_root), PredictionTable()]
-        trainer = build_trainer(plan, option, callbacks)
+        trainer = build_trainer(plan, option, callbacks, dist)
         earlier = option_resume(ckpt_dir) if resume is not None else None
         if earlier is not None:
             check_resumable(earlier.state, earlier.path, name=trainer.name, config=trainer.config,
@@ -279,7 +325,13 @@ ALEXNET_RESUME_CHANGES = ("epochs", "device", "compile", "data", "download")
 
 
 def cmd_alexnet(args: argparse.Namespace) -> int:
-    import time
+    from trainers.classification import resolve_device
+
+    return on_every_rank(resolve_device(args.device), lambda dist: alexnet_job(args, dist))
+
+
+def alexnet_job(args: argparse.Namespace, dist: Any) -> int:
+    """``launch.py alexnet`` in one process of the job ``dist`` (the only one without torchrun)."""
     from pathlib import Path
 
     from callbacks import standard_callbacks
@@ -290,9 +342,12 @@ def cmd_alexnet(args: argparse.Namespace) -> int:
     from trainers.engine import check_resumable
     from tracking.resume import continue_from, fit_resumable, resolve_resume
 
+    args.world_size = dist.world_size
     settings, notes = resolve_args(args)
-    for line in notes:
-        print(line, file=sys.stderr)
+    if dist.is_main:
+        for line in notes:
+            print(line, file=sys.stderr)
+    # Every rank reads the same last.pt (rank 0 wrote it): all of them continue from one state.
     resume = resolve_resume(args.resume, args.out, "alexnet-*/last.pt")
     if resume is not None:
         check_resumable(resume.state, resume.path, name="alexnet", config=dataclasses.asdict(settings),
@@ -302,11 +357,13 @@ def cmd_alexnet(args: argparse.Namespace) -> int:
     callbacks = standard_callbacks(args, job_type="alexnet", monitor=("val/acc", "max"),
                                    tags=[settings.recipe, settings.variant, settings.wd_mode], log_every=1)
     ckpt_dir = (resume.path.parent if resume is not None else
-                Path(args.out) / "checkpoints" / f"alexnet-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+                Path(args.out) / "checkpoints" / job_stamp(dist, "alexnet"))
+    # The probe runs on every rank: its curvature estimates draw from the global generator, which
+    # must advance alike everywhere so that rank 0's checkpoint holds every rank's state.
     callbacks += [DecayProbeCallback(hessian_every=settings.hessian_every, hessian_iters=settings.hessian_iters,
                                      every=settings.decay_every),
                   Checkpoint(ckpt_dir, monitor="val/acc", upload="end")]
-    if args.wandb_mode != "disabled":
+    if args.wandb_mode != "disabled" and dist.is_main:
         from callbacks.classification_viz import FeatureMapTable, FilterGrid, TestConfusionMatrix
 
         from callbacks.lineage import DatasetArtifact
@@ -316,7 +373,7 @@ def cmd_alexnet(args: argparse.Namespace) -> int:
                       FilterGrid(), TestConfusionMatrix()]
         if settings.viz_images:
             callbacks.append(FeatureMapTable(settings.viz_images))
-    trainer = build_trainer(settings, callbacks)
+    trainer = build_trainer(settings, callbacks, dist)
     continue_from(trainer, resume, args.wandb_dir)
     try:
         fit_resumable(trainer)
@@ -365,13 +422,15 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv``, run the subcommand and return its exit code (2 for errors the user can fix)."""
     from core.errors import UsageError
+    from core.events import is_rank_zero
     from tracking.mode import resolve_mode
 
     try:
         args = get_args_parser().parse_args(argv)
         resolve_locations(args)
         args.wandb_mode, why = resolve_mode(args.wandb_mode)
-        print(f"W&B mode: {args.wandb_mode} ({why})", file=sys.stderr)
+        if is_rank_zero():
+            print(f"W&B mode: {args.wandb_mode} ({why})", file=sys.stderr)
         seed_everything(args.seed)
         return args.func(args)
     except UsageError as exc:

@@ -225,4 +225,16 @@ class ShardedSampler(torch.utils.data.Sampler):
         return math.ceil(len(self.sampler) / self.world)
 
     def __iter__(self) -> Iterator[int]:
-        return iter(shard(list(self.sampler), self.rank, self.world))
+        # Lazily, as :func:`shard` cuts it: a loader stopped early (``--limit-batches``) draws no
+        # more of the wrapped sampler than one over the whole global batch would, so a random
+        # sampler's generator advances as it does in a single process.
+        head: list[int] = []
+        n = 0
+        for n, index in enumerate(self.sampler, 1):
+            if len(head) < self.world:
+                head.append(index)
+            if (n - 1) % self.world == self.rank:
+                yield index
+        for position in range(n, math.ceil(n / self.world) * self.world):  # the padding, wrapped round
+            if position % self.world == self.rank:
+                yield head[position % n]

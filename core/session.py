@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from core.events import EPOCH_AXIS, STEP_AXIS, Callback
+from core.events import EPOCH_AXIS, STEP_AXIS, Callback, is_rank_zero
 
 # The signals that ask a training run to stop cleanly: Ctrl-C, and what schedulers and
 # preemptible machines send before they kill a process.
@@ -134,7 +134,7 @@ class Session:
         def on_signal(signum: int, frame: Any) -> None:
             if self.stop_signal is not None and signum == signal.SIGINT:
                 raise KeyboardInterrupt
-            if self.stop_signal is None:
+            if self.stop_signal is None and is_rank_zero():  # under torchrun every process hears it
                 print(f"\n{signal.Signals(signum).name}: stopping after this step and writing a checkpoint "
                       f"(Ctrl-C again to abort at once)", file=sys.stderr)
             self.stop_signal = signum

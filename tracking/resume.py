@@ -20,7 +20,7 @@ from typing import Any
 from wandb import env as wandb_env
 
 from callbacks.checkpoint import FINISHED, LAST
-from core.events import EPOCH_AXIS, STEP_AXIS
+from core.events import EPOCH_AXIS, STEP_AXIS, is_rank_zero
 from core.session import Stopped
 from trainers.engine import Engine, read_checkpoint
 
@@ -53,12 +53,14 @@ def resolve_resume(value: str | None, out: str | Path, pattern: str) -> Resume |
     if value == "auto":
         path = find_checkpoint(out, pattern)
         if path is None:
-            print(f"--resume auto: no unfinished checkpoint under {Path(out) / 'checkpoints'}; starting afresh",
-                  file=sys.stderr)
+            if is_rank_zero():
+                print(f"--resume auto: no unfinished checkpoint under {Path(out) / 'checkpoints'}; starting afresh",
+                      file=sys.stderr)
             return None
     else:
         path = Path(value)
-    print(f"resuming from {path}", file=sys.stderr)
+    if is_rank_zero():
+        print(f"resuming from {path}", file=sys.stderr)
     return Resume(path, read_checkpoint(path))
 
 
@@ -110,7 +112,7 @@ def continue_from(trainer: Engine, resume: Resume | None, wandb_dir: str | Path)
 
     logger = trainer.find_callback(WandbLogger)
     run_id = os.environ.get(wandb_env.RUN_ID) or (resume.run_id if resume is not None else None)
-    if logger is not None and run_id:
+    if logger is not None and run_id and is_rank_zero():  # only rank 0 logs
         logger.already_logged(sent_before(wandb_dir, run_id))
 
 
@@ -126,7 +128,8 @@ def fit_resumable(trainer: Engine) -> Mapping[str, Any]:
 
 
 def resume_command(checkpoint: str | Path, argv: list[str] | None = None) -> str:
-    """This process's command line with ``--resume CHECKPOINT`` in place of any earlier ``--resume``."""
+    """This process's command line with ``--resume CHECKPOINT`` in place of any earlier ``--resume``;
+    under torchrun, torchrun's (its rendezvous flags are the user's to repeat on several machines)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     kept: list[str] = []
     skip = False
@@ -137,4 +140,11 @@ def resume_command(checkpoint: str | Path, argv: list[str] | None = None) -> str
             skip = True
         elif not arg.startswith("--resume="):
             kept.append(arg)
-    return shlex.join([Path(sys.executable).name, "launch.py", *kept, "--resume", str(checkpoint)])
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        launcher = [Path(sys.executable).name]
+    else:
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+        launcher = ["torchrun", *(["--standalone"] if local == world else ["--nnodes", str(world // local)]),
+                    "--nproc_per_node", str(local)]
+    return shlex.join([*launcher, "launch.py", *kept, "--resume", str(checkpoint)])

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from core.distributed import Dist, wrap_ddp
 from core.errors import UsageError
 from core.events import Callback, EPOCH_AXIS, STEP_AXIS
 from trainers.alexnet import MODELS
@@ -132,6 +133,8 @@ class AlexNetSettings:
     hessian_batch: int = setting(32, "size of the fixed training batch it uses (default 32)", group=PROBE)
     viz_images: int = setting(4, "validation images in the feature-map table (default 4)", group=PROBE)
     seed: int = setting(0, "random seed (the global --seed)", flag=False)
+    world_size: int = setting(1, "processes training the model together (torchrun's WORLD_SIZE); "
+                                 "--batch-size is per process", flag=False)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -229,6 +232,11 @@ class ClassificationTrainer(Engine):
     Coupled and decoupled decay live in the optimizer (``weight_decay`` of torch's SGD or Adam;
     :class:`SGDW` or Adam's ``decoupled_weight_decay``), so a probe on the optimizer's step hooks
     sees every part of every step.
+
+    Under torchrun (``dist`` of several ranks, ``loaders`` cut into this rank's shards) the model
+    trains through DistributedDataParallel, and every number it reports is the whole job's: a
+    step's loss and accuracy over the global batch, evaluation over all the ranks' shards as
+    exact ``(sum, count)`` means, the test predictions gathered for the confusion matrix.
     """
 
     def __init__(
@@ -250,9 +258,10 @@ class ClassificationTrainer(Engine):
         compile: bool = False,
         test_weights: str = "best",
         config: Mapping[str, Any] | None = None,
+        dist: Dist | None = None,
     ) -> None:
         steps = len(loaders.train) if limit_batches is None else min(limit_batches, len(loaders.train))
-        super().__init__(callbacks, epochs=epochs, config=config, name="alexnet", steps_per_epoch=steps)
+        super().__init__(callbacks, epochs=epochs, config=config, name="alexnet", steps_per_epoch=steps, dist=dist)
         if optimizer not in OPTIMIZERS or wd_mode not in WD_MODES:
             raise UsageError(f"optimizer must be one of {OPTIMIZERS} and wd_mode one of {WD_MODES}")
         if optimizer == "adamw" and wd_mode != "decoupled":
@@ -267,7 +276,10 @@ class ClassificationTrainer(Engine):
         self.model = model.to(self.device, memory_format=self.memory_format)
         # The compiled module serves training and evaluation only: the curvature estimates need
         # double backward and the feature maps add hooks, both on the plain module (same weights).
-        self.forward = torch.compile(self.model) if compile else self.model
+        # DDP without buffer syncs in forward: its forward then holds no collective, so evaluation,
+        # whose shards may differ by a batch between ranks, runs through it too.
+        net = wrap_ddp(self.model, self.dist, forward_sync_buffers=False)
+        self.forward = torch.compile(net) if compile else net
         self.loaders = loaders
         self.lr, self.momentum, self.weight_decay, self.wd_mode = lr, momentum, weight_decay, wd_mode
         self.optimizer_name = optimizer
@@ -340,18 +352,25 @@ class ClassificationTrainer(Engine):
         totals = self.epoch_totals
         for i, (x, y) in self.epoch_batches(batch for _, batch in self._batches(self.loaders.train)):
             out = self.train_step(x, y)
+            n = len(y)
+            if self.dist.distributed:  # the global batch's numbers, as one process with all of it has them
+                total = self.dist.all_reduce_sum({"loss": out["loss"] * n, "acc": out["acc"] * n, "n": n})
+                n = int(total["n"])
+                out.update(loss=total["loss"] / n, acc=total["acc"] / n)
             metrics = {"train/loss": out["loss"], "train/acc": out["acc"]}
             if "penalty" in out:
                 metrics["train/l2_penalty"] = out["penalty"]
             self.log(metrics, axis=STEP_AXIS)
-            totals[0] += out["loss"] * len(y)
-            totals[1] += out["acc"] * len(y)
-            totals[2] += len(y)
+            totals[0] += out["loss"] * n
+            totals[1] += out["acc"] * n
+            totals[2] += n
             self.step_end(i, out)
         self.log({"train/epoch_loss": totals[0] / totals[2], "train/epoch_acc": totals[1] / totals[2]}, axis=EPOCH_AXIS)
 
     @torch.no_grad()
     def _evaluate(self, loader: torch.utils.data.DataLoader) -> tuple[float, float, list[int], list[int]]:
+        """Mean loss, accuracy, targets and predictions of ``loader``: of the whole split under
+        torchrun (each rank scores its shard; sums and counts are all-reduced)."""
         self.model.eval()
         loss = 0.0
         targets: list[int] = []
@@ -364,9 +383,12 @@ class ClassificationTrainer(Engine):
             loss += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
             targets += y.tolist()
             preds += logits.argmax(1).tolist()
-        n = max(len(targets), 1)
-        acc = sum(t == p for t, p in zip(targets, preds)) / n
-        return loss / n, acc, targets, preds
+        correct = sum(t == p for t, p in zip(targets, preds))
+        if not self.dist.distributed:
+            n = max(len(targets), 1)
+            return loss / n, correct / n, targets, preds
+        means = self.dist.all_reduce_mean({"loss": (loss, len(targets)), "acc": (correct, len(targets))})
+        return means["loss"], means["acc"], targets, preds
 
     def evaluate(self, epoch: int) -> dict[str, float]:
         loss, acc, _, _ = self._evaluate(self.loaders.val)
@@ -379,7 +401,10 @@ class ClassificationTrainer(Engine):
     def test(self) -> dict[str, float]:
         if self.test_weights == "best" and self._best_state is not None:
             self.model.load_state_dict(self._best_state)
-        loss, acc, self.test_targets, self.test_predictions = self._evaluate(self.loaders.test)
+        loss, acc, targets, preds = self._evaluate(self.loaders.test)
+        parts = self.dist.all_gather_object((targets, preds))
+        self.test_targets = [t for part_targets, _ in parts for t in part_targets]
+        self.test_predictions = [p for _, part_preds in parts for p in part_preds]
         return {"test/loss": loss, "test/acc": acc, "test/best_epoch": self.best_epoch}
 
     def state_dict(self) -> dict[str, Any]:
@@ -433,14 +458,25 @@ class ClassificationTrainer(Engine):
         return loss, list(self.model.parameters())
 
 
-def build_trainer(settings: AlexNetSettings, callbacks: Iterable[Callback]) -> ClassificationTrainer:
-    """Data, model and trainer from the resolved settings (see :func:`resolve_args`); they are the run's config."""
+def resolve_device(name: str) -> str:
+    """``cuda`` or ``cpu`` for ``--device auto|cpu|cuda`` (auto: cuda when available)."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda but no CUDA device is visible; use --device cpu")
+    return "cuda" if name != "cpu" and torch.cuda.is_available() else "cpu"
+
+
+def build_trainer(settings: AlexNetSettings, callbacks: Iterable[Callback], dist: Dist | None = None) -> ClassificationTrainer:
+    """Data, model and trainer from the resolved settings (see :func:`resolve_args`); they are the run's config.
+    ``dist`` (from :func:`core.distributed.init_distributed`): the torchrun job this process is a rank of,
+    whose device it trains on."""
     from trainers.alexnet import create_model
     from trainers.datasets import load, make_loaders
 
-    if settings.device == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda but no CUDA device is visible; use --device cpu")
-    device = "cuda" if settings.device != "cpu" and torch.cuda.is_available() else "cpu"
+    if dist is None:
+        dist = Dist(device=torch.device(resolve_device(settings.device)))
+    if settings.world_size != dist.world_size:
+        raise ValueError(f"settings for {settings.world_size} process(es), but this job has {dist.world_size}")
+    device = str(dist.device)
     splits = load(settings.dataset, settings.data, download=settings.download)
     if not settings.val_split:
         splits = splits.without_val()
@@ -448,10 +484,10 @@ def build_trainer(settings: AlexNetSettings, callbacks: Iterable[Callback]) -> C
     on_device = settings.device_data == "on" or (settings.device_data == "auto" and settings.workers == 0)
     loaders = make_loaders(splits, size=model.input_size, batch_size=settings.batch_size, augment=settings.augment,
                            seed=settings.seed, workers=settings.workers, device=device, on_device=on_device,
-                           normalize=settings.normalize)
+                           normalize=settings.normalize, rank=dist.rank, world=dist.world_size)
     return ClassificationTrainer(
         model, loaders, callbacks, epochs=settings.epochs, optimizer=settings.optimizer, lr=settings.lr, momentum=settings.momentum,
         weight_decay=settings.weight_decay, wd_mode=settings.wd_mode, decay_all=settings.decay_all,
         limit_batches=settings.limit_batches, hessian_batch=settings.hessian_batch, device=device, compile=settings.compile,
-        test_weights=settings.test_weights, config=dataclasses.asdict(settings),
+        test_weights=settings.test_weights, config=dataclasses.asdict(settings), dist=dist,
     )

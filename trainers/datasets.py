@@ -23,8 +23,9 @@ import cv2
 import numpy as np
 import torch
 from albumentations.pytorch import ToTensorV2
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 
+from core.distributed import ShardedSampler, shard
 from core.errors import UsageError
 from core.registry import Registry
 from trainers.device_data import DeviceBatches
@@ -283,7 +284,8 @@ class Loaders:
 
 def make_loaders(
     splits: Splits, *, size: int, batch_size: int, augment: bool, seed: int, workers: int = 0,
-    device: str | torch.device = "cpu", on_device: bool = False, normalize: bool = True,
+    device: str | torch.device = "cpu", on_device: bool = False, normalize: bool = True, rank: int = 0,
+    world: int = 1,
 ) -> Loaders:
     """Loaders that resize to ``size``; only training is shuffled (seeded) and augmented.
 
@@ -291,6 +293,11 @@ def make_loaders(
     (:class:`DeviceBatches`); otherwise a DataLoader with ``workers`` processes applies
     albumentations per image, into pinned memory when ``device`` is CUDA. Without ``normalize``
     the pixels are only scaled to [0, 1] (mean 0, std 1: torchvision's ToTensor).
+
+    ``rank`` of ``world`` processes (torchrun) gets its shard of every split (see
+    :func:`core.distributed.shard`): of training, an equal part of each epoch's order, which
+    every rank draws from the same seed; of evaluation, a disjoint part, all parts together
+    covering the split once.
     """
     mean, std = splits.mean_std() if normalize else ([0.0] * splits.channels, [1.0] * splits.channels)
     plain = transforms(size, mean, std, augment=False, flips=splits.flips)
@@ -302,9 +309,16 @@ def make_loaders(
         if on_device:
             return DeviceBatches(*part, size=size, mean=mean, std=std, batch_size=batch_size, device=device,
                                  augment=shuffle and augment, flips=splits.flips, shuffle=shuffle, seed=seed,
-                                 dataset=ArrayDataset(*part, plain))
+                                 dataset=ArrayDataset(*part, plain), rank=rank, world=world)
         gen = torch.Generator().manual_seed(seed) if shuffle else None
-        return DataLoader(ArrayDataset(*part, tf), shuffle=shuffle, generator=gen, **kw)
+        ds = ArrayDataset(*part, tf)
+        if world == 1:
+            return DataLoader(ds, shuffle=shuffle, generator=gen, **kw)
+        # The loader draws from ``gen`` as shuffle=True would (the order, the workers' base seed),
+        # so its random stream is the one a single process has.
+        sampler = (ShardedSampler(RandomSampler(ds, generator=gen), rank, world) if shuffle else
+                   shard(range(len(ds)), rank, world, even=False))
+        return DataLoader(ds, sampler=sampler, generator=gen, **kw)
 
     return Loaders(
         train=loader(splits.train, train_tf, True),

@@ -22,6 +22,10 @@ every callback's state, the random generators), :meth:`Engine.load_checkpoint_st
 back, and the next :meth:`Engine.fit` carries on from there as if it had never stopped. While
 ``fit`` runs, SIGINT and SIGTERM stop it at the end of the current step
 (:class:`core.session.Stopped`) instead of killing it mid-step.
+
+Under torchrun every process runs the same loop (``dist``, a :class:`core.distributed.Dist`), and
+a stop is agreed at every step: a rank that got a signal tells the others through one small
+all-reduce, so all of them stop after the same step, none left waiting in a collective.
 """
 
 from __future__ import annotations
@@ -36,10 +40,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from core.distributed import Dist
 from core.errors import UsageError
 from core.events import Callback
 from core.files import plain
-from core.session import Session
+from core.session import STOP_SIGNALS, Session
 
 # The layout of what checkpoint_state returns; raised whenever a field changes meaning, so that an
 # older program refuses a newer checkpoint instead of misreading it.
@@ -56,6 +61,7 @@ class Engine(Session):
         config: the resolved configuration of the run (what W&B records).
         name: short experiment name ("alexnet", "detect-option1", ...), used as the W&B job type.
         steps_per_epoch: training steps per epoch, for progress bars; None when unknown.
+        dist: this process's place in a torchrun job (a world of one when None).
     """
 
     def __init__(
@@ -66,8 +72,10 @@ class Engine(Session):
         config: Mapping[str, Any] | None = None,
         name: str = "experiment",
         steps_per_epoch: int | None = None,
+        dist: Dist | None = None,
     ) -> None:
         super().__init__(callbacks, name=name, config=config, epochs=epochs, steps_per_epoch=steps_per_epoch)
+        self.dist = dist if dist is not None else Dist()
 
         # Set by load_checkpoint_state, applied when fit starts its loop (after on_fit_start, whose
         # callbacks may draw random numbers the uninterrupted run drew at its own start).
@@ -129,6 +137,15 @@ class Engine(Session):
             if key in saved:
                 cb.load_state_dict(saved[key])
         self._pending_rng = state["rng"]
+
+    def check_stop(self) -> None:
+        """As :meth:`Session.check_stop`, with the stop agreed over the ranks: each says which
+        signal it got (SIGTERM wins over SIGINT), so every rank stops after the same step."""
+        if self.dist.distributed:
+            got = self.dist.all_reduce_sum({str(int(sig)): float(self.stop_signal == sig) for sig in STOP_SIGNALS})
+            if self.stop_signal is None:
+                self.stop_signal = next((sig for sig in sorted(STOP_SIGNALS, reverse=True) if got[str(int(sig))]), None)
+        super().check_stop()
 
     # -- the loop -----------------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> None:
@@ -290,7 +307,12 @@ def check_resumable(state: Mapping[str, Any], path: str | Path, *, name: str, co
         raise UsageError(f"checkpoint {path} is from a {state['name']} run, not {name}; "
                          f"pass a checkpoint of this command, or start afresh without --resume")
     saved, now = state["config"], plain(dict(config))
-    allowed = set(may_differ)
+    # A job's data shards and per-process batch depend on how many processes share it.
+    if "world_size" in now and saved.get("world_size", 1) != now["world_size"]:
+        raise UsageError(f"checkpoint {path} was written by a job of {saved.get('world_size', 1)} process(es), this "
+                         f"one has {now['world_size']}; resume it with as many (torchrun --nproc_per_node), "
+                         f"or start afresh without --resume")
+    allowed = set(may_differ) | {"world_size"}
     changed = [f"{k}={saved.get(k)!r} there, {now.get(k)!r} now" for k in sorted(set(saved) | set(now))
                if k not in allowed and not k.startswith("_") and saved.get(k) != now.get(k)]
     if changed:

@@ -68,3 +68,27 @@ def test_a_world_of_one_under_torchrun_needs_no_process_group(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "1")
     monkeypatch.setenv("RANK", "0")
     assert Dist() == init_distributed("cpu")
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+@pytest.mark.parametrize("n", [0, 1, 5, 12])
+def test_the_sharded_sampler_yields_shard_of_the_wrapped_epoch(n, world):
+    for rank in range(world):
+        assert list(ShardedSampler(list(range(100, 100 + n)), rank, world)) == shard(list(range(100, 100 + n)), rank, world)
+
+
+def test_data_loader_shards_stopped_early_keep_a_single_process_stream():
+    # The DataLoader path of `alexnet --device-data off` under two processes: rank 0's and rank 1's
+    # batches of 8, interleaved, are one process's batches of 16 in every epoch, also when each
+    # epoch stops after 2 batches (--limit-batches), where drawing a whole epoch ahead would shift
+    # the next epoch's order.
+    from trainers.datasets import load, make_loaders
+
+    splits = load("digits", "data")
+    one = make_loaders(splits, size=32, batch_size=16, augment=False, seed=3).train
+    ranks = [make_loaders(splits, size=32, batch_size=8, augment=False, seed=3, rank=r, world=2).train for r in (0, 1)]
+    for _ in range(3):
+        single = [y.tolist() for _, (_, y) in zip(range(2), one)]
+        parts = [[y.tolist() for _, (_, y) in zip(range(2), loader)] for loader in ranks]
+        for k in range(2):
+            assert [i for pair in zip(parts[0][k], parts[1][k]) for i in pair] == single[k]

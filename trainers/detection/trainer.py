@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from core.distributed import Dist, ShardedSampler, shard, wrap_ddp
 from core.errors import UsageError
 from core.events import Callback
 from trainers.amp import Precision
@@ -131,6 +132,8 @@ class DetectSettings:
     eval_batch_size: int = setting(help="images per forward pass when scoring (default: 8 on CUDA, 1 on CPU, where "
                                         "padding images of different sizes to one batch costs more than it saves)")
     seed: int = setting(0, "random seed (the global --seed)", flag=False)
+    world_size: int = setting(1, "processes training each model together (torchrun's WORLD_SIZE); --batch-size "
+                                 "is per process", flag=False)
     data_root: str | None = setting(None, "the folder the images were read from", flag=False)
     data_source: str | None = setting(None, "penn-fudan or generated", flag=False)
     train_images: int | None = setting(None, "training images", flag=False)
@@ -216,6 +219,11 @@ class DetectionTrainer(Engine):
     every epoch, and the same as ``train/*`` after the last epoch and every ``train_eval_every``
     epochs (0: only after the last). After each evaluation :attr:`viz` holds ``(image, target, prediction)`` for
     the fixed held-out images the prediction-table callback shows.
+
+    Under torchrun (``dist`` of several ranks) the detector trains through DistributedDataParallel,
+    each rank on its shard of every epoch's slice; each rank predicts its shard of the images
+    scored, and pycocotools scores all of them on every rank (:func:`coco_metrics` gathers the
+    detections), so the AP is the whole data's. Rank 0's :attr:`viz` holds every shown image.
     """
 
     def __init__(
@@ -236,15 +244,23 @@ class DetectionTrainer(Engine):
         clip_grad: float = 0.0,
         train_eval_every: int = 0,
         eval_batch_size: int = 1,
+        dist: Dist | None = None,
     ) -> None:
-        self.device = torch.device(device)
+        dist = dist if dist is not None else Dist(device=torch.device(device))
+        self.device = torch.device(device) if not dist.distributed else dist.device
         self.sampler = EpochSlices(len(train), profile.images_per_epoch or len(train), seed)
+        if dist.distributed:
+            self.sampler = ShardedSampler(self.sampler, dist.rank, dist.world_size)
         self.loader = torch.utils.data.DataLoader(
             train, batch_size=profile.batch_size, sampler=self.sampler, collate_fn=collate, num_workers=workers,
             pin_memory=self.device.type == "cuda",
         )
-        super().__init__(callbacks, epochs=profile.epochs, config=config, name=name, steps_per_epoch=len(self.loader))
+        super().__init__(callbacks, epochs=profile.epochs, config=config, name=name, steps_per_epoch=len(self.loader),
+                         dist=dist)
         self.model = model.to(self.device)
+        # Training goes through DDP; its forward syncs no buffers (the frozen batch norms' are
+        # equal everywhere), so prediction, whose shards may differ by an image, uses the module itself.
+        self.net = wrap_ddp(self.model, dist, forward_sync_buffers=False)
         self.profile = profile
         self.clip_grad = clip_grad
         self.train_eval_every, self.eval_batch_size = train_eval_every, eval_batch_size
@@ -276,10 +292,12 @@ class DetectionTrainer(Engine):
             started = time.perf_counter()
             images, targets = _to(self.device, images, targets)
             with self.precision.autocast():
-                loss_dict = self.model(images, targets)
+                loss_dict = self.net(images, targets)
             loss = sum(loss_dict.values())
             terms = {f"train/{k}": v.item() for k, v in loss_dict.items()}
             terms["train/loss"] = loss.item()
+            if self.dist.distributed:  # the global batch's losses (every rank's batch is as large)
+                terms = self.dist.all_reduce_mean(terms)
             terms["train/lr"] = self.optimizer.param_groups[0]["lr"]
             self.log(terms)  # before the check, so a non-finite step's terms are on record
             check_finite({k: v for k, v in terms.items() if k != "train/lr"}, step=self.global_step)
@@ -298,14 +316,21 @@ class DetectionTrainer(Engine):
 
     @torch.inference_mode()
     def predict(self, dataset: PennFudan, keep: Sequence[int] = ()) -> dict[int, dict[str, torch.Tensor]]:
-        """Outputs of the model on every image of ``dataset`` keyed by image id (CPU tensors).
+        """Outputs of the model on every image of ``dataset`` keyed by image id (CPU tensors); under
+        torchrun on this rank's shard of the images only.
 
-        Images listed in ``keep`` are also stored in :attr:`viz` with their targets.
+        Images listed in ``keep`` are also stored in :attr:`viz` with their targets (on rank 0, all
+        of them: the other ranks send theirs there).
         """
         self.model.eval()
         outputs: dict[int, dict[str, torch.Tensor]] = {}
-        for start in range(0, len(dataset), self.eval_batch_size):
-            idx = range(start, min(start + self.eval_batch_size, len(dataset)))
+        mine = range(len(dataset))
+        if self.dist.distributed:
+            mine = shard(mine, self.dist.rank, self.dist.world_size, even=False)
+        kept: list[tuple[int, dict[str, torch.Tensor]]] = []
+        inputs: dict[int, tuple[torch.Tensor, dict]] = {}
+        for start in range(0, len(mine), self.eval_batch_size):
+            idx = mine[start:start + self.eval_batch_size]
             pairs = [dataset[i] for i in idx]
             with self.precision.autocast():
                 batch = self.model([image.to(self.device, non_blocking=True) for image, _ in pairs])
@@ -313,7 +338,14 @@ class DetectionTrainer(Engine):
                 out = {k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in out.items()}
                 outputs[int(target["image_id"])] = out
                 if i in keep:
-                    self.viz.append((image, target, out))
+                    kept.append((i, out))
+                    inputs[i] = (image, target)
+        if self.dist.distributed and keep:
+            # The predictions travel, not the images: rank 0 reads the few it lacks itself.
+            kept = sorted((pair for part in self.dist.all_gather_object(kept) for pair in part), key=lambda p: p[0])
+            if not self.dist.is_main:
+                kept = []
+        self.viz += [(*(inputs[i] if i in inputs else dataset[i]), out) for i, out in kept]
         return outputs
 
     def _ground_truth(self, split: str, dataset: PennFudan) -> Any:
@@ -332,7 +364,7 @@ class DetectionTrainer(Engine):
             splits.insert(0, ("train", self.train_eval, ()))
         for split, dataset, keep in splits:
             outputs = self.predict(dataset, keep)
-            scores = coco_metrics(self._ground_truth(split, dataset), outputs, self.iou_types)
+            scores = coco_metrics(self._ground_truth(split, dataset), outputs, self.iou_types, self.dist)
             metrics.update({f"{split}/{k}": v for k, v in scores.items()})
         metrics["train/sec_per_iter"] = self.seconds_per_iter()
         metrics["time/eval_seconds"] = time.perf_counter() - started
@@ -390,8 +422,9 @@ class Plan:
     train_eval: PennFudan
 
 
-def prepare(args: argparse.Namespace) -> Plan:
-    """Resolve profile, data and splits (every user error raised here, before any run starts) and print the plan."""
+def prepare(args: argparse.Namespace, *, verbose: bool = True) -> Plan:
+    """Resolve profile, data and splits (every user error raised here, before any run starts) and print the
+    plan (when ``verbose``: under torchrun, rank 0 alone says it)."""
     from trainers.detection.dataset import read_pennfudan, resolve_data, split
     from trainers.detection.models import check_backbone
     from trainers.detection.transforms import Augment
@@ -424,8 +457,9 @@ def prepare(args: argparse.Namespace) -> Plan:
         train_eval=PennFudan(train[:profile.train_eval_images]),
     )
     shown = ", ".join(f"{k}={v}" for k, v in asdict(profile).items())
-    print(f"profile {name}: {shown}; data {source} ({root}): {len(plan.train)} train, {len(plan.heldout)} held out, "
-          f"train AP on {len(plan.train_eval)}; device {device}{' with AMP' if cuda else ''}")
+    if verbose:
+        print(f"profile {name}: {shown}; data {source} ({root}): {len(plan.train)} train, {len(plan.heldout)} held out, "
+              f"train AP on {len(plan.train_eval)}; device {device}{' with AMP' if cuda else ''}")
     return plan
 
 
@@ -434,9 +468,9 @@ def model_label(option: int, settings: DetectSettings) -> str:
     return f"option {option}: {settings.model if option == 1 else 'fasterrcnn_' + settings.backbone.replace('/', '_')}"
 
 
-def build_trainer(plan: Plan, option: int, callbacks: Iterable[Callback]) -> DetectionTrainer:
+def build_trainer(plan: Plan, option: int, callbacks: Iterable[Callback], dist: Dist | None = None) -> DetectionTrainer:
     """The detector of ``option`` (weights per ``--weights``) inside a :class:`DetectionTrainer`; its run's
-    config is the plan's settings resolved for this model."""
+    config is the plan's settings resolved for this model. ``dist``: the torchrun job this process is a rank of."""
     from trainers.detection.models import build_detector
 
     s = plan.settings
@@ -448,5 +482,5 @@ def build_trainer(plan: Plan, option: int, callbacks: Iterable[Callback]) -> Det
         built.model, train=plan.train, heldout=plan.heldout, train_eval=plan.train_eval, profile=plan.profile,
         callbacks=callbacks, config=asdict(s), name=f"detect-option{option}", viz_images=s.viz_images,
         seed=s.seed, workers=s.workers, device=s.device, clip_grad=clip, train_eval_every=s.train_eval_every,
-        eval_batch_size=s.eval_batch_size,
+        eval_batch_size=s.eval_batch_size, dist=dist,
     )

@@ -1,0 +1,79 @@
+"""``launch.py`` with test-only hooks, for the torchrun tests: ``python launcher.py ARGS`` runs
+``launch.main(ARGS)`` after reading these variables:
+
+- ``DLHW_TEST_RECORD=DIR``: each rank appends the image indices of every training epoch's shard
+  (what ``trainers.device_data`` cuts for it) to ``DIR/rank<R>.jsonl``, one line per epoch.
+- ``DLHW_TEST_FAIL=RANK:STEP``: that rank raises ``ValueError`` after training step STEP.
+- ``DLHW_TEST_SIGTERM=RANK:STEP``: that rank sends itself SIGTERM after training step STEP (a
+  stop that only one rank hears).
+- ``DLHW_TEST_NO_DROPOUT=1``: the model's dropout off, so that one process and two take the same
+  steps up to rounding (their dropout masks differ otherwise).
+
+The hooks wrap the trainer builders that ``launch.py`` calls; the training itself is untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+from torch import nn
+
+import launch
+import trainers.classification
+import trainers.device_data
+from core.events import Callback
+
+RANK = int(os.environ.get("RANK", "0"))
+
+
+def _at(variable: str) -> int | None:
+    """The step of ``RANK:STEP`` in ``variable`` when RANK is this process's rank, else None."""
+    rank, _, step = os.environ.get(variable, "").partition(":")
+    return int(step) if rank and int(rank) == RANK else None
+
+
+class Hooks(Callback):
+    def __init__(self) -> None:
+        self.fail, self.sigterm = _at("DLHW_TEST_FAIL"), _at("DLHW_TEST_SIGTERM")
+
+    def on_batch_end(self, trainer, batch_idx, outputs) -> None:
+        if trainer.global_step == self.fail:
+            raise ValueError(f"injected failure on rank {RANK} at step {self.fail}")
+        if trainer.global_step == self.sigterm:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _with_hooks(build):
+    def build_with_hooks(*args, **kwargs):
+        trainer = build(*args, **kwargs)
+        trainer.callbacks.append(Hooks())
+        if os.environ.get("DLHW_TEST_NO_DROPOUT"):
+            for module in trainer.model.modules():
+                if isinstance(module, nn.Dropout):
+                    module.p = 0.0
+        return trainer
+    return build_with_hooks
+
+
+def _recording(shard):
+    record = Path(os.environ["DLHW_TEST_RECORD"]) / f"rank{RANK}.jsonl"
+
+    def recording_shard(indices, rank, world, *, even=True):
+        part = shard(indices, rank, world, even=even)
+        if even:  # training: shuffled and padded to equal parts
+            with record.open("a") as f:
+                f.write(json.dumps(part.tolist()) + "\n")
+        return part
+    return recording_shard
+
+
+trainers.classification.build_trainer = _with_hooks(trainers.classification.build_trainer)
+if os.environ.get("DLHW_TEST_RECORD"):
+    trainers.device_data.shard = _recording(trainers.device_data.shard)
+
+if __name__ == "__main__":
+    sys.exit(launch.main(sys.argv[1:]))

@@ -1,0 +1,138 @@
+"""``torchrun --nproc_per_node 2 launch.py alexnet`` for real: two CPU processes over gloo, tiny digits.
+
+The runs go through tests/distributed/launcher.py, which is launch.py with test-only hooks: it
+records each rank's training indices, turns dropout off, or makes one rank fail or hear SIGTERM.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, only_run_dir
+from tracking.readback import run_summary
+
+LAUNCHER = str(ROOT / "tests" / "distributed" / "launcher.py")
+# 2 epochs of 4 steps; evaluation limited to 4 batches per rank too. The global batch is 16 in both
+# configurations (2 x 8, 1 x 16), so one process and two see the same images in every step and
+# every evaluation (see test_two_processes_end_where_one_process_ends). No augmentation: its
+# random draws are per rank.
+ALEXNET = ["alexnet", "--device", "cpu", "--device-data", "on", "--hessian-every", "0", "--viz-images", "0",
+           "--epochs", "2", "--limit-batches", "4", "--no-augment", "--seed", "3"]
+TWO = [*ALEXNET, "--batch-size", "8"]
+ONE = [*ALEXNET, "--batch-size", "16"]
+# One process and two differ only in float rounding: DDP averages the two ranks' mean gradients,
+# one process takes the mean over all 16 images at once (summed in another order). Measured: 3e-8
+# on the losses, the accuracies equal; the bound leaves room for Adam's division by the root of
+# its second moment, which can grow rounding over the steps.
+TOLERANCE = 1e-5
+# A resumed run repeats the uninterrupted one exactly (the fault tests' bound: float32 printing).
+RESUME_TOLERANCE = 1e-6
+# Two processes that start, fail and are cleaned up, on a busy machine; a hang would last until
+# gloo's collective timeout (30 minutes).
+BOUND_S = 90
+COMPARED = ("val/loss", "best/val/acc", "test/loss", "test/acc")
+
+
+def _env(**extra: str) -> dict[str, str]:
+    # Its own W&B service, as from a shell (one inherited from this process would outlive the run).
+    base = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
+    return {**base, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **extra}
+
+
+def torchrun(args: list[str], out: Path, *, timeout: float = 240, **env: str) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc_per_node 2 launcher.py ARGS --out OUT``."""
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           LAUNCHER, *args, "--out", str(out)], env=_env(**env), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def single(args: list[str], out: Path, **env: str) -> subprocess.CompletedProcess:
+    """``launcher.py ARGS --out OUT`` in one process."""
+    return subprocess.run([sys.executable, LAUNCHER, *args, "--out", str(out)], env=_env(**env), capture_output=True,
+                          text=True, timeout=240)
+
+
+@pytest.fixture(scope="module")
+def two(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The 2-process run, its indices recorded, dropout off; its --out folder."""
+    out = tmp_path_factory.mktemp("two") / "out"
+    record = out.parent / "record"
+    record.mkdir()
+    proc = torchrun(TWO, out, DLHW_TEST_RECORD=str(record), DLHW_TEST_NO_DROPOUT="1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def test_one_wandb_run_with_the_world_size_in_its_config(two):
+    summary = run_summary(only_run_dir(two))  # only_run_dir: exactly one run folder
+    assert summary["config"]["world_size"] == 2 and summary["config"]["batch_size"] == 8
+    assert all(key in summary["summary"] for key in COMPARED)
+    # Rank 0 alone wrote checkpoints: one job folder, one last.pt.
+    assert [p.name for p in (two / "checkpoints").iterdir()] == [next((two / "checkpoints").iterdir()).name]
+    assert len(list((two / "checkpoints").glob("*/last.pt"))) == 1
+
+
+def test_each_rank_trains_on_a_disjoint_half_of_every_epoch(two):
+    ranks = [[json.loads(line) for line in (two.parent / "record" / f"rank{r}.jsonl").read_text().splitlines()]
+             for r in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1]) == 2  # one shard per epoch
+    for a, b in zip(*ranks):
+        n = len(set(a) | set(b))
+        assert len(a) == len(b) == math.ceil(n / 2)  # equal steps on both ranks
+        assert sorted(set(a) | set(b)) == list(range(n))  # together: every training image
+        assert len(set(a) & set(b)) == 2 * len(a) - n  # shared: only the padding, none for an even n
+    assert ranks[0][0] != ranks[0][1]  # a new order every epoch
+
+
+def test_two_processes_end_where_one_process_ends_with_the_same_global_batch(two, tmp_path):
+    proc = single(ONE, tmp_path / "out", DLHW_TEST_NO_DROPOUT="1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one = run_summary(only_run_dir(tmp_path / "out"))["summary"]
+    both = run_summary(only_run_dir(two))["summary"]
+    for key in COMPARED:
+        assert abs(one[key] - both[key]) <= TOLERANCE, (key, one[key], both[key])
+
+
+def test_when_one_rank_raises_both_exit_and_the_error_shows_once(tmp_path):
+    started = time.monotonic()
+    proc = torchrun(TWO, tmp_path / "out", DLHW_TEST_FAIL="1:2", timeout=BOUND_S)
+    assert time.monotonic() - started < BOUND_S
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert out.count("ValueError: injected failure on rank 1 at step 2") == 1, out[-3000:]
+    assert "Connection closed by peer" not in out  # rank 0's echo of the failure stays quiet
+    # Rank 0's W&B run recorded the failure instead of staying "running".
+    assert run_summary(only_run_dir(tmp_path / "out"))["exit_code"] == 1
+
+
+@pytest.mark.slow
+def test_a_stop_heard_by_one_rank_stops_both_and_resumes_to_the_same_result(two, tmp_path):
+    out = tmp_path / "out"
+    stopped = torchrun(TWO, out, DLHW_TEST_SIGTERM="1:6", DLHW_TEST_NO_DROPOUT="1")
+    assert stopped.returncode != 0
+    assert "continue with: torchrun --standalone --nproc_per_node 2 launch.py" in stopped.stderr, stopped.stderr[-3000:]
+    (checkpoint,) = out.glob("checkpoints/*/last.pt")
+
+    # The checkpoint belongs to a job of two processes: one process refuses it in one line.
+    refused = single([*TWO, "--resume", str(checkpoint)], tmp_path / "other")
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines()[-1] == (
+        f"error: checkpoint {checkpoint} was written by a job of 2 process(es), this one has 1; resume it with as "
+        f"many (torchrun --nproc_per_node), or start afresh without --resume")
+
+    resumed = torchrun([*TWO, "--resume", "auto"], out, DLHW_TEST_NO_DROPOUT="1")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    runs = sorted((out / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and len({p.name.rsplit("-", 1)[1] for p in runs}) == 1  # one W&B run, continued
+    expected = run_summary(only_run_dir(two))["summary"]
+    got = run_summary(runs[-1])["summary"]
+    for key in COMPARED:
+        assert abs(got[key] - expected[key]) <= RESUME_TOLERANCE, (key, got[key], expected[key])
