@@ -52,9 +52,13 @@ def global_options(*, suppress: bool) -> argparse.ArgumentParser:
     return p
 
 
-def on_every_rank(device: str, job: Callable[[Any], int]) -> int:
+def on_every_rank(device: str, seed: int, job: Callable[[Any], int]) -> int:
     """``job(dist)`` as this process's part of a torchrun job (or as the only process), ``dist``
     the :class:`core.distributed.Dist` made from torchrun's environment for ``device``.
+
+    Rank R > 0 reseeds the global generators with ``seed + R``, so that each process draws its own
+    dropout masks and sampling (rank 0 draws what a single process draws); the model's initial
+    weights are rank 0's all the same (DistributedDataParallel broadcasts them).
 
     When ``job`` raises, the job's first failure is raised on to :func:`main` (a usage error's
     one line, a traceback) and its echoes on the other ranks (their collectives failing because
@@ -63,6 +67,8 @@ def on_every_rank(device: str, job: Callable[[Any], int]) -> int:
     from core.distributed import init_distributed
 
     dist = init_distributed(device)
+    if dist.rank:
+        seed_everything(seed + dist.rank)
     try:
         return job(dist)
     except Exception:
@@ -222,7 +228,7 @@ DETECT_RESUME_CHANGES = ("epochs", "device", "workers", "eval_batch_size", "data
 def cmd_detect(args: argparse.Namespace) -> int:
     import torch
 
-    return on_every_rank(args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
+    return on_every_rank(args.device or ("cuda" if torch.cuda.is_available() else "cpu"), args.seed,
                          lambda dist: detect_job(args, dist))
 
 
@@ -244,7 +250,7 @@ def detect_job(args: argparse.Namespace, dist: Any) -> int:
     # Rank 0 first: it may download or generate the data into the cache the others then read.
     if not dist.is_main:
         dist.barrier()
-    plan = prepare(args, verbose=dist.is_main)
+    plan = prepare(args, verbose=dist.is_main, rank=dist.rank)
     if dist.is_main:
         dist.barrier()
     # The photo is rank 0's alone: it runs both models on it once training is over.
@@ -327,7 +333,7 @@ ALEXNET_RESUME_CHANGES = ("epochs", "device", "compile", "data", "download")
 def cmd_alexnet(args: argparse.Namespace) -> int:
     from trainers.classification import resolve_device
 
-    return on_every_rank(resolve_device(args.device), lambda dist: alexnet_job(args, dist))
+    return on_every_rank(resolve_device(args.device), args.seed, lambda dist: alexnet_job(args, dist))
 
 
 def alexnet_job(args: argparse.Namespace, dist: Any) -> int:
@@ -358,8 +364,8 @@ def alexnet_job(args: argparse.Namespace, dist: Any) -> int:
                                    tags=[settings.recipe, settings.variant, settings.wd_mode], log_every=1)
     ckpt_dir = (resume.path.parent if resume is not None else
                 Path(args.out) / "checkpoints" / job_stamp(dist, "alexnet"))
-    # The probe runs on every rank: its curvature estimates draw from the global generator, which
-    # must advance alike everywhere so that rank 0's checkpoint holds every rank's state.
+    # The probe runs on every rank (rank 0 alone logs what it finds): the others would otherwise
+    # only wait for rank 0's at the next step's all-reduce.
     callbacks += [DecayProbeCallback(hessian_every=settings.hessian_every, hessian_iters=settings.hessian_iters,
                                      every=settings.decay_every),
                   Checkpoint(ckpt_dir, monitor="val/acc", upload="end")]

@@ -64,6 +64,7 @@ class Checkpoint(Callback):
         return value > self.best if self.mode == "max" else value < self.best
 
     def on_epoch_end(self, trainer: Loop, epoch: int, metrics: Mapping[str, float]) -> None:
+        _gather_rng(trainer)
         if not is_rank_zero():
             return
         metadata = {"epoch": epoch + 1, "step": trainer.global_step,
@@ -104,6 +105,8 @@ class Checkpoint(Callback):
         # The last epoch that finished is on disk for a resume; a write error here is secondary.
         try:
             self.writer.wait()
+            if isinstance(exception, Stopped):  # every rank stops after the same step
+                _gather_rng(trainer)
             if isinstance(exception, Stopped) and is_rank_zero():
                 # A stop signal lands between steps: the state is whole, so it is saved where it is.
                 self.writer.submit(trainer.checkpoint_state(), [self.directory / LAST])
@@ -120,3 +123,11 @@ class Checkpoint(Callback):
         self.best = state.get("best")
         self.best_metadata = dict(state.get("best_metadata") or {})
         self.best_path = self.directory / BEST if state.get("best_path") else None
+
+
+def _gather_rng(trainer: Loop) -> None:
+    # Under torchrun every rank hands its random state to rank 0's checkpoint (a collective, so
+    # called on every rank); loops without it (a user's own) save their process's state only.
+    gather = getattr(trainer, "gather_rng", None)
+    if gather is not None:
+        gather()

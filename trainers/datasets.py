@@ -297,11 +297,12 @@ def make_loaders(
     ``rank`` of ``world`` processes (torchrun) gets its shard of every split (see
     :func:`core.distributed.shard`): of training, an equal part of each epoch's order, which
     every rank draws from the same seed; of evaluation, a disjoint part, all parts together
-    covering the split once.
+    covering the split once. Augmentation draws per rank: the pipeline is seeded with
+    ``seed + rank``, the batches on the device from ``(seed, epoch, rank)``.
     """
     mean, std = splits.mean_std() if normalize else ([0.0] * splits.channels, [1.0] * splits.channels)
     plain = transforms(size, mean, std, augment=False, flips=splits.flips)
-    train_tf = transforms(size, mean, std, augment=augment, flips=splits.flips, seed=seed)
+    train_tf = transforms(size, mean, std, augment=augment, flips=splits.flips, seed=seed + rank)
     kw = dict(batch_size=batch_size, num_workers=workers, persistent_workers=workers > 0,
               pin_memory=torch.device(device).type == "cuda")
 

@@ -83,6 +83,8 @@ class Engine(Session):
         # The data generators' state when the current epoch began: a mid-epoch resume replays the
         # epoch's first batches from there.
         self._epoch_data_rng: dict[str, Any] = {}
+        # Every rank's random state, gathered for rank 0's checkpoint (see gather_rng).
+        self._ranks_rng: list[dict[str, Any]] | None = None
         # Steps of the current epoch that a resumed run already trained: epoch_batches skips them.
         self.resume_batch = 0
 
@@ -103,13 +105,29 @@ class Engine(Session):
         NumPy ``Generator``, ``random.Random``), other than the global ones."""
         return {}
 
+    def _rng_state(self) -> dict[str, Any]:
+        # Mid-epoch, the epoch's first batches are replayed from the epoch's start.
+        data = self._epoch_data_rng if self.batch_in_epoch > 0 else generators_state(self.data_generators())
+        return {"global": global_rng_state(), "data": data}
+
+    def gather_rng(self) -> None:
+        """Under torchrun, collect every rank's random state for rank 0's next
+        :meth:`checkpoint_state` (each rank draws its own dropout masks and augmentations, so a
+        resume needs each one's). A collective: every rank calls it at the same point, as
+        :class:`callbacks.checkpoint.Checkpoint` does before rank 0 writes; a no-op in one process."""
+        self._ranks_rng = self.dist.all_gather_object(self._rng_state()) if self.dist.distributed else None
+
     def checkpoint_state(self) -> dict[str, Any]:
         """Everything a resume needs, made of tensors and plain containers only (so that
         ``torch.load(weights_only=True)`` reads it): ``format``, ``name``, ``config``, the position
         (``epoch`` epochs done, ``batch`` steps into the next, ``global_step``), ``summary``,
         ``trainer`` (:meth:`state_dict` and :meth:`training_state`), ``callbacks`` (each one's
-        state under :func:`callback_keys`) and ``rng`` (global and data generators)."""
+        state under :func:`callback_keys`) and ``rng`` (global and data generators; under torchrun
+        also ``ranks``, every rank's, from :meth:`gather_rng`)."""
         mid_epoch = self.batch_in_epoch > 0
+        rng = self._rng_state()
+        if self.dist.distributed and self._ranks_rng is not None:
+            rng["ranks"] = self._ranks_rng
         return {
             "format": CHECKPOINT_FORMAT,
             "name": self.name,
@@ -120,9 +138,7 @@ class Engine(Session):
             "summary": plain(self.summary),
             "trainer": {**self.state_dict(), **self.training_state()},
             "callbacks": {key: plain(cb.state_dict()) for key, cb in callback_keys(self.callbacks)},
-            "rng": {"global": global_rng_state(),
-                    # Mid-epoch, the epoch's first batches are replayed from the epoch's start.
-                    "data": self._epoch_data_rng if mid_epoch else generators_state(self.data_generators())},
+            "rng": rng,
         }
 
     def load_checkpoint_state(self, state: Mapping[str, Any]) -> None:
@@ -170,8 +186,11 @@ class Engine(Session):
             # A checkpoint of the last epoch's end has only the test left, logged against that epoch.
             self.epoch = min(first, self.epochs - 1)
             if self._pending_rng is not None:
-                set_global_rng_state(self._pending_rng["global"])
-                set_generators_state(self.data_generators(), self._pending_rng["data"])
+                rng = self._pending_rng
+                if self.dist.distributed and "ranks" in rng:  # this rank's own state
+                    rng = rng["ranks"][self.dist.rank]
+                set_global_rng_state(rng["global"])
+                set_generators_state(self.data_generators(), rng["data"])
                 self._pending_rng = None
             for epoch in range(first, self.epochs):
                 self.epoch = epoch

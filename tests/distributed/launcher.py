@@ -2,7 +2,8 @@
 ``launch.main(ARGS)`` after reading these variables:
 
 - ``DLHW_TEST_RECORD=DIR``: each rank appends the image indices of every training epoch's shard
-  (what ``trainers.device_data`` cuts for it) to ``DIR/rank<R>.jsonl``, one line per epoch.
+  (what ``trainers.device_data`` cuts for it) to ``DIR/rank<R>.jsonl``, one line per epoch, and
+  writes the seed of its global torch generator to ``DIR/rank<R>.seed``.
 - ``DLHW_TEST_FAIL=RANK:STEP``: that rank raises ``ValueError`` after training step STEP.
 - ``DLHW_TEST_SIGTERM=RANK:STEP``: that rank sends itself SIGTERM after training step STEP (a
   stop that only one rank hears).
@@ -20,6 +21,7 @@ import signal
 import sys
 from pathlib import Path
 
+import torch
 from torch import nn
 
 import launch
@@ -50,6 +52,8 @@ class Hooks(Callback):
 def _with_hooks(build):
     def build_with_hooks(*args, **kwargs):
         trainer = build(*args, **kwargs)
+        if os.environ.get("DLHW_TEST_RECORD"):
+            (Path(os.environ["DLHW_TEST_RECORD"]) / f"rank{RANK}.seed").write_text(str(torch.initial_seed()))
         trainer.callbacks.append(Hooks())
         if os.environ.get("DLHW_TEST_NO_DROPOUT"):
             for module in trainer.model.modules():

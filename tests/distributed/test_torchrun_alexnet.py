@@ -92,6 +92,12 @@ def test_each_rank_trains_on_a_disjoint_half_of_every_epoch(two):
     assert ranks[0][0] != ranks[0][1]  # a new order every epoch
 
 
+def test_each_rank_draws_its_own_random_numbers(two):
+    # Rank R reseeds with --seed + R: its own dropout masks and sampling (rank 0's are one process's).
+    seeds = [int((two.parent / "record" / f"rank{r}.seed").read_text()) for r in (0, 1)]
+    assert seeds == [3, 4]
+
+
 def test_two_processes_end_where_one_process_ends_with_the_same_global_batch(two, tmp_path):
     proc = single(ONE, tmp_path / "out", DLHW_TEST_NO_DROPOUT="1")
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -134,5 +140,26 @@ def test_a_stop_heard_by_one_rank_stops_both_and_resumes_to_the_same_result(two,
     assert len(runs) == 2 and len({p.name.rsplit("-", 1)[1] for p in runs}) == 1  # one W&B run, continued
     expected = run_summary(only_run_dir(two))["summary"]
     got = run_summary(runs[-1])["summary"]
+    for key in COMPARED:
+        assert abs(got[key] - expected[key]) <= RESUME_TOLERANCE, (key, got[key], expected[key])
+
+
+# Dropout on and augmentation by albumentations (the DataLoader path): every rank draws its own
+# masks and augmentations, and a resume must restore each rank's generators, not rank 0's twice.
+RANDOM_TWO = ["alexnet", "--device", "cpu", "--device-data", "off", "--hessian-every", "0", "--viz-images", "0",
+              "--epochs", "2", "--limit-batches", "4", "--seed", "3", "--batch-size", "8"]
+
+
+@pytest.mark.slow
+def test_a_resume_restores_every_ranks_own_random_state(tmp_path):
+    whole = torchrun(RANDOM_TWO, tmp_path / "whole")
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    out = tmp_path / "out"
+    stopped = torchrun(RANDOM_TWO, out, DLHW_TEST_SIGTERM="1:6")  # mid-epoch 2: its draws are replayed
+    assert stopped.returncode != 0 and list(out.glob("checkpoints/*/last.pt")), stopped.stderr[-3000:]
+    resumed = torchrun([*RANDOM_TWO, "--resume", "auto"], out)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    expected = run_summary(only_run_dir(tmp_path / "whole"))["summary"]
+    got = run_summary(sorted((out / "wandb").glob("offline-run-*"))[-1])["summary"]
     for key in COMPARED:
         assert abs(got[key] - expected[key]) <= RESUME_TOLERANCE, (key, got[key], expected[key])

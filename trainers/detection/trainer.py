@@ -422,7 +422,7 @@ class Plan:
     train_eval: PennFudan
 
 
-def prepare(args: argparse.Namespace, *, verbose: bool = True) -> Plan:
+def prepare(args: argparse.Namespace, *, verbose: bool = True, rank: int = 0) -> Plan:
     """Resolve profile, data and splits (every user error raised here, before any run starts) and print the
     plan (when ``verbose``: under torchrun, rank 0 alone says it)."""
     from trainers.detection.dataset import read_pennfudan, resolve_data, split
@@ -451,7 +451,7 @@ def prepare(args: argparse.Namespace, *, verbose: bool = True) -> Plan:
         "train_images": len(train), "heldout_images": len(held_idx)})
     plan = Plan(
         settings=settings, profile=profile, options=options,
-        train=PennFudan(train, Augment(jitter=args.jitter, seed=args.seed)),
+        train=PennFudan(train, Augment(jitter=args.jitter, seed=args.seed + rank)),
         heldout=PennFudan([samples[i] for i in held_idx]),
         # The permutation already shuffled them: a fixed-seed subset.
         train_eval=PennFudan(train[:profile.train_eval_images]),
