@@ -26,6 +26,7 @@ from torch import nn
 
 import launch
 import trainers.classification
+import trainers.detection.trainer
 import trainers.device_data
 from core.events import Callback
 
@@ -76,6 +77,7 @@ def _recording(shard):
 
 
 trainers.classification.build_trainer = _with_hooks(trainers.classification.build_trainer)
+trainers.detection.trainer.build_trainer = _with_hooks(trainers.detection.trainer.build_trainer)
 if os.environ.get("DLHW_TEST_RECORD"):
     trainers.device_data.shard = _recording(trainers.device_data.shard)
 
