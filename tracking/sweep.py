@@ -51,7 +51,7 @@ from core.errors import UsageError
 from core.files import atomic_file
 from tracking import agent_command
 from tracking.mode import OUT_ENV, RESUME_ENV
-from tracking.readback import follow, history
+from tracking.readback import follow, history, stop_follower
 
 with warnings.catch_warnings():
     # The engine's SweepRun still uses pydantic-v1 config spellings; those warnings are W&B's
@@ -344,6 +344,12 @@ def merge_history(earlier: list[dict[str, Any]], rows: list[dict[str, Any]]) -> 
     return [r for r in earlier if r.get("_step", -1) < first] + list(rows)
 
 
+def metric_rows(run_dir: str | Path, metric: str) -> list[dict[str, Any]]:
+    """``{"_step": ..., metric: ...}`` for every row of the run in ``run_dir`` that logged ``metric``."""
+    logged = [item for item in history(run_dir) if metric in item]
+    return [{"_step": item.get("_step", i), metric: item[metric]} for i, item in enumerate(logged)]
+
+
 class _Live:
     """A running trial: its process and the follower that reads its W&B run while it runs."""
 
@@ -390,8 +396,8 @@ class _Live:
         try:
             self.follower.wait(timeout=grace_s)
         except subprocess.TimeoutExpired:
-            self.follower.kill()
-            self.follower.wait()
+            pass
+        stop_follower(self.follower)  # also when it ended: what it started may still read
         if self.reader is not None:
             self.reader.join(timeout=5)
 
@@ -586,9 +592,7 @@ class Runner:
         rows: list[dict[str, Any]] = []
         try:
             for run_dir in earlier:
-                logged = [item for item in history(run_dir) if metric in item]
-                rows = merge_history(rows, [{"_step": item.get("_step", i), metric: item[metric]}
-                                            for i, item in enumerate(logged)])
+                rows = merge_history(rows, metric_rows(run_dir, metric))
         except RuntimeError:
             return  # an unreadable folder: keep the rows sweep.json has
         trial.history = rows
@@ -640,6 +644,13 @@ class Runner:
             if trial.run_dir is None:
                 self._find_run(live)
             live.close_follower(grace_s=5)
+            if live.metric and trial.run_dir is not None:
+                # The run's file is whole now: read it to its end, which a follower cut short on
+                # a busy machine may not have reached.
+                try:
+                    live.rows = metric_rows(trial.run_dir, live.metric)
+                except RuntimeError:
+                    pass  # keep what the follower read
             trial.history = live.history
             trial.summary = {k: v for k, v in live.summary.items() if not k.startswith("_")}
             del self.live[run_id]

@@ -57,7 +57,9 @@ if args.crash == "True":
 run.define_metric("score", summary="max")
 for i in range(start, args.steps):
     time.sleep(args.sleep)
-    run.log({"score": args.x * (i + 1) + args.y}, step=i)
+    # Committed at once: a row W&B holds back for later steps would be lost with a trial stopped
+    # while it holds (its W&B service hears the stop signal too).
+    run.log({"score": args.x * (i + 1) + args.y}, step=i, commit=True)
     with open(out / "steps.log", "a") as fh:
         fh.write(f"{os.getpid()} {i}\n")
     tmp = progress.with_suffix(".tmp")
