@@ -90,7 +90,7 @@ class WandbLogger(Callback):
         # The open step window: key -> [sum, count] for numbers, key -> value for anything else.
         self._window: dict[str, Any] = {}
         self._window_step = 0
-        # Each step key's last reported value: the run summary's final value.
+        # Each number's last reported value (step and epoch keys): the run summary's final value.
         self._last: dict[str, Any] = {}
         # The run to continue (from a checkpoint), and each key's last axis value sent to W&B.
         self.run_id: str | None = None
@@ -108,13 +108,17 @@ class WandbLogger(Callback):
 
     def state_dict(self) -> dict[str, Any]:
         return {"run_id": self.run.id if self.run is not None else self.run_id, "sent": dict(self._sent),
-                "journal": [[axis, value, metrics] for _, axis, value, metrics in self._journal]}
+                "journal": [[axis, value, metrics] for _, axis, value, metrics in self._journal],
+                # Every number's last value: a resumed process that logs little (only the test left)
+                # still ends with the whole run's final numbers in its summary.
+                "last": {k: v for k, v in self._last.items() if _is_number(v)}}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.run_id = state.get("run_id")
         self._resuming = self.run_id is not None
         self._sent = dict(state.get("sent") or {})
         self._replay = [tuple(entry) for entry in state.get("journal") or []]
+        self._last.update(state.get("last") or {})
 
     def already_logged(self, sent: Mapping[str, int]) -> None:
         """What the W&B run's files hold: each ``key`` up to axis value ``sent[key]``. Records at or
@@ -205,6 +209,8 @@ class WandbLogger(Callback):
             numbers = {k: v for k, v in fresh.items() if _is_number(v)}
             if numbers:
                 self._journal.append((now, axis, value, numbers))
+                if axis != STEP_AXIS:  # step keys' last values come from _collect (windows send means)
+                    self._last.update(numbers)
             while self._journal and now - self._journal[0][0] > JOURNAL_SECONDS:
                 self._journal.popleft()
 
@@ -248,7 +254,7 @@ class WandbLogger(Callback):
         self._flush()
         # The monitored metric keeps the best value define_metric collected, not the last one.
         best = self.monitor[0] if self.monitor else None
-        final = {k: v for k, v in self._last.items() if _is_number(v)}
+        final = {k: v for k, v in self._last.items() if _is_number(v) and k != best}
         final.update((k, v) for k, v in trainer.summary.items() if k != best)
         self._call("summary", self.run.summary.update, final)
         self._finish(trainer.exit_code, final)

@@ -202,3 +202,21 @@ def test_detect_both_options_stopped_in_option_2_does_not_train_option_1_again(s
     summaries = [run_summary(d)["summary"] for d in _run_dirs(out)]
     photo = [s for s in summaries if "photo/option1/inference_ms" in s]
     assert len(photo) == 1 and "photo/option2/inference_ms" in photo[0]
+
+
+def test_a_resume_with_only_the_test_left_ends_with_the_whole_runs_summary(uninterrupted, tmp_path):
+    # Stopped as its last epoch ends: the resumed process only tests, yet its summary (what the
+    # last of the run's folders holds) has every number of the run, not only those it logged.
+    out = tmp_path / "out"
+    proc = _start(ALEXNET, out)
+    for line in proc.stderr:
+        if line.startswith("epoch 4/4"):
+            proc.send_signal(signal.SIGTERM)
+            break
+    code, err = _finish(proc)
+    assert code == 143, err[-2000:]
+    code, err = _finish(_start(ALEXNET + ["--resume", "auto"], out))
+    assert code == 0, err[-2000:]
+    final, expected = run_summary(_run_dirs(out)[-1])["summary"], run_summary(_run_dirs(uninterrupted)[0])["summary"]
+    for key in ("train/epoch_loss", "train/epoch_acc", "train/loss", "val/loss", "test/acc"):
+        assert final[key] == pytest.approx(expected[key], abs=TOLERANCE), key
