@@ -107,11 +107,11 @@ class Checkpoint(Callback):
             self.writer.wait()
             if isinstance(exception, Stopped):  # every rank stops after the same step
                 _gather_rng(trainer)
-            if isinstance(exception, Stopped) and is_rank_zero():
-                # A stop signal lands between steps: the state is whole, so it is saved where it is.
-                self.writer.submit(trainer.checkpoint_state(), [self.directory / LAST])
-                self.writer.wait()
-                exception.checkpoint = str(self.directory / LAST)
+                if is_rank_zero():
+                    # A stop signal lands between steps: the state is whole, so it is saved where it is.
+                    self.writer.submit(trainer.checkpoint_state(), [self.directory / LAST])
+                    self.writer.wait()
+                    exception.checkpoint = str(self.directory / LAST)
         except RuntimeError as error:
             print(f"checkpoint: {error}", file=sys.stderr)
 
