@@ -23,9 +23,9 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from callbacks import DEFAULT_PROJECT
-from tracking.agent_args import AgentParser as Parser
-from tracking.mode import OUT_ENV, RESUME_ENV
+from dlhw.callbacks import DEFAULT_PROJECT
+from dlhw.tracking.agent_args import AgentParser as Parser
+from dlhw.tracking.mode import OUT_ENV, RESUME_ENV
 
 
 def global_options(*, suppress: bool) -> argparse.ArgumentParser:
@@ -64,7 +64,7 @@ def on_every_rank(device: str, seed: int, job: Callable[[Any], int]) -> int:
     one line, a traceback) and its echoes on the other ranks (their collectives failing because
     the failed rank is gone) end quietly with exit code 1. The process group is closed either way.
     """
-    from core.distributed import init_distributed
+    from dlhw.core.distributed import init_distributed
 
     dist = init_distributed(device)
     if dist.rank:
@@ -101,7 +101,7 @@ def resolve_locations(args: argparse.Namespace) -> None:
     ``./runs`` and W&B runs to ``$WANDB_DIR`` when it is set, as W&B's own variable beats our default.
     Both folders are created and checked here, before any work, so one that cannot be written is a
     usage error and not a crash at the first checkpoint."""
-    from core.files import writable_folder
+    from dlhw.core.files import writable_folder
 
     explicit = args.out
     args.out = explicit or "runs"
@@ -114,7 +114,7 @@ def resolve_locations(args: argparse.Namespace) -> None:
 # -- subcommands ------------------------------------------------------------------------------
 
 def add_filters(sub: argparse._SubParsersAction, parents: list) -> None:
-    from trainers.filters import add_arguments
+    from dlhw.trainers.filters import add_arguments
 
     p = sub.add_parser("filters", parents=parents, help="hand-designed 3x3 filters applied to photos",
                        description="Blur and directional sharpening kernels on photos, logged as a W&B table, "
@@ -124,9 +124,9 @@ def add_filters(sub: argparse._SubParsersAction, parents: list) -> None:
 
 
 def cmd_filters(args: argparse.Namespace) -> int:
-    from callbacks import standard_callbacks
-    from callbacks.filters_viz import FilterTables
-    from trainers.filters import filters_settings, images_from_args, run_filters
+    from dlhw.callbacks import standard_callbacks
+    from dlhw.callbacks.filters_viz import FilterTables
+    from dlhw.trainers.filters import filters_settings, images_from_args, run_filters
 
     settings = filters_settings(args)
     images = images_from_args(settings.image, settings.max_size)
@@ -153,14 +153,14 @@ def add_sweep(sub: argparse._SubParsersAction, parents: list) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from tracking.sweep_view import run_sweep
+    from dlhw.tracking.sweep_view import run_sweep
 
     return run_sweep(yaml_path=args.config, resume=args.resume, out=args.out, count=args.count, jobs=args.jobs,
                      params=args.param, sweep_id=args.sweep_id, seed=args.seed, wandb_mode=args.wandb_mode)
 
 
 def add_iou(sub: argparse._SubParsersAction, parents: list) -> None:
-    from trainers.iou import add_arguments
+    from dlhw.trainers.iou import add_arguments
 
     p = sub.add_parser("iou", parents=parents, help="IoU, its gradient along a sliding box, and IoU vs GIoU loss",
                        description="IoU from its set definition checked against torchvision; IoU, GIoU and DIoU with "
@@ -171,9 +171,9 @@ def add_iou(sub: argparse._SubParsersAction, parents: list) -> None:
 
 
 def cmd_iou(args: argparse.Namespace) -> int:
-    from callbacks import standard_callbacks
-    from callbacks.iou_viz import IoUPlots
-    from trainers.iou import run_iou, setup_from_args
+    from dlhw.callbacks import standard_callbacks
+    from dlhw.callbacks.iou_viz import IoUPlots
+    from dlhw.trainers.iou import run_iou, setup_from_args
 
     setup = setup_from_args(args)
     callbacks = standard_callbacks(args, job_type="iou") + [IoUPlots()]
@@ -202,14 +202,14 @@ def add_compare(sub: argparse._SubParsersAction, parents: list) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from tracking.compare import run_compare
+    from dlhw.tracking.compare import run_compare
 
     return run_compare(run_dirs=args.run_dirs, sweep_dir=args.sweep, project=args.project, metrics=args.metric,
                        goal=args.goal, plot=args.plot, out=args.out, mode=args.wandb_mode, group=args.group)
 
 
 def add_detect(sub: argparse._SubParsersAction, parents: list) -> None:
-    from trainers.detection.trainer import add_arguments
+    from dlhw.trainers.detection.trainer import add_arguments
 
     p = sub.add_parser("detect", parents=parents, help="fine-tune two detectors on Penn-Fudan and compare them",
                        description="The torchvision detection fine-tuning tutorial as a tracked experiment: option 1 "
@@ -237,14 +237,14 @@ def detect_job(args: argparse.Namespace, dist: Any) -> int:
     import time
     from pathlib import Path
 
-    from callbacks import standard_callbacks
-    from callbacks.checkpoint import Checkpoint
-    from callbacks.detection_viz import PhotoTable, PredictionTable
-    from core.session import Stopped
-    from trainers.detection.beatles import compare_on_photo, load_photo
-    from trainers.detection.trainer import build_trainer, model_label, prepare
-    from trainers.engine import check_resumable
-    from tracking.resume import continue_from, finished_summary, fit_resumable, option_resume, resolve_resume
+    from dlhw.callbacks import standard_callbacks
+    from dlhw.callbacks.checkpoint import Checkpoint
+    from dlhw.callbacks.detection_viz import PhotoTable, PredictionTable
+    from dlhw.core.session import Stopped
+    from dlhw.trainers.detection.beatles import compare_on_photo, load_photo
+    from dlhw.trainers.detection.trainer import build_trainer, model_label, prepare
+    from dlhw.trainers.engine import check_resumable
+    from dlhw.tracking.resume import continue_from, finished_summary, fit_resumable, option_resume, resolve_resume
 
     args.world_size = dist.world_size
     # Rank 0 first: it may download or generate the data into the cache the others then read.
@@ -285,7 +285,7 @@ def detect_job(args: argparse.Namespace, dist: Any) -> int:
         # One staged copy of the best and one of the last checkpoint: Mask R-CNN's are ~350 MB with the optimizer.
         callbacks.append(Checkpoint(ckpt_dir, monitor="val/bbox_AP", upload="end", upload_last=True))
         if to_wandb and dist.is_main:
-            from callbacks.lineage import DatasetArtifact
+            from dlhw.callbacks.lineage import DatasetArtifact
 
             callbacks += [DatasetArtifact(plan.settings.data_source, plan.settings.data_root), PredictionTable()]
         trainer = build_trainer(plan, option, callbacks, dist)
@@ -307,7 +307,7 @@ def detect_job(args: argparse.Namespace, dist: Any) -> int:
 
 
 def add_alexnet(sub: argparse._SubParsersAction, parents: list) -> None:
-    from trainers.classification import add_arguments
+    from dlhw.trainers.classification import add_arguments
 
     p = sub.add_parser("alexnet", parents=parents, help="AlexNet (course / d2l) and weight decay three ways",
                        description="Train the course's CIFAR-10 AlexNet or d2l's 224x224 AlexNet (digits offline by "
@@ -331,7 +331,7 @@ ALEXNET_RESUME_CHANGES = ("epochs", "device", "compile", "data", "download")
 
 
 def cmd_alexnet(args: argparse.Namespace) -> int:
-    from trainers.classification import resolve_device
+    from dlhw.trainers.classification import resolve_device
 
     return on_every_rank(resolve_device(args.device), args.seed, lambda dist: alexnet_job(args, dist))
 
@@ -340,13 +340,13 @@ def alexnet_job(args: argparse.Namespace, dist: Any) -> int:
     """``launch.py alexnet`` in one process of the job ``dist`` (the only one without torchrun)."""
     from pathlib import Path
 
-    from callbacks import standard_callbacks
-    from callbacks.checkpoint import Checkpoint
-    from callbacks.weight_decay import DecayProbeCallback
-    from core.session import Stopped
-    from trainers.classification import build_trainer, resolve_args
-    from trainers.engine import check_resumable
-    from tracking.resume import continue_from, fit_resumable, resolve_resume
+    from dlhw.callbacks import standard_callbacks
+    from dlhw.callbacks.checkpoint import Checkpoint
+    from dlhw.callbacks.weight_decay import DecayProbeCallback
+    from dlhw.core.session import Stopped
+    from dlhw.trainers.classification import build_trainer, resolve_args
+    from dlhw.trainers.engine import check_resumable
+    from dlhw.tracking.resume import continue_from, fit_resumable, resolve_resume
 
     args.world_size = dist.world_size
     settings, notes = resolve_args(args)
@@ -370,10 +370,10 @@ def alexnet_job(args: argparse.Namespace, dist: Any) -> int:
                                      every=settings.decay_every),
                   Checkpoint(ckpt_dir, monitor="val/acc", upload="end")]
     if args.wandb_mode != "disabled" and dist.is_main:
-        from callbacks.classification_viz import FeatureMapTable, FilterGrid, TestConfusionMatrix
+        from dlhw.callbacks.classification_viz import FeatureMapTable, FilterGrid, TestConfusionMatrix
 
-        from callbacks.lineage import DatasetArtifact
-        from trainers.datasets import dataset_path
+        from dlhw.callbacks.lineage import DatasetArtifact
+        from dlhw.trainers.datasets import dataset_path
 
         callbacks += [DatasetArtifact(settings.dataset, dataset_path(settings.dataset, Path(settings.data))),
                       FilterGrid(), TestConfusionMatrix()]
@@ -402,7 +402,7 @@ def add_report(sub: argparse._SubParsersAction, parents: list) -> None:
 def cmd_report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from tracking.report import write_report
+    from dlhw.tracking.report import write_report
 
     page = write_report(args.run_dirs or [args.out], args.output or Path(args.out) / "report.html")
     print(f"report: {page} ({page.stat().st_size / 1e6:.2f} MB)")
@@ -427,9 +427,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv``, run the subcommand and return its exit code (2 for errors the user can fix)."""
-    from core.errors import UsageError
-    from core.events import is_rank_zero
-    from tracking.mode import resolve_mode
+    from dlhw.core.errors import UsageError
+    from dlhw.core.events import is_rank_zero
+    from dlhw.tracking.mode import resolve_mode
 
     try:
         args = get_args_parser().parse_args(argv)

@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tracking.readback import run_summary  # noqa: E402
+from dlhw.tracking.readback import run_summary  # noqa: E402
 
 GOAL_ACC = 0.95
 GOAL_S = 180.0

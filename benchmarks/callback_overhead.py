@@ -22,11 +22,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from callbacks.checkpoint import Checkpoint  # noqa: E402
-from callbacks.progress import ProgressBar, SummaryTable  # noqa: E402
-from callbacks.wandb_logger import WandbLogger  # noqa: E402
-from core.events import Callback  # noqa: E402
-from trainers.engine import Engine  # noqa: E402
+from dlhw.callbacks.checkpoint import Checkpoint  # noqa: E402
+from dlhw.callbacks.progress import ProgressBar, SummaryTable  # noqa: E402
+from dlhw.callbacks.wandb_logger import WandbLogger  # noqa: E402
+from dlhw.core.events import Callback  # noqa: E402
+from dlhw.trainers.engine import Engine  # noqa: E402
 from pairing import alternate, ratio_summary  # noqa: E402
 
 

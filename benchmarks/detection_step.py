@@ -31,16 +31,16 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pairing import alternate, ratio_summary  # noqa: E402
-from trainers.detection.dataset import PennFudan, collate, generate_pennfudan, read_pennfudan  # noqa: E402
-from trainers.detection.models import build_detector  # noqa: E402
-from trainers.detection.trainer import (  # noqa: E402
+from dlhw.trainers.detection.dataset import PennFudan, collate, generate_pennfudan, read_pennfudan  # noqa: E402
+from dlhw.trainers.detection.models import build_detector  # noqa: E402
+from dlhw.trainers.detection.trainer import (  # noqa: E402
     PROFILES,
     DetectionTrainer,
     EpochSlices,
     detector_kwargs,
     make_optimizer,
 )
-from trainers.detection.transforms import Augment  # noqa: E402
+from dlhw.trainers.detection.transforms import Augment  # noqa: E402
 
 
 # -- the reference loop (torchvision references/detection: utils.SmoothedValue, MetricLogger, train_one_epoch) --

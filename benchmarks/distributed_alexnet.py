@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tracking.readback import history, run_summary  # noqa: E402
+from dlhw.tracking.readback import history, run_summary  # noqa: E402
 
 
 def run(n: int, epochs: int, global_batch: int, out: Path) -> dict:

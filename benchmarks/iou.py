@@ -21,7 +21,7 @@ from torchvision.ops import box_iou as tv_box_iou
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pairing import alternate, ratio_summary  # noqa: E402
-from trainers.iou import box_iou  # noqa: E402
+from dlhw.trainers.iou import box_iou  # noqa: E402
 
 
 def random_boxes(n: int, generator: torch.Generator) -> torch.Tensor:

@@ -31,10 +31,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tracking.readback import run_summary  # noqa: E402
-from trainers.datasets import CIFAR10_DIR, CIFAR10_TEST, CIFAR10_TRAIN, FASHION_DIR, FASHION_FILES  # noqa: E402
-from trainers.datasets import cifar10_present, fashion_mnist_present  # noqa: E402
-from trainers.detection.dataset import generate_pennfudan  # noqa: E402
+from dlhw.tracking.readback import run_summary  # noqa: E402
+from dlhw.trainers.datasets import CIFAR10_DIR, CIFAR10_TEST, CIFAR10_TRAIN, FASHION_DIR, FASHION_FILES  # noqa: E402
+from dlhw.trainers.datasets import cifar10_present, fashion_mnist_present  # noqa: E402
+from dlhw.trainers.detection.dataset import generate_pennfudan  # noqa: E402
 
 RECIPES = {
     # name: (launch.py arguments, training images per epoch at full size)

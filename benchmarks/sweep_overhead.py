@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tracking.sweep import Runner, Sweep  # noqa: E402
+from dlhw.tracking.sweep import Runner, Sweep  # noqa: E402
 
 CPU_TRIAL = """\
 import argparse

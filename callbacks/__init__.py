@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from core.events import Callback
+from dlhw.core.events import Callback
 
 # The project a run goes to when neither --project nor WANDB_PROJECT names one.
 DEFAULT_PROJECT = "dlhw"
@@ -28,11 +28,11 @@ def standard_callbacks(
     ``log_every`` is the experiment's default for how often per-step metrics are sent (1 where a
     step takes seconds); ``--log-every`` overrides it.
     """
-    from callbacks.progress import ProgressBar, SummaryTable
+    from dlhw.callbacks.progress import ProgressBar, SummaryTable
 
     cbs: list[Callback] = []
     if args.wandb_mode != "disabled":
-        from callbacks.wandb_logger import WandbLogger
+        from dlhw.callbacks.wandb_logger import WandbLogger
 
         cbs.append(
             WandbLogger(

@@ -7,9 +7,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from core.events import Callback, Loop, is_rank_zero
-from core.files import BackgroundWriter, plain
-from core.session import Stopped
+from dlhw.core.events import Callback, Loop, is_rank_zero
+from dlhw.core.files import BackgroundWriter, plain
+from dlhw.core.session import Stopped
 
 LAST, BEST, FINISHED = "last.pt", "best.pt", "finished.pt"
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from callbacks.panels import ConfusionMatrix, FeatureMaps, LearnedFilters
-from core.events import EPOCH_AXIS, Callback, Loop
+from dlhw.callbacks.panels import ConfusionMatrix, FeatureMaps, LearnedFilters
+from dlhw.core.events import EPOCH_AXIS, Callback, Loop
 
 
 class FilterGrid(Callback):

@@ -10,9 +10,9 @@ import wandb
 from rich.console import Console
 from rich.table import Table
 
-from callbacks.panels import PHOTO_COLUMNS, DetectionTable, PhotoComparison
-from callbacks.progress import _fmt, report_console
-from core.events import EPOCH_AXIS, Callback, Loop
+from dlhw.callbacks.panels import PHOTO_COLUMNS, DetectionTable, PhotoComparison
+from dlhw.callbacks.progress import _fmt, report_console
+from dlhw.core.events import EPOCH_AXIS, Callback, Loop
 
 
 class _CachedPictures(Callback):

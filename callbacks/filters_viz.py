@@ -8,9 +8,9 @@ from typing import Any
 
 import wandb
 
-from callbacks.panels import FILTER_COLUMNS, FilterTable
-from core.events import EPOCH_AXIS, STEP_AXIS, Callback, Loop
-from viz.kernels import DIRECTIONS
+from dlhw.callbacks.panels import FILTER_COLUMNS, FilterTable
+from dlhw.core.events import EPOCH_AXIS, STEP_AXIS, Callback, Loop
+from dlhw.viz.kernels import DIRECTIONS
 
 
 class FilterTables(Callback):

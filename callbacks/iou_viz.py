@@ -8,8 +8,8 @@ from typing import Any
 
 import wandb
 
-from core.events import EPOCH_AXIS, Callback, Loop
-from viz.iou import LABELS, slide_figure
+from dlhw.core.events import EPOCH_AXIS, Callback, Loop
+from dlhw.viz.iou import LABELS, slide_figure
 
 
 def _r(v: float) -> float:

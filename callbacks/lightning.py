@@ -3,7 +3,7 @@
 .. code-block:: python
 
     from lightning.pytorch.loggers import WandbLogger
-    from callbacks.lightning import ConfusionMatrixCallback, FeatureMapsCallback, LearnedFiltersCallback, WeightDecayCallback
+    from dlhw.callbacks.lightning import ConfusionMatrixCallback, FeatureMapsCallback, LearnedFiltersCallback, WeightDecayCallback
 
     trainer = L.Trainer(logger=WandbLogger(), callbacks=[LearnedFiltersCallback(), FeatureMapsCallback(x[:4]),
                                                          ConfusionMatrixCallback(classes), WeightDecayCallback()])
@@ -22,8 +22,8 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.loggers import WandbLogger
 
-from callbacks.panels import ConfusionMatrix, FeatureMaps, LearnedFilters
-from callbacks.weight_decay import WeightDecayProbe
+from dlhw.callbacks.panels import ConfusionMatrix, FeatureMaps, LearnedFilters
+from dlhw.callbacks.weight_decay import WeightDecayProbe
 
 
 def _run(trainer: pl.Trainer) -> Any:

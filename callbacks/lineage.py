@@ -6,7 +6,7 @@ from pathlib import Path
 
 import wandb
 
-from core.events import Callback, Loop, is_rank_zero
+from dlhw.core.events import Callback, Loop, is_rank_zero
 
 
 class DatasetArtifact(Callback):

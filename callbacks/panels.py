@@ -34,11 +34,11 @@ import wandb
 from PIL import Image
 from torch import nn
 
-from callbacks.tables import EpochTable
-from viz.detections import THRESHOLDS, people_counts
-from viz.feature_maps import feature_map_grid, filter_grid, upscale
-from viz.images import kernel_picture, to_uint8
-from viz.kernels import DIRECTIONS, apply_kernel, directional_gains, high_frequency_energy
+from dlhw.callbacks.tables import EpochTable
+from dlhw.viz.detections import THRESHOLDS, people_counts
+from dlhw.viz.feature_maps import feature_map_grid, filter_grid, upscale
+from dlhw.viz.images import kernel_picture, to_uint8
+from dlhw.viz.kernels import DIRECTIONS, apply_kernel, directional_gains, high_frequency_energy
 
 
 class Panel:

@@ -19,7 +19,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from core.events import Callback, EPOCH_AXIS, Loop, is_rank_zero
+from dlhw.core.events import Callback, EPOCH_AXIS, Loop, is_rank_zero
 
 
 def report_console(*, stderr: bool = False) -> Console:

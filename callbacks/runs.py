@@ -11,7 +11,7 @@ from typing import Any
 import wandb
 from wandb import env as wandb_env
 
-from callbacks import DEFAULT_PROJECT
+from dlhw.callbacks import DEFAULT_PROJECT
 
 # Online runs give up on an unreachable server after this long and fall back to offline.
 ONLINE_INIT_TIMEOUT_S = 30

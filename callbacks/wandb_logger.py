@@ -13,9 +13,9 @@ from typing import Any
 import wandb
 from wandb import env as wandb_env
 
-from callbacks.runs import init_run
-from core.events import Callback, EPOCH_AXIS, Loop, STEP_AXIS, is_rank_zero
-from core.session import Stopped
+from dlhw.callbacks.runs import init_run
+from dlhw.core.events import Callback, EPOCH_AXIS, Loop, STEP_AXIS, is_rank_zero
+from dlhw.core.session import Stopped
 
 # How far back the journal of sent numbers reaches: W&B's service writes its file every 15 s
 # (``x_transaction_log_flush_interval``), with room to spare.

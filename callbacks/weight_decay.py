@@ -35,9 +35,9 @@ from typing import Any
 
 import torch
 
-from callbacks.hessian import top_hessian_eigenvalue
-from callbacks.panels import Panel
-from core.events import STEP_AXIS, Callback, Loop
+from dlhw.callbacks.hessian import top_hessian_eigenvalue
+from dlhw.callbacks.panels import Panel
+from dlhw.core.events import STEP_AXIS, Callback, Loop
 
 
 def stability_bound(*, optimizer: str, momentum: float, wd_mode: str, lr: float, weight_decay: float) -> float:

@@ -50,7 +50,7 @@ def writable_folder(path: str | os.PathLike[str], flag: str = "--out") -> Path:
     (:class:`~core.errors.UsageError` naming ``flag``) instead of a failure hours into a run; the
     probe file is removed, and nothing already in the folder is touched.
     """
-    from core.errors import UsageError
+    from dlhw.core.errors import UsageError
 
     path = Path(path)
     try:

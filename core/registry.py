@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
-from core.errors import UsageError, suggest
+from dlhw.core.errors import UsageError, suggest
 
 T = TypeVar("T")
 

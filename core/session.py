@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from core.events import EPOCH_AXIS, STEP_AXIS, Callback, is_rank_zero
+from dlhw.core.events import EPOCH_AXIS, STEP_AXIS, Callback, is_rank_zero
 
 # The signals that ask a training run to stop cleanly: Ctrl-C, and what schedulers and
 # preemptible machines send before they kill a process.

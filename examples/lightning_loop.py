@@ -14,7 +14,7 @@ from sklearn.datasets import load_digits
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from callbacks.lightning import ConfusionMatrixCallback, FeatureMapsCallback, LearnedFiltersCallback, WeightDecayCallback
+from dlhw.callbacks.lightning import ConfusionMatrixCallback, FeatureMapsCallback, LearnedFiltersCallback, WeightDecayCallback
 
 
 class DigitsNet(L.LightningModule):

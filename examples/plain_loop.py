@@ -11,8 +11,8 @@ import wandb
 from sklearn.datasets import load_digits
 from torch import nn
 
-from callbacks.panels import ConfusionMatrix, FeatureMaps, LearnedFilters
-from callbacks.weight_decay import WeightDecayProbe
+from dlhw.callbacks.panels import ConfusionMatrix, FeatureMaps, LearnedFilters
+from dlhw.callbacks.weight_decay import WeightDecayProbe
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--epochs", type=int, default=5)

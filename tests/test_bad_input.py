@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 import launch
-from trainers.detection.dataset import IMAGES, MASKS, generate_pennfudan
+from dlhw.trainers.detection.dataset import IMAGES, MASKS, generate_pennfudan
 
 UNREACHABLE = "http://127.0.0.1:9/x.jpg"  # the discard port: nothing listens, nothing leaves the machine
 

@@ -12,7 +12,7 @@ from PIL import Image
 
 from launch import get_args_parser
 from tests.conftest import only_run_dir
-from tracking.readback import logged_table, run_summary
+from dlhw.tracking.readback import logged_table, run_summary
 
 
 def _run(cmd, *args, env=None):

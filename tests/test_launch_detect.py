@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tracking.readback import artifacts, history, logged_table, run_summary
-from trainers.detection.dataset import generate_pennfudan
+from dlhw.tracking.readback import artifacts, history, logged_table, run_summary
+from dlhw.trainers.detection.dataset import generate_pennfudan
 
 # A small timm backbone for option 2: the tutorial's MobileNetV2 head alone is 64M parameters.
 TINY = ["--backbone", "timm/mobilenetv3_small_100", "--levels", "1", "--epochs", "1", "--min-size", "64", "--max-size", "96", "--holdout", "3", "--train-eval-images", "2",

@@ -8,7 +8,7 @@ import pytest
 
 from launch import main
 from tests.conftest import only_run_dir
-from tracking.readback import history, logged_table, run_summary
+from dlhw.tracking.readback import history, logged_table, run_summary
 
 
 def test_iou_end_to_end_offline(launch_cmd, tmp_path):

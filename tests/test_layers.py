@@ -25,7 +25,7 @@ ALLOWED = {
 
 
 def suite_imports(path: Path) -> set[str]:
-    """Top-level suite packages that ``path`` imports."""
+    """Suite packages (``dlhw.X``, and ``launch``) that ``path`` imports."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
@@ -34,7 +34,8 @@ def suite_imports(path: Path) -> set[str]:
             names = [node.module]
         else:
             continue
-        found |= {n.split(".")[0] for n in names} & set(ALLOWED)
+        found |= {n.split(".")[1] for n in names if n.startswith("dlhw.")} & set(ALLOWED)
+        found |= {"launch"} & set(names)
     return found
 
 

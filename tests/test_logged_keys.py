@@ -12,17 +12,17 @@ from collections import defaultdict
 
 import pytest
 
-from callbacks.wandb_logger import WandbLogger
-from core.events import EPOCH_AXIS
-from core.session import Session
+from dlhw.callbacks.wandb_logger import WandbLogger
+from dlhw.core.events import EPOCH_AXIS
+from dlhw.core.session import Session
 from launch import get_args_parser, main
-from tracking.readback import artifacts, history, records, run_summary
-from trainers.classification import AlexNetSettings, resolve_args
-from trainers.detection.dataset import generate_pennfudan
-from trainers.detection.trainer import DetectSettings
-from trainers.filters import FiltersSettings, filters_settings
-from trainers.iou import IoUSetup, setup_from_args
-from trainers.settings import make
+from dlhw.tracking.readback import artifacts, history, records, run_summary
+from dlhw.trainers.classification import AlexNetSettings, resolve_args
+from dlhw.trainers.detection.dataset import generate_pennfudan
+from dlhw.trainers.detection.trainer import DetectSettings
+from dlhw.trainers.filters import FiltersSettings, filters_settings
+from dlhw.trainers.iou import IoUSetup, setup_from_args
+from dlhw.trainers.settings import make
 
 
 @pytest.fixture

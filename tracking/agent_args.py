@@ -25,7 +25,7 @@ import os
 import sys
 from typing import Any, NoReturn
 
-from core.errors import UsageError, suggest
+from dlhw.core.errors import UsageError, suggest
 
 TRUE_WORDS = ("true", "1", "yes")
 FALSE_WORDS = ("false", "0", "no")

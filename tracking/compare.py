@@ -20,9 +20,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from callbacks.progress import report_console
-from core.errors import UsageError
-from tracking.readback import run_summary
+from dlhw.callbacks.progress import report_console
+from dlhw.core.errors import UsageError
+from dlhw.tracking.readback import run_summary
 
 # Flags that say where and under which label a run was filed, not what it computed: they differ
 # between any two sweep trials and would crowd out the parameters that matter.
@@ -106,7 +106,7 @@ def sweep_runs(sweep_dir: str | Path) -> tuple[list[RunRecord], Any]:
     The runner already read each trial's run while it ran (parameters, summary); only a trial
     without a recorded summary (a sweep with no metric) is read back again.
     """
-    from tracking.sweep import Sweep
+    from dlhw.tracking.sweep import Sweep
 
     sweep = Sweep.load(sweep_dir)
     trials = [t for t in sweep.trials if t.run_dir and Path(t.run_dir).is_dir()]

@@ -22,10 +22,10 @@ from typing import Any
 
 from PIL import Image
 
-from core.errors import UsageError
-from core.files import atomic_file
-from tracking.compare import RunRecord, differing_keys, find_run_dirs, local_runs, plot_metric
-from tracking.readback import history, records, run_summary, staged_files
+from dlhw.core.errors import UsageError
+from dlhw.core.files import atomic_file
+from dlhw.tracking.compare import RunRecord, differing_keys, find_run_dirs, local_runs, plot_metric
+from dlhw.tracking.readback import history, records, run_summary, staged_files
 
 # The theory's numbers (docs/theory.md), shown beside what the runs measured.
 KINK_THEORY = {-2.0: (0.0, 0.1), 0.0: (40 / 256, 0.0), 2.0: (0.0, -40 / 256), 4.0: (-0.1, 0.0)}

@@ -19,10 +19,10 @@ from typing import Any
 
 from wandb import env as wandb_env
 
-from callbacks.checkpoint import FINISHED, LAST
-from core.events import EPOCH_AXIS, STEP_AXIS, is_rank_zero
-from core.session import Stopped
-from trainers.engine import Engine, read_checkpoint
+from dlhw.callbacks.checkpoint import FINISHED, LAST
+from dlhw.core.events import EPOCH_AXIS, STEP_AXIS, is_rank_zero
+from dlhw.core.session import Stopped
+from dlhw.trainers.engine import Engine, read_checkpoint
 
 
 @dataclass
@@ -82,7 +82,7 @@ def sent_before(wandb_dir: str | Path, run_id: str) -> dict[str, int]:
     """Per metric key, the last ``trainer/step`` or ``epoch`` at which the local W&B run folders of
     ``run_id`` under ``wandb_dir`` logged it: what an earlier process sent, including anything after
     its last checkpoint. Online runs keep the same local files, so this serves both modes."""
-    from tracking.readback import history
+    from dlhw.tracking.readback import history
 
     sent: dict[str, int] = {}
     for run_dir in sorted((Path(wandb_dir) / "wandb").glob(f"*run-*-{run_id}")):
@@ -108,7 +108,7 @@ def continue_from(trainer: Engine, resume: Resume | None, wandb_dir: str | Path)
     sweep trial started again keeps even when it was killed before its first checkpoint."""
     if resume is not None:
         trainer.load_checkpoint_state(resume.state)
-    from callbacks.wandb_logger import WandbLogger
+    from dlhw.callbacks.wandb_logger import WandbLogger
 
     logger = trainer.find_callback(WandbLogger)
     run_id = os.environ.get(wandb_env.RUN_ID) or (resume.run_id if resume is not None else None)

@@ -47,11 +47,11 @@ from wandb import env as wandb_env
 from wandb.sdk.lib.runid import generate_id
 from wandb.wandb_agent import Agent
 
-from core.errors import UsageError
-from core.files import atomic_file
-from tracking import agent_command
-from tracking.mode import OUT_ENV, RESUME_ENV
-from tracking.readback import follow, history, stop_follower
+from dlhw.core.errors import UsageError
+from dlhw.core.files import atomic_file
+from dlhw.tracking import agent_command
+from dlhw.tracking.mode import OUT_ENV, RESUME_ENV
+from dlhw.tracking.readback import follow, history, stop_follower
 
 with warnings.catch_warnings():
     # The engine's SweepRun still uses pydantic-v1 config spellings; those warnings are W&B's

@@ -10,9 +10,9 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from callbacks.progress import report_console
-from core.errors import UsageError
-from tracking.sweep import (
+from dlhw.callbacks.progress import report_console
+from dlhw.core.errors import UsageError
+from dlhw.tracking.sweep import (
     ENDED, FAILED, FINISHED, INTERRUPTED, RUNNING, STOPPED, Runner, Sweep, SweepStopped, Trial, load_config,
     parse_param_overrides, reproduce_command,
 )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from core.registry import Registry
+from dlhw.core.registry import Registry
 
 MODELS: Registry[AlexNet] = Registry("AlexNet variant")
 

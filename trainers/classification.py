@@ -25,16 +25,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from core.distributed import Dist, wrap_ddp
-from core.errors import UsageError
-from core.events import Callback, EPOCH_AXIS, STEP_AXIS
-from trainers.alexnet import MODELS
-from trainers.amp import Precision
-from trainers.datasets import DATASETS, Loaders, resolve_dataset
-from trainers.device_data import DeviceBatches
-from trainers.engine import Engine, check_finite, pipeline_generators
-from trainers.settings import add_arguments as settings_flags
-from trainers.settings import make, setting, settings, values
+from dlhw.core.distributed import Dist, wrap_ddp
+from dlhw.core.errors import UsageError
+from dlhw.core.events import Callback, EPOCH_AXIS, STEP_AXIS
+from dlhw.trainers.alexnet import MODELS
+from dlhw.trainers.amp import Precision
+from dlhw.trainers.datasets import DATASETS, Loaders, resolve_dataset
+from dlhw.trainers.device_data import DeviceBatches
+from dlhw.trainers.engine import Engine, check_finite, pipeline_generators
+from dlhw.trainers.settings import add_arguments as settings_flags
+from dlhw.trainers.settings import make, setting, settings, values
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 WD_MODES = ("l2", "coupled", "decoupled")
@@ -469,8 +469,8 @@ def build_trainer(settings: AlexNetSettings, callbacks: Iterable[Callback], dist
     """Data, model and trainer from the resolved settings (see :func:`resolve_args`); they are the run's config.
     ``dist`` (from :func:`core.distributed.init_distributed`): the torchrun job this process is a rank of,
     whose device it trains on."""
-    from trainers.alexnet import create_model
-    from trainers.datasets import load, make_loaders
+    from dlhw.trainers.alexnet import create_model
+    from dlhw.trainers.datasets import load, make_loaders
 
     if dist is None:
         dist = Dist(device=torch.device(resolve_device(settings.device)))

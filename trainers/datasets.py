@@ -25,11 +25,11 @@ import torch
 from albumentations.pytorch import ToTensorV2
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
-from core.distributed import ShardedSampler, shard
-from core.errors import UsageError
-from core.registry import Registry
-from trainers.device_data import DeviceBatches
-from trainers.download import socket_timeout
+from dlhw.core.distributed import ShardedSampler, shard
+from dlhw.core.errors import UsageError
+from dlhw.core.registry import Registry
+from dlhw.trainers.device_data import DeviceBatches
+from dlhw.trainers.download import socket_timeout
 
 # The split of a dataset never depends on --seed, so runs that differ in seed, lambda or the
 # learning rate are compared on the same images.

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from core.distributed import shard
+from dlhw.core.distributed import shard
 
 ROTATION_DEGREES = 10.0
 CROP_PADDING = 2

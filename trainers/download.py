@@ -18,7 +18,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
-from core.files import atomic_file
+from dlhw.core.files import atomic_file
 
 CACHE_ENV = "DLHW_CACHE"
 # Long enough for a slow server to answer, short enough that an offline machine moves on at once.

@@ -40,11 +40,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from core.distributed import Dist
-from core.errors import UsageError
-from core.events import Callback
-from core.files import plain
-from core.session import STOP_SIGNALS, Session
+from dlhw.core.distributed import Dist
+from dlhw.core.errors import UsageError
+from dlhw.core.events import Callback
+from dlhw.core.files import plain
+from dlhw.core.session import STOP_SIGNALS, Session
 
 # The layout of what checkpoint_state returns; raised whenever a field changes meaning, so that an
 # older program refuses a newer checkpoint instead of misreading it.

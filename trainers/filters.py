@@ -14,12 +14,12 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from core.errors import UsageError
-from core.events import Callback
-from core.session import Session
-from trainers.settings import add_arguments as settings_flags
-from trainers.settings import make, setting, settings, values
-from viz.kernels import DIRECTIONS, KERNELS, apply_kernel, grating_gain, high_frequency_energy, kernel
+from dlhw.core.errors import UsageError
+from dlhw.core.events import Callback
+from dlhw.core.session import Session
+from dlhw.trainers.settings import add_arguments as settings_flags
+from dlhw.trainers.settings import make, setting, settings, values
+from dlhw.viz.kernels import DIRECTIONS, KERNELS, apply_kernel, grating_gain, high_frequency_energy, kernel
 
 # scikit-image ships these inside the package, so they need no download.
 SAMPLE_IMAGES = ("camera", "astronaut", "coffee")

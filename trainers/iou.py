@@ -27,11 +27,11 @@ import torch
 from torch import Tensor
 from torchvision.ops import distance_box_iou, generalized_box_iou, generalized_box_iou_loss
 
-from core.errors import UsageError
-from core.events import Callback
-from core.session import Session
-from trainers.settings import add_arguments as settings_flags
-from trainers.settings import make, setting, settings, values
+from dlhw.core.errors import UsageError
+from dlhw.core.events import Callback
+from dlhw.core.session import Session
+from dlhw.trainers.settings import add_arguments as settings_flags
+from dlhw.trainers.settings import make, setting, settings, values
 
 DEFAULT_BOX_A = (0.0, 0.0, 4.0, 4.0)
 DEFAULT_BOX_B = (-4.0, 1.0, -2.0, 3.0)

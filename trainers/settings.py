@@ -22,7 +22,7 @@ import typing
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
-from core.errors import UsageError
+from dlhw.core.errors import UsageError
 
 T = TypeVar("T")
 SCALARS = (int, float, str, bool)

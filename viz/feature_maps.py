@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from viz.images import grid
+from dlhw.viz.images import grid
 
 
 def upscale(image: torch.Tensor, min_side: int) -> torch.Tensor:

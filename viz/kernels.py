@@ -24,7 +24,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from core.registry import Registry
+from dlhw.core.registry import Registry
 
 KERNELS: Registry[torch.Tensor] = Registry("filter")
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from callbacks.checkpoint import Checkpoint
-from core.events import Callback
-from trainers.engine import Engine
+from dlhw.callbacks.checkpoint import Checkpoint
+from dlhw.core.events import Callback
+from dlhw.trainers.engine import Engine
 
 
 class Improving(Engine):

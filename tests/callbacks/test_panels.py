@@ -7,9 +7,9 @@ import torch
 import wandb
 from torch import nn
 
-from callbacks.panels import ConfusionMatrix, DetectionTable, FeatureMaps, FilterTable, LearnedFilters, PhotoComparison
-from callbacks.weight_decay import WeightDecayProbe
-from trainers.classification import SGDW
+from dlhw.callbacks.panels import ConfusionMatrix, DetectionTable, FeatureMaps, FilterTable, LearnedFilters, PhotoComparison
+from dlhw.callbacks.weight_decay import WeightDecayProbe
+from dlhw.trainers.classification import SGDW
 
 LR, LAMBDA = 0.1, 0.5
 
@@ -111,7 +111,7 @@ def test_panels_log_against_their_own_axis_and_never_go_back(tmp_path):
         FeatureMaps(model, torch.rand(2, 1, 8, 8), run=run).log(step=1)
         ConfusionMatrix(["a", "b"]).log([0, 1, 1], [0, 1, 0])
         assert wandb.run is run  # the panels neither finished nor replaced the user's run
-    from tracking.readback import history
+    from dlhw.tracking.readback import history
 
     rows = history(next((tmp_path / "wandb").glob("offline-run-*")))
     assert [r["viz/step"] for r in rows if "viz/conv1_filters._type" in r] == [2]
@@ -120,7 +120,7 @@ def test_panels_log_against_their_own_axis_and_never_go_back(tmp_path):
 
 
 def test_filter_detection_and_photo_panels_reach_the_run(tmp_path):
-    from tracking.readback import logged_table
+    from dlhw.tracking.readback import logged_table
 
     image = torch.rand(3, 12, 16)
     target = {"boxes": torch.tensor([[1.0, 2.0, 9.0, 10.0]]), "labels": torch.tensor([1]), "image_id": torch.tensor(7)}
@@ -151,7 +151,7 @@ def test_picture_folder_goes_with_the_cache_when_nobody_removes_it():
 
     import numpy as np
 
-    from callbacks.panels import PictureCache
+    from dlhw.callbacks.panels import PictureCache
 
     cache = PictureCache()
     path = cache.path("a", np.zeros((4, 4, 3), np.uint8))

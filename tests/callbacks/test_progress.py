@@ -4,8 +4,8 @@ import io
 
 from rich.console import Console
 
-from callbacks.progress import ProgressBar, SummaryTable
-from trainers.engine import Engine
+from dlhw.callbacks.progress import ProgressBar, SummaryTable
+from dlhw.trainers.engine import Engine
 
 
 class Steps(Engine):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from callbacks.weight_decay import stability_bound
+from dlhw.callbacks.weight_decay import stability_bound
 
 LR, LAMBDA, MOMENTUM, STEPS = 0.1, 2.0, 0.9, 1000
 

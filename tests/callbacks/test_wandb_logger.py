@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from callbacks.checkpoint import Checkpoint
-from callbacks.wandb_logger import WandbLogger
-from tracking.readback import artifacts, history, run_summary
-from trainers.engine import Engine
+from dlhw.callbacks.checkpoint import Checkpoint
+from dlhw.callbacks.wandb_logger import WandbLogger
+from dlhw.tracking.readback import artifacts, history, run_summary
+from dlhw.trainers.engine import Engine
 
 
 class Tiny(Engine):

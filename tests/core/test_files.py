@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core.files import BackgroundWriter, CheckpointError, save_atomic
+from dlhw.core.files import BackgroundWriter, CheckpointError, save_atomic
 
 
 def test_the_file_holds_the_state_at_submit_even_if_training_goes_on(tmp_path):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from core.events import EPOCH_AXIS, Callback
-from core.session import Session
+from dlhw.core.events import EPOCH_AXIS, Callback
+from dlhw.core.session import Session
 
 
 class Events(Callback):

@@ -25,10 +25,11 @@ import torch
 from torch import nn
 
 import launch
-import trainers.classification
-import trainers.detection.trainer
-import trainers.device_data
-from core.events import Callback
+from dlhw import trainers
+import dlhw.trainers.classification
+import dlhw.trainers.detection.trainer
+import dlhw.trainers.device_data
+from dlhw.core.events import Callback
 
 RANK = int(os.environ.get("RANK", "0"))
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from core.distributed import init_distributed
+from dlhw.core.distributed import init_distributed
 
 dist = init_distributed("cpu")
 params = yaml.safe_load(Path(os.environ["WANDB_SWEEP_PARAM_PATH"]).read_text())

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.utils.data import DistributedSampler
 
-from core.distributed import Dist, ShardedSampler, init_distributed, shard, wrap_ddp
+from dlhw.core.distributed import Dist, ShardedSampler, init_distributed, shard, wrap_ddp
 
 
 @pytest.mark.parametrize("world", [1, 2, 3, 4])
@@ -82,7 +82,7 @@ def test_data_loader_shards_stopped_early_keep_a_single_process_stream():
     # batches of 8, interleaved, are one process's batches of 16 in every epoch, also when each
     # epoch stops after 2 batches (--limit-batches), where drawing a whole epoch ahead would shift
     # the next epoch's order.
-    from trainers.datasets import load, make_loaders
+    from dlhw.trainers.datasets import load, make_loaders
 
     splits = load("digits", "data")
     one = make_loaders(splits, size=32, batch_size=16, augment=False, seed=3).train

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT, only_run_dir
-from tracking.readback import run_summary
+from dlhw.tracking.readback import run_summary
 
 LAUNCHER = str(ROOT / "tests" / "distributed" / "launcher.py")
 # 2 epochs of 4 steps; evaluation limited to 4 batches per rank too. The global batch is 16 in both

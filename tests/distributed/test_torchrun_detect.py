@@ -10,8 +10,8 @@ import sys
 import pytest
 
 from tests.conftest import ROOT, only_run_dir
-from tracking.readback import logged_table, run_summary
-from trainers.detection.dataset import generate_pennfudan
+from dlhw.tracking.readback import logged_table, run_summary
+from dlhw.trainers.detection.dataset import generate_pennfudan
 
 # 5 training images (3 steps per rank at batch 1, the last one padded), 3 held out (2 and 1 per rank).
 TINY = ["--option", "2", "--skip-photo", "--backbone", "timm/mobilenetv3_small_100", "--levels", "1", "--epochs", "1",

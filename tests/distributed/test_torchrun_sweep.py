@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT
-from tracking.agent_command import trial_command, trial_environment
-from tracking.readback import run_summary
+from dlhw.tracking.agent_command import trial_command, trial_environment
+from dlhw.tracking.readback import run_summary
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # the engine's pydantic-v1 spellings warn at import

@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.distributed import Dist
+from dlhw.core.distributed import Dist
 from tests.conftest import ROOT
 from tests.distributed import worker
-from trainers.detection.coco_eval import coco_ground_truth, coco_metrics
-from trainers.detection.trainer import EpochSlices
+from dlhw.trainers.detection.coco_eval import coco_ground_truth, coco_metrics
+from dlhw.trainers.detection.trainer import EpochSlices
 
 WORKER = str(ROOT / "tests" / "distributed" / "worker.py")
 # What the failure tests allow for two processes to start, fail and be cleaned up on a busy machine:

@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from core.distributed import Dist, ShardedSampler, init_distributed, shard, wrap_ddp
-from trainers.detection.coco_eval import coco_ground_truth, coco_metrics
-from trainers.detection.trainer import EpochSlices
-from trainers.device_data import DeviceBatches
+from dlhw.core.distributed import Dist, ShardedSampler, init_distributed, shard, wrap_ddp
+from dlhw.trainers.detection.coco_eval import coco_ground_truth, coco_metrics
+from dlhw.trainers.detection.trainer import EpochSlices
+from dlhw.trainers.device_data import DeviceBatches
 
 N_IMAGES = 11  # odd, so the training shards need padding and the evaluation shards differ in length
 TRAIN_IMAGES = 12  # a multiple of the global batch, so no rank pads and one process sees the same batches

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tracking.readback import history, run_summary
+from dlhw.tracking.readback import history, run_summary
 
 ROOT = Path(__file__).resolve().parents[2]
 PANEL_KEYS = {"viz/conv1_filters", "viz/feature_maps", "test/confusion_matrix_table", "wd/weight_norm",

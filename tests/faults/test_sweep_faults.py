@@ -19,8 +19,8 @@ import pytest
 
 from launch import main
 from tests.tracking.test_sweep import sweep_dirs, write_sweep
-from tracking.readback import records, run_summary
-from tracking.sweep import Sweep, group_processes, trial_processes
+from dlhw.tracking.readback import records, run_summary
+from dlhw.tracking.sweep import Sweep, group_processes, trial_processes
 
 
 def start_runner(launch_cmd: list[str], cfg: Path, out: Path) -> subprocess.Popen:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tracking.readback import history, run_summary
+from dlhw.tracking.readback import history, run_summary
 
 ROOT = Path(__file__).resolve().parents[2]
 # Tiny on purpose: 4 epochs of 3 steps of 16 digits each, no curvature probe, no feature maps.

@@ -9,12 +9,12 @@ import json
 import pytest
 from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
 
-from core.errors import UsageError
+from dlhw.core.errors import UsageError
 from launch import get_args_parser, resolve_locations
-from tracking.agent_command import trial_environment, wire_params
-from trainers.classification import resolve_args
-from trainers.filters import filters_settings
-from trainers.iou import setup_from_args
+from dlhw.tracking.agent_command import trial_environment, wire_params
+from dlhw.trainers.classification import resolve_args
+from dlhw.trainers.filters import filters_settings
+from dlhw.trainers.iou import setup_from_args
 
 MACROS = ["args", "args_no_equals", "args_no_boolean_flags", "args_no_hyphens", "args_json", "args_json_file"]
 

@@ -18,8 +18,8 @@ import pytest
 from wandb import wandb_agent
 from wandb.sdk.lib.config_util import dict_from_config_file
 
-from tracking import agent_command
-from tracking.agent_command import split_sweep_path, trial_command, trial_environment, wire_params
+from dlhw.tracking import agent_command
+from dlhw.tracking.agent_command import split_sweep_path, trial_command, trial_environment, wire_params
 
 PARAMS = wire_params({"lr": 0.1, "augment": True, "decay_all": False, "optimizer": "adam"})
 

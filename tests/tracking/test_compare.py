@@ -5,7 +5,7 @@ from __future__ import annotations
 import matplotlib.image
 
 from launch import main
-from tracking.compare import RunRecord, differing_keys, plot_metric, plot_series, rank
+from dlhw.tracking.compare import RunRecord, differing_keys, plot_metric, plot_series, rank
 
 
 def _rec(name, lr, wd, acc, **config):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shlex
 
-from tracking.resume import find_checkpoint, resolve_resume, resume_command
+from dlhw.tracking.resume import find_checkpoint, resolve_resume, resume_command
 
 
 def _touch(path, when):

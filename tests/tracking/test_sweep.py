@@ -10,10 +10,10 @@ from rich.console import Console
 
 from launch import main
 from tests.conftest import ROOT
-from tracking.compare import local_runs
-from tracking.readback import records, run_summary
-from tracking.sweep import Sweep, load_config, merge_history
-from tracking.sweep_view import final_report
+from dlhw.tracking.compare import local_runs
+from dlhw.tracking.readback import records, run_summary
+from dlhw.tracking.sweep import Sweep, load_config, merge_history
+from dlhw.tracking.sweep_view import final_report
 
 PROGRAM = str(ROOT / "tests" / "tracking" / "trial_program.py")
 

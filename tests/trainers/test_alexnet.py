@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core.errors import UsageError
-from trainers.alexnet import MODELS, create_model
+from dlhw.core.errors import UsageError
+from dlhw.trainers.alexnet import MODELS, create_model
 
 
 def conv(cin: int, cout: int, k: int) -> int:

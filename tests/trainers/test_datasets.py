@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from tests.trainers.standins import write_cifar10, write_fashion_mnist
-from core.errors import UsageError
-from trainers import datasets
-from trainers.datasets import load, make_loaders, read_idx, resolve_dataset
+from dlhw.core.errors import UsageError
+from dlhw.trainers import datasets
+from dlhw.trainers.datasets import load, make_loaders, read_idx, resolve_dataset
 
 
 def test_digits_split_is_fixed_and_disjoint():

@@ -7,8 +7,8 @@ import pytest
 import torch
 from scipy.stats import ks_2samp
 
-from trainers.datasets import load, make_loaders, transforms
-from trainers.device_data import DeviceBatches, augment, epoch_generator
+from dlhw.trainers.datasets import load, make_loaders, transforms
+from dlhw.trainers.device_data import DeviceBatches, augment, epoch_generator
 
 DRAWS = 3000
 YY, XX = np.mgrid[:32, :32]

@@ -6,7 +6,7 @@ import hashlib
 
 import pytest
 
-from trainers.download import DownloadError, download, hash_prefix
+from dlhw.trainers.download import DownloadError, download, hash_prefix
 
 
 def _source(tmp_path, data=b"pedestrians" * 1000):

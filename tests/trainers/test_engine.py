@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-from core.events import Callback, EPOCH_AXIS, STEP_AXIS
-from trainers.engine import Engine, check_finite
+from dlhw.core.events import Callback, EPOCH_AXIS, STEP_AXIS
+from dlhw.trainers.engine import Engine, check_finite
 
 
 class Recorder(Callback):

@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torchvision.ops import box_iou as tv_box_iou
 
-from core.errors import UsageError
-from trainers.iou import (
+from dlhw.core.errors import UsageError
+from dlhw.trainers.iou import (
     DEFAULT_BOX_A,
     DEFAULT_BOX_B,
     Descent,

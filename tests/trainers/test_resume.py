@@ -12,11 +12,11 @@ import pytest
 import torch
 from torch import nn
 
-from callbacks.checkpoint import BEST, FINISHED, LAST, Checkpoint
-from core.errors import UsageError
-from core.events import Callback
-from core.session import Stopped
-from trainers.engine import CHECKPOINT_FORMAT, Engine, callback_keys, check_resumable, read_checkpoint
+from dlhw.callbacks.checkpoint import BEST, FINISHED, LAST, Checkpoint
+from dlhw.core.errors import UsageError
+from dlhw.core.events import Callback
+from dlhw.core.session import Stopped
+from dlhw.trainers.engine import CHECKPOINT_FORMAT, Engine, callback_keys, check_resumable, read_checkpoint
 
 
 class Noisy(Engine):

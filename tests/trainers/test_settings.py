@@ -7,9 +7,9 @@ import argparse
 
 import pytest
 
-from core.errors import UsageError
-from trainers.settings import add_arguments, make, setting, settings, values
-from tracking.agent_args import AgentParser
+from dlhw.core.errors import UsageError
+from dlhw.trainers.settings import add_arguments, make, setting, settings, values
+from dlhw.tracking.agent_args import AgentParser
 
 
 @settings

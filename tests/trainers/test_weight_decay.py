@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from callbacks.hessian import top_hessian_eigenvalue
-from callbacks.weight_decay import WeightDecayProbe
-from trainers.classification import ClassificationTrainer, param_groups
-from trainers.datasets import Splits, make_loaders
+from dlhw.callbacks.hessian import top_hessian_eigenvalue
+from dlhw.callbacks.weight_decay import WeightDecayProbe
+from dlhw.trainers.classification import ClassificationTrainer, param_groups
+from dlhw.trainers.datasets import Splits, make_loaders
 
 LR, LAMBDA = 0.1, 0.5
 

@@ -19,12 +19,12 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import nn
 
-from core.errors import UsageError
-from core.events import Callback
-from core.session import Session
-from trainers.detection.dataset import street_scene
-from trainers.download import DownloadError, cache_dir, download
-from viz.detections import THRESHOLDS, people_counts
+from dlhw.core.errors import UsageError
+from dlhw.core.events import Callback
+from dlhw.core.session import Session
+from dlhw.trainers.detection.dataset import street_scene
+from dlhw.trainers.download import DownloadError, cache_dir, download
+from dlhw.viz.detections import THRESHOLDS, people_counts
 
 # "The Beatles arrive at JFK Airport", 7 February 1964, United Press International; public domain.
 BEATLES_URL = "https://upload.wikimedia.org/wikipedia/commons/6/61/The_Beatles_arrive_at_JFK_Airport.jpg"

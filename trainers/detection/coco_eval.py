@@ -19,7 +19,7 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from core.distributed import Dist
+from dlhw.core.distributed import Dist
 
 # COCOeval.stats positions of the numbers we log.
 STATS = {"AP": 0, "AP50": 1, "AP75": 2, "AR100": 8}

@@ -20,8 +20,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision.ops import masks_to_boxes
 
-from core.errors import UsageError
-from trainers.download import DownloadError, cache_dir, download
+from dlhw.core.errors import UsageError
+from dlhw.trainers.download import DownloadError, cache_dir, download
 
 URL = "https://www.cis.upenn.edu/~jshi/ped_html/PennFudanPed.zip"
 HOME_PAGE = "https://www.cis.upenn.edu/~jshi/ped_html/"

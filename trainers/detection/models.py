@@ -35,9 +35,9 @@ from torchvision.models.detection.rpn import AnchorGenerator
 from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-from core.errors import UsageError, suggest
-from core.registry import Registry
-from trainers.download import DownloadError, download, file_digest, hash_prefix, socket_timeout
+from dlhw.core.errors import UsageError, suggest
+from dlhw.core.registry import Registry
+from dlhw.trainers.download import DownloadError, download, file_digest, hash_prefix, socket_timeout
 
 NUM_CLASSES = 2  # background and pedestrian
 TIMM_PREFIX = "timm/"

@@ -21,16 +21,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from core.distributed import Dist, ShardedSampler, shard, wrap_ddp
-from core.errors import UsageError
-from core.events import Callback
-from trainers.amp import Precision
-from trainers.detection.coco_eval import coco_ground_truth, coco_metrics
-from trainers.detection.dataset import HOLDOUT, PennFudan, collate
-from trainers.detection.models import MODELS
-from trainers.engine import Engine, check_finite, pipeline_generators
-from trainers.settings import add_arguments as settings_flags
-from trainers.settings import make, setting, settings, values
+from dlhw.core.distributed import Dist, ShardedSampler, shard, wrap_ddp
+from dlhw.core.errors import UsageError
+from dlhw.core.events import Callback
+from dlhw.trainers.amp import Precision
+from dlhw.trainers.detection.coco_eval import coco_ground_truth, coco_metrics
+from dlhw.trainers.detection.dataset import HOLDOUT, PennFudan, collate
+from dlhw.trainers.detection.models import MODELS
+from dlhw.trainers.engine import Engine, check_finite, pipeline_generators
+from dlhw.trainers.settings import add_arguments as settings_flags
+from dlhw.trainers.settings import make, setting, settings, values
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ OPTIONS = {"1": (1,), "2": (2,), "both": (1, 2)}
 
 
 def _backbone_help() -> str:
-    from trainers.detection.models import backbone_names
+    from dlhw.trainers.detection.models import backbone_names
 
     return (f"option 2 backbone: {', '.join(backbone_names())}, or any timm model as timm/NAME "
             f"(default mobilenet_v2, the tutorial's)")
@@ -425,9 +425,9 @@ class Plan:
 def prepare(args: argparse.Namespace, *, verbose: bool = True, rank: int = 0) -> Plan:
     """Resolve profile, data and splits (every user error raised here, before any run starts) and print the
     plan (when ``verbose``: under torchrun, rank 0 alone says it)."""
-    from trainers.detection.dataset import read_pennfudan, resolve_data, split
-    from trainers.detection.models import check_backbone
-    from trainers.detection.transforms import Augment
+    from dlhw.trainers.detection.dataset import read_pennfudan, resolve_data, split
+    from dlhw.trainers.detection.models import check_backbone
+    from dlhw.trainers.detection.transforms import Augment
 
     name, profile = resolve_profile(args)
     options = OPTIONS[args.option]
@@ -471,7 +471,7 @@ def model_label(option: int, settings: DetectSettings) -> str:
 def build_trainer(plan: Plan, option: int, callbacks: Iterable[Callback], dist: Dist | None = None) -> DetectionTrainer:
     """The detector of ``option`` (weights per ``--weights``) inside a :class:`DetectionTrainer`; its run's
     config is the plan's settings resolved for this model. ``dist``: the torchrun job this process is a rank of."""
-    from trainers.detection.models import build_detector
+    from dlhw.trainers.detection.models import build_detector
 
     s = plan.settings
     built = build_detector(option, model=s.model, backbone=s.backbone, weights=s.weights, levels=s.levels,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from trainers.detection.coco_eval import coco_ap, coco_ground_truth, coco_metrics
-from trainers.detection.dataset import make_target
+from dlhw.trainers.detection.coco_eval import coco_ap, coco_ground_truth, coco_metrics
+from dlhw.trainers.detection.dataset import make_target
 
 
 def _scene():

@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from trainers.detection import dataset as ds
-from trainers.detection.dataset import (
+from dlhw.trainers.detection import dataset as ds
+from dlhw.trainers.detection.dataset import (
     PennFudan,
     generate_pennfudan,
     instance_masks,
@@ -17,8 +17,8 @@ from trainers.detection.dataset import (
     resolve_data,
     split,
 )
-from core.errors import UsageError
-from trainers.detection.transforms import Augment
+from dlhw.core.errors import UsageError
+from dlhw.trainers.detection.transforms import Augment
 
 
 def _check_targets(samples):

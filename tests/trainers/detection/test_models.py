@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.errors import UsageError
-from trainers.detection.models import (MODELS, Built, _new_heads, backbone_names, build_detector, create_backbone,
+from dlhw.core.errors import UsageError
+from dlhw.trainers.detection.models import (MODELS, Built, _new_heads, backbone_names, build_detector, create_backbone,
                                        fetch_weights, load_weights, tensors_only)
 
 TINY = {"min_size": 64, "max_size": 96}
@@ -57,8 +57,8 @@ def test_backbone_sweep_trials_parse_and_name_known_backbones(tmp_path):
     import yaml
 
     from launch import get_args_parser
-    from tracking.agent_command import trial_command
-    from trainers.detection.models import check_backbone
+    from dlhw.tracking.agent_command import trial_command
+    from dlhw.trainers.detection.models import check_backbone
 
     sweep = yaml.safe_load((Path(__file__).resolve().parents[3] / "sweeps" / "backbones.yaml").read_text())
     grid = sweep["parameters"]

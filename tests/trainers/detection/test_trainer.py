@@ -8,12 +8,12 @@ from dataclasses import replace
 
 import pytest
 
-from callbacks.wandb_logger import WandbLogger
-from core.events import Callback
-from tracking.readback import history, run_summary
-from trainers.detection.dataset import PennFudan, generate_pennfudan, read_pennfudan
-from trainers.detection.models import build_detector
-from trainers.detection.trainer import PROFILES, DetectionTrainer, EpochSlices, detector_kwargs
+from dlhw.callbacks.wandb_logger import WandbLogger
+from dlhw.core.events import Callback
+from dlhw.tracking.readback import history, run_summary
+from dlhw.trainers.detection.dataset import PennFudan, generate_pennfudan, read_pennfudan
+from dlhw.trainers.detection.models import build_detector
+from dlhw.trainers.detection.trainer import PROFILES, DetectionTrainer, EpochSlices, detector_kwargs
 
 
 def test_epoch_slices_cover_the_training_set_in_turn():
