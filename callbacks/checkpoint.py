@@ -38,8 +38,8 @@ class Checkpoint(Callback):
     is announced before the last, so ``latest`` ends on the newest weights).
 
     Files are written by a :class:`BackgroundWriter` while the next epoch trains; a file is on
-    disk before it is announced, and all are when the fit ends. A failed write is raised at the
-    next epoch's end or at the end.
+    disk before it is announced (an improved ``best.pt`` at the next epoch's end, or the last),
+    and all are when the fit ends. A failed write is raised at the next epoch's end or at the end.
     """
 
     def __init__(self, directory: str | Path, *, monitor: str, mode: str = "max", upload: str = "improved",
@@ -57,6 +57,7 @@ class Checkpoint(Callback):
         self.best_path: Path | None = None
         self.best_metadata: dict[str, Any] = {}
         self.writer = BackgroundWriter()
+        self.pending: list[dict[str, Any]] = []
 
     def _improved(self, value: float) -> bool:
         if self.best is None:
@@ -67,6 +68,8 @@ class Checkpoint(Callback):
         _gather_rng(trainer)
         if not is_rank_zero():
             return
+        if self.pending:
+            self._announce(trainer)
         metadata = {"epoch": epoch + 1, "step": trainer.global_step,
                     **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
         value = metrics.get(self.monitor)
@@ -84,16 +87,22 @@ class Checkpoint(Callback):
         last_epoch = epoch + 1 == trainer.epochs or trainer.should_stop
         best_aliases = ["best"] + (["last"] if self.upload_last and last_epoch and improved else [])
         if improved and self.upload == "improved":
-            self.writer.wait()
-            trainer.fire("on_checkpoint_saved", path=str(self.best_path), aliases=best_aliases, metadata=metadata)
+            # Announced once written: at the next epoch's end, so the fit never waits on the disk.
+            self.pending.append(dict(path=str(self.best_path), aliases=best_aliases, metadata=metadata))
         if last_epoch:
-            self.writer.wait()
+            self._announce(trainer)
         if self.upload == "end" and last_epoch and self.best_path is not None:
             trainer.fire("on_checkpoint_saved", path=str(self.best_path), aliases=best_aliases,
                          metadata=self.best_metadata)
         if self.upload_last and last_epoch and not improved:
             trainer.fire("on_checkpoint_saved", path=str(self.directory / LAST), aliases=["last"],
                          metadata=metadata)
+
+    def _announce(self, trainer: Loop) -> None:
+        self.writer.wait()
+        for event in self.pending:
+            trainer.fire("on_checkpoint_saved", **event)
+        self.pending.clear()
 
     def on_fit_end(self, trainer: Loop) -> None:
         if not is_rank_zero():

@@ -1,4 +1,5 @@
-"""Checkpoint(upload="end"): the best checkpoint is announced once, after the last epoch."""
+"""When the best checkpoint is announced: each improvement once written (at the next epoch's end,
+so the fit never waits on the disk), or once after the last epoch (upload="end")."""
 
 from __future__ import annotations
 
@@ -28,11 +29,12 @@ class Saved(Callback):
         self.calls.append((trainer.epoch + 1, path.rsplit("/", 1)[-1], sorted(aliases), metadata))
 
 
-@pytest.mark.parametrize("upload, expected", [("improved", [1, 2]), ("end", [3])])
-def test_when_the_best_checkpoint_is_announced(tmp_path, upload, expected):
+@pytest.mark.parametrize("upload, announced, saved_epochs", [("improved", [2, 3], [1, 2]), ("end", [3], [2])])
+def test_when_the_best_checkpoint_is_announced(tmp_path, upload, announced, saved_epochs):
     saved = Saved()
     Improving([Checkpoint(tmp_path, monitor="val/acc", upload=upload), saved]).fit()
-    assert [c[0] for c in saved.calls] == expected
+    assert [c[0] for c in saved.calls] == announced
+    assert [c[3]["epoch"] for c in saved.calls] == saved_epochs
     assert all(c[1:3] == ("best.pt", ["best"]) for c in saved.calls)
     # The metadata is the saved epoch's own, even when announced after a later epoch.
     assert saved.calls[-1][3] == {"epoch": 2, "step": 2, "val/acc": 0.9}
