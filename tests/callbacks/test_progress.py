@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import io
 
+import pytest
+
 from rich.console import Console
 
 from dlhw.callbacks.progress import ProgressBar, SummaryTable
@@ -40,15 +42,16 @@ def test_progress_stops_on_exception():
     buf, console = _console()
     bar = ProgressBar(console)
 
+    running = []
+
     class Boom(Steps):
         def evaluate(self, epoch):
+            running.append(bar._progress is not None)
             raise KeyboardInterrupt
 
-    try:
+    with pytest.raises(KeyboardInterrupt):
         Boom([bar]).fit()
-    except KeyboardInterrupt:
-        pass
-    assert bar._progress is None
+    assert running == [True] and bar._progress is None
 
 
 def test_summary_table_lists_final_metrics():
