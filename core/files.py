@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import os
-import shutil
 import tempfile
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -102,25 +101,6 @@ def plain(obj: Any) -> Any:
     return str(obj)
 
 
-def save_linked(obj: Any, paths: Sequence[str | os.PathLike[str]]) -> None:
-    """``torch.save`` ``obj`` once, atomically, to ``paths[0]``; every other path atomically
-    becomes a hard link to that file (a copy where the file system has no links)."""
-    first = save_atomic(obj, paths[0])
-    for other in map(Path, paths[1:]):
-        other.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{other.name}.", suffix=".tmp", dir=other.parent)
-        os.close(fd)
-        try:
-            os.unlink(tmp)  # mkstemp reserved a fresh name; the link takes it
-            try:
-                os.link(first, tmp)
-            except OSError:
-                shutil.copyfile(first, tmp)
-            os.replace(tmp, other)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
-
-
 class BackgroundWriter:
     """Writes checkpoints on a background thread so that training never waits on the disk.
 
@@ -135,21 +115,21 @@ class BackgroundWriter:
         self._error: BaseException | None = None
         self._failed: str = ""
 
-    def submit(self, obj: Any, paths: Sequence[str | os.PathLike[str]],
-               also: Sequence[tuple[Any, Sequence[str | os.PathLike[str]]]] = ()) -> None:
-        """Write ``obj`` to ``paths`` (see :func:`save_linked`), then each ``(obj, paths)`` of
-        ``also``, in the background: one snapshot, one wait, whatever the number of files."""
+    def submit(self, obj: Any, path: str | os.PathLike[str],
+               also: Sequence[tuple[Any, str | os.PathLike[str]]] = ()) -> None:
+        """Write ``obj`` to ``path`` (:func:`save_atomic`), then each ``(obj, path)`` of ``also``, in
+        the background: one snapshot, one wait, whatever the number of files."""
         self.wait()
-        writes = [(snapshot(o), list(p)) for o, p in [(obj, paths), *also]]
+        writes = [(snapshot(o), p) for o, p in [(obj, path), *also]]
         self._thread = threading.Thread(target=self._write, args=(writes,), name="checkpoint-writer")
         self._thread.start()
 
-    def _write(self, writes: list[tuple[Any, list]]) -> None:
-        for state, paths in writes:
+    def _write(self, writes: list[tuple[Any, str | os.PathLike[str]]]) -> None:
+        for state, path in writes:
             try:
-                save_linked(state, paths)
+                save_atomic(state, path)
             except BaseException as exc:  # handed to the training thread by wait()
-                self._error, self._failed = exc, str(paths[0])
+                self._error, self._failed = exc, str(path)
                 return
 
     def wait(self) -> None:
