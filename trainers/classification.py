@@ -411,22 +411,17 @@ class ClassificationTrainer(Engine):
         """The weights and how to feed them (classes, normalisation): the uploaded best checkpoint,
         small because the optimizer's state (Adam's two moment buffers would triple it) is left to
         :meth:`training_state`, which only the resumable ``last.pt`` holds."""
-        return {"model": self.model.state_dict(), "classes": self.loaders.classes,
-                "mean": self.loaders.mean, "std": self.loaders.std}
+        return {**super().state_dict(), "classes": self.loaders.classes, "mean": self.loaders.mean,
+                "std": self.loaders.std}
 
     def training_state(self) -> dict[str, Any]:
-        """Optimizer, loss scaler, the best validation epoch and its weights (what ``test`` scores)
-        and the current epoch's running totals."""
-        return {"optimizer": self.optimizer.state_dict(), "scaler": self.precision.scaler.state_dict(),
-                "best_acc": self._best_acc, "best_epoch": self.best_epoch, "best_model": self._best_state,
-                "epoch_totals": list(self.epoch_totals)}
+        """Also the best validation epoch and its weights (what ``test`` scores) and the current epoch's totals."""
+        return {**super().training_state(), "best_acc": self._best_acc, "best_epoch": self.best_epoch,
+                "best_model": self._best_state, "epoch_totals": list(self.epoch_totals)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Load a :meth:`state_dict`, and a :meth:`training_state` when it has one (a resume)."""
-        self.model.load_state_dict(state["model"])
+        super().load_state_dict(state)
         if "optimizer" in state:
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.precision.scaler.load_state_dict(state["scaler"])
             self._best_acc, self.best_epoch = state["best_acc"], state["best_epoch"]
             self._best_state = state["best_model"]
             self.epoch_totals = list(state["epoch_totals"])

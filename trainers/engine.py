@@ -88,17 +88,35 @@ class Engine(Session):
         # Steps of the current epoch that a resumed run already trained: epoch_batches skips them.
         self.resume_batch = 0
 
+    # What a subclass trains, when it trains a model: saved and restored by the three methods below.
+    model: torch.nn.Module | None = None
+    optimizer: torch.optim.Optimizer | None = None
+    scheduler: Any = None
+    precision: Any = None  # a trainers.amp.Precision, whose loss scaler has a state
+
     def state_dict(self) -> dict[str, Any]:
-        """The weights and what evaluating them needs (the small checkpoint a W&B artifact holds)."""
-        return {}
+        """The weights and what evaluating them needs (the small checkpoint a W&B artifact holds);
+        subclasses add how to feed the model."""
+        return {"model": self.model.state_dict()} if self.model is not None else {}
 
     def training_state(self) -> dict[str, Any]:
-        """What continuing the training needs beyond :meth:`state_dict`: optimizer, scheduler,
-        loss scaler, running totals (subclasses)."""
-        return {}
+        """What continuing the training needs beyond :meth:`state_dict`: optimizer, scheduler and
+        loss scaler; subclasses add their running totals."""
+        return {key: part.state_dict() for key, part in self._training_parts().items()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore what :meth:`state_dict` and :meth:`training_state` returned, merged (subclasses)."""
+        """Restore a :meth:`state_dict`, and a :meth:`training_state` merged into it when it has one
+        (a resume); subclasses restore their own additions after this."""
+        if self.model is not None:
+            self.model.load_state_dict(state["model"])
+        if "optimizer" in state:
+            for key, part in self._training_parts().items():
+                part.load_state_dict(state[key])
+
+    def _training_parts(self) -> dict[str, Any]:
+        scaler = self.precision.scaler if self.precision is not None else None
+        parts = {"optimizer": self.optimizer, "scheduler": self.scheduler, "scaler": scaler}
+        return {key: part for key, part in parts.items() if part is not None}
 
     def data_generators(self) -> dict[str, Any]:
         """The random generators the training data path draws from, by name (torch ``Generator``,

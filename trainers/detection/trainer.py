@@ -385,21 +385,16 @@ class DetectionTrainer(Engine):
     def state_dict(self) -> dict[str, Any]:
         """The weights and the profile that sized the detector: the uploaded best checkpoint (the
         optimizer's momentum would double Mask R-CNN's; it is in :meth:`training_state`)."""
-        return {"model": self.model.state_dict(), "profile": asdict(self.profile)}
+        return {**super().state_dict(), "profile": asdict(self.profile)}
 
     def training_state(self) -> dict[str, Any]:
-        """Optimizer, schedule (and the warm-up when inside the first epoch), loss scaler, step times."""
+        """Also the warm-up when inside the first epoch, and the step times."""
         ramp = self.ramp.state_dict() if self.ramp is not None and self.batch_in_epoch else None
-        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(), "ramp": ramp,
-                "scaler": self.precision.scaler.state_dict(), "step_seconds": list(self.step_seconds)}
+        return {**super().training_state(), "ramp": ramp, "step_seconds": list(self.step_seconds)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Load a :meth:`state_dict`, and a :meth:`training_state` when it has one (a resume)."""
-        self.model.load_state_dict(state["model"])
+        super().load_state_dict(state)
         if "optimizer" in state:
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
-            self.precision.scaler.load_state_dict(state["scaler"])
             self._ramp_state = state["ramp"]
             self.step_seconds = list(state["step_seconds"])
 
