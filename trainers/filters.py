@@ -35,7 +35,7 @@ class FiltersSettings:
                                          "and coffee", metavar="PATH", repeat=True)
     filters: tuple[str, ...] = setting((), f"kernels to apply (default: all of {', '.join(KERNELS.names())})",
                                        metavar="NAME")
-    max_size: int = setting(512, "longer image side after downscaling, to keep tables light (default 512)")
+    max_size: int = setting(512, "longer image side after downscaling, to keep tables light (default 512)", min=8)
     seed: int = setting(0, "random seed (the global --seed)", flag=False)
 
 
@@ -164,8 +164,6 @@ def run_filters(
 
 def images_from_args(paths: Sequence[str] | None, max_size: int) -> list[tuple[str, torch.Tensor]]:
     """The user's ``--image`` files (all checked before any work), else the bundled samples."""
-    if max_size < 8:
-        raise UsageError(f"--max-size must be at least 8, got {max_size}")
     images = [(Path(p).stem, load_image(p)) for p in paths] if paths else sample_images()
     return [(name, _downscale(img, max_size)) for name, img in images]
 

@@ -31,7 +31,7 @@ from dlhw.core.errors import UsageError
 from dlhw.core.events import Callback
 from dlhw.core.session import Session
 from dlhw.trainers.settings import add_arguments as settings_flags
-from dlhw.trainers.settings import make, setting, settings, values
+from dlhw.trainers.settings import check, make, setting, settings, values
 
 DEFAULT_BOX_A = (0.0, 0.0, 4.0, 4.0)
 DEFAULT_BOX_B = (-4.0, 1.0, -2.0, 3.0)
@@ -314,13 +314,13 @@ class IoUSetup:
     box_b: tuple[float, float, float, float] = setting(
         DEFAULT_BOX_B, f"the sliding box at its start (default {' '.join(map(str, DEFAULT_BOX_B))})", metavar=_BOX)
     slide_to: float = setting(DEFAULT_SLIDE_TO, f"left edge of B at the end of the slide (default {DEFAULT_SLIDE_TO})")
-    slide_points: int = setting(401, "positions on the slide, kinks added (default 401)")
-    epochs: int = setting(1, "descent epochs (default 1)")
-    steps: int = setting(200, "descent steps per epoch (default 200)")
-    lr: float = setting(0.1, "Adam learning rate of the descents (default 0.1)")
-    batch_size: int = setting(16, "boxes descending at once from random disjoint starts (default 16)")
+    slide_points: int = setting(401, "positions on the slide, kinks added (default 401)", min=2)
+    epochs: int = setting(1, "descent epochs (default 1)", min=1)
+    steps: int = setting(200, "descent steps per epoch (default 200)", min=1)
+    lr: float = setting(0.1, "Adam learning rate of the descents (default 0.1)", above=0)
+    batch_size: int = setting(16, "boxes descending at once from random disjoint starts (default 16)", min=1)
     agreement_boxes: int = setting(512, "random boxes per side in the check against torchvision's box_iou "
-                                        "(default 512)")
+                                        "(default 512)", min=1)
     seed: int = setting(0, "random seed (the global --seed)", flag=False)
 
 
@@ -337,11 +337,7 @@ def setup_from_args(args: argparse.Namespace) -> IoUSetup:
             check_boxes(torch.tensor([getattr(args, flag)], dtype=torch.float64), f"--{flag.replace('_', '-')}")
         except ValueError as exc:
             raise UsageError(str(exc).replace("[0] = ", " ")) from None
-    for flag, low in (("slide_points", 2), ("epochs", 1), ("steps", 1), ("batch_size", 1)):
-        if getattr(args, flag) < low:
-            raise UsageError(f"--{flag.replace('_', '-')} must be at least {low}, got {getattr(args, flag)}")
-    if not (math.isfinite(args.lr) and args.lr > 0):
-        raise UsageError(f"--lr must be a positive number, got {args.lr}")
+    check(IoUSetup, vars(args))
     a, b = args.box_a, args.box_b
     if a[2] - a[0] <= 0 or a[3] - a[1] <= 0:
         raise UsageError(f"--box-a {list(a)} has zero area; the target needs a positive width and height")
@@ -350,8 +346,6 @@ def setup_from_args(args: argparse.Namespace) -> IoUSetup:
                          f"width and a y-range that overlaps A's ({a[1]} to {a[3]})")
     if not (math.isfinite(args.slide_to) and args.slide_to > b[0]):
         raise UsageError(f"--slide-to {args.slide_to} must lie right of B's left edge {b[0]}")
-    if args.agreement_boxes < 1:
-        raise UsageError(f"--agreement-boxes must be at least 1, got {args.agreement_boxes}")
     return make(IoUSetup, vars(args))
 
 

@@ -30,45 +30,26 @@ from dlhw.trainers.detection.dataset import HOLDOUT, PennFudan, collate
 from dlhw.trainers.detection.models import MODELS
 from dlhw.trainers.engine import Engine, check_finite, pipeline_generators
 from dlhw.trainers.settings import add_arguments as settings_flags
-from dlhw.trainers.settings import make, setting, settings, values
+from dlhw.trainers.settings import check, make, setting, settings, values
 
 
-@dataclass(frozen=True)
-class Profile:
-    """Everything a profile fixes; ``--epochs``, ``--lr``, ``--batch-size``, ... override single fields."""
-
-    epochs: int
-    lr: float
-    batch_size: int
-    min_size: int  # the detector's own resize: shorter side
-    max_size: int  # ... and the cap on the longer side
-    rois_per_image: int  # RoIs sampled per image for the box head while training
-    rpn_post_nms_train: int  # proposals kept per image after NMS while training
-    rpn_post_nms_test: int  # ... and while predicting: each one goes through the box head
-    detections_per_image: int  # kept after NMS; each one goes through Mask R-CNN's mask head
-    train_eval_images: int  # training images scored for train AP (0 = all)
-    images_per_epoch: int  # training images per epoch (0 = all); consecutive epochs take the next ones
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    step_size: int = 3
-    gamma: float = 0.1
-
-
-PROFILES = {
+# Each profile fills the settings whose flags were left unset. For the detector: min_size and max_size
+# are its resize (shorter side, cap on the longer), rois_per_image the RoIs sampled per image for the
+# box head in training, rpn_post_nms_* the proposals kept after NMS, detections_per_image those kept
+# for Mask R-CNN's mask head. train_eval_images: images scored for train AP, images_per_epoch: images
+# trained per epoch (0 = all).
+_TUTORIAL = {"momentum": 0.9, "weight_decay": 5e-4, "step_size": 3, "gamma": 0.1}
+PROFILES: dict[str, dict[str, Any]] = {
     # The tutorial, unchanged (torchvision's detector defaults for size and sampling).
-    "full": Profile(epochs=10, lr=0.005, batch_size=2, min_size=800, max_size=1333, rois_per_image=512,
-                    rpn_post_nms_train=2000, rpn_post_nms_test=1000, detections_per_image=100,
-                    train_eval_images=0, images_per_epoch=0),
-    # On 2 cores Mask R-CNN R50-FPN takes 1.1-1.5 s a step at 160 px, option 2 1.2-1.5 s, and
-    # scoring 90 images 22-31 s: the whole command (two epochs of all 120 images for both models)
-    # took 8.4 minutes, leaving room in the 15-minute budget for a busier machine. Pedestrians are 60-130 px tall at 160 px.
-    # The box head, not the image size, dominates option 2: MobileNetV2's 1280x7x7 -> 1024 layer
-    # costs 64 GFLOP per 1000 RoIs, so training samples 64 RoIs per image and prediction keeps 150
-    # proposals. Mask R-CNN's mask head costs ~1 GFLOP per detection and from random init nearly all
-    # 100 default detections pass the score threshold: keep 20 (Penn-Fudan images hold <= 8 people).
-    "cpu": Profile(epochs=2, lr=0.005, batch_size=2, min_size=160, max_size=272, rois_per_image=64,
-                   rpn_post_nms_train=600, rpn_post_nms_test=150, detections_per_image=20,
-                   train_eval_images=40, images_per_epoch=0),
+    "full": {"epochs": 10, "lr": 0.005, "batch_size": 2, "min_size": 800, "max_size": 1333, "rois_per_image": 512,
+             "rpn_post_nms_train": 2000, "rpn_post_nms_test": 1000, "detections_per_image": 100,
+             "train_eval_images": 0, "images_per_epoch": 0, **_TUTORIAL},
+    # Sized for 2 CPU cores: both models train and evaluate in well under 15 minutes. The box head
+    # dominates option 2's cost (MobileNetV2's 1280x7x7 -> 1024 layer), hence few RoIs and proposals;
+    # Mask R-CNN's mask head runs per detection, and Penn-Fudan images hold <= 8 people: keep 20.
+    "cpu": {"epochs": 2, "lr": 0.005, "batch_size": 2, "min_size": 160, "max_size": 272, "rois_per_image": 64,
+            "rpn_post_nms_train": 600, "rpn_post_nms_test": 150, "detections_per_image": 20,
+            "train_eval_images": 40, "images_per_epoch": 0, **_TUTORIAL},
 }
 OPTIONS = {"1": (1,), "2": (2,), "both": (1, 2)}
 
@@ -104,15 +85,15 @@ class DetectSettings:
                                             "tutorial; 10 from random init, where the tutorial's lr diverges within "
                                             "the first epoch)", metavar="NORM")
     skip_photo: bool = setting(False, "train and evaluate only, one W&B run per model (what sweep trials use)")
-    epochs: int = setting(help="override the profile's epochs")
-    lr: float = setting(help="override the profile's learning rate (0.005)")
-    batch_size: int = setting(help="override the profile's batch size (2)")
-    min_size: int = setting(help="override the detector's resize (shorter side)")
-    max_size: int = setting(help="override the detector's cap on the longer side")
+    epochs: int = setting(help="override the profile's epochs", above=0)
+    lr: float = setting(help="override the profile's learning rate (0.005)", above=0)
+    batch_size: int = setting(help="override the profile's batch size (2)", above=0)
+    min_size: int = setting(help="override the detector's resize (shorter side)", above=0)
+    max_size: int = setting(help="override the detector's cap on the longer side", above=0)
     train_eval_images: int = setting(help="training images scored for train AP each epoch (0 = all; cpu profile: 40); "
-                                          "the run records how many were scored")
+                                          "the run records how many were scored", min=0)
     images_per_epoch: int = setting(help="training images per epoch, later epochs taking the next ones "
-                                         "(0 = all, the default)")
+                                         "(0 = all, the default)", min=0)
     rois_per_image: int = setting(help="RoIs sampled per image for the box head while training", flag=False)
     rpn_post_nms_train: int = setting(help="proposals kept per image after NMS while training", flag=False)
     rpn_post_nms_test: int = setting(help="proposals kept per image after NMS while predicting", flag=False)
@@ -122,15 +103,15 @@ class DetectSettings:
     step_size: int = setting(help="StepLR step in epochs", flag=False)
     gamma: float = setting(help="StepLR factor", flag=False)
     holdout: int = setting(HOLDOUT, f"held-out images (default {HOLDOUT}, the tutorial's)")
-    limit: int | None = setting(None, "use only the first N images of the dataset (quick tries)")
+    limit: int | None = setting(None, "use only the first N images of the dataset (quick tries)", min=2)
     jitter: float = setting(0.0, "photometric jitter strength (default 0: flip only)")
     viz_images: int = setting(4, "held-out images in each epoch's prediction table")
     workers: int = setting(help="data-loader workers (default: 0 on CPU, 4 on CUDA)")
     device: str = setting(help="torch device (default: cuda when available)")
     train_eval_every: int = setting(0, "score the training images every K epochs too (default 0: after the last "
-                                       "epoch only; held-out images are scored every epoch)", metavar="K")
+                                       "epoch only; held-out images are scored every epoch)", metavar="K", min=0)
     eval_batch_size: int = setting(help="images per forward pass when scoring (default: 8 on CUDA, 1 on CPU, where "
-                                        "padding images of different sizes to one batch costs more than it saves)")
+                                        "padding images of different sizes to one batch costs more than it saves)", min=1)
     seed: int = setting(0, "random seed (the global --seed)", flag=False)
     world_size: int = setting(1, "processes training each model together (torchrun's WORLD_SIZE); --batch-size "
                                  "is per process", flag=False)
@@ -148,27 +129,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     settings_flags(parser, DetectSettings)
 
 
-def resolve_profile(args: argparse.Namespace) -> tuple[str, Profile]:
+def resolve_profile(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     """The profile named by ``--profile`` (default by device), with the flags that override it."""
     name = args.profile or ("full" if torch.cuda.is_available() else "cpu")
-    for flag in ("train_eval_every", "eval_batch_size"):
-        value = getattr(args, flag, None)
-        if value is not None and value < (0 if flag == "train_eval_every" else 1):
-            raise UsageError(f"--{flag.replace('_', '-')} must be {'>= 0' if flag == 'train_eval_every' else 'positive'}, "
-                             f"got {value}")
-    overrides = {k: getattr(args, k) for k in ("epochs", "lr", "batch_size", "min_size", "max_size", "train_eval_images",
-                                              "images_per_epoch") if getattr(args, k, None) is not None}
-    for key, value in overrides.items():
-        if value < 0 or (value == 0 and key not in ("train_eval_images", "images_per_epoch")):
-            raise UsageError(f"--{key.replace('_', '-')} must be positive, got {value}")
-    return name, replace(PROFILES[name], **overrides)
+    return name, {k: v if getattr(args, k, None) is None else getattr(args, k) for k, v in PROFILES[name].items()}
 
 
-def detector_kwargs(profile: Profile) -> dict[str, Any]:
+def detector_kwargs(profile: Mapping[str, Any]) -> dict[str, Any]:
     """The detector constructor arguments a profile sets."""
-    return {"min_size": profile.min_size, "max_size": profile.max_size,
-            "box_batch_size_per_image": profile.rois_per_image, "rpn_post_nms_top_n_train": profile.rpn_post_nms_train,
-            "rpn_post_nms_top_n_test": profile.rpn_post_nms_test, "box_detections_per_img": profile.detections_per_image}
+    return {"min_size": profile["min_size"], "max_size": profile["max_size"],
+            "box_batch_size_per_image": profile["rois_per_image"],
+            "rpn_post_nms_top_n_train": profile["rpn_post_nms_train"],
+            "rpn_post_nms_top_n_test": profile["rpn_post_nms_test"],
+            "box_detections_per_img": profile["detections_per_image"]}
 
 
 def _to(device: torch.device, images: Sequence[torch.Tensor], targets: Sequence[Mapping[str, torch.Tensor]]):
@@ -176,11 +149,11 @@ def _to(device: torch.device, images: Sequence[torch.Tensor], targets: Sequence[
             [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets])
 
 
-def make_optimizer(model: nn.Module, profile: Profile) -> tuple[torch.optim.Optimizer, Any]:
+def make_optimizer(model: nn.Module, profile: Mapping[str, Any]) -> tuple[torch.optim.Optimizer, Any]:
     """The tutorial's SGD over the trainable parameters and its StepLR."""
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=profile.lr, momentum=profile.momentum, weight_decay=profile.weight_decay)
-    return opt, torch.optim.lr_scheduler.StepLR(opt, step_size=profile.step_size, gamma=profile.gamma)
+    opt = torch.optim.SGD(params, lr=profile["lr"], momentum=profile["momentum"], weight_decay=profile["weight_decay"])
+    return opt, torch.optim.lr_scheduler.StepLR(opt, step_size=profile["step_size"], gamma=profile["gamma"])
 
 
 class EpochSlices(torch.utils.data.Sampler):
@@ -233,7 +206,7 @@ class DetectionTrainer(Engine):
         train: PennFudan,
         heldout: PennFudan,
         train_eval: PennFudan,
-        profile: Profile,
+        profile: Mapping[str, Any],
         callbacks: Iterable[Callback] = (),
         config: Mapping[str, Any] | None = None,
         name: str = "detect",
@@ -248,20 +221,20 @@ class DetectionTrainer(Engine):
     ) -> None:
         dist = dist if dist is not None else Dist(device=torch.device(device))
         self.device = torch.device(device) if not dist.distributed else dist.device
-        self.sampler = EpochSlices(len(train), profile.images_per_epoch or len(train), seed)
+        self.sampler = EpochSlices(len(train), profile["images_per_epoch"] or len(train), seed)
         if dist.distributed:
             self.sampler = ShardedSampler(self.sampler, dist.rank, dist.world_size)
         self.loader = torch.utils.data.DataLoader(
-            train, batch_size=profile.batch_size, sampler=self.sampler, collate_fn=collate, num_workers=workers,
+            train, batch_size=profile["batch_size"], sampler=self.sampler, collate_fn=collate, num_workers=workers,
             pin_memory=self.device.type == "cuda",
         )
-        super().__init__(callbacks, epochs=profile.epochs, config=config, name=name, steps_per_epoch=len(self.loader),
+        super().__init__(callbacks, epochs=profile["epochs"], config=config, name=name, steps_per_epoch=len(self.loader),
                          dist=dist)
         self.model = model.to(self.device)
         # Training goes through DDP; its forward syncs no buffers (the frozen batch norms' are
         # equal everywhere), so prediction, whose shards may differ by an image, uses the module itself.
         self.net = wrap_ddp(self.model, dist, forward_sync_buffers=False)
-        self.profile = profile
+        self.profile = dict(profile)
         self.clip_grad = clip_grad
         self.train_eval_every, self.eval_batch_size = train_eval_every, eval_batch_size
         self.heldout, self.train_eval = heldout, train_eval
@@ -385,7 +358,7 @@ class DetectionTrainer(Engine):
     def state_dict(self) -> dict[str, Any]:
         """The weights and the profile that sized the detector: the uploaded best checkpoint (the
         optimizer's momentum would double Mask R-CNN's; it is in :meth:`training_state`)."""
-        return {**super().state_dict(), "profile": asdict(self.profile)}
+        return {**super().state_dict(), "profile": dict(self.profile)}
 
     def training_state(self) -> dict[str, Any]:
         """Also the warm-up when inside the first epoch, and the step times."""
@@ -410,7 +383,7 @@ class Plan:
     """Everything ``launch.py detect`` resolved before training: the settings, the profile they make, the splits."""
 
     settings: DetectSettings
-    profile: Profile
+    profile: dict[str, Any]
     options: tuple[int, ...]
     train: PennFudan
     heldout: PennFudan
@@ -424,23 +397,22 @@ def prepare(args: argparse.Namespace, *, verbose: bool = True, rank: int = 0) ->
     from dlhw.trainers.detection.models import check_backbone
     from dlhw.trainers.detection.transforms import Augment
 
+    check(DetectSettings, vars(args))
     name, profile = resolve_profile(args)
     options = OPTIONS[args.option]
     if 1 in options:
         MODELS.get(args.model)
     if 2 in options:
         check_backbone(args.backbone)
-    if args.limit is not None and args.limit < 2:
-        raise UsageError(f"--limit must be at least 2, got {args.limit}")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     root, source = resolve_data(args.data, seed=args.seed)
     samples = read_pennfudan(root, limit=args.limit)
     train_idx, held_idx = split(len(samples), args.seed, args.holdout)
     train = [samples[i] for i in train_idx]
-    profile = replace(profile, train_eval_images=profile.train_eval_images or len(train))
+    profile["train_eval_images"] = profile["train_eval_images"] or len(train)
     cuda = device.startswith("cuda")
     settings = make(DetectSettings, {
-        **values(DetectSettings, args), **asdict(profile), "profile": name, "device": device,
+        **values(DetectSettings, args), **profile, "profile": name, "device": device,
         "workers": args.workers if args.workers is not None else (4 if cuda else 0),
         "eval_batch_size": args.eval_batch_size or (8 if cuda else 1), "data_root": str(root), "data_source": source,
         "train_images": len(train), "heldout_images": len(held_idx)})
@@ -449,9 +421,9 @@ def prepare(args: argparse.Namespace, *, verbose: bool = True, rank: int = 0) ->
         train=PennFudan(train, Augment(jitter=args.jitter, seed=args.seed + rank)),
         heldout=PennFudan([samples[i] for i in held_idx]),
         # The permutation already shuffled them: a fixed-seed subset.
-        train_eval=PennFudan(train[:profile.train_eval_images]),
+        train_eval=PennFudan(train[:profile["train_eval_images"]]),
     )
-    shown = ", ".join(f"{k}={v}" for k, v in asdict(profile).items())
+    shown = ", ".join(f"{k}={v}" for k, v in profile.items())
     if verbose:
         print(f"profile {name}: {shown}; data {source} ({root}): {len(plan.train)} train, {len(plan.heldout)} held out, "
               f"train AP on {len(plan.train_eval)}; device {device}{' with AMP' if cuda else ''}")
