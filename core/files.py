@@ -1,10 +1,9 @@
 """Files that are never half-written: write to a temporary file beside the target, then rename.
 
-A crash at any point leaves either the old file or the new one, never a truncated mix; this is
-how checkpoints, sweep state and downloads are written. Checkpoints are written by a background
-thread (:class:`BackgroundWriter`), so an epoch does not wait for hundreds of megabytes to reach
-the disk.
+Checkpoints, sweep state and downloads are written so; checkpoints on a background thread
+(:class:`BackgroundWriter`), so an epoch does not wait for the disk.
 """
+
 
 from __future__ import annotations
 

@@ -194,17 +194,12 @@ _SGD_UPDATE = inspect.unwrap(torch.optim.SGD.step)
 
 
 class ClassificationTrainer(Engine):
-    """Trains an image classifier with cross-entropy, one of three weight-decay modes, and
-    reports val metrics per epoch and test metrics (of the best-val weights) at the end.
+    """Trains an image classifier with cross-entropy and one of three weight-decay modes; reports
+    val metrics per epoch and test metrics (of the best-val or last weights) at the end.
 
-    Coupled and decoupled decay live in the optimizer (``weight_decay`` of torch's SGD or Adam;
-    :class:`SGDW` or Adam's ``decoupled_weight_decay``), so a probe on the optimizer's step hooks
-    sees every part of every step.
-
-    Under torchrun (``dist`` of several ranks, ``loaders`` cut into this rank's shards) the model
-    trains through DistributedDataParallel, and every number it reports is the whole job's: a
-    step's loss and accuracy over the global batch, evaluation over all the ranks' shards as
-    exact ``(sum, count)`` means, the test predictions gathered for the confusion matrix.
+    Coupled and decoupled decay live in the optimizer, so a probe on its step hooks sees every part
+    of every step. Under torchrun (``dist``, ``loaders`` cut into this rank's shards) it trains
+    through DDP and every number it reports is the whole job's.
     """
 
     def __init__(
@@ -266,8 +261,7 @@ class ClassificationTrainer(Engine):
             {"params": self.decay_params, "weight_decay": in_optimizer},
             {"params": [p for _, p in no_decay], "weight_decay": 0.0},
         ]
-        # The fused kernels update all 23-47 M parameters in one pass: on a CPU, Adam's default
-        # (foreach) step costs about as much as the forward pass of a batch.
+        # Fused kernels update all parameters in one pass, far cheaper than the default on a CPU.
         decoupled = wd_mode == "decoupled"
         if optimizer == "sgd":
             self.optimizer = (SGDW if decoupled else torch.optim.SGD)(groups, lr=lr, momentum=momentum, fused=True)

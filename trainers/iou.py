@@ -70,8 +70,7 @@ def box_area(boxes: Tensor) -> Tensor:
 
 def _overlap(lo1: Tensor, hi1: Tensor, lo2: Tensor, hi2: Tensor) -> Tensor:
     """N x M lengths of [lo1, hi1] ∩ [lo2, hi2] (0 when the intervals are apart)."""
-    # sub_ and clamp_ reuse the N x M buffer of `minimum` instead of allocating two more; neither
-    # op needs its overwritten input for the backward pass, so autograd still works.
+    # In place on `minimum`'s buffer: neither op needs its overwritten input for the backward pass.
     return torch.minimum(hi1[:, None], hi2).sub_(torch.maximum(lo1[:, None], lo2)).clamp_(min=0)
 
 
@@ -84,14 +83,12 @@ def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     """
     boxes1, boxes2 = check_boxes(boxes1, "boxes1"), check_boxes(boxes2, "boxes2")
     area1, area2 = box_area(boxes1), box_area(boxes2)
-    # Two N x M planes instead of torchvision's N x M x 2 corner tensors: less memory to touch.
     w = _overlap(boxes1[:, 0], boxes1[:, 2], boxes2[:, 0], boxes2[:, 2])
     h = _overlap(boxes1[:, 1], boxes1[:, 3], boxes2[:, 1], boxes2[:, 3])
     inter = w * h
     union = (area1[:, None] + area2).sub_(inter)
-    # union == 0 happens only when both areas are 0 (then inter is 0 too): the 0/0 pairs. The
-    # denominator is replaced before dividing, not the quotient after it: filling a NaN quotient
-    # still sends 0/0 = NaN back through the division's gradient.
+    # union is 0 only for two zero-area boxes; the denominator is replaced before dividing, since a
+    # NaN quotient filled afterwards would still send NaN through the division's gradient.
     zero1, zero2 = area1 == 0, area2 == 0
     if zero1.any() and zero2.any():
         union = union.masked_fill(zero1[:, None] & zero2, 1.0)
@@ -117,11 +114,7 @@ class Kink:
     iou: float
     left: float  # one-sided finite difference from the left
     right: float  # ... and from the right
-    # What autograd returns exactly at the kink: a convention, not a derivative, and one that
-    # changes between torch releases (at the touching point clamp(min=0) passes no gradient on
-    # torch 2.14, the right derivative on 2.11). Any such value lies between ``left`` and
-    # ``right``; no check relies on which one it is.
-    autograd: float
+    autograd: float  # a subgradient convention of the torch release, not a derivative: no check reads it
 
 
 @dataclass

@@ -1,16 +1,15 @@
 """The two detectors of the tutorial and the backbones option 2 can stand on.
 
-* option 1: Mask R-CNN ResNet50-FPN with COCO weights and new box and mask predictors for
-  2 classes (``fasterrcnn_resnet50_fpn`` as the box-only alternative);
+* option 1: Mask R-CNN ResNet50-FPN with COCO weights and new 2-class box and mask predictors
+  (``fasterrcnn_resnet50_fpn`` as the box-only alternative);
 * option 2: Faster R-CNN on another backbone: the tutorial's MobileNetV2 features by default,
   any backbone of :data:`BACKBONES` (torchvision) or any timm model (``features_only`` + FPN).
 
-Pretrained weights come from torchvision's weight enums (``DEFAULT``), fetched into torch.hub's
-cache by :func:`trainers.download.download` and checked against the sha256 prefix in their file
-name, in the cache too; a file that fails the check is removed. They are unpickled with
-``weights_only=True``, so a weights file can hold tensors and nothing that runs code. When they
+Pretrained weights are fetched into torch.hub's cache, checked against the sha256 prefix in their
+file name and unpickled with ``weights_only=True``, so a weights file cannot run code. When they
 cannot be had the model starts from random init and the caller is told so in one line.
 """
+
 
 from __future__ import annotations
 

@@ -2,11 +2,10 @@
 
 Recipe (torchvision's object-detection fine-tuning tutorial): SGD lr 0.005, momentum 0.9, weight
 decay 5e-4 on the trainable parameters, a linear warm-up over the first epoch, StepLR step 3
-gamma 0.1, batch 2, 10 epochs; COCO AP from pycocotools on the held-out images after every epoch
-and on the training images at the end (and every ``--train-eval-every`` epochs): scoring all
-training images every epoch took 60% of the tutorial's run on a GPU. ``full`` is that recipe
-(with AMP on CUDA); ``cpu`` shrinks images, RoI samples and epochs so that both models train and
-evaluate on 2 CPU cores in well under 15 minutes.
+gamma 0.1, batch 2, 10 epochs; COCO AP from pycocotools on the held-out images every epoch and on
+the training images at the end (and every ``--train-eval-every`` epochs), since scoring every
+training image every epoch dominates a run. ``full`` is that recipe (with AMP on CUDA); ``cpu``
+shrinks images, RoI samples and epochs to fit 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -186,17 +185,12 @@ def warmup(optimizer: torch.optim.Optimizer, iters: int, factor: float = 1e-3) -
 
 
 class DetectionTrainer(Engine):
-    """Fine-tunes one detector with the tutorial's recipe and scores it with pycocotools every epoch.
+    """Fine-tunes one detector with the tutorial's recipe and scores it with pycocotools.
 
-    ``evaluate`` reports ``val/bbox_AP`` (and AP50, AP75, AR100; ``segm_*`` for Mask R-CNN)
-    every epoch, and the same as ``train/*`` after the last epoch and every ``train_eval_every``
-    epochs (0: only after the last). After each evaluation :attr:`viz` holds ``(image, target, prediction)`` for
-    the fixed held-out images the prediction-table callback shows.
-
-    Under torchrun (``dist`` of several ranks) the detector trains through DistributedDataParallel,
-    each rank on its shard of every epoch's slice; each rank predicts its shard of the images
-    scored, and pycocotools scores all of them on every rank (:func:`coco_metrics` gathers the
-    detections), so the AP is the whole data's. Rank 0's :attr:`viz` holds every shown image.
+    ``evaluate`` reports ``val/bbox_AP`` (AP50, AP75, AR100; ``segm_*`` for Mask R-CNN) every epoch,
+    the same as ``train/*`` after the last epoch and every ``train_eval_every`` epochs; :attr:`viz`
+    then holds ``(image, target, prediction)`` of the fixed held-out images shown. Under torchrun each
+    rank trains (DDP) and predicts on its shard, and the AP is the whole data's (on rank 0 too for viz).
     """
 
     def __init__(
