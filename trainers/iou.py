@@ -1,18 +1,10 @@
 """The IoU experiment: IoU from its set definition, its gradient along a sliding box, and why a
 loss of 1 - IoU cannot move a box that does not touch its target while GIoU can.
 
-Boxes are ``(x1, y1, x2, y2)`` with the top-left corner first, as in ``torchvision.ops``. A box is
-the closed set ``[x1, x2] x [y1, y2]``; IoU is the area of the intersection of two such sets over
-the area of their union.
-
-Degenerate boxes: a box of zero area (a point or a segment, ``x1 == x2`` or ``y1 == y2``) covers
-no area, so its intersection with anything has area 0 and its IoU with every box, itself included,
-is 0. The rule keeps "IoU = 0 exactly when the overlap has zero area" true for all boxes. It
-differs from ``torchvision.ops.box_iou`` only where both boxes have zero area: there torchvision
-computes 0 / 0 and returns NaN.
-
-Nothing here imports wandb: :func:`run_iou` reports through a session's events and
-``callbacks/iou_viz.py`` turns them into W&B plots and tables.
+Boxes are ``(x1, y1, x2, y2)``, top-left first, as in ``torchvision.ops``; a box is the closed set
+``[x1, x2] x [y1, y2]``. A zero-area box has IoU 0 with every box, itself included, so "IoU = 0
+exactly when the overlap has zero area" holds for all boxes (``torchvision.ops.box_iou`` returns
+NaN, 0 / 0, when both boxes have zero area). Nothing here imports wandb.
 """
 
 from __future__ import annotations
