@@ -42,12 +42,8 @@ def atomic_file(path: str | os.PathLike[str], suffix: str = ".tmp") -> Iterator[
 
 
 def writable_folder(path: str | os.PathLike[str], flag: str = "--out") -> Path:
-    """Create the folder ``path`` (and its parents) when missing and prove a file can be written in it.
-
-    Checked before a command does any work, so that a folder it cannot write to is one clear line
-    (:class:`~core.errors.UsageError` naming ``flag``) instead of a failure hours into a run; the
-    probe file is removed, and nothing already in the folder is touched.
-    """
+    """Create the folder ``path`` when missing and prove a file can be written in it, before a
+    command does any work (a UsageError naming ``flag`` otherwise); nothing in it is touched."""
     from dlhw.core.errors import UsageError
 
     path = Path(path)
@@ -101,13 +97,9 @@ def plain(obj: Any) -> Any:
 
 
 class BackgroundWriter:
-    """Writes checkpoints on a background thread so that training never waits on the disk.
-
-    :meth:`submit` snapshots the state at once (so the file holds exactly that moment), then
-    writes it atomically on a thread; it first waits for the previous write, so at most one
-    snapshot is in memory and files land in order. A failed write is raised, as
-    :class:`CheckpointError`, by the next :meth:`submit` or :meth:`wait`.
-    """
+    """Writes checkpoints on a background thread so that training never waits on the disk: one
+    snapshot at a time, files in order, a failed write raised (:class:`CheckpointError`) by the
+    next :meth:`submit` or :meth:`wait`."""
 
     def __init__(self) -> None:
         self._thread: threading.Thread | None = None

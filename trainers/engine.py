@@ -38,16 +38,8 @@ CHECKPOINT_FORMAT = 1
 
 class Engine(Session):
     """A training loop over a :class:`~core.session.Session`; subclasses implement ``train_epoch``
-    and ``evaluate``.
-
-    Args:
-        callbacks: plug-ins notified of every event, in order.
-        epochs: number of epochs ``fit`` runs.
-        config: the resolved configuration of the run (what W&B records).
-        name: short experiment name ("alexnet", "detect-option1", ...), used as the W&B job type.
-        steps_per_epoch: training steps per epoch, for progress bars; None when unknown.
-        dist: this process's place in a torchrun job (a world of one when None).
-    """
+    and ``evaluate``. ``config`` is what W&B records, ``name`` the W&B job type, ``dist`` this
+    process's place in a torchrun job (a world of one when None)."""
 
     def __init__(self, callbacks: Iterable[Callback] = (), *, epochs: int, config: Mapping[str, Any] | None = None,
                  name: str = "experiment", steps_per_epoch: int | None = None, dist: Dist | None = None) -> None:

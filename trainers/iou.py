@@ -347,12 +347,9 @@ def torchvision_agreement(n: int, seed: int) -> float:
 
 
 def run_iou(setup: IoUSetup, callbacks: Iterable[Callback] = (), config: Mapping[str, Any] | None = None) -> Session:
-    """Descents with 1 - IoU and GIoU loss (one step per update, ``eval/<loss>/mean_iou`` and
-    ``min_iou`` after each epoch), then, once, the slide and the agreement with torchvision.
-
-    The adapters find in ``session.results``: ``descents`` (loss -> :class:`Descent`), ``starts``
-    (the boxes' corners at the start), ``curves`` (each loss's mean IoU per step) and ``slide``.
-    """
+    """Descents with 1 - IoU and GIoU loss (``eval/<loss>/mean_iou`` and ``min_iou`` per epoch), then
+    the slide and the agreement with torchvision; ``session.results`` holds ``descents``, ``starts``,
+    ``curves`` (mean IoU per step) and ``slide`` for the adapters."""
     session = Session(callbacks, name="iou", config=config, epochs=setup.epochs, steps_per_epoch=setup.steps)
     target = torch.tensor(setup.box_a)
     starts = disjoint_starts(setup.box_a, setup.batch_size, torch.Generator().manual_seed(setup.seed))

@@ -283,12 +283,8 @@ class DetectionTrainer(Engine):
 
     @torch.inference_mode()
     def predict(self, dataset: PennFudan, keep: Sequence[int] = ()) -> dict[int, dict[str, torch.Tensor]]:
-        """Outputs of the model on every image of ``dataset`` keyed by image id (CPU tensors); under
-        torchrun on this rank's shard of the images only.
-
-        Images listed in ``keep`` are also stored in :attr:`viz` with their targets (on rank 0, all
-        of them: the other ranks send theirs there).
-        """
+        """Outputs on every image of ``dataset`` (this rank's shard under torchrun) by image id, as CPU
+        tensors; images in ``keep`` also go to rank 0's :attr:`viz` with their targets."""
         self.model.eval()
         outputs: dict[int, dict[str, torch.Tensor]] = {}
         mine = range(len(dataset))
