@@ -32,11 +32,7 @@ from dlhw.trainers.settings import add_arguments as settings_flags
 from dlhw.trainers.settings import check, make, setting, settings, values
 
 
-# Each profile fills the settings whose flags were left unset. For the detector: min_size and max_size
-# are its resize (shorter side, cap on the longer), rois_per_image the RoIs sampled per image for the
-# box head in training, rpn_post_nms_* the proposals kept after NMS, detections_per_image those kept
-# for Mask R-CNN's mask head. train_eval_images: images scored for train AP, images_per_epoch: images
-# trained per epoch (0 = all).
+# Each profile fills the DetectSettings fields whose flags were left unset (their help says what each is).
 _TUTORIAL = {"momentum": 0.9, "weight_decay": 5e-4, "step_size": 3, "gamma": 0.1}
 PROFILES: dict[str, dict[str, Any]] = {
     # The tutorial, unchanged (torchvision's detector defaults for size and sampling).
