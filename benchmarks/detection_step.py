@@ -171,7 +171,7 @@ def main() -> None:
                               weights="none", **detector_kwargs(profile)).model
 
     def batches_loader():
-        return torch.utils.data.DataLoader(train, batch_size=profile.batch_size, collate_fn=collate,
+        return torch.utils.data.DataLoader(train, batch_size=profile["batch_size"], collate_fn=collate,
                                            sampler=EpochSlices(len(train), len(train), seed=0))
 
     def run_ours() -> float:

@@ -78,12 +78,12 @@ class Checkpoint(Callback):
         if improved:
             self.best_path = self.directory / BEST
             best = [({"epoch": epoch + 1, "global_step": trainer.global_step, "metrics": dict(metrics),
-                      "config": plain(trainer.config), "trainer": trainer.state_dict()}, [self.best_path])]
+                      "config": plain(trainer.config), "trainer": trainer.state_dict()}, self.best_path)]
             self.best = float(value)
             self.best_metadata = metadata
             trainer.summary[f"best/{self.monitor}"] = self.best
         # The callbacks' states go in last.pt, this one's included: best is updated first.
-        self.writer.submit(trainer.checkpoint_state(), [self.directory / LAST], also=best)
+        self.writer.submit(trainer.checkpoint_state(), self.directory / LAST, also=best)
         last_epoch = epoch + 1 == trainer.epochs or trainer.should_stop
         best_aliases = ["best"] + (["last"] if self.upload_last and last_epoch and improved else [])
         if improved and self.upload == "improved":
@@ -107,7 +107,7 @@ class Checkpoint(Callback):
     def on_fit_end(self, trainer: Loop) -> None:
         if not is_rank_zero():
             return
-        self.writer.submit({"name": trainer.name, "summary": plain(trainer.summary)}, [self.directory / FINISHED])
+        self.writer.submit({"name": trainer.name, "summary": plain(trainer.summary)}, self.directory / FINISHED)
         self.writer.wait()
 
     def on_exception(self, trainer: Loop, exception: BaseException) -> None:
@@ -118,7 +118,7 @@ class Checkpoint(Callback):
                 _gather_rng(trainer)
                 if is_rank_zero():
                     # A stop signal lands between steps: the state is whole, so it is saved where it is.
-                    self.writer.submit(trainer.checkpoint_state(), [self.directory / LAST])
+                    self.writer.submit(trainer.checkpoint_state(), self.directory / LAST)
                     self.writer.wait()
                     exception.checkpoint = str(self.directory / LAST)
         except RuntimeError as error:

@@ -1,21 +1,10 @@
 """One training job over several processes: torchrun's environment, the process group, DDP, shards.
 
-``torchrun --nproc_per_node N script ...`` starts N copies of ``script`` with ``RANK``,
-``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT`` set. :func:`init_distributed`
-turns that environment into a :class:`Dist` (and, without it, into a world of one where every
-method is a cheap no-op, so the same code runs under ``python`` and under ``torchrun``).
-
-What each piece is for:
-
-- :func:`shard` / :class:`ShardedSampler`: each rank's disjoint part of an epoch, cut as
-  ``torch.utils.data.DistributedSampler`` cuts it (every ``world``-th index from ``rank``, padded by
-  wrapping round so that every rank takes the same number of steps).
-- :meth:`Dist.all_reduce_mean` / :meth:`Dist.all_reduce_sum`: metrics of the whole data from
-  every rank's part; ``(sum, count)`` pairs make an exact mean over unequal parts.
-- :meth:`Dist.report_failure`: when one rank raises, the others' collectives fail as an echo
-  ("Connection closed by peer"); this says which process saw the job's first failure, so the error
-  is shown once and the echoes stay quiet.
+:func:`init_distributed` turns torchrun's environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
+``MASTER_ADDR``, ``MASTER_PORT``) into a :class:`Dist`; without it, a world of one whose collectives
+are no-ops, so the same code runs under ``python`` and under ``torchrun``.
 """
+
 
 from __future__ import annotations
 
@@ -41,20 +30,15 @@ STORE_TIMEOUT = timedelta(seconds=10)
 
 
 def _terminated(signum: int, frame: Any) -> None:
-    # torchrun stops the other workers with SIGTERM when one fails, and kills them 30 s later.
-    # Python's default action ends the process on the spot; an exception instead runs the
-    # exception paths (a W&B run finished as failed, files closed) in that grace period.
+    # torchrun stops the other workers with SIGTERM when one fails: an exception runs their
+    # exception paths (a W&B run finished as failed, files closed) instead of ending them on the spot.
     raise SystemExit(128 + signum)
 
 
 @dataclass
 class Dist:
-    """This process's place in the job. ``world_size`` 1 means no process group: every
-    collective returns its input unchanged.
-
-    ``device`` is where this rank trains: ``cuda:LOCAL_RANK`` under torchrun on a GPU machine,
-    otherwise the device :func:`init_distributed` was given.
-    """
+    """This process's place in the job and the device it trains on; with ``world_size`` 1 every
+    collective returns its input unchanged."""
 
     rank: int = 0
     world_size: int = 1
@@ -115,14 +99,9 @@ class Dist:
         return out
 
     def report_failure(self) -> bool:
-        """Call once, from an exception handler: records that this rank failed and returns True when
-        this is the job's first failure (show the error) or False when another rank failed first
-        and this exception is its echo (stay quiet: the other rank shows the cause).
-
-        The first failing rank records itself before it exits, and its peers' collectives fail only
-        once it has exited, so the echo always finds the record. A store that cannot be reached
-        means its host (rank 0 without a torchrun agent) is gone: that was the first failure.
-        """
+        """Call once, from an exception handler: True when this is the job's first failure (show the
+        error), False when another rank failed first and this exception is its echo (stay quiet).
+        An unreachable store means its host (rank 0 without a torchrun agent) failed first."""
         if not self.distributed:
             return True
         try:
@@ -145,15 +124,9 @@ class Dist:
 
 
 def init_distributed(device: str | torch.device = "cpu", *, timeout: timedelta | None = None) -> Dist:
-    """The job this process belongs to, from torchrun's environment variables.
-
-    Without them (or with ``WORLD_SIZE`` 1) nothing is initialised and the result is a world of
-    one on ``device``. Otherwise the process group is created: NCCL when ``device`` is CUDA (and
-    this rank's device becomes ``cuda:LOCAL_RANK``), gloo on the CPU. ``timeout`` bounds how long
-    a collective waits for a rank that neither answers nor exits (torch's default when None).
-    Under torchrun, SIGTERM raises ``SystemExit`` so that a worker torchrun stops after a peer
-    failed still runs its exception paths.
-    """
+    """The job this process belongs to, from torchrun's environment (a world of one on ``device``
+    without it): NCCL on ``cuda:LOCAL_RANK`` or gloo on the CPU. ``timeout`` bounds how long a
+    collective waits for a silent rank. Under torchrun SIGTERM raises ``SystemExit``."""
     device = torch.device(device)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
@@ -190,14 +163,9 @@ def wrap_ddp(model: nn.Module, dist: Dist, **kwargs: Any) -> nn.Module:
 
 
 def shard(indices: Sequence[int] | torch.Tensor, rank: int, world: int, *, even: bool = True) -> Any:
-    """Rank ``rank``'s part of ``indices``: every ``world``-th item from position ``rank``.
-
-    ``even`` (training): the list is first padded by wrapping round to a multiple of ``world``,
-    exactly as ``DistributedSampler`` pads, so every rank gets ``ceil(n / world)`` items and takes
-    the same number of steps (DDP needs that). Without ``even`` (evaluation) the parts are
-    disjoint and cover ``indices`` exactly once, their lengths differing by at most one.
-    A tensor gives a tensor on its device, anything else a list.
-    """
+    """Rank ``rank``'s part of ``indices``: every ``world``-th item from position ``rank``, cut as
+    ``DistributedSampler`` cuts. ``even`` (training) pads by wrapping round so every rank takes the
+    same steps; otherwise (evaluation) the parts cover ``indices`` exactly once. Tensor in, tensor out."""
     n = len(indices)
     if n == 0:
         return indices[:0] if isinstance(indices, torch.Tensor) else []
@@ -225,9 +193,7 @@ class ShardedSampler(torch.utils.data.Sampler):
         return math.ceil(len(self.sampler) / self.world)
 
     def __iter__(self) -> Iterator[int]:
-        # Lazily, as :func:`shard` cuts it: a loader stopped early (``--limit-batches``) draws no
-        # more of the wrapped sampler than one over the whole global batch would, so a random
-        # sampler's generator advances as it does in a single process.
+        # Lazily, so a loader stopped early draws no more of a random sampler than one process would.
         head: list[int] = []
         n = 0
         for n, index in enumerate(self.sampler, 1):

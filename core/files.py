@@ -1,16 +1,14 @@
 """Files that are never half-written: write to a temporary file beside the target, then rename.
 
-A crash at any point leaves either the old file or the new one, never a truncated mix; this is
-how checkpoints, sweep state and downloads are written. Checkpoints are written by a background
-thread (:class:`BackgroundWriter`), so an epoch does not wait for hundreds of megabytes to reach
-the disk.
+Checkpoints, sweep state and downloads are written so; checkpoints on a background thread
+(:class:`BackgroundWriter`), so an epoch does not wait for the disk.
 """
+
 
 from __future__ import annotations
 
 import copy
 import os
-import shutil
 import tempfile
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -44,12 +42,8 @@ def atomic_file(path: str | os.PathLike[str], suffix: str = ".tmp") -> Iterator[
 
 
 def writable_folder(path: str | os.PathLike[str], flag: str = "--out") -> Path:
-    """Create the folder ``path`` (and its parents) when missing and prove a file can be written in it.
-
-    Checked before a command does any work, so that a folder it cannot write to is one clear line
-    (:class:`~core.errors.UsageError` naming ``flag``) instead of a failure hours into a run; the
-    probe file is removed, and nothing already in the folder is touched.
-    """
+    """Create the folder ``path`` when missing and prove a file can be written in it, before a
+    command does any work (a UsageError naming ``flag`` otherwise); nothing in it is touched."""
     from dlhw.core.errors import UsageError
 
     path = Path(path)
@@ -102,54 +96,31 @@ def plain(obj: Any) -> Any:
     return str(obj)
 
 
-def save_linked(obj: Any, paths: Sequence[str | os.PathLike[str]]) -> None:
-    """``torch.save`` ``obj`` once, atomically, to ``paths[0]``; every other path atomically
-    becomes a hard link to that file (a copy where the file system has no links)."""
-    first = save_atomic(obj, paths[0])
-    for other in map(Path, paths[1:]):
-        other.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{other.name}.", suffix=".tmp", dir=other.parent)
-        os.close(fd)
-        try:
-            os.unlink(tmp)  # mkstemp reserved a fresh name; the link takes it
-            try:
-                os.link(first, tmp)
-            except OSError:
-                shutil.copyfile(first, tmp)
-            os.replace(tmp, other)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
-
-
 class BackgroundWriter:
-    """Writes checkpoints on a background thread so that training never waits on the disk.
-
-    :meth:`submit` snapshots the state at once (so the file holds exactly that moment), then
-    writes it atomically on a thread; it first waits for the previous write, so at most one
-    snapshot is in memory and files land in order. A failed write is raised, as
-    :class:`CheckpointError`, by the next :meth:`submit` or :meth:`wait`.
-    """
+    """Writes checkpoints on a background thread so that training never waits on the disk: one
+    snapshot at a time, files in order, a failed write raised (:class:`CheckpointError`) by the
+    next :meth:`submit` or :meth:`wait`."""
 
     def __init__(self) -> None:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self._failed: str = ""
 
-    def submit(self, obj: Any, paths: Sequence[str | os.PathLike[str]],
-               also: Sequence[tuple[Any, Sequence[str | os.PathLike[str]]]] = ()) -> None:
-        """Write ``obj`` to ``paths`` (see :func:`save_linked`), then each ``(obj, paths)`` of
-        ``also``, in the background: one snapshot, one wait, whatever the number of files."""
+    def submit(self, obj: Any, path: str | os.PathLike[str],
+               also: Sequence[tuple[Any, str | os.PathLike[str]]] = ()) -> None:
+        """Write ``obj`` to ``path`` (:func:`save_atomic`), then each ``(obj, path)`` of ``also``, in
+        the background: one snapshot, one wait, whatever the number of files."""
         self.wait()
-        writes = [(snapshot(o), list(p)) for o, p in [(obj, paths), *also]]
+        writes = [(snapshot(o), p) for o, p in [(obj, path), *also]]
         self._thread = threading.Thread(target=self._write, args=(writes,), name="checkpoint-writer")
         self._thread.start()
 
-    def _write(self, writes: list[tuple[Any, list]]) -> None:
-        for state, paths in writes:
+    def _write(self, writes: list[tuple[Any, str | os.PathLike[str]]]) -> None:
+        for state, path in writes:
             try:
-                save_linked(state, paths)
+                save_atomic(state, path)
             except BaseException as exc:  # handed to the training thread by wait()
-                self._error, self._failed = exc, str(paths[0])
+                self._error, self._failed = exc, str(path)
                 return
 
     def wait(self) -> None:

@@ -81,14 +81,14 @@ DETECT_DATA = ("--holdout", "1", "--skip-photo")
     (["detect", "--backbone", "mobilenet_v9"], "unknown backbone 'mobilenet_v9' (did you mean mobilenet_v2"),
     (["detect", "--model", "maskrcnn_resnet50"],
      "unknown model 'maskrcnn_resnet50' (did you mean maskrcnn_resnet50_fpn"),
-    (["alexnet", "--lr", "0"], "--lr 0.0"),
-    (["alexnet", "--lr", "-1"], "--lr -1.0"),
+    (["alexnet", "--lr", "0"], "--lr must be positive, got 0.0"),
+    (["alexnet", "--lr", "-1"], "--lr must be positive, got -1.0"),
     (["detect", "--lr", "0"], "--lr must be positive"),
-    (["iou", "--lr", "0"], "--lr must be a positive number"),
-    (["alexnet", "--weight-decay", "-1e-4"], "--weight-decay -0.0001"),
-    (["alexnet", "--epochs", "0"], "--epochs 0"),
+    (["iou", "--lr", "0"], "--lr must be positive"),
+    (["alexnet", "--weight-decay", "-1e-4"], "--weight-decay must be at least 0, got -0.0001"),
+    (["alexnet", "--epochs", "0"], "--epochs must be positive, got 0"),
     (["detect", "--epochs", "0"], "--epochs must be positive"),
-    (["alexnet", "--batch-size", "0"], "--batch-size 0"),
+    (["alexnet", "--batch-size", "0"], "--batch-size must be positive, got 0"),
 ])
 def test_unknown_names_and_bad_numbers(capsys, tmp_path, argv, culprit):
     assert culprit in _error(capsys, tmp_path / "out", *argv)

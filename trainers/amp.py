@@ -1,11 +1,10 @@
 """Mixed precision for the CUDA step, shared by the trainers.
 
-bf16 autocast where the GPU has it (Ampere and newer): the same exponent range as float32, so no
-loss scaling and no skipped steps. Older GPUs get fp16 with a gradient scaler, whose first steps
-are skipped while it finds its scale; :meth:`Precision.step` says whether the optimizer really
-stepped, so that learning-rate schedules only count real steps (and PyTorch's warning about a
-scheduler stepping before its optimizer never fires). CPU runs stay in float32.
+bf16 autocast where the GPU has it (float32's exponent range: no loss scaling); fp16 with a
+gradient scaler on older GPUs, where :meth:`Precision.step` says whether the optimizer really
+stepped so that schedules count real steps only. CPU runs stay in float32.
 """
+
 
 from __future__ import annotations
 

@@ -19,7 +19,6 @@ import argparse
 import dataclasses
 import inspect
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -40,40 +39,24 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 WD_MODES = ("l2", "coupled", "decoupled")
 
 
-@dataclass(frozen=True)
-class Recipe:
-    """A preset of the flags; every field is overridden by the flag of the same name."""
-
-    dataset: str
-    variant: str
-    optimizer: str
-    lr: float
-    batch_size: int
-    epochs: int
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    wd_mode: str = "coupled"
-    augment: bool = True
-    # Data settings where the recipes' sources differ: d2l trains on every training image, feeds
-    # pixels in [0, 1] without normalisation and tests the last epoch's weights.
-    val_split: bool = True
-    normalize: bool = True
-    test_weights: str = "best"
-
-
-RECIPES: dict[str, Recipe] = {
+# Each recipe fills the settings whose flags were left unset.
+_RECIPE = {"momentum": 0.0, "weight_decay": 0.0, "wd_mode": "coupled", "augment": True, "val_split": True,
+           "normalize": True, "test_weights": "best"}
+RECIPES: dict[str, dict[str, Any]] = {
     # The course notebook: CIFAR-10 at 32x32, Adam 1e-3, batch 256, 25 epochs, best-val
     # checkpoint; about 76.8% test accuracy.
-    "course": Recipe("cifar10", "course", "adam", 1e-3, 256, 25),
+    "course": {**_RECIPE, "dataset": "cifar10", "variant": "course", "optimizer": "adam", "lr": 1e-3,
+               "batch_size": 256, "epochs": 25},
     # Dive into Deep Learning 8.1: all 60,000 Fashion-MNIST training images, Resize(224) +
     # ToTensor (no normalisation, no augmentation), SGD 0.01, batch 128, 10 epochs, the last
     # epoch's weights on the test set; about 0.885 test accuracy.
-    "d2l": Recipe("fashion-mnist", "d2l", "sgd", 0.01, 128, 10, augment=False,
-                  val_split=False, normalize=False, test_weights="last"),
+    "d2l": {**_RECIPE, "dataset": "fashion-mnist", "variant": "d2l", "optimizer": "sgd", "lr": 0.01, "batch_size": 128,
+            "epochs": 10, "augment": False, "val_split": False, "normalize": False, "test_weights": "last"},
     # The offline default: the course network on the digits upscaled to 32x32, sized to reach
     # 95% test accuracy within minutes on two CPU cores. Decoupled decay, so the probe has a
     # shrink factor to show.
-    "digits": Recipe("digits", "course", "adam", 1e-3, 32, 5, weight_decay=5e-4, wd_mode="decoupled"),
+    "digits": {**_RECIPE, "dataset": "digits", "variant": "course", "optimizer": "adam", "lr": 1e-3, "batch_size": 32,
+               "epochs": 5, "weight_decay": 5e-4, "wd_mode": "decoupled"},
 }
 RECIPE_FOR_DATASET = {"digits": "digits", "cifar10": "course", "fashion-mnist": "d2l"}
 
@@ -105,33 +88,34 @@ class AlexNetSettings:
     test_weights: str = setting(help="weights scored on the test set: the best validation epoch's or the last "
                                      "epoch's (d2l recipe: last)", choices=("best", "last"), group=DATA)
     limit_batches: int | None = setting(None, "at most N batches per epoch in training and in each evaluation "
-                                              "(quick checks)", metavar="N", group=DATA)
+                                              "(quick checks)", metavar="N", group=DATA, min=1)
     device: str = setting("auto", "default: cuda when available", choices=("auto", "cpu", "cuda"), group=DATA)
     device_data: str = setting("auto", "on: every split held on the device, batches resized, augmented and "
                                        "normalised there in a few batched operations; off: a DataLoader running "
                                        "albumentations per image (auto: on unless --workers is set)",
                                choices=("auto", "on", "off"), group=SPEED)
-    workers: int = setting(0, "DataLoader worker processes when --device-data is off (default 0)", group=SPEED)
+    workers: int = setting(0, "DataLoader worker processes when --device-data is off (default 0)", group=SPEED, min=0)
     compile: bool = setting(False, "torch.compile the model for training and evaluation (pays off on long CUDA runs)",
                             group=SPEED)
-    epochs: int = setting(help="training epochs (from the recipe)", group=OPTIM)
-    batch_size: int = setting(help="images per step (from the recipe)", group=OPTIM)
+    epochs: int = setting(help="training epochs (from the recipe)", group=OPTIM, above=0)
+    batch_size: int = setting(help="images per step (from the recipe)", group=OPTIM, above=0)
     optimizer: str = setting(help="adamw = adam with decoupled decay", choices=OPTIMIZERS, group=OPTIM)
-    lr: float = setting(help="learning rate (from the recipe)", group=OPTIM)
-    momentum: float = setting(help="SGD momentum (recipes: 0)", group=OPTIM)
-    weight_decay: float = setting(help="decay strength lambda (from the recipe)", metavar="LAMBDA", group=OPTIM)
+    lr: float = setting(help="learning rate (from the recipe)", group=OPTIM, above=0)
+    momentum: float = setting(help="SGD momentum (recipes: 0)", group=OPTIM, min=0, below=1)
+    weight_decay: float = setting(help="decay strength lambda (from the recipe)", metavar="LAMBDA", group=OPTIM,
+                                 min=0)
     wd_mode: str = setting(help="l2: lambda/2 ||w||^2 in the loss; coupled: the optimizer's weight_decay; "
                                 "decoupled: w *= 1 - lr*lambda apart from the gradient step", choices=WD_MODES,
                            group=OPTIM)
     decay_all: bool = setting(False, "decay biases and normalisation weights too", group=OPTIM)
     hessian_every: int = setting(10, "estimate the top Hessian eigenvalue at the start, every EPOCHS epochs and at "
-                                     "the end (0: never)", metavar="EPOCHS", group=PROBE)
-    hessian_iters: int = setting(10, "power-iteration steps per estimate (default 10)", group=PROBE)
+                                     "the end (0: never)", metavar="EPOCHS", group=PROBE, min=0)
+    hessian_iters: int = setting(10, "power-iteration steps per estimate (default 10)", group=PROBE, min=1)
     decay_every: int = setting(10, "measure the decay factor of one optimizer step in N; the measurement replays the "
                                    "step without decay, about one more optimizer step (default 10; 1: every step)",
-                               metavar="STEPS", group=PROBE)
-    hessian_batch: int = setting(32, "size of the fixed training batch it uses (default 32)", group=PROBE)
-    viz_images: int = setting(4, "validation images in the feature-map table (default 4)", group=PROBE)
+                               metavar="STEPS", group=PROBE, min=1)
+    hessian_batch: int = setting(32, "size of the fixed training batch it uses (default 32)", group=PROBE, min=1)
+    viz_images: int = setting(4, "validation images in the feature-map table (default 4)", group=PROBE, min=0)
     seed: int = setting(0, "random seed (the global --seed)", flag=False)
     world_size: int = setting(1, "processes training the model together (torchrun's WORLD_SIZE); "
                                  "--batch-size is per process", flag=False)
@@ -147,7 +131,7 @@ def resolve_args(args: argparse.Namespace) -> tuple[AlexNetSettings, list[str]]:
     notes = []
     v = values(AlexNetSettings, args)
     if v["recipe"] is not None and v["dataset"] is None:
-        v["dataset"] = RECIPES[v["recipe"]].dataset
+        v["dataset"] = RECIPES[v["recipe"]]["dataset"]
     v["dataset"], why = resolve_dataset(v["dataset"] or "auto", v["data"])
     if why != "--dataset":
         notes.append(why)
@@ -156,26 +140,10 @@ def resolve_args(args: argparse.Namespace) -> tuple[AlexNetSettings, list[str]]:
         if v["wd_mode"] not in (None, "decoupled"):
             raise UsageError("--optimizer adamw decays decoupled by definition; use --optimizer adam with --wd-mode l2 or coupled")
         v["wd_mode"] = "decoupled"
-    for key, value in vars(RECIPES[v["recipe"]]).items():
+    for key, value in RECIPES[v["recipe"]].items():
         if v.get(key) is None:
             v[key] = value
     s = make(AlexNetSettings, v)
-    for flag, value, ok in (
-        ("--epochs", s.epochs, s.epochs >= 1),
-        ("--batch-size", s.batch_size, s.batch_size >= 1),
-        ("--lr", s.lr, s.lr > 0),
-        ("--momentum", s.momentum, 0 <= s.momentum < 1),
-        ("--weight-decay", s.weight_decay, s.weight_decay >= 0),
-        ("--hessian-every", s.hessian_every, s.hessian_every >= 0),
-        ("--hessian-iters", s.hessian_iters, s.hessian_iters >= 1),
-        ("--decay-every", s.decay_every, s.decay_every >= 1),
-        ("--hessian-batch", s.hessian_batch, s.hessian_batch >= 1),
-        ("--viz-images", s.viz_images, s.viz_images >= 0),
-        ("--limit-batches", s.limit_batches, s.limit_batches is None or s.limit_batches >= 1),
-        ("--workers", s.workers, s.workers >= 0),
-    ):
-        if not ok:
-            raise UsageError(f"{flag} {value} is out of range; see `launch.py alexnet --help`")
     notes.append(
         f"recipe {s.recipe}: {s.variant} AlexNet on {s.dataset}, {s.optimizer} lr {s.lr:g}, "
         f"batch {s.batch_size}, {s.epochs} epochs, weight decay {s.weight_decay:g} ({s.wd_mode})"
@@ -226,17 +194,12 @@ _SGD_UPDATE = inspect.unwrap(torch.optim.SGD.step)
 
 
 class ClassificationTrainer(Engine):
-    """Trains an image classifier with cross-entropy, one of three weight-decay modes, and
-    reports val metrics per epoch and test metrics (of the best-val weights) at the end.
+    """Trains an image classifier with cross-entropy and one of three weight-decay modes; reports
+    val metrics per epoch and test metrics (of the best-val or last weights) at the end.
 
-    Coupled and decoupled decay live in the optimizer (``weight_decay`` of torch's SGD or Adam;
-    :class:`SGDW` or Adam's ``decoupled_weight_decay``), so a probe on the optimizer's step hooks
-    sees every part of every step.
-
-    Under torchrun (``dist`` of several ranks, ``loaders`` cut into this rank's shards) the model
-    trains through DistributedDataParallel, and every number it reports is the whole job's: a
-    step's loss and accuracy over the global batch, evaluation over all the ranks' shards as
-    exact ``(sum, count)`` means, the test predictions gathered for the confusion matrix.
+    Coupled and decoupled decay live in the optimizer, so a probe on its step hooks sees every part
+    of every step. Under torchrun (``dist``, ``loaders`` cut into this rank's shards) it trains
+    through DDP and every number it reports is the whole job's.
     """
 
     def __init__(
@@ -298,8 +261,7 @@ class ClassificationTrainer(Engine):
             {"params": self.decay_params, "weight_decay": in_optimizer},
             {"params": [p for _, p in no_decay], "weight_decay": 0.0},
         ]
-        # The fused kernels update all 23-47 M parameters in one pass: on a CPU, Adam's default
-        # (foreach) step costs about as much as the forward pass of a batch.
+        # Fused kernels update all parameters in one pass, far cheaper than the default on a CPU.
         decoupled = wd_mode == "decoupled"
         if optimizer == "sgd":
             self.optimizer = (SGDW if decoupled else torch.optim.SGD)(groups, lr=lr, momentum=momentum, fused=True)
@@ -411,22 +373,17 @@ class ClassificationTrainer(Engine):
         """The weights and how to feed them (classes, normalisation): the uploaded best checkpoint,
         small because the optimizer's state (Adam's two moment buffers would triple it) is left to
         :meth:`training_state`, which only the resumable ``last.pt`` holds."""
-        return {"model": self.model.state_dict(), "classes": self.loaders.classes,
-                "mean": self.loaders.mean, "std": self.loaders.std}
+        return {**super().state_dict(), "classes": self.loaders.classes, "mean": self.loaders.mean,
+                "std": self.loaders.std}
 
     def training_state(self) -> dict[str, Any]:
-        """Optimizer, loss scaler, the best validation epoch and its weights (what ``test`` scores)
-        and the current epoch's running totals."""
-        return {"optimizer": self.optimizer.state_dict(), "scaler": self.precision.scaler.state_dict(),
-                "best_acc": self._best_acc, "best_epoch": self.best_epoch, "best_model": self._best_state,
-                "epoch_totals": list(self.epoch_totals)}
+        """Also the best validation epoch and its weights (what ``test`` scores) and the current epoch's totals."""
+        return {**super().training_state(), "best_acc": self._best_acc, "best_epoch": self.best_epoch,
+                "best_model": self._best_state, "epoch_totals": list(self.epoch_totals)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Load a :meth:`state_dict`, and a :meth:`training_state` when it has one (a resume)."""
-        self.model.load_state_dict(state["model"])
+        super().load_state_dict(state)
         if "optimizer" in state:
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.precision.scaler.load_state_dict(state["scaler"])
             self._best_acc, self.best_epoch = state["best_acc"], state["best_epoch"]
             self._best_state = state["best_model"]
             self.epoch_totals = list(state["epoch_totals"])

@@ -1,20 +1,17 @@
 """Image-classification data: scikit-learn's digits (always there), CIFAR-10 and Fashion-MNIST
-(torchvision's files under ``--data``), with albumentations augmentation.
+(torchvision's on-disk layout under ``--data``, fetched with torchvision's own code on ``--download``).
 
-Every dataset is loaded as uint8 arrays (N, H, W, C) split into train / val / test; resizing to
-the network's input size, augmentation and normalisation happen per sample in the loader, or
-batched on the training device (:mod:`trainers.device_data`) with the same distribution.
-CIFAR-10 and Fashion-MNIST are read from torchvision's on-disk layout by this module (so any
-file in that format works), and downloaded with torchvision's own code (official URLs, MD5
-checks, progress bar) when ``--download`` is given.
+Every dataset is loaded as uint8 arrays (N, H, W, C) split into train / val / test; resizing,
+augmentation (albumentations) and normalisation happen per sample in the loader, or batched on the
+training device (:mod:`trainers.device_data`) with the same distribution.
 """
+
 
 from __future__ import annotations
 
 import gzip
 import pickle
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -111,18 +108,19 @@ def load_digits(root: Path, download: bool = False) -> Splits:
     return Splits("digits", train, val, test, [str(i) for i in range(10)], flips=False)
 
 
-def _missing(name: str, root: Path, what: str) -> UsageError:
-    return UsageError(
-        f"{name} not found under {root} ({what}); add --download to fetch it, "
-        f"or use --dataset digits (bundled, needs no files)"
-    )
+def _ensure(name: str, root: Path, present: bool, download: bool, what: str, torchvision_class: str) -> None:
+    """A UsageError unless the files are there or ``download`` fetches them with torchvision's own code."""
+    if present:
+        return
+    if not download:
+        raise UsageError(f"{name} not found under {root} ({what}); add --download to fetch it, "
+                         f"or use --dataset digits (bundled, needs no files)")
+    import torchvision.datasets
 
-
-def _download(name: str, root: Path, fetch: Callable[[], None]) -> None:
     print(f"downloading {name} to {root} (torchvision, official mirror, MD5-checked)", file=sys.stderr)
     try:
         with socket_timeout():  # an unreachable mirror fails in seconds instead of hanging
-            fetch()
+            getattr(torchvision.datasets, torchvision_class)(str(root), train=True, download=True)
     except Exception as exc:  # no network, a proxy page, a bad checksum: all mean "no data"
         raise UsageError(
             f"could not download {name} to {root} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
@@ -147,12 +145,8 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
 def load_cifar10(root: Path, download: bool = False) -> Splits:
     """CIFAR-10 from torchvision's python batches; the last 10% (fixed seed) of train is the val split."""
     root = Path(root)
-    if not cifar10_present(root):
-        if not download:
-            raise _missing("cifar10", root, f"expected {CIFAR10_DIR}/data_batch_1..5 and test_batch")
-        from torchvision.datasets import CIFAR10
-
-        _download("cifar10", root, lambda: CIFAR10(str(root), train=True, download=True))
+    _ensure("cifar10", root, cifar10_present(root), download, f"expected {CIFAR10_DIR}/data_batch_1..5 and test_batch",
+            "CIFAR10")
     folder = root / CIFAR10_DIR
     parts = [_read_cifar_batch(folder / f) for f in CIFAR10_TRAIN]
     x, y = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
@@ -194,12 +188,8 @@ def fashion_mnist_present(root: Path) -> bool:
 def load_fashion_mnist(root: Path, download: bool = False) -> Splits:
     """Fashion-MNIST from torchvision's raw IDX files; 10% (fixed seed) of train is the val split."""
     root = Path(root)
-    if not fashion_mnist_present(root):
-        if not download:
-            raise _missing("fashion-mnist", root, f"expected {FASHION_DIR}/train-images-idx3-ubyte(.gz) and the other three")
-        from torchvision.datasets import FashionMNIST
-
-        _download("fashion-mnist", root, lambda: FashionMNIST(str(root), train=True, download=True))
+    _ensure("fashion-mnist", root, fashion_mnist_present(root), download,
+            f"expected {FASHION_DIR}/train-images-idx3-ubyte(.gz) and the other three", "FashionMNIST")
     folder = root / FASHION_DIR
     arrays = {}
     for split, (images, labels) in FASHION_FILES.items():
@@ -289,16 +279,10 @@ def make_loaders(
 ) -> Loaders:
     """Loaders that resize to ``size``; only training is shuffled (seeded) and augmented.
 
-    ``on_device``: every split is held on ``device`` and batches are made there
-    (:class:`DeviceBatches`); otherwise a DataLoader with ``workers`` processes applies
-    albumentations per image, into pinned memory when ``device`` is CUDA. Without ``normalize``
-    the pixels are only scaled to [0, 1] (mean 0, std 1: torchvision's ToTensor).
-
-    ``rank`` of ``world`` processes (torchrun) gets its shard of every split (see
-    :func:`core.distributed.shard`): of training, an equal part of each epoch's order, which
-    every rank draws from the same seed; of evaluation, a disjoint part, all parts together
-    covering the split once. Augmentation draws per rank: the pipeline is seeded with
-    ``seed + rank``, the batches on the device from ``(seed, epoch, rank)``.
+    ``on_device``: batches made on ``device`` (:class:`DeviceBatches`); otherwise a DataLoader with
+    ``workers`` processes. Without ``normalize`` pixels are only scaled to [0, 1]. ``rank`` of
+    ``world`` gets its shard of every split (:func:`core.distributed.shard`) and augments with its
+    own stream (``seed + rank``).
     """
     mean, std = splits.mean_std() if normalize else ([0.0] * splits.channels, [1.0] * splits.channels)
     plain = transforms(size, mean, std, augment=False, flips=splits.flips)

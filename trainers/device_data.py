@@ -1,20 +1,14 @@
 """Classifier batches cut from one uint8 tensor that lives on the training device.
 
-The per-image path (a DataLoader over albumentations) spends one Python call and several cv2
-calls per image on one core; on a GPU that, not the network, bounds an epoch. Here a split is
-copied to the device once as a uint8 (N, C, H, W) tensor, and each batch is resized, augmented
-and normalised in a handful of batched tensor operations with the same distribution as
-:func:`trainers.datasets.transforms`: rotation uniform in +-10 degrees about the centre (zero
-fill, bilinear), a horizontal flip with probability 1/2 where the data allows it, a random crop
-of the image padded by 2 with zeros (an integer shift in [-2, 2] along each axis), then
-``(x / 255 - mean) / std``. The three geometric steps are one affine map, so they cost a single
-``grid_sample``. Random numbers come from a generator seeded by ``(seed, epoch)``, so an epoch's
-batches are the same for the same seed whatever happened before.
-
-Under torchrun each rank holds the whole split but takes only its shard of each epoch's order
-(:func:`core.distributed.shard`, the cut of ``DistributedSampler``): the order is drawn from
-the same generator on every rank, so the shards are disjoint and, for training, equally long.
+A DataLoader over albumentations spends Python and cv2 calls per image on one core, which bounds an
+epoch on a GPU. Here a split is copied to the device once and each batch is resized, augmented and
+normalised in a few batched operations, with the distribution of :func:`trainers.datasets.transforms`
+(rotation within +-10 degrees, a flip where the data allows it, a crop of the image padded by 2, as
+one affine ``grid_sample``). Random numbers come from a generator of ``(seed, epoch)``, so an epoch's
+batches do not depend on what ran before. Under torchrun each rank takes its shard of each epoch's
+order (:func:`core.distributed.shard`).
 """
+
 
 from __future__ import annotations
 
@@ -68,17 +62,10 @@ def augment(x: torch.Tensor, *, flips: bool, generator: torch.Generator,
 
 
 class DeviceBatches:
-    """Batches ``(x, y)`` of one split, held on ``device``: float normalised images and int64
-    labels. Each ``iter()`` is one epoch: shuffled (when ``shuffle``) and augmented (when
-    ``augment``) with the generator of ``(seed, epoch)``, the epoch counting up per iteration.
-
-    ``dataset`` is the split's per-image dataset, kept for code that picks single images
-    (fixed batches for pictures and curvature estimates).
-
-    ``rank`` of ``world`` processes takes its shard of every epoch: when ``shuffle`` (training)
-    ``ceil(n / world)`` images, wrapped round as ``DistributedSampler`` pads, so that every rank
-    takes the same number of steps; otherwise (evaluation) a disjoint part, all parts together
-    covering the split exactly once. Each rank augments with its own random stream.
+    """Batches ``(x, y)`` of one split held on ``device``; each ``iter()`` is one epoch, shuffled and
+    augmented (when asked) with the generator of ``(seed, epoch)``. ``dataset``: the split's
+    per-image dataset, for code that picks single images. ``rank`` of ``world`` takes its shard of
+    every epoch (padded for training, so every rank takes the same steps) and augments with its own stream.
     """
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, *, size: int, mean: list[float], std: list[float],

@@ -1,31 +1,16 @@
 """The training loop and its events.
 
-An :class:`Engine` runs ``epochs`` rounds of ``train_epoch`` then ``evaluate`` and tells its
-callbacks about each step through named events; the run's lifecycle (fit start and end, the
-exception path, the exit code) is its :class:`~core.session.Session`'s, shared with the
-experiments that train nothing. Everything that is not training — W&B, progress
-bars, checkpoints, pictures — lives in callbacks, so this module never imports wandb.
+An :class:`Engine` runs ``epochs`` rounds of ``train_epoch`` then ``evaluate`` and fires named
+events to its callbacks; the run's lifecycle (fit start and end, the exception path, the exit code)
+is its :class:`~core.session.Session`'s. Everything that is not training lives in callbacks, so
+this module never imports wandb. A successful fit fires::
 
-Event order for a successful fit::
+    on_fit_start (on_epoch_start, on_batch_end*, on_validation_end, on_epoch_end)* on_test_end on_fit_end
 
-    on_fit_start
-      (on_epoch_start, on_batch_end*, on_validation_end, on_epoch_end)*
-    on_test_end          (only when ``test`` returns metrics)
-    on_fit_end
-
-``on_log`` fires whenever the trainer reports metrics; ``on_exception`` replaces ``on_fit_end``
-when the loop raises (KeyboardInterrupt included), and the exception is re-raised.
-
-A fit can be stopped and continued: :meth:`Engine.checkpoint_state` is everything a resume needs
-(weights, optimizer and scheduler, the position in the run down to the step within an epoch,
-every callback's state, the random generators), :meth:`Engine.load_checkpoint_state` puts it
-back, and the next :meth:`Engine.fit` carries on from there as if it had never stopped. While
-``fit`` runs, SIGINT and SIGTERM stop it at the end of the current step
-(:class:`core.session.Stopped`) instead of killing it mid-step.
-
-Under torchrun every process runs the same loop (``dist``, a :class:`core.distributed.Dist`), and
-a stop is agreed at every step: a rank that got a signal tells the others through one small
-all-reduce, so all of them stop after the same step, none left waiting in a collective.
+``on_log`` fires whenever metrics are reported; ``on_exception`` replaces ``on_fit_end`` when the
+loop raises. :meth:`Engine.checkpoint_state` is everything a resume needs, down to the step within
+an epoch and the random generators, and :meth:`Engine.load_checkpoint_state` puts it back. SIGINT
+and SIGTERM stop a fit after the current step; under torchrun every rank agrees on that step.
 """
 
 from __future__ import annotations
@@ -53,27 +38,11 @@ CHECKPOINT_FORMAT = 1
 
 class Engine(Session):
     """A training loop over a :class:`~core.session.Session`; subclasses implement ``train_epoch``
-    and ``evaluate``.
+    and ``evaluate``. ``config`` is what W&B records, ``name`` the W&B job type, ``dist`` this
+    process's place in a torchrun job (a world of one when None)."""
 
-    Args:
-        callbacks: plug-ins notified of every event, in order.
-        epochs: number of epochs ``fit`` runs.
-        config: the resolved configuration of the run (what W&B records).
-        name: short experiment name ("alexnet", "detect-option1", ...), used as the W&B job type.
-        steps_per_epoch: training steps per epoch, for progress bars; None when unknown.
-        dist: this process's place in a torchrun job (a world of one when None).
-    """
-
-    def __init__(
-        self,
-        callbacks: Iterable[Callback] = (),
-        *,
-        epochs: int,
-        config: Mapping[str, Any] | None = None,
-        name: str = "experiment",
-        steps_per_epoch: int | None = None,
-        dist: Dist | None = None,
-    ) -> None:
+    def __init__(self, callbacks: Iterable[Callback] = (), *, epochs: int, config: Mapping[str, Any] | None = None,
+                 name: str = "experiment", steps_per_epoch: int | None = None, dist: Dist | None = None) -> None:
         super().__init__(callbacks, name=name, config=config, epochs=epochs, steps_per_epoch=steps_per_epoch)
         self.dist = dist if dist is not None else Dist()
 
@@ -88,17 +57,35 @@ class Engine(Session):
         # Steps of the current epoch that a resumed run already trained: epoch_batches skips them.
         self.resume_batch = 0
 
+    # What a subclass trains, when it trains a model: saved and restored by the three methods below.
+    model: torch.nn.Module | None = None
+    optimizer: torch.optim.Optimizer | None = None
+    scheduler: Any = None
+    precision: Any = None  # a trainers.amp.Precision, whose loss scaler has a state
+
     def state_dict(self) -> dict[str, Any]:
-        """The weights and what evaluating them needs (the small checkpoint a W&B artifact holds)."""
-        return {}
+        """The weights and what evaluating them needs (the small checkpoint a W&B artifact holds);
+        subclasses add how to feed the model."""
+        return {"model": self.model.state_dict()} if self.model is not None else {}
 
     def training_state(self) -> dict[str, Any]:
-        """What continuing the training needs beyond :meth:`state_dict`: optimizer, scheduler,
-        loss scaler, running totals (subclasses)."""
-        return {}
+        """What continuing the training needs beyond :meth:`state_dict`: optimizer, scheduler and
+        loss scaler; subclasses add their running totals."""
+        return {key: part.state_dict() for key, part in self._training_parts().items()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore what :meth:`state_dict` and :meth:`training_state` returned, merged (subclasses)."""
+        """Restore a :meth:`state_dict`, and a :meth:`training_state` merged into it when it has one
+        (a resume); subclasses restore their own additions after this."""
+        if self.model is not None:
+            self.model.load_state_dict(state["model"])
+        if "optimizer" in state:
+            for key, part in self._training_parts().items():
+                part.load_state_dict(state[key])
+
+    def _training_parts(self) -> dict[str, Any]:
+        scaler = self.precision.scaler if self.precision is not None else None
+        parts = {"optimizer": self.optimizer, "scheduler": self.scheduler, "scaler": scaler}
+        return {key: part for key, part in parts.items() if part is not None}
 
     def data_generators(self) -> dict[str, Any]:
         """The random generators the training data path draws from, by name (torch ``Generator``,
@@ -111,19 +98,14 @@ class Engine(Session):
         return {"global": global_rng_state(), "data": data}
 
     def gather_rng(self) -> None:
-        """Under torchrun, collect every rank's random state for rank 0's next
-        :meth:`checkpoint_state` (each rank draws its own dropout masks and augmentations, so a
-        resume needs each one's). A collective: every rank calls it at the same point, as
-        :class:`callbacks.checkpoint.Checkpoint` does before rank 0 writes; a no-op in one process."""
+        """Under torchrun, collect every rank's random state (each draws its own dropout and
+        augmentation) for rank 0's next :meth:`checkpoint_state`. A collective; a no-op in one process."""
         self._ranks_rng = self.dist.all_gather_object(self._rng_state()) if self.dist.distributed else None
 
     def checkpoint_state(self) -> dict[str, Any]:
-        """Everything a resume needs, made of tensors and plain containers only (so that
-        ``torch.load(weights_only=True)`` reads it): ``format``, ``name``, ``config``, the position
-        (``epoch`` epochs done, ``batch`` steps into the next, ``global_step``), ``summary``,
-        ``trainer`` (:meth:`state_dict` and :meth:`training_state`), ``callbacks`` (each one's
-        state under :func:`callback_keys`) and ``rng`` (global and data generators; under torchrun
-        also ``ranks``, every rank's, from :meth:`gather_rng`)."""
+        """Everything a resume needs, in tensors and plain containers (``weights_only`` reads it): the
+        position (``epoch`` done, ``batch`` steps into the next, ``global_step``), ``summary``,
+        ``trainer``, ``callbacks`` (by :func:`callback_keys`) and ``rng`` (every rank's under torchrun)."""
         mid_epoch = self.batch_in_epoch > 0
         rng = self._rng_state()
         if self.dist.distributed and self._ranks_rng is not None:
@@ -143,7 +125,7 @@ class Engine(Session):
 
     def load_checkpoint_state(self, state: Mapping[str, Any]) -> None:
         """Put back what :meth:`checkpoint_state` returned; the next :meth:`fit` continues from it.
-        Callbacks are matched by :func:`callback_keys`; one the checkpoint does not know keeps its state."""
+        A callback the checkpoint does not know keeps its state."""
         self.epoch, self.batch_in_epoch, self.global_step = state["epoch"], state["batch"], state["global_step"]
         self.resume_batch = self.batch_in_epoch
         self.summary.update(state["summary"])
@@ -177,10 +159,9 @@ class Engine(Session):
         return {}
 
     def fit(self) -> dict[str, Any]:
-        """Run the loop (from where :meth:`load_checkpoint_state` left it, else from the start)
-        and return :attr:`summary`. A stop signal ends it with :class:`core.session.Stopped`."""
-        # The handlers outlive the loop: a signal during the final test or the callbacks' ending
-        # (W&B finishing) lets them complete instead of killing them halfway.
+        """Run the loop (from where :meth:`load_checkpoint_state` left it) and return :attr:`summary`.
+        A stop signal ends it with :class:`core.session.Stopped`."""
+        # The handlers outlive the loop, so a signal during the test or W&B's finish lets them complete.
         with self.stopping_on_signals(), self.running():
             first = self.epoch
             # A checkpoint of the last epoch's end has only the test left, logged against that epoch.
@@ -206,9 +187,8 @@ class Engine(Session):
         return self.summary
 
     def epoch_batches(self, batches: Iterable[Any]) -> Iterator[tuple[int, Any]]:
-        """``(index, batch)`` of this epoch's training batches, without those a resumed run
-        already trained on: they are still drawn (so the data's random generators advance
-        exactly as they did) but not yielded."""
+        """``(index, batch)`` of this epoch's training batches; those a resumed run already trained on
+        are drawn (so the data's generators advance as they did) but not yielded."""
         skip, self.resume_batch = self.resume_batch, 0
         self.batch_in_epoch = skip
         for i, batch in enumerate(batches):
@@ -217,8 +197,8 @@ class Engine(Session):
 
 
 def callback_keys(callbacks: Iterable[Callback]) -> Iterator[tuple[str, Callback]]:
-    """``(key, callback)``: the class name, with ``#2``, ``#3``... for later instances of one class,
-    so that two instances keep separate states and adding another kind of callback moves no key."""
+    """``(key, callback)``: the class name, ``#2``, ``#3``... for later instances of one class, so that
+    adding another kind of callback moves no key."""
     seen: Counter[str] = Counter()
     for cb in callbacks:
         name = type(cb).__name__
@@ -296,9 +276,8 @@ def check_finite(losses: Mapping[str, float], *, step: int) -> None:
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """The resumable checkpoint at ``path`` (what :meth:`Engine.checkpoint_state` wrote), read
-    with ``weights_only=True``; a missing, truncated, foreign or newer-format file is a
-    :class:`~core.errors.UsageError` naming the file and what to do."""
+    """The resumable checkpoint at ``path``, read with ``weights_only=True``; a missing, truncated,
+    foreign or newer-format file is a UsageError naming the file and what to do."""
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"checkpoint {path} does not exist; pass the last.pt of an earlier run, or --resume auto")
@@ -319,9 +298,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def check_resumable(state: Mapping[str, Any], path: str | Path, *, name: str, config: Mapping[str, Any],
                     may_differ: Iterable[str] = ("epochs",)) -> None:
-    """Refuse (:class:`~core.errors.UsageError`, one line) to resume ``state`` into a run named
-    ``name`` with settings ``config`` when it comes from another experiment or model, when a
-    setting outside ``may_differ`` changed, or when ``epochs`` is below the epochs it has done."""
+    """A UsageError when ``state`` comes from another experiment, a setting outside ``may_differ``
+    changed, or ``epochs`` is below the epochs it has done."""
     if state["name"] != name:
         raise UsageError(f"checkpoint {path} is from a {state['name']} run, not {name}; "
                          f"pass a checkpoint of this command, or start afresh without --resume")

@@ -1,18 +1,10 @@
 """The IoU experiment: IoU from its set definition, its gradient along a sliding box, and why a
 loss of 1 - IoU cannot move a box that does not touch its target while GIoU can.
 
-Boxes are ``(x1, y1, x2, y2)`` with the top-left corner first, as in ``torchvision.ops``. A box is
-the closed set ``[x1, x2] x [y1, y2]``; IoU is the area of the intersection of two such sets over
-the area of their union.
-
-Degenerate boxes: a box of zero area (a point or a segment, ``x1 == x2`` or ``y1 == y2``) covers
-no area, so its intersection with anything has area 0 and its IoU with every box, itself included,
-is 0. The rule keeps "IoU = 0 exactly when the overlap has zero area" true for all boxes. It
-differs from ``torchvision.ops.box_iou`` only where both boxes have zero area: there torchvision
-computes 0 / 0 and returns NaN.
-
-Nothing here imports wandb: :func:`run_iou` reports through a session's events and
-``callbacks/iou_viz.py`` turns them into W&B plots and tables.
+Boxes are ``(x1, y1, x2, y2)``, top-left first, as in ``torchvision.ops``; a box is the closed set
+``[x1, x2] x [y1, y2]``. A zero-area box has IoU 0 with every box, itself included, so "IoU = 0
+exactly when the overlap has zero area" holds for all boxes (``torchvision.ops.box_iou`` returns
+NaN, 0 / 0, when both boxes have zero area). Nothing here imports wandb.
 """
 
 from __future__ import annotations
@@ -31,7 +23,7 @@ from dlhw.core.errors import UsageError
 from dlhw.core.events import Callback
 from dlhw.core.session import Session
 from dlhw.trainers.settings import add_arguments as settings_flags
-from dlhw.trainers.settings import make, setting, settings, values
+from dlhw.trainers.settings import check, make, setting, settings, values
 
 DEFAULT_BOX_A = (0.0, 0.0, 4.0, 4.0)
 DEFAULT_BOX_B = (-4.0, 1.0, -2.0, 3.0)
@@ -70,8 +62,7 @@ def box_area(boxes: Tensor) -> Tensor:
 
 def _overlap(lo1: Tensor, hi1: Tensor, lo2: Tensor, hi2: Tensor) -> Tensor:
     """N x M lengths of [lo1, hi1] ∩ [lo2, hi2] (0 when the intervals are apart)."""
-    # sub_ and clamp_ reuse the N x M buffer of `minimum` instead of allocating two more; neither
-    # op needs its overwritten input for the backward pass, so autograd still works.
+    # In place on `minimum`'s buffer: neither op needs its overwritten input for the backward pass.
     return torch.minimum(hi1[:, None], hi2).sub_(torch.maximum(lo1[:, None], lo2)).clamp_(min=0)
 
 
@@ -84,14 +75,12 @@ def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     """
     boxes1, boxes2 = check_boxes(boxes1, "boxes1"), check_boxes(boxes2, "boxes2")
     area1, area2 = box_area(boxes1), box_area(boxes2)
-    # Two N x M planes instead of torchvision's N x M x 2 corner tensors: less memory to touch.
     w = _overlap(boxes1[:, 0], boxes1[:, 2], boxes2[:, 0], boxes2[:, 2])
     h = _overlap(boxes1[:, 1], boxes1[:, 3], boxes2[:, 1], boxes2[:, 3])
     inter = w * h
     union = (area1[:, None] + area2).sub_(inter)
-    # union == 0 happens only when both areas are 0 (then inter is 0 too): the 0/0 pairs. The
-    # denominator is replaced before dividing, not the quotient after it: filling a NaN quotient
-    # still sends 0/0 = NaN back through the division's gradient.
+    # union is 0 only for two zero-area boxes; the denominator is replaced before dividing, since a
+    # NaN quotient filled afterwards would still send NaN through the division's gradient.
     zero1, zero2 = area1 == 0, area2 == 0
     if zero1.any() and zero2.any():
         union = union.masked_fill(zero1[:, None] & zero2, 1.0)
@@ -117,11 +106,7 @@ class Kink:
     iou: float
     left: float  # one-sided finite difference from the left
     right: float  # ... and from the right
-    # What autograd returns exactly at the kink: a convention, not a derivative, and one that
-    # changes between torch releases (at the touching point clamp(min=0) passes no gradient on
-    # torch 2.14, the right derivative on 2.11). Any such value lies between ``left`` and
-    # ``right``; no check relies on which one it is.
-    autograd: float
+    autograd: float  # a subgradient convention of the torch release, not a derivative: no check reads it
 
 
 @dataclass
@@ -314,13 +299,13 @@ class IoUSetup:
     box_b: tuple[float, float, float, float] = setting(
         DEFAULT_BOX_B, f"the sliding box at its start (default {' '.join(map(str, DEFAULT_BOX_B))})", metavar=_BOX)
     slide_to: float = setting(DEFAULT_SLIDE_TO, f"left edge of B at the end of the slide (default {DEFAULT_SLIDE_TO})")
-    slide_points: int = setting(401, "positions on the slide, kinks added (default 401)")
-    epochs: int = setting(1, "descent epochs (default 1)")
-    steps: int = setting(200, "descent steps per epoch (default 200)")
-    lr: float = setting(0.1, "Adam learning rate of the descents (default 0.1)")
-    batch_size: int = setting(16, "boxes descending at once from random disjoint starts (default 16)")
+    slide_points: int = setting(401, "positions on the slide, kinks added (default 401)", min=2)
+    epochs: int = setting(1, "descent epochs (default 1)", min=1)
+    steps: int = setting(200, "descent steps per epoch (default 200)", min=1)
+    lr: float = setting(0.1, "Adam learning rate of the descents (default 0.1)", above=0)
+    batch_size: int = setting(16, "boxes descending at once from random disjoint starts (default 16)", min=1)
     agreement_boxes: int = setting(512, "random boxes per side in the check against torchvision's box_iou "
-                                        "(default 512)")
+                                        "(default 512)", min=1)
     seed: int = setting(0, "random seed (the global --seed)", flag=False)
 
 
@@ -337,11 +322,7 @@ def setup_from_args(args: argparse.Namespace) -> IoUSetup:
             check_boxes(torch.tensor([getattr(args, flag)], dtype=torch.float64), f"--{flag.replace('_', '-')}")
         except ValueError as exc:
             raise UsageError(str(exc).replace("[0] = ", " ")) from None
-    for flag, low in (("slide_points", 2), ("epochs", 1), ("steps", 1), ("batch_size", 1)):
-        if getattr(args, flag) < low:
-            raise UsageError(f"--{flag.replace('_', '-')} must be at least {low}, got {getattr(args, flag)}")
-    if not (math.isfinite(args.lr) and args.lr > 0):
-        raise UsageError(f"--lr must be a positive number, got {args.lr}")
+    check(IoUSetup, vars(args))
     a, b = args.box_a, args.box_b
     if a[2] - a[0] <= 0 or a[3] - a[1] <= 0:
         raise UsageError(f"--box-a {list(a)} has zero area; the target needs a positive width and height")
@@ -350,8 +331,6 @@ def setup_from_args(args: argparse.Namespace) -> IoUSetup:
                          f"width and a y-range that overlaps A's ({a[1]} to {a[3]})")
     if not (math.isfinite(args.slide_to) and args.slide_to > b[0]):
         raise UsageError(f"--slide-to {args.slide_to} must lie right of B's left edge {b[0]}")
-    if args.agreement_boxes < 1:
-        raise UsageError(f"--agreement-boxes must be at least 1, got {args.agreement_boxes}")
     return make(IoUSetup, vars(args))
 
 
@@ -368,12 +347,9 @@ def torchvision_agreement(n: int, seed: int) -> float:
 
 
 def run_iou(setup: IoUSetup, callbacks: Iterable[Callback] = (), config: Mapping[str, Any] | None = None) -> Session:
-    """Descents with 1 - IoU and GIoU loss (one step per update, ``eval/<loss>/mean_iou`` and
-    ``min_iou`` after each epoch), then, once, the slide and the agreement with torchvision.
-
-    The adapters find in ``session.results``: ``descents`` (loss -> :class:`Descent`), ``starts``
-    (the boxes' corners at the start), ``curves`` (each loss's mean IoU per step) and ``slide``.
-    """
+    """Descents with 1 - IoU and GIoU loss (``eval/<loss>/mean_iou`` and ``min_iou`` per epoch), then
+    the slide and the agreement with torchvision; ``session.results`` holds ``descents``, ``starts``,
+    ``curves`` (mean IoU per step) and ``slide`` for the adapters."""
     session = Session(callbacks, name="iou", config=config, epochs=setup.epochs, steps_per_epoch=setup.steps)
     target = torch.tensor(setup.box_a)
     starts = disjoint_starts(setup.box_a, setup.batch_size, torch.Generator().manual_seed(setup.seed))

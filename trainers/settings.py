@@ -5,7 +5,8 @@ Each experiment declares a frozen dataclass with :func:`settings`; every field i
 flag: ``int``/``float``/``str`` take one value, ``bool`` is ``--flag``/``--no-flag``, ``X | None``
 may stay unset, ``tuple[X, ...]`` takes one or more values (``repeat=True``: the flag is repeated
 instead), ``tuple[X, X, X, X]`` exactly four. A field without a default is filled by the
-experiment's resolution (a recipe or profile); its flag's default is "unset" (None).
+experiment's resolution (a recipe or profile); its flag's default is "unset" (None). Bounds
+(``min``, ``above``, ``below``) are checked by :func:`make`, one message form for every flag.
 
 The resolved instance is what the trainer is built from, and ``dataclasses.asdict`` of it is the
 run's W&B config: nothing that is not a setting can enter it. A field a resolution does not know
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -30,12 +32,28 @@ SCALARS = (int, float, str, bool)
 
 def setting(default: Any = dataclasses.MISSING, help: str = "", *, choices: Sequence[str] | None = None,
             metavar: str | tuple[str, ...] | None = None, group: str | None = None, flag: bool = True,
-            repeat: bool = False) -> Any:
+            repeat: bool = False, min: float | None = None, above: float | None = None,
+            below: float | None = None) -> Any:
     """A settings field. ``flag=False``: not generated (a global flag of that name, or a value only the
-    resolution sets); ``repeat``: a tuple field given as ``--flag a --flag b``."""
+    resolution sets); ``repeat``: a tuple field given as ``--flag a --flag b``; ``min`` (inclusive),
+    ``above`` and ``below`` (exclusive): the finite values it accepts."""
     meta = {"help": help, "choices": tuple(choices) if choices is not None else None, "metavar": metavar,
-            "group": group, "flag": flag, "repeat": repeat}
+            "group": group, "flag": flag, "repeat": repeat, "min": min, "above": above, "below": below}
     return dataclasses.field(default=default, metadata=meta)
+
+
+def check(cls: type, given: Mapping[str, Any]) -> None:
+    """A UsageError naming the flag of the first value of ``given`` outside its field's bounds (None is unset)."""
+    for f in dataclasses.fields(cls):
+        value, m = given.get(f.name), f.metadata
+        if value is None or (m["min"], m["above"], m["below"]) == (None, None, None):
+            continue
+        if not (math.isfinite(value) and (m["min"] is None or value >= m["min"])
+                and (m["above"] is None or value > m["above"]) and (m["below"] is None or value < m["below"])):
+            rules = [f"at least {m['min']}" if m["min"] is not None else "",
+                     ("positive" if m["above"] == 0 else f"above {m['above']}") if m["above"] is not None else "",
+                     f"below {m['below']}" if m["below"] is not None else ""]
+            raise UsageError(f"--{f.name.replace('_', '-')} must be {' and '.join(r for r in rules if r)}, got {value}")
 
 
 def settings(cls: type[T]) -> type[T]:
@@ -107,7 +125,7 @@ def values(cls: type, args: argparse.Namespace) -> dict[str, Any]:
 
 def make(cls: type[T], given: Mapping[str, Any]) -> T:
     """The settings instance from resolved values: sequences become tuples, an unset defaulted field
-    takes its default; an unknown name or a field still unset is a UsageError."""
+    takes its default; an unknown name, a field still unset or a value out of bounds is a UsageError."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(given) - set(fields))
     if unknown:
@@ -126,4 +144,5 @@ def make(cls: type[T], given: Mapping[str, Any]) -> T:
     missing = [n for n, f in fields.items() if n not in out and f.default is dataclasses.MISSING]
     if missing:
         raise UsageError(f"setting {missing[0]!r} of {cls.__name__} was left unset; pass --{missing[0].replace('_', '-')}")
+    check(cls, out)
     return cls(**out)

@@ -1,20 +1,11 @@
-"""Hand-designed 3x3 filters, how they are applied, and how their directional response is measured.
+"""Applying 3x3 kernels and measuring their directional response (the kernels themselves are the
+filters experiment's, in :mod:`trainers.filters`).
 
-A note on orientation. ``torch.nn.functional.conv2d`` computes a cross-correlation: output pixel
-``(i, j)`` is ``sum_{u,v} k[u, v] * x[i + u - 1, j + v - 1]``, the kernel laid on the image as
-written, not flipped. A true convolution would rotate the kernel by 180 degrees first. Every
-kernel here is symmetric under that rotation (``k == k.flip(0, 1)``), so the two operations agree
-and the directions below mean what the picture of the kernel shows. An asymmetric kernel (a
-one-sided derivative, say) would have its sign flipped by the difference.
-
-Directions are named after the axis along which a filter looks at neighbours, which is the
-direction of the intensity change it amplifies: ``sharpen_horizontal`` compares a pixel with its
-left and right neighbours, so it boosts intensity that changes along x (vertical edges, vertical
-stripes) and leaves horizontal stripes alone. Image rows grow downwards, so "bottom-left to
-top-right" joins kernel cells ``[2, 0]`` and ``[0, 2]``.
-
-Every kernel sums to 1, so a constant image passes unchanged; borders are padded by replicating
-the edge pixels, which keeps that true at the border too (zero padding would darken the frame).
+``conv2d`` is a cross-correlation; every kernel here is point-symmetric (``k == k.flip(0, 1)``), so it
+equals true convolution and a kernel's picture shows the direction it acts in. Directions name the
+axis along which a filter compares neighbours: ``horizontal`` boosts intensity changing along x.
+Rows grow downwards, so "bottom-left to top-right" joins kernel cells ``[2, 0]`` and ``[0, 2]``.
+Borders replicate the edge pixels, so a kernel summing to 1 keeps a constant image unchanged.
 """
 
 from __future__ import annotations
@@ -24,10 +15,6 @@ import math
 import torch
 import torch.nn.functional as F
 
-from dlhw.core.registry import Registry
-
-KERNELS: Registry[torch.Tensor] = Registry("filter")
-
 # Unit steps (dy, dx) in image coordinates (rows grow downwards) for each named direction.
 DIRECTIONS: dict[str, tuple[int, int]] = {
     "horizontal": (0, 1),
@@ -35,61 +22,6 @@ DIRECTIONS: dict[str, tuple[int, int]] = {
     "diagonal": (-1, 1),  # bottom-left to top-right
     "antidiagonal": (1, 1),  # top-left to bottom-right
 }
-
-
-def _line_sharpen(dy: int, dx: int) -> torch.Tensor:
-    # 1D unsharp mask along one line through the centre: centre 3, the two neighbours -1.
-    # Its frequency response along that line is 3 - 2 cos(w): 1 for flat regions (w = 0),
-    # 5 for the finest alternation (w = pi); across the line it is 1 everywhere.
-    k = torch.zeros(3, 3)
-    k[1, 1] = 3.0
-    k[1 + dy, 1 + dx] = -1.0
-    k[1 - dy, 1 - dx] = -1.0
-    return k
-
-
-@KERNELS.register()
-def box_blur() -> torch.Tensor:
-    """Mean of the 3x3 neighbourhood: averaging cancels pixel-to-pixel variation (response
-    (1 + 2 cos w) / 3 per axis, zero at w = 2pi/3) while flat regions keep their value."""
-    return torch.full((3, 3), 1.0 / 9.0)
-
-
-@KERNELS.register()
-def gaussian_blur() -> torch.Tensor:
-    """Binomial [1, 2, 1]/4 outer product, a sampled Gaussian (sigma ~ 0.85 px): it weights near
-    neighbours more, so it blurs without the box filter's ringing, and its response
-    (1 + cos w) / 2 per axis falls monotonically to exactly 0 at the finest alternation."""
-    b = torch.tensor([1.0, 2.0, 1.0]) / 4.0
-    return torch.outer(b, b)
-
-
-@KERNELS.register()
-def sharpen_horizontal() -> torch.Tensor:
-    """Sharpens along x: centre minus left and right neighbours, added to the pixel. A pixel
-    brighter than its horizontal neighbours gets brighter still, so vertical edges gain contrast
-    (gain up to 5 at the finest horizontal alternation) and horizontal edges are untouched."""
-    return _line_sharpen(*DIRECTIONS["horizontal"])
-
-
-@KERNELS.register()
-def sharpen_vertical() -> torch.Tensor:
-    """Sharpens along y: the same 1D unsharp mask on the pixels above and below, so horizontal
-    edges gain contrast and vertical edges are untouched."""
-    return _line_sharpen(*DIRECTIONS["vertical"])
-
-
-@KERNELS.register()
-def sharpen_diagonal() -> torch.Tensor:
-    """Sharpens along the bottom-left to top-right diagonal: the neighbours at kernel cells [2, 0]
-    and [0, 2] are subtracted, so intensity that changes along that diagonal (edges running from
-    top-left to bottom-right) gains contrast, while changes along the other diagonal do not."""
-    return _line_sharpen(*DIRECTIONS["diagonal"])
-
-
-def kernel(name: str) -> torch.Tensor:
-    """The 3x3 kernel registered as ``name``."""
-    return KERNELS.create(name)
 
 
 def apply_kernel(image: torch.Tensor, k: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,8 @@ from dlhw.core.files import BackgroundWriter, CheckpointError, save_atomic
 def test_the_file_holds_the_state_at_submit_even_if_training_goes_on(tmp_path):
     w = torch.nn.Parameter(torch.ones(1000))
     writer = BackgroundWriter()
-    writer.submit({"w": w, "epoch": 1}, [tmp_path / "last.pt", tmp_path / "best.pt"])
+    state = {"w": w, "epoch": 1}
+    writer.submit(state, tmp_path / "last.pt", also=[(state, tmp_path / "best.pt")])
     with torch.no_grad():
         w.mul_(0)  # the next epoch changes the weights in place while the write may still run
     writer.wait()
@@ -23,8 +24,8 @@ def test_the_file_holds_the_state_at_submit_even_if_training_goes_on(tmp_path):
 
 def test_a_later_last_leaves_best_as_it_was(tmp_path):
     writer = BackgroundWriter()
-    writer.submit({"epoch": 1}, [tmp_path / "last.pt", tmp_path / "best.pt"])
-    writer.submit({"epoch": 2}, [tmp_path / "last.pt"])
+    writer.submit({"epoch": 1}, tmp_path / "last.pt", also=[({"epoch": 1}, tmp_path / "best.pt")])
+    writer.submit({"epoch": 2}, tmp_path / "last.pt")
     writer.wait()
     assert torch.load(tmp_path / "last.pt")["epoch"] == 2
     assert torch.load(tmp_path / "best.pt")["epoch"] == 1
@@ -34,7 +35,7 @@ def test_a_later_last_leaves_best_as_it_was(tmp_path):
 def test_a_failed_write_surfaces_and_keeps_the_old_file(tmp_path):
     save_atomic({"epoch": 1}, tmp_path / "last.pt")
     writer = BackgroundWriter()
-    writer.submit({"epoch": 2, "bad": lambda: None}, [tmp_path / "last.pt"])  # a lambda cannot be pickled
+    writer.submit({"epoch": 2, "bad": lambda: None}, tmp_path / "last.pt")  # a lambda cannot be pickled
     with pytest.raises(CheckpointError, match="last.pt"):
         writer.wait()
     assert torch.load(tmp_path / "last.pt")["epoch"] == 1
@@ -46,6 +47,6 @@ def test_the_next_submit_reports_the_previous_failure(tmp_path):
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where the checkpoint folder should be")
     writer = BackgroundWriter()
-    writer.submit({"epoch": 1}, [blocker / "last.pt"])
+    writer.submit({"epoch": 1}, blocker / "last.pt")
     with pytest.raises(CheckpointError, match="not-a-folder"):
-        writer.submit({"epoch": 2}, [tmp_path / "last.pt"])
+        writer.submit({"epoch": 2}, tmp_path / "last.pt")

@@ -57,7 +57,7 @@ def test_d2l_recipe_on_a_fashion_mnist_standin(tmp_path, capsys):
         (["--recipe", "course"], "cifar10 not found under {data}"),
         (["--dataset", "fashion-mnist"], "fashion-mnist not found under {data}"),
         (["--optimizer", "adamw", "--wd-mode", "l2"], "--optimizer adamw decays decoupled by definition"),
-        (["--lr", "-1"], "--lr -1.0 is out of range"),
+        (["--lr", "-1"], "--lr must be positive, got -1.0"),
     ],
 )
 def test_user_errors_are_one_line_and_exit_2(tmp_path, capsys, argv, message):

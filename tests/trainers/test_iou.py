@@ -274,7 +274,7 @@ def _args(**kw):
         (dict(box_b=[-4.0, 5.0, -2.0, 6.0]), "--box-b [-4.0, 5.0, -2.0, 6.0] never overlaps box A"),
         (dict(slide_to=-9.0), "--slide-to -9.0 must lie right of B's left edge"),
         (dict(steps=0), "--steps must be at least 1"),
-        (dict(lr=-1.0), "--lr must be a positive number"),
+        (dict(lr=-1.0), "--lr must be positive"),
     ],
 )
 def test_bad_flags_are_usage_errors(kw, message):

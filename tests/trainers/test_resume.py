@@ -49,16 +49,6 @@ class Noisy(Engine):
     def evaluate(self, epoch):
         return {"val/score": float(self.model[0].weight.detach().sum())}
 
-    def state_dict(self):
-        return {"model": self.model.state_dict()}
-
-    def training_state(self):
-        return {"optimizer": self.optimizer.state_dict()}
-
-    def load_state_dict(self, state):
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-
 
 class Counter(Callback):
     """A callback with state: the steps it saw."""

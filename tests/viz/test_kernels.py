@@ -7,8 +7,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dlhw.trainers.filters import BLURS, SHARPENERS, run_checks
-from dlhw.viz.kernels import DIRECTIONS, KERNELS, apply_kernel, directional_gains, grating, grating_gain, kernel
+from dlhw.trainers.filters import BLURS, KERNELS, SHARPENERS, kernel, run_checks
+from dlhw.viz.kernels import DIRECTIONS, apply_kernel, directional_gains, grating, grating_gain
 
 
 @pytest.mark.parametrize("name", KERNELS.names())

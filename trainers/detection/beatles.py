@@ -95,20 +95,11 @@ def detect(model: nn.Module, image: torch.Tensor, *, repeats: int = 3) -> tuple[
     return {k: v.cpu() for k, v in out.items()}, float(np.median(times))
 
 
-def compare_on_photo(
-    photo: Photo,
-    models: Mapping[str, nn.Module],
-    results: Mapping[str, Mapping[str, Any]],
-    callbacks: Iterable[Callback] = (),
-    config: Mapping[str, Any] | None = None,
-) -> Session:
-    """Run every trained model on the photo (one step per model) and report the counts as the
-    run's one epoch.
-
-    ``models`` maps a label ("option 1: maskrcnn_resnet50_fpn") to the model; ``results`` maps the
-    same label to that model's final training summary. The adapters find ``photo`` and the
-    :func:`verdict` as ``(columns, rows)`` in ``session.results``.
-    """
+def compare_on_photo(photo: Photo, models: Mapping[str, nn.Module], results: Mapping[str, Mapping[str, Any]],
+                     callbacks: Iterable[Callback] = (), config: Mapping[str, Any] | None = None) -> Session:
+    """Run every trained model (by label) on the photo, one step each, and report the counts as the
+    run's one epoch; ``results``: each label's training summary. ``session.results`` holds ``photo``
+    and the :func:`verdict`."""
     session = Session(callbacks, name="detect-photo", config=config, steps_per_epoch=len(models))
     session.results["photo"] = photo
     image = to_tensor(photo.image)

@@ -86,12 +86,9 @@ def coco_detections(outputs: Mapping[int, Mapping[str, torch.Tensor]], iou_type:
 
 def coco_metrics(gt: COCO, outputs: Mapping[int, Mapping[str, torch.Tensor]], iou_types: Sequence[str],
                  dist: Dist | None = None) -> dict[str, float]:
-    """``{"bbox_AP": ..., "bbox_AP50": ..., "segm_AP": ...}`` for each IoU type; 0.0 when nothing was detected.
-
-    With ``dist`` of several ranks, ``outputs`` are this rank's images only (a disjoint part): the
-    records of every rank are gathered first, and every rank returns the metrics of all images,
-    the same numbers one process would compute from all the outputs. Every rank must call it.
-    """
+    """``{"bbox_AP": ..., "bbox_AP50": ..., "segm_AP": ...}`` for each IoU type; 0.0 when nothing was
+    detected. With ``dist`` of several ranks, ``outputs`` are this rank's images: every rank
+    gathers all records and returns the whole data's metrics (a collective)."""
     image_ids = sorted(outputs)
     records = {iou_type: coco_detections(outputs, iou_type) for iou_type in iou_types}
     if dist is not None and dist.distributed:

@@ -195,12 +195,8 @@ def generate_pennfudan(root: str | Path, n: int = 170, *, seed: int = 0, size: t
 
 
 def resolve_data(data: str | None, *, seed: int = 0) -> tuple[Path, str]:
-    """The dataset folder and a label saying which data it is (recorded in the W&B config).
-
-    ``data`` given: it must be a Penn-Fudan folder (checked by the reader; never a fallback).
-    Otherwise the cache: download and unpack the official zip when absent, and when that fails
-    generate the stand-in, saying so in one line.
-    """
+    """The dataset folder and which data it is: ``data`` when given (never a fallback), else the
+    official zip downloaded into the cache, else the generated stand-in, said in one line."""
     if data:
         return Path(data), "penn-fudan"
     cached = cache_dir(NAME)

@@ -1,24 +1,22 @@
 """The two detectors of the tutorial and the backbones option 2 can stand on.
 
-* option 1: Mask R-CNN ResNet50-FPN with COCO weights and new box and mask predictors for
-  2 classes (``fasterrcnn_resnet50_fpn`` as the box-only alternative);
+* option 1: Mask R-CNN ResNet50-FPN with COCO weights and new 2-class box and mask predictors
+  (``fasterrcnn_resnet50_fpn`` as the box-only alternative);
 * option 2: Faster R-CNN on another backbone: the tutorial's MobileNetV2 features by default,
   any backbone of :data:`BACKBONES` (torchvision) or any timm model (``features_only`` + FPN).
 
-Pretrained weights come from torchvision's weight enums (``DEFAULT``), fetched into torch.hub's
-cache by :func:`trainers.download.download` and checked against the sha256 prefix in their file
-name, in the cache too; a file that fails the check is removed. They are unpickled with
-``weights_only=True``, so a weights file can hold tensors and nothing that runs code. When they
+Pretrained weights are fetched into torch.hub's cache, checked against the sha256 prefix in their
+file name and unpickled with ``weights_only=True``, so a weights file cannot run code. When they
 cannot be had the model starts from random init and the caller is told so in one line.
 """
 
+
 from __future__ import annotations
 
-import contextlib
 import pickle
 import sys
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,13 +24,12 @@ from typing import Any
 import torch
 import torchvision
 from torch import nn
-from torchvision.models import _api as torchvision_weights_api
-from torchvision.models.detection import FasterRCNN
+from torchvision.models.detection import FasterRCNN, MaskRCNN
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
 from torchvision.models.detection.rpn import AnchorGenerator
-from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
+from torchvision.ops import FeaturePyramidNetwork, FrozenBatchNorm2d, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from dlhw.core.errors import UsageError, suggest
@@ -79,30 +76,15 @@ def fetch_weights(weights: Any) -> bool:
     return True
 
 
-def load_weights(url: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
-    """The state dict of ``url``'s file in torch.hub's cache (put and checked there by
-    :func:`fetch_weights`), unpickled with ``weights_only=True``. It takes torch.hub's
-    ``load_state_dict_from_url`` arguments (progress, check_hash) to stand in for it; they concern
-    the download, done already."""
-    path = weights_file(url)
+def load_weights(url: str) -> dict[str, Any]:
+    """The state dict of ``url``'s file (put and checked in torch.hub's cache by :func:`fetch_weights`),
+    unpickled with ``weights_only=True``; torchvision's builders would unpickle it with ``weights_only=False``."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=False, check_hash=True,
+                                                  weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, OSError) as exc:
-        raise UsageError(f"cannot load pretrained weights {path} as plain tensors ({type(exc).__name__}); "
+        raise UsageError(f"cannot load pretrained weights {weights_file(url)} as plain tensors ({type(exc).__name__}); "
                          f"delete the file, or pass --weights none") from None
-
-
-@contextlib.contextmanager
-def tensors_only() -> Iterator[None]:
-    """torchvision's builders load weights through ``load_state_dict_from_url``, which unpickles
-    with ``weights_only=False``; inside this block they get :func:`load_weights` instead. Its one
-    seam is ``torchvision.models._api``, an internal module: the tests check it is still there."""
-    original = torchvision_weights_api.load_state_dict_from_url
-    torchvision_weights_api.load_state_dict_from_url = load_weights
-    try:
-        yield
-    finally:
-        torchvision_weights_api.load_state_dict_from_url = original
 
 
 def _pretrained(weights: Any, mode: str) -> Any:
@@ -124,12 +106,18 @@ def _new_heads(model: nn.Module) -> None:
         model.roi_heads.mask_predictor = MaskRCNNPredictor(in_channels, 256, NUM_CLASSES)
 
 
-def _option1(builder: Callable[..., nn.Module], weights_enum: Any, weights: str, **kwargs: Any) -> Built:
+def _option1(builder: Callable[..., nn.Module], head: type[nn.Module], weights_enum: Any, weights: str,
+             **kwargs: Any) -> Built:
     coco = _pretrained(weights_enum.DEFAULT, weights)
     if coco is None:
         return Built(builder(weights=None, weights_backbone=None, num_classes=NUM_CLASSES, **kwargs), "random")
-    with tensors_only():
-        model = builder(weights=coco, **kwargs)
+    # The builder's pretrained shape (frozen batch norms, the stem and layer1 fixed), weights loaded as tensors only.
+    body = resnet_fpn_backbone(backbone_name="resnet50", weights=None, trainable_layers=3)
+    model = head(body, num_classes=len(coco.meta["categories"]), **kwargs)
+    model.load_state_dict(load_weights(coco.url))
+    for m in model.modules():  # the COCO_V1 weights were trained with eps 0, as torchvision's builder sets
+        if isinstance(m, FrozenBatchNorm2d):
+            m.eps = 0.0
     _new_heads(model)
     return Built(model, "coco")
 
@@ -139,7 +127,7 @@ def maskrcnn_resnet50_fpn(*, weights: str = "auto", **kwargs: Any) -> Built:
     """Option 1 of the tutorial: Mask R-CNN ResNet50-FPN, COCO weights, new 2-class predictors."""
     from torchvision.models.detection import MaskRCNN_ResNet50_FPN_Weights, maskrcnn_resnet50_fpn as build
 
-    return _option1(build, MaskRCNN_ResNet50_FPN_Weights, weights, **kwargs)
+    return _option1(build, MaskRCNN, MaskRCNN_ResNet50_FPN_Weights, weights, **kwargs)
 
 
 @MODELS.register("fasterrcnn_resnet50_fpn")
@@ -147,7 +135,7 @@ def fasterrcnn_resnet50_fpn(*, weights: str = "auto", **kwargs: Any) -> Built:
     """Option 1 without masks: Faster R-CNN ResNet50-FPN, COCO weights, new 2-class box predictor."""
     from torchvision.models.detection import FasterRCNN_ResNet50_FPN_Weights, fasterrcnn_resnet50_fpn as build
 
-    return _option1(build, FasterRCNN_ResNet50_FPN_Weights, weights, **kwargs)
+    return _option1(build, FasterRCNN, FasterRCNN_ResNet50_FPN_Weights, weights, **kwargs)
 
 
 # -- option 2: backbones -------------------------------------------------------------------------
@@ -172,7 +160,10 @@ def _features(name: str, out_channels: int) -> Callable[..., Backbone]:
 
     def build(*, weights: str = "auto") -> Backbone:
         w = _pretrained(torchvision.models.get_model_weights(name).DEFAULT, weights)
-        body = torchvision.models.get_model(name, weights=w).features
+        net = torchvision.models.get_model(name, weights=None)
+        if w is not None:
+            net.load_state_dict(load_weights(w.url))
+        body = net.features
         body.out_channels = out_channels
         return Backbone(body, ["0"], SINGLE_MAP_ANCHORS, w is not None)
 
@@ -189,7 +180,9 @@ def _resnet_fpn(name: str) -> Callable[..., Backbone]:
     def build(*, weights: str = "auto") -> Backbone:
         w = _pretrained(torchvision.models.get_model_weights(name).DEFAULT, weights)
         # Random init has nothing worth freezing; pretrained keeps the stem and layer1 fixed like the tutorial.
-        body = resnet_fpn_backbone(backbone_name=name, weights=w, trainable_layers=3 if w else 5)
+        body = resnet_fpn_backbone(backbone_name=name, weights=None, trainable_layers=3 if w else 5)
+        if w is not None:  # the classifier's weights without its fc layer, which the FPN body drops
+            body.body.load_state_dict({k: v for k, v in load_weights(w.url).items() if not k.startswith("fc.")})
         return Backbone(body, ["0", "1", "2", "3"], ((32,), (64,), (128,), (256,), (512,)), w is not None)
 
     build.__doc__ = f"torchvision {name} with an FPN over its four stages."
@@ -264,8 +257,7 @@ def create_backbone(name: str, *, weights: str = "auto", levels: int = 3) -> Bac
     """A registered torchvision backbone, or a timm one (``timm/NAME`` or a plain timm name)."""
     check_backbone(name)
     if name in BACKBONES:
-        with tensors_only():
-            return BACKBONES.create(name, weights=weights)
+        return BACKBONES.create(name, weights=weights)
     return timm_backbone(name.removeprefix(TIMM_PREFIX), weights=weights, levels=levels)
 
 

@@ -2,11 +2,10 @@
 
 Recipe (torchvision's object-detection fine-tuning tutorial): SGD lr 0.005, momentum 0.9, weight
 decay 5e-4 on the trainable parameters, a linear warm-up over the first epoch, StepLR step 3
-gamma 0.1, batch 2, 10 epochs; COCO AP from pycocotools on the held-out images after every epoch
-and on the training images at the end (and every ``--train-eval-every`` epochs): scoring all
-training images every epoch took 60% of the tutorial's run on a GPU. ``full`` is that recipe
-(with AMP on CUDA); ``cpu`` shrinks images, RoI samples and epochs so that both models train and
-evaluate on 2 CPU cores in well under 15 minutes.
+gamma 0.1, batch 2, 10 epochs; COCO AP from pycocotools on the held-out images every epoch and on
+the training images at the end (and every ``--train-eval-every`` epochs), since scoring every
+training image every epoch dominates a run. ``full`` is that recipe (with AMP on CUDA); ``cpu``
+shrinks images, RoI samples and epochs to fit 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -30,45 +29,22 @@ from dlhw.trainers.detection.dataset import HOLDOUT, PennFudan, collate
 from dlhw.trainers.detection.models import MODELS
 from dlhw.trainers.engine import Engine, check_finite, pipeline_generators
 from dlhw.trainers.settings import add_arguments as settings_flags
-from dlhw.trainers.settings import make, setting, settings, values
+from dlhw.trainers.settings import check, make, setting, settings, values
 
 
-@dataclass(frozen=True)
-class Profile:
-    """Everything a profile fixes; ``--epochs``, ``--lr``, ``--batch-size``, ... override single fields."""
-
-    epochs: int
-    lr: float
-    batch_size: int
-    min_size: int  # the detector's own resize: shorter side
-    max_size: int  # ... and the cap on the longer side
-    rois_per_image: int  # RoIs sampled per image for the box head while training
-    rpn_post_nms_train: int  # proposals kept per image after NMS while training
-    rpn_post_nms_test: int  # ... and while predicting: each one goes through the box head
-    detections_per_image: int  # kept after NMS; each one goes through Mask R-CNN's mask head
-    train_eval_images: int  # training images scored for train AP (0 = all)
-    images_per_epoch: int  # training images per epoch (0 = all); consecutive epochs take the next ones
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    step_size: int = 3
-    gamma: float = 0.1
-
-
-PROFILES = {
+# Each profile fills the DetectSettings fields whose flags were left unset (their help says what each is).
+_TUTORIAL = {"momentum": 0.9, "weight_decay": 5e-4, "step_size": 3, "gamma": 0.1}
+PROFILES: dict[str, dict[str, Any]] = {
     # The tutorial, unchanged (torchvision's detector defaults for size and sampling).
-    "full": Profile(epochs=10, lr=0.005, batch_size=2, min_size=800, max_size=1333, rois_per_image=512,
-                    rpn_post_nms_train=2000, rpn_post_nms_test=1000, detections_per_image=100,
-                    train_eval_images=0, images_per_epoch=0),
-    # On 2 cores Mask R-CNN R50-FPN takes 1.1-1.5 s a step at 160 px, option 2 1.2-1.5 s, and
-    # scoring 90 images 22-31 s: the whole command (two epochs of all 120 images for both models)
-    # took 8.4 minutes, leaving room in the 15-minute budget for a busier machine. Pedestrians are 60-130 px tall at 160 px.
-    # The box head, not the image size, dominates option 2: MobileNetV2's 1280x7x7 -> 1024 layer
-    # costs 64 GFLOP per 1000 RoIs, so training samples 64 RoIs per image and prediction keeps 150
-    # proposals. Mask R-CNN's mask head costs ~1 GFLOP per detection and from random init nearly all
-    # 100 default detections pass the score threshold: keep 20 (Penn-Fudan images hold <= 8 people).
-    "cpu": Profile(epochs=2, lr=0.005, batch_size=2, min_size=160, max_size=272, rois_per_image=64,
-                   rpn_post_nms_train=600, rpn_post_nms_test=150, detections_per_image=20,
-                   train_eval_images=40, images_per_epoch=0),
+    "full": {"epochs": 10, "lr": 0.005, "batch_size": 2, "min_size": 800, "max_size": 1333, "rois_per_image": 512,
+             "rpn_post_nms_train": 2000, "rpn_post_nms_test": 1000, "detections_per_image": 100,
+             "train_eval_images": 0, "images_per_epoch": 0, **_TUTORIAL},
+    # Sized for 2 CPU cores: both models train and evaluate in well under 15 minutes. The box head
+    # dominates option 2's cost (MobileNetV2's 1280x7x7 -> 1024 layer), hence few RoIs and proposals;
+    # Mask R-CNN's mask head runs per detection, and Penn-Fudan images hold <= 8 people: keep 20.
+    "cpu": {"epochs": 2, "lr": 0.005, "batch_size": 2, "min_size": 160, "max_size": 272, "rois_per_image": 64,
+            "rpn_post_nms_train": 600, "rpn_post_nms_test": 150, "detections_per_image": 20,
+            "train_eval_images": 40, "images_per_epoch": 0, **_TUTORIAL},
 }
 OPTIONS = {"1": (1,), "2": (2,), "both": (1, 2)}
 
@@ -104,15 +80,15 @@ class DetectSettings:
                                             "tutorial; 10 from random init, where the tutorial's lr diverges within "
                                             "the first epoch)", metavar="NORM")
     skip_photo: bool = setting(False, "train and evaluate only, one W&B run per model (what sweep trials use)")
-    epochs: int = setting(help="override the profile's epochs")
-    lr: float = setting(help="override the profile's learning rate (0.005)")
-    batch_size: int = setting(help="override the profile's batch size (2)")
-    min_size: int = setting(help="override the detector's resize (shorter side)")
-    max_size: int = setting(help="override the detector's cap on the longer side")
+    epochs: int = setting(help="override the profile's epochs", above=0)
+    lr: float = setting(help="override the profile's learning rate (0.005)", above=0)
+    batch_size: int = setting(help="override the profile's batch size (2)", above=0)
+    min_size: int = setting(help="override the detector's resize (shorter side)", above=0)
+    max_size: int = setting(help="override the detector's cap on the longer side", above=0)
     train_eval_images: int = setting(help="training images scored for train AP each epoch (0 = all; cpu profile: 40); "
-                                          "the run records how many were scored")
+                                          "the run records how many were scored", min=0)
     images_per_epoch: int = setting(help="training images per epoch, later epochs taking the next ones "
-                                         "(0 = all, the default)")
+                                         "(0 = all, the default)", min=0)
     rois_per_image: int = setting(help="RoIs sampled per image for the box head while training", flag=False)
     rpn_post_nms_train: int = setting(help="proposals kept per image after NMS while training", flag=False)
     rpn_post_nms_test: int = setting(help="proposals kept per image after NMS while predicting", flag=False)
@@ -122,15 +98,15 @@ class DetectSettings:
     step_size: int = setting(help="StepLR step in epochs", flag=False)
     gamma: float = setting(help="StepLR factor", flag=False)
     holdout: int = setting(HOLDOUT, f"held-out images (default {HOLDOUT}, the tutorial's)")
-    limit: int | None = setting(None, "use only the first N images of the dataset (quick tries)")
+    limit: int | None = setting(None, "use only the first N images of the dataset (quick tries)", min=2)
     jitter: float = setting(0.0, "photometric jitter strength (default 0: flip only)")
     viz_images: int = setting(4, "held-out images in each epoch's prediction table")
     workers: int = setting(help="data-loader workers (default: 0 on CPU, 4 on CUDA)")
     device: str = setting(help="torch device (default: cuda when available)")
     train_eval_every: int = setting(0, "score the training images every K epochs too (default 0: after the last "
-                                       "epoch only; held-out images are scored every epoch)", metavar="K")
+                                       "epoch only; held-out images are scored every epoch)", metavar="K", min=0)
     eval_batch_size: int = setting(help="images per forward pass when scoring (default: 8 on CUDA, 1 on CPU, where "
-                                        "padding images of different sizes to one batch costs more than it saves)")
+                                        "padding images of different sizes to one batch costs more than it saves)", min=1)
     seed: int = setting(0, "random seed (the global --seed)", flag=False)
     world_size: int = setting(1, "processes training each model together (torchrun's WORLD_SIZE); --batch-size "
                                  "is per process", flag=False)
@@ -148,27 +124,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     settings_flags(parser, DetectSettings)
 
 
-def resolve_profile(args: argparse.Namespace) -> tuple[str, Profile]:
+def resolve_profile(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     """The profile named by ``--profile`` (default by device), with the flags that override it."""
     name = args.profile or ("full" if torch.cuda.is_available() else "cpu")
-    for flag in ("train_eval_every", "eval_batch_size"):
-        value = getattr(args, flag, None)
-        if value is not None and value < (0 if flag == "train_eval_every" else 1):
-            raise UsageError(f"--{flag.replace('_', '-')} must be {'>= 0' if flag == 'train_eval_every' else 'positive'}, "
-                             f"got {value}")
-    overrides = {k: getattr(args, k) for k in ("epochs", "lr", "batch_size", "min_size", "max_size", "train_eval_images",
-                                              "images_per_epoch") if getattr(args, k, None) is not None}
-    for key, value in overrides.items():
-        if value < 0 or (value == 0 and key not in ("train_eval_images", "images_per_epoch")):
-            raise UsageError(f"--{key.replace('_', '-')} must be positive, got {value}")
-    return name, replace(PROFILES[name], **overrides)
+    return name, {k: v if getattr(args, k, None) is None else getattr(args, k) for k, v in PROFILES[name].items()}
 
 
-def detector_kwargs(profile: Profile) -> dict[str, Any]:
+def detector_kwargs(profile: Mapping[str, Any]) -> dict[str, Any]:
     """The detector constructor arguments a profile sets."""
-    return {"min_size": profile.min_size, "max_size": profile.max_size,
-            "box_batch_size_per_image": profile.rois_per_image, "rpn_post_nms_top_n_train": profile.rpn_post_nms_train,
-            "rpn_post_nms_top_n_test": profile.rpn_post_nms_test, "box_detections_per_img": profile.detections_per_image}
+    return {"min_size": profile["min_size"], "max_size": profile["max_size"],
+            "box_batch_size_per_image": profile["rois_per_image"],
+            "rpn_post_nms_top_n_train": profile["rpn_post_nms_train"],
+            "rpn_post_nms_top_n_test": profile["rpn_post_nms_test"],
+            "box_detections_per_img": profile["detections_per_image"]}
 
 
 def _to(device: torch.device, images: Sequence[torch.Tensor], targets: Sequence[Mapping[str, torch.Tensor]]):
@@ -176,11 +144,11 @@ def _to(device: torch.device, images: Sequence[torch.Tensor], targets: Sequence[
             [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets])
 
 
-def make_optimizer(model: nn.Module, profile: Profile) -> tuple[torch.optim.Optimizer, Any]:
+def make_optimizer(model: nn.Module, profile: Mapping[str, Any]) -> tuple[torch.optim.Optimizer, Any]:
     """The tutorial's SGD over the trainable parameters and its StepLR."""
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=profile.lr, momentum=profile.momentum, weight_decay=profile.weight_decay)
-    return opt, torch.optim.lr_scheduler.StepLR(opt, step_size=profile.step_size, gamma=profile.gamma)
+    opt = torch.optim.SGD(params, lr=profile["lr"], momentum=profile["momentum"], weight_decay=profile["weight_decay"])
+    return opt, torch.optim.lr_scheduler.StepLR(opt, step_size=profile["step_size"], gamma=profile["gamma"])
 
 
 class EpochSlices(torch.utils.data.Sampler):
@@ -213,17 +181,12 @@ def warmup(optimizer: torch.optim.Optimizer, iters: int, factor: float = 1e-3) -
 
 
 class DetectionTrainer(Engine):
-    """Fine-tunes one detector with the tutorial's recipe and scores it with pycocotools every epoch.
+    """Fine-tunes one detector with the tutorial's recipe and scores it with pycocotools.
 
-    ``evaluate`` reports ``val/bbox_AP`` (and AP50, AP75, AR100; ``segm_*`` for Mask R-CNN)
-    every epoch, and the same as ``train/*`` after the last epoch and every ``train_eval_every``
-    epochs (0: only after the last). After each evaluation :attr:`viz` holds ``(image, target, prediction)`` for
-    the fixed held-out images the prediction-table callback shows.
-
-    Under torchrun (``dist`` of several ranks) the detector trains through DistributedDataParallel,
-    each rank on its shard of every epoch's slice; each rank predicts its shard of the images
-    scored, and pycocotools scores all of them on every rank (:func:`coco_metrics` gathers the
-    detections), so the AP is the whole data's. Rank 0's :attr:`viz` holds every shown image.
+    ``evaluate`` reports ``val/bbox_AP`` (AP50, AP75, AR100; ``segm_*`` for Mask R-CNN) every epoch,
+    the same as ``train/*`` after the last epoch and every ``train_eval_every`` epochs; :attr:`viz`
+    then holds ``(image, target, prediction)`` of the fixed held-out images shown. Under torchrun each
+    rank trains (DDP) and predicts on its shard, and the AP is the whole data's (on rank 0 too for viz).
     """
 
     def __init__(
@@ -233,7 +196,7 @@ class DetectionTrainer(Engine):
         train: PennFudan,
         heldout: PennFudan,
         train_eval: PennFudan,
-        profile: Profile,
+        profile: Mapping[str, Any],
         callbacks: Iterable[Callback] = (),
         config: Mapping[str, Any] | None = None,
         name: str = "detect",
@@ -248,20 +211,20 @@ class DetectionTrainer(Engine):
     ) -> None:
         dist = dist if dist is not None else Dist(device=torch.device(device))
         self.device = torch.device(device) if not dist.distributed else dist.device
-        self.sampler = EpochSlices(len(train), profile.images_per_epoch or len(train), seed)
+        self.sampler = EpochSlices(len(train), profile["images_per_epoch"] or len(train), seed)
         if dist.distributed:
             self.sampler = ShardedSampler(self.sampler, dist.rank, dist.world_size)
         self.loader = torch.utils.data.DataLoader(
-            train, batch_size=profile.batch_size, sampler=self.sampler, collate_fn=collate, num_workers=workers,
+            train, batch_size=profile["batch_size"], sampler=self.sampler, collate_fn=collate, num_workers=workers,
             pin_memory=self.device.type == "cuda",
         )
-        super().__init__(callbacks, epochs=profile.epochs, config=config, name=name, steps_per_epoch=len(self.loader),
+        super().__init__(callbacks, epochs=profile["epochs"], config=config, name=name, steps_per_epoch=len(self.loader),
                          dist=dist)
         self.model = model.to(self.device)
         # Training goes through DDP; its forward syncs no buffers (the frozen batch norms' are
         # equal everywhere), so prediction, whose shards may differ by an image, uses the module itself.
         self.net = wrap_ddp(self.model, dist, forward_sync_buffers=False)
-        self.profile = profile
+        self.profile = dict(profile)
         self.clip_grad = clip_grad
         self.train_eval_every, self.eval_batch_size = train_eval_every, eval_batch_size
         self.heldout, self.train_eval = heldout, train_eval
@@ -316,12 +279,8 @@ class DetectionTrainer(Engine):
 
     @torch.inference_mode()
     def predict(self, dataset: PennFudan, keep: Sequence[int] = ()) -> dict[int, dict[str, torch.Tensor]]:
-        """Outputs of the model on every image of ``dataset`` keyed by image id (CPU tensors); under
-        torchrun on this rank's shard of the images only.
-
-        Images listed in ``keep`` are also stored in :attr:`viz` with their targets (on rank 0, all
-        of them: the other ranks send theirs there).
-        """
+        """Outputs on every image of ``dataset`` (this rank's shard under torchrun) by image id, as CPU
+        tensors; images in ``keep`` also go to rank 0's :attr:`viz` with their targets."""
         self.model.eval()
         outputs: dict[int, dict[str, torch.Tensor]] = {}
         mine = range(len(dataset))
@@ -385,21 +344,16 @@ class DetectionTrainer(Engine):
     def state_dict(self) -> dict[str, Any]:
         """The weights and the profile that sized the detector: the uploaded best checkpoint (the
         optimizer's momentum would double Mask R-CNN's; it is in :meth:`training_state`)."""
-        return {"model": self.model.state_dict(), "profile": asdict(self.profile)}
+        return {**super().state_dict(), "profile": dict(self.profile)}
 
     def training_state(self) -> dict[str, Any]:
-        """Optimizer, schedule (and the warm-up when inside the first epoch), loss scaler, step times."""
+        """Also the warm-up when inside the first epoch, and the step times."""
         ramp = self.ramp.state_dict() if self.ramp is not None and self.batch_in_epoch else None
-        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(), "ramp": ramp,
-                "scaler": self.precision.scaler.state_dict(), "step_seconds": list(self.step_seconds)}
+        return {**super().training_state(), "ramp": ramp, "step_seconds": list(self.step_seconds)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Load a :meth:`state_dict`, and a :meth:`training_state` when it has one (a resume)."""
-        self.model.load_state_dict(state["model"])
+        super().load_state_dict(state)
         if "optimizer" in state:
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
-            self.precision.scaler.load_state_dict(state["scaler"])
             self._ramp_state = state["ramp"]
             self.step_seconds = list(state["step_seconds"])
 
@@ -415,7 +369,7 @@ class Plan:
     """Everything ``launch.py detect`` resolved before training: the settings, the profile they make, the splits."""
 
     settings: DetectSettings
-    profile: Profile
+    profile: dict[str, Any]
     options: tuple[int, ...]
     train: PennFudan
     heldout: PennFudan
@@ -429,23 +383,22 @@ def prepare(args: argparse.Namespace, *, verbose: bool = True, rank: int = 0) ->
     from dlhw.trainers.detection.models import check_backbone
     from dlhw.trainers.detection.transforms import Augment
 
+    check(DetectSettings, vars(args))
     name, profile = resolve_profile(args)
     options = OPTIONS[args.option]
     if 1 in options:
         MODELS.get(args.model)
     if 2 in options:
         check_backbone(args.backbone)
-    if args.limit is not None and args.limit < 2:
-        raise UsageError(f"--limit must be at least 2, got {args.limit}")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     root, source = resolve_data(args.data, seed=args.seed)
     samples = read_pennfudan(root, limit=args.limit)
     train_idx, held_idx = split(len(samples), args.seed, args.holdout)
     train = [samples[i] for i in train_idx]
-    profile = replace(profile, train_eval_images=profile.train_eval_images or len(train))
+    profile["train_eval_images"] = profile["train_eval_images"] or len(train)
     cuda = device.startswith("cuda")
     settings = make(DetectSettings, {
-        **values(DetectSettings, args), **asdict(profile), "profile": name, "device": device,
+        **values(DetectSettings, args), **profile, "profile": name, "device": device,
         "workers": args.workers if args.workers is not None else (4 if cuda else 0),
         "eval_batch_size": args.eval_batch_size or (8 if cuda else 1), "data_root": str(root), "data_source": source,
         "train_images": len(train), "heldout_images": len(held_idx)})
@@ -454,9 +407,9 @@ def prepare(args: argparse.Namespace, *, verbose: bool = True, rank: int = 0) ->
         train=PennFudan(train, Augment(jitter=args.jitter, seed=args.seed + rank)),
         heldout=PennFudan([samples[i] for i in held_idx]),
         # The permutation already shuffled them: a fixed-seed subset.
-        train_eval=PennFudan(train[:profile.train_eval_images]),
+        train_eval=PennFudan(train[:profile["train_eval_images"]]),
     )
-    shown = ", ".join(f"{k}={v}" for k, v in asdict(profile).items())
+    shown = ", ".join(f"{k}={v}" for k, v in profile.items())
     if verbose:
         print(f"profile {name}: {shown}; data {source} ({root}): {len(plan.train)} train, {len(plan.heldout)} held out, "
               f"train AP on {len(plan.train_eval)}; device {device}{' with AMP' if cuda else ''}")

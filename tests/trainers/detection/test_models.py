@@ -9,7 +9,7 @@ import torch
 
 from dlhw.core.errors import UsageError
 from dlhw.trainers.detection.models import (MODELS, Built, _new_heads, backbone_names, build_detector, create_backbone,
-                                       fetch_weights, load_weights, tensors_only)
+                                       fetch_weights, load_weights)
 
 TINY = {"min_size": 64, "max_size": 96}
 # Two timm backbones stand for "any timm model": several levels through an FPN, and one map without.
@@ -137,9 +137,7 @@ def test_cached_weights_matching_their_name_load_as_tensors_only(tmp_path, monke
     url, state = _tiny_weights(Path(torch.hub.get_dir()) / "checkpoints")
     entry = _entry(url)
     assert fetch_weights(entry) and capsys.readouterr().err == ""
-    # torchvision's builders call exactly this; inside the block it reads the verified file, tensors only.
-    with tensors_only():
-        loaded = entry.get_state_dict(progress=False, check_hash=True)
+    loaded = load_weights(entry.url)  # the verified file, tensors only
     assert torch.equal(loaded["w"], state["w"])
 
 
@@ -161,13 +159,3 @@ def test_a_cached_file_whose_hash_does_not_match_its_name_is_removed_and_named(t
     assert len(err) == 1 and err[0].startswith(f"removed {cache / 'tiny-0badc0de.pth'}, whose sha256 does not start "
                                                "with 0badc0de") and err[0].endswith("starting from random init")
     assert list(cache.iterdir()) == []
-
-
-def test_the_torchvision_seam_is_still_there():
-    # tensors_only() swaps this module attribute; an upgrade that moves it must fail here, not load unchecked.
-    from torchvision.models import _api
-
-    assert callable(_api.load_state_dict_from_url)
-    with tensors_only():
-        assert _api.load_state_dict_from_url is load_weights
-    assert _api.load_state_dict_from_url is not load_weights

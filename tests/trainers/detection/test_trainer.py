@@ -4,7 +4,6 @@ schedule, and the tutorial's recipe (warm-up, StepLR 3 / 0.1)."""
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 
 import pytest
 
@@ -32,7 +31,7 @@ def test_epoch_slices_cover_the_training_set_in_turn():
 def test_non_finite_loss_stops_with_every_term_logged(tmp_path):
     samples = read_pennfudan(generate_pennfudan(tmp_path / "d", n=4, seed=2, size=(60, 80)))
     data = PennFudan(samples)
-    profile = replace(PROFILES["cpu"], epochs=3, lr=1e30, min_size=64, max_size=96, images_per_epoch=0)
+    profile = {**PROFILES["cpu"], "epochs": 3, "lr": 1e30, "min_size": 64, "max_size": 96, "images_per_epoch": 0}
     model = build_detector(2, model="", backbone="timm/mobilenetv3_small_100", weights="none", levels=1,
                            **detector_kwargs(profile)).model
     logger = WandbLogger(project="tests", mode="offline", out_dir=tmp_path, log_every=1)
@@ -56,8 +55,8 @@ class _Validations(Callback):
 def test_held_out_ap_every_epoch_train_ap_every_k_and_at_the_end(tmp_path):
     samples = read_pennfudan(generate_pennfudan(tmp_path / "d", n=5, seed=3, size=(60, 80)))
     data = PennFudan(samples)
-    profile = replace(PROFILES["cpu"], epochs=3, min_size=64, max_size=96, images_per_epoch=2, rois_per_image=16,
-                      rpn_post_nms_train=50, rpn_post_nms_test=20, detections_per_image=5)
+    profile = {**PROFILES["cpu"], "epochs": 3, "min_size": 64, "max_size": 96, "images_per_epoch": 2, "rois_per_image": 16,
+               "rpn_post_nms_train": 50, "rpn_post_nms_test": 20, "detections_per_image": 5}
     model = build_detector(2, model="", backbone="timm/mobilenetv3_small_100", weights="none", levels=1,
                            **detector_kwargs(profile)).model
     seen = _Validations()
@@ -76,8 +75,8 @@ def test_held_out_ap_every_epoch_train_ap_every_k_and_at_the_end(tmp_path):
 
 def test_full_profile_is_the_tutorials_recipe():
     full = PROFILES["full"]
-    assert (full.epochs, full.lr, full.momentum, full.weight_decay, full.batch_size) == (10, 0.005, 0.9, 5e-4, 2)
-    assert (full.step_size, full.gamma) == (3, 0.1)
+    assert [full[k] for k in ("epochs", "lr", "momentum", "weight_decay", "batch_size")] == [10, 0.005, 0.9, 5e-4, 2]
+    assert (full["step_size"], full["gamma"]) == (3, 0.1)
 
 
 class _LearningRates(Callback):
@@ -92,8 +91,8 @@ class _LearningRates(Callback):
 def test_learning_rate_warms_up_in_the_first_epoch_then_steps_down_every_3_epochs(tmp_path):
     samples = read_pennfudan(generate_pennfudan(tmp_path / "d", n=6, seed=2, size=(60, 80)))
     data = PennFudan(samples)
-    profile = replace(PROFILES["full"], epochs=7, min_size=64, max_size=96, rois_per_image=16,
-                      rpn_post_nms_train=50, rpn_post_nms_test=20, detections_per_image=5)
+    profile = {**PROFILES["full"], "epochs": 7, "min_size": 64, "max_size": 96, "rois_per_image": 16,
+               "rpn_post_nms_train": 50, "rpn_post_nms_test": 20, "detections_per_image": 5}
     model = build_detector(2, model="", backbone="timm/mobilenetv3_small_100", weights="none", levels=1,
                            **detector_kwargs(profile)).model
     lrs = _LearningRates()
