@@ -105,14 +105,16 @@ class WeightDecayProbe(Panel):
             optimizer then has no weight_decay); ``params`` names the penalised weights.
         params: the decayed weights, when not every weight of a decaying group.
         prefix: the keys' namespace and axis (``{prefix}/step``): two probes in one run need two.
-        every: log the decay factor of one step in ``every`` (the shadow steps on all of them).
+        every: measure the decay factor on one step in ``every``. Where decay enters the
+            optimizer's state (coupled momentum SGD, Adam), the shadow still steps on every step.
         run: the W&B run to log to (default ``wandb.run``); ``publish`` replaces W&B altogether.
 
     The decay factor is the decay's whole effect on the weights in a step, including what the
     optimizer's state (momentum, Adam's moments) carries from earlier steps' decay: a shadow
     optimizer of the same class and settings with no decay keeps its own state, is stepped on the
     same gradients from the same weights, and the real step minus the shadow's is the decay part.
-    It costs about one more optimizer step and one more optimizer state.
+    It costs about one more optimizer step and one more optimizer state. Where the decay never
+    enters the state (decoupled, or SGD without momentum) the shadow takes the real state instead.
 
     Without ``publish``, ``step()`` raises before the weights change when no run is active.
     A ``closure`` given to ``step()`` (Lightning gives one) is called once by the probe, before the
@@ -137,6 +139,8 @@ class WeightDecayProbe(Panel):
         self._copies = [copies[id(p)] for p in self.params]
         self._shadow = type(optimizer)([{**{k: v for k, v in g.items() if k != "params"}, "weight_decay": 0.0,
                                          "params": [copies[id(p)] for p in ps]} for _, g, ps in self.groups])
+        sgd = isinstance(optimizer, torch.optim.SGD)
+        self._state_free = all((sgd and not g.get("momentum")) or (_is_decoupled(optimizer, g) and not l2) for _, g, _ in self.groups)
         self.steps = 0
         self.last: dict[str, float] = {}
         self._shadow_after: list[torch.Tensor] = []
@@ -173,21 +177,34 @@ class WeightDecayProbe(Panel):
             kwargs = {k: v for k, v in kwargs.items() if k != "closure"}
             changed = ((args[0], lambda: loss), kwargs)
         self.steps += 1
+        measured = self.steps % self.every == 0
+        if not measured and self._state_free:
+            self._weights = None
+            return changed
         with torch.no_grad():
             for p, c in zip(self.params, self._copies):
                 # A weight without a gradient is not stepped by the optimizer, nor by the shadow.
                 c.grad = None if p.grad is None else (p.grad - self.l2 * p if self.l2 else p.grad)
                 c.copy_(p)
-            if not self._shadow.state and optimizer.state:
-                # Attached mid-training: the shadow starts from the optimizer's state (with its decay).
+            # Where the decay never enters the optimizer's state, the shadow's state is the real one,
+            # copied on the measured steps only (so every=N saves the shadow's step on the others).
+            # Else the shadow keeps its own, starting from the optimizer's when attached mid-training.
+            if self._state_free or (not self._shadow.state and optimizer.state):
                 for p, c in zip(self.params, self._copies):
-                    if p in optimizer.state:
-                        self._shadow.state[c] = {k: v.clone() if torch.is_tensor(v) else v for k, v in optimizer.state[p].items()}
+                    state, mine = optimizer.state.get(p, {}), self._shadow.state.get(c)
+                    if mine is None or mine.keys() != state.keys():
+                        self._shadow.state[c] = {k: v.clone() if torch.is_tensor(v) else v for k, v in state.items()}
+                    else:
+                        for k, v in state.items():
+                            if torch.is_tensor(v):
+                                mine[k].copy_(v)
+                            else:
+                                mine[k] = v
             for sg, (_, g, _) in zip(self._shadow.param_groups, self.groups):
                 sg.update({k: v for k, v in g.items() if k not in ("params", "weight_decay")})
         self._shadow.step()
         self._shadow_after = [c.detach() for c in self._copies]  # the shadow's weights after its step
-        self._weights = [p.detach().clone() for p in self.params] if self.steps % self.every == 0 else None
+        self._weights = [p.detach().clone() for p in self.params] if measured else None
         return changed
 
     def _after(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
