@@ -298,13 +298,8 @@ class DecayProbeCallback(Callback):
                                       publish=lambda m: trainer.log(m, axis=STEP_AXIS))
         # A resumed fit counts on from its checkpoint, so "one step in every" picks the same steps.
         self.probe.steps = trainer.global_step
-        if trainer.weight_decay and trainer.wd_mode != "decoupled" and (trainer.optimizer_name != "sgd" or trainer.momentum):
-            print(
-                f"wd/decay_factor: with {trainer.optimizer_name} (momentum {trainer.momentum:g}) {trainer.wd_mode} decay "
-                f"passes through the optimizer's update, so the measured shrink of a step need not be 1 - lr*lambda; "
-                f"use --wd-mode decoupled for a shrink of exactly that",
-                file=sys.stderr,
-            )
+        if trainer.weight_decay:  # which formula the theory column is, in one line
+            print(f"wd/decay_factor_theory: {theory(trainer.optimizer, self.probe.groups[0][1], l2)[1]}", file=sys.stderr)
         if self.hessian_every and trainer.global_step == 0:  # the start of training, not of a resumed fit
             self._curvature(trainer)
 
