@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import wandb
@@ -14,13 +16,14 @@ from dlhw.trainers.classification import SGDW
 LR, LAMBDA = 0.1, 0.5
 
 
-def loop(make_optimizer, *, l2: float = 0.0, steps: int = 3) -> tuple[list[dict], WeightDecayProbe]:
+def loop(make_optimizer, *, l2: float = 0.0, steps: int = 3, every: int = 1) -> tuple[list[dict], WeightDecayProbe]:
     """A tiny model trained by a plain loop, the probe hooked on its optimizer."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
     optimizer = make_optimizer(model.parameters())
     records: list[dict] = []
-    probe = WeightDecayProbe(optimizer, l2=l2, params=list(model.parameters()) if l2 else None, publish=records.append)
+    probe = WeightDecayProbe(optimizer, l2=l2, params=list(model.parameters()) if l2 else None, every=every,
+                             publish=records.append)
     x, y = torch.randn(16, 6), torch.randint(0, 3, (16,))
     for _ in range(steps):
         loss = nn.functional.cross_entropy(model(x), y)
@@ -58,6 +61,15 @@ def test_momentum_sgd_counts_the_decay_its_buffer_carries(l2):
     assert 1 - records[-1]["wd/decay_factor"] == pytest.approx(1 - theory, rel=0.05)
 
 
+@pytest.mark.parametrize("make", [lambda p: torch.optim.SGD(p, lr=0.01, momentum=0.9, weight_decay=0.05),
+                                  lambda p: torch.optim.AdamW(p, lr=0.01, weight_decay=0.05)], ids=["momentum", "adamw"])
+def test_measuring_one_step_in_every_gives_the_same_factors(make):
+    every_step, _ = loop(make, steps=6)
+    thinned, _ = loop(make, steps=6, every=3)
+    assert [r.get("wd/decay_factor") for r in thinned] == [None, None, every_step[2]["wd/decay_factor"],
+                                                           None, None, every_step[5]["wd/decay_factor"]]
+
+
 def test_plain_sgd_with_the_penalty_in_the_loss_shrinks_the_same():
     records, _ = loop(lambda p: torch.optim.SGD(p, lr=LR), l2=LAMBDA)
     assert [r["wd/decay_factor"] for r in records] == pytest.approx([1 - LR * LAMBDA] * 3, abs=1e-6)
@@ -72,6 +84,7 @@ def test_adam_rescales_decay_in_the_gradient_so_the_shrink_differs(l2):
     # far more than lr * lambda of shrink, and not the same on each step.
     assert all(abs(r["wd/decay_factor"] - theory) > 1e-3 for r in records)
     assert len({round(r["wd/decay_factor"], 6) for r in records}) == 3
+    assert math.isnan(records[0]["wd/decay_factor_theory"])  # no formula: measured only
 
 
 def test_curvature_and_stability_bound_per_optimizer():
