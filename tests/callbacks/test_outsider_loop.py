@@ -17,9 +17,9 @@ from torch import nn
 
 from dlhw.callbacks.panels import ConfusionMatrix, FeatureMaps, LearnedFilters
 from dlhw.callbacks.weight_decay import WeightDecayProbe
-from dlhw.tracking.readback import records
+from dlhw.tracking.readback import records, run_summary
 
-ITERS, EPOCH = 60, 20  # iterations; panels log every EPOCH iterations
+ITERS, EPOCH = 40, 20  # iterations; panels log every EPOCH iterations
 LR_B, WD_B, MU = 0.05, 5e-4, 0.9
 
 
@@ -49,7 +49,7 @@ def run_dir_of(tmp_path: Path) -> Path:
     return next((tmp_path / "wandb").glob("offline-run-*"))
 
 
-def train(run, *, with_step: bool) -> dict:
+def train(run, *, with_step: bool) -> None:
     torch.manual_seed(0)
     x, y = torch.randn(64, 1, 8, 8), torch.randint(0, 3, (64,))
     a, b = TwoStems(), TwoStems()
@@ -81,7 +81,6 @@ def train(run, *, with_step: bool) -> dict:
         run.log(metrics, step=i) if with_step else run.log(metrics)
     with torch.no_grad():
         ConfusionMatrix(["0", "1", "2"]).log(y, a(x).argmax(1))
-    return {"norm_b": probe_b.weight_norm(), "norm_a": probe_a.weight_norm()}
 
 
 @pytest.mark.parametrize("with_step", [True, False], ids=["user-step", "user-no-step"])
@@ -102,12 +101,12 @@ def test_users_rows_survive_beside_every_plugin_and_the_numbers_are_true(tmp_pat
     # With step=, W&B keeps the user's row 0 open until step 1 arrives, after probe b's second
     # step: that row holds both steps' mean (docs/plugins.md); every other step has its own row.
     assert steps == (list(range(2, ITERS + 1)) if with_step else list(range(1, ITERS + 1)))
-    assert [r["viz/step"] for r in rows if "viz/conv1_filters._type" in r] == [1, 2, 3]
+    assert [r["viz/step"] for r in rows if "viz/conv1_filters._type" in r] == [1, 2]
     assert [r["viz/conv1_filters.caption"] for r in rows if "viz/conv1_filters._type" in r] == \
-        [f"stem_a.0 at step {e}" for e in (1, 2, 3)]
-    assert [r["viz/feature_maps.increment_num"] for r in rows if "viz/feature_maps._type" in r] == [0, 1, 2]
+        [f"stem_a.0 at step {e}" for e in (1, 2)]
+    assert [r["viz/feature_maps.increment_num"] for r in rows if "viz/feature_maps._type" in r] == [0, 1]
     assert any("test/confusion_matrix_table._type" in r for r in rows)
-    assert sum("wd/b/hessian_top_eig" in r for r in rows) == 3
+    assert sum("wd/b/hessian_top_eig" in r for r in rows) == 2
     # AdamW, two groups, lr halved by StepLR: each group shrinks by exactly 1 - lr*lambda.
     for r in (r for r in rows if "wd/a/decay_factor" in r):
         for g in (0, 1):
@@ -115,19 +114,13 @@ def test_users_rows_survive_beside_every_plugin_and_the_numbers_are_true(tmp_pat
         assert r["wd/a/group0/decay_factor"] > r["wd/a/decay_factor"] > r["wd/a/group1/decay_factor"]
         assert r["wd/a/decay_factor"] == pytest.approx(r["wd/a/decay_factor_theory"], abs=1e-6)
     thetas = [r["wd/a/group1/decay_factor_theory"] for r in rows if "wd/a/decay_factor" in r]
-    assert thetas[0] == pytest.approx(1 - 1e-2 * 0.2) and thetas[-1] == pytest.approx(1 - 2.5e-3 * 0.2)
+    assert thetas[0] == pytest.approx(1 - 1e-2 * 0.2) and thetas[-1] == pytest.approx(1 - 5e-3 * 0.2)
     # Momentum SGD with coupled decay: the buffer's decay counts, 1 - lr*lambda/(1 - mu) in steady state.
     theory = 1 - LR_B * WD_B / (1 - MU)
-    late = [r["wd/b/decay_factor"] for r in rows if "wd/b/decay_factor" in r][-10:]
+    late = [r["wd/b/decay_factor"] for r in rows if "wd/b/decay_factor" in r][-5:]
     assert all(1 - f == pytest.approx(1 - theory, rel=0.05) for f in late)
-    summary = run_summary_of(run_dir)
+    summary = run_summary(run_dir)["summary"]
     assert "momentum" in summary["wd/b/theory"] and "decoupled" in summary["wd/a/theory"]
-
-
-def run_summary_of(run_dir: Path) -> dict:
-    from dlhw.tracking.readback import run_summary
-
-    return run_summary(run_dir)["summary"]
 
 
 def test_plugins_alone_in_a_run_keep_their_last_values_and_every_picture(tmp_path):
