@@ -9,7 +9,9 @@
                                                          ConfusionMatrixCallback(classes), WeightDecayCallback()])
 
 Each callback logs to the run of the trainer's ``WandbLogger`` (else ``wandb.run``) against its
-panel's own axis, with the epoch as the step. Needs the ``lightning`` extra
+panel's own axis, with the epoch as the step; keyword arguments go to the panel. None of them
+changes the fit: what they run on the module runs in eval mode with the random states kept
+(:func:`~dlhw.callbacks.panels.untouched`). Needs the ``lightning`` extra
 (``pip install -e ".[lightning]"``).
 """
 
@@ -32,18 +34,24 @@ def _run(trainer: pl.Trainer) -> Any:
 
 
 class LearnedFiltersCallback(pl.Callback):
-    """``viz/conv1_filters`` after every training epoch (:class:`~callbacks.panels.LearnedFilters`)."""
+    """``viz/conv1_filters`` after every training epoch; ``layer=``, ``key=`` as for
+    :class:`~dlhw.callbacks.panels.LearnedFilters`."""
+
+    def __init__(self, **panel: Any) -> None:
+        self.options = panel
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.panel = LearnedFilters(pl_module, run=_run(trainer))
+        self.panel = LearnedFilters(pl_module, run=_run(trainer), **self.options)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.is_global_zero:
-            self.panel.log(step=trainer.current_epoch + 1, caption=f"conv1 after epoch {trainer.current_epoch + 1}")
+            epoch = trainer.current_epoch + 1
+            self.panel.log(step=epoch, caption=f"{self.panel.name} after epoch {epoch}")
 
 
 class FeatureMapsCallback(pl.Callback):
-    """``viz/feature_maps`` of fixed ``inputs`` after every training epoch (:class:`~callbacks.panels.FeatureMaps`)."""
+    """``viz/feature_maps`` of fixed ``inputs`` after every training epoch; ``layers=``,
+    ``labels=``, ... as for :class:`~dlhw.callbacks.panels.FeatureMaps`."""
 
     def __init__(self, inputs: torch.Tensor, **panel: Any) -> None:
         self.inputs, self.options = inputs, panel
@@ -56,12 +64,30 @@ class FeatureMapsCallback(pl.Callback):
             self.panel.log(step=trainer.current_epoch + 1)
 
 
-class ConfusionMatrixCallback(pl.Callback):
-    """``test/confusion_matrix`` at the end of ``trainer.test``: the module's argmax on each test
-    batch ``(x, y)`` against ``y`` (:class:`~callbacks.panels.ConfusionMatrix`)."""
+def _predictions(outputs: Any) -> torch.Tensor | None:
+    """What ``test_step`` already computed: a dict's ``preds``, or the argmax of its ``logits``."""
+    if isinstance(outputs, dict):
+        if "preds" in outputs:
+            return outputs["preds"]
+        if "logits" in outputs:
+            return outputs["logits"].argmax(-1)
+    return None
 
-    def __init__(self, class_names: Sequence[str]) -> None:
-        self.class_names = list(class_names)
+
+class ConfusionMatrixCallback(pl.Callback):
+    """``test/confusion_matrix`` at the end of ``trainer.test``
+    (:class:`~dlhw.callbacks.panels.ConfusionMatrix`).
+
+    The predictions are ``outputs_to_preds(outputs)`` of what ``test_step`` returned (default: its
+    dict's ``preds``, or the argmax of its ``logits``); when that gives None, the callback runs
+    the module a second time on the batch's inputs. ``batch_to_xy`` takes a batch to
+    ``(inputs, targets)`` (default: ``batch[0], batch[1]``), for dict batches and the like.
+    """
+
+    def __init__(self, class_names: Sequence[str], *,
+                 batch_to_xy: Callable[[Any], tuple[Any, torch.Tensor]] = lambda b: (b[0], b[1]),
+                 outputs_to_preds: Callable[[Any], torch.Tensor | None] = _predictions, **panel: Any) -> None:
+        self.class_names, self.batch_to_xy, self.outputs_to_preds, self.options = list(class_names), batch_to_xy, outputs_to_preds, panel
         self.targets: list[int] = []
         self.predictions: list[int] = []
 
@@ -70,37 +96,48 @@ class ConfusionMatrixCallback(pl.Callback):
 
     def on_test_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                           batch_idx: int, dataloader_idx: int = 0) -> None:
-        x, y = batch[0], batch[1]
-        with torch.no_grad():
-            self.predictions += pl_module(x).argmax(-1).tolist()
+        x, y = self.batch_to_xy(batch)
+        preds = self.outputs_to_preds(outputs)
+        if preds is None:
+            with torch.no_grad():
+                preds = pl_module(x).argmax(-1)
+        self.predictions += preds.tolist()
         self.targets += y.tolist()
 
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.is_global_zero:
-            ConfusionMatrix(self.class_names, run=_run(trainer)).log(self.targets, self.predictions,
-                                                                     step=trainer.current_epoch + 1)
+            ConfusionMatrix(self.class_names, run=_run(trainer), **self.options).log(
+                self.targets, self.predictions, step=trainer.current_epoch + 1)
 
 
 class WeightDecayCallback(pl.Callback):
-    """The :class:`~callbacks.weight_decay.WeightDecayProbe` on the trainer's first optimizer, and
-    its curvature after every training epoch when ``curvature_batch`` ``(x, y)`` is given."""
+    """A :class:`~dlhw.callbacks.weight_decay.WeightDecayProbe` on every optimizer of the trainer
+    that decays (prefix ``wd``, or ``wd/opt{i}`` when there are several), and their curvature
+    after every training epoch when ``curvature_batch`` ``(x, y)`` is given, in eval mode with the
+    random states kept. Other keyword arguments go to the probes."""
 
     def __init__(self, *, curvature_batch: tuple[torch.Tensor, torch.Tensor] | None = None,
                  loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = torch.nn.functional.cross_entropy,
-                 **probe: Any) -> None:
-        self.curvature_batch, self.loss_fn, self.options = curvature_batch, loss_fn, probe
-        self.probe: WeightDecayProbe | None = None
+                 prefix: str = "wd", **probe: Any) -> None:
+        self.curvature_batch, self.loss_fn, self.prefix, self.options = curvature_batch, loss_fn, prefix, probe
+        self.probes: list[WeightDecayProbe] = []
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.is_global_zero:
-            self.probe = WeightDecayProbe(trainer.optimizers[0], run=_run(trainer), **self.options)
+        if not trainer.is_global_zero:
+            return
+        decaying = [opt for opt in trainer.optimizers if any(g.get("weight_decay") for g in opt.param_groups)]
+        many = len(decaying) > 1
+        self.probes = [WeightDecayProbe(opt, run=_run(trainer), prefix=f"{self.prefix}/opt{i}" if many else self.prefix,
+                                        **self.options)
+                       for i, opt in enumerate(decaying)]
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.probe is not None and self.curvature_batch is not None:
+        if self.curvature_batch is not None:
             x, y = (t.to(pl_module.device) for t in self.curvature_batch)
-            self.probe.curvature(lambda: self.loss_fn(pl_module(x), y), pl_module.parameters())
+            for probe in self.probes:
+                probe.curvature(lambda: self.loss_fn(pl_module(x), y), pl_module.parameters(), model=pl_module)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.probe is not None:
-            self.probe.remove()
-            self.probe = None
+        for probe in self.probes:
+            probe.remove()
+        self.probes = []

@@ -13,18 +13,25 @@ predictions and log to the active W&B run.
     ConfusionMatrix(class_names).log(targets, predictions)
 
 A panel never starts, finishes or reconfigures a run: it logs to ``run=`` when given, else to
-``wandb.run``, and says so in one line when there is none. Each panel's keys are plotted against
-its own axis (``define_metric``): a counter of its own logs, or the ``step`` the caller passes,
-which may never go backwards. ``payload(...)`` builds what ``log(...)`` sends, for loops that
-route metrics through their own logger (the suite's ``Engine`` callbacks, Lightning).
+``wandb.run``, and raises one line when there is none. It never moves W&B's global step: it writes
+with ``commit=False`` into the row the user's own ``run.log`` opens or commits next, so the user's
+rows (with or without ``step=``) all survive. Each panel's keys are plotted against its own axis
+(``define_metric``): a counter of its own logs, or the ``step`` the caller passes, which may never
+go backwards. When its previous write still waits in the open row (the user logged nothing
+since), the two are merged (:meth:`Panel.merge`): pictures become a list, an incremental table's
+new rows name the earlier ones, numbers keep the last value. ``payload(...)`` builds what
+``log(...)`` sends, for loops that route metrics through their own logger (the suite's ``Engine``
+callbacks, Lightning). See docs/plugins.md.
 """
 
 from __future__ import annotations
 
+import contextlib
+import difflib
 import shutil
 import tempfile
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,12 +58,24 @@ class Panel:
         self.publish = publish
         self._defined: set[str] = set()
         self._last_step: int | None = None
+        self._open: tuple[Any, int, dict[str, Any]] | None = None  # (run, run.step, what we wrote there)
 
     def _active_run(self) -> Any:
         run = self.run if self.run is not None else wandb.run
         if run is None:
             raise RuntimeError(f"{type(self).__name__}: no active W&B run; call wandb.init() first or pass run=")
         return run
+
+    def merge(self, earlier: dict[str, Any], now: dict[str, Any]) -> dict[str, Any]:
+        """What to write when ``earlier`` still waits in W&B's open row (a second ``commit=False``
+        with the same keys would replace it): pictures are kept side by side as a list, anything
+        else (numbers, an incremental table whose increments name their predecessors) the last."""
+        merged = {**earlier, **now}
+        for key, value in now.items():
+            old = earlier.get(key)
+            if isinstance(value, wandb.Image) and isinstance(old, (wandb.Image, list)):
+                merged[key] = [*(old if isinstance(old, list) else [old]), value]
+        return merged
 
     def send(self, payload: Mapping[str, Any], step: int | None = None) -> None:
         """Log ``payload`` against this panel's axis at ``step`` (default: one past the last)."""
@@ -77,53 +96,106 @@ class Panel:
             for key in new:
                 run.define_metric(key, step_metric=self.axis)
             self._defined.update(new)
-        run.log({**payload, self.axis: step})
+        row = {**payload, self.axis: step}
+        still_open = self._open is not None and self._open[0] is run and self._open[1] == run.step
+        row = self.merge(self._open[2] if still_open else {}, row)
+        # commit=False: never move W&B's global step, so a user's run.log(step=i) is never dropped.
+        run.log(row, commit=False)
+        self._open = (run, run.step, row)
 
 
-def first_conv(model: nn.Module) -> nn.Conv2d:
-    """The first ``Conv2d`` of ``model`` in registration order."""
-    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-    if conv is None:
-        raise ValueError(f"{type(model).__name__} has no Conv2d layer to show")
-    return conv
+@contextlib.contextmanager
+def untouched(model: nn.Module) -> Iterator[nn.Module]:
+    """Run ``model`` without changing its training: eval mode (dropout off, BatchNorm statistics
+    frozen), then its mode and the CPU and CUDA random states restored."""
+    was_training = model.training
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices):
+        model.eval()
+        try:
+            yield model
+        finally:
+            model.train(was_training)
+
+
+def named_layers(model: nn.Module, layers: Any, *, what: str) -> dict[str, nn.Module]:
+    """``layers`` (a qualified name, a module, a list of either, or a name -> module mapping) as
+    name -> module; ``None``: every ``Conv2d``. No conv, or a name or module not in ``model``, is a
+    ``ValueError`` naming the fix."""
+    if layers is None:
+        found = {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+        if not found:
+            raise ValueError(f"{what}: {type(model).__name__} has no Conv2d layer to show; pass a conv model or layers=")
+        return found
+    if isinstance(layers, Mapping):
+        return dict(layers)
+    by_name = dict(model.named_modules())
+    by_module = {m: n for n, m in by_name.items()}
+    out = {}
+    for layer in [layers] if isinstance(layers, (str, nn.Module)) else layers:
+        if isinstance(layer, str) and layer in by_name:
+            out[layer] = by_name[layer]
+        elif isinstance(layer, str):
+            close = difflib.get_close_matches(layer, [n for n in by_name if n], n=3)
+            raise ValueError(f"{what}: no layer {layer!r} in {type(model).__name__}; did you mean {close}?")
+        elif layer in by_module:
+            out[by_module[layer]] = layer
+        else:
+            raise ValueError(f"{what}: the {type(layer).__name__} given is not in {type(model).__name__}; pass one of its layers")
+    return out
 
 
 class LearnedFilters(Panel):
-    """``viz/conv1_filters``: the first conv layer's learned filters as one picture."""
+    """``viz/conv1_filters``: one conv layer's learned filters as one picture.
+
+    ``layer``: its qualified name or the module (default: the first ``Conv2d``); captions carry
+    its name. A layer that is not a ``Conv2d`` is a ``ValueError``.
+    """
 
     axis = "viz/step"
 
-    def __init__(self, model: nn.Module, *, key: str = "viz/conv1_filters", **kw: Any) -> None:
+    def __init__(self, model: nn.Module, *, layer: str | nn.Module | None = None, key: str = "viz/conv1_filters",
+                 **kw: Any) -> None:
         super().__init__(**kw)
-        self.conv, self.key = first_conv(model), key
+        (self.name, self.conv), *_ = named_layers(model, layer, what="LearnedFilters").items()
+        if not isinstance(self.conv, nn.Conv2d):
+            raise ValueError(f"LearnedFilters: {self.name!r} is a {type(self.conv).__name__}, not a Conv2d; pass a conv layer")
+        self.key = key
 
     def payload(self, caption: str | None = None) -> dict[str, Any]:
         """The picture of the filters as they are now."""
         picture = filter_grid(self.conv.weight.detach().cpu())
-        return {self.key: wandb.Image(to_uint8(picture), caption=caption)}
+        return {self.key: wandb.Image(to_uint8(picture), caption=caption or self.name)}
 
     def log(self, step: int | None = None, caption: str | None = None) -> None:
-        """Log the filters now; ``caption`` defaults to the step."""
-        self.send(self.payload(caption or f"conv1 at step {step if step is not None else (self._last_step or 0) + 1}"), step)
+        """Log the filters now; ``caption`` defaults to the layer's name and the step."""
+        step = step if step is not None else (self._last_step or 0) + 1
+        self.send(self.payload(caption or f"{self.name} at step {step}"), step)
 
 
 class FeatureMaps(Panel):
     """``viz/feature_maps``: step | input | label | layer | feature maps, for fixed inputs.
 
-    ``layers`` maps a name to the module whose output is shown (default: every ``Conv2d``, named
-    as in the model); outputs are caught by forward hooks, attached only while the panel runs the
-    model in eval mode. ``pictures`` are the inputs as shown (e.g. denormalised, in [0, 1]).
-    One incremental table: each log adds its rows.
+    ``layers``: a qualified name, a module, a list of either, or a name -> module mapping
+    (default: every ``Conv2d``); each must output (N, C, H, W) maps, checked at construction on
+    one input (a ``ValueError`` otherwise). Outputs are caught by forward hooks, attached only
+    while the panel runs the model (:func:`untouched`: eval mode, random states kept).
+    ``pictures`` are the inputs as shown (e.g. denormalised, in [0, 1]). One incremental table:
+    each log adds its rows.
     """
 
     axis = "viz/step"
 
     def __init__(self, model: nn.Module, inputs: torch.Tensor, *, labels: Sequence[str] | None = None,
-                 layers: Mapping[str, nn.Module] | None = None, pictures: torch.Tensor | None = None,
+                 layers: Any = None, pictures: torch.Tensor | None = None,
                  max_maps: int = 16, key: str = "viz/feature_maps", **kw: Any) -> None:
         super().__init__(**kw)
         self.model, self.inputs, self.max_maps, self.key = model, inputs, max_maps, key
-        self.layers = dict(layers) if layers is not None else {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+        self.layers = named_layers(model, layers, what="FeatureMaps")
+        for name, out in self.capture(inputs[:1]):
+            if out.dim() != 4:
+                raise ValueError(f"FeatureMaps: layer {name!r} outputs shape {tuple(out.shape)}, not (N, C, H, W) maps; "
+                                 f"pass conv layers (or what follows one) in layers=")
         self.labels = list(labels) if labels is not None else [str(i) for i in range(len(inputs))]
         shown = pictures if pictures is not None else inputs
         # One wandb.Image per input, reused in all of its rows.
@@ -132,20 +204,18 @@ class FeatureMaps(Panel):
         self.table = EpochTable(["epoch", "input", "label", "layer", "feature_maps"])
 
     @torch.no_grad()
-    def capture(self) -> list[tuple[str, torch.Tensor]]:
-        """(layer name, activations of every input) in forward order."""
+    def capture(self, inputs: torch.Tensor | None = None) -> list[tuple[str, torch.Tensor]]:
+        """(layer name, activations of every input, or of ``inputs``) in forward order."""
         captured: list[tuple[str, torch.Tensor]] = []
         hooks = [m.register_forward_hook(lambda mod, i, o, name=name: captured.append((name, o.detach().cpu().clone())))
                  for name, m in self.layers.items()]
-        was_training = self.model.training
-        self.model.eval()
         try:
-            device = next(self.model.parameters()).device
-            self.model(self.inputs.to(device))
+            with untouched(self.model):
+                device = next(self.model.parameters()).device
+                self.model((self.inputs if inputs is None else inputs).to(device))
         finally:
             for h in hooks:
                 h.remove()
-            self.model.train(was_training)
         return captured
 
     def payload(self, step: int) -> dict[str, Any]:

@@ -9,17 +9,17 @@ learning rate is stable for the loss surface and lambda. It attaches to any
     ...
     probe.curvature(lambda: loss_fn(model(x), y), model.parameters())
 
-Logged per optimizer step (axis ``wd/step``, or the caller's ``step=``):
+Logged per optimizer step (axis ``wd/step``; ``prefix=`` replaces ``wd``), with ``commit=False``
+so W&B's global step is never moved (see docs/plugins.md):
 
-- ``wd/weight_norm``: global L2 norm of the decayed weights after the step.
-- ``wd/decay_factor``: the factor the decay part of the step multiplied the weights by, measured
-  on the weights. Before the step the probe replays it on copies with the optimizer's own class,
-  settings and state but no decay; the decay part is what the real step did beyond that replay,
-  and the factor is ``1 + <decay part, w_before> / |w_before|^2``. Decoupled decay (AdamW, SGDW)
-  and any decay with plain SGD give ``1 - lr*lambda``; with Adam, decay in the gradient (l2,
-  coupled) is rescaled by the update and the factor says by how much.
-- ``wd/decay_factor_theory`` = ``1 - lr*lambda``, lr and lambda read from the optimizer's
-  param_groups (``l2=`` names lambda when the penalty is in the loss).
+- ``wd/weight_norm``: the global L2 norm of the decayed weights.
+- ``wd/decay_factor``: the factor the decay multiplied the weights by in that step, measured on
+  the weights against a decay-free shadow of the optimizer (so what momentum or Adam's moments
+  carry from earlier decay counts): ``1 + <real step - shadow step, w_before> / |w_before|^2``.
+- ``wd/decay_factor_theory``: :func:`theory` for the optimizer at hand (NaN where there is no
+  formula: Adam with decay in the gradient); the formula's name goes to the summary, ``wd/theory``.
+- with several decayed param groups, also ``wd/group{i}/decay_factor`` and ``..._theory`` per
+  group; the pooled values weight each group by its squared weight norm.
 
 Logged by :meth:`WeightDecayProbe.curvature`: ``wd/hessian_top_eig`` (beta, top eigenvalue of the
 loss's Hessian), ``wd/lr_sharpness`` = lr * (beta + lambda) and ``wd/stability_bound``
@@ -29,6 +29,7 @@ sharpness stays below the bound.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -36,7 +37,7 @@ from typing import Any
 import torch
 
 from dlhw.callbacks.hessian import top_hessian_eigenvalue
-from dlhw.callbacks.panels import Panel
+from dlhw.callbacks.panels import Panel, untouched
 from dlhw.core.events import STEP_AXIS, Callback, Loop
 
 
@@ -74,6 +75,26 @@ def _is_decoupled(optimizer: torch.optim.Optimizer, group: Mapping[str, Any]) ->
     return isinstance(optimizer, torch.optim.AdamW) or bool(group.get("decoupled_weight_decay"))
 
 
+def theory(optimizer: torch.optim.Optimizer, group: Mapping[str, Any], l2: float = 0.0) -> tuple[float, str]:
+    """The per-step shrink decay should give ``group``'s weights, and its formula's name.
+
+    Decoupled decay (AdamW, SGDW) multiplies the weights by ``1 - lr*lambda``. Decay in the
+    gradient (coupled, or ``l2``) of SGD with momentum mu (dampening d) piles up in the momentum
+    buffer: in steady state each step removes ``lr*lambda*(1-d)/(1-mu)`` of the weights. Adam
+    divides decay in the gradient by its second moment: no formula, NaN (measured only).
+    """
+    lam = float(l2 or group.get("weight_decay", 0.0))
+    lr = float(group["lr"])
+    if _is_decoupled(optimizer, group):
+        return 1.0 - lr * lam, "1 - lr*lambda (decoupled)"
+    if isinstance(optimizer, torch.optim.SGD):
+        mu, d = float(group.get("momentum", 0.0)), float(group.get("dampening", 0.0))
+        if not mu:
+            return 1.0 - lr * lam, "1 - lr*lambda (SGD)"
+        return 1.0 - lr * lam * (1 - d) / (1 - mu), "1 - lr*lambda*(1-dampening)/(1-momentum) (momentum SGD, steady state)"
+    return float("nan"), f"none: {type(optimizer).__name__} rescales decay in the gradient; measured only"
+
+
 class WeightDecayProbe(Panel):
     """Measures every ``optimizer.step()`` of ``optimizer`` and logs it to the active W&B run.
 
@@ -83,147 +104,171 @@ class WeightDecayProbe(Panel):
         l2: lambda of an ``lambda/2 * ||w||^2`` penalty the loop adds to its loss itself (the
             optimizer then has no weight_decay); ``params`` names the penalised weights.
         params: the decayed weights, when not every weight of a decaying group.
-        every: measure one step in ``every`` (the replay costs about one optimizer step).
+        prefix: the keys' namespace and axis (``{prefix}/step``): two probes in one run need two.
+        every: measure the decay factor on one step in ``every``. Where decay enters the
+            optimizer's state (coupled momentum SGD, Adam), the shadow still steps on every step.
         run: the W&B run to log to (default ``wandb.run``); ``publish`` replaces W&B altogether.
 
+    The decay factor is the decay's whole effect on the weights in a step, including what the
+    optimizer's state (momentum, Adam's moments) carries from earlier steps' decay: a shadow
+    optimizer of the same class and settings with no decay keeps its own state, is stepped on the
+    same gradients from the same weights, and the real step minus the shadow's is the decay part.
+    It costs about one more optimizer step and one more optimizer state. Where the decay never
+    enters the state (decoupled, or SGD without momentum) the shadow takes the real state instead.
+
+    Without ``publish``, ``step()`` raises before the weights change when no run is active.
     A ``closure`` given to ``step()`` (Lightning gives one) is called once by the probe, before the
     step, and its loss handed to the optimizer; closures that must run several times (LBFGS's)
     are not supported.
     """
 
-    axis = "wd/step"
-
     def __init__(self, optimizer: torch.optim.Optimizer, *, l2: float = 0.0,
-                 params: Iterable[torch.Tensor] | None = None, every: int = 1, run: Any = None,
+                 params: Iterable[torch.Tensor] | None = None, prefix: str = "wd", every: int = 1, run: Any = None,
                  publish: Callable[[dict[str, Any]], None] | None = None) -> None:
         super().__init__(run=run, publish=publish)
-        self.optimizer, self.l2, self.every = optimizer, l2, every
+        self.optimizer, self.l2, self.every, self.prefix, self.axis = optimizer, l2, every, prefix, f"{prefix}/step"
         self.params = (list(params) if params is not None else
                        [p for g in optimizer.param_groups if g.get("weight_decay", 0) for p in g["params"]])
-        mine = {id(p) for p in self.params}
-        self.groups = [g for g in optimizer.param_groups if any(id(p) in mine for p in g["params"])]
         if not self.params:
             raise ValueError("WeightDecayProbe: no decayed parameters; give the optimizer a weight_decay or pass l2= and params=")
+        mine = {id(p) for p in self.params}
+        # (index in optimizer.param_groups, the group, its decayed weights)
+        self.groups = [(i, g, [p for p in g["params"] if id(p) in mine]) for i, g in enumerate(optimizer.param_groups)]
+        self.groups = [t for t in self.groups if t[2]]
+        copies = {id(p): torch.zeros_like(p, requires_grad=True) for p in self.params}
+        self._copies = [copies[id(p)] for p in self.params]
+        self._shadow = type(optimizer)([{**{k: v for k, v in g.items() if k != "params"}, "weight_decay": 0.0,
+                                         "params": [copies[id(p)] for p in ps]} for _, g, ps in self.groups])
+        sgd = isinstance(optimizer, torch.optim.SGD)
+        self._state_free = all((sgd and not g.get("momentum")) or (_is_decoupled(optimizer, g) and not l2) for _, g, _ in self.groups)
         self.steps = 0
         self.last: dict[str, float] = {}
-        # (weights, their values before the step, the replay's values without decay) of the step under way
-        self._pending: tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]] | None = None
-        self._shadow: torch.optim.Optimizer | None = None
+        self._shadow_after: list[torch.Tensor] = []
+        self._weights: list[torch.Tensor] | None = None
+        self._noted = False
         self._handles = [optimizer.register_step_pre_hook(self._before), optimizer.register_step_post_hook(self._after)]
 
     # -- what the optimizer says ----------------------------------------------------------------
     @property
     def lr(self) -> float:
-        """The learning rate of the decayed weights now (a scheduler may have changed it)."""
-        return float(self.groups[0]["lr"])
+        """The learning rate of the first decayed group now (a scheduler may have changed it)."""
+        return float(self.groups[0][1]["lr"])
 
     @property
     def weight_decay(self) -> float:
-        """lambda: the decaying group's weight_decay, or ``l2`` for a penalty in the loss."""
-        return float(self.l2 or self.groups[0].get("weight_decay", 0.0))
-
-    @property
-    def decay_factor_theory(self) -> float:
-        """The shrink ``1 - lr * lambda`` that SGD-style weight decay applies every step."""
-        return 1.0 - self.lr * self.weight_decay
+        """lambda: the first decaying group's weight_decay, or ``l2`` for a penalty in the loss."""
+        return float(self.l2 or self.groups[0][1].get("weight_decay", 0.0))
 
     def weight_norm(self) -> float:
         """Global L2 norm of the decayed weights."""
         return float(_sq_norm(self.params).sqrt())
 
     # -- the hooks --------------------------------------------------------------------------------
-    def _replay_without_decay(self, params: list[torch.Tensor]) -> list[torch.Tensor]:
-        """The step the optimizer would take from its current state with no decay, on copies."""
-        opt = self.optimizer
-        if self._shadow is None:
-            copies = {id(p): torch.zeros_like(p, requires_grad=True) for p in self.params}
-            groups = []
-            for g in opt.param_groups:
-                mine = [copies[id(p)] for p in g["params"] if id(p) in copies]
-                if mine:
-                    groups.append({**{k: v for k, v in g.items() if k != "params"}, "params": mine, "weight_decay": 0.0})
-            self._shadow = type(opt)(groups)
-            self._copies = copies
-        shadow = self._shadow
-        for g, sg in zip((g for g in opt.param_groups if any(id(p) in self._copies for p in g["params"])),
-                         shadow.param_groups):
-            sg.update({k: v for k, v in g.items() if k not in ("params", "weight_decay")})
-        out = []
-        with torch.no_grad():
-            for p in params:
-                c = self._copies[id(p)]
-                c.copy_(p)
-                # The gradient the loss gave without its penalty: l2 added lambda * w to it.
-                if c.grad is None:
-                    c.grad = torch.empty_like(p.grad)
-                c.grad.copy_(p.grad)
-                if self.l2:
-                    c.grad.sub_(p, alpha=self.l2)
-                # The optimizer's state before this step, copied into the replay's own buffers
-                # (reused from step to step: a fresh copy of Adam's two moments costs as much as the step).
-                state, mine = opt.state.get(p, {}), shadow.state.get(c)
-                if mine is None or mine.keys() != state.keys():
-                    shadow.state[c] = {k: v.clone() if torch.is_tensor(v) else v for k, v in state.items()}
-                else:
-                    for k, v in state.items():
-                        if torch.is_tensor(v):
-                            mine[k].copy_(v)
-                        else:
-                            mine[k] = v
-                out.append(c)
-            stepped = {id(c) for c in out}
-            for c in self._copies.values():
-                if id(c) not in stepped:
-                    c.grad = None  # a weight without a gradient this step is not stepped in the replay either
-        shadow.step()
-        return out
-
     def _before(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
-        self.steps += 1
-        self._pending = None
-        if self.steps % self.every:
-            return None
+        if self.publish is None:
+            self._active_run()  # no run: refuse before the weights change
         changed = None
         closure = args[1] if len(args) > 1 else kwargs.get("closure")
         if closure is not None:
             # Loops that hand step() a closure (Lightning) compute the gradients inside it; run it
-            # here, once, so the replay sees them, and give the optimizer its result instead.
+            # here, once, so the shadow sees them, and give the optimizer its result instead.
             with torch.enable_grad():
                 loss = closure()
             kwargs = {k: v for k, v in kwargs.items() if k != "closure"}
             changed = ((args[0], lambda: loss), kwargs)
-        params = [p for p in self.params if p.grad is not None]
-        if params:
-            before = [p.detach().clone() for p in params]
-            self._pending = (params, before, [c.detach() for c in self._replay_without_decay(params)])
+        self.steps += 1
+        measured = self.steps % self.every == 0
+        if not measured and self._state_free:
+            self._weights = None
+            return changed
+        with torch.no_grad():
+            for p, c in zip(self.params, self._copies):
+                # A weight without a gradient is not stepped by the optimizer, nor by the shadow.
+                c.grad = None if p.grad is None else (p.grad - self.l2 * p if self.l2 else p.grad)
+                c.copy_(p)
+            # Where the decay never enters the optimizer's state, the shadow's state is the real one,
+            # copied on the measured steps only (so every=N saves the shadow's step on the others).
+            # Else the shadow keeps its own, starting from the optimizer's when attached mid-training.
+            if self._state_free or (not self._shadow.state and optimizer.state):
+                for p, c in zip(self.params, self._copies):
+                    state, mine = optimizer.state.get(p, {}), self._shadow.state.get(c)
+                    if mine is None or mine.keys() != state.keys():
+                        self._shadow.state[c] = {k: v.clone() if torch.is_tensor(v) else v for k, v in state.items()}
+                    else:
+                        for k, v in state.items():
+                            if torch.is_tensor(v):
+                                mine[k].copy_(v)
+                            else:
+                                mine[k] = v
+            for sg, (_, g, _) in zip(self._shadow.param_groups, self.groups):
+                sg.update({k: v for k, v in g.items() if k not in ("params", "weight_decay")})
+        self._shadow.step()
+        self._shadow_after = [c.detach() for c in self._copies]  # the shadow's weights after its step
+        self._weights = [p.detach().clone() for p in self.params] if measured else None
         return changed
 
     def _after(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        metrics = {"wd/weight_norm": self.weight_norm(), "wd/decay_factor_theory": self.decay_factor_theory}
-        if self._pending is not None:
-            params, before, without = self._pending
-            decay_part = [p.detach() - w for p, w in zip(params, without)]
-            metrics["wd/decay_factor"] = float(1 + _dot(decay_part, before) / _sq_norm(before))
-            self._pending = None
+        p = self.prefix
+        metrics = {f"{p}/weight_norm": self.weight_norm()}
+        if self._weights is not None:
+            num = den = theory_num = 0.0
+            per_group = len(self.groups) > 1
+            index = {id(w): i for i, w in enumerate(self.params)}
+            for gi, g, ps in self.groups:
+                before = [self._weights[index[id(w)]] for w in ps]
+                decay_part = [w.detach() - self._shadow_after[index[id(w)]] for w in ps]
+                n, d = float(_dot(decay_part, before)), float(_sq_norm(before))
+                t, _ = theory(self.optimizer, g, self.l2)
+                num, den, theory_num = num + n, den + d, theory_num + t * d
+                if per_group:
+                    metrics[f"{p}/group{gi}/decay_factor"] = 1 + n / d
+                    metrics[f"{p}/group{gi}/decay_factor_theory"] = t
+            # Pooled over groups, each weighted by its squared weight norm (the theory the same way).
+            metrics[f"{p}/decay_factor"] = 1 + num / den
+            metrics[f"{p}/decay_factor_theory"] = theory_num / den
+            self._weights = None
         self.last = metrics
+        if self.publish is None and not self._noted:
+            self._noted = True
+            self._active_run().summary[f"{p}/theory"] = "; ".join(
+                f"group{gi}: {theory(self.optimizer, g, self.l2)[1]}" for gi, g, _ in self.groups)
         self.send(metrics, step=self.steps)
+
+    def merge(self, earlier: dict[str, Any], now: dict[str, Any]) -> dict[str, Any]:
+        """Several steps in one open row: the last norm and step, and the mean of each per-step
+        factor over the steps the row covers."""
+        if not earlier:
+            self._counts: dict[str, int] = {}
+        merged = {**earlier, **now}
+        for key, value in now.items():
+            if "decay_factor" in key:
+                n = self._counts[key] = self._counts.get(key, 0) + 1
+                if n > 1:
+                    merged[key] = (earlier[key] * (n - 1) + value) / n
+        return merged
+
 
     # -- curvature ----------------------------------------------------------------------------
     def curvature(self, loss: Callable[[], torch.Tensor], params: Iterable[torch.Tensor] | None = None, *,
-                  iters: int = 10, tol: float = 1e-2, step: int | None = None) -> dict[str, float]:
+                  model: torch.nn.Module | None = None, iters: int = 10, tol: float = 1e-2,
+                  step: int | None = None) -> dict[str, float]:
         """Top Hessian eigenvalue of ``loss()`` (a closure over a fixed batch, without the decay
         term) in ``params`` (default: every parameter of the optimizer), the sharpness
-        lr * (beta + lambda) and the stability bound for this optimizer and decay mode; logged and returned."""
+        lr * (beta + lambda) and the stability bound for this optimizer and decay mode; logged and
+        returned. With ``model`` the closure runs under :func:`~dlhw.callbacks.panels.untouched`
+        (eval mode, random states kept), so the training it watches is not changed."""
         params = list(params) if params is not None else [p for g in self.optimizer.param_groups for p in g["params"]]
-        beta, _ = top_hessian_eigenvalue(loss, params, iters=iters, tol=tol)
-        group = self.groups[0]
+        with untouched(model) if model is not None else contextlib.nullcontext():
+            beta, _ = top_hessian_eigenvalue(loss, params, iters=iters, tol=tol)
+        group = self.groups[0][1]
         sgd = isinstance(self.optimizer, torch.optim.SGD)
         mode = "decoupled" if _is_decoupled(self.optimizer, group) else "coupled"
+        p = self.prefix
         metrics = {
-            "wd/hessian_top_eig": beta,
-            "wd/lr_sharpness": self.lr * (beta + self.weight_decay),
-            "wd/stability_bound": stability_bound(optimizer="sgd" if sgd else "adam", momentum=float(group.get("momentum", 0.0)),
-                                                  wd_mode=mode, lr=self.lr, weight_decay=self.weight_decay),
+            f"{p}/hessian_top_eig": beta,
+            f"{p}/lr_sharpness": self.lr * (beta + self.weight_decay),
+            f"{p}/stability_bound": stability_bound(optimizer="sgd" if sgd else "adam", momentum=float(group.get("momentum", 0.0)),
+                                                    wd_mode=mode, lr=self.lr, weight_decay=self.weight_decay),
         }
         self.send(metrics, step=self.steps if step is None else step)
         return metrics
@@ -253,13 +298,8 @@ class DecayProbeCallback(Callback):
                                       publish=lambda m: trainer.log(m, axis=STEP_AXIS))
         # A resumed fit counts on from its checkpoint, so "one step in every" picks the same steps.
         self.probe.steps = trainer.global_step
-        if trainer.weight_decay and trainer.wd_mode != "decoupled" and (trainer.optimizer_name != "sgd" or trainer.momentum):
-            print(
-                f"wd/decay_factor: with {trainer.optimizer_name} (momentum {trainer.momentum:g}) {trainer.wd_mode} decay "
-                f"passes through the optimizer's update, so the measured shrink of a step need not be 1 - lr*lambda; "
-                f"use --wd-mode decoupled for a shrink of exactly that",
-                file=sys.stderr,
-            )
+        if trainer.weight_decay:  # which formula the theory column is, in one line
+            print(f"wd/decay_factor_theory: {theory(trainer.optimizer, self.probe.groups[0][1], l2)[1]}", file=sys.stderr)
         if self.hessian_every and trainer.global_step == 0:  # the start of training, not of a resumed fit
             self._curvature(trainer)
 

@@ -53,7 +53,7 @@ test = DataLoader(TensorDataset(x[1500:], y[1500:]), batch_size=256)
 trainer = L.Trainer(
     max_epochs=args.epochs, log_every_n_steps=10, logger=WandbLogger(project="dlhw-examples", save_dir=args.dir), enable_progress_bar=False,
     enable_checkpointing=False,
-    callbacks=[LearnedFiltersCallback(), FeatureMapsCallback(x[1500:1504], labels=[str(int(t)) for t in y[1500:1504]]),
+    callbacks=[LearnedFiltersCallback(layer="net.0"), FeatureMapsCallback(x[1500:1504], labels=[str(int(t)) for t in y[1500:1504]]),
                ConfusionMatrixCallback([str(i) for i in range(10)]), WeightDecayCallback(curvature_batch=(x[:256], y[:256]))],
 )
 model = DigitsNet()

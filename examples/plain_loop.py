@@ -29,7 +29,7 @@ model = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 3
 optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.05)
 
 run = wandb.init(project="dlhw-examples", dir=args.dir, config={"epochs": args.epochs, "lr": 3e-3, "weight_decay": 0.05})
-filters = LearnedFilters(model)                       # the first Conv2d's filters
+filters = LearnedFilters(model, layer="0")            # a conv by qualified name (or the module)
 maps = FeatureMaps(model, x[test][:4], labels=[str(int(t)) for t in y[test][:4]])
 probe = WeightDecayProbe(optimizer)                   # hooks optimizer.step(): wd/* every step
 batch = torch.randperm(1500)[:256]
@@ -40,7 +40,7 @@ for epoch in range(1, args.epochs + 1):
         loss.backward()
         optimizer.step()
         run.log({"train/loss": loss.item()})
-    probe.curvature(lambda: nn.functional.cross_entropy(model(x[train][batch]), y[train][batch]))
+    probe.curvature(lambda: nn.functional.cross_entropy(model(x[train][batch]), y[train][batch]), model=model)
     filters.log(step=epoch)
     maps.log(step=epoch)
 with torch.no_grad():

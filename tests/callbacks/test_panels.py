@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import wandb
@@ -14,13 +16,14 @@ from dlhw.trainers.classification import SGDW
 LR, LAMBDA = 0.1, 0.5
 
 
-def loop(make_optimizer, *, l2: float = 0.0, steps: int = 3) -> tuple[list[dict], WeightDecayProbe]:
+def loop(make_optimizer, *, l2: float = 0.0, steps: int = 3, every: int = 1) -> tuple[list[dict], WeightDecayProbe]:
     """A tiny model trained by a plain loop, the probe hooked on its optimizer."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
     optimizer = make_optimizer(model.parameters())
     records: list[dict] = []
-    probe = WeightDecayProbe(optimizer, l2=l2, params=list(model.parameters()) if l2 else None, publish=records.append)
+    probe = WeightDecayProbe(optimizer, l2=l2, params=list(model.parameters()) if l2 else None, every=every,
+                             publish=records.append)
     x, y = torch.randn(16, 6), torch.randint(0, 3, (16,))
     for _ in range(steps):
         loss = nn.functional.cross_entropy(model(x), y)
@@ -35,16 +38,36 @@ def loop(make_optimizer, *, l2: float = 0.0, steps: int = 3) -> tuple[list[dict]
 
 @pytest.mark.parametrize("make,lr", [
     (lambda p: torch.optim.SGD(p, lr=LR, weight_decay=LAMBDA), LR),
-    (lambda p: torch.optim.SGD(p, lr=LR, momentum=0.9, weight_decay=LAMBDA), LR),
     (lambda p: SGDW(p, lr=LR, momentum=0.9, weight_decay=LAMBDA), LR),
     (lambda p: torch.optim.AdamW(p, lr=0.01, weight_decay=LAMBDA), 0.01),
     (lambda p: torch.optim.Adam(p, lr=0.01, weight_decay=LAMBDA, decoupled_weight_decay=True), 0.01),
-], ids=["sgd", "sgd-momentum", "sgdw-momentum", "adamw", "adam-decoupled"])
+], ids=["sgd", "sgdw-momentum", "adamw", "adam-decoupled"])
 def test_measured_shrink_is_one_minus_lr_lambda_where_decay_is_a_shrink(make, lr):
     records, probe = loop(make)
     assert [r["wd/decay_factor_theory"] for r in records] == pytest.approx([1 - lr * LAMBDA] * 3)
     assert [r["wd/decay_factor"] for r in records] == pytest.approx([1 - lr * LAMBDA] * 3, abs=1e-6)
     assert records[-1]["wd/weight_norm"] == pytest.approx(probe.weight_norm())
+
+
+@pytest.mark.parametrize("l2", [0.0, 0.05], ids=["coupled", "l2"])
+def test_momentum_sgd_counts_the_decay_its_buffer_carries(l2):
+    # The buffer piles up lambda*w from every earlier step: 1 - lr*lambda on the first step, then
+    # towards the steady state 1 - lr*lambda/(1 - mu), ten times the shrink for mu = 0.9.
+    wd = 0.0 if l2 else 0.05
+    records, _ = loop(lambda p: torch.optim.SGD(p, lr=0.01, momentum=0.9, weight_decay=wd), l2=l2, steps=80)
+    theory = 1 - 0.01 * 0.05 / (1 - 0.9)
+    assert records[0]["wd/decay_factor"] == pytest.approx(1 - 0.01 * 0.05, abs=1e-7)
+    assert records[-1]["wd/decay_factor_theory"] == pytest.approx(theory)
+    assert 1 - records[-1]["wd/decay_factor"] == pytest.approx(1 - theory, rel=0.05)
+
+
+@pytest.mark.parametrize("make", [lambda p: torch.optim.SGD(p, lr=0.01, momentum=0.9, weight_decay=0.05),
+                                  lambda p: torch.optim.AdamW(p, lr=0.01, weight_decay=0.05)], ids=["momentum", "adamw"])
+def test_measuring_one_step_in_every_gives_the_same_factors(make):
+    every_step, _ = loop(make, steps=6)
+    thinned, _ = loop(make, steps=6, every=3)
+    assert [r.get("wd/decay_factor") for r in thinned] == [None, None, every_step[2]["wd/decay_factor"],
+                                                           None, None, every_step[5]["wd/decay_factor"]]
 
 
 def test_plain_sgd_with_the_penalty_in_the_loss_shrinks_the_same():
@@ -61,6 +84,7 @@ def test_adam_rescales_decay_in_the_gradient_so_the_shrink_differs(l2):
     # far more than lr * lambda of shrink, and not the same on each step.
     assert all(abs(r["wd/decay_factor"] - theory) > 1e-3 for r in records)
     assert len({round(r["wd/decay_factor"], 6) for r in records}) == 3
+    assert math.isnan(records[0]["wd/decay_factor_theory"])  # no formula: measured only
 
 
 def test_curvature_and_stability_bound_per_optimizer():
@@ -108,14 +132,16 @@ def test_panels_log_against_their_own_axis_and_never_go_back(tmp_path):
         filters.log(step=2)
         with pytest.raises(ValueError, match="goes back"):
             filters.log(step=1)
-        FeatureMaps(model, torch.rand(2, 1, 8, 8), run=run).log(step=1)
+        run.log({"train/loss": 1.0})  # the user's row, which the filters' picture joins
+        FeatureMaps(model, torch.rand(2, 1, 8, 8), run=run).log(step=3)
         ConfusionMatrix(["a", "b"]).log([0, 1, 1], [0, 1, 0])
         assert wandb.run is run  # the panels neither finished nor replaced the user's run
     from dlhw.tracking.readback import history
 
     rows = history(next((tmp_path / "wandb").glob("offline-run-*")))
     assert [r["viz/step"] for r in rows if "viz/conv1_filters._type" in r] == [2]
-    assert [r["viz/step"] for r in rows if "viz/feature_maps._type" in r] == [1]
+    assert [r["viz/step"] for r in rows if "viz/feature_maps._type" in r] == [3]
+    assert [r["_step"] for r in rows if "train/loss" in r] == [0]
     assert any("test/confusion_matrix_table._type" in r for r in rows)
 
 
