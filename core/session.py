@@ -9,6 +9,7 @@ function over a session, and ``trainers.engine.Engine`` is a session that adds a
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -30,7 +31,8 @@ class Stopped(BaseException):
     catching ``Exception`` does not swallow it.
 
     ``exit_code`` is the shell's convention, 128 + the signal's number (130 for SIGINT, 143 for
-    SIGTERM); ``checkpoint`` is set by whoever wrote the checkpoint the run can resume from.
+    SIGTERM), what an in-process caller gets back; a process ends with :func:`end_by_signal`
+    instead. ``checkpoint`` is set by whoever wrote the checkpoint the run can resume from.
     """
 
     def __init__(self, signum: int) -> None:
@@ -38,6 +40,17 @@ class Stopped(BaseException):
         self.exit_code = 128 + signum
         self.checkpoint: str | None = None
         super().__init__(f"stopped by {signal.Signals(signum).name}")
+
+
+def end_by_signal(signum: int) -> None:
+    """End this process as killed by ``signum``, after its clean stop (checkpoint written, W&B run
+    finished as preempting). ``wandb agent`` counts any exit status > 0 as a failed run, so a
+    trial it stopped must not exit 143; a death by the signal is what the agent (and torchrun,
+    and a shell, which still prints 143) expects of a stopped process."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
 
 
 class Session:
