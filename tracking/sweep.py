@@ -15,7 +15,6 @@ import math
 import os
 import signal
 import subprocess
-import sys
 import time
 import warnings
 from collections.abc import Iterable, Mapping
@@ -298,7 +297,10 @@ class Runner:
     def __init__(self, sweep: Sweep, *, jobs: int = 1, wandb_mode: str | None = None, view: Any = None) -> None:
         self.sweep, self.jobs, self.wandb_mode, self.view = sweep, jobs, wandb_mode, view
         self.metric = (sweep.metric or {}).get("name")
+        had_dir = wandb_env.DIR in os.environ
         self.agent = Agent(api=None, queue=None)  # no server: only its process and failure rules
+        if not had_dir:  # it sets WANDB_DIR for the trials it starts; ours get their own
+            del os.environ[wandb_env.DIR]
         self.live: dict[str, subprocess.Popen] = {}
         self.exhausted = False
 
