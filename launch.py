@@ -240,7 +240,6 @@ def detect_job(args: argparse.Namespace, dist: Any) -> int:
     from dlhw.callbacks import standard_callbacks
     from dlhw.callbacks.checkpoint import Checkpoint
     from dlhw.callbacks.detection_viz import PhotoTable, PredictionTable
-    from dlhw.core.session import Stopped
     from dlhw.trainers.detection.beatles import compare_on_photo, load_photo
     from dlhw.trainers.detection.trainer import build_trainer, model_label, prepare
     from dlhw.trainers.engine import check_resumable
@@ -294,10 +293,7 @@ def detect_job(args: argparse.Namespace, dist: Any) -> int:
             check_resumable(earlier.state, earlier.path, name=trainer.name, config=trainer.config,
                             may_differ=DETECT_RESUME_CHANGES)
         continue_from(trainer, earlier, args.wandb_dir)
-        try:
-            results[label] = fit_resumable(trainer)
-        except Stopped as stop:
-            return stop.exit_code
+        results[label] = fit_resumable(trainer)  # a stop goes on up to main()
         models[label] = trainer.model
     if photo is not None:
         callbacks = standard_callbacks(run_args("photo"), job_type="detect-photo") + [PhotoTable(log_to_wandb=to_wandb)]
@@ -343,7 +339,6 @@ def alexnet_job(args: argparse.Namespace, dist: Any) -> int:
     from dlhw.callbacks import standard_callbacks
     from dlhw.callbacks.checkpoint import Checkpoint
     from dlhw.callbacks.weight_decay import DecayProbeCallback
-    from dlhw.core.session import Stopped
     from dlhw.trainers.classification import build_trainer, resolve_args
     from dlhw.trainers.engine import check_resumable
     from dlhw.tracking.resume import continue_from, fit_resumable, resolve_resume
@@ -381,10 +376,7 @@ def alexnet_job(args: argparse.Namespace, dist: Any) -> int:
             callbacks.append(FeatureMapTable(settings.viz_images))
     trainer = build_trainer(settings, callbacks, dist)
     continue_from(trainer, resume, args.wandb_dir)
-    try:
-        fit_resumable(trainer)
-    except Stopped as stop:
-        return stop.exit_code
+    fit_resumable(trainer)  # a stop goes on up to main()
     return 0
 
 
@@ -425,10 +417,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Parse ``argv``, run the subcommand and return its exit code (2 for errors the user can fix)."""
+def main(argv: Sequence[str] | None = None, *, exit_by_signal: bool = False) -> int:
+    """Parse ``argv``, run the subcommand and return its exit code (2 for errors the user can fix).
+
+    A run stopped cleanly by SIGINT or SIGTERM returns 128 + the signal's number, or, with
+    ``exit_by_signal`` (the command line), ends the process as killed by that signal: ``wandb
+    agent`` counts an exit status > 0 as a failed run, a death by its own SIGTERM as a stop.
+    """
     from dlhw.core.errors import UsageError
     from dlhw.core.events import is_rank_zero
+    from dlhw.core.session import Stopped, end_by_signal
     from dlhw.tracking.mode import resolve_mode
 
     try:
@@ -445,10 +443,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FloatingPointError as exc:  # a diverged run: already finished in W&B as failed
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except Stopped as stop:
+        if exit_by_signal:
+            end_by_signal(stop.signum)
+        return stop.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(exit_by_signal=True))

@@ -92,6 +92,9 @@ class WandbLogger(Callback):
         self._window_step = 0
         # Each number's last reported value (step and epoch keys): the run summary's final value.
         self._last: dict[str, Any] = {}
+        # The monitored metric's best value: the summary holds it as a plain number under the metric's
+        # own name, what sweeps and best_run() sort on (define_metric(summary=...) writes {"max": x}).
+        self._best: float | None = None
         # The run to continue (from a checkpoint), and each key's last axis value sent to W&B.
         self.run_id: str | None = None
         self._resuming = False
@@ -111,7 +114,7 @@ class WandbLogger(Callback):
                 "journal": [[axis, value, metrics] for _, axis, value, metrics in self._journal],
                 # Every number's last value: a resumed process that logs little (only the test left)
                 # still ends with the whole run's final numbers in its summary.
-                "last": {k: v for k, v in self._last.items() if _is_number(v)}}
+                "last": {k: v for k, v in self._last.items() if _is_number(v)}, "best": self._best}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.run_id = state.get("run_id")
@@ -119,6 +122,7 @@ class WandbLogger(Callback):
         self._sent = dict(state.get("sent") or {})
         self._replay = [tuple(entry) for entry in state.get("journal") or []]
         self._last.update(state.get("last") or {})
+        self._best = state.get("best")
 
     def already_logged(self, sent: Mapping[str, int]) -> None:
         """What the W&B run's files hold: each ``key`` up to axis value ``sent[key]``. Records at or
@@ -168,13 +172,11 @@ class WandbLogger(Callback):
         for axis in (STEP_AXIS, EPOCH_AXIS):
             self._call("define_metric", self.run.define_metric, axis, hidden=True)
         if self.monitor:
-            key, goal = self.monitor
-            self._bind(key, EPOCH_AXIS, summary=goal)
+            self._bind(self.monitor[0], EPOCH_AXIS)
         self._replay_journal()
 
-    def _bind(self, key: str, axis: str, summary: str | None = None) -> None:
-        kwargs = {"summary": summary} if summary else {}
-        self._call("define_metric", self.run.define_metric, key, step_metric=axis, **kwargs)
+    def _bind(self, key: str, axis: str) -> None:
+        self._call("define_metric", self.run.define_metric, key, step_metric=axis)
         self._axis_of[key] = axis
 
     def on_log(self, trainer: Loop, metrics: Mapping[str, Any], axis: str) -> None:
@@ -205,6 +207,11 @@ class WandbLogger(Callback):
         if fresh:
             self._sent.update((k, value) for k in fresh)
             self._call("log", self.run.log, {**fresh, axis: value})
+            key, goal = self.monitor or (None, None)
+            if _is_number(fresh.get(key)):
+                best = fresh[key] if self._best is None else (max if goal == "max" else min)(self._best, fresh[key])
+                self._best = best
+                self._call("summary", self.run.summary.update, {key: best})
             now = time.monotonic()
             numbers = {k: v for k, v in fresh.items() if _is_number(v)}
             if numbers:
@@ -252,10 +259,12 @@ class WandbLogger(Callback):
         if self.run is None:
             return
         self._flush()
-        # The monitored metric keeps the best value define_metric collected, not the last one.
+        # The monitored metric keeps its best value, not the last one.
         best = self.monitor[0] if self.monitor else None
         final = {k: v for k, v in self._last.items() if _is_number(v) and k != best}
         final.update((k, v) for k, v in trainer.summary.items() if k != best)
+        if self._best is not None:
+            final[best] = self._best
         self._call("summary", self.run.summary.update, final)
         self._finish(trainer.exit_code, final)
 

@@ -9,6 +9,8 @@ function over a session, and ``trainers.engine.Engine`` is a session that adds a
 
 from __future__ import annotations
 
+import json
+import os
 import signal
 import sys
 import threading
@@ -22,6 +24,18 @@ from dlhw.core.events import EPOCH_AXIS, STEP_AXIS, Callback, is_rank_zero
 # The signals that ask a training run to stop cleanly: Ctrl-C, and what schedulers and
 # preemptible machines send before they kill a process.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# A sweep runner names the metric it optimises and a file: each epoch-axis report of that metric
+# is appended as a ``[epoch, value]`` line, which the runner reads for early stopping without
+# reading W&B's files (whose writes W&B buffers) or starting a reader per trial.
+METRIC_ENV, METRIC_FILE_ENV = "DLHW_SWEEP_METRIC", "DLHW_SWEEP_METRIC_FILE"
+
+
+def report_sweep_metric(metrics: Mapping[str, Any], step: int) -> None:
+    """Append ``[step, value]`` of the sweep's metric to ``$DLHW_SWEEP_METRIC_FILE`` (rank 0 only)."""
+    name, path = os.environ.get(METRIC_ENV), os.environ.get(METRIC_FILE_ENV)
+    if name in metrics and path and is_rank_zero():
+        with open(path, "a") as fh:  # one write of one line: a reader sees it whole or not at all
+            fh.write(json.dumps([step, float(metrics[name])]) + "\n")
 
 
 class Stopped(BaseException):
@@ -30,7 +44,8 @@ class Stopped(BaseException):
     catching ``Exception`` does not swallow it.
 
     ``exit_code`` is the shell's convention, 128 + the signal's number (130 for SIGINT, 143 for
-    SIGTERM); ``checkpoint`` is set by whoever wrote the checkpoint the run can resume from.
+    SIGTERM), what an in-process caller gets back; a process ends with :func:`end_by_signal`
+    instead. ``checkpoint`` is set by whoever wrote the checkpoint the run can resume from.
     """
 
     def __init__(self, signum: int) -> None:
@@ -38,6 +53,17 @@ class Stopped(BaseException):
         self.exit_code = 128 + signum
         self.checkpoint: str | None = None
         super().__init__(f"stopped by {signal.Signals(signum).name}")
+
+
+def end_by_signal(signum: int) -> None:
+    """End this process as killed by ``signum``, after its clean stop (checkpoint written, W&B run
+    finished as preempting). ``wandb agent`` counts any exit status > 0 as a failed run, so a
+    trial it stopped must not exit 143; a death by the signal is what the agent (and torchrun,
+    and a shell, which still prints 143) expects of a stopped process."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
 
 
 class Session:
@@ -104,6 +130,8 @@ class Session:
         """Report metrics against ``axis`` (``trainer/step`` or ``epoch``) to the callbacks."""
         if metrics:
             self.fire("on_log", metrics=metrics, axis=axis)
+            if axis == EPOCH_AXIS:
+                report_sweep_metric(metrics, self.axis_value(axis))
 
     def axis_value(self, axis: str) -> int:
         """Current value of an x-axis: steps taken, or epochs completed (1-based)."""

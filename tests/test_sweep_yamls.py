@@ -28,7 +28,7 @@ def test_yaml_is_valid_and_its_trials_parse(path):
     assert sweeps.schema_violations_from_proposed_config(config) == []
     assert config["program"] == "launch.py" and (ROOT / config["program"]).is_file()
     command = config["command"]
-    # A launcher (torchrun as `-m torch.distributed.run ...`) may stand between the interpreter and the program.
+    # A launcher (torchrun as `-m dlhw.tracking.torchrun ...`) may stand between the interpreter and the program.
     assert command[:2] == ["${env}", "${interpreter}"] and "${program}" in command and command[-1] == "${args}"
     assert config["metric"]["goal"] in ("maximize", "minimize")
     # The engine proposes the first trial exactly as W&B's controller would.

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -31,29 +29,6 @@ def _inspect(run_dir: str | Path, *flags: str) -> str:
     if proc.returncode != 0:
         raise RuntimeError(f"wandb leet inspect failed on {run_dir}: {proc.stderr.strip()[-500:]}")
     return proc.stdout
-
-
-def follow(run_dir: str | Path, **popen: Any) -> subprocess.Popen:
-    """Start ``wandb leet inspect --follow --json RUN_DIR`` for a run that may still be running.
-
-    Its stdout gives one JSON record per line as the run writes them and ends after the run's
-    exit record; a run that dies without one leaves it waiting, so stop it with
-    :func:`stop_follower` when the run's process is gone. It runs in a process group of its own:
-    the ``wandb`` command hands the reading to a ``wandb-core`` child, which killing the command
-    alone would leave behind.
-    """
-    cmd = [*_wandb_cli(), "leet", "inspect", "--follow", "--idle-timeout", "0", "--json", str(run_dir)]
-    popen.setdefault("start_new_session", True)
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, **popen)
-
-
-def stop_follower(proc: subprocess.Popen) -> None:
-    """Kill a :func:`follow` process and what it started, and reap it."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        proc.kill()
-    proc.wait()
 
 
 def run_summary(run_dir: str | Path) -> dict[str, Any]:

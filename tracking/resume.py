@@ -4,7 +4,8 @@ already sent to W&B, and the line that tells a stopped run how to continue.
 ``--resume PATH`` names a ``last.pt``; ``--resume auto`` (what the sweep runner sets through
 ``$DLHW_RESUME`` when it starts an interrupted trial again) takes the newest unfinished one under
 ``--out`` for the command, and starts afresh when there is none yet: a trial killed before its
-first checkpoint must still run.
+first checkpoint must still run. With ``$WANDB_RUN_ID`` set (a sweep trial, offline or requeued
+by ``wandb agent``, whose trials share one ``--out``) only a checkpoint of that W&B run counts.
 """
 
 from __future__ import annotations
@@ -38,27 +39,30 @@ class Resume:
         return (self.state["callbacks"].get("WandbLogger") or {}).get("run_id")
 
 
-def find_checkpoint(out: str | Path, pattern: str) -> Path | None:
-    """The newest ``last.pt`` matching ``out/checkpoints/PATTERN`` whose run did not finish, or None."""
-    found = [p for p in (Path(out) / "checkpoints").glob(pattern)
-             if p.name == LAST and not (p.parent / FINISHED).exists()]
-    return max(found, key=lambda p: p.stat().st_mtime, default=None)
+def find_checkpoint(out: str | Path, pattern: str, run_id: str | None = None) -> Path | None:
+    """The newest ``last.pt`` matching ``out/checkpoints/PATTERN`` whose run did not finish, and
+    whose stored W&B run id is ``run_id`` when one is given; None when there is none."""
+    found = sorted((p for p in (Path(out) / "checkpoints").glob(pattern)
+                    if p.name == LAST and not (p.parent / FINISHED).exists()), key=lambda p: p.stat().st_mtime)
+    return next((p for p in reversed(found) if not run_id or Resume(p, read_checkpoint(p)).run_id == run_id), None)
 
 
 def resolve_resume(value: str | None, out: str | Path, pattern: str) -> Resume | None:
     """What ``--resume VALUE`` asks for: None (start afresh) for no value or ``auto`` without a
-    checkpoint yet, else the checkpoint read and checked for format (see ``read_checkpoint``)."""
+    checkpoint yet, else the checkpoint read and checked for format (see ``read_checkpoint``).
+    ``auto`` with ``$WANDB_RUN_ID`` set takes only that W&B run's checkpoint: trials that share
+    ``--out`` (under ``wandb agent``) never continue from each other's."""
     if not value:
         return None
+    path = Path(value)
     if value == "auto":
-        path = find_checkpoint(out, pattern)
+        run_id = os.environ.get(wandb_env.RUN_ID)
+        path = find_checkpoint(out, pattern, run_id)
         if path is None:
             if is_rank_zero():
-                print(f"--resume auto: no unfinished checkpoint under {Path(out) / 'checkpoints'}; starting afresh",
-                      file=sys.stderr)
+                print(f"--resume auto: no unfinished checkpoint{f' of W&B run {run_id}' if run_id else ''} under "
+                      f"{Path(out) / 'checkpoints'}; starting afresh", file=sys.stderr)
             return None
-    else:
-        path = Path(value)
     if is_rank_zero():
         print(f"resuming from {path}", file=sys.stderr)
     return Resume(path, read_checkpoint(path))

@@ -43,7 +43,7 @@ def test_config_summary_axes_and_best_value(tmp_path):
     assert info["state"] == "finished" and info["exit_code"] == 0
     assert info["config"]["lr"] == 0.1
     summary = info["summary"]
-    assert summary["val/acc"] == {"max": 0.9}  # best, not last (0.7)
+    assert summary["val/acc"] == 0.9  # best, not last (0.7), as a plain number
     assert summary["val/loss"] == pytest.approx(0.8)
     assert summary["train/loss"] == pytest.approx(1 / 9)
     assert summary["trainer/step"] == 8 and summary["epoch"] == 3

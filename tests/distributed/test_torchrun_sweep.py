@@ -36,7 +36,7 @@ def test_the_command_expands_to_a_torchrun_job_of_launch_py(tmp_path):
     config, params = first_trial()
     argv = trial_command(config["command"], program=config["program"], params=params,
                          args_json_file=tmp_path / "args.json")
-    assert argv == ["/usr/bin/env", "python", "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+    assert argv == ["/usr/bin/env", "python", "-m", "dlhw.tracking.torchrun", "--standalone", "--nproc_per_node", "2",
                     "launch.py", "alexnet", *TRIAL]
 
 

@@ -37,3 +37,23 @@ def test_the_resume_command_replaces_an_earlier_resume():
     line = resume_command("my runs/checkpoints/a/last.pt", argv)
     assert shlex.split(line)[1:] == ["launch.py", "alexnet", "--out", "my runs", "--epochs", "3",
                                      "--resume", "my runs/checkpoints/a/last.pt"]
+
+
+def test_auto_in_a_sweep_trial_takes_only_its_own_w_and_b_runs_checkpoint(tmp_path, monkeypatch, capsys):
+    # Trials under `wandb agent` share --out: the newest checkpoint may be another trial's.
+    import dlhw.tracking.resume as resume
+
+    monkeypatch.setattr(resume, "read_checkpoint",
+                        lambda p: {"callbacks": {"WandbLogger": {"run_id": p.read_text()}}})
+    ckpts = tmp_path / "checkpoints"
+    for name, run_id, when in (("alexnet-a", "mine", 100), ("alexnet-b", "theirs", 200)):
+        _touch(ckpts / name / "last.pt", when)
+        (ckpts / name / "last.pt").write_text(run_id)
+        os.utime(ckpts / name / "last.pt", (when, when))
+    monkeypatch.setenv("WANDB_RUN_ID", "mine")
+    assert resolve_resume("auto", tmp_path, "alexnet-*/last.pt").path == ckpts / "alexnet-a" / "last.pt"
+    monkeypatch.setenv("WANDB_RUN_ID", "new-trial")
+    assert resolve_resume("auto", tmp_path, "alexnet-*/last.pt") is None
+    assert "no unfinished checkpoint of W&B run new-trial" in capsys.readouterr().err
+    monkeypatch.delenv("WANDB_RUN_ID")
+    assert resolve_resume("auto", tmp_path, "alexnet-*/last.pt").path == ckpts / "alexnet-b" / "last.pt"
