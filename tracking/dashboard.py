@@ -26,17 +26,13 @@ from dlhw.tracking.readback import records, run_summary
 
 THEORY = Path(__file__).resolve().parents[1] / "docs" / "theory.md"
 INSTALL = 'pip install -e ".[dashboard]" (or pip install "wandb-workspaces>=0.4.13")'
-# (view name, commands whose runs it shows, W&B job types, docs/theory.md heading it answers).
+# (view name, the command whose runs it shows, their W&B job types, the docs/theory.md heading it answers).
 # `launch.py sweep` files its trials under the job type "sweep-trial"; `wandb agent` keeps the command's.
-EXPERIMENTS = [
-    ("filters", ("filters",), ("filters",), "filters"),
-    ("weight decay", ("alexnet",), ("alexnet", "sweep-trial"), "weight decay"),
-    ("IoU", ("iou",), ("iou",), "iou"),
-    ("AlexNet", ("alexnet",), ("alexnet", "sweep-trial"), None),
-    ("detection", ("detect",), ("detect-option1", "detect-option2", "detect-photo"), None),
-]
-DIRECTIONS = ("horizontal", "vertical", "diagonal", "antidiagonal")
-SHARPENERS = ("sharpen_horizontal", "sharpen_vertical", "sharpen_diagonal")
+EXPERIMENTS = [("filters", "filters", ("filters",), "filters"),
+               ("weight decay", "alexnet", ("alexnet", "sweep-trial"), "weight decay"),
+               ("IoU", "iou", ("iou",), "iou"),
+               ("AlexNet", "alexnet", ("alexnet", "sweep-trial"), None),
+               ("detection", "detect", ("detect-option1", "detect-option2", "detect-photo"), None)]
 # What wandb.plot.line_series and wandb.plot.confusion_matrix draw their tables with.
 LINE_SERIES = ("wandb/lineseries/v0", {"step": "step", "lineKey": "lineKey", "lineVal": "lineVal"})
 CONFUSION = ("wandb/confusion_matrix/v1", {"Actual": "Actual", "Predicted": "Predicted", "nPredictions": "nPredictions"})
@@ -72,9 +68,10 @@ def sections(wr: Any, view: str) -> list[tuple[str, list[Any]]]:
                 ("Gain checks on gratings (> 1 sharpened, < 1 smoothed)", [
                     table("filters/checks"),
                     wr.BarPlot(title="sharpeners: gain along each direction",
-                               metrics=[f"check/gain/{f}/{d}" for f in SHARPENERS for d in DIRECTIONS]),
+                               metrics=[f"check/gain/sharpen_{f}/{d}" for f in ("horizontal", "vertical", "diagonal")
+                                        for d in ("horizontal", "vertical", "diagonal", "antidiagonal")]),
                     wr.BarPlot(title="high-frequency energy after / before",
-                               metrics=[f"check/hf_ratio/{f}" for f in ("box_blur", "gaussian_blur", *SHARPENERS)]),
+                               metrics=[f"check/hf_ratio/{f}" for f in ("box_blur", "gaussian_blur", "sharpen_diagonal")]),
                     wr.ScalarChart(title="all checks passed", metric="check/passed")])]
     if view == "weight decay":
         return [("Sweep trials: lambda x learning rate against val/acc", [
@@ -120,7 +117,10 @@ def sections(wr: Any, view: str) -> list[tuple[str, list[Any]]]:
                     lines("val/bbox_AP", "val/segm_AP", x="epoch", title="held-out AP per epoch"),
                     lines("train/loss"), wr.BarPlot(metrics=["train/sec_per_iter"])]),
                 ("Predictions on held-out images (ground truth and predicted boxes)", [table("detect/predictions")]),
-                ("Both models on the photo, and the verdict", [table("detect/photo"), table("detect/verdict")])]
+                ("Both models on the photo, and the verdict", [
+                    table("detect/photo"), table("detect/verdict"),
+                    wr.BarPlot(title="people found on the photo (score >= 0.5)",
+                               metrics=[f"photo/option{o}/people@0.5" for o in (1, 2)])])]
     raise ValueError(view)
 
 
@@ -131,50 +131,42 @@ def _filter(job_types: Sequence[str], group: str | None = None, sweep: str | Non
     return " and ".join(picked)
 
 
-def theory_sections(path: Path = THEORY) -> tuple[str, dict[str, str]]:
-    """docs/theory.md as its introduction and ``{heading: text}`` of its ``##`` sections."""
-    if not path.is_file():
-        raise UsageError(f"{path} not found: the Report quotes it; run from a checkout of the suite")
-    intro, *parts = path.read_text().split("\n## ")
-    return intro, {p.split("\n", 1)[0]: "## " + p for p in parts}
-
-
 def build(*, project: str, entity: str, report: bool, group: str | None = None, sweep: str | None = None,
           online: bool = False) -> dict[str, Any]:
     """``{file stem: workspace or report object}``: one view per experiment, and the Report with ``report``."""
     wr, ws = _library()
     built: dict[str, Any] = {}
     for name, _, job_types, _ in EXPERIMENTS:
+        # Detection runs grouped by the detect command that made them, then by option.
+        grouped = name == "detection"
         built[f"view-{name.replace(' ', '-')}"] = ws.Workspace(
             entity=entity, project=project, name=f"dlhw: {name}",
             sections=[ws.Section(name=title, panels=panels, is_open=True) for title, panels in sections(wr, name)],
-            runset_settings=ws.RunsetSettings(filters=_filter(job_types), groupby=(
-                [ws.Metric("Group"), ws.Config("option")] if name == "detection" else [])))
+            runset_settings=ws.RunsetSettings(filters=_filter(job_types),
+                                              groupby=[ws.Metric("Group"), ws.Config("option")] if grouped else []))
     if report:
-        intro, answers = theory_sections()
+        if not THEORY.is_file():
+            raise UsageError(f"{THEORY} not found: the Report quotes it; run from a checkout of the suite")
+        intro, *answers = THEORY.read_text().split("\n## ")
         blocks: list[Any] = [wr.MarkdownBlock(text=intro.split("\n", 1)[-1].strip())]
+        # Runsets look their project up on the server when they name one: only when saving.
+        where = {"entity": entity, "project": project} if online else {}
         for name, _, job_types, heading in EXPERIMENTS:
-            text = next((t for h, t in answers.items() if heading and heading in h.lower()), f"## {name}")
-            # Runsets look their project up on the server when they name one: only when saving.
-            where = {"entity": entity, "project": project} if online else {}
+            text = next((f"## {a}" for a in answers if heading and heading in a.split("\n", 1)[0].lower()), f"## {name}")
+            runs = wr.Runset(name=name, filters=_filter(job_types, group, sweep), **where,
+                             groupby=["group", "config.option"] if name == "detection" else [])
             blocks += [wr.MarkdownBlock(text=text),
-                       wr.PanelGrid(runsets=[wr.Runset(name=name, filters=_filter(job_types, group, sweep), **where)],
-                                    panels=[p for _, panels in sections(wr, name) for p in panels])]
+                       wr.PanelGrid(runsets=[runs], panels=[p for _, panels in sections(wr, name) for p in panels])]
         built["report"] = wr.Report(project=project, entity=entity, title="Deep-learning homework: the answers",
                                     description="docs/theory.md's written answers beside the runs that check them.",
                                     blocks=blocks, width="fluid")
     return built
 
 
-def spec(obj: Any) -> dict[str, Any]:
-    """The object as the library's own pydantic model, dumped to JSON-ready data."""
-    return obj._to_model().model_dump(mode="json", by_alias=True, exclude_none=True)
-
-
 def _views(data: dict[str, Any]) -> Iterator[tuple[str, Any, list[Any]]]:
     """``(experiment, runset or run settings, panels)`` of a view's or Report's spec, rebuilt by the library."""
     wr, ws = _library()
-    if not isinstance(data.get("spec"), dict):
+    if not isinstance(data, dict) or not isinstance(data.get("spec"), dict):
         raise UsageError("a spec without its 'spec' field: pass a JSON file that `launch.py dashboard --dry-run` wrote")
     if "blocks" in data["spec"]:
         for block in wr.Report._from_model(wr.internal.ReportViewspec.model_validate(data)).blocks:
@@ -185,37 +177,32 @@ def _views(data: dict[str, Any]) -> Iterator[tuple[str, Any, list[Any]]]:
         yield view.name.removeprefix("dlhw: "), view.runset_settings, [p for s in view.sections for p in s.panels]
 
 
-def panel_keys(wr: Any, panel: Any) -> Iterator[tuple[str, str]]:
-    """``(kind, key)`` for every key a panel names: kind "config" or "metric" (history, summary, media)."""
-    from wandb_workspaces.expr import FE_METRIC_NAME_MAP
+def keys_named(panels: Sequence[Any], runs: Any) -> list[tuple[str, str]]:
+    """``(kind, key)`` for every key the panels and the run set's filters and grouping name: kind "config",
+    or "metric" (a history, summary, table or picture key)."""
+    from wandb_workspaces.expr import FE_METRIC_NAME_MAP, expr_to_filters
 
-    values: list[Any] = []
-    for field in ("x", "y", "z", "metric", "metrics", "media_keys", "table_name", "groupby", "with_respect_to"):
-        v = getattr(panel, field, None)
-        values += v if isinstance(v, list) else [v]
-    values += [c.metric for c in getattr(panel, "columns", [])]
-    values.append((getattr(panel, "query", None) or {}).get("summaryTable", {}).get("tableKey"))
+    values: list[Any] = list(runs.groupby)  # a view's: Config("option"); a Report's run set's: "config.option"
+    for panel in panels:
+        for field in ("x", "y", "z", "metric", "metrics", "media_keys", "table_name", "groupby", "with_respect_to"):
+            v = getattr(panel, field, None)
+            values += v if isinstance(v, list) else [v]
+        values += [c.metric for c in getattr(panel, "columns", [])]
+        values.append((getattr(panel, "query", None) or {}).get("summaryTable", {}).get("tableKey"))
+    found = []
     for v in values:
-        if isinstance(v, wr.Config):
-            yield "config", v.name
-        elif v and (name := getattr(v, "name", v)) not in FE_METRIC_NAME_MAP:  # run attributes: Step, Group, ...
-            yield "metric", name
-
-
-def _runset_keys(settings: Any) -> Iterator[tuple[str, str]]:
-    from wandb_workspaces.expr import expr_to_filters
-
-    def walk(node: Any) -> Iterator[tuple[str, str]]:
+        name = getattr(v, "name", v)
+        if type(v).__name__ == "Config" or str(name).startswith("config."):  # a Report's reads back "config.K.value"
+            found.append(("config", name.removeprefix("config.").removesuffix(".value")))
+        elif v and name not in FE_METRIC_NAME_MAP and not str(name).startswith("run."):  # run attributes: Step, Group
+            found.append(("metric", name))
+    todo = [expr_to_filters(runs.filters or "")]
+    while todo:
+        node = todo.pop()
+        todo += node.filters or []
         if node.key is not None and node.key.section in ("config", "summary"):
-            yield ("config" if node.key.section == "config" else "metric"), node.key.name
-        for child in node.filters or []:
-            yield from walk(child)
-
-    yield from walk(expr_to_filters(settings.filters or ""))
-    for g in settings.groupby:
-        name = getattr(g, "name", g)
-        if type(g).__name__ == "Config" or name.startswith("config."):
-            yield "config", name.removeprefix("config.")
+            found.append(("config" if node.key.section == "config" else "metric", node.key.name))
+    return found
 
 
 def _run_keys(run_dir: Path) -> tuple[str, set[str], set[str]]:
@@ -226,7 +213,7 @@ def _run_keys(run_dir: Path) -> tuple[str, set[str], set[str]]:
     command = next((r["run"].get("job_type") or "" for r in found if r["type"] == "run"), "").split("-")[0]
     if command == "sweep":  # `launch.py sweep` files a trial as "sweep-trial": its command is on its command line
         args = next((r["environment"]["args"] for r in found if "args" in r["environment"]), [])
-        command = next((a for a in args if any(a in cmds for _, cmds, _, _ in EXPERIMENTS)), "?")
+        command = next((a for a in args if a in {e[1] for e in EXPERIMENTS}), "?")
     return command, set(info.get("config") or {}), set(info.get("summary") or {})
 
 
@@ -243,24 +230,23 @@ def logged_keys(out: str | Path) -> dict[str, tuple[set[str], set[str]]]:
 
 
 def check(specs: dict[str, dict[str, Any]], logged: dict[str, tuple[set[str], set[str]]], out: str | Path) -> int:
-    """Raise a one-line UsageError naming every panel key no run of its experiment logged; return the keys checked."""
-    wr, _ = _library()
-    commands = {name: cmds for name, cmds, _, _ in EXPERIMENTS}
+    """Raise a one-line UsageError naming every key a spec names that no run of its experiment logged;
+    return how many keys were checked."""
+    commands = {e[0]: e[1] for e in EXPERIMENTS}
     problems, checked = [], 0
     for file, data in specs.items():
-        for name, settings, panels in _views(data):
-            cmds = commands.get(name)
-            if cmds is None:
+        for name, runs, panels in _views(data):
+            command = commands.get(name)
+            if command is None:
                 raise UsageError(f"{file}: '{name}' is not one of the views: {', '.join(commands)}")
-            have = [logged[c] for c in cmds if c in logged]
-            if not have:
-                raise UsageError(f"no local {'/'.join(cmds)} run under {out} to check the {name} view against; "
-                                 f"run `python launch.py {cmds[0]} --out {out}` first")
-            known = {"config": set().union(*(c for c, _ in have)), "metric": set().union(*(m for _, m in have))}
-            keys = [k for p in panels for k in panel_keys(wr, p)] + list(_runset_keys(settings))
+            if command not in logged:
+                raise UsageError(f"no local {command} run under {out} to check the {name} view against; "
+                                 f"run `python launch.py {command} --out {out}` first")
+            known = dict(zip(("config", "metric"), logged[command]))
+            keys = keys_named(panels, runs)
             checked += len(keys)
-            problems += [f"{file} ({name}) names {kind} key '{key}' that no {'/'.join(cmds)} run under {out} "
-                         f"logged{suggest(key, known[kind])}" for kind, key in dict.fromkeys(keys) if key not in known[kind]]
+            problems += [f"{file} ({name}) names {kind} key '{key}' that no {command} run under {out} logged"
+                         f"{suggest(key, known[kind])}" for kind, key in dict.fromkeys(keys) if key not in known[kind]]
     if problems:
         raise UsageError("; ".join(problems))
     return checked
@@ -278,29 +264,32 @@ def run_dashboard(*, project: str | None, entity: str | None, out: str, dry_run:
                              "or check the views offline with --dry-run")
         import wandb
 
-        entity = entity or wandb.Api().default_entity
-        for obj in build(project=project, entity=entity, report=report, group=group, sweep=sweep, online=True).values():
-            obj.save()
+        try:
+            entity = entity or wandb.Api().default_entity
+            for obj in build(project=project, entity=entity, report=report, group=group, sweep=sweep, online=True).values():
+                obj.save()
+        except UsageError:
+            raise
+        except Exception as exc:  # the server's or the network's answer, whatever its type: one line
+            raise UsageError(f"saving to W&B failed ({exc.__class__.__name__}: {str(exc)[:200]}); check the network, "
+                             "`wandb login` and --entity/--project") from None
         return 0
-    if specs:
-        files = {}
-        for path in map(Path, specs):
-            try:
-                files[path.name] = json.loads(path.read_text())
-            except (OSError, ValueError) as exc:
-                raise UsageError(f"cannot read the spec {path} ({exc.__class__.__name__}); pass a JSON file that "
-                                 "`launch.py dashboard --dry-run` wrote") from None
-    else:
+    if not specs:
         folder = Path(out) / "dashboard"
         folder.mkdir(parents=True, exist_ok=True)
-        files = {}
         for stem, obj in build(project=project, entity=entity or "", report=report, group=group, sweep=sweep).items():
-            with atomic_file(folder / f"{stem}.json") as fh:
-                fh.write(json.dumps(spec(obj), indent=1).encode())
+            with atomic_file(folder / f"{stem}.json") as fh:  # the library's own model, as a save would send it
+                fh.write(obj._to_model().model_dump_json(by_alias=True, exclude_none=True, indent=1).encode())
             (folder / f"{stem}.json").chmod(0o644)  # the temporary file was private; a spec is meant to be read
-            # Checked as written: the JSON read back through the library, as a save would send it.
-            files[f"{stem}.json"] = json.loads((folder / f"{stem}.json").read_text())
-        print(f"dashboard: {len(files)} spec(s) written under {folder}")
+            specs = [*specs, str(folder / f"{stem}.json")]
+        print(f"dashboard: {len(specs)} spec(s) written under {folder}")
+    files = {}
+    for path in map(Path, specs):  # checked as files: what was written, read back through the library
+        try:
+            files[path.name] = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"cannot read the spec {path} ({exc.__class__.__name__}); pass a JSON file that "
+                             "`launch.py dashboard --dry-run` wrote") from None
     n = check(files, logged_keys(out), out)
     print(f"dashboard: {n} panel keys in {len(files)} spec(s), each logged by a local run under {out}")
     return 0
