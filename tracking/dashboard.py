@@ -50,10 +50,8 @@ def _library() -> tuple[Any, Any]:
 
 def sections(wr: Any, view: str) -> list[tuple[str, list[Any]]]:
     """The view's ``(section title, panels)``, each panel naming keys the experiment logs."""
-    wide, tall = wr.Layout(w=24, h=10), wr.Layout(w=12, h=8)
-
-    def table(key: str, layout: Any = wide) -> Any:
-        return wr.WeavePanelSummaryTable(table_name=key, layout=layout)
+    def table(key: str) -> Any:
+        return wr.WeavePanelSummaryTable(table_name=key, layout=wr.Layout(w=24, h=10))
 
     def chart(key: str, kind: tuple[str, dict], title: str) -> Any:
         panel = wr.CustomChart.from_table(key, kind[1], {"title": title})
@@ -63,65 +61,65 @@ def sections(wr: Any, view: str) -> list[tuple[str, list[Any]]]:
     def lines(*keys: str, x: str = "trainer/step", title: str | None = None) -> Any:
         return wr.LinePlot(x=x, y=list(keys), title=title)
 
-    if view == "filters":
-        return [("What each kernel does to the photos", [table("filters/outputs")]),
-                ("Gain checks on gratings (> 1 sharpened, < 1 smoothed)", [
-                    table("filters/checks"),
-                    wr.BarPlot(title="sharpeners: gain along each direction",
-                               metrics=[f"check/gain/sharpen_{f}/{d}" for f in ("horizontal", "vertical", "diagonal")
-                                        for d in ("horizontal", "vertical", "diagonal", "antidiagonal")]),
-                    wr.BarPlot(title="high-frequency energy after / before",
-                               metrics=[f"check/hf_ratio/{f}" for f in ("box_blur", "gaussian_blur", "sharpen_diagonal")]),
-                    wr.ScalarChart(title="all checks passed", metric="check/passed")])]
-    if view == "weight decay":
-        return [("Sweep trials: lambda x learning rate against val/acc", [
-                    wr.ParallelCoordinatesPlot(columns=[wr.ParallelCoordinatesPlotColumn(metric=m) for m in (
-                        wr.Config("weight_decay"), wr.Config("lr"), wr.SummaryMetric("val/acc"))]),
-                    wr.ParameterImportancePlot(with_respect_to="val/acc"),
-                    wr.ScatterPlot(x=wr.Config("weight_decay"), y=wr.SummaryMetric("val/acc"), z=wr.Config("lr"))]),
-                ("Measured shrink beside 1 - lr*lambda", [
-                    lines("wd/decay_factor", "wd/decay_factor_theory", title="decay factor: measured vs theory"),
-                    lines("wd/weight_norm")]),
-                ("Stability: lr*(beta + lambda) against its bound", [
-                    lines("wd/lr_sharpness", "wd/stability_bound", title="lr sharpness vs stability bound"),
-                    wr.ScatterPlot(x=wr.Config("lr"), y=wr.SummaryMetric("wd/lr_sharpness")),
-                    lines("wd/hessian_top_eig")])]
-    if view == "IoU":
-        return [("The slide: IoU has no gradient while the boxes are apart; GIoU does", [
-                    chart("iou/slide_values_table", LINE_SERIES, "IoU, GIoU, DIoU along the slide"),
-                    chart("iou/slide_grads_table", LINE_SERIES, "d/dx along the slide"),
-                    wr.MediaBrowser(title="both panels, kinks dotted", media_keys=["iou/slide_plot"], layout=tall),
-                    table("iou/kinks"), table("iou/slide")]),
-                ("Descents from disjoint starts: 1 - IoU loss is stuck, GIoU loss trains", [
-                    lines("descent/iou_loss/iou", "descent/giou_loss/iou", title="mean IoU with the target"),
-                    lines("descent/iou_loss/grad_norm", "descent/giou_loss/grad_norm", title="gradient norm"),
-                    chart("iou/descent_table", LINE_SERIES, "mean IoU per step"),
-                    table("iou/descent_boxes")]),
-                ("Checks", [wr.BarPlot(title="share of the slide with zero gradient", metrics=[
-                                f"slide/{m}_zero_grad_fraction" for m in ("iou", "giou", "diou")]),
-                            wr.ScalarChart(metric="check/max_abs_diff_vs_torchvision"),
-                            wr.ScalarChart(metric="check/passed")])]
-    if view == "AlexNet":
-        return [("Curves", [lines("train/epoch_acc", "val/acc", x="epoch", title="accuracy per epoch"),
-                            lines("train/epoch_loss", "val/loss", x="epoch", title="loss per epoch"),
-                            lines("train/loss"), wr.ScalarChart(metric="test/acc")]),
-                ("Learned filters and feature maps", [
-                    wr.MediaBrowser(title="conv1 filters per epoch", media_keys=["viz/conv1_filters"],
-                                    gallery_axis="step", layout=tall),
-                    table("viz/feature_maps")]),
-                ("Confusion matrix (test set)", [chart("test/confusion_matrix_table", CONFUSION, "test confusion matrix")])]
-    if view == "detection":
-        return [("Option 1 against option 2, grouped by the detect command", [
-                    wr.BarPlot(title="AP on the training images", metrics=["train/bbox_AP"]),
-                    wr.BarPlot(title="held-out AP", metrics=["val/bbox_AP", "val/segm_AP"]),
-                    lines("val/bbox_AP", "val/segm_AP", x="epoch", title="held-out AP per epoch"),
-                    lines("train/loss"), wr.BarPlot(metrics=["train/sec_per_iter"])]),
-                ("Predictions on held-out images (ground truth and predicted boxes)", [table("detect/predictions")]),
-                ("Both models on the photo, and the verdict", [
-                    table("detect/photo"), table("detect/verdict"),
-                    wr.BarPlot(title="people found on the photo (score >= 0.5)",
-                               metrics=[f"photo/option{o}/people@0.5" for o in (1, 2)])])]
-    raise ValueError(view)
+    def bars(title: str, *keys: str) -> Any:
+        return wr.BarPlot(title=title, metrics=list(keys))
+
+    def pictures(title: str, key: str) -> Any:
+        return wr.MediaBrowser(title=title, media_keys=[key], gallery_axis="step", layout=wr.Layout(w=12, h=8))
+
+    config, summary, d4 = wr.Config, wr.SummaryMetric, ("horizontal", "vertical", "diagonal", "antidiagonal")
+    return {
+        "filters": [
+            ("What each kernel does to the photos", [table("filters/outputs")]),
+            ("Gain checks on gratings (> 1 sharpened, < 1 smoothed)", [
+                table("filters/checks"), bars("sharpeners: gain along each direction",
+                                              *(f"check/gain/sharpen_{f}/{d}" for f in d4[:3] for d in d4)),
+                bars("high-frequency energy after / before",
+                     *(f"check/hf_ratio/{f}" for f in ("box_blur", "gaussian_blur", "sharpen_diagonal"))),
+                wr.ScalarChart(title="all checks passed", metric="check/passed")])],
+        "weight decay": [
+            ("Sweep trials: lambda x learning rate against val/acc", [
+                wr.ParallelCoordinatesPlot(columns=[wr.ParallelCoordinatesPlotColumn(metric=m) for m in (
+                    config("weight_decay"), config("lr"), summary("val/acc"))]),
+                wr.ParameterImportancePlot(with_respect_to="val/acc"),
+                wr.ScatterPlot(x=config("weight_decay"), y=summary("val/acc"), z=config("lr"))]),
+            ("Measured shrink beside 1 - lr*lambda", [
+                lines("wd/decay_factor", "wd/decay_factor_theory", title="decay factor: measured vs theory"),
+                lines("wd/weight_norm")]),
+            ("Stability: lr*(beta + lambda) against its bound", [
+                lines("wd/lr_sharpness", "wd/stability_bound", title="lr sharpness vs stability bound"),
+                wr.ScatterPlot(x=config("lr"), y=summary("wd/lr_sharpness")), lines("wd/hessian_top_eig")])],
+        "IoU": [
+            ("The slide: IoU has no gradient while the boxes are apart; GIoU does", [
+                chart("iou/slide_values_table", LINE_SERIES, "IoU, GIoU, DIoU along the slide"),
+                chart("iou/slide_grads_table", LINE_SERIES, "d/dx along the slide"),
+                pictures("both panels, kinks dotted", "iou/slide_plot"), table("iou/kinks"), table("iou/slide")]),
+            ("Descents from disjoint starts: 1 - IoU loss is stuck, GIoU loss trains", [
+                lines("descent/iou_loss/iou", "descent/giou_loss/iou", title="mean IoU with the target"),
+                lines("descent/iou_loss/grad_norm", "descent/giou_loss/grad_norm", title="gradient norm"),
+                chart("iou/descent_table", LINE_SERIES, "mean IoU per step"), table("iou/descent_boxes")]),
+            ("Checks", [bars("share of the slide with zero gradient",
+                             *(f"slide/{m}_zero_grad_fraction" for m in ("iou", "giou", "diou"))),
+                        wr.ScalarChart(metric="check/max_abs_diff_vs_torchvision"),
+                        wr.ScalarChart(metric="check/passed")])],
+        "AlexNet": [
+            ("Curves", [lines("train/epoch_acc", "val/acc", x="epoch", title="accuracy per epoch"),
+                        lines("train/epoch_loss", "val/loss", x="epoch", title="loss per epoch"),
+                        lines("train/loss"), wr.ScalarChart(metric="test/acc")]),
+            ("Learned filters and feature maps", [pictures("conv1 filters per epoch", "viz/conv1_filters"),
+                                                  table("viz/feature_maps")]),
+            ("Confusion matrix (test set)", [chart("test/confusion_matrix_table", CONFUSION, "test confusion matrix")])],
+        "detection": [
+            ("Option 1 against option 2, grouped by the detect command", [
+                bars("AP on the training images", "train/bbox_AP"),
+                bars("held-out AP", "val/bbox_AP", "val/segm_AP"),
+                lines("val/bbox_AP", "val/segm_AP", x="epoch", title="held-out AP per epoch"),
+                lines("train/loss"), bars("seconds per training iteration", "train/sec_per_iter")]),
+            ("Predictions on held-out images (ground truth and predicted boxes)", [table("detect/predictions")]),
+            ("Both models on the photo, and the verdict", [
+                table("detect/photo"), table("detect/verdict"),
+                bars("people found on the photo (score >= 0.5)", "photo/option1/people@0.5", "photo/option2/people@0.5")])],
+    }[view]
 
 
 def _filter(job_types: Sequence[str], group: str | None = None, sweep: str | None = None) -> str:
@@ -212,7 +210,7 @@ def _run_keys(run_dir: Path) -> tuple[str, set[str], set[str]]:
     found = [r for r in records(run_dir) if r.get("type") in ("run", "environment")]
     command = next((r["run"].get("job_type") or "" for r in found if r["type"] == "run"), "").split("-")[0]
     if command == "sweep":  # `launch.py sweep` files a trial as "sweep-trial": its command is on its command line
-        args = next((r["environment"]["args"] for r in found if "args" in r["environment"]), [])
+        args = next((r["environment"]["args"] for r in found if "args" in r.get("environment", {})), [])
         command = next((a for a in args if a in {e[1] for e in EXPERIMENTS}), "?")
     return command, set(info.get("config") or {}), set(info.get("summary") or {})
 
@@ -237,11 +235,9 @@ def check(specs: dict[str, dict[str, Any]], logged: dict[str, tuple[set[str], se
     for file, data in specs.items():
         for name, runs, panels in _views(data):
             command = commands.get(name)
-            if command is None:
-                raise UsageError(f"{file}: '{name}' is not one of the views: {', '.join(commands)}")
-            if command not in logged:
-                raise UsageError(f"no local {command} run under {out} to check the {name} view against; "
-                                 f"run `python launch.py {command} --out {out}` first")
+            if command not in logged:  # an unknown view, or an experiment without a local run
+                raise UsageError(f"{file}: no local run under {out} to check the view '{name}' against; make one "
+                                 f"with `python launch.py {command or 'COMMAND'} --out {out}`")
             known = dict(zip(("config", "metric"), logged[command]))
             keys = keys_named(panels, runs)
             checked += len(keys)

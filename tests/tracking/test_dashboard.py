@@ -1,7 +1,7 @@
 """``launch.py dashboard``: every view and the Report built with ``--dry-run`` against real offline runs of
-filters, iou, alexnet and detect (the smallest settings each accepts, made once for the module), every
-panel key found among the keys the runs logged; a renamed key fails the check; no key and no library
-are one-line errors."""
+filters, iou, detect and one trial of the weight-decay sweep (alexnet), at the smallest settings each
+accepts, made once for the module; every panel key found among the keys the runs logged; a renamed key
+fails the check; no API key and no library are one-line errors."""
 
 from __future__ import annotations
 
@@ -28,8 +28,10 @@ data = generate_pennfudan(out + "/data", n=4, seed=1, size=(60, 80))
 Image.new("RGB", (64, 48), (90, 120, 150)).save(out + "/photo.png")
 runs = [["filters", "--max-size", "32"],
         ["iou", "--steps", "4", "--batch-size", "2", "--slide-points", "21", "--agreement-boxes", "8"],
-        ["alexnet", "--dataset", "digits", "--data", out, "--epochs", "1", "--limit-batches", "1", "--batch-size", "8",
-         "--hessian-iters", "1", "--hessian-batch", "4", "--decay-every", "1", "--viz-images", "1"],
+        # AlexNet as one trial of the real weight-decay sweep: the trial is filed under the job type "sweep-trial".
+        ["sweep", "sweeps/weight_decay.yaml", "--count", "1", *(f"--param={p}" for p in (
+            "epochs=1", "limit_batches=1", "batch_size=8", "hessian_iters=1", "hessian_batch=4", "decay_every=1",
+            "viz_images=1"))],
         ["detect", "--data", str(data), "--image", out + "/photo.png", "--backbone", "timm/mobilenetv3_small_100",
          "--levels", "1", "--epochs", "1", "--min-size", "48", "--max-size", "64", "--holdout", "1",
          "--train-eval-images", "1", "--images-per-epoch", "1", "--batch-size", "1", "--viz-images", "1",
@@ -105,11 +107,11 @@ def test_a_renamed_key_fails_the_dry_run_naming_it(specs, out, tmp_path, capsys)
     copy = tmp_path / "view-weight-decay.json"
     copy.write_text(renamed)
     capsys.readouterr()
-    # Against the alexnet run alone: the weight-decay view's experiment (reading fewer runs back is faster).
-    assert main(["dashboard", "--check", str(copy), "--out", str(out / "alexnet")]) == 2
+    # Against the sweep's AlexNet trial alone: the weight-decay view's experiment (fewer runs read back is faster).
+    assert main(["dashboard", "--check", str(copy), "--out", str(out / "sweep")]) == 2
     (line,) = _errors(capsys.readouterr().err)
     assert line == (f"error: view-weight-decay.json (weight decay) names metric key 'wd/stability_bond' that no alexnet "
-                    f"run under {out / 'alexnet'} logged (did you mean wd/stability_bound?)")
+                    f"run under {out / 'sweep'} logged (did you mean wd/stability_bound?)")
 
 
 def test_without_a_key_the_save_asks_for_wandb_login(tmp_path, capsys):
