@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -161,18 +161,18 @@ def build(*, project: str, entity: str, report: bool, group: str | None = None, 
     return built
 
 
-def _views(data: dict[str, Any]) -> Iterator[tuple[str, Any, list[Any]]]:
-    """``(experiment, runset or run settings, panels)`` of a view's or Report's spec, rebuilt by the library."""
+def _views(file: str, data: Any) -> list[tuple[str, Any, list[Any]]]:
+    """``(experiment, run set or runset settings, panels)`` of a view's or Report's spec, rebuilt by the library."""
     wr, ws = _library()
-    if not isinstance(data, dict) or not isinstance(data.get("spec"), dict):
-        raise UsageError("a spec without its 'spec' field: pass a JSON file that `launch.py dashboard --dry-run` wrote")
-    if "blocks" in data["spec"]:
-        for block in wr.Report._from_model(wr.internal.ReportViewspec.model_validate(data)).blocks:
-            if isinstance(block, wr.PanelGrid):
-                yield block.runsets[0].name, block.runsets[0], block.panels
-    else:
+    try:
+        if "blocks" in data["spec"]:
+            report = wr.Report._from_model(wr.internal.ReportViewspec.model_validate(data))
+            return [(b.runsets[0].name, b.runsets[0], b.panels) for b in report.blocks if isinstance(b, wr.PanelGrid)]
         view = ws.Workspace._from_model(ws.internal.View.model_validate(data))
-        yield view.name.removeprefix("dlhw: "), view.runset_settings, [p for s in view.sections for p in s.panels]
+    except (TypeError, KeyError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
+        raise UsageError(f"{file} is not a W&B view or Report spec ({exc.__class__.__name__}); pass a JSON file that "
+                         "`launch.py dashboard --dry-run` wrote") from None
+    return [(view.name.removeprefix("dlhw: "), view.runset_settings, [p for s in view.sections for p in s.panels])]
 
 
 def keys_named(panels: Sequence[Any], runs: Any) -> list[tuple[str, str]]:
@@ -233,7 +233,7 @@ def check(specs: dict[str, dict[str, Any]], logged: dict[str, tuple[set[str], se
     commands = {e[0]: e[1] for e in EXPERIMENTS}
     problems, checked = [], 0
     for file, data in specs.items():
-        for name, runs, panels in _views(data):
+        for name, runs, panels in _views(file, data):
             command = commands.get(name)
             if command not in logged:  # an unknown view, or an experiment without a local run
                 raise UsageError(f"{file}: no local run under {out} to check the view '{name}' against; make one "
