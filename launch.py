@@ -401,7 +401,28 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction, list], None]] = [add_filters, add_sweep, add_iou, add_compare, add_detect, add_alexnet, add_report]
+def add_dashboard(sub: argparse._SubParsersAction, parents: list) -> None:
+    p = sub.add_parser("dashboard", parents=parents, help="save the homework's W&B workspace views (and Report)",
+                       description="One W&B workspace view per experiment and, with --report, a W&B Report of the "
+                                   "homework, built with wandb-workspaces (pip install -e \".[dashboard]\").")
+    p.add_argument("--report", action="store_true", help="also the Report: docs/theory.md beside the runs' panels")
+    p.add_argument("--sweep", default=None, metavar="ID", help="the Report shows this sweep's runs (--group: a group's)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="save nothing: write the specs under --out/dashboard and check their keys against local runs")
+    p.add_argument("--check", action="append", default=[], metavar="SPEC.json",
+                   help="check these spec files against the local runs under --out instead (repeatable)")
+    p.set_defaults(func=cmd_dashboard)
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from dlhw.tracking.dashboard import run_dashboard
+
+    return run_dashboard(project=args.project, entity=args.entity, out=args.out, dry_run=args.dry_run,
+                         report=args.report, group=args.group, sweep=args.sweep, specs=args.check)
+
+
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction, list], None]] = [add_filters, add_sweep, add_iou, add_compare, add_detect, add_alexnet, add_report,
+                                                                     add_dashboard]
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -412,8 +433,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     for add in SUBCOMMANDS:
         add(sub, [global_options(suppress=True)])
     for name, subparser in sub.choices.items():
-        # Experiments are what `wandb agent` starts; sweep and compare take no sweep parameters.
-        subparser.reads_sweep_params = name not in ("sweep", "compare")
+        # Experiments are what `wandb agent` starts; sweep, compare and dashboard take no sweep parameters
+        # (a dashboard SPEC.json would be read as ${args_json_file}).
+        subparser.reads_sweep_params = name not in ("sweep", "compare", "dashboard")
     return parser
 
 
@@ -433,7 +455,7 @@ def main(argv: Sequence[str] | None = None, *, exit_by_signal: bool = False) -> 
         args = get_args_parser().parse_args(argv)
         resolve_locations(args)
         args.wandb_mode, why = resolve_mode(args.wandb_mode)
-        if is_rank_zero():
+        if is_rank_zero() and args.command != "dashboard":  # it starts no run
             print(f"W&B mode: {args.wandb_mode} ({why})", file=sys.stderr)
         seed_everything(args.seed)
         return args.func(args)

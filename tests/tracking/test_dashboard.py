@@ -1,0 +1,135 @@
+"""``launch.py dashboard``: every view and the Report built with ``--dry-run`` against real offline runs of
+filters, iou, detect and one trial of the weight-decay sweep (alexnet), at the smallest settings each
+accepts, made once for the module; every panel key found among the keys the runs logged; a renamed key
+fails the check; no API key and no library are one-line errors."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+
+from launch import main
+from tests.conftest import ROOT
+
+pytest.importorskip("wandb_workspaces")
+
+# One process makes every run: a subprocess per command would import torch and W&B four times.
+MAKE_RUNS = """
+import sys
+from PIL import Image
+from launch import main
+from dlhw.trainers.detection.dataset import generate_pennfudan
+out = sys.argv[1]
+data = generate_pennfudan(out + "/data", n=4, seed=1, size=(60, 80))
+Image.new("RGB", (64, 48), (90, 120, 150)).save(out + "/photo.png")
+runs = [["filters", "--max-size", "32"],
+        ["iou", "--steps", "4", "--batch-size", "2", "--slide-points", "21", "--agreement-boxes", "8"],
+        # AlexNet as one trial of the real weight-decay sweep: the trial is filed under the job type "sweep-trial".
+        ["sweep", "sweeps/weight_decay.yaml", "--count", "1", *(f"--param={p}" for p in (
+            "epochs=1", "limit_batches=1", "batch_size=8", "hessian_iters=1", "hessian_batch=4", "decay_every=1",
+            "viz_images=1"))],
+        ["detect", "--data", str(data), "--image", out + "/photo.png", "--backbone", "timm/mobilenetv3_small_100",
+         "--levels", "1", "--epochs", "1", "--min-size", "48", "--max-size", "64", "--holdout", "1",
+         "--train-eval-images", "1", "--images-per-epoch", "1", "--batch-size", "1", "--viz-images", "1",
+         "--weights", "none"]]
+for argv in runs:  # each command under a folder of its own, so a test can check one experiment alone
+    code = main([*argv, "--out", f"{out}/{argv[0]}", "--wandb-mode", "offline"])
+    assert code == 0, (argv, code)
+"""
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory):
+    out = tmp_path_factory.mktemp("dashboard-runs")
+    proc = subprocess.run([sys.executable, "-c", MAKE_RUNS, str(out)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def _errors(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def dry_run(out):
+    """The specs ``dashboard --report --dry-run`` wrote and checked, and what it printed."""
+    import contextlib
+    import io
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["dashboard", "--report", "--dry-run", "--out", str(out)]) == 0
+    return {p.stem: json.loads(p.read_text()) for p in (out / "dashboard").glob("*.json")}, printed.getvalue()
+
+
+@pytest.fixture
+def specs(dry_run):
+    return dry_run[0]
+
+
+def test_every_view_and_the_report_name_only_keys_the_runs_logged(dry_run, out):
+    from dlhw.tracking.dashboard import EXPERIMENTS
+
+    specs, printed = dry_run
+    assert sorted(specs) == ["report", "view-AlexNet", "view-IoU", "view-detection", "view-filters",
+                             "view-weight-decay"]
+    # The homework's questions, by the keys the experiments really log.
+    text = {stem: json.dumps(s) for stem, s in specs.items()}
+    for key in ("config:weight_decay.value", "config:lr.value", "summary:val/acc", "wd/decay_factor_theory",
+                "wd/lr_sharpness", "wd/stability_bound"):
+        assert key in text["view-weight-decay"], key
+    for key in ("train/bbox_AP", "val/segm_AP", "detect/photo", "detect/verdict", "detect/predictions", "option.value"):
+        assert key in text["view-detection"], key
+    for key in ("iou/slide_values_table", "iou/slide_plot", "descent/giou_loss/iou"):
+        assert key in text["view-IoU"], key
+    for key in ("viz/conv1_filters", "test/confusion_matrix_table", "val/acc"):
+        assert key in text["view-AlexNet"], key
+    assert "filters/outputs" in text["view-filters"] and "check/gain/sharpen_diagonal/diagonal" in text["view-filters"]
+    # The Report quotes docs/theory.md beside one panel grid per experiment.
+    theory = (ROOT / "docs" / "theory.md").read_text()
+    assert "## 2. Weight decay" in theory and "2. Weight decay" in text["report"]
+    grids = [b for b in specs["report"]["spec"]["blocks"] if b.get("type") == "panel-grid"]
+    assert len(grids) == len(EXPERIMENTS)
+    # Each spec, read back through the library, names many keys, every one logged by a run of its
+    # experiment (a view whose experiment has no run would have been an error).
+    (checked,) = re.findall(r"dashboard: (\d+) panel keys in 6 spec\(s\), each logged by a local run under", printed)
+    assert int(checked) > 150
+
+
+def test_a_renamed_key_fails_the_dry_run_naming_it(specs, out, tmp_path, capsys):
+    renamed = json.dumps(specs["view-weight-decay"]).replace('"wd/stability_bound"', '"wd/stability_bond"')
+    assert renamed != json.dumps(specs["view-weight-decay"])
+    copy = tmp_path / "view-weight-decay.json"
+    copy.write_text(renamed)
+    capsys.readouterr()
+    # Against the sweep's AlexNet trial alone: the weight-decay view's experiment (fewer runs read back is faster).
+    assert main(["dashboard", "--check", str(copy), "--out", str(out / "sweep")]) == 2
+    (line,) = _errors(capsys.readouterr().err)
+    assert line == (f"error: view-weight-decay.json (weight decay) names metric key 'wd/stability_bond' that no alexnet "
+                    f"run under {out / 'sweep'} logged (did you mean wd/stability_bound?)")
+
+
+def test_without_a_key_the_save_asks_for_wandb_login(tmp_path, capsys):
+    # conftest leaves no WANDB_API_KEY and points NETRC at a missing file: no key anywhere.
+    assert main(["dashboard", "--out", str(tmp_path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and _errors(captured.err) == [
+        "error: dashboard saves to W&B and needs an API key: run `wandb login` (or set WANDB_API_KEY), or check the "
+        "views offline with --dry-run"]
+
+
+def test_without_the_extra_one_line_says_how_to_install_it(tmp_path):
+    # The missing extra, simulated honestly: a fresh launch.py whose import of wandb_workspaces fails as it
+    # would with the package uninstalled (None in sys.modules stops the import system).
+    wrapper = ("import runpy, sys; sys.modules['wandb_workspaces'] = None; sys.argv[0] = 'launch.py'; "
+               "runpy.run_path('launch.py', run_name='__main__')")
+    proc = subprocess.run([sys.executable, "-c", wrapper, "dashboard", "--dry-run", "--out", str(tmp_path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert _errors(proc.stderr) == ['error: dashboard needs the wandb-workspaces package: pip install -e ".[dashboard]" '
+                                    '(or pip install "wandb-workspaces>=0.4.13")']
