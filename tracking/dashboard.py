@@ -27,11 +27,10 @@ from dlhw.tracking.readback import records, run_summary
 THEORY = Path(__file__).resolve().parents[1] / "docs" / "theory.md"
 INSTALL = 'pip install -e ".[dashboard]" (or pip install "wandb-workspaces>=0.4.13")'
 # (view name, the command whose runs it shows, their W&B job types, the docs/theory.md heading it answers).
-# `launch.py sweep` files its trials under the job type "sweep-trial"; `wandb agent` keeps the command's.
 EXPERIMENTS = [("filters", "filters", ("filters",), "filters"),
-               ("weight decay", "alexnet", ("alexnet", "sweep-trial"), "weight decay"),
+               ("weight decay", "alexnet", ("alexnet",), "weight decay"),
                ("IoU", "iou", ("iou",), "iou"),
-               ("AlexNet", "alexnet", ("alexnet", "sweep-trial"), None),
+               ("AlexNet", "alexnet", ("alexnet",), None),
                ("detection", "detect", ("detect-option1", "detect-option2", "detect-photo"), None)]
 # What wandb.plot.line_series and wandb.plot.confusion_matrix draw their tables with.
 LINE_SERIES = ("wandb/lineseries/v0", {"step": "step", "lineKey": "lineKey", "lineVal": "lineVal"})
@@ -207,11 +206,8 @@ def _run_keys(run_dir: Path) -> tuple[str, set[str], set[str]]:
     """``(command, config keys, summary keys)`` of one local run, the command read from its job type
     (``detect-option1``: detect); the summary holds every key the run logged."""
     info = run_summary(run_dir)
-    found = [r for r in records(run_dir) if r.get("type") in ("run", "environment")]
-    command = next((r["run"].get("job_type") or "" for r in found if r["type"] == "run"), "").split("-")[0]
-    if command == "sweep":  # `launch.py sweep` files a trial as "sweep-trial": its command is on its command line
-        args = next((r["environment"]["args"] for r in found if "args" in r.get("environment", {})), [])
-        command = next((a for a in args if a in {e[1] for e in EXPERIMENTS}), "?")
+    found = [r for r in records(run_dir) if r.get("type") == "run"]
+    command = next((r["run"].get("job_type") or "" for r in found), "").split("-")[0]
     return command, set(info.get("config") or {}), set(info.get("summary") or {})
 
 
