@@ -242,8 +242,7 @@ def detect_job(args: argparse.Namespace, dist: Any) -> int:
     from dlhw.callbacks.detection_viz import PhotoTable, PredictionTable
     from dlhw.trainers.detection.beatles import compare_on_photo, load_photo
     from dlhw.trainers.detection.trainer import build_trainer, model_label, prepare
-    from dlhw.trainers.engine import check_resumable
-    from dlhw.tracking.resume import continue_from, finished_summary, fit_resumable, option_resume, resolve_resume
+    from dlhw.tracking.resume import finished_summary, fit_from, option_resume, resolve_resume
 
     args.world_size = dist.world_size
     # Rank 0 first: it may download or generate the data into the cache the others then read.
@@ -289,11 +288,7 @@ def detect_job(args: argparse.Namespace, dist: Any) -> int:
             callbacks += [DatasetArtifact(plan.settings.data_source, plan.settings.data_root), PredictionTable()]
         trainer = build_trainer(plan, option, callbacks, dist)
         earlier = option_resume(ckpt_dir) if resume is not None else None
-        if earlier is not None:
-            check_resumable(earlier.state, earlier.path, name=trainer.name, config=trainer.config,
-                            may_differ=DETECT_RESUME_CHANGES)
-        continue_from(trainer, earlier, args.wandb_dir)
-        results[label] = fit_resumable(trainer)  # a stop goes on up to main()
+        results[label] = fit_from(trainer, earlier, args.wandb_dir, DETECT_RESUME_CHANGES)  # a stop goes on up to main()
         models[label] = trainer.model
     if photo is not None:
         callbacks = standard_callbacks(run_args("photo"), job_type="detect-photo") + [PhotoTable(log_to_wandb=to_wandb)]
@@ -340,8 +335,7 @@ def alexnet_job(args: argparse.Namespace, dist: Any) -> int:
     from dlhw.callbacks.checkpoint import Checkpoint
     from dlhw.callbacks.weight_decay import DecayProbeCallback
     from dlhw.trainers.classification import build_trainer, resolve_args
-    from dlhw.trainers.engine import check_resumable
-    from dlhw.tracking.resume import continue_from, fit_resumable, resolve_resume
+    from dlhw.tracking.resume import fit_from, resolve_resume
 
     args.world_size = dist.world_size
     settings, notes = resolve_args(args)
@@ -350,9 +344,6 @@ def alexnet_job(args: argparse.Namespace, dist: Any) -> int:
             print(line, file=sys.stderr)
     # Every rank reads the same last.pt (rank 0 wrote it): all of them continue from one state.
     resume = resolve_resume(args.resume, args.out, "alexnet-*/last.pt")
-    if resume is not None:
-        check_resumable(resume.state, resume.path, name="alexnet", config=dataclasses.asdict(settings),
-                        may_differ=ALEXNET_RESUME_CHANGES)
     # Every step is logged: a step takes a second or more on a CPU, and the probe's decay factor
     # (one step in --decay-every) and curvature estimates, on the step axis too, are the point of the run.
     callbacks = standard_callbacks(args, job_type="alexnet", monitor=("val/acc", "max"),
@@ -374,9 +365,7 @@ def alexnet_job(args: argparse.Namespace, dist: Any) -> int:
                       FilterGrid(), TestConfusionMatrix()]
         if settings.viz_images:
             callbacks.append(FeatureMapTable(settings.viz_images))
-    trainer = build_trainer(settings, callbacks, dist)
-    continue_from(trainer, resume, args.wandb_dir)
-    fit_resumable(trainer)  # a stop goes on up to main()
+    fit_from(build_trainer(settings, callbacks, dist), resume, args.wandb_dir, ALEXNET_RESUME_CHANGES)  # a stop goes on up to main()
     return 0
 
 

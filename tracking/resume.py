@@ -23,7 +23,7 @@ from wandb import env as wandb_env
 from dlhw.callbacks.checkpoint import FINISHED, LAST
 from dlhw.core.events import EPOCH_AXIS, STEP_AXIS, is_rank_zero
 from dlhw.core.session import Stopped
-from dlhw.trainers.engine import Engine, read_checkpoint
+from dlhw.trainers.engine import Engine, check_resumable, read_checkpoint
 
 
 @dataclass
@@ -104,6 +104,15 @@ def sent_before(wandb_dir: str | Path, run_id: str) -> dict[str, int]:
                 if key != axis and not key.startswith("_"):
                     sent[key] = max(sent.get(key, value), value)
     return sent
+
+
+def fit_from(trainer: Engine, resume: Resume | None, wandb_dir: str | Path, may_differ: tuple[str, ...]) -> Mapping[str, Any]:
+    """Fit ``trainer``, continuing ``resume`` when there is one (refused in one line when it is of
+    another command or its settings differ beyond ``may_differ``), with :func:`fit_resumable`."""
+    if resume is not None:
+        check_resumable(resume.state, resume.path, name=trainer.name, config=trainer.config, may_differ=may_differ)
+    continue_from(trainer, resume, wandb_dir)
+    return fit_resumable(trainer)
 
 
 def continue_from(trainer: Engine, resume: Resume | None, wandb_dir: str | Path) -> None:
