@@ -22,12 +22,11 @@ from rich.table import Table
 
 from dlhw.callbacks.progress import report_console
 from dlhw.core.errors import UsageError
-from dlhw.tracking.readback import run_summary
+from dlhw.tracking.readback import best_value, fmt, run_summary
 
 # Flags that say where and under which label a run was filed, not what it computed: they differ
 # between any two sweep trials and would crowd out the parameters that matter.
 BOOKKEEPING = frozenset({"out", "run_name", "group"})
-_SUMMARY_PICK = {"maximize": ("max", "last", "mean"), "minimize": ("min", "last", "mean")}
 
 
 @dataclass
@@ -40,12 +39,11 @@ class RunRecord:
     summary: dict[str, Any]
     source: str
     params: dict[str, Any] = field(default_factory=dict)  # a sweep trial's parameters
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)  # a local run's summary as W&B wrote it
 
     def value(self, metric: str, goal: str) -> float | None:
-        """The metric's summary value; a define_metric summary ({"max": v}) gives its best value."""
-        v = self.summary.get(metric)
-        if isinstance(v, Mapping):
-            v = next((v[k] for k in _SUMMARY_PICK[goal] if k in v), None)
+        """The metric's best value for ``goal`` as a float; None when it is not a number."""
+        v = best_value(self.summary.get(metric), goal)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v):
             return None
         return float(v)
@@ -89,9 +87,9 @@ def find_run_dirs(paths: Iterable[str | Path]) -> list[Path]:
 
 def _read_local(run_dir: Path) -> RunRecord:
     info = run_summary(run_dir)
+    raw = info.get("summary") or {}
     return RunRecord(name=info.get("name") or info.get("run_id") or run_dir.name, state=info.get("state", "?"),
-                     config=_visible(info.get("config") or {}), summary=_visible(info.get("summary") or {}),
-                     source=str(run_dir))
+                     config=_visible(info.get("config") or {}), summary=_visible(raw), source=str(run_dir), raw=raw)
 
 
 def local_runs(run_dirs: Sequence[Path]) -> list[RunRecord]:
@@ -167,12 +165,6 @@ def rank(records: Sequence[RunRecord], metric: str | None, goal: str) -> list[Ru
     return sorted(records, key=key)
 
 
-def _cell(v: Any) -> str:
-    if v is None:
-        return "-"
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-
 def comparison_table(records: Sequence[RunRecord], keys: Sequence[str], metrics: Sequence[str], goal: str,
                      title: str) -> Table:
     """The rich table: rank, run, state, differing config keys, metrics."""
@@ -181,8 +173,8 @@ def comparison_table(records: Sequence[RunRecord], keys: Sequence[str], metrics:
         table.add_column(col, justify="right" if col in keys or col in metrics or col == "#" else "left")
     for pos, r in enumerate(records, 1):
         values = {**r.config, **r.params}
-        table.add_row(str(pos), r.name, r.state, *(_cell(values.get(k)) for k in keys),
-                      *(_cell(r.value(m, goal)) for m in metrics))
+        table.add_row(str(pos), r.name, r.state, *(fmt(values.get(k)) for k in keys),
+                      *(fmt(r.value(m, goal)) for m in metrics))
     return table
 
 
@@ -206,7 +198,7 @@ def plot_series(records: Sequence[RunRecord], keys: Sequence[str], metric: str,
     for r, v in zip(records, values):
         y = r.value(metric, goal)
         if y is not None:
-            label = ", ".join(f"{k}={_cell(v.get(k))}" for k in others) or metric
+            label = ", ".join(f"{k}={fmt(v.get(k))}" for k in others) or metric
             series.setdefault(label, []).append((float(v[x_key]), y))
     return (x_key, {label: sorted(points) for label, points in sorted(series.items())}) if series else None
 

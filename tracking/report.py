@@ -15,7 +15,7 @@ import io
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ from PIL import Image
 from dlhw.core.errors import UsageError
 from dlhw.core.files import atomic_file
 from dlhw.tracking.compare import RunRecord, differing_keys, find_run_dirs, local_runs, plot_metric
-from dlhw.tracking.readback import history, records, run_summary, staged_files
+from dlhw.tracking.readback import best_value, fmt, history, logged_table, records, staged_files
 
 # The theory's numbers (docs/theory.md), shown beside what the runs measured.
 KINK_THEORY = {-2.0: (0.0, 0.1), 0.0: (40 / 256, 0.0), 2.0: (0.0, -40 / 256), 4.0: (-0.1, 0.0)}
@@ -42,7 +42,6 @@ class Run:
 
     record: RunRecord
     path: Path
-    raw_summary: dict[str, Any] = field(default_factory=dict)
 
     @cached_property
     def command(self) -> str:
@@ -63,23 +62,12 @@ class Run:
             return {}
 
     def table(self, key: str) -> dict[str, Any] | None:
-        """The last table logged under ``key`` with image cells resolved to local files, or None."""
-        entry = self.raw_summary.get(key)
-        if not isinstance(entry, Mapping) or "artifact_path" not in entry:
-            return None
-        staged = self.staged.get(entry["artifact_path"].split("/", 3)[-1])
-        if staged is None or not Path(staged).is_file():
-            return None  # a synced run whose staging copy is gone
-        table = json.loads(Path(staged).read_text())
-        for row in table.get("data", []):
-            for cell in row:
-                if isinstance(cell, dict) and "path" in cell:
-                    cell["local_path"] = self.staged.get(cell["path"])
-        return table
+        """:func:`~dlhw.tracking.readback.logged_table` from what this run has read already."""
+        return logged_table(self.path, key, self.record.raw, self.staged)
 
     def image(self, key: str) -> Path | None:
         """The file of an image logged under ``key`` (its last value), or None."""
-        entry = self.raw_summary.get(key)
+        entry = self.record.raw.get(key)
         if isinstance(entry, Mapping) and entry.get("_type") == "image-file":
             p = self.path / "files" / entry["path"]
             return p if p.is_file() else None
@@ -87,26 +75,18 @@ class Run:
 
     def value(self, key: str) -> Any:
         """A summary value; a ``define_metric`` summary gives its max (or last) value."""
-        v = self.record.summary.get(key)
-        return v.get("max", v.get("last")) if isinstance(v, Mapping) else v
+        return best_value(self.record.summary.get(key))
 
 
 def read_runs(paths: Sequence[str | Path]) -> list[Run]:
     """Every run below ``paths``, read with ``wandb leet inspect``."""
-    dirs = find_run_dirs(paths)
-    return [Run(rec, d, run_summary(d).get("summary") or {}) for rec, d in zip(local_runs(dirs), dirs)]
+    return [Run(rec, Path(rec.source)) for rec in local_runs(find_run_dirs(paths))]
 
 
 # -- HTML pieces ------------------------------------------------------------------------------
 
 def _esc(v: Any) -> str:
     return html.escape(str(v))
-
-
-def _num(v: Any) -> str:
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return _esc("" if v is None else v)
-    return f"{v + 0.0:.4g}"  # + 0.0: -0.0 prints as 0
 
 
 def _data_uri(path: str | Path, max_side: int = 1024) -> str:
@@ -165,7 +145,7 @@ def _cell(v: Any, alt: str) -> str:
         return _boxed_image(v, alt) if v.get("boxes") else _img(v.get("local_path"), alt, width=160)
     if isinstance(v, list):
         return _esc(json.dumps([round(x, 4) if isinstance(x, float) else x for x in v]))
-    return _num(v)
+    return _esc(fmt(v))
 
 
 def html_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], caption: str = "") -> str:
@@ -177,7 +157,7 @@ def html_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], caption: s
     return f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def logged_table(run: Run, key: str) -> str:
+def table_html(run: Run, key: str) -> str:
     """``key``'s table as HTML, or a line saying it is missing."""
     t = run.table(key)
     if t is None:
@@ -233,9 +213,9 @@ def section_filters(runs: list[Run]) -> str:
         for d, s in spacing.items():
             rows.append([name, d, 3 - 2 * math.cos(2 * math.pi * s / 4), run.value(f"check/gain/{name}/{d}")])
     return "".join([
-        f"<p>Run {_esc(run.record.name)}: <code>check/passed</code> = {_num(run.value('check/passed'))}.</p>",
-        logged_table(run, "filters/outputs"),
-        logged_table(run, "filters/checks"),
+        f"<p>Run {_esc(run.record.name)}: <code>check/passed</code> = {_esc(fmt(run.value('check/passed')))}.</p>",
+        table_html(run, "filters/outputs"),
+        table_html(run, "filters/checks"),
         html_table(["filter", "grating direction", "theory 3 - 2cos(2πs/4)", "measured gain"], rows,
                    "sharpener gains at a 4-pixel period: theory beside measurement"),
     ])
@@ -276,7 +256,7 @@ def section_iou(runs: list[Run]) -> str:
         _img(run.image("iou/slide_plot"), "iou/slide_plot"),
         kinks or '<p class="missing">iou/kinks not found in this run.</p>',
         line_series_plot(run, "iou/descent_table", "mean IoU with the target per step: 1 - IoU vs GIoU loss"),
-        logged_table(run, "iou/descent_boxes"),
+        table_html(run, "iou/descent_boxes"),
     ])
 
 
@@ -314,7 +294,7 @@ def section_alexnet(runs: list[Run]) -> str:
     parts = []
     for run in runs[-3:]:  # the latest few: each curve is a pass over the run's log
         parts.append(f"<h3>{_esc(run.record.name)} ({_esc(run.record.config.get('dataset', '?'))}, "
-                     f"test/acc {_num(run.value('test/acc'))})</h3>")
+                     f"test/acc {_esc(fmt(run.value('test/acc')))})</h3>")
         parts += [_epoch_curves(run), _img(run.image("viz/conv1_filters"), "viz/conv1_filters"), _confusion(run)]
     return "".join(parts)
 
@@ -330,7 +310,7 @@ def section_detect(runs: list[Run]) -> str:
                           r.record.config.get("backbone", "resnet50") if str(r.record.config.get("option")) == "2" else "resnet50",
                           *(r.value(k) for k in ap)] for r in options], "detection: COCO AP of each option")]
     if photo:
-        parts += [logged_table(photo[-1], "detect/verdict"), logged_table(photo[-1], "detect/photo")]
+        parts += [table_html(photo[-1], "detect/verdict"), table_html(photo[-1], "detect/photo")]
     else:
         parts.append('<p class="missing">No photo comparison (detect/photo) among these runs.</p>')
     return "".join(parts)

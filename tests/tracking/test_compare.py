@@ -6,6 +6,7 @@ import matplotlib.image
 
 from launch import main
 from dlhw.tracking.compare import RunRecord, differing_keys, plot_metric, plot_series, rank
+from dlhw.tracking.readback import fmt
 
 
 def _rec(name, lr, wd, acc, **config):
@@ -27,6 +28,7 @@ def test_values_and_ranking_follow_the_goal():
     assert RECORDS[0].value("missing", "maximize") is None
     assert [r.name for r in rank(RECORDS, "val/acc", "maximize")][:2] == ["r0", "r1"]
     assert rank(RECORDS, "val/loss", "minimize")[0].name == "r0"
+    assert [fmt(v) for v in (None, -0.0, 3, True, 0.123456)] == ["-", "0", "3", "True", "0.1235"]
 
 
 def test_weight_decay_plot_has_lambda_on_x_and_one_line_per_learning_rate(tmp_path):
