@@ -119,17 +119,24 @@ def sweep_runs(sweep_dir: str | Path) -> tuple[list[RunRecord], Any]:
     return records, sweep
 
 
-def cloud_runs(project: str, *, mode: str, group: str | None = None) -> list[RunRecord]:
-    """Runs of ENTITY/PROJECT from the W&B server (``wandb.Api()``); needs online mode."""
+def cloud_runs(project: str, *, mode: str, group: str | None = None,
+               sweep: str | None = None) -> tuple[list[RunRecord], dict[str, Any]]:
+    """Runs of ENTITY/PROJECT from the W&B server (``wandb.Api()``), or of its sweep ``sweep`` (an id), with
+    that sweep's metric; needs online mode."""
     if mode != "online":
         raise UsageError("--project reads runs from the W&B cloud, which needs `wandb login` and a network; "
                          "compare local runs with RUN_DIR ... or --sweep SWEEP_DIR")
     import wandb
 
     try:
-        runs = wandb.Api(timeout=30).runs(project, filters={"group": group} if group else None)
+        api, metric = wandb.Api(timeout=30), {}
+        if sweep:  # trials under `wandb agent` have no group: only their sweep finds them
+            found = api.sweep(f"{project}/{sweep.rsplit('/', 1)[-1]}")
+            runs, metric = found.runs, found.config.get("metric") or {}
+        else:
+            runs = api.runs(project, filters={"group": group} if group else None)
         return [RunRecord(name=r.name or r.id, state=r.state, config=_visible(r.config),
-                          summary=_visible(r.summary._json_dict), source=r.url) for r in runs]
+                          summary=_visible(r.summary._json_dict), source=r.url) for r in runs], metric
     except Exception as exc:  # the public API raises several types for "no server" / "no project"
         raise UsageError(f"could not read runs of {project} from W&B ({type(exc).__name__}: {exc}); "
                          "check the ENTITY/PROJECT path and your login") from None
@@ -248,13 +255,14 @@ def _slug(name: str) -> str:
 def run_compare(*, run_dirs: Sequence[str], sweep_dir: str | None, project: str | None, metrics: Sequence[str],
                 goal: str | None, plot: str | None, out: str, mode: str, group: str | None,
                 console: Console | None = None) -> int:
-    """``launch.py compare``: print the table, write the plot, say where; the exit code."""
+    """``launch.py compare``: print the table, write the plot, say where; the exit code. With ``project``,
+    ``sweep_dir`` is a W&B sweep id."""
     console = console or report_console()
     records: list[RunRecord] = []
     swept: list[str] = []
     where = Path(out)
     sweep_metric: dict[str, Any] = {}
-    if sweep_dir:
+    if sweep_dir and not project:
         recs, sweep = sweep_runs(sweep_dir)
         records += recs
         swept = sweep.swept()
@@ -263,7 +271,8 @@ def run_compare(*, run_dirs: Sequence[str], sweep_dir: str | None, project: str 
     if run_dirs:
         records += local_runs(find_run_dirs(run_dirs))
     if project:
-        records += cloud_runs(project, mode=mode, group=group)
+        recs, sweep_metric = cloud_runs(project, mode=mode, group=group, sweep=sweep_dir)
+        records += recs
     if not (sweep_dir or run_dirs or project):
         raise UsageError("nothing to compare: pass run folders, --sweep SWEEP_DIR or --project ENTITY/PROJECT")
     if not records:

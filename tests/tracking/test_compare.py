@@ -50,6 +50,11 @@ def test_no_numeric_parameter_means_no_plot(tmp_path):
 def test_cloud_needs_online_mode(capsys):
     assert main(["compare", "--project", "team/dlhw", "--wandb-mode", "offline"]) == 2
     assert "--project reads runs from the W&B cloud" in capsys.readouterr().err
+    # With --project, --sweep is a W&B sweep id, not a folder. Reading it needs a server: here no key is set.
+    assert main(["compare", "--project", "team/dlhw", "--sweep", "abc123", "--wandb-mode", "offline"]) == 2
+    assert "--project reads runs from the W&B cloud" in capsys.readouterr().err
+    assert main(["compare", "--project", "team/dlhw", "--sweep", "abc123", "--wandb-mode", "online"]) == 2
+    assert "could not read runs of team/dlhw from W&B" in capsys.readouterr().err
 
 
 def test_nothing_to_compare_is_a_usage_error(capsys, tmp_path):
