@@ -1,17 +1,12 @@
-"""``launch.py compare``: runs side by side, from local run folders, a sweep folder or the W&B cloud.
-
-One table shows each run's state, the config keys that differ between the runs and the chosen
-summary metrics, best first; a PNG plots the first metric against the swept parameter with the
-most values, one line per combination of the others (for the weight-decay sweep: validation
-accuracy against lambda, one line per learning rate).
-"""
+"""``launch.py compare``: runs side by side, best first, from local run folders, a sweep or the W&B
+cloud, and a PNG of the metric against the swept parameters."""
 
 from __future__ import annotations
 
 import math
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +17,7 @@ from rich.table import Table
 
 from dlhw.callbacks.progress import report_console
 from dlhw.core.errors import UsageError
-from dlhw.tracking.readback import best_value, fmt, run_summary
+from dlhw.tracking.readback import best_value, fmt, rank, run_summary
 
 # Flags that say where and under which label a run was filed, not what it computed: they differ
 # between any two sweep trials and would crowd out the parameters that matter.
@@ -99,11 +94,8 @@ def local_runs(run_dirs: Sequence[Path]) -> list[RunRecord]:
 
 
 def sweep_runs(sweep_dir: str | Path) -> tuple[list[RunRecord], Any]:
-    """The trials of a ``launch.py sweep`` folder that left a W&B run, with the sweep itself.
-
-    The runner already read each trial's run while it ran (parameters, summary); only a trial
-    without a recorded summary (a sweep with no metric) is read back again.
-    """
+    """The trials of a ``launch.py sweep`` folder that left a W&B run, with the sweep itself; only a trial
+    the runner recorded no summary for (a sweep with no metric) is read back again."""
     from dlhw.tracking.sweep import Sweep
 
     sweep = Sweep.load(sweep_dir)
@@ -159,19 +151,6 @@ def default_metrics(records: Sequence[RunRecord], limit: int = 4) -> list[str]:
     return sorted(common or [])[:limit]
 
 
-def rank(records: Sequence[RunRecord], metric: str | None, goal: str) -> list[RunRecord]:
-    """Best first by ``metric``; runs without it last."""
-    if not metric:
-        return list(records)
-    sign = -1.0 if goal == "maximize" else 1.0
-
-    def key(r: RunRecord) -> tuple[int, float]:
-        v = r.value(metric, goal)
-        return (1, 0.0) if v is None else (0, sign * v)
-
-    return sorted(records, key=key)
-
-
 def comparison_table(records: Sequence[RunRecord], keys: Sequence[str], metrics: Sequence[str], goal: str,
                      title: str) -> Table:
     """The rich table: rank, run, state, differing config keys, metrics."""
@@ -210,41 +189,48 @@ def plot_series(records: Sequence[RunRecord], keys: Sequence[str], metric: str,
     return (x_key, {label: sorted(points) for label, points in sorted(series.items())}) if series else None
 
 
-def plot_metric(records: Sequence[RunRecord], keys: Sequence[str], metric: str, goal: str,
-                path: str | Path) -> Path | None:
-    """Write the PNG of :func:`plot_series` to ``path``; None (and no file) when there is nothing to plot."""
+def save_png(draw: Callable[[Any], None], title: str, target: Any, size: tuple[float, float] = (7, 4.5)) -> None:
+    """Draw on a fresh matplotlib axis, then save it as a PNG to ``target`` (a path or a binary file)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    fig, ax = plt.subplots(figsize=size, dpi=110)
+    draw(ax)
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(target, format="png")
+    plt.close(fig)
+
+
+def plot_metric(records: Sequence[RunRecord], keys: Sequence[str], metric: str, goal: str,
+                path: str | Path) -> Path | None:
+    """Write the PNG of :func:`plot_series` to ``path``; None (and no file) when there is nothing to plot."""
     layout = plot_series(records, keys, metric, goal)
     if layout is None:
         return None
     x_key, series = layout
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
-    for label, points in series.items():
-        xs, ys = zip(*points)
-        ax.plot(xs, ys, marker="o", label=label)
-    xs_all = [x for pts in series.values() for x, _ in pts]
-    positive = [x for x in xs_all if x > 0]
-    if positive and max(positive) / min(positive) >= 10:
-        # Decades of lambda or lr read best on a log axis; a zero (no decay) needs symlog's linear patch.
-        if min(xs_all) > 0:
-            ax.set_xscale("log")
-        else:
-            ax.set_xscale("symlog", linthresh=min(positive))
-    ax.set_xlabel(x_key)
-    ax.set_ylabel(metric)
-    ax.set_title(f"{metric} vs {x_key}")
-    ax.grid(True, alpha=0.3)
-    if len(series) > 1:
-        ax.legend(fontsize=8)
-    fig.tight_layout()
+
+    def draw(ax: Any) -> None:
+        for label, points in series.items():
+            ax.plot(*zip(*points), marker="o", label=label)
+        xs = [x for pts in series.values() for x, _ in pts]
+        positive = [x for x in xs if x > 0]
+        if positive and max(positive) / min(positive) >= 10:
+            # Decades of lambda or lr read best on a log axis; a zero (no decay) needs symlog's linear patch.
+            if min(xs) > 0:
+                ax.set_xscale("log")
+            else:
+                ax.set_xscale("symlog", linthresh=min(positive))
+        ax.set(xlabel=x_key, ylabel=metric)
+        if len(series) > 1:
+            ax.legend(fontsize=8)
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    save_png(draw, f"{metric} vs {x_key}", path)
     return path
 
 
@@ -280,7 +266,7 @@ def run_compare(*, run_dirs: Sequence[str], sweep_dir: str | None, project: str 
     metrics = list(metrics) or ([sweep_metric["name"]] if sweep_metric.get("name") else default_metrics(records))
     goal = goal or (sweep_metric.get("goal") if sweep_metric.get("name") == (metrics or [None])[0] else None) or "maximize"
     keys = swept + [k for k in differing_keys(records) if k not in swept]
-    ranked = rank(records, metrics[0] if metrics else None, goal)
+    ranked = rank(records, lambda r: r.value(metrics[0], goal), goal) if metrics else records
     title = f"{len(records)} runs" + (f", ranked by {metrics[0]} ({goal})" if metrics else "")
     console.print(comparison_table(ranked, keys, metrics, goal, title))
     if not metrics:

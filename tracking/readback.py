@@ -1,15 +1,18 @@
-"""Reading a local run back: what it logged, as W&B itself reports it (``wandb leet inspect``)."""
+"""Reading a local run back as W&B itself reports it (``wandb leet inspect``), and the value reading,
+ranking and number format that compare and report share."""
 
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+T = TypeVar("T")
 _PICK = {"maximize": ("max", "last", "mean"), "minimize": ("min", "last", "mean")}
 
 
@@ -38,22 +41,21 @@ def run_summary(run_dir: str | Path) -> dict[str, Any]:
     return json.loads(_inspect(run_dir, "--summary", "--json"))
 
 
-def records(run_dir: str | Path) -> Iterator[dict[str, Any]]:
+def records(run_dir: str | Path) -> list[dict[str, Any]]:
     """Every record of the run's ``.wandb`` transaction log, in order."""
-    for line in _inspect(run_dir, "--json").splitlines():
-        if line.strip():
-            yield json.loads(line)
+    return [json.loads(line) for line in _inspect(run_dir, "--json").splitlines() if line.strip()]
 
 
-def history(run_dir: str | Path) -> list[dict[str, Any]]:
+# `log`: the run's records when the caller has read them already (each read is a subprocess).
+def history(run_dir: str | Path, log: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """Every ``run.log`` call as a flat dict, in order."""
-    return [r["history"]["item"] for r in records(run_dir) if r.get("type") == "history"]
+    return [r["history"]["item"] for r in (records(run_dir) if log is None else log) if r.get("type") == "history"]
 
 
-def staged_files(run_dir: str | Path) -> dict[str, str]:
+def staged_files(run_dir: str | Path, log: list[dict[str, Any]] | None = None) -> dict[str, str]:
     """Artifact entry path -> local staged file for everything the run handed to W&B for upload."""
     files: dict[str, str] = {}
-    for r in records(run_dir):
+    for r in records(run_dir) if log is None else log:
         if r.get("type") == "artifact":
             for entry in r["artifact"]["manifest"]["contents"]:
                 if entry.get("local_path"):
@@ -87,6 +89,17 @@ def best_value(v: Any, goal: str = "maximize") -> Any:
     if isinstance(v, Mapping):
         return next((v[k] for k in _PICK[goal] if k in v), None)
     return v
+
+
+def rank(items: Iterable[T], value: Callable[[T], float | None], goal: str) -> list[T]:
+    """Best first by ``value`` for ``goal`` ("maximize" or "minimize"); items without one (None, NaN) last."""
+    sign = -1.0 if goal == "maximize" else 1.0
+
+    def key(item: T) -> tuple[int, float]:
+        v = value(item)
+        return (1, 0.0) if v is None or math.isnan(v) else (0, sign * v)
+
+    return sorted(items, key=key)
 
 
 def fmt(v: Any) -> str:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import matplotlib.image
 
 from launch import main
-from dlhw.tracking.compare import RunRecord, differing_keys, plot_metric, plot_series, rank
-from dlhw.tracking.readback import fmt
+from dlhw.tracking.compare import RunRecord, differing_keys, plot_metric, plot_series
+from dlhw.tracking.readback import fmt, rank
 
 
 def _rec(name, lr, wd, acc, **config):
@@ -26,8 +26,9 @@ def test_values_and_ranking_follow_the_goal():
     assert RECORDS[0].value("val/acc", "maximize") == 0.9
     assert RECORDS[0].value("val/loss", "minimize") == RECORDS[0].summary["val/loss"]
     assert RECORDS[0].value("missing", "maximize") is None
-    assert [r.name for r in rank(RECORDS, "val/acc", "maximize")][:2] == ["r0", "r1"]
-    assert rank(RECORDS, "val/loss", "minimize")[0].name == "r0"
+    assert [r.name for r in rank(RECORDS, lambda r: r.value("val/acc", "maximize"), "maximize")][:2] == ["r0", "r1"]
+    assert rank(RECORDS, lambda r: r.value("val/loss", "minimize"), "minimize")[0].name == "r0"
+    assert [x for x in rank([None, float("nan"), 1.0, 2.0], lambda x: x, "minimize")][:2] == [1.0, 2.0]
     assert [fmt(v) for v in (None, -0.0, 3, True, 0.123456)] == ["-", "0", "3", "True", "0.1235"]
 
 
