@@ -189,7 +189,8 @@ def add_compare(sub: argparse._SubParsersAction, parents: list) -> None:
                                    "of the metric against the swept parameters.")
     p.add_argument("run_dirs", nargs="*", metavar="RUN_DIR",
                    help="W&B run folders, or folders holding them (a wandb/ folder, an --out folder)")
-    p.add_argument("--sweep", metavar="SWEEP_DIR", default=None, help="a folder written by `launch.py sweep`")
+    p.add_argument("--sweep", metavar="SWEEP_DIR", default=None,
+                   help="a folder written by `launch.py sweep`; with --project, a W&B sweep id")
     p.add_argument("--project", metavar="ENTITY/PROJECT", default=None,
                    help="read the runs of this W&B cloud project (online only; --group filters them)")
     p.add_argument("--metric", action="append", default=[], metavar="NAME",

@@ -47,3 +47,14 @@ def only_run_dir(out: Path) -> Path:
     runs = sorted((out / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, f"expected one run under {out}, found {runs}"
     return runs[0]
+
+
+def artifacts(run_dir: Path) -> list[dict]:
+    """The artifacts a run logged: name, type, aliases, metadata and entry paths."""
+    import json
+
+    from dlhw.tracking.readback import records
+
+    return [{"name": a.get("name"), "type": a.get("type"), "aliases": a.get("aliases", []),
+             "metadata": json.loads(a.get("metadata") or "{}"), "files": [e["path"] for e in a["manifest"]["contents"]]}
+            for a in (r["artifact"] for r in records(run_dir) if r.get("type") == "artifact")]

@@ -16,7 +16,8 @@ from dlhw.callbacks.wandb_logger import WandbLogger
 from dlhw.core.events import EPOCH_AXIS
 from dlhw.core.session import Session
 from launch import get_args_parser, main
-from dlhw.tracking.readback import artifacts, history, records, run_summary
+from dlhw.tracking.readback import history, records, run_summary
+from tests.conftest import artifacts
 from dlhw.trainers.classification import AlexNetSettings, resolve_args
 from dlhw.trainers.detection.dataset import generate_pennfudan
 from dlhw.trainers.detection.trainer import DetectSettings

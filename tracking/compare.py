@@ -1,17 +1,12 @@
-"""``launch.py compare``: runs side by side, from local run folders, a sweep folder or the W&B cloud.
-
-One table shows each run's state, the config keys that differ between the runs and the chosen
-summary metrics, best first; a PNG plots the first metric against the swept parameter with the
-most values, one line per combination of the others (for the weight-decay sweep: validation
-accuracy against lambda, one line per learning rate).
-"""
+"""``launch.py compare``: runs side by side, best first, from local run folders, a sweep or the W&B
+cloud, and a PNG of the metric against the swept parameters."""
 
 from __future__ import annotations
 
 import math
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,12 +17,11 @@ from rich.table import Table
 
 from dlhw.callbacks.progress import report_console
 from dlhw.core.errors import UsageError
-from dlhw.tracking.readback import run_summary
+from dlhw.tracking.readback import best_value, fmt, rank, run_summary
 
 # Flags that say where and under which label a run was filed, not what it computed: they differ
 # between any two sweep trials and would crowd out the parameters that matter.
 BOOKKEEPING = frozenset({"out", "run_name", "group"})
-_SUMMARY_PICK = {"maximize": ("max", "last", "mean"), "minimize": ("min", "last", "mean")}
 
 
 @dataclass
@@ -40,12 +34,11 @@ class RunRecord:
     summary: dict[str, Any]
     source: str
     params: dict[str, Any] = field(default_factory=dict)  # a sweep trial's parameters
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)  # a local run's summary as W&B wrote it
 
     def value(self, metric: str, goal: str) -> float | None:
-        """The metric's summary value; a define_metric summary ({"max": v}) gives its best value."""
-        v = self.summary.get(metric)
-        if isinstance(v, Mapping):
-            v = next((v[k] for k in _SUMMARY_PICK[goal] if k in v), None)
+        """The metric's best value for ``goal`` as a float; None when it is not a number."""
+        v = best_value(self.summary.get(metric), goal)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v):
             return None
         return float(v)
@@ -89,9 +82,9 @@ def find_run_dirs(paths: Iterable[str | Path]) -> list[Path]:
 
 def _read_local(run_dir: Path) -> RunRecord:
     info = run_summary(run_dir)
+    raw = info.get("summary") or {}
     return RunRecord(name=info.get("name") or info.get("run_id") or run_dir.name, state=info.get("state", "?"),
-                     config=_visible(info.get("config") or {}), summary=_visible(info.get("summary") or {}),
-                     source=str(run_dir))
+                     config=_visible(info.get("config") or {}), summary=_visible(raw), source=str(run_dir), raw=raw)
 
 
 def local_runs(run_dirs: Sequence[Path]) -> list[RunRecord]:
@@ -101,11 +94,8 @@ def local_runs(run_dirs: Sequence[Path]) -> list[RunRecord]:
 
 
 def sweep_runs(sweep_dir: str | Path) -> tuple[list[RunRecord], Any]:
-    """The trials of a ``launch.py sweep`` folder that left a W&B run, with the sweep itself.
-
-    The runner already read each trial's run while it ran (parameters, summary); only a trial
-    without a recorded summary (a sweep with no metric) is read back again.
-    """
+    """The trials of a ``launch.py sweep`` folder that left a W&B run, with the sweep itself; only a trial
+    the runner recorded no summary for (a sweep with no metric) is read back again."""
     from dlhw.tracking.sweep import Sweep
 
     sweep = Sweep.load(sweep_dir)
@@ -121,17 +111,24 @@ def sweep_runs(sweep_dir: str | Path) -> tuple[list[RunRecord], Any]:
     return records, sweep
 
 
-def cloud_runs(project: str, *, mode: str, group: str | None = None) -> list[RunRecord]:
-    """Runs of ENTITY/PROJECT from the W&B server (``wandb.Api()``); needs online mode."""
+def cloud_runs(project: str, *, mode: str, group: str | None = None,
+               sweep: str | None = None) -> tuple[list[RunRecord], dict[str, Any]]:
+    """Runs of ENTITY/PROJECT from the W&B server (``wandb.Api()``), or of its sweep ``sweep`` (an id), with
+    that sweep's metric; needs online mode."""
     if mode != "online":
         raise UsageError("--project reads runs from the W&B cloud, which needs `wandb login` and a network; "
                          "compare local runs with RUN_DIR ... or --sweep SWEEP_DIR")
     import wandb
 
     try:
-        runs = wandb.Api(timeout=30).runs(project, filters={"group": group} if group else None)
+        api, metric = wandb.Api(timeout=30), {}
+        if sweep:  # trials under `wandb agent` have no group: only their sweep finds them
+            found = api.sweep(f"{project}/{sweep.rsplit('/', 1)[-1]}")
+            runs, metric = found.runs, found.config.get("metric") or {}
+        else:
+            runs = api.runs(project, filters={"group": group} if group else None)
         return [RunRecord(name=r.name or r.id, state=r.state, config=_visible(r.config),
-                          summary=_visible(r.summary._json_dict), source=r.url) for r in runs]
+                          summary=_visible(r.summary._json_dict), source=r.url) for r in runs], metric
     except Exception as exc:  # the public API raises several types for "no server" / "no project"
         raise UsageError(f"could not read runs of {project} from W&B ({type(exc).__name__}: {exc}); "
                          "check the ENTITY/PROJECT path and your login") from None
@@ -154,25 +151,6 @@ def default_metrics(records: Sequence[RunRecord], limit: int = 4) -> list[str]:
     return sorted(common or [])[:limit]
 
 
-def rank(records: Sequence[RunRecord], metric: str | None, goal: str) -> list[RunRecord]:
-    """Best first by ``metric``; runs without it last."""
-    if not metric:
-        return list(records)
-    sign = -1.0 if goal == "maximize" else 1.0
-
-    def key(r: RunRecord) -> tuple[int, float]:
-        v = r.value(metric, goal)
-        return (1, 0.0) if v is None else (0, sign * v)
-
-    return sorted(records, key=key)
-
-
-def _cell(v: Any) -> str:
-    if v is None:
-        return "-"
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-
 def comparison_table(records: Sequence[RunRecord], keys: Sequence[str], metrics: Sequence[str], goal: str,
                      title: str) -> Table:
     """The rich table: rank, run, state, differing config keys, metrics."""
@@ -181,8 +159,8 @@ def comparison_table(records: Sequence[RunRecord], keys: Sequence[str], metrics:
         table.add_column(col, justify="right" if col in keys or col in metrics or col == "#" else "left")
     for pos, r in enumerate(records, 1):
         values = {**r.config, **r.params}
-        table.add_row(str(pos), r.name, r.state, *(_cell(values.get(k)) for k in keys),
-                      *(_cell(r.value(m, goal)) for m in metrics))
+        table.add_row(str(pos), r.name, r.state, *(fmt(values.get(k)) for k in keys),
+                      *(fmt(r.value(m, goal)) for m in metrics))
     return table
 
 
@@ -206,46 +184,53 @@ def plot_series(records: Sequence[RunRecord], keys: Sequence[str], metric: str,
     for r, v in zip(records, values):
         y = r.value(metric, goal)
         if y is not None:
-            label = ", ".join(f"{k}={_cell(v.get(k))}" for k in others) or metric
+            label = ", ".join(f"{k}={fmt(v.get(k))}" for k in others) or metric
             series.setdefault(label, []).append((float(v[x_key]), y))
     return (x_key, {label: sorted(points) for label, points in sorted(series.items())}) if series else None
 
 
-def plot_metric(records: Sequence[RunRecord], keys: Sequence[str], metric: str, goal: str,
-                path: str | Path) -> Path | None:
-    """Write the PNG of :func:`plot_series` to ``path``; None (and no file) when there is nothing to plot."""
+def save_png(draw: Callable[[Any], None], title: str, target: Any, size: tuple[float, float] = (7, 4.5)) -> None:
+    """Draw on a fresh matplotlib axis, then save it as a PNG to ``target`` (a path or a binary file)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    fig, ax = plt.subplots(figsize=size, dpi=110)
+    draw(ax)
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(target, format="png")
+    plt.close(fig)
+
+
+def plot_metric(records: Sequence[RunRecord], keys: Sequence[str], metric: str, goal: str,
+                path: str | Path) -> Path | None:
+    """Write the PNG of :func:`plot_series` to ``path``; None (and no file) when there is nothing to plot."""
     layout = plot_series(records, keys, metric, goal)
     if layout is None:
         return None
     x_key, series = layout
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
-    for label, points in series.items():
-        xs, ys = zip(*points)
-        ax.plot(xs, ys, marker="o", label=label)
-    xs_all = [x for pts in series.values() for x, _ in pts]
-    positive = [x for x in xs_all if x > 0]
-    if positive and max(positive) / min(positive) >= 10:
-        # Decades of lambda or lr read best on a log axis; a zero (no decay) needs symlog's linear patch.
-        if min(xs_all) > 0:
-            ax.set_xscale("log")
-        else:
-            ax.set_xscale("symlog", linthresh=min(positive))
-    ax.set_xlabel(x_key)
-    ax.set_ylabel(metric)
-    ax.set_title(f"{metric} vs {x_key}")
-    ax.grid(True, alpha=0.3)
-    if len(series) > 1:
-        ax.legend(fontsize=8)
-    fig.tight_layout()
+
+    def draw(ax: Any) -> None:
+        for label, points in series.items():
+            ax.plot(*zip(*points), marker="o", label=label)
+        xs = [x for pts in series.values() for x, _ in pts]
+        positive = [x for x in xs if x > 0]
+        if positive and max(positive) / min(positive) >= 10:
+            # Decades of lambda or lr read best on a log axis; a zero (no decay) needs symlog's linear patch.
+            if min(xs) > 0:
+                ax.set_xscale("log")
+            else:
+                ax.set_xscale("symlog", linthresh=min(positive))
+        ax.set(xlabel=x_key, ylabel=metric)
+        if len(series) > 1:
+            ax.legend(fontsize=8)
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    save_png(draw, f"{metric} vs {x_key}", path)
     return path
 
 
@@ -256,13 +241,14 @@ def _slug(name: str) -> str:
 def run_compare(*, run_dirs: Sequence[str], sweep_dir: str | None, project: str | None, metrics: Sequence[str],
                 goal: str | None, plot: str | None, out: str, mode: str, group: str | None,
                 console: Console | None = None) -> int:
-    """``launch.py compare``: print the table, write the plot, say where; the exit code."""
+    """``launch.py compare``: print the table, write the plot, say where; the exit code. With ``project``,
+    ``sweep_dir`` is a W&B sweep id."""
     console = console or report_console()
     records: list[RunRecord] = []
     swept: list[str] = []
     where = Path(out)
     sweep_metric: dict[str, Any] = {}
-    if sweep_dir:
+    if sweep_dir and not project:
         recs, sweep = sweep_runs(sweep_dir)
         records += recs
         swept = sweep.swept()
@@ -271,7 +257,8 @@ def run_compare(*, run_dirs: Sequence[str], sweep_dir: str | None, project: str 
     if run_dirs:
         records += local_runs(find_run_dirs(run_dirs))
     if project:
-        records += cloud_runs(project, mode=mode, group=group)
+        recs, sweep_metric = cloud_runs(project, mode=mode, group=group, sweep=sweep_dir)
+        records += recs
     if not (sweep_dir or run_dirs or project):
         raise UsageError("nothing to compare: pass run folders, --sweep SWEEP_DIR or --project ENTITY/PROJECT")
     if not records:
@@ -279,7 +266,7 @@ def run_compare(*, run_dirs: Sequence[str], sweep_dir: str | None, project: str 
     metrics = list(metrics) or ([sweep_metric["name"]] if sweep_metric.get("name") else default_metrics(records))
     goal = goal or (sweep_metric.get("goal") if sweep_metric.get("name") == (metrics or [None])[0] else None) or "maximize"
     keys = swept + [k for k in differing_keys(records) if k not in swept]
-    ranked = rank(records, metrics[0] if metrics else None, goal)
+    ranked = rank(records, lambda r: r.value(metrics[0], goal), goal) if metrics else records
     title = f"{len(records)} runs" + (f", ranked by {metrics[0]} ({goal})" if metrics else "")
     console.print(comparison_table(ranked, keys, metrics, goal, title))
     if not metrics:

@@ -1,14 +1,19 @@
-"""Reading a local run back: what it logged, as W&B itself reports it (``wandb leet inspect``)."""
+"""Reading a local run back as W&B itself reports it (``wandb leet inspect``), and the value reading,
+ranking and number format that compare and report share."""
 
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+_PICK = {"maximize": ("max", "last", "mean"), "minimize": ("min", "last", "mean")}
 
 
 def _wandb_cli() -> list[str]:
@@ -36,22 +41,21 @@ def run_summary(run_dir: str | Path) -> dict[str, Any]:
     return json.loads(_inspect(run_dir, "--summary", "--json"))
 
 
-def records(run_dir: str | Path) -> Iterator[dict[str, Any]]:
+def records(run_dir: str | Path) -> list[dict[str, Any]]:
     """Every record of the run's ``.wandb`` transaction log, in order."""
-    for line in _inspect(run_dir, "--json").splitlines():
-        if line.strip():
-            yield json.loads(line)
+    return [json.loads(line) for line in _inspect(run_dir, "--json").splitlines() if line.strip()]
 
 
-def history(run_dir: str | Path) -> list[dict[str, Any]]:
+# `log`: the run's records when the caller has read them already (each read is a subprocess).
+def history(run_dir: str | Path, log: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """Every ``run.log`` call as a flat dict, in order."""
-    return [r["history"]["item"] for r in records(run_dir) if r.get("type") == "history"]
+    return [r["history"]["item"] for r in (records(run_dir) if log is None else log) if r.get("type") == "history"]
 
 
-def staged_files(run_dir: str | Path) -> dict[str, str]:
+def staged_files(run_dir: str | Path, log: list[dict[str, Any]] | None = None) -> dict[str, str]:
     """Artifact entry path -> local staged file for everything the run handed to W&B for upload."""
     files: dict[str, str] = {}
-    for r in records(run_dir):
+    for r in records(run_dir) if log is None else log:
         if r.get("type") == "artifact":
             for entry in r["artifact"]["manifest"]["contents"]:
                 if entry.get("local_path"):
@@ -59,33 +63,47 @@ def staged_files(run_dir: str | Path) -> dict[str, str]:
     return files
 
 
-def artifacts(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The artifacts the run logged: name, type, aliases, metadata and entry paths."""
-    out = []
-    for r in records(run_dir):
-        if r.get("type") == "artifact":
-            a = r["artifact"]
-            out.append({"name": a.get("name"), "type": a.get("type"), "aliases": a.get("aliases", []),
-                        "metadata": json.loads(a.get("metadata") or "{}"),
-                        "files": [e["path"] for e in a["manifest"]["contents"]]})
-    return out
-
-
-def logged_table(run_dir: str | Path, key: str) -> dict[str, Any]:
-    """The last table logged under ``key``, with its images as the staged files W&B will upload.
-
-    W&B writes the full table (cells with image references) into the run's table artifact; the
-    copy under ``files/media`` only names cell types. This returns ``{"columns", "data"}`` from
-    the artifact, and each image cell gets a ``local_path``.
-    """
-    summary = run_summary(run_dir)["summary"]
-    if key not in summary:
-        raise KeyError(f"{key!r} was not logged in {run_dir}")
-    entry = summary[key]["artifact_path"].split("/", 3)[-1]  # "<key>.table.json"
-    staged = staged_files(run_dir)
-    table = json.loads(Path(staged[entry]).read_text())
-    for row in table["data"]:
+def logged_table(run_dir: str | Path, key: str, summary: Mapping[str, Any] | None = None,
+                 staged: Mapping[str, str] | None = None) -> dict[str, Any] | None:
+    """The last table logged under ``key`` as ``{"columns", "data"}``, image cells given a ``local_path``;
+    None when it was not logged or its staged copy is gone (a synced run). ``summary`` and ``staged``
+    spare the reads when the caller has them."""
+    # The copy under files/media only names cell types: the full table is the run's table artifact.
+    entry = (run_summary(run_dir)["summary"] if summary is None else summary).get(key)
+    if not isinstance(entry, Mapping) or "artifact_path" not in entry:
+        return None
+    staged = staged_files(run_dir) if staged is None else staged
+    path = staged.get(entry["artifact_path"].split("/", 3)[-1])  # "<key>.table.json"
+    if path is None or not Path(path).is_file():
+        return None
+    table = json.loads(Path(path).read_text())
+    for row in table.get("data", []):
         for cell in row:
             if isinstance(cell, dict) and "path" in cell:
                 cell["local_path"] = staged.get(cell["path"])
     return table
+
+
+def best_value(v: Any, goal: str = "maximize") -> Any:
+    """A summary value; a ``define_metric`` summary (``{"max": v}``) gives its value for ``goal``."""
+    if isinstance(v, Mapping):
+        return next((v[k] for k in _PICK[goal] if k in v), None)
+    return v
+
+
+def rank(items: Iterable[T], value: Callable[[T], float | None], goal: str) -> list[T]:
+    """Best first by ``value`` for ``goal`` ("maximize" or "minimize"); items without one (None, NaN) last."""
+    sign = -1.0 if goal == "maximize" else 1.0
+
+    def key(item: T) -> tuple[int, float]:
+        v = value(item)
+        return (1, 0.0) if v is None or math.isnan(v) else (0, sign * v)
+
+    return sorted(items, key=key)
+
+
+def fmt(v: Any) -> str:
+    """A value as a table cell shows it: 4 significant digits for a float, "-" for None."""
+    if v is None:
+        return "-"
+    return f"{v + 0.0:.4g}" if isinstance(v, float) else str(v)  # + 0.0: -0.0 prints as 0

@@ -1,10 +1,6 @@
-"""One self-contained HTML page from local W&B runs: the homework's answers as the runs logged them.
+"""One self-contained HTML page of the homework's answers, read from local W&B runs (offline or synced).
 
-Everything on the page comes from the run folders (offline or synced): config and summary as
-``wandb leet inspect --summary --json`` reports them, tables and their images from the files the
-run staged for W&B, pictures from ``files/media``. Nothing is recomputed; plots only draw logged
-numbers. Images are embedded as data URIs, so the page can be mailed or opened anywhere. An
-experiment without a run is named on the page with the command that produces it.
+Nothing is recomputed: plots draw logged numbers. Pictures are data URIs, so the page can be mailed.
 """
 
 from __future__ import annotations
@@ -15,7 +11,7 @@ import io
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -24,8 +20,8 @@ from PIL import Image
 
 from dlhw.core.errors import UsageError
 from dlhw.core.files import atomic_file
-from dlhw.tracking.compare import RunRecord, differing_keys, find_run_dirs, local_runs, plot_metric
-from dlhw.tracking.readback import history, records, run_summary, staged_files
+from dlhw.tracking.compare import RunRecord, differing_keys, find_run_dirs, local_runs, plot_metric, save_png
+from dlhw.tracking.readback import best_value, fmt, history, logged_table, records, staged_files
 
 # The theory's numbers (docs/theory.md), shown beside what the runs measured.
 KINK_THEORY = {-2.0: (0.0, 0.1), 0.0: (40 / 256, 0.0), 2.0: (0.0, -40 / 256), 4.0: (-0.1, 0.0)}
@@ -42,59 +38,43 @@ class Run:
 
     record: RunRecord
     path: Path
-    raw_summary: dict[str, Any] = field(default_factory=dict)
+
+    @cached_property
+    def log(self) -> list[dict[str, Any]]:
+        """The run's records, read once; none when they cannot be read."""
+        try:
+            return records(self.path)
+        except RuntimeError:
+            return []
 
     @cached_property
     def command(self) -> str:
-        """The subcommand that made the run: the first of the report's commands on the command line W&B
-        recorded for the run (the config holds the experiment's settings only)."""
+        """The report's subcommand on the command line W&B recorded (the config holds settings only)."""
         known = {section[0] for section in SECTIONS}
-        for r in records(self.path):
-            if r.get("type") == "environment":
-                return next((a for a in r["environment"].get("args", []) if a in known), "?")
-        return "?"
+        env = next((r["environment"] for r in self.log if r.get("type") == "environment"), {})
+        return next((a for a in env.get("args", []) if a in known), "?")
 
     @cached_property
     def staged(self) -> dict[str, str]:
-        """Entry path -> staged local file of everything the run handed to W&B."""
-        try:
-            return staged_files(self.path)
-        except RuntimeError:
-            return {}
+        return staged_files(self.path, self.log)
 
     def table(self, key: str) -> dict[str, Any] | None:
-        """The last table logged under ``key`` with image cells resolved to local files, or None."""
-        entry = self.raw_summary.get(key)
-        if not isinstance(entry, Mapping) or "artifact_path" not in entry:
-            return None
-        staged = self.staged.get(entry["artifact_path"].split("/", 3)[-1])
-        if staged is None or not Path(staged).is_file():
-            return None  # a synced run whose staging copy is gone
-        table = json.loads(Path(staged).read_text())
-        for row in table.get("data", []):
-            for cell in row:
-                if isinstance(cell, dict) and "path" in cell:
-                    cell["local_path"] = self.staged.get(cell["path"])
-        return table
+        return logged_table(self.path, key, self.record.raw, self.staged)
 
     def image(self, key: str) -> Path | None:
-        """The file of an image logged under ``key`` (its last value), or None."""
-        entry = self.raw_summary.get(key)
+        entry = self.record.raw.get(key)
         if isinstance(entry, Mapping) and entry.get("_type") == "image-file":
             p = self.path / "files" / entry["path"]
             return p if p.is_file() else None
         return None
 
     def value(self, key: str) -> Any:
-        """A summary value; a ``define_metric`` summary gives its max (or last) value."""
-        v = self.record.summary.get(key)
-        return v.get("max", v.get("last")) if isinstance(v, Mapping) else v
+        return best_value(self.record.summary.get(key))
 
 
 def read_runs(paths: Sequence[str | Path]) -> list[Run]:
     """Every run below ``paths``, read with ``wandb leet inspect``."""
-    dirs = find_run_dirs(paths)
-    return [Run(rec, d, run_summary(d).get("summary") or {}) for rec, d in zip(local_runs(dirs), dirs)]
+    return [Run(rec, Path(rec.source)) for rec in local_runs(find_run_dirs(paths))]
 
 
 # -- HTML pieces ------------------------------------------------------------------------------
@@ -103,16 +83,13 @@ def _esc(v: Any) -> str:
     return html.escape(str(v))
 
 
-def _num(v: Any) -> str:
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return _esc("" if v is None else v)
-    return f"{v + 0.0:.4g}"  # + 0.0: -0.0 prints as 0
+def _not_found(key: str) -> str:
+    return f'<p class="missing">{_esc(key)} not found in this run.</p>'
 
 
 def _data_uri(path: str | Path, max_side: int = 1024) -> str:
-    """The picture as a data URI, at most ``max_side`` pixels on its longer side: the page shows
-    table cells small, and full-size photos as PNG would make it tens of megabytes. Small PNGs
-    (plots, kernels) keep their bytes; larger pictures become JPEG unless they have transparency."""
+    """The picture as a data URI, at most ``max_side`` pixels a side (full-size photos as PNG would make
+    the page tens of MB): small PNGs keep their bytes, others become JPEG unless transparent."""
     with Image.open(path) as picture:
         if max(picture.size) <= max_side and picture.format == "PNG" and Path(path).stat().st_size < 200_000:
             return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode()
@@ -165,7 +142,7 @@ def _cell(v: Any, alt: str) -> str:
         return _boxed_image(v, alt) if v.get("boxes") else _img(v.get("local_path"), alt, width=160)
     if isinstance(v, list):
         return _esc(json.dumps([round(x, 4) if isinstance(x, float) else x for x in v]))
-    return _num(v)
+    return _esc(fmt(v))
 
 
 def html_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], caption: str = "") -> str:
@@ -177,28 +154,17 @@ def html_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], caption: s
     return f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def logged_table(run: Run, key: str) -> str:
+def table_html(run: Run, key: str) -> str:
     """``key``'s table as HTML, or a line saying it is missing."""
     t = run.table(key)
     if t is None:
-        return f'<p class="missing">{_esc(key)} not found in this run.</p>'
+        return _not_found(key)
     return html_table(t["columns"], t["data"], key)
 
 
 def _png(draw: Callable[[Any], None], title: str) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 3.6), dpi=100)
-    draw(ax)
-    ax.set_title(title)
-    ax.grid(True, alpha=0.3)
-    fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
+    save_png(draw, title, buf, size=(6.5, 3.6))
     return f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}" alt="{_esc(title)}">'
 
 
@@ -206,7 +172,7 @@ def line_series_plot(run: Run, key: str, title: str) -> str:
     """A W&B line-series chart (its ``step, lineKey, lineVal`` table) drawn again as a PNG."""
     t = run.table(key)
     if t is None or t["columns"][:3] != ["step", "lineKey", "lineVal"]:
-        return f'<p class="missing">{_esc(key)} not found in this run.</p>'
+        return _not_found(key)
     series: dict[str, list[tuple[float, float]]] = {}
     for x, name, y in (r[:3] for r in t["data"]):
         series.setdefault(name, []).append((x, y))
@@ -233,9 +199,9 @@ def section_filters(runs: list[Run]) -> str:
         for d, s in spacing.items():
             rows.append([name, d, 3 - 2 * math.cos(2 * math.pi * s / 4), run.value(f"check/gain/{name}/{d}")])
     return "".join([
-        f"<p>Run {_esc(run.record.name)}: <code>check/passed</code> = {_num(run.value('check/passed'))}.</p>",
-        logged_table(run, "filters/outputs"),
-        logged_table(run, "filters/checks"),
+        f"<p>Run {_esc(run.record.name)}: <code>check/passed</code> = {_esc(fmt(run.value('check/passed')))}.</p>",
+        table_html(run, "filters/outputs"),
+        table_html(run, "filters/checks"),
         html_table(["filter", "grating direction", "theory 3 - 2cos(2πs/4)", "measured gain"], rows,
                    "sharpener gains at a 4-pixel period: theory beside measurement"),
     ])
@@ -274,17 +240,14 @@ def section_iou(runs: list[Run]) -> str:
         html_table(["metric", "value"], summary_rows(run, "check/") + summary_rows(run, "slide/")
                    + summary_rows(run, "eval/"), "IoU checks and results"),
         _img(run.image("iou/slide_plot"), "iou/slide_plot"),
-        kinks or '<p class="missing">iou/kinks not found in this run.</p>',
+        kinks or _not_found("iou/kinks"),
         line_series_plot(run, "iou/descent_table", "mean IoU with the target per step: 1 - IoU vs GIoU loss"),
-        logged_table(run, "iou/descent_boxes"),
+        table_html(run, "iou/descent_boxes"),
     ])
 
 
 def _epoch_curves(run: Run) -> str:
-    try:
-        rows = [r for r in history(run.path) if "val/acc" in r or "train/epoch_loss" in r]
-    except RuntimeError:
-        rows = []
+    rows = [r for r in history(run.path, run.log) if "val/acc" in r or "train/epoch_loss" in r]
     if not rows:
         return f'<p class="missing">no epoch metrics in {_esc(run.record.name)}.</p>'
 
@@ -302,7 +265,7 @@ def _epoch_curves(run: Run) -> str:
 def _confusion(run: Run) -> str:
     t = run.table("test/confusion_matrix_table")
     if t is None:
-        return '<p class="missing">test/confusion_matrix not found in this run.</p>'
+        return _not_found("test/confusion_matrix")
     actual = list(dict.fromkeys(r[0] for r in t["data"]))
     predicted = list(dict.fromkeys(r[1] for r in t["data"]))
     counts = {(r[0], r[1]): r[2] for r in t["data"]}
@@ -312,16 +275,16 @@ def _confusion(run: Run) -> str:
 
 def section_alexnet(runs: list[Run]) -> str:
     parts = []
-    for run in runs[-3:]:  # the latest few: each curve is a pass over the run's log
+    for run in runs[-3:]:  # the latest few: each reads the run's whole log
         parts.append(f"<h3>{_esc(run.record.name)} ({_esc(run.record.config.get('dataset', '?'))}, "
-                     f"test/acc {_num(run.value('test/acc'))})</h3>")
+                     f"test/acc {_esc(fmt(run.value('test/acc')))})</h3>")
         parts += [_epoch_curves(run), _img(run.image("viz/conv1_filters"), "viz/conv1_filters"), _confusion(run)]
     return "".join(parts)
 
 
 def section_detect(runs: list[Run]) -> str:
-    # `detect` leaves one run per option (the APs) and one for the photo (verdict and boxes).
-    # A model's run records option "1" or "2" (1 or 2 before settings were typed); the photo run the command's choice.
+    # `detect` leaves one run per option (the APs) and one for the photo (verdict and boxes); str():
+    # older runs logged the option as a number.
     options = [r for r in runs if str(r.record.config.get("option")) in ("1", "2")]
     photo = [r for r in runs if r.table("detect/photo") is not None]
     ap = sorted({k for r in options for k in r.record.summary if k.endswith("AP") or "AP50" in k})
@@ -330,7 +293,7 @@ def section_detect(runs: list[Run]) -> str:
                           r.record.config.get("backbone", "resnet50") if str(r.record.config.get("option")) == "2" else "resnet50",
                           *(r.value(k) for k in ap)] for r in options], "detection: COCO AP of each option")]
     if photo:
-        parts += [logged_table(photo[-1], "detect/verdict"), logged_table(photo[-1], "detect/photo")]
+        parts += [table_html(photo[-1], "detect/verdict"), table_html(photo[-1], "detect/photo")]
     else:
         parts.append('<p class="missing">No photo comparison (detect/photo) among these runs.</p>')
     return "".join(parts)

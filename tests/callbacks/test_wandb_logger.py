@@ -7,7 +7,8 @@ import torch
 
 from dlhw.callbacks.checkpoint import Checkpoint
 from dlhw.callbacks.wandb_logger import WandbLogger
-from dlhw.tracking.readback import artifacts, history, run_summary
+from dlhw.tracking.readback import history, run_summary
+from tests.conftest import artifacts
 from dlhw.trainers.engine import Engine
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import matplotlib.image
 
 from launch import main
-from dlhw.tracking.compare import RunRecord, differing_keys, plot_metric, plot_series, rank
+from dlhw.tracking.compare import RunRecord, differing_keys, plot_metric, plot_series
+from dlhw.tracking.readback import fmt, rank
 
 
 def _rec(name, lr, wd, acc, **config):
@@ -25,8 +26,10 @@ def test_values_and_ranking_follow_the_goal():
     assert RECORDS[0].value("val/acc", "maximize") == 0.9
     assert RECORDS[0].value("val/loss", "minimize") == RECORDS[0].summary["val/loss"]
     assert RECORDS[0].value("missing", "maximize") is None
-    assert [r.name for r in rank(RECORDS, "val/acc", "maximize")][:2] == ["r0", "r1"]
-    assert rank(RECORDS, "val/loss", "minimize")[0].name == "r0"
+    assert [r.name for r in rank(RECORDS, lambda r: r.value("val/acc", "maximize"), "maximize")][:2] == ["r0", "r1"]
+    assert rank(RECORDS, lambda r: r.value("val/loss", "minimize"), "minimize")[0].name == "r0"
+    assert [x for x in rank([None, float("nan"), 1.0, 2.0], lambda x: x, "minimize")][:2] == [1.0, 2.0]
+    assert [fmt(v) for v in (None, -0.0, 3, True, 0.123456)] == ["-", "0", "3", "True", "0.1235"]
 
 
 def test_weight_decay_plot_has_lambda_on_x_and_one_line_per_learning_rate(tmp_path):
@@ -48,6 +51,11 @@ def test_no_numeric_parameter_means_no_plot(tmp_path):
 def test_cloud_needs_online_mode(capsys):
     assert main(["compare", "--project", "team/dlhw", "--wandb-mode", "offline"]) == 2
     assert "--project reads runs from the W&B cloud" in capsys.readouterr().err
+    # With --project, --sweep is a W&B sweep id, not a folder. Reading it needs a server: here no key is set.
+    assert main(["compare", "--project", "team/dlhw", "--sweep", "abc123", "--wandb-mode", "offline"]) == 2
+    assert "--project reads runs from the W&B cloud" in capsys.readouterr().err
+    assert main(["compare", "--project", "team/dlhw", "--sweep", "abc123", "--wandb-mode", "online"]) == 2
+    assert "could not read runs of team/dlhw from W&B" in capsys.readouterr().err
 
 
 def test_nothing_to_compare_is_a_usage_error(capsys, tmp_path):
