@@ -89,7 +89,7 @@ def test_digits_run_read_back(digits_run):
     assert info["config"]["recipe"] == "digits" and info["config"]["wd_mode"] == "decoupled"
     assert info["config"]["_param_groups"]["no_decay_tensors"] == 8
     s = info["summary"]
-    assert set(s["val/acc"]) == {"max"} and 0 <= s["test/acc"] <= 1
+    assert isinstance(s["val/acc"], float) and 0 <= s["test/acc"] <= 1  # the best, a plain number for sweeps
     assert s["wd/decay_params"] > 2e7 and s["wd/no_decay_params"] == 9354
     assert s["wd/stability_bound"] == 2 and s["wd/lr_sharpness"] == pytest.approx(1e-3 * (s["wd/hessian_top_eig"] + 5e-4))
     rows = history(digits_run)
