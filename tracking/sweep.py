@@ -1,6 +1,5 @@
-"""W&B sweeps without the W&B server: W&B's ``sweeps`` engine proposes and stops trials, run as under
-``wandb agent`` (``agent_command``; wandb's ``Agent`` stops them and counts failures). Folder: ``sweep.json``;
-``trials/NNN-RUNID/`` (``trial.log``, ``metric.jsonl``, ``wandb/``); ``wandb/sweep-ID/`` (parameter files)."""
+"""W&B sweeps without the W&B server: W&B's ``sweeps`` engine proposes and stops trials, run as ``wandb agent``
+runs them. Folder: ``sweep.json``, ``trials/NNN-RUNID/`` (``trial.log``, ``metric.jsonl``, ``wandb/``)."""
 
 from __future__ import annotations
 
@@ -12,7 +11,6 @@ import signal
 import subprocess
 import time
 import warnings
-from collections.abc import Iterable, Mapping
 from contextlib import suppress
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -37,27 +35,23 @@ with warnings.catch_warnings():
     from sweeps.config.cfg import validator as _schema_validator
 
 STATE_FILE, STATE_VERSION = "sweep.json", 3  # 3: metric rows keyed by the trial's own step
-METHODS = ("grid", "random", "bayes")
-DOCS = "https://docs.wandb.ai/guides/sweeps/define-sweep-configuration"
+METHODS, DOCS = ("grid", "random", "bayes"), "https://docs.wandb.ai/guides/sweeps/define-sweep-configuration"
 PENDING, RUNNING, FINISHED, FAILED, STOPPED, INTERRUPTED = (
     "pending", "running", "finished", "failed", "stopped", "interrupted")
 ENDED = (FINISHED, FAILED, STOPPED)
 _ENGINE_STATE = {STOPPED: "killed", INTERRUPTED: "pending"}  # an interrupted trial runs again as itself
 
 
-def parse_param_overrides(items: Iterable[str]) -> dict[str, Any]:
+def parse_param_overrides(items: list[str]) -> dict[str, Any]:
     """``["epochs=1", "lr=0.1"]`` -> ``{"epochs": 1, "lr": 0.1}`` (values read as YAML scalars)."""
-    out: dict[str, Any] = {}
-    for name, eq, value in (item.partition("=") for item in items):
-        if not eq or not name:
-            raise UsageError(f"--param {name + eq + value!r} is not NAME=VALUE; write e.g. --param epochs=1")
-        out[name] = yaml.safe_load(value)
-    return out
+    for item in items:
+        if not item.partition("=")[0] or "=" not in item:
+            raise UsageError(f"--param {item!r} is not NAME=VALUE; write e.g. --param epochs=1")
+    return {name: yaml.safe_load(value) for name, _, value in (item.partition("=") for item in items)}
 
 
 def config_problems(config: Any) -> list[str]:
-    """What keeps ``config`` from running: W&B's schema violations (each once, with its key), then
-    what the engine refuses, values no command line carries, a missing ``program``."""
+    """What keeps ``config`` from running: W&B's schema violations (once each, keyed), else the engine's refusals."""
     if not isinstance(config, dict):
         return ["the file must hold a mapping of sweep keys (method, metric, parameters, ...)"]
     try:
@@ -80,7 +74,8 @@ def config_problems(config: Any) -> list[str]:
     try:
         if not problems:
             sweeps.next_run(config, [], validate=True)
-            sweeps.stop_runs(config, [], validate=True) if "early_terminate" in config else None
+            if "early_terminate" in config:
+                sweeps.stop_runs(config, [], validate=True)
     except Exception as exc:  # the engine refuses with several exception types
         problems.append(str(exc).strip().splitlines()[0])
     program = config.get("program")
@@ -93,9 +88,8 @@ def config_problems(config: Any) -> list[str]:
     return problems
 
 
-def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Read a sweep YAML, pin ``overrides`` as constant parameters, check it as W&B would; a
-    broken file is one :class:`UsageError` line naming the file and every problem."""
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A sweep YAML with ``overrides`` pinned, checked as W&B would; a broken file is one UsageError line."""
     path, hint = Path(path), "pass a W&B sweep YAML such as sweeps/weight_decay.yaml"
     if path.is_dir() or not path.is_file():
         raise UsageError(f"{path} is a folder; {hint}" if path.is_dir() else f"sweep file not found: {path}; {hint}")
@@ -137,7 +131,6 @@ class Trial:
     pid: int | None = None  # the latest attempt's process group and start time: a later runner
     pid_started: int | None = None  # stops an orphan, never a process that got the number since
     resumed: int = 0
-    metric_offset: int = 0  # bytes of metric.jsonl read
 
     log = property(lambda self: Path(self.out_dir) / "trial.log")
     metric_file = property(lambda self: Path(self.out_dir) / "metric.jsonl")
@@ -148,7 +141,7 @@ class Trial:
         return sweeps.SweepRun(name=self.run_id, state=state, config=self.params, history=self.history,
                                summary_metrics=self.summary)
 
-    def score(self, metric: Mapping[str, Any] | None) -> float | None:
+    def score(self, metric: dict[str, Any] | None) -> float | None:
         """The trial's best value of the sweep's metric, as the engine ranks it (None if never reported)."""
         try:
             goal = "maximum" if metric["goal"] == "maximize" else "minimum"
@@ -157,21 +150,18 @@ class Trial:
             return None
 
     def read_metric(self, metric: str) -> bool:
-        """Take the whole ``[step, value]`` lines appended since the last read (whether any); a resumed
-        attempt's step replaces what earlier attempts reported from it on."""
+        """Read the whole ``[step, value]`` lines, where a resumed attempt's step replaces what earlier
+        attempts reported from it on; whether the history changed."""
         try:
-            with open(self.metric_file, "rb") as fh:
-                fh.seek(self.metric_offset)
-                data = fh.read()
+            data = self.metric_file.read_bytes()
         except FileNotFoundError:
             return False
-        data = data[: data.rfind(b"\n") + 1]  # a line still being written waits for the next read
-        self.metric_offset += len(data)
-        for step, value in map(json.loads, data.splitlines()):
-            self.history = [r for r in self.history if r["step"] < step] + [{"step": step, metric: value}]
-        if self.history:
-            self.summary = {metric: self.history[-1][metric]}
-        return bool(data)
+        history: list[dict[str, Any]] = []
+        for step, value in map(json.loads, data[: data.rfind(b"\n") + 1].splitlines()):  # whole lines only
+            history = [r for r in history if r["step"] < step] + [{"step": step, metric: value}]
+        changed, self.history = history != self.history, history
+        self.summary = {metric: history[-1][metric]} if history else self.summary
+        return changed
 
 
 @dataclass
@@ -239,11 +229,10 @@ class Sweep:
         return next(t for t in self.trials if t.run_id == run_id)
 
     def propose(self) -> dict[str, dict[str, Any]] | None:
-        """The engine's next parameters (wire form), or None when a grid is exhausted."""
-        # random and bayes draw from NumPy's global generator: seeded per trial, repeatable across --resume
+        """The engine's next parameters as plain JSON values (as from the server), None when a grid is exhausted.
+        Random and bayes draw from NumPy's global generator: seeded per trial, repeatable across --resume."""
         np.random.seed((self.seed * 100_003 + len(self.trials)) % 2**32)
         run = sweeps.next_run(self.config, [t.engine_run() for t in self.trials])
-        # plain JSON values, as the agent gets them from the server, not NumPy scalars
         return None if run is None else json.loads(json.dumps(run.config, default=lambda v: v.item()))
 
     def ranked(self) -> list[Trial]:
@@ -272,49 +261,39 @@ class SweepStopped(Exception):
 
 
 class Runner:
-    """Runs a :class:`Sweep`'s trials, ``jobs`` at a time, each in the agent's environment plus its own
-    folder (``$DLHW_OUT``, ``WANDB_DIR``), the sweep's name as group, the metric file and a share of
-    the CPU threads; wandb's ``Agent`` stops trials and counts failures."""
+    """Runs a :class:`Sweep`'s trials, ``jobs`` at a time, as ``wandb agent`` does, each writing into its
+    own folder; wandb's ``Agent`` stops trials and counts failures."""
 
     POLL_S = 0.1
 
     def __init__(self, sweep: Sweep, *, jobs: int = 1, wandb_mode: str | None = None, say: Any = None) -> None:
-        self.sweep, self.jobs, self.wandb_mode = sweep, jobs, wandb_mode
+        self.sweep, self.jobs, self.wandb_mode, self.live, self.exhausted = sweep, jobs, wandb_mode, {}, False
         self.say = say or (lambda message, style=None: None)
-        self.metric = (sweep.metric or {}).get("name")
-        had_dir = wandb_env.DIR in os.environ
+        self.metric, had_dir = (sweep.metric or {}).get("name"), wandb_env.DIR in os.environ
         self.agent = Agent(api=None, queue=None)  # no server: only its process and failure rules
         if not had_dir:  # it sets WANDB_DIR for the trials it starts; ours get their own
             del os.environ[wandb_env.DIR]
-        self.live: dict[str, subprocess.Popen] = {}
-        self.exhausted = False
 
     def _start(self, trial: Trial) -> None:
         """Start a trial, or an interrupted one again as itself, from its own last checkpoint."""
-        sweep, resume = self.sweep, trial.state == INTERRUPTED
-        env = agent_command.trial_environment(dict(os.environ), run_id=trial.run_id, params=trial.params,
-                                              param_file=sweep.param_dir / f"config-{trial.run_id}.yaml",
-                                              sweep_id=sweep.sweep_id)
-        env[OUT_ENV] = env[wandb_env.DIR] = trial.out_dir  # the agent's WANDB_DIR is its working folder
-        env.setdefault(wandb_env.RUN_GROUP, sweep.name)
-        if self.metric:
-            env[METRIC_ENV], env[METRIC_FILE_ENV] = self.metric, str(trial.metric_file)
-        if self.wandb_mode:
-            env[wandb_env.MODE] = self.wandb_mode
+        sweep, resume, files = self.sweep, trial.state == INTERRUPTED, self.sweep.param_dir / f"config-{trial.run_id}"
+        defaults = dict.fromkeys(("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"),
+                                 str(max(1, len(os.sched_getaffinity(0)) // self.jobs)))  # a share of the CPUs
+        defaults[wandb_env.RUN_GROUP] = sweep.name
         if sweep.config.get("project") and not sweep.sweep_id:
-            env.setdefault(wandb_env.PROJECT, str(sweep.config["project"]))
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-            env.setdefault(var, str(max(1, cpus // self.jobs)))
+            defaults[wandb_env.PROJECT] = str(sweep.config["project"])
+        env = agent_command.trial_environment({**defaults, **os.environ}, run_id=trial.run_id, params=trial.params,
+                                              param_file=files.with_suffix(".yaml"), sweep_id=sweep.sweep_id)
+        env[OUT_ENV] = env[wandb_env.DIR] = trial.out_dir  # the agent's WANDB_DIR is its working folder
+        env.update({METRIC_ENV: self.metric, METRIC_FILE_ENV: str(trial.metric_file)} if self.metric else {})
+        env.update({wandb_env.MODE: self.wandb_mode} if self.wandb_mode else {})
         env.pop(RESUME_ENV, None)  # a new trial starts from nothing, whatever the runner's environment says
-        if resume:
-            env[RESUME_ENV], env[wandb_env.RESUME] = "auto", "allow"  # "must" fails for an offline-only run
-            trial.resumed += 1
+        if resume:  # WANDB_RESUME=must fails for an offline-only run
+            env[RESUME_ENV], env[wandb_env.RESUME], trial.resumed = "auto", "allow", trial.resumed + 1
         else:
             trial.command = agent_command.trial_command(
                 sweep.config.get("command"), program=sweep.config.get("program"), params=trial.params,
-                args_json_file=sweep.param_dir / f"config-{trial.run_id}.json",
-                python=agent_command.interpreter(os.environ))
+                args_json_file=files.with_suffix(".json"), python=agent_command.interpreter(os.environ))
         with open(trial.log, "ab") as log:
             if resume:
                 log.write(f"\n--- resumed: attempt {trial.resumed + 1} of this trial ({trial.note}) ---\n".encode())
@@ -336,26 +315,26 @@ class Runner:
 
     def _stop_orphan(self, trial: Trial) -> None:
         """Stop what a killed runner left of ``trial``: two processes must never write one W&B run."""
-        if trial.pid is None or trial.pid_started is None or _started_at(trial.pid) != trial.pid_started:
+        def alive() -> bool:
+            return None not in (trial.pid, trial.pid_started) and _started_at(trial.pid) == trial.pid_started
+
+        if not alive():
             return
         self.say(f"trial {trial.index} still runs from the runner that was stopped (process group "
                  f"{trial.pid}); stopping it before it resumes", style="yellow")
         os.kill(trial.pid, signal.SIGTERM)  # the trial alone, as the agent stops it: it finishes its W&B run
         for delay in (self.agent._kill_delay, 10.0):
             deadline = time.monotonic() + delay
-            while _started_at(trial.pid) == trial.pid_started and time.monotonic() < deadline:
+            while alive() and time.monotonic() < deadline:
                 time.sleep(self.POLL_S)
-            with suppress(ProcessLookupError, PermissionError):
-                os.killpg(trial.pid, signal.SIGKILL)  # then what it started (W&B's service), or all of it
-            if _started_at(trial.pid) != trial.pid_started:
-                return
-        raise SweepStopped(f"trial {trial.index} (process group {trial.pid}) survives SIGKILL; resuming it "
-                           "would make two processes write one W&B run")
+            _killpg(trial.pid)  # then what it started (W&B's service), or all of it
+        if alive():
+            raise SweepStopped(f"trial {trial.index} (process group {trial.pid}) survives SIGKILL; resuming it "
+                               "would make two processes write one W&B run")
 
     def _ended(self, trial: Trial, code: int) -> None:
         found = sorted(Path(trial.out_dir).glob(f"wandb/*run-*-{trial.run_id}"), key=lambda p: p.name.split("run-")[1])
-        trial.run_dir = str(found[-1]) if found else trial.run_dir
-        trial.exit_code, trial.ended = code, time.time()
+        trial.run_dir, trial.exit_code, trial.ended = str(found[-1]) if found else trial.run_dir, code, time.time()
         if trial.state == STOPPED:
             self.say(f"trial {trial.index} stopped early by hyperband ({trial.note})")
         elif code <= 0:  # killed by a signal is no failure to the agent either
@@ -377,42 +356,38 @@ class Runner:
                 raise SweepStopped(f"{why}; see the last log: {trial.log}")
         agent._finished += 1
 
-    def _step(self) -> None:
-        """Read new metric lines, resend stops (the agent kills after its delay), end what exited, then
-        stop what hyperband stops."""
-        new = False
+    def _step(self) -> bool:
+        """Read new metric lines, resend stops (the agent kills after its delay), end what exited, stop
+        what hyperband stops, start trials up to ``jobs``; whether any still run."""
+        sweep, new = self.sweep, False
         for run_id, proc in list(self.live.items()):
-            trial = self.sweep.trial(run_id)
+            trial = sweep.trial(run_id)
             new |= bool(self.metric) and trial.read_metric(self.metric)
             if (code := proc.poll()) is None and trial.state == STOPPED:
                 self.agent._command_stop({"run_id": run_id})
             elif code is not None:
                 del self.live[run_id], self.agent._run_processes[run_id]
                 self._ended(trial, code)
-        if not new or "early_terminate" not in self.sweep.config:
-            return
-        for run in sweeps.stop_runs(self.sweep.config, [t.engine_run() for t in self.sweep.trials]):
-            trial = self.sweep.trial(run.name)
-            if trial.state == RUNNING and run.name in self.live:
-                lines = (run.early_terminate_info or {}).get("lines", [])
-                trial.state, trial.note = STOPPED, lines[-1].strip() if lines else "hyperband"
-                self.agent._command_stop({"run_id": run.name})  # SIGTERM, as the server's stop command
-                self.sweep.save()
-
-    def _fill(self) -> None:
-        sweep = self.sweep
+        if new and "early_terminate" in sweep.config:
+            for run in sweeps.stop_runs(sweep.config, [t.engine_run() for t in sweep.trials]):
+                trial, lines = sweep.trial(run.name), (run.early_terminate_info or {}).get("lines", [])
+                if trial.state == RUNNING and run.name in self.live:
+                    trial.state, trial.note = STOPPED, lines[-1].strip() if lines else "hyperband"
+                    self.agent._command_stop({"run_id": run.name})  # SIGTERM, as the server's stop command
+                    sweep.save()
         while len(self.live) < self.jobs:
-            waiting = next((t for t in sweep.trials if t.state == INTERRUPTED), None)
-            if waiting is None:
+            trial = next((t for t in sweep.trials if t.state == INTERRUPTED), None)
+            if trial is None:
                 if self.exhausted or len(sweep.trials) >= sweep.cap or (params := sweep.propose()) is None:
                     self.exhausted = True
-                    return
+                    break
                 run_id = generate_id()
                 out_dir = sweep.directory / "trials" / f"{len(sweep.trials):03d}-{run_id}"
                 out_dir.mkdir(parents=True)
-                waiting = Trial(index=len(sweep.trials), run_id=run_id, params=params, out_dir=str(out_dir))
-                sweep.trials.append(waiting)
-            self._start(waiting)
+                trial = Trial(index=len(sweep.trials), run_id=run_id, params=params, out_dir=str(out_dir))
+                sweep.trials.append(trial)
+            self._start(trial)
+        return bool(self.live)
 
     def run(self) -> None:
         """Run trials until done; on :class:`SweepStopped` or KeyboardInterrupt stop and record the running
@@ -422,10 +397,9 @@ class Runner:
                 trial.state, trial.note = INTERRUPTED, "the runner stopped while it ran"
         self.sweep.save()
         try:
-            for trial in self.sweep.trials:
-                if trial.state == INTERRUPTED:
-                    self._stop_orphan(trial)
-            while self._step() or self._fill() or self.live:
+            for trial in (t for t in self.sweep.trials if t.state == INTERRUPTED):
+                self._stop_orphan(trial)
+            while self._step():
                 time.sleep(self.POLL_S)
         except (SweepStopped, KeyboardInterrupt) as exc:
             for proc in self.live.values():
@@ -436,8 +410,7 @@ class Runner:
                     proc.wait(timeout=max(0.1, deadline - time.monotonic()))
                 except (subprocess.TimeoutExpired, KeyboardInterrupt):
                     deadline = 0.0  # the rest are killed at once too
-                    with suppress(ProcessLookupError, PermissionError):
-                        os.killpg(proc.pid, signal.SIGKILL)
+                    _killpg(proc.pid)
                     proc.wait()
                 trial = self.sweep.trial(run_id)
                 if self.metric:
@@ -449,6 +422,11 @@ class Runner:
             self.live.clear()
             self.sweep.save()
             raise
+
+
+def _killpg(pgid: int) -> None:
+    with suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
 
 
 def reproduce_command(trial: Trial) -> str:

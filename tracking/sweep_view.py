@@ -44,13 +44,9 @@ def trials_table(sweep: Sweep, *, ranked: bool = False) -> Table:
     return table
 
 
-def _printer(console: Console):
-    return partial(console.print, highlight=False, soft_wrap=True)
-
-
 def final_report(sweep: Sweep, console: Console) -> None:
     """The ranked table, the best configuration and the command that reproduces it."""
-    say = _printer(console)
+    say = partial(console.print, highlight=False, soft_wrap=True)
     console.print(trials_table(sweep, ranked=True))
     best = next((t for t in sweep.ranked() if t.state == FINISHED), None)
     if best is not None:
@@ -65,14 +61,13 @@ def run_sweep(*, yaml_path: str | None, resume: str | None, out: str, count: int
               console: Console | None = None) -> int:
     """``launch.py sweep``: start or resume a sweep, run it with a live table, report; the exit code."""
     console = console or report_console(stderr=True)
-    say = _printer(console)
+    say = partial(console.print, highlight=False, soft_wrap=True)
     for flag, value in (("--jobs", jobs), ("--count", count)):
         if value is not None and value < 1:
             raise UsageError(f"{flag} must be at least 1, got {value}")
     if resume:
         sweep = Sweep.load(resume)
-        sweep.count = count or sweep.count
-        ended = sum(t.state in ENDED for t in sweep.trials)
+        sweep.count, ended = count or sweep.count, sum(t.state in ENDED for t in sweep.trials)
         left = len(sweep.trials) - ended
         say(f"resuming sweep {sweep.name} in {sweep.directory}: {ended} trials already ended"
             + (f", {left} interrupted go on from their last checkpoint in their own W&B runs" if left else ""))
@@ -81,10 +76,9 @@ def run_sweep(*, yaml_path: str | None, resume: str | None, out: str, count: int
     else:
         config = load_config(yaml_path, parse_param_overrides(params))
         sweep = Sweep.create(config, out=out, source=yaml_path, count=count, sweep_id=sweep_id, seed=seed)
-        endless = config["method"] != "grid" and sweep.cap == float("inf")
         say(f"sweep {sweep.name} ({config['method']}) in {sweep.directory}" + (
             "; random and bayes never run out: stop with --count N, run_cap or Ctrl-C, go on with --resume"
-            if endless else ""))
+            if config["method"] != "grid" and sweep.cap == float("inf") else ""))
     # A scheduler's SIGTERM gets the clean stop of Ctrl-C (trials in their own process groups would outlive us).
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
