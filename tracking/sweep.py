@@ -137,9 +137,8 @@ class Trial:
     values = property(lambda self: {k: v["value"] for k, v in self.params.items()})
 
     def engine_run(self) -> sweeps.SweepRun:
-        state = sweeps.RunState(_ENGINE_STATE.get(self.state, self.state))
-        return sweeps.SweepRun(name=self.run_id, state=state, config=self.params, history=self.history,
-                               summary_metrics=self.summary)
+        return sweeps.SweepRun(name=self.run_id, state=sweeps.RunState(_ENGINE_STATE.get(self.state, self.state)),
+                               config=self.params, history=self.history, summary_metrics=self.summary)
 
     def score(self, metric: dict[str, Any] | None) -> float | None:
         """The trial's best value of the sweep's metric, as the engine ranks it (None if never reported)."""
@@ -211,8 +210,7 @@ class Sweep:
             Trial(**{k: v for k, v in t.items() if k in trial_keys}) for t in state.get("trials", [])])
 
     def save(self) -> None:
-        state = {"version": STATE_VERSION, **asdict(self)}
-        del state["directory"]
+        state = {"version": STATE_VERSION, **{k: v for k, v in asdict(self).items() if k != "directory"}}
         with atomic_file(self.directory / STATE_FILE) as fh:
             fh.write(json.dumps(state, indent=1, default=str).encode())
 

@@ -27,16 +27,15 @@ def trials_table(sweep: Sweep, *, ranked: bool = False) -> Table:
         title = "trials ranked" + (f" ({sweep.metric['goal']} {sweep.metric['name']})" if sweep.metric else "")
     else:
         trials = sorted(sweep.trials, key=lambda t: t.state != RUNNING)[:20]
-        total = "?" if sweep.cap == float("inf") else sweep.cap
-        title = f"{sum(t.state in ENDED for t in sweep.trials)} ended of {total}"
+        title = f"{sum(t.state in ENDED for t in sweep.trials)} ended of {'?' if sweep.cap == float('inf') else sweep.cap}"
     table = Table(title=f"sweep {sweep.name}: {title}", title_justify="left")
     columns = ["rank" if ranked else "#", "run", "state", *swept]
     columns += ([] if ranked else [f"{metric} (last)"]) + [f"{metric} (best)"] if metric else []
     for name in [*columns, "time"]:
         table.add_column(name, justify="left" if name in ("run", "state") else "right")
     for pos, t in enumerate(trials, 1):
-        cells = [str(pos if ranked else t.index), t.run_id, f"[{_STYLE.get(t.state, 'dim')}]{t.state}"]
-        cells += [_cell(t.values.get(name)) for name in swept]
+        cells = [str(pos if ranked else t.index), t.run_id, f"[{_STYLE.get(t.state, 'dim')}]{t.state}",
+                 *(_cell(t.values.get(name)) for name in swept)]
         if metric:
             cells += ([] if ranked else [_cell(t.history[-1][metric] if t.history else None)])
             cells.append(_cell(t.score(sweep.metric)))
