@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import time
+from functools import partial
 
 from rich.console import Console
 from rich.live import Live
@@ -11,64 +12,44 @@ from rich.table import Table
 
 from dlhw.callbacks.progress import report_console
 from dlhw.core.errors import UsageError
+from dlhw.tracking.compare import _cell
 from dlhw.tracking.sweep import (
-    ENDED, FINISHED, RUNNING, Runner, Sweep, SweepStopped, Trial, _num, load_config, parse_param_overrides,
-    reproduce_command,
-)
+    ENDED, FINISHED, RUNNING, Runner, Sweep, SweepStopped, load_config, parse_param_overrides, reproduce_command)
 
 _STYLE = dict(running="cyan", finished="green", failed="red", stopped="yellow", interrupted="magenta")
 
 
-def trials_table(sweep: Sweep, trials: list[Trial], *, title: str, ranked: bool = False) -> Table:
-    """One row per trial: state, swept parameters, the metric (latest and best), time."""
+def trials_table(sweep: Sweep, *, ranked: bool = False) -> Table:
+    """The ended trials best first, or (live) running ones first: state, swept parameters, the metric, time."""
     metric, swept = (sweep.metric or {}).get("name"), sweep.swept()
-    table = Table(title=title, title_justify="left")
+    if ranked:
+        trials = sweep.ranked()
+        title = "trials ranked" + (f" ({sweep.metric['goal']} {sweep.metric['name']})" if sweep.metric else "")
+    else:
+        trials = sorted(sweep.trials, key=lambda t: t.state != RUNNING)[:20]
+        title = f"{sum(t.state in ENDED for t in sweep.trials)} ended of {'?' if sweep.cap == float('inf') else sweep.cap}"
+    table = Table(title=f"sweep {sweep.name}: {title}", title_justify="left")
     columns = ["rank" if ranked else "#", "run", "state", *swept]
     columns += ([] if ranked else [f"{metric} (last)"]) + [f"{metric} (best)"] if metric else []
     for name in [*columns, "time"]:
         table.add_column(name, justify="left" if name in ("run", "state") else "right")
     for pos, t in enumerate(trials, 1):
-        cells = [str(pos if ranked else t.index), t.run_id, f"[{_STYLE.get(t.state, 'dim')}]{t.state}"]
-        cells += [_num(t.values.get(name)) for name in swept]
+        cells = [str(pos if ranked else t.index), t.run_id, f"[{_STYLE.get(t.state, 'dim')}]{t.state}",
+                 *(_cell(t.values.get(name)) for name in swept)]
         if metric:
-            cells += ([] if ranked else [_num(t.history[-1][metric] if t.history else None)])
-            cells.append(_num(t.score(sweep.metric)))
+            cells += ([] if ranked else [_cell(t.history[-1][metric] if t.history else None)])
+            cells.append(_cell(t.score(sweep.metric)))
         table.add_row(*cells, f"{(t.ended or time.time()) - t.started:.0f}s" if t.started else "-")
     return table
 
 
-class LiveView:
-    """The rich live table (redrawn by rich's own thread) plus one printed line per event."""
-
-    def __init__(self, sweep: Sweep, console: Console) -> None:
-        self.sweep, self.console = sweep, console
-        self._live = Live(get_renderable=self._render, console=console, refresh_per_second=2, transient=True)
-
-    def _render(self) -> Table:
-        trials = sorted(self.sweep.trials, key=lambda t: t.state != RUNNING)[:20]
-        done = sum(t.state in ENDED for t in self.sweep.trials)
-        total = "?" if self.sweep.cap == float("inf") else self.sweep.cap
-        return trials_table(self.sweep, trials, title=f"sweep {self.sweep.name}: {done} ended of {total}")
-
-    def __enter__(self) -> LiveView:
-        self._live.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._live.stop()
-
-    def say(self, message: str, style: str | None = None) -> None:
-        self.console.print(message, style=style, highlight=False, soft_wrap=True)
-
-
 def final_report(sweep: Sweep, console: Console) -> None:
     """The ranked table, the best configuration and the command that reproduces it."""
-    say = LiveView(sweep, console).say
-    goal = f" ({sweep.metric['goal']} {sweep.metric['name']})" if sweep.metric else ""
-    console.print(trials_table(sweep, sweep.ranked(), title=f"sweep {sweep.name}: trials ranked{goal}", ranked=True))
+    say = partial(console.print, highlight=False, soft_wrap=True)
+    console.print(trials_table(sweep, ranked=True))
     best = next((t for t in sweep.ranked() if t.state == FINISHED), None)
     if best is not None:
-        say(f"best: trial {best.index} (run {best.run_id})  " + "  ".join(f"{k}={_num(v)}" for k, v in best.values.items()))
+        say(f"best: trial {best.index} (run {best.run_id})  " + "  ".join(f"{k}={_cell(v)}" for k, v in best.values.items()))
         say(f"reproduce: {reproduce_command(best)}")
     say(f"sweep folder: {sweep.directory}   compare: python launch.py compare --sweep {sweep.directory}   "
         f"upload: wandb sync {sweep.directory}/trials/*/wandb/offline-run-*")
@@ -79,38 +60,35 @@ def run_sweep(*, yaml_path: str | None, resume: str | None, out: str, count: int
               console: Console | None = None) -> int:
     """``launch.py sweep``: start or resume a sweep, run it with a live table, report; the exit code."""
     console = console or report_console(stderr=True)
+    say = partial(console.print, highlight=False, soft_wrap=True)
     for flag, value in (("--jobs", jobs), ("--count", count)):
         if value is not None and value < 1:
             raise UsageError(f"{flag} must be at least 1, got {value}")
     if resume:
         sweep = Sweep.load(resume)
-        sweep.count = count or sweep.count
-        ended = sum(t.state in ENDED for t in sweep.trials)
+        sweep.count, ended = count or sweep.count, sum(t.state in ENDED for t in sweep.trials)
         left = len(sweep.trials) - ended
-        message = (f"resuming sweep {sweep.name} in {sweep.directory}: {ended} trials already ended"
-                   + (f", {left} interrupted go on from their last checkpoint in their own W&B runs" if left else ""))
+        say(f"resuming sweep {sweep.name} in {sweep.directory}: {ended} trials already ended"
+            + (f", {left} interrupted go on from their last checkpoint in their own W&B runs" if left else ""))
     elif not yaml_path:
         raise UsageError("pass a sweep YAML (python launch.py sweep sweeps/weight_decay.yaml) or --resume SWEEP_DIR")
     else:
         config = load_config(yaml_path, parse_param_overrides(params))
         sweep = Sweep.create(config, out=out, source=yaml_path, count=count, sweep_id=sweep_id, seed=seed)
-        endless = config["method"] != "grid" and sweep.cap == float("inf")
-        message = (f"sweep {sweep.name} ({config['method']}) in {sweep.directory}" + (
+        say(f"sweep {sweep.name} ({config['method']}) in {sweep.directory}" + (
             "; random and bayes never run out: stop with --count N, run_cap or Ctrl-C, go on with --resume"
-            if endless else ""))
-    view = LiveView(sweep, console)
-    view.say(message)
+            if config["method"] != "grid" and sweep.cap == float("inf") else ""))
     # A scheduler's SIGTERM gets the clean stop of Ctrl-C (trials in their own process groups would outlive us).
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        with view:
-            Runner(sweep, jobs=jobs, wandb_mode=wandb_mode, view=view).run()
+        with Live(get_renderable=lambda: trials_table(sweep), console=console, refresh_per_second=2, transient=True):
+            Runner(sweep, jobs=jobs, wandb_mode=wandb_mode, say=say).run()
     except SweepStopped as exc:
         final_report(sweep, console)
-        view.say(f"error: {exc}", style="red")
+        say(f"error: {exc}", style="red")
         return 1
     except KeyboardInterrupt:
-        view.say(f"interrupted; continue with: python launch.py sweep --resume {sweep.directory}")
+        say(f"interrupted; continue with: python launch.py sweep --resume {sweep.directory}")
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
