@@ -26,7 +26,7 @@ from dlhw.core.errors import UsageError
 from dlhw.core.files import atomic_file
 from dlhw.core.session import METRIC_ENV, METRIC_FILE_ENV
 from dlhw.tracking import agent_command
-from dlhw.tracking.compare import _cell
+from dlhw.tracking.readback import fmt
 from dlhw.tracking.mode import OUT_ENV, RESUME_ENV
 
 with warnings.catch_warnings():
@@ -309,7 +309,7 @@ class Runner:
         trial.started = trial.started or time.time()
         sweep.save()
         self.say(f"trial {trial.index} {'resumed in run ' + trial.run_id if resume else 'started'}: "
-                 + " ".join(f"{k}={_cell(v)}" for k, v in trial.values.items()) + f"  (log: {trial.log})")
+                 + " ".join(f"{k}={fmt(v)}" for k, v in trial.values.items()) + f"  (log: {trial.log})")
 
     def _stop_orphan(self, trial: Trial) -> None:
         """Stop what a killed runner left of ``trial``: two processes must never write one W&B run."""

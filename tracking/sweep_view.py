@@ -12,7 +12,7 @@ from rich.table import Table
 
 from dlhw.callbacks.progress import report_console
 from dlhw.core.errors import UsageError
-from dlhw.tracking.compare import _cell
+from dlhw.tracking.readback import fmt
 from dlhw.tracking.sweep import (
     ENDED, FINISHED, RUNNING, Runner, Sweep, SweepStopped, load_config, parse_param_overrides, reproduce_command)
 
@@ -35,10 +35,10 @@ def trials_table(sweep: Sweep, *, ranked: bool = False) -> Table:
         table.add_column(name, justify="left" if name in ("run", "state") else "right")
     for pos, t in enumerate(trials, 1):
         cells = [str(pos if ranked else t.index), t.run_id, f"[{_STYLE.get(t.state, 'dim')}]{t.state}",
-                 *(_cell(t.values.get(name)) for name in swept)]
+                 *(fmt(t.values.get(name)) for name in swept)]
         if metric:
-            cells += ([] if ranked else [_cell(t.history[-1][metric] if t.history else None)])
-            cells.append(_cell(t.score(sweep.metric)))
+            cells += ([] if ranked else [fmt(t.history[-1][metric] if t.history else None)])
+            cells.append(fmt(t.score(sweep.metric)))
         table.add_row(*cells, f"{(t.ended or time.time()) - t.started:.0f}s" if t.started else "-")
     return table
 
@@ -49,7 +49,7 @@ def final_report(sweep: Sweep, console: Console) -> None:
     console.print(trials_table(sweep, ranked=True))
     best = next((t for t in sweep.ranked() if t.state == FINISHED), None)
     if best is not None:
-        say(f"best: trial {best.index} (run {best.run_id})  " + "  ".join(f"{k}={_cell(v)}" for k, v in best.values.items()))
+        say(f"best: trial {best.index} (run {best.run_id})  " + "  ".join(f"{k}={fmt(v)}" for k, v in best.values.items()))
         say(f"reproduce: {reproduce_command(best)}")
     say(f"sweep folder: {sweep.directory}   compare: python launch.py compare --sweep {sweep.directory}   "
         f"upload: wandb sync {sweep.directory}/trials/*/wandb/offline-run-*")
