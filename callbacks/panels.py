@@ -165,14 +165,10 @@ class LearnedFilters(Panel):
 
 
 class FeatureMaps(Panel):
-    """``viz/feature_maps``: step | input | label | layer | feature maps, for fixed inputs.
-
-    ``layers``: a qualified name, a module, a list of either, or a name -> module mapping
-    (default: every ``Conv2d``); each must output (N, C, H, W) maps, checked at construction on
-    one input (a ``ValueError`` otherwise). Outputs are caught by forward hooks, attached only
-    while the panel runs the model (:func:`untouched`: eval mode, random states kept).
-    ``pictures`` are the inputs as shown (e.g. denormalised, in [0, 1]). One incremental table:
-    each log adds its rows.
+    """``viz/feature_maps``: step | input | label | layer | feature maps, for fixed inputs, one
+    incremental table. ``layers`` as for :func:`named_layers` (default: every ``Conv2d``), each
+    checked at construction to output (N, C, H, W) maps; caught by forward hooks while the panel
+    runs the model :func:`untouched`. ``pictures``: the inputs as shown (e.g. denormalised).
     """
 
     axis = "viz/step"
