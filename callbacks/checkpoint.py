@@ -17,29 +17,16 @@ LAST, BEST, FINISHED = "last.pt", "best.pt", "finished.pt"
 class Checkpoint(Callback):
     """Saves ``last.pt`` after every epoch and ``best.pt`` whenever ``monitor`` improves.
 
-    ``last.pt`` is what a run resumes from: the trainer's whole ``checkpoint_state()`` (weights,
-    optimizer, scheduler, loss scaler, position, every callback's state, random generators,
-    config; see :meth:`trainers.engine.Engine.checkpoint_state`). It is also written when a stop
-    signal ends the fit (:class:`core.session.Stopped`), mid-epoch, at the end of the step that was
-    running. ``best.pt`` holds only the trainer's ``state_dict()`` (the weights and what evaluating
-    them needs) with the epoch, step, metrics and config: it is the file uploaded to W&B, kept
-    small (Adam's two moment buffers would triple an AlexNet's). ``finished.pt`` (the summary)
-    says the fit ran to its end, so that a resume does not train that model again.
+    ``last.pt`` is the trainer's whole ``checkpoint_state()``, what a run resumes from, also written
+    when a stop signal ends the fit. ``best.pt`` holds only ``state_dict()`` with the epoch, step,
+    metrics and config: it is what goes to W&B, kept small (Adam's moments would triple an
+    AlexNet's). ``finished.pt`` says the fit ran to its end, so a resume does not train it again.
 
-    ``on_checkpoint_saved`` then lets the W&B logger upload the best one as an artifact: every
-    time it improves (``upload="improved"``), or once after the last epoch (``upload="end"``),
-    which keeps a run of a large model from staging one copy per improvement. ``upload_last``
-    also announces the final ``last.pt`` (alias ``last``; the best one carries it when they coincide).
-
-    Each announcement carries the checkpoint's own epoch, step and metrics as ``metadata``, so an
-    artifact uploaded at the end describes the epoch whose weights it holds, not the last epoch.
-    Aliases follow W&B's model-checkpoint convention: ``best`` on the best version; ``latest`` is
-    not asked for, because W&B gives it to the newest version of the artifact by itself (the best
-    is announced before the last, so ``latest`` ends on the newest weights).
-
-    Files are written by a :class:`BackgroundWriter` while the next epoch trains; a file is on
-    disk before it is announced (an improved ``best.pt`` at the next epoch's end, or the last),
-    and all are when the fit ends. A failed write is raised at the next epoch's end or at the end.
+    ``on_checkpoint_saved`` lets the W&B logger upload the best one (alias ``best``) every time it
+    improves (``upload="improved"``) or once at the end (``"end"``, for large models);
+    ``upload_last`` also announces the final ``last.pt``. Each announcement's metadata describes the
+    checkpoint's own epoch. Files are written in the background while the next epoch trains and
+    announced once on disk; a failed write is raised at the next epoch's end or at the end.
     """
 
     def __init__(self, directory: str | Path, *, monitor: str, mode: str = "max", upload: str = "improved",
@@ -135,8 +122,7 @@ class Checkpoint(Callback):
 
 
 def _gather_rng(trainer: Loop) -> None:
-    # Under torchrun every rank hands its random state to rank 0's checkpoint (a collective, so
-    # called on every rank); loops without it (a user's own) save their process's state only.
+    # Under torchrun every rank's random state goes to rank 0's checkpoint (a collective: every rank calls it).
     gather = getattr(trainer, "gather_rng", None)
     if gather is not None:
         gather()

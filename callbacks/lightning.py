@@ -1,18 +1,7 @@
-"""The suite's panels as Lightning callbacks, beside Lightning's own ``WandbLogger``.
-
-.. code-block:: python
-
-    from lightning.pytorch.loggers import WandbLogger
-    from dlhw.callbacks.lightning import ConfusionMatrixCallback, FeatureMapsCallback, LearnedFiltersCallback, WeightDecayCallback
-
-    trainer = L.Trainer(logger=WandbLogger(), callbacks=[LearnedFiltersCallback(), FeatureMapsCallback(x[:4]),
-                                                         ConfusionMatrixCallback(classes), WeightDecayCallback()])
-
-Each callback logs to the run of the trainer's ``WandbLogger`` (else ``wandb.run``) against its
-panel's own axis, with the epoch as the step; keyword arguments go to the panel. None of them
-changes the fit: what they run on the module runs in eval mode with the random states kept
-(:func:`~dlhw.callbacks.panels.untouched`). Needs the ``lightning`` extra
-(``pip install -e ".[lightning]"``).
+"""The suite's panels as Lightning callbacks, beside Lightning's own ``WandbLogger`` (the
+``lightning`` extra; usage in docs/plugins.md). Each logs to the run of the trainer's
+``WandbLogger`` (else ``wandb.run``) against its panel's own axis, the epoch as the step; keyword
+arguments go to the panel. What they run on the module runs :func:`~dlhw.callbacks.panels.untouched`.
 """
 
 from __future__ import annotations

@@ -12,11 +12,9 @@ from dlhw.core.events import Callback, Loop, is_rank_zero
 class DatasetArtifact(Callback):
     """At fit start, declares ``path`` (a file or folder) as the dataset artifact ``name``.
 
-    The artifact holds ``file://`` references, not copies: W&B records each file's checksum, so a
-    changed dataset shows as a new version while nothing is uploaded. Online the run *uses* it,
-    which links every model the run logs to that data in W&B's lineage view. W&B cannot mark an
-    artifact as used by an offline run, so offline it is logged by the run instead: it is still
-    part of the run, and synced with it. Place it after the W&B logger; without a run it does nothing.
+    It holds ``file://`` references with checksums: a changed dataset is a new version, nothing is
+    uploaded. Online the run uses it (models link to it in W&B's lineage); offline W&B cannot mark
+    it used, so the run logs it. Place it after the W&B logger; without a run it does nothing.
     """
 
     reports_only = True

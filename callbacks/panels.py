@@ -1,27 +1,18 @@
 """W&B panels for any training loop: plain objects that take tensors, models or torchvision-format
-predictions and log to the active W&B run.
+predictions and log to ``run=`` or the active ``wandb.run``.
 
 .. code-block:: python
 
-    run = wandb.init()
-    filters = LearnedFilters(model)
-    maps = FeatureMaps(model, fixed_inputs)
+    filters, maps = LearnedFilters(model), FeatureMaps(model, fixed_inputs)
     for epoch in range(epochs):
         ...                                  # the user's own training
         filters.log()
         maps.log()
     ConfusionMatrix(class_names).log(targets, predictions)
 
-A panel never starts, finishes or reconfigures a run: it logs to ``run=`` when given, else to
-``wandb.run``, and raises one line when there is none. It never moves W&B's global step: it writes
-with ``commit=False`` into the row the user's own ``run.log`` opens or commits next, so the user's
-rows (with or without ``step=``) all survive. Each panel's keys are plotted against its own axis
-(``define_metric``): a counter of its own logs, or the ``step`` the caller passes, which may never
-go backwards. When its previous write still waits in the open row (the user logged nothing
-since), the two are merged (:meth:`Panel.merge`): pictures become a list, an incremental table's
-new rows name the earlier ones, numbers keep the last value. ``payload(...)`` builds what
-``log(...)`` sends, for loops that route metrics through their own logger (the suite's ``Engine``
-callbacks, Lightning). See docs/plugins.md.
+A panel never starts, finishes or reconfigures a run, and never moves W&B's global step (it writes
+with ``commit=False``), so a user's own rows all survive; its keys plot against its own axis.
+``payload(...)`` is what ``log(...)`` sends, for loops with their own logger. See docs/plugins.md.
 """
 
 from __future__ import annotations
@@ -41,7 +32,6 @@ import wandb
 from PIL import Image
 from torch import nn
 
-from dlhw.callbacks.tables import EpochTable
 from dlhw.viz.detections import THRESHOLDS, people_counts
 from dlhw.viz.feature_maps import feature_map_grid, filter_grid, upscale
 from dlhw.viz.images import kernel_picture, to_uint8
@@ -67,15 +57,18 @@ class Panel:
         return run
 
     def merge(self, earlier: dict[str, Any], now: dict[str, Any]) -> dict[str, Any]:
-        """What to write when ``earlier`` still waits in W&B's open row (a second ``commit=False``
-        with the same keys would replace it): pictures are kept side by side as a list, anything
-        else (numbers, an incremental table whose increments name their predecessors) the last."""
+        """What to write while ``earlier`` still waits in W&B's open row, which a second
+        ``commit=False`` would replace: pictures side by side as a list, anything else the last."""
         merged = {**earlier, **now}
         for key, value in now.items():
             old = earlier.get(key)
             if isinstance(value, wandb.Image) and isinstance(old, (wandb.Image, list)):
                 merged[key] = [*(old if isinstance(old, list) else [old]), value]
         return merged
+
+    def next_step(self, step: int | None) -> int:
+        """``step``, or one past this panel's last."""
+        return step if step is not None else (self._last_step or 0) + 1
 
     def send(self, payload: Mapping[str, Any], step: int | None = None) -> None:
         """Log ``payload`` against this panel's axis at ``step`` (default: one past the last)."""
@@ -84,9 +77,7 @@ class Panel:
         if self.publish is not None:
             self.publish(dict(payload))
             return
-        run = self._active_run()
-        if step is None:
-            step = 1 if self._last_step is None else self._last_step + 1
+        run, step = self._active_run(), self.next_step(step)
         if self._last_step is not None and step < self._last_step:
             raise ValueError(f"{type(self).__name__}: step {step} goes back from {self._last_step}; pass a step that never decreases")
         self._last_step = step
@@ -169,19 +160,15 @@ class LearnedFilters(Panel):
 
     def log(self, step: int | None = None, caption: str | None = None) -> None:
         """Log the filters now; ``caption`` defaults to the layer's name and the step."""
-        step = step if step is not None else (self._last_step or 0) + 1
+        step = self.next_step(step)
         self.send(self.payload(caption or f"{self.name} at step {step}"), step)
 
 
 class FeatureMaps(Panel):
-    """``viz/feature_maps``: step | input | label | layer | feature maps, for fixed inputs.
-
-    ``layers``: a qualified name, a module, a list of either, or a name -> module mapping
-    (default: every ``Conv2d``); each must output (N, C, H, W) maps, checked at construction on
-    one input (a ``ValueError`` otherwise). Outputs are caught by forward hooks, attached only
-    while the panel runs the model (:func:`untouched`: eval mode, random states kept).
-    ``pictures`` are the inputs as shown (e.g. denormalised, in [0, 1]). One incremental table:
-    each log adds its rows.
+    """``viz/feature_maps``: step | input | label | layer | feature maps, for fixed inputs, one
+    incremental table. ``layers`` as for :func:`named_layers` (default: every ``Conv2d``), each
+    checked at construction to output (N, C, H, W) maps; caught by forward hooks while the panel
+    runs the model :func:`untouched`. ``pictures``: the inputs as shown (e.g. denormalised).
     """
 
     axis = "viz/step"
@@ -201,7 +188,7 @@ class FeatureMaps(Panel):
         # One wandb.Image per input, reused in all of its rows.
         self.pictures = [wandb.Image(to_uint8(upscale(img.detach().float().cpu(), 96)), caption=label)
                          for img, label in zip(shown, self.labels)]
-        self.table = EpochTable(["epoch", "input", "label", "layer", "feature_maps"])
+        self.table = wandb.Table(columns=["epoch", "input", "label", "layer", "feature_maps"], log_mode="INCREMENTAL")
 
     @torch.no_grad()
     def capture(self, inputs: torch.Tensor | None = None) -> list[tuple[str, torch.Tensor]]:
@@ -220,18 +207,17 @@ class FeatureMaps(Panel):
 
     def payload(self, step: int) -> dict[str, Any]:
         """The table with this step's rows added."""
-        rows = []
         for layer, maps in self.capture():
             for i, fmap in enumerate(maps):
                 shown = min(self.max_maps, fmap.shape[0])
                 picture = wandb.Image(to_uint8(feature_map_grid(fmap, self.max_maps)),
                                       caption=f"{layer}: {shown} of {fmap.shape[0]} maps, {fmap.shape[1]}x{fmap.shape[2]}")
-                rows.append([step, self.pictures[i], self.labels[i], layer, picture])
-        return {self.key: self.table.with_rows(rows)}
+                self.table.add_data(step, self.pictures[i], self.labels[i], layer, picture)
+        return {self.key: self.table}
 
     def log(self, step: int | None = None) -> None:
         """Run the model on the fixed inputs and log the maps."""
-        step = step if step is not None else (self._last_step or 0) + 1
+        step = self.next_step(step)
         self.send(self.payload(step), step)
 
 
@@ -304,11 +290,8 @@ class FilterTable(Panel):
         self.send(self.payload(images, kernels), step)
 
 
-# -- detection -------------------------------------------------------------------------------
-# Boxes and masks travel as ``wandb.Image`` layers over the untouched picture, so the dashboard
-# can toggle ground truth and predictions and filter by score. Each picture is written to a PNG
-# once and every later ``wandb.Image`` refers to that same file: W&B stores media by content
-# hash, so the pixels are uploaded once however many epochs show them.
+# Detection: boxes and masks are W&B layers over the untouched picture (toggle, filter by score);
+# each picture is one PNG that every epoch refers to, so W&B (content-hashed) uploads it once.
 MAX_BOXES = 30
 
 
@@ -393,25 +376,25 @@ class DetectionTable(Panel):
         super().__init__(**kw)
         self.labels, self.key = dict(labels or {1: "person"}), key
         self.cache = PictureCache()
-        self.table = EpochTable(["epoch", "image_id", "image", "gt_people", "pred_people@0.5", "mean_score"])
+        self.table = wandb.Table(columns=["epoch", "image_id", "image", "gt_people", "pred_people@0.5", "mean_score"],
+                                 log_mode="INCREMENTAL")
 
     def payload(self, images: Sequence[torch.Tensor], targets: Sequence[Mapping[str, torch.Tensor]],
                 outputs: Sequence[Mapping[str, torch.Tensor]], step: int) -> dict[str, Any]:
         """The table with this step's rows added."""
-        rows = []
         for i, (image, target, output) in enumerate(zip(images, targets, outputs)):
             image_id = int(target["image_id"]) if "image_id" in target else i
             path = self.cache.path(f"image-{image_id}", to_uint8(image))
             scores = output["scores"].detach().cpu()
             confident = scores[scores >= 0.5]
-            rows.append([step, image_id, annotated_image(path, output, target, labels=self.labels), len(target["boxes"]),
-                         len(confident), float(confident.mean()) if len(confident) else 0.0])
-        return {self.key: self.table.with_rows(rows)}
+            self.table.add_data(step, image_id, annotated_image(path, output, target, labels=self.labels),
+                                len(target["boxes"]), len(confident), float(confident.mean()) if len(confident) else 0.0)
+        return {self.key: self.table}
 
     def log(self, images: Sequence[torch.Tensor], targets: Sequence[Mapping[str, torch.Tensor]],
             outputs: Sequence[Mapping[str, torch.Tensor]], step: int | None = None) -> None:
         """Log one row per image."""
-        step = step if step is not None else (self._last_step or 0) + 1
+        step = self.next_step(step)
         self.send(self.payload(images, targets, outputs, step), step)
 
 

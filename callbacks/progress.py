@@ -7,15 +7,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
 from rich.table import Table
 from rich.text import Text
 
@@ -66,17 +59,9 @@ class ProgressBar(Callback):
     def on_fit_start(self, trainer: Loop) -> None:
         if not is_rank_zero():
             return
-        self._progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TextColumn("eta"),
-            TimeRemainingColumn(),
-            _LiveMetrics(self._live, self.max_metrics),
-            console=self.console,
-            refresh_per_second=4,
-        )
+        self._progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                  TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+                                  _LiveMetrics(self._live, self.max_metrics), console=self.console, refresh_per_second=4)
         self._progress.start()
         self._task = self._progress.add_task(trainer.name, total=trainer.steps_per_epoch)
 

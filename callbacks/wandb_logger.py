@@ -13,107 +13,91 @@ from typing import Any
 import wandb
 from wandb import env as wandb_env
 
-from dlhw.callbacks.runs import init_run
+from dlhw.callbacks import DEFAULT_PROJECT
 from dlhw.core.events import Callback, EPOCH_AXIS, Loop, STEP_AXIS, is_rank_zero
 from dlhw.core.session import Stopped
 
 # How far back the journal of sent numbers reaches: W&B's service writes its file every 15 s
 # (``x_transaction_log_flush_interval``), with room to spare.
 JOURNAL_SECONDS = 60.0
+# Online runs give up on an unreachable server after this long and fall back to offline.
+ONLINE_INIT_TIMEOUT_S = 30
+
+
+def init_run(*, project: str | None, mode: str, out_dir: str | Path, config: Mapping[str, Any], name: str | None = None,
+             group: str | None = None, job_type: str | None = None, tags: Sequence[str] = (),
+             entity: str | None = None, run_id: str | None = None, resume: bool = False) -> Any:
+    """Start a run under ``out_dir/wandb``; an online start that fails is retried offline, said in one line.
+
+    ``job_type`` and ``tags`` are the suite's defaults, so ``WANDB_JOB_TYPE`` and ``WANDB_TAGS``
+    replace them; the other arguments are explicit choices, and None leaves them to W&B's variables.
+    ``resume`` is ``"must"`` online, where the server holds the run, ``"allow"`` offline.
+    """
+    out_dir = Path(out_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # W&B stages uploads and caches artifacts under the home folder by default: keep them under
+    # --out, so one folder holds everything a command wrote. A user's own setting wins.
+    os.environ.setdefault("WANDB_DATA_DIR", str(out_dir / "wandb-data"))
+    os.environ.setdefault("WANDB_CACHE_DIR", str(out_dir / "wandb-cache"))
+    kwargs: dict[str, Any] = dict(
+        project=project or os.environ.get(wandb_env.PROJECT) or DEFAULT_PROJECT, entity=entity, dir=str(out_dir),
+        config=dict(config), name=name, group=group, job_type=os.environ.get(wandb_env.JOB_TYPE) or job_type,
+        tags=None if os.environ.get(wandb_env.TAGS) else list(tags) or None, reinit="finish_previous", id=run_id)
+    if mode == "online":
+        try:
+            return wandb.init(mode="online", settings=wandb.Settings(init_timeout=ONLINE_INIT_TIMEOUT_S),
+                              resume="must" if resume else None, **kwargs)
+        except Exception as exc:  # wandb raises several types for "no server"; all mean: go offline.
+            print(f"W&B online start failed ({type(exc).__name__}: {exc}); logging offline instead, "
+                  f"upload later with `wandb sync {out_dir / 'wandb'}`", file=sys.stderr)
+    return wandb.init(mode=mode if mode != "online" else "offline", resume="allow" if resume else None, **kwargs)
 
 
 class WandbLogger(Callback):
     """Starts a W&B run at fit start, logs every ``on_log`` and finishes the run with an exit code.
 
-    Each metric is bound to the x-axis it is first logged against (``trainer/step`` or
-    ``epoch``) through ``define_metric``, so no step ever goes backwards and the dashboard
-    plots every family against its own axis. ``monitor`` = ``("val/acc", "max")`` puts the best
-    value of the metric a sweep optimises in the run summary.
-
-    Step metrics are thinned, never dropped: everything reported in a window of ``log_every``
-    steps goes out as one ``run.log`` record at the window's end (numbers as their mean over the
-    window, anything else as its last value), and an open window is always sent before an epoch's
-    metrics and when the fit ends, so the last step of a fit always reaches W&B. Each ``run.log``
-    is a record W&B's service process must handle, and on a small CPU machine that process
-    competes with training for the same cores; the run summary gets every key's last reported
-    value, whatever the window did to its curve.
-
-    A fit of a single epoch has no epoch curves: its epoch-axis numbers go to the run summary
-    only (tables, pictures and the monitored metric still to history), so the workspace does not
-    open on one-point charts.
-
-    A resumed fit continues the same W&B run: the run id is part of :meth:`state_dict`, so a
-    checkpoint carries it (``WANDB_RUN_ID`` wins when set), and the run is resumed with
-    ``resume="must"`` online, ``"allow"`` offline. History never repeats or goes back: each key
-    remembers the last axis value it was sent at, and a resumed fit drops what it recomputes up
-    to there; :meth:`already_logged` adds what the earlier process sent after its last checkpoint
-    (read from its run files), so a ``kill -9`` leaves no duplicate either.
-
-    W&B trouble never stops training: when a W&B call raises (the service process gone, the disk
-    full), one warning goes to stderr and training and checkpointing go on without it. A fit
-    ended by a stop signal (:class:`core.session.Stopped`) marks the run preempting and finishes
-    it with the signal's exit code (130, 143).
-
-    Only rank 0 logs; on other ranks every hook is a no-op.
+    Each key plots against the axis it is first logged on (``define_metric``). ``monitor`` =
+    ``("val/acc", "max")`` keeps its best value in the summary as a plain number, what sweeps sort
+    on. Step metrics go out once per ``log_every`` steps as their window's mean: each ``run.log``
+    costs W&B's service process CPU that training needs; the last step is always sent. A single
+    epoch's numbers go to the summary only (no one-point charts). A resumed fit continues the same
+    run and never repeats history (:meth:`already_logged`). A failing W&B call warns once and
+    training goes on. Only rank 0 logs.
     """
 
-    def __init__(
-        self,
-        *,
-        project: str | None,
-        mode: str,
-        out_dir: str | Path,
-        name: str | None = None,
-        group: str | None = None,
-        job_type: str | None = None,
-        tags: Sequence[str] = (),
-        monitor: tuple[str, str] | None = None,
-        log_every: int = 10,
-        entity: str | None = None,
-    ) -> None:
+    def __init__(self, *, project: str | None, mode: str, out_dir: str | Path, name: str | None = None,
+                 group: str | None = None, job_type: str | None = None, tags: Sequence[str] = (),
+                 monitor: tuple[str, str] | None = None, log_every: int = 10, entity: str | None = None) -> None:
         if log_every < 1:
             raise ValueError(f"log_every must be >= 1, got {log_every}")
-        self.project = project
-        self.entity = entity
-        self.mode = mode
-        self.out_dir = Path(out_dir)
-        self.name = name
-        self.group = group
-        self.job_type = job_type
-        self.tags = list(tags)
-        self.monitor = monitor
-        self.log_every = log_every
+        # init_run's arguments; the trainer's config (and name, as the default job type) join at fit start.
+        self._init: dict[str, Any] = dict(project=project, entity=entity, mode=mode, out_dir=Path(out_dir), name=name,
+                                          group=group, job_type=job_type, tags=list(tags))
+        self.monitor, self.log_every = monitor, log_every
         self.run: Any = None
-        # The local run folder: what `wandb sync` and `wandb leet inspect` take.
-        self.run_dir: Path | None = None
+        self.run_dir: Path | None = None  # the local run folder, for `wandb sync` and `wandb leet inspect`
         self._axis_of: dict[str, str] = {}
         # The open step window: key -> [sum, count] for numbers, key -> value for anything else.
         self._window: dict[str, Any] = {}
         self._window_step = 0
-        # Each number's last reported value (step and epoch keys): the run summary's final value.
-        self._last: dict[str, Any] = {}
-        # The monitored metric's best value: the summary holds it as a plain number under the metric's
-        # own name, what sweeps and best_run() sort on (define_metric(summary=...) writes {"max": x}).
-        self._best: float | None = None
+        self._last: dict[str, Any] = {}  # each key's last reported value: the summary's final value
+        self._best: float | None = None  # the monitored metric's best value
         # The run to continue (from a checkpoint), and each key's last axis value sent to W&B.
         self.run_id: str | None = None
         self._resuming = False
         self._sent: dict[str, int] = {}
-        # The numbers sent in the last JOURNAL_SECONDS (time, axis, value, metrics): W&B's service
-        # writes its file every few seconds, so a kill -9 loses what it had not written yet; a
-        # checkpoint carries them, to be sent again (see already_logged).
+        # The numbers sent in the last JOURNAL_SECONDS (time, axis, value, metrics): a kill -9 loses
+        # what W&B had not written yet, so a checkpoint carries them to be sent again.
         self._journal: deque[tuple[float, str, int, dict[str, float]]] = deque()
         self._replay: list[tuple] = []
         self._persisted: dict[str, int] | None = None
         self._warned = False
         self._failures = 0
-        self._init: dict[str, Any] = {}
 
     def state_dict(self) -> dict[str, Any]:
         return {"run_id": self.run.id if self.run is not None else self.run_id, "sent": dict(self._sent),
                 "journal": [[axis, value, metrics] for _, axis, value, metrics in self._journal],
-                # Every number's last value: a resumed process that logs little (only the test left)
-                # still ends with the whole run's final numbers in its summary.
+                # A resumed process that logs little still ends with the whole run's final numbers.
                 "last": {k: v for k, v in self._last.items() if _is_number(v)}, "best": self._best}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -125,10 +109,8 @@ class WandbLogger(Callback):
         self._best = state.get("best")
 
     def already_logged(self, sent: Mapping[str, int]) -> None:
-        """What the W&B run's files hold: each ``key`` up to axis value ``sent[key]``. Records at or
-        below it are dropped (what an earlier process logged after its checkpoint), and the numbers
-        the checkpoint's journal has beyond it are sent again when the run starts (what W&B had
-        not yet written to its file when that process was killed)."""
+        """What the W&B run's files hold: each ``key`` up to axis value ``sent[key]``. Records up to
+        there are dropped, and the checkpoint's journal beyond it is sent again when the run starts."""
         self._persisted = dict(sent)
         for key, value in sent.items():
             self._sent[key] = max(self._sent.get(key, value), value)
@@ -161,9 +143,7 @@ class WandbLogger(Callback):
     def on_fit_start(self, trainer: Loop) -> None:
         if not is_rank_zero():
             return
-        self._init = dict(project=self.project, entity=self.entity, mode=self.mode, out_dir=self.out_dir,
-                          config=trainer.config, name=self.name, group=self.group,
-                          job_type=self.job_type or trainer.name, tags=self.tags)
+        self._init.update(config=trainer.config, job_type=self._init["job_type"] or trainer.name)
         run_id = os.environ.get(wandb_env.RUN_ID) or self.run_id
         self.run = self._call("init", init_run, **self._init, run_id=run_id, resume=self._resuming)
         if self.run is None:
@@ -286,8 +266,7 @@ class WandbLogger(Callback):
         self._call("finish", run.finish, exit_code=exit_code)
         if self._failures == failures:
             return
-        # The service process is gone, so the run's record has no end: a fresh service continues the
-        # same run just to record its summary and exit code, so that it never stays "running".
+        # The service process is gone: a fresh one continues the run to record its end, so it never stays "running".
         self._call("teardown", wandb.teardown)
         run = self._call("init", init_run, **self._init, run_id=self.run_id, resume=True)
         if run is not None:

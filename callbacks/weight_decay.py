@@ -1,58 +1,26 @@
-"""The weight-decay probe: what decay does to the weights, step by step, and whether the
-learning rate is stable for the loss surface and lambda. It attaches to any
-``torch.optim.Optimizer`` through the optimizer's own step hooks, so whatever loop calls
-``optimizer.step()`` gets it:
-
-.. code-block:: python
-
-    probe = WeightDecayProbe(optimizer)          # logs to wandb.run after every step
-    ...
-    probe.curvature(lambda: loss_fn(model(x), y), model.parameters())
-
-Logged per optimizer step (axis ``wd/step``; ``prefix=`` replaces ``wd``), with ``commit=False``
-so W&B's global step is never moved (see docs/plugins.md):
-
-- ``wd/weight_norm``: the global L2 norm of the decayed weights.
-- ``wd/decay_factor``: the factor the decay multiplied the weights by in that step, measured on
-  the weights against a decay-free shadow of the optimizer (so what momentum or Adam's moments
-  carry from earlier decay counts): ``1 + <real step - shadow step, w_before> / |w_before|^2``.
-- ``wd/decay_factor_theory``: :func:`theory` for the optimizer at hand (NaN where there is no
-  formula: Adam with decay in the gradient); the formula's name goes to the summary, ``wd/theory``.
-- with several decayed param groups, also ``wd/group{i}/decay_factor`` and ``..._theory`` per
-  group; the pooled values weight each group by its squared weight norm.
-
-Logged by :meth:`WeightDecayProbe.curvature`: ``wd/hessian_top_eig`` (beta, top eigenvalue of the
-loss's Hessian), ``wd/lr_sharpness`` = lr * (beta + lambda) and ``wd/stability_bound``
-(:func:`stability_bound`): gradient descent is stable along the sharpest direction only while the
-sharpness stays below the bound.
+"""The weight-decay probe: what decay does to the weights step by step, and whether the learning
+rate is stable for the loss surface and lambda, on any ``torch.optim.Optimizer`` through its own
+step hooks. Its keys and what it measures per optimizer are in docs/plugins.md; the bounds'
+derivation in docs/theory.md.
 """
 
 from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
 
-from dlhw.callbacks.hessian import top_hessian_eigenvalue
 from dlhw.callbacks.panels import Panel, untouched
 from dlhw.core.events import STEP_AXIS, Callback, Loop
 
 
 def stability_bound(*, optimizer: str, momentum: float, wd_mode: str, lr: float, weight_decay: float) -> float:
-    """The largest ``lr * (beta + lambda)`` for which SGD is stable on a quadratic of curvature beta.
-
-    Heavy-ball momentum mu (``v <- mu v + g; w <- w - lr v``) with the decay in the gradient
-    (l2, coupled) is the linear recursion of curvature beta + lambda, stable while
-    lr * (beta + lambda) < 2 (1 + mu). Decoupled decay (``w <- (1 - lr lambda) w`` before the
-    momentum step, as SGDW does it) keeps lambda out of the momentum buffer: the recursion's
-    characteristic polynomial is z^2 - (c + mu - lr beta) z + c mu with c = 1 - lr lambda, whose
-    root at z = -1 gives lr beta < (1 + c)(1 + mu), i.e. lr * (beta + lambda) < 2 (1 + mu) - mu lr lambda.
-    Both agree without momentum. For Adam the value (2) is only a reference: Adam rescales every
-    coordinate's step.
-    """
+    """The largest ``lr * (beta + lambda)`` for which heavy-ball SGD is stable on a quadratic of
+    curvature beta: 2 (1 + mu), less mu*lr*lambda for decoupled decay. For Adam, 2 is only a
+    reference: Adam rescales every coordinate's step."""
     if optimizer != "sgd":
         return 2.0
     bound = 2.0 * (1.0 + momentum)
@@ -70,19 +38,50 @@ def _dot(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack([torch.dot(x.reshape(-1), y.reshape(-1)).double() for x, y in zip(a, b)]).sum()
 
 
+def _power_iteration(grads: Sequence[torch.Tensor], params: Sequence[torch.Tensor], *, shift: float, iters: int,
+                     tol: float, seed: int) -> tuple[float, int]:
+    """Dominant eigenvalue of H - shift * I (largest magnitude), and the iterations it took."""
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    v = [torch.randn(p.shape, generator=gen).to(p) for p in params]
+    norm = _dot(v, v).sqrt()
+    v = [x / norm for x in v]
+    eig = 0.0
+    for i in range(1, iters + 1):
+        hv = torch.autograd.grad(grads, params, grad_outputs=v, retain_graph=True)
+        hv = [h - shift * x for h, x in zip(hv, v)]
+        new = float(_dot(hv, v))  # Rayleigh quotient with |v| = 1
+        norm = _dot(hv, hv).sqrt()
+        if norm == 0:
+            return 0.0, i
+        v = [x.detach() / norm for x in hv]
+        if i > 1 and abs(new - eig) <= tol * max(abs(new), 1e-12):
+            return new, i
+        eig = new
+    return eig, iters
+
+
+def top_hessian_eigenvalue(loss_fn: Callable[[], torch.Tensor], params: Sequence[torch.Tensor], *, iters: int = 20,
+                           tol: float = 1e-3, seed: int = 0) -> tuple[float, int]:
+    """The largest eigenvalue of the Hessian of ``loss_fn()`` in ``params`` and the Hessian-vector
+    products it took, by power iteration on one gradient graph, never forming the Hessian. A
+    negative dominant eigenvalue (a saddle) gets a second pass on ``H - mu * I``."""
+    params = [p for p in params if p.requires_grad]
+    grads = torch.autograd.grad(loss_fn(), params, create_graph=True)
+    mu, used = _power_iteration(grads, params, shift=0.0, iters=iters, tol=tol, seed=seed)
+    if mu >= 0:
+        return mu, used
+    nu, more = _power_iteration(grads, params, shift=mu, iters=iters, tol=tol, seed=seed + 1)
+    return nu + mu, used + more
+
+
 def _is_decoupled(optimizer: torch.optim.Optimizer, group: Mapping[str, Any]) -> bool:
     # AdamW, Adam(decoupled_weight_decay=True) and the suite's SGDW mark their groups the same way.
     return isinstance(optimizer, torch.optim.AdamW) or bool(group.get("decoupled_weight_decay"))
 
 
 def theory(optimizer: torch.optim.Optimizer, group: Mapping[str, Any], l2: float = 0.0) -> tuple[float, str]:
-    """The per-step shrink decay should give ``group``'s weights, and its formula's name.
-
-    Decoupled decay (AdamW, SGDW) multiplies the weights by ``1 - lr*lambda``. Decay in the
-    gradient (coupled, or ``l2``) of SGD with momentum mu (dampening d) piles up in the momentum
-    buffer: in steady state each step removes ``lr*lambda*(1-d)/(1-mu)`` of the weights. Adam
-    divides decay in the gradient by its second moment: no formula, NaN (measured only).
-    """
+    """The per-step shrink decay should give ``group``'s weights, and its formula's name; NaN for
+    Adam with decay in the gradient, which its second moment rescales (measured only)."""
     lam = float(l2 or group.get("weight_decay", 0.0))
     lr = float(group["lr"])
     if _is_decoupled(optimizer, group):
@@ -98,28 +97,14 @@ def theory(optimizer: torch.optim.Optimizer, group: Mapping[str, Any], l2: float
 class WeightDecayProbe(Panel):
     """Measures every ``optimizer.step()`` of ``optimizer`` and logs it to the active W&B run.
 
-    Args:
-        optimizer: any ``torch.optim.Optimizer``; its param groups with ``weight_decay > 0`` are
-            the decayed weights.
-        l2: lambda of an ``lambda/2 * ||w||^2`` penalty the loop adds to its loss itself (the
-            optimizer then has no weight_decay); ``params`` names the penalised weights.
-        params: the decayed weights, when not every weight of a decaying group.
-        prefix: the keys' namespace and axis (``{prefix}/step``): two probes in one run need two.
-        every: measure the decay factor on one step in ``every``. Where decay enters the
-            optimizer's state (coupled momentum SGD, Adam), the shadow still steps on every step.
-        run: the W&B run to log to (default ``wandb.run``); ``publish`` replaces W&B altogether.
+    ``l2``: lambda of a penalty the loop adds to its loss itself, on ``params`` (default: every
+    weight of a decaying group). ``prefix``: the keys' namespace and axis, one per probe in a run.
+    ``every``: measure the decay factor on one step in ``every``. ``publish`` replaces W&B.
 
-    The decay factor is the decay's whole effect on the weights in a step, including what the
-    optimizer's state (momentum, Adam's moments) carries from earlier steps' decay: a shadow
-    optimizer of the same class and settings with no decay keeps its own state, is stepped on the
-    same gradients from the same weights, and the real step minus the shadow's is the decay part.
-    It costs about one more optimizer step and one more optimizer state. Where the decay never
-    enters the state (decoupled, or SGD without momentum) the shadow takes the real state instead.
-
-    Without ``publish``, ``step()`` raises before the weights change when no run is active.
-    A ``closure`` given to ``step()`` (Lightning gives one) is called once by the probe, before the
-    step, and its loss handed to the optimizer; closures that must run several times (LBFGS's)
-    are not supported.
+    The decay factor compares the real step with one of a decay-free shadow optimizer that keeps
+    its own state, so what momentum or Adam's moments carry from earlier decay counts. Without
+    ``publish``, ``step()`` raises before the weights change when no run is active. A ``closure``
+    is run once, before the step (LBFGS's are not supported). See docs/plugins.md.
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, *, l2: float = 0.0,
@@ -148,7 +133,6 @@ class WeightDecayProbe(Panel):
         self._noted = False
         self._handles = [optimizer.register_step_pre_hook(self._before), optimizer.register_step_post_hook(self._after)]
 
-    # -- what the optimizer says ----------------------------------------------------------------
     @property
     def lr(self) -> float:
         """The learning rate of the first decayed group now (a scheduler may have changed it)."""
@@ -163,7 +147,6 @@ class WeightDecayProbe(Panel):
         """Global L2 norm of the decayed weights."""
         return float(_sq_norm(self.params).sqrt())
 
-    # -- the hooks --------------------------------------------------------------------------------
     def _before(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         if self.publish is None:
             self._active_run()  # no run: refuse before the weights change
@@ -247,16 +230,12 @@ class WeightDecayProbe(Panel):
                     merged[key] = (earlier[key] * (n - 1) + value) / n
         return merged
 
-
-    # -- curvature ----------------------------------------------------------------------------
     def curvature(self, loss: Callable[[], torch.Tensor], params: Iterable[torch.Tensor] | None = None, *,
                   model: torch.nn.Module | None = None, iters: int = 10, tol: float = 1e-2,
                   step: int | None = None) -> dict[str, float]:
         """Top Hessian eigenvalue of ``loss()`` (a closure over a fixed batch, without the decay
-        term) in ``params`` (default: every parameter of the optimizer), the sharpness
-        lr * (beta + lambda) and the stability bound for this optimizer and decay mode; logged and
-        returned. With ``model`` the closure runs under :func:`~dlhw.callbacks.panels.untouched`
-        (eval mode, random states kept), so the training it watches is not changed."""
+        term) in ``params`` (default: the optimizer's), the sharpness lr * (beta + lambda) and the
+        stability bound; logged and returned. With ``model`` the closure runs :func:`untouched`."""
         params = list(params) if params is not None else [p for g in self.optimizer.param_groups for p in g["params"]]
         with untouched(model) if model is not None else contextlib.nullcontext():
             beta, _ = top_hessian_eigenvalue(loss, params, iters=iters, tol=tol)

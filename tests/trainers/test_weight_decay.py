@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from dlhw.callbacks.hessian import top_hessian_eigenvalue
+from dlhw.callbacks.weight_decay import top_hessian_eigenvalue
 from dlhw.callbacks.weight_decay import WeightDecayProbe
 from dlhw.trainers.classification import ClassificationTrainer, param_groups
 from dlhw.trainers.datasets import Splits, make_loaders
