@@ -64,6 +64,9 @@ def compare_run(engine: Session, calls: list) -> tuple[set, set]:
     assert set(last) - one_off <= in_history, f"missing from history: {sorted(set(last) - one_off - in_history)}"
     in_summary = set(summary) | {k.removesuffix("_table") for k in summary}
     assert set(last) <= in_summary, f"missing from the summary: {sorted(set(last) - in_summary)}"
+    if monitored is not None:  # the summary holds the monitored metric's best, a plain number for sweeps
+        best = (max if logger.monitor[1] == "max" else min)(m[monitored] for _, m in calls if monitored in m)
+        last[monitored] = best
     for key, value in last.items():
         got = summary.get(key)
         if _number(value) and not isinstance(got, dict) and math.isfinite(value):
