@@ -14,7 +14,6 @@ thread by default, so the training's own thread pool does not add its spin to th
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -30,7 +29,7 @@ from dlhw.callbacks.progress import ProgressBar, SummaryTable  # noqa: E402
 from dlhw.callbacks.wandb_logger import WandbLogger  # noqa: E402
 from dlhw.core.events import Callback  # noqa: E402
 from dlhw.trainers.engine import Engine  # noqa: E402
-from pairing import alternate, ratio_summary  # noqa: E402
+from pairing import alternate, ratio_summary, report  # noqa: E402
 
 
 class Timer(Callback):
@@ -104,23 +103,12 @@ def main() -> None:
         bare, full = alternate(lambda: run_once(args.steps, False, Path(tmp)),
                                lambda: run_once(args.steps, True, Path(tmp)), args.repeats)
     (bare_loop, bare_cpu, bare_total), (full_loop, full_cpu, full_total) = zip(*bare), zip(*full)
-    result = {
-        "benchmark": "callback_overhead",
-        "steps": args.steps,
-        "repeats": args.repeats,
-        "threads": torch.get_num_threads(),
-        "bare_loop_s": round(min(bare_loop), 4),
-        "full_loop_s": round(min(full_loop), 4),
-        **ratio_summary(full_cpu, bare_cpu, key="loop_cpu_ratio"),
-        **ratio_summary(full_loop, bare_loop, key="loop_ratio"),
-        "goal_loop_cpu_ratio": 1.02,
-        # The whole fit, W&B's start and finish included: a fixed cost per run, outside the goal.
-        "bare_total_s": round(min(bare_total), 4),
-        "full_total_s": round(min(full_total), 4),
-        **ratio_summary(full_total, bare_total, key="total_ratio"),
-    }
-    result["meets_goal"] = result["loop_cpu_ratio"] <= result["goal_loop_cpu_ratio"]
-    print(json.dumps(result))
+    # The whole fit, W&B's start and finish included, is a fixed cost per run, outside the goal.
+    report("callback_overhead", full_cpu, bare_cpu, names=("full_loop_cpu_s", "bare_loop_cpu_s"), goal=1.02,
+           key="loop_cpu_ratio", extra={"bare_loop_s": round(min(bare_loop), 4), "full_loop_s": round(min(full_loop), 4),
+                                        **ratio_summary(full_loop, bare_loop, key="loop_ratio"),
+                                        **ratio_summary(full_total, bare_total, key="total_ratio")},
+           steps=args.steps, repeats=args.repeats, threads=torch.get_num_threads())
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ import argparse
 import copy
 import datetime
 import io
-import json
 import math
 import sys
 import tempfile
@@ -30,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pairing import alternate, ratio_summary  # noqa: E402
+from pairing import alternate, report  # noqa: E402
 from dlhw.trainers.detection.dataset import PennFudan, collate, generate_pennfudan, read_pennfudan  # noqa: E402
 from dlhw.trainers.detection.models import build_detector  # noqa: E402
 from dlhw.trainers.detection.trainer import (  # noqa: E402
@@ -192,22 +191,11 @@ def main() -> None:
 
     run_ours(), run_reference()  # warm-up: allocator, oneDNN kernels for these shapes
     ours, ref = alternate(run_ours, run_reference, args.repeats)
-    result = {
-        "benchmark": "detection_step",
-        "model_option": args.model_option,
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "profile": args.profile,
-        "data": "penn-fudan" if args.data else "generated",
-        "steps": args.steps,
-        "repeats": args.repeats,
-        "threads": torch.get_num_threads(),
-        "ours_s_per_iter": round(min(ours), 4),
-        "reference_s_per_iter": round(min(ref), 4),
-        **ratio_summary(ours, ref),
-        "goal_ratio": 1.0,
-    }
-    result["meets_goal"] = result["ratio"] <= result["goal_ratio"]
-    print(json.dumps(result))
+    report("detection_step", ours, ref, names=("ours_s_per_iter", "reference_s_per_iter"), goal=1.0,
+           model_option=args.model_option,
+           device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", profile=args.profile,
+           data="penn-fudan" if args.data else "generated", steps=args.steps, repeats=args.repeats,
+           threads=torch.get_num_threads())
 
 
 if __name__ == "__main__":

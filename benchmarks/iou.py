@@ -10,7 +10,6 @@ includes its input checks.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ from torchvision.ops import box_iou as tv_box_iou
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pairing import alternate, ratio_summary  # noqa: E402
+from pairing import alternate, report  # noqa: E402
 from dlhw.trainers.iou import box_iou  # noqa: E402
 
 
@@ -45,19 +44,8 @@ def main() -> None:
     a, b = random_boxes(args.boxes, g), random_boxes(args.boxes, g)
     max_abs_diff = float((box_iou(a, b) - tv_box_iou(a, b)).abs().max())  # also the warm-up
     ours, theirs = alternate(lambda: timed(box_iou, a, b), lambda: timed(tv_box_iou, a, b), args.repeats)
-    result = {
-        "benchmark": "iou",
-        "boxes": args.boxes,
-        "repeats": args.repeats,
-        "threads": torch.get_num_threads(),
-        "ours_s": round(min(ours), 4),
-        "torchvision_s": round(min(theirs), 4),
-        **ratio_summary(ours, theirs),
-        "goal_ratio": 1.1,
-        "max_abs_diff": max_abs_diff,
-    }
-    result["meets_goal"] = result["ratio"] <= result["goal_ratio"]
-    print(json.dumps(result))
+    report("iou", ours, theirs, names=("ours_s", "torchvision_s"), goal=1.1, extra={"max_abs_diff": max_abs_diff},
+           boxes=args.boxes, repeats=args.repeats, threads=torch.get_num_threads())
 
 
 if __name__ == "__main__":

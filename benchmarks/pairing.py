@@ -7,6 +7,7 @@ the odd pair a neighbour's burst spoiled.
 
 from __future__ import annotations
 
+import json
 import statistics
 from collections.abc import Callable, Sequence
 from typing import TypeVar
@@ -33,3 +34,14 @@ def ratio_summary(numerators: Sequence[float], denominators: Sequence[float], ke
     """``{key: median pair ratio, key_range: [lowest, highest]}``, rounded for JSON."""
     ratios = sorted(n / d for n, d in zip(numerators, denominators))
     return {key: round(statistics.median(ratios), 4), f"{key}_range": [round(ratios[0], 4), round(ratios[-1], 4)]}
+
+
+def report(benchmark: str, first: Sequence[float], second: Sequence[float], *, names: tuple[str, str], goal: float,
+           key: str = "ratio", extra: dict | None = None, **facts) -> dict:
+    """Print and return a paired benchmark's JSON line: its facts, each side's best time, the pair
+    ratios first / second and whether their median meets ``goal``."""
+    result = {"benchmark": benchmark, **facts, names[0]: round(min(first), 4), names[1]: round(min(second), 4),
+              **ratio_summary(first, second, key=key), f"goal_{key}": goal, **(extra or {})}
+    result["meets_goal"] = result[key] <= goal
+    print(json.dumps(result))
+    return result

@@ -21,7 +21,6 @@ import torch
 from torch import nn
 
 from dlhw.core.distributed import Dist, ShardedSampler, shard, wrap_ddp
-from dlhw.core.errors import UsageError
 from dlhw.core.events import Callback
 from dlhw.trainers.amp import Precision
 from dlhw.trainers.detection.coco_eval import coco_ground_truth, coco_metrics
