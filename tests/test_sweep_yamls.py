@@ -18,8 +18,11 @@ with warnings.catch_warnings():
 YAMLS = sorted((ROOT / "sweeps").glob("*.yaml"))
 
 
-def test_the_weight_decay_and_learning_rate_sweeps_exist():
-    assert {"weight_decay.yaml", "learning_rate.yaml"} <= {p.name for p in YAMLS}
+def test_the_homeworks_two_sweeps_search_what_they_say():
+    wd, lr = (yaml.safe_load((ROOT / "sweeps" / name).read_text()) for name in ("weight_decay.yaml", "learning_rate.yaml"))
+    assert wd["method"] == "grid" and {"weight_decay", "lr"} <= {k for k, v in wd["parameters"].items() if "values" in v}
+    assert lr["method"] == "bayes" and lr["early_terminate"]["type"] == "hyperband"
+    assert wd["metric"] == lr["metric"] == {"name": "val/acc", "goal": "maximize"}
 
 
 @pytest.mark.parametrize("path", YAMLS, ids=lambda p: p.name)
