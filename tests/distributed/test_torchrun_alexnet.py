@@ -11,7 +11,6 @@ import math
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -108,9 +107,7 @@ def test_two_processes_end_where_one_process_ends_with_the_same_global_batch(two
 
 
 def test_when_one_rank_raises_both_exit_and_the_error_shows_once(tmp_path):
-    started = time.monotonic()
-    proc = torchrun(TWO, tmp_path / "out", DLHW_TEST_FAIL="1:2", timeout=BOUND_S)
-    assert time.monotonic() - started < BOUND_S
+    proc = torchrun(TWO, tmp_path / "out", DLHW_TEST_FAIL="1:2", timeout=BOUND_S)  # a hang: TimeoutExpired
     assert proc.returncode != 0
     out = proc.stdout + proc.stderr
     assert out.count("ValueError: injected failure on rank 1 at step 2") == 1, out[-3000:]
