@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from dlhw.callbacks.panels import PHOTO_COLUMNS, DetectionTable, PhotoComparison
-from dlhw.callbacks.progress import _fmt, report_console
+from dlhw.callbacks.progress import fmt, report_console
 from dlhw.core.events import EPOCH_AXIS, Callback, Loop
 
 
@@ -46,7 +46,7 @@ def _console_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[A
     for i, c in enumerate(columns):
         table.add_column(c, justify="left" if i == 0 else "right")
     for row in rows:
-        table.add_row(*("n/a" if v is None else _fmt(v) for v in row))
+        table.add_row(*("n/a" if v is None else fmt(v) for v in row))
     return table
 
 

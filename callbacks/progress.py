@@ -24,10 +24,13 @@ def report_console(*, stderr: bool = False) -> Console:
     return console
 
 
-def _fmt(value: Any) -> str:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+def fmt(value: Any) -> str:
+    """A value as the suite prints it in tables and bars: 4 significant digits for a float, "-" for None."""
+    if value is None:
+        return "-"
+    if isinstance(value, (bool, numbers.Integral)) or not isinstance(value, numbers.Real):
         return str(value)
-    return f"{value:.4g}"
+    return f"{float(value) + 0.0:.4g}"  # + 0.0: -0.0 prints as 0
 
 
 class _LiveMetrics(ProgressColumn):
@@ -39,7 +42,7 @@ class _LiveMetrics(ProgressColumn):
 
     def render(self, task: Any) -> Text:
         shown = list(self.live.items())[: self.max_metrics]  # a snapshot: the loop keeps updating the dict
-        return Text("  ".join(f"{k}={_fmt(v)}" for k, v in shown))
+        return Text("  ".join(f"{k}={fmt(v)}" for k, v in shown))
 
 
 class ProgressBar(Callback):
@@ -82,7 +85,7 @@ class ProgressBar(Callback):
 
     def on_epoch_end(self, trainer: Loop, epoch: int, metrics: Mapping[str, float]) -> None:
         if self._progress is not None and metrics:
-            shown = "  ".join(f"{k}={_fmt(v)}" for k, v in metrics.items() if isinstance(v, numbers.Real))
+            shown = "  ".join(f"{k}={fmt(v)}" for k, v in metrics.items() if isinstance(v, numbers.Real))
             self._progress.console.print(f"epoch {epoch + 1}/{trainer.epochs}  {shown}")
 
     def _stop(self) -> None:
@@ -112,5 +115,5 @@ class SummaryTable(Callback):
         table.add_column("value", justify="right")
         for key, value in trainer.summary.items():
             if isinstance(value, (numbers.Real, str)):
-                table.add_row(key, _fmt(value))
+                table.add_row(key, fmt(value))
         self.console.print(table)

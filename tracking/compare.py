@@ -15,9 +15,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from dlhw.callbacks.progress import report_console
+from dlhw.callbacks.progress import fmt, report_console
 from dlhw.core.errors import UsageError
-from dlhw.tracking.readback import best_value, fmt, rank, run_summary
+from dlhw.tracking.readback import best_value, rank, run_summary
 
 # Flags that say where and under which label a run was filed, not what it computed: they differ
 # between any two sweep trials and would crowd out the parameters that matter.

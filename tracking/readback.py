@@ -102,8 +102,3 @@ def rank(items: Iterable[T], value: Callable[[T], float | None], goal: str) -> l
     return sorted(items, key=key)
 
 
-def fmt(v: Any) -> str:
-    """A value as a table cell shows it: 4 significant digits for a float, "-" for None."""
-    if v is None:
-        return "-"
-    return f"{v + 0.0:.4g}" if isinstance(v, float) else str(v)  # + 0.0: -0.0 prints as 0

@@ -18,10 +18,11 @@ from typing import Any
 
 from PIL import Image
 
+from dlhw.callbacks.progress import fmt
 from dlhw.core.errors import UsageError
 from dlhw.core.files import atomic_file
 from dlhw.tracking.compare import RunRecord, differing_keys, find_run_dirs, local_runs, plot_metric, save_png
-from dlhw.tracking.readback import best_value, fmt, history, logged_table, records, staged_files
+from dlhw.tracking.readback import best_value, history, logged_table, records, staged_files
 
 # The theory's numbers (docs/theory.md), shown beside what the runs measured.
 KINK_THEORY = {-2.0: (0.0, 0.1), 0.0: (40 / 256, 0.0), 2.0: (0.0, -40 / 256), 4.0: (-0.1, 0.0)}

@@ -22,12 +22,12 @@ from wandb import env as wandb_env
 from wandb.sdk.lib.runid import generate_id
 from wandb.wandb_agent import Agent
 
+from dlhw.callbacks.progress import fmt
 from dlhw.core.errors import UsageError
 from dlhw.core.files import atomic_file
 from dlhw.core.session import METRIC_ENV, METRIC_FILE_ENV
 from dlhw.tracking import agent_command
 from dlhw.tracking.mode import OUT_ENV, RESUME_ENV
-from dlhw.tracking.readback import fmt
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # the engine's pydantic-v1 spellings warn at import

@@ -10,9 +10,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from dlhw.callbacks.progress import report_console
+from dlhw.callbacks.progress import fmt, report_console
 from dlhw.core.errors import UsageError
-from dlhw.tracking.readback import fmt
 from dlhw.tracking.sweep import (
     ENDED, FINISHED, RUNNING, Runner, Sweep, SweepStopped, load_config, parse_param_overrides, reproduce_command)
 

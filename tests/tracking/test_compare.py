@@ -5,8 +5,9 @@ from __future__ import annotations
 import matplotlib.image
 
 from launch import main
+from dlhw.callbacks.progress import fmt
 from dlhw.tracking.compare import RunRecord, differing_keys, plot_metric, plot_series
-from dlhw.tracking.readback import fmt, rank
+from dlhw.tracking.readback import rank
 
 
 def _rec(name, lr, wd, acc, **config):
