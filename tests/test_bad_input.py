@@ -95,7 +95,8 @@ def test_unknown_names_and_bad_numbers(capsys, tmp_path, argv, culprit):
 
 
 @pytest.mark.parametrize("folder, culprit", [
-    ("missing", "is not a Penn-Fudan folder"),
+    ("missing", "{} is not a Penn-Fudan folder (it needs PNGImages/ and PedMasks/); pass the unpacked PennFudanPed "
+                "folder to --data, or leave --data out to download it"),
     ("a_file", "is not a Penn-Fudan folder"),
     ("empty", "no PNG images in"),
     ("nomask", f"missing file {{}}/{MASKS}/Lonely_mask.png"),

@@ -116,31 +116,6 @@ def test_when_one_rank_raises_both_exit_and_the_error_shows_once(tmp_path):
     assert run_summary(only_run_dir(tmp_path / "out"))["exit_code"] == 1
 
 
-@pytest.mark.slow
-def test_a_stop_heard_by_one_rank_stops_both_and_resumes_to_the_same_result(two, tmp_path):
-    out = tmp_path / "out"
-    stopped = torchrun(TWO, out, DLHW_TEST_SIGTERM="1:6", DLHW_TEST_NO_DROPOUT="1")
-    assert stopped.returncode != 0
-    assert "continue with: torchrun --standalone --nproc_per_node 2 launch.py" in stopped.stderr, stopped.stderr[-3000:]
-    (checkpoint,) = out.glob("checkpoints/*/last.pt")
-
-    # The checkpoint belongs to a job of two processes: one process refuses it in one line.
-    refused = single([*TWO, "--resume", str(checkpoint)], tmp_path / "other")
-    assert refused.returncode == 2
-    assert refused.stderr.strip().splitlines()[-1] == (
-        f"error: checkpoint {checkpoint} was written by a job of 2 process(es), this one has 1; resume it with as "
-        f"many (torchrun --nproc_per_node), or start afresh without --resume")
-
-    resumed = torchrun([*TWO, "--resume", "auto"], out, DLHW_TEST_NO_DROPOUT="1")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    runs = sorted((out / "wandb").glob("offline-run-*"))
-    assert len(runs) == 2 and len({p.name.rsplit("-", 1)[1] for p in runs}) == 1  # one W&B run, continued
-    expected = run_summary(only_run_dir(two))["summary"]
-    got = run_summary(runs[-1])["summary"]
-    for key in COMPARED:
-        assert abs(got[key] - expected[key]) <= RESUME_TOLERANCE, (key, got[key], expected[key])
-
-
 # Dropout on and augmentation by albumentations (the DataLoader path): every rank draws its own
 # masks and augmentations, and a resume must restore each rank's generators, not rank 0's twice.
 RANDOM_TWO = ["alexnet", "--device", "cpu", "--device-data", "off", "--hessian-every", "0", "--viz-images", "0",
@@ -148,15 +123,28 @@ RANDOM_TWO = ["alexnet", "--device", "cpu", "--device-data", "off", "--hessian-e
 
 
 @pytest.mark.slow
-def test_a_resume_restores_every_ranks_own_random_state(tmp_path):
+def test_a_stop_heard_by_one_rank_stops_both_and_the_resume_restores_every_ranks_random_state(tmp_path):
     whole = torchrun(RANDOM_TWO, tmp_path / "whole")
     assert whole.returncode == 0, whole.stderr[-3000:]
     out = tmp_path / "out"
-    stopped = torchrun(RANDOM_TWO, out, DLHW_TEST_SIGTERM="1:6")  # mid-epoch 2: its draws are replayed
-    assert stopped.returncode != 0 and list(out.glob("checkpoints/*/last.pt")), stopped.stderr[-3000:]
+    # Rank 1 alone hears SIGTERM, mid-epoch 2: both ranks stop there, and its draws are replayed.
+    stopped = torchrun(RANDOM_TWO, out, DLHW_TEST_SIGTERM="1:6")
+    assert stopped.returncode != 0
+    assert "continue with: torchrun --standalone --nproc_per_node 2 launch.py" in stopped.stderr, stopped.stderr[-3000:]
+    (checkpoint,) = out.glob("checkpoints/*/last.pt")
+
+    # The checkpoint belongs to a job of two processes: one process refuses it in one line.
+    refused = single([*RANDOM_TWO, "--resume", str(checkpoint)], tmp_path / "other")
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines()[-1] == (
+        f"error: checkpoint {checkpoint} was written by a job of 2 process(es), this one has 1; resume it with as "
+        f"many (torchrun --nproc_per_node), or start afresh without --resume")
+
     resumed = torchrun([*RANDOM_TWO, "--resume", "auto"], out)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    runs = sorted((out / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and len({p.name.rsplit("-", 1)[1] for p in runs}) == 1  # one W&B run, continued
     expected = run_summary(only_run_dir(tmp_path / "whole"))["summary"]
-    got = run_summary(sorted((out / "wandb").glob("offline-run-*"))[-1])["summary"]
+    got = run_summary(runs[-1])["summary"]
     for key in COMPARED:
         assert abs(got[key] - expected[key]) <= RESUME_TOLERANCE, (key, got[key], expected[key])
