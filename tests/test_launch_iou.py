@@ -1,8 +1,6 @@
-"""`launch.py iou` as a user runs it: one subprocess, its console summary and its offline run read back."""
+"""`launch.py iou` as a user runs it: its console summary and its offline run read back."""
 
 from __future__ import annotations
-
-import subprocess
 
 import pytest
 
@@ -11,15 +9,13 @@ from tests.conftest import only_run_dir
 from dlhw.tracking.readback import history, logged_table, run_summary
 
 
-def test_iou_end_to_end_offline(launch_cmd, tmp_path):
+def test_iou_end_to_end_offline(tmp_path, capsys):
     out = tmp_path / "out"
-    proc = subprocess.run(
-        [*launch_cmd, "iou", "--out", str(out), "--steps", "40", "--batch-size", "3", "--slide-points", "81",
-         "--log_every=1"],
-        capture_output=True, text=True, timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "iou: summary" in proc.stdout and "eval/giou_loss/mean_iou" in proc.stdout
+    code = main(["iou", "--out", str(out), "--steps", "40", "--batch-size", "3", "--slide-points", "81", "--log_every=1",
+                 "--wandb-mode", "offline"])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err[-2000:]
+    assert "iou: summary" in printed.out and "eval/giou_loss/mean_iou" in printed.out
     run_dir = only_run_dir(out)
     info = run_summary(run_dir)
     assert info["state"] == "finished" and info["config"]["steps"] == 40

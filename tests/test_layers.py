@@ -42,7 +42,7 @@ def suite_imports(path: Path) -> set[str]:
 def modules() -> list[tuple[str, Path]]:
     """(package, file) for every module of the suite, launch.py as package ``launch``."""
     out = [("launch", ROOT / "launch.py")]
-    for package in ALLOWED.keys() - {"launch"}:
+    for package in sorted(ALLOWED.keys() - {"launch"}):
         out += [(package, f) for f in sorted((ROOT / package).rglob("*.py"))]
     return out
 
