@@ -9,19 +9,10 @@ import numpy as np
 LABELS = {"iou": "IoU", "giou": "GIoU", "diou": "DIoU"}
 
 
-def slide_figure(
-    x: np.ndarray,
-    values: Mapping[str, np.ndarray],
-    grads: Mapping[str, np.ndarray],
-    kinks: Sequence[float],
-    *,
-    dpi: int = 100,
-) -> np.ndarray:
-    """Two stacked panels over the slide position ``x``: each measure's value and its d/dx.
-
-    Kinks are dotted vertical lines; positions where dIoU/dx is exactly 0 are shaded, which is
-    where a loss of 1 - IoU gives an optimiser nothing to follow. Returns (H, W, 3) uint8.
-    """
+def slide_figure(x: np.ndarray, values: Mapping[str, np.ndarray], grads: Mapping[str, np.ndarray],
+                 kinks: Sequence[float], *, dpi: int = 100) -> np.ndarray:
+    """Each measure's value (top) and d/dx (bottom) over the slide position ``x``, kinks dotted and
+    shaded where dIoU/dx is exactly 0 (where 1 - IoU gives an optimiser nothing to follow)."""
     # A bare Figure on the Agg canvas: no pyplot state, no window, nothing to close.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
