@@ -1,5 +1,4 @@
-"""The detection panels on the suite's loops: prediction tables each epoch, the photo table and
-the verdict (the panels themselves are in :mod:`callbacks.panels`)."""
+"""The detection panels on the suite's loops: prediction tables each epoch, the photo table and the verdict."""
 
 from __future__ import annotations
 
@@ -8,7 +7,7 @@ from typing import Any
 
 import wandb
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from dlhw.callbacks.panels import PHOTO_COLUMNS, DetectionTable, PhotoComparison
 from dlhw.callbacks.progress import fmt, report_console
@@ -16,10 +15,9 @@ from dlhw.core.events import EPOCH_AXIS, Callback, Loop
 
 
 class _CachedPictures(Callback):
-    """An adapter whose panel's picture folder is removed at the end of the fit, whatever its outcome."""
+    """An adapter whose panel's picture folder goes at the end of the fit, whatever its outcome."""
 
     reports_only = True
-
     panel: DetectionTable | PhotoComparison
 
     def on_fit_end(self, trainer: Loop) -> None:
@@ -30,8 +28,7 @@ class _CachedPictures(Callback):
 
 
 class PredictionTable(_CachedPictures):
-    """The :class:`~callbacks.panels.DetectionTable` panel each epoch, on the detection trainer's
-    fixed held-out images (``trainer.viz``: image, target, output triples)."""
+    """``detect/predictions`` each epoch, of the detection trainer's fixed held-out images (``trainer.viz``)."""
 
     def __init__(self) -> None:
         self.panel = DetectionTable()
@@ -42,20 +39,15 @@ class PredictionTable(_CachedPictures):
 
 
 def _console_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> Table:
-    table = Table(title=title)
-    for i, c in enumerate(columns):
-        table.add_column(c, justify="left" if i == 0 else "right")
+    table = Table(columns[0], *(Column(c, justify="right") for c in columns[1:]), title=title)
     for row in rows:
         table.add_row(*("n/a" if v is None else fmt(v) for v in row))
     return table
 
 
 class PhotoTable(_CachedPictures):
-    """The photo comparison: the :class:`~callbacks.panels.PhotoComparison` panel ``detect/photo``,
-    the verdict table ``detect/verdict`` and the same numbers as console tables.
-
-    With ``log_to_wandb`` False (W&B disabled) only the console tables are printed.
-    """
+    """``detect/photo`` and the verdict table ``detect/verdict``, and the same numbers as console
+    tables (only those with ``log_to_wandb`` False, when W&B is disabled)."""
 
     def __init__(self, console: Console | None = None, *, log_to_wandb: bool = True) -> None:
         self.panel = PhotoComparison()
@@ -74,7 +66,6 @@ class PhotoTable(_CachedPictures):
         self.console.print(_console_table(f"both models on {photo.name} ({photo.source})", PHOTO_COLUMNS, console_rows))
         verdict_cols, verdict_rows = trainer.results["verdict"]
         self.console.print(_console_table("verdict: option 1 vs option 2", verdict_cols, verdict_rows))
-        if not self.log_to_wandb:
-            return
-        trainer.log({**self.panel.payload(photo.image, self.outputs, self.inference_ms, name=photo.name),
-                     "detect/verdict": wandb.Table(columns=verdict_cols, data=verdict_rows)}, axis=EPOCH_AXIS)
+        if self.log_to_wandb:
+            trainer.log({**self.panel.payload(photo.image, self.outputs, self.inference_ms, name=photo.name),
+                         "detect/verdict": wandb.Table(columns=verdict_cols, data=verdict_rows)}, axis=EPOCH_AXIS)
