@@ -30,9 +30,7 @@ class Panel:
 
     def __init__(self, *, key: str | None = None, run: Any = None,
                  publish: Callable[[dict[str, Any]], None] | None = None) -> None:
-        self.key = key or self.key
-        self.run = run
-        self.publish = publish
+        self.key, self.run, self.publish = key or self.key, run, publish
         self._defined: set[str] = set()
         self._last_step: int | None = None
         self._open: tuple[Any, int, dict[str, Any]] | None = None  # (run, run.step, what we wrote there)

@@ -236,9 +236,7 @@ class DecayProbeCallback(Callback):
     on its fixed batch at the start, every ``hessian_every`` epochs (0: never) and at the end, in the summary too."""
 
     def __init__(self, *, hessian_every: int = 4, hessian_iters: int = 10, every: int = 1) -> None:
-        self.hessian_every = hessian_every
-        self.hessian_iters = hessian_iters
-        self.every = every
+        self.hessian_every, self.hessian_iters, self.every = hessian_every, hessian_iters, every
         self.probe: WeightDecayProbe | None = None
 
     def on_fit_start(self, trainer: Loop) -> None:
