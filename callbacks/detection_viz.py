@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import wandb
 from rich.console import Console
-from rich.table import Column, Table
 
 from dlhw.callbacks.panels import PHOTO_COLUMNS, DetectionTable, PhotoComparison
-from dlhw.callbacks.progress import fmt, report_console
+from dlhw.callbacks.progress import console_table, report_console
 from dlhw.core.events import EPOCH_AXIS, Callback, Loop
 
 
@@ -38,13 +37,6 @@ class PredictionTable(_CachedPictures):
         trainer.log(self.panel.payload(images, targets, outputs, epoch + 1), axis=EPOCH_AXIS)
 
 
-def _console_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> Table:
-    table = Table(columns[0], *(Column(c, justify="right") for c in columns[1:]), title=title)
-    for row in rows:
-        table.add_row(*("n/a" if v is None else fmt(v) for v in row))
-    return table
-
-
 class PhotoTable(_CachedPictures):
     """``detect/photo`` and the verdict table ``detect/verdict``, and the same numbers as console
     tables (only those with ``log_to_wandb`` False, when W&B is disabled)."""
@@ -63,9 +55,9 @@ class PhotoTable(_CachedPictures):
     def on_validation_end(self, trainer: Loop, epoch: int, metrics: Mapping[str, float]) -> None:
         photo = trainer.results["photo"]
         console_rows = [[r[0], photo.name, *r[2:]] for r in self.panel.rows(self.outputs, self.inference_ms)]
-        self.console.print(_console_table(f"both models on {photo.name} ({photo.source})", PHOTO_COLUMNS, console_rows))
+        self.console.print(console_table(f"both models on {photo.name} ({photo.source})", PHOTO_COLUMNS, console_rows))
         verdict_cols, verdict_rows = trainer.results["verdict"]
-        self.console.print(_console_table("verdict: option 1 vs option 2", verdict_cols, verdict_rows))
+        self.console.print(console_table("verdict: option 1 vs option 2", verdict_cols, verdict_rows))
         if self.log_to_wandb:
             trainer.log({**self.panel.payload(photo.image, self.outputs, self.inference_ms, name=photo.name),
                          "detect/verdict": wandb.Table(columns=verdict_cols, data=verdict_rows)}, axis=EPOCH_AXIS)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numbers
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from rich.console import Console
@@ -31,6 +31,14 @@ def fmt(value: Any) -> str:
     if isinstance(value, (bool, numbers.Integral)) or not isinstance(value, numbers.Real):
         return str(value)
     return f"{float(value) + 0.0:.4g}"  # + 0.0: -0.0 prints as 0
+
+
+def console_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> Table:
+    """A rich table, the first column left and the others right-aligned, values through :func:`fmt`, None as n/a."""
+    table = Table(columns[0], *(Column(c, justify="right") for c in columns[1:]), title=title)
+    for row in rows:
+        table.add_row(*("n/a" if v is None else fmt(v) for v in row))
+    return table
 
 
 def _metrics(items: Any) -> str:
@@ -106,8 +114,5 @@ class SummaryTable(Callback):
     def on_fit_end(self, trainer: Loop) -> None:
         if not is_rank_zero():
             return
-        table = Table("metric", Column("value", justify="right"), title=self.title or f"{trainer.name}: summary")
-        for key, value in trainer.summary.items():
-            if isinstance(value, (numbers.Real, str)):
-                table.add_row(key, fmt(value))
-        self.console.print(table)
+        rows = [(key, value) for key, value in trainer.summary.items() if isinstance(value, (numbers.Real, str))]
+        self.console.print(console_table(self.title or f"{trainer.name}: summary", ["metric", "value"], rows))
