@@ -72,7 +72,8 @@ class ProgressBar(Callback):
             return
         self._progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                                   TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-                                  _LiveMetrics(self._live, self.max_metrics), console=self.console, refresh_per_second=4)
+                                  _LiveMetrics(self._live, self.max_metrics), console=self.console,
+                                  refresh_per_second=4)
         self._progress.start()
         self._task = self._progress.add_task(trainer.name, total=trainer.steps_per_epoch)
 

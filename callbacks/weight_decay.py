@@ -85,7 +85,8 @@ def theory(optimizer: torch.optim.Optimizer, group: Mapping[str, Any], l2: float
         mu, d = float(group.get("momentum", 0.0)), float(group.get("dampening", 0.0))
         if not mu:
             return 1.0 - lr * lam, "1 - lr*lambda (SGD)"
-        return 1.0 - lr * lam * (1 - d) / (1 - mu), "1 - lr*lambda*(1-dampening)/(1-momentum) (momentum SGD, steady state)"
+        formula = "1 - lr*lambda*(1-dampening)/(1-momentum) (momentum SGD, steady state)"
+        return 1.0 - lr * lam * (1 - d) / (1 - mu), formula
     return float("nan"), f"none: {type(optimizer).__name__} rescales decay in the gradient; measured only"
 
 
@@ -103,7 +104,8 @@ class WeightDecayProbe(Panel):
         self.params = (list(params) if params is not None else
                        [p for g in optimizer.param_groups if g.get("weight_decay", 0) for p in g["params"]])
         if not self.params:
-            raise ValueError("WeightDecayProbe: no decayed parameters; give the optimizer a weight_decay or pass l2= and params=")
+            raise ValueError("WeightDecayProbe: no decayed parameters; "
+                             "give the optimizer a weight_decay or pass l2= and params=")
         mine = {id(p) for p in self.params}
         # (index in optimizer.param_groups, the group, its decayed weights)
         self.groups = [(i, g, [p for p in g["params"] if id(p) in mine]) for i, g in enumerate(optimizer.param_groups)]
@@ -113,7 +115,8 @@ class WeightDecayProbe(Panel):
         self._shadow = type(optimizer)([{**{k: v for k, v in g.items() if k != "params"}, "weight_decay": 0.0,
                                          "params": [copies[id(p)] for p in ps]} for _, g, ps in self.groups])
         sgd = isinstance(optimizer, torch.optim.SGD)
-        self._state_free = all((sgd and not g.get("momentum")) or (_is_decoupled(optimizer, g) and not l2) for _, g, _ in self.groups)
+        self._state_free = all((sgd and not g.get("momentum")) or (_is_decoupled(optimizer, g) and not l2)
+                               for _, g, _ in self.groups)
         self.steps = 0
         self.last: dict[str, float] = {}
         self._shadow_after: list[torch.Tensor] = []
@@ -246,7 +249,8 @@ class DecayProbeCallback(Callback):
         # A resumed fit counts on from its checkpoint, so "one step in every" picks the same steps.
         self.probe.steps = trainer.global_step
         if trainer.weight_decay:  # which formula the theory column is, in one line
-            print(f"wd/decay_factor_theory: {theory(trainer.optimizer, self.probe.groups[0][1], l2)[1]}", file=sys.stderr)
+            _, formula = theory(trainer.optimizer, self.probe.groups[0][1], l2)
+            print(f"wd/decay_factor_theory: {formula}", file=sys.stderr)
         if self.hessian_every and trainer.global_step == 0:  # the start of training, not of a resumed fit
             self._curvature(trainer)
 
