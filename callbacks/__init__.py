@@ -1,8 +1,5 @@
-"""Plug-ins: the panels and probes any loop can use (:mod:`callbacks.panels`,
-:mod:`callbacks.weight_decay`), their adapters for the suite's loop and for Lightning
-(:mod:`callbacks.lightning`, which needs the ``lightning`` extra), and the suite's own W&B
-logging, progress, checkpoints and tables.
-"""
+"""Plug-ins: panels and probes for any loop (``panels``, ``weight_decay``), their adapters for the
+suite's loop and for Lightning (``lightning``), and the suite's W&B logging, progress and checkpoints."""
 
 from __future__ import annotations
 
@@ -15,41 +12,21 @@ from dlhw.core.events import Callback
 DEFAULT_PROJECT = "dlhw"
 
 
-def standard_callbacks(
-    args: argparse.Namespace,
-    *,
-    job_type: str,
-    monitor: tuple[str, str] | None = None,
-    tags: Sequence[str] = (),
-    log_every: int = 10,
-) -> list[Callback]:
-    """The W&B logger, the progress bar and the closing summary table, configured from the global flags.
-
-    ``log_every`` is the experiment's default for how often per-step metrics are sent (1 where a
-    step takes seconds); ``--log-every`` overrides it.
-    """
+def standard_callbacks(args: argparse.Namespace, *, job_type: str, monitor: tuple[str, str] | None = None,
+                       tags: Sequence[str] = (), log_every: int = 10) -> list[Callback]:
+    """The W&B logger, the progress bar and the closing summary table, configured from the global flags;
+    ``log_every``: the experiment's default for ``--log-every``."""
     from dlhw.callbacks.progress import ProgressBar, SummaryTable
 
     cbs: list[Callback] = []
     if args.wandb_mode != "disabled":
         from dlhw.callbacks.wandb_logger import WandbLogger
 
-        cbs.append(
-            WandbLogger(
-                project=args.project,
-                entity=getattr(args, "entity", None),
-                mode=args.wandb_mode,
-                out_dir=getattr(args, "wandb_dir", args.out),
-                name=getattr(args, "run_name", None),
-                group=getattr(args, "group", None),
-                job_type=job_type,
-                tags=tags,
-                monitor=monitor,
-                log_every=getattr(args, "log_every", None) or log_every,
-            )
-        )
-    cbs += [ProgressBar(), SummaryTable()]
-    return cbs
+        cbs.append(WandbLogger(project=args.project, entity=getattr(args, "entity", None), mode=args.wandb_mode,
+                               out_dir=getattr(args, "wandb_dir", args.out), name=getattr(args, "run_name", None),
+                               group=getattr(args, "group", None), job_type=job_type, tags=tags, monitor=monitor,
+                               log_every=getattr(args, "log_every", None) or log_every))
+    return [*cbs, ProgressBar(), SummaryTable()]
 
 
 __all__ = ["DEFAULT_PROJECT", "Callback", "standard_callbacks"]

@@ -15,19 +15,13 @@ LAST, BEST, FINISHED = "last.pt", "best.pt", "finished.pt"
 
 
 class Checkpoint(Callback):
-    """Saves ``last.pt`` after every epoch and ``best.pt`` whenever ``monitor`` improves.
+    """Saves ``last.pt`` (the whole ``checkpoint_state()``, what a run resumes from) after every epoch and when a stop
+    signal ends the fit, ``best.pt`` (only the weights and what they scored, kept small for W&B) whenever ``monitor``
+    improves, and ``finished.pt`` when the fit ran to its end.
 
-    ``last.pt`` is the trainer's whole ``checkpoint_state()``, what a run resumes from, also written
-    when a stop signal ends the fit. ``best.pt`` holds only ``state_dict()`` with the epoch, step,
-    metrics and config: it is what goes to W&B, kept small (Adam's moments would triple an
-    AlexNet's). ``finished.pt`` says the fit ran to its end, so a resume does not train it again.
-
-    ``on_checkpoint_saved`` lets the W&B logger upload the best one (alias ``best``) every time it
-    improves (``upload="improved"``) or once at the end (``"end"``, for large models);
-    ``upload_last`` also announces the final ``last.pt``. Each announcement's metadata describes the
-    checkpoint's own epoch. Files are written in the background while the next epoch trains and
-    announced once on disk; a failed write is raised at the next epoch's end or at the end.
-    """
+    Files are written in the background while the next epoch trains; ``on_checkpoint_saved`` announces one once it is on
+    disk: the best at every improvement (``upload="improved"``) or once at the end (``"end"``, for large models), and
+    with ``upload_last`` the final ``last.pt``."""
 
     def __init__(self, directory: str | Path, *, monitor: str, mode: str = "max", upload: str = "improved",
                  upload_last: bool = False) -> None:
@@ -35,21 +29,13 @@ class Checkpoint(Callback):
             raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
         if upload not in ("improved", "end"):
             raise ValueError(f"upload must be 'improved' or 'end', got {upload!r}")
-        self.upload = upload
-        self.upload_last = upload_last
-        self.directory = Path(directory)
-        self.monitor = monitor
-        self.mode = mode
+        self.directory, self.monitor, self.mode = Path(directory), monitor, mode
+        self.upload, self.upload_last = upload, upload_last
         self.best: float | None = None
         self.best_path: Path | None = None
         self.best_metadata: dict[str, Any] = {}
         self.writer = BackgroundWriter()
         self.pending: list[dict[str, Any]] = []
-
-    def _improved(self, value: float) -> bool:
-        if self.best is None:
-            return True
-        return value > self.best if self.mode == "max" else value < self.best
 
     def on_epoch_end(self, trainer: Loop, epoch: int, metrics: Mapping[str, float]) -> None:
         _gather_rng(trainer)
@@ -60,7 +46,8 @@ class Checkpoint(Callback):
         metadata = {"epoch": epoch + 1, "step": trainer.global_step,
                     **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
         value = metrics.get(self.monitor)
-        improved = value is not None and self._improved(float(value))
+        sign = 1 if self.mode == "max" else -1
+        improved = value is not None and (self.best is None or sign * float(value) > sign * self.best)
         best: list = []
         if improved:
             self.best_path = self.directory / BEST
@@ -77,13 +64,11 @@ class Checkpoint(Callback):
             # Announced once written: at the next epoch's end, so the fit never waits on the disk.
             self.pending.append(dict(path=str(self.best_path), aliases=best_aliases, metadata=metadata))
         if last_epoch:
+            if self.upload == "end" and self.best_path is not None:
+                self.pending.append(dict(path=str(self.best_path), aliases=best_aliases, metadata=self.best_metadata))
+            if self.upload_last and not improved:
+                self.pending.append(dict(path=str(self.directory / LAST), aliases=["last"], metadata=metadata))
             self._announce(trainer)
-        if self.upload == "end" and last_epoch and self.best_path is not None:
-            trainer.fire("on_checkpoint_saved", path=str(self.best_path), aliases=best_aliases,
-                         metadata=self.best_metadata)
-        if self.upload_last and last_epoch and not improved:
-            trainer.fire("on_checkpoint_saved", path=str(self.directory / LAST), aliases=["last"],
-                         metadata=metadata)
 
     def _announce(self, trainer: Loop) -> None:
         self.writer.wait()

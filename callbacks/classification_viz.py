@@ -1,6 +1,5 @@
 """The classifier panels on the suite's classification trainer: learned conv1 filters and feature
-maps every epoch, the interactive confusion matrix of the test set at the end. Each adapter feeds
-one panel of :mod:`callbacks.panels` from the trainer's model and data."""
+maps every epoch, the confusion matrix of the test set at the end."""
 
 from __future__ import annotations
 
@@ -11,7 +10,7 @@ from dlhw.core.events import EPOCH_AXIS, Callback, Loop
 
 
 class FilterGrid(Callback):
-    """``viz/conv1_filters`` (:class:`~callbacks.panels.LearnedFilters`) after every epoch."""
+    """``viz/conv1_filters`` after every epoch."""
 
     reports_only = True
 
@@ -23,30 +22,27 @@ class FilterGrid(Callback):
 
 
 class FeatureMapTable(Callback):
-    """``viz/feature_maps`` (:class:`~callbacks.panels.FeatureMaps`) after every epoch, for a fixed
-    set of validation images (the same ones every epoch), each conv layer's maps after its ReLU."""
+    """``viz/feature_maps`` after every epoch, of the same validation images, each conv's maps after its ReLU."""
 
     reports_only = True
 
     def __init__(self, n_images: int = 4, max_maps: int = 16) -> None:
-        self.n_images = n_images
-        self.max_maps = max_maps
+        self.n_images, self.max_maps = n_images, max_maps
 
     def on_fit_start(self, trainer: Loop) -> None:
         x, y = trainer.loaders.fixed_batch("val", self.n_images)
-        classes = trainer.loaders.classes
         layers = list(trainer.model.features)
-        # The activations shown are each conv's output after the ReLU that follows it.
         after_relu = {name: layers[layers.index(conv) + 1] for name, conv in trainer.model.conv_layers()}
-        self.panel = FeatureMaps(trainer.model, x, labels=[classes[int(i)] for i in y], layers=after_relu,
-                                 pictures=[trainer.loaders.denormalise(img) for img in x], max_maps=self.max_maps)
+        self.panel = FeatureMaps(trainer.model, x, labels=[trainer.loaders.classes[int(i)] for i in y],
+                                 layers=after_relu, pictures=[trainer.loaders.denormalise(img) for img in x],
+                                 max_maps=self.max_maps)
 
     def on_epoch_end(self, trainer: Loop, epoch: int, metrics: Mapping[str, float]) -> None:
         trainer.log(self.panel.payload(epoch + 1), axis=EPOCH_AXIS)
 
 
 class TestConfusionMatrix(Callback):
-    """``test/confusion_matrix`` (:class:`~callbacks.panels.ConfusionMatrix`) of the final test predictions."""
+    """``test/confusion_matrix`` of the final test predictions."""
 
     reports_only = True
 

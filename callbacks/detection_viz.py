@@ -1,25 +1,22 @@
-"""The detection panels on the suite's loops: prediction tables each epoch, the photo table and
-the verdict (the panels themselves are in :mod:`callbacks.panels`)."""
+"""The detection panels on the suite's loops: prediction tables each epoch, the photo table and the verdict."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import wandb
 from rich.console import Console
-from rich.table import Table
 
 from dlhw.callbacks.panels import PHOTO_COLUMNS, DetectionTable, PhotoComparison
-from dlhw.callbacks.progress import fmt, report_console
+from dlhw.callbacks.progress import console_table, report_console
 from dlhw.core.events import EPOCH_AXIS, Callback, Loop
 
 
 class _CachedPictures(Callback):
-    """An adapter whose panel's picture folder is removed at the end of the fit, whatever its outcome."""
+    """An adapter whose panel's picture folder goes at the end of the fit, whatever its outcome."""
 
     reports_only = True
-
     panel: DetectionTable | PhotoComparison
 
     def on_fit_end(self, trainer: Loop) -> None:
@@ -30,8 +27,7 @@ class _CachedPictures(Callback):
 
 
 class PredictionTable(_CachedPictures):
-    """The :class:`~callbacks.panels.DetectionTable` panel each epoch, on the detection trainer's
-    fixed held-out images (``trainer.viz``: image, target, output triples)."""
+    """``detect/predictions`` each epoch, of the detection trainer's fixed held-out images (``trainer.viz``)."""
 
     def __init__(self) -> None:
         self.panel = DetectionTable()
@@ -41,21 +37,9 @@ class PredictionTable(_CachedPictures):
         trainer.log(self.panel.payload(images, targets, outputs, epoch + 1), axis=EPOCH_AXIS)
 
 
-def _console_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> Table:
-    table = Table(title=title)
-    for i, c in enumerate(columns):
-        table.add_column(c, justify="left" if i == 0 else "right")
-    for row in rows:
-        table.add_row(*("n/a" if v is None else fmt(v) for v in row))
-    return table
-
-
 class PhotoTable(_CachedPictures):
-    """The photo comparison: the :class:`~callbacks.panels.PhotoComparison` panel ``detect/photo``,
-    the verdict table ``detect/verdict`` and the same numbers as console tables.
-
-    With ``log_to_wandb`` False (W&B disabled) only the console tables are printed.
-    """
+    """``detect/photo`` and the verdict table ``detect/verdict``, and the same numbers as console
+    tables (only those with ``log_to_wandb`` False, when W&B is disabled)."""
 
     def __init__(self, console: Console | None = None, *, log_to_wandb: bool = True) -> None:
         self.panel = PhotoComparison()
@@ -71,10 +55,9 @@ class PhotoTable(_CachedPictures):
     def on_validation_end(self, trainer: Loop, epoch: int, metrics: Mapping[str, float]) -> None:
         photo = trainer.results["photo"]
         console_rows = [[r[0], photo.name, *r[2:]] for r in self.panel.rows(self.outputs, self.inference_ms)]
-        self.console.print(_console_table(f"both models on {photo.name} ({photo.source})", PHOTO_COLUMNS, console_rows))
+        self.console.print(console_table(f"both models on {photo.name} ({photo.source})", PHOTO_COLUMNS, console_rows))
         verdict_cols, verdict_rows = trainer.results["verdict"]
-        self.console.print(_console_table("verdict: option 1 vs option 2", verdict_cols, verdict_rows))
-        if not self.log_to_wandb:
-            return
-        trainer.log({**self.panel.payload(photo.image, self.outputs, self.inference_ms, name=photo.name),
-                     "detect/verdict": wandb.Table(columns=verdict_cols, data=verdict_rows)}, axis=EPOCH_AXIS)
+        self.console.print(console_table("verdict: option 1 vs option 2", verdict_cols, verdict_rows))
+        if self.log_to_wandb:
+            trainer.log({**self.panel.payload(photo.image, self.outputs, self.inference_ms, name=photo.name),
+                         "detect/verdict": wandb.Table(columns=verdict_cols, data=verdict_rows)}, axis=EPOCH_AXIS)

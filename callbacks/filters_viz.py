@@ -1,5 +1,4 @@
-"""The filters experiment's tables: the :class:`~callbacks.panels.FilterTable` panel fed one photo
-per step, and the kernels' checks on generated signals."""
+"""The filters experiment's tables: every kernel on every photo, and the kernels' checks."""
 
 from __future__ import annotations
 
@@ -14,13 +13,9 @@ from dlhw.viz.kernels import DIRECTIONS
 
 
 class FilterTables(Callback):
-    """Collects each photo's rows as the loop runs and logs two tables at the epoch's end.
-
-    ``filters/outputs``: the :class:`~callbacks.panels.FilterTable` of every kernel on every photo;
-    per photo, ``image/NAME/hf_ratio/FILTER`` on the step axis. ``filters/checks``: each kernel's
-    gain on generated gratings per direction, its high-frequency ratio on noise and whether it
-    passed its check.
-    """
+    """Per photo (step), ``image/NAME/hf_ratio/FILTER``; at the epoch's end ``filters/outputs``, the
+    :class:`~dlhw.callbacks.panels.FilterTable` of every photo, and ``filters/checks``: each
+    kernel's gain on gratings per direction, its high-frequency ratio on noise and its verdict."""
 
     def __init__(self) -> None:
         self.rows: list[list[Any]] = []
@@ -33,16 +28,10 @@ class FilterTables(Callback):
 
     def on_validation_end(self, trainer: Loop, epoch: int, metrics: Mapping[str, float]) -> None:
         checks = trainer.results["checks"]
-        check_rows = [
-            [name, *(round(per_dir[d], 4) for d in DIRECTIONS), round(checks.hf_ratio[name], 4),
-             checks.constant_error[name], checks.passed(name)]
-            for name, per_dir in checks.gains.items()
-        ]
-        table = wandb.Table(
-            columns=["filter", *(f"grating_gain_{d}" for d in DIRECTIONS), "noise_hf_ratio",
-                     "constant_max_error", "passed"],
-            data=check_rows,
-        )
-        trainer.log({"filters/outputs": wandb.Table(columns=FILTER_COLUMNS, data=self.rows), "filters/checks": table},
-                    axis=EPOCH_AXIS)
+        columns = ["filter", *(f"grating_gain_{d}" for d in DIRECTIONS), "noise_hf_ratio", "constant_max_error",
+                   "passed"]
+        rows = [[name, *(round(per_dir[d], 4) for d in DIRECTIONS), round(checks.hf_ratio[name], 4),
+                 checks.constant_error[name], checks.passed(name)] for name, per_dir in checks.gains.items()]
+        trainer.log({"filters/outputs": wandb.Table(columns=FILTER_COLUMNS, data=self.rows),
+                     "filters/checks": wandb.Table(columns=columns, data=rows)}, axis=EPOCH_AXIS)
         self.rows = []

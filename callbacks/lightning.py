@@ -1,8 +1,6 @@
-"""The suite's panels as Lightning callbacks, beside Lightning's own ``WandbLogger`` (the
-``lightning`` extra; usage in docs/plugins.md). Each logs to the run of the trainer's
-``WandbLogger`` (else ``wandb.run``) against its panel's own axis, the epoch as the step; keyword
-arguments go to the panel. What they run on the module runs :func:`~dlhw.callbacks.panels.untouched`.
-"""
+"""The suite's panels as Lightning callbacks beside Lightning's ``WandbLogger`` (the ``lightning``
+extra; docs/plugins.md). Each logs to the logger's run (else ``wandb.run``) against its panel's
+axis, the epoch as the step; keyword arguments go to the panel or probe."""
 
 from __future__ import annotations
 
@@ -23,8 +21,7 @@ def _run(trainer: pl.Trainer) -> Any:
 
 
 class LearnedFiltersCallback(pl.Callback):
-    """``viz/conv1_filters`` after every training epoch; ``layer=``, ``key=`` as for
-    :class:`~dlhw.callbacks.panels.LearnedFilters`."""
+    """``viz/conv1_filters`` (:class:`~dlhw.callbacks.panels.LearnedFilters`) after every training epoch."""
 
     def __init__(self, **panel: Any) -> None:
         self.options = panel
@@ -39,8 +36,8 @@ class LearnedFiltersCallback(pl.Callback):
 
 
 class FeatureMapsCallback(pl.Callback):
-    """``viz/feature_maps`` of fixed ``inputs`` after every training epoch; ``layers=``,
-    ``labels=``, ... as for :class:`~dlhw.callbacks.panels.FeatureMaps`."""
+    """``viz/feature_maps`` (:class:`~dlhw.callbacks.panels.FeatureMaps`) of fixed ``inputs`` after
+    every training epoch."""
 
     def __init__(self, inputs: torch.Tensor, **panel: Any) -> None:
         self.inputs, self.options = inputs, panel
@@ -55,28 +52,23 @@ class FeatureMapsCallback(pl.Callback):
 
 def _predictions(outputs: Any) -> torch.Tensor | None:
     """What ``test_step`` already computed: a dict's ``preds``, or the argmax of its ``logits``."""
-    if isinstance(outputs, dict):
-        if "preds" in outputs:
-            return outputs["preds"]
-        if "logits" in outputs:
-            return outputs["logits"].argmax(-1)
+    if isinstance(outputs, dict) and "preds" in outputs:
+        return outputs["preds"]
+    if isinstance(outputs, dict) and "logits" in outputs:
+        return outputs["logits"].argmax(-1)
     return None
 
 
 class ConfusionMatrixCallback(pl.Callback):
-    """``test/confusion_matrix`` at the end of ``trainer.test``
-    (:class:`~dlhw.callbacks.panels.ConfusionMatrix`).
-
-    The predictions are ``outputs_to_preds(outputs)`` of what ``test_step`` returned (default: its
-    dict's ``preds``, or the argmax of its ``logits``); when that gives None, the callback runs
-    the module a second time on the batch's inputs. ``batch_to_xy`` takes a batch to
-    ``(inputs, targets)`` (default: ``batch[0], batch[1]``), for dict batches and the like.
-    """
+    """``test/confusion_matrix`` (:class:`~dlhw.callbacks.panels.ConfusionMatrix`) at the end of
+    ``trainer.test``, of ``outputs_to_preds(what test_step returned)``, or when that is None of the
+    module run again on the batch's inputs. ``batch_to_xy`` takes a batch to ``(inputs, targets)``."""
 
     def __init__(self, class_names: Sequence[str], *,
                  batch_to_xy: Callable[[Any], tuple[Any, torch.Tensor]] = lambda b: (b[0], b[1]),
                  outputs_to_preds: Callable[[Any], torch.Tensor | None] = _predictions, **panel: Any) -> None:
-        self.class_names, self.batch_to_xy, self.outputs_to_preds, self.options = list(class_names), batch_to_xy, outputs_to_preds, panel
+        self.class_names, self.batch_to_xy, self.outputs_to_preds = list(class_names), batch_to_xy, outputs_to_preds
+        self.options = panel
         self.targets: list[int] = []
         self.predictions: list[int] = []
 
@@ -100,10 +92,9 @@ class ConfusionMatrixCallback(pl.Callback):
 
 
 class WeightDecayCallback(pl.Callback):
-    """A :class:`~dlhw.callbacks.weight_decay.WeightDecayProbe` on every optimizer of the trainer
-    that decays (prefix ``wd``, or ``wd/opt{i}`` when there are several), and their curvature
-    after every training epoch when ``curvature_batch`` ``(x, y)`` is given, in eval mode with the
-    random states kept. Other keyword arguments go to the probes."""
+    """A :class:`~dlhw.callbacks.weight_decay.WeightDecayProbe` on every optimizer that decays
+    (prefix ``wd``, or ``wd/opt{i}`` when there are several), and their curvature on
+    ``curvature_batch`` ``(x, y)`` after every training epoch when it is given."""
 
     def __init__(self, *, curvature_batch: tuple[torch.Tensor, torch.Tensor] | None = None,
                  loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = torch.nn.functional.cross_entropy,
@@ -115,10 +106,9 @@ class WeightDecayCallback(pl.Callback):
         if not trainer.is_global_zero:
             return
         decaying = [opt for opt in trainer.optimizers if any(g.get("weight_decay") for g in opt.param_groups)]
-        many = len(decaying) > 1
-        self.probes = [WeightDecayProbe(opt, run=_run(trainer), prefix=f"{self.prefix}/opt{i}" if many else self.prefix,
-                                        **self.options)
-                       for i, opt in enumerate(decaying)]
+        prefixes = [f"{self.prefix}/opt{i}" for i in range(len(decaying))] if len(decaying) > 1 else [self.prefix]
+        self.probes = [WeightDecayProbe(opt, run=_run(trainer), prefix=prefix, **self.options)
+                       for opt, prefix in zip(decaying, prefixes)]
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.curvature_batch is not None:

@@ -10,19 +10,14 @@ from dlhw.core.events import Callback, Loop, is_rank_zero
 
 
 class DatasetArtifact(Callback):
-    """At fit start, declares ``path`` (a file or folder) as the dataset artifact ``name``.
-
-    It holds ``file://`` references with checksums: a changed dataset is a new version, nothing is
-    uploaded. Online the run uses it (models link to it in W&B's lineage); offline W&B cannot mark
-    it used, so the run logs it. Place it after the W&B logger; without a run it does nothing.
-    """
+    """At fit start, declares ``path`` (a file or folder) as the dataset artifact ``name``: ``file://``
+    references with checksums, nothing uploaded. Online the run uses it (models link to it in W&B's
+    lineage); offline W&B cannot mark it used, so the run logs it. Place it after the W&B logger."""
 
     reports_only = True
 
     def __init__(self, name: str, path: str | Path, *, metadata: dict | None = None) -> None:
-        self.name = name
-        self.path = Path(path).resolve()
-        self.metadata = dict(metadata or {})
+        self.name, self.path, self.metadata = name, Path(path).resolve(), dict(metadata or {})
 
     def on_fit_start(self, trainer: Loop) -> None:
         run = wandb.run

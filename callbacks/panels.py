@@ -1,27 +1,12 @@
-"""W&B panels for any training loop: plain objects that take tensors, models or torchvision-format
-predictions and log to ``run=`` or the active ``wandb.run``.
-
-.. code-block:: python
-
-    filters, maps = LearnedFilters(model), FeatureMaps(model, fixed_inputs)
-    for epoch in range(epochs):
-        ...                                  # the user's own training
-        filters.log()
-        maps.log()
-    ConfusionMatrix(class_names).log(targets, predictions)
-
-A panel never starts, finishes or reconfigures a run, and never moves W&B's global step (it writes
-with ``commit=False``), so a user's own rows all survive; its keys plot against its own axis.
-``payload(...)`` is what ``log(...)`` sends, for loops with their own logger. See docs/plugins.md.
-"""
+"""W&B panels for any training loop (docs/plugins.md): plain objects that take tensors, models or torchvision-format
+predictions and log to ``run=`` or the active ``wandb.run``, never moving its global step, so a user's own rows all
+survive. ``payload(...)`` is what ``log(...)`` sends, for loops with their own logger."""
 
 from __future__ import annotations
 
 import contextlib
 import difflib
-import shutil
 import tempfile
-import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,19 +18,19 @@ from PIL import Image
 from torch import nn
 
 from dlhw.viz.detections import THRESHOLDS, people_counts
-from dlhw.viz.feature_maps import feature_map_grid, filter_grid, upscale
-from dlhw.viz.images import kernel_picture, to_uint8
+from dlhw.viz.images import feature_map_grid, filter_grid, kernel_picture, to_uint8, upscale
 from dlhw.viz.kernels import DIRECTIONS, apply_kernel, directional_gains, high_frequency_energy
 
 
 class Panel:
-    """Where a panel's numbers and pictures go: ``publish`` when given, else the W&B run."""
+    """Where a panel's numbers and pictures go: ``publish`` when given, else the W&B run, under ``key``."""
 
     axis = "panel/step"
+    key = ""
 
-    def __init__(self, *, run: Any = None, publish: Callable[[dict[str, Any]], None] | None = None) -> None:
-        self.run = run
-        self.publish = publish
+    def __init__(self, *, key: str | None = None, run: Any = None,
+                 publish: Callable[[dict[str, Any]], None] | None = None) -> None:
+        self.key, self.run, self.publish = key or self.key, run, publish
         self._defined: set[str] = set()
         self._last_step: int | None = None
         self._open: tuple[Any, int, dict[str, Any]] | None = None  # (run, run.step, what we wrote there)
@@ -57,8 +42,8 @@ class Panel:
         return run
 
     def merge(self, earlier: dict[str, Any], now: dict[str, Any]) -> dict[str, Any]:
-        """What to write while ``earlier`` still waits in W&B's open row, which a second
-        ``commit=False`` would replace: pictures side by side as a list, anything else the last."""
+        """What to write while ``earlier`` still waits in W&B's open row (a second ``commit=False`` replaces it):
+        pictures side by side as a list, anything else the last."""
         merged = {**earlier, **now}
         for key, value in now.items():
             old = earlier.get(key)
@@ -79,7 +64,8 @@ class Panel:
             return
         run, step = self._active_run(), self.next_step(step)
         if self._last_step is not None and step < self._last_step:
-            raise ValueError(f"{type(self).__name__}: step {step} goes back from {self._last_step}; pass a step that never decreases")
+            raise ValueError(f"{type(self).__name__}: step {step} goes back from {self._last_step}; "
+                             f"pass a step that never decreases")
         self._last_step = step
         new = [k for k in payload if k not in self._defined]
         if new:
@@ -97,8 +83,7 @@ class Panel:
 
 @contextlib.contextmanager
 def untouched(model: nn.Module) -> Iterator[nn.Module]:
-    """Run ``model`` without changing its training: eval mode (dropout off, BatchNorm statistics
-    frozen), then its mode and the CPU and CUDA random states restored."""
+    """Run ``model`` in eval mode, then restore its mode and the random states: the training stays unchanged."""
     was_training = model.training
     devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
     with torch.random.fork_rng(devices=devices):
@@ -110,13 +95,13 @@ def untouched(model: nn.Module) -> Iterator[nn.Module]:
 
 
 def named_layers(model: nn.Module, layers: Any, *, what: str) -> dict[str, nn.Module]:
-    """``layers`` (a qualified name, a module, a list of either, or a name -> module mapping) as
-    name -> module; ``None``: every ``Conv2d``. No conv, or a name or module not in ``model``, is a
-    ``ValueError`` naming the fix."""
+    """``layers`` (a qualified name, a module, a list of either, or a name -> module mapping) as name -> module;
+    ``None``: every ``Conv2d``. A layer not in ``model`` is a ``ValueError``."""
     if layers is None:
         found = {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
         if not found:
-            raise ValueError(f"{what}: {type(model).__name__} has no Conv2d layer to show; pass a conv model or layers=")
+            raise ValueError(f"{what}: {type(model).__name__} has no Conv2d layer to show; "
+                             f"pass a conv model or layers=")
         return found
     if isinstance(layers, Mapping):
         return dict(layers)
@@ -132,26 +117,24 @@ def named_layers(model: nn.Module, layers: Any, *, what: str) -> dict[str, nn.Mo
         elif layer in by_module:
             out[by_module[layer]] = layer
         else:
-            raise ValueError(f"{what}: the {type(layer).__name__} given is not in {type(model).__name__}; pass one of its layers")
+            raise ValueError(f"{what}: the {type(layer).__name__} given is not in {type(model).__name__}; "
+                             f"pass one of its layers")
     return out
 
 
 class LearnedFilters(Panel):
-    """``viz/conv1_filters``: one conv layer's learned filters as one picture.
-
-    ``layer``: its qualified name or the module (default: the first ``Conv2d``); captions carry
-    its name. A layer that is not a ``Conv2d`` is a ``ValueError``.
-    """
+    """``viz/conv1_filters``: the filters of one ``Conv2d`` (``layer``: its name or the module; default the first)
+    as one picture, captioned with its name."""
 
     axis = "viz/step"
+    key = "viz/conv1_filters"
 
-    def __init__(self, model: nn.Module, *, layer: str | nn.Module | None = None, key: str = "viz/conv1_filters",
-                 **kw: Any) -> None:
+    def __init__(self, model: nn.Module, *, layer: str | nn.Module | None = None, **kw: Any) -> None:
         super().__init__(**kw)
         (self.name, self.conv), *_ = named_layers(model, layer, what="LearnedFilters").items()
         if not isinstance(self.conv, nn.Conv2d):
-            raise ValueError(f"LearnedFilters: {self.name!r} is a {type(self.conv).__name__}, not a Conv2d; pass a conv layer")
-        self.key = key
+            raise ValueError(f"LearnedFilters: {self.name!r} is a {type(self.conv).__name__}, not a Conv2d; "
+                             f"pass a conv layer")
 
     def payload(self, caption: str | None = None) -> dict[str, Any]:
         """The picture of the filters as they are now."""
@@ -165,24 +148,21 @@ class LearnedFilters(Panel):
 
 
 class FeatureMaps(Panel):
-    """``viz/feature_maps``: step | input | label | layer | feature maps, for fixed inputs, one
-    incremental table. ``layers`` as for :func:`named_layers` (default: every ``Conv2d``), each
-    checked at construction to output (N, C, H, W) maps; caught by forward hooks while the panel
-    runs the model :func:`untouched`. ``pictures``: the inputs as shown (e.g. denormalised).
-    """
+    """``viz/feature_maps``: one incremental table (step, input, label, layer, maps) of fixed ``inputs``, the maps
+    caught by forward hooks. ``layers`` as for :func:`named_layers`; ``pictures``: the inputs as shown."""
 
     axis = "viz/step"
+    key = "viz/feature_maps"
 
     def __init__(self, model: nn.Module, inputs: torch.Tensor, *, labels: Sequence[str] | None = None,
-                 layers: Any = None, pictures: torch.Tensor | None = None,
-                 max_maps: int = 16, key: str = "viz/feature_maps", **kw: Any) -> None:
+                 layers: Any = None, pictures: torch.Tensor | None = None, max_maps: int = 16, **kw: Any) -> None:
         super().__init__(**kw)
-        self.model, self.inputs, self.max_maps, self.key = model, inputs, max_maps, key
+        self.model, self.inputs, self.max_maps = model, inputs, max_maps
         self.layers = named_layers(model, layers, what="FeatureMaps")
         for name, out in self.capture(inputs[:1]):
             if out.dim() != 4:
-                raise ValueError(f"FeatureMaps: layer {name!r} outputs shape {tuple(out.shape)}, not (N, C, H, W) maps; "
-                                 f"pass conv layers (or what follows one) in layers=")
+                raise ValueError(f"FeatureMaps: layer {name!r} outputs shape {tuple(out.shape)}, not (N, C, H, W) "
+                                 f"maps; pass conv layers (or what follows one) in layers=")
         self.labels = list(labels) if labels is not None else [str(i) for i in range(len(inputs))]
         shown = pictures if pictures is not None else inputs
         # One wandb.Image per input, reused in all of its rows.
@@ -192,7 +172,7 @@ class FeatureMaps(Panel):
 
     @torch.no_grad()
     def capture(self, inputs: torch.Tensor | None = None) -> list[tuple[str, torch.Tensor]]:
-        """(layer name, activations of every input, or of ``inputs``) in forward order."""
+        """(layer name, activations of the fixed inputs, or of ``inputs``) in forward order."""
         captured: list[tuple[str, torch.Tensor]] = []
         hooks = [m.register_forward_hook(lambda mod, i, o, name=name: captured.append((name, o.detach().cpu().clone())))
                  for name, m in self.layers.items()]
@@ -209,9 +189,9 @@ class FeatureMaps(Panel):
         """The table with this step's rows added."""
         for layer, maps in self.capture():
             for i, fmap in enumerate(maps):
-                shown = min(self.max_maps, fmap.shape[0])
+                (n, h, w), shown = fmap.shape, min(self.max_maps, fmap.shape[0])
                 picture = wandb.Image(to_uint8(feature_map_grid(fmap, self.max_maps)),
-                                      caption=f"{layer}: {shown} of {fmap.shape[0]} maps, {fmap.shape[1]}x{fmap.shape[2]}")
+                                      caption=f"{layer}: {shown} of {n} maps, {h}x{w}")
                 self.table.add_data(step, self.pictures[i], self.labels[i], layer, picture)
         return {self.key: self.table}
 
@@ -225,16 +205,17 @@ class ConfusionMatrix(Panel):
     """``test/confusion_matrix``: W&B's interactive confusion matrix of targets and predictions."""
 
     axis = "test/step"
+    key = "test/confusion_matrix"
 
-    def __init__(self, class_names: Sequence[str], *, key: str = "test/confusion_matrix",
-                 title: str = "test confusion matrix", **kw: Any) -> None:
+    def __init__(self, class_names: Sequence[str], *, title: str = "test confusion matrix", **kw: Any) -> None:
         super().__init__(**kw)
-        self.class_names, self.key, self.title = list(class_names), key, title
+        self.class_names, self.title = list(class_names), title
 
-    def payload(self, targets: Sequence[int] | torch.Tensor, predictions: Sequence[int] | torch.Tensor) -> dict[str, Any]:
+    def payload(self, targets: Sequence[int] | torch.Tensor,
+                predictions: Sequence[int] | torch.Tensor) -> dict[str, Any]:
         """The chart; ``predictions`` are class indices (take ``argmax`` of logits first)."""
-        as_list = lambda v: v.tolist() if torch.is_tensor(v) else list(v)  # noqa: E731
-        chart = wandb.plot.confusion_matrix(y_true=as_list(targets), preds=as_list(predictions),
+        chart = wandb.plot.confusion_matrix(y_true=torch.as_tensor(targets).tolist(),
+                                            preds=torch.as_tensor(predictions).tolist(),
                                             class_names=self.class_names, title=self.title)
         return {self.key: chart}
 
@@ -244,29 +225,20 @@ class ConfusionMatrix(Panel):
         self.send(self.payload(targets, predictions), step)
 
 
-def _nine_numbers(k: torch.Tensor) -> str:
-    return "[" + ", ".join("[" + ", ".join(f"{v:.4g}" for v in row) + "]" for row in k.tolist()) + "]"
-
-
 FILTER_COLUMNS = ["image", "input", "filter", "kernel", "kernel_values", "output",
                   *(f"gain_{d}" for d in DIRECTIONS), "hf_energy_ratio", "mean_shift"]
 
 
 class FilterTable(Panel):
-    """``filters/outputs``: image | input | filter | kernel (picture) | kernel (nine numbers) |
-    output | gain along each direction | high-frequency energy ratio | mean shift, one row per
-    (image, kernel). Images are (C, H, W) in [0, 1]; kernels 3x3 tensors applied per channel.
-    A photo's ``wandb.Image`` is made once and reused in all its rows, so it is stored once.
-    """
+    """``filters/outputs``: one row per (image, 3x3 kernel): the kernel as a picture and as numbers, the output, its
+    gain along each direction, high-frequency energy ratio and mean shift. Images are (C, H, W) in [0, 1]."""
 
     axis = "filters/step"
-
-    def __init__(self, *, key: str = "filters/outputs", **kw: Any) -> None:
-        super().__init__(**kw)
-        self.key = key
+    key = "filters/outputs"
 
     @staticmethod
-    def rows(image_name: str, image: torch.Tensor, kernels: Mapping[str, torch.Tensor]) -> tuple[list[list[Any]], dict[str, float]]:
+    def rows(image_name: str, image: torch.Tensor,
+             kernels: Mapping[str, torch.Tensor]) -> tuple[list[list[Any]], dict[str, float]]:
         """One photo's rows, and each kernel's high-frequency energy ratio on it."""
         source = wandb.Image(to_uint8(image), caption=image_name)
         rows, ratios = [], {}
@@ -274,7 +246,8 @@ class FilterTable(Panel):
             out = apply_kernel(image, k)
             gains = directional_gains(image, out)
             ratios[name] = high_frequency_energy(out) / max(high_frequency_energy(image), 1e-12)
-            rows.append([image_name, source, name, wandb.Image(kernel_picture(k), caption=name), _nine_numbers(k),
+            numbers = "[" + ", ".join("[" + ", ".join(f"{v:.4g}" for v in row) + "]" for row in k.tolist()) + "]"
+            rows.append([image_name, source, name, wandb.Image(kernel_picture(k), caption=name), numbers,
                          wandb.Image(to_uint8(out), caption=f"{image_name} * {name}"),
                          *(round(gains[d], 4) for d in DIRECTIONS), round(ratios[name], 4),
                          round(float(out.mean() - image.mean()), 6)])
@@ -285,7 +258,8 @@ class FilterTable(Panel):
         rows = [r for name, img in images.items() for r in self.rows(name, img, kernels)[0]]
         return {self.key: wandb.Table(columns=FILTER_COLUMNS, data=rows)}
 
-    def log(self, images: Mapping[str, torch.Tensor], kernels: Mapping[str, torch.Tensor], step: int | None = None) -> None:
+    def log(self, images: Mapping[str, torch.Tensor], kernels: Mapping[str, torch.Tensor],
+            step: int | None = None) -> None:
         """Apply every kernel to every image and log the table."""
         self.send(self.payload(images, kernels), step)
 
@@ -300,43 +274,34 @@ def _boxes(boxes: torch.Tensor, labels: Mapping[int, str], classes: torch.Tensor
     data = []
     for i, (x1, y1, x2, y2) in enumerate(boxes.tolist()[:MAX_BOXES]):
         cls = int(classes[i]) if classes is not None else 1
-        name = labels.get(cls, str(cls))
         item: dict[str, Any] = {"position": {"minX": x1, "minY": y1, "maxX": x2, "maxY": y2},
-                                "domain": "pixel", "class_id": cls}
-        if scores is None:
-            item["box_caption"] = name
-        else:
-            s = float(scores[i])
-            item.update(box_caption=f"{name} {s:.2f}", scores={"score": s})
+                                "domain": "pixel", "class_id": cls, "box_caption": labels.get(cls, str(cls))}
+        if scores is not None:
+            item.update(box_caption=f"{item['box_caption']} {float(scores[i]):.2f}", scores={"score": float(scores[i])})
         data.append(item)
     return {"box_data": data, "class_labels": dict(labels)}
-
-
-def _mask_layer(masks: torch.Tensor, keep: torch.Tensor, labels: Mapping[int, str]) -> dict[str, Any]:
-    """Predicted soft masks of the kept detections as one label map (1 = the first class)."""
-    hw = masks.shape[-2:]
-    chosen = masks[keep, 0] > 0.5 if keep.any() else torch.zeros(1, *hw, dtype=torch.bool)
-    return {"mask_data": chosen.any(0).numpy().astype(np.uint8), "class_labels": dict(labels)}
 
 
 def annotated_image(picture: str | np.ndarray, output: Mapping[str, torch.Tensor],
                     target: Mapping[str, torch.Tensor] | None = None, *, labels: Mapping[int, str] | None = None,
                     mask_score: float = 0.5, caption: str | None = None) -> wandb.Image:
-    """A picture (path or uint8 array) with predicted boxes (scores), ground-truth boxes and
-    predicted masks, all in torchvision's detection format, as W&B layers."""
+    """A picture (path or uint8 array) with predicted boxes (scores), ground-truth boxes and predicted masks, in
+    torchvision's detection format, as W&B layers."""
     labels = labels or {1: "person"}
     output = {k: v.detach().cpu() for k, v in output.items()}
     boxes = {"predictions": _boxes(output["boxes"], labels, output.get("labels"), output["scores"])}
     if target is not None:
         boxes["ground_truth"] = _boxes(target["boxes"].cpu(), labels, target.get("labels"))
-    masks = ({"predictions": _mask_layer(output["masks"], output["scores"] >= mask_score, labels)}
-             if "masks" in output else None)
+    masks = None
+    if "masks" in output:  # the kept detections' soft masks as one label map (1 = the first class)
+        chosen = output["masks"][output["scores"] >= mask_score, 0] > 0.5
+        masks = {"predictions": {"mask_data": chosen.any(0).numpy().astype(np.uint8), "class_labels": dict(labels)}}
     return wandb.Image(picture, boxes=boxes, masks=masks, caption=caption)
 
 
 class PictureCache:
-    """Each picture written to PNG once; later references reuse the same file. The folder is
-    deleted by :meth:`remove`, or else when the cache is garbage-collected or the process exits."""
+    """Each picture written to PNG once, later references reuse the file. The folder goes with :meth:`remove`,
+    or else with the cache or the process (W&B copied what it logged)."""
 
     def __init__(self) -> None:
         self.dir: Path | None = None  # made on the first picture
@@ -346,10 +311,8 @@ class PictureCache:
         """The PNG file holding ``pixels``, written the first time ``key`` is asked for."""
         if key not in self.paths:
             if self.dir is None:
-                self.dir = Path(tempfile.mkdtemp(prefix="dlhw-pictures-"))
-                # W&B copies a picture into its run when it is logged, so the folder may go with the
-                # panel (or the process) when nobody calls remove().
-                self._cleanup = weakref.finalize(self, shutil.rmtree, self.dir, True)
+                self._folder = tempfile.TemporaryDirectory(prefix="dlhw-pictures-")
+                self.dir = Path(self._folder.name)
             target = self.dir / f"{len(self.paths):04d}.png"
             Image.fromarray(pixels).save(target)
             self.paths[key] = str(target)
@@ -358,24 +321,21 @@ class PictureCache:
     def remove(self) -> None:
         """Delete the folder and forget its pictures."""
         if self.dir is not None:
-            self._cleanup()
+            self._folder.cleanup()
         self.dir = None
         self.paths.clear()
 
 
 class DetectionTable(Panel):
-    """``detect/predictions``: step | image id | image (box layers ``ground_truth`` and
-    ``predictions``; a mask layer when outputs have masks) | ground-truth objects | predictions
-    at score >= 0.5 | their mean score. Images are (3, H, W) in [0, 1]; targets and outputs in
-    torchvision's detection format. One incremental table: each log adds its rows.
-    """
+    """``detect/predictions``: one incremental table (step, image id, image with box layers ``ground_truth`` and
+    ``predictions`` and a mask layer, ground-truth objects, predictions at score >= 0.5, their mean score)."""
 
     axis = "detect/step"
+    key = "detect/predictions"
 
-    def __init__(self, *, labels: Mapping[int, str] | None = None, key: str = "detect/predictions", **kw: Any) -> None:
+    def __init__(self, *, labels: Mapping[int, str] | None = None, **kw: Any) -> None:
         super().__init__(**kw)
-        self.labels, self.key = dict(labels or {1: "person"}), key
-        self.cache = PictureCache()
+        self.labels, self.cache = dict(labels or {1: "person"}), PictureCache()
         self.table = wandb.Table(columns=["epoch", "image_id", "image", "gt_people", "pred_people@0.5", "mean_score"],
                                  log_mode="INCREMENTAL")
 
@@ -385,10 +345,9 @@ class DetectionTable(Panel):
         for i, (image, target, output) in enumerate(zip(images, targets, outputs)):
             image_id = int(target["image_id"]) if "image_id" in target else i
             path = self.cache.path(f"image-{image_id}", to_uint8(image))
-            scores = output["scores"].detach().cpu()
-            confident = scores[scores >= 0.5]
+            counts = people_counts(output["scores"].detach().cpu())
             self.table.add_data(step, image_id, annotated_image(path, output, target, labels=self.labels),
-                                len(target["boxes"]), len(confident), float(confident.mean()) if len(confident) else 0.0)
+                                len(target["boxes"]), counts["people@0.5"], counts["mean_score"])
         return {self.key: self.table}
 
     def log(self, images: Sequence[torch.Tensor], targets: Sequence[Mapping[str, torch.Tensor]],
@@ -402,15 +361,15 @@ PHOTO_COLUMNS = ["model", "photo", *(f"people@{t}" for t in THRESHOLDS), "mean_s
 
 
 class PhotoComparison(Panel):
-    """``detect/photo``: model | photo with that model's boxes (and masks) | detections at score
-    >= 0.5 | >= 0.7 | their mean score | inference ms, one row per detector on the same photo."""
+    """``detect/photo``: per detector, its boxes (and masks) on the same photo, detections at score >= 0.5 and
+    >= 0.7, their mean score, inference ms."""
 
     axis = "detect/step"
+    key = "detect/photo"
 
-    def __init__(self, *, labels: Mapping[int, str] | None = None, key: str = "detect/photo", **kw: Any) -> None:
+    def __init__(self, *, labels: Mapping[int, str] | None = None, **kw: Any) -> None:
         super().__init__(**kw)
-        self.labels, self.key = dict(labels or {1: "person"}), key
-        self.cache = PictureCache()
+        self.labels, self.cache = dict(labels or {1: "person"}), PictureCache()
 
     @staticmethod
     def rows(outputs: Mapping[str, Mapping[str, torch.Tensor]],

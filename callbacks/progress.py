@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import numbers
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn,
                            TimeRemainingColumn)
-from rich.table import Table
+from rich.table import Column, Table
 from rich.text import Text
 
 from dlhw.core.events import Callback, EPOCH_AXIS, Loop, is_rank_zero
 
 
 def report_console(*, stderr: bool = False) -> Console:
-    """A console for tables: the terminal's width, or 160 columns when output goes to a file or
-    pipe, where rich would otherwise cut tables to 80 columns and truncate model names."""
+    """A console for tables, at least 160 columns wide when output goes to a file or pipe (rich's
+    80 would truncate model names)."""
     console = Console(stderr=stderr)
     if not console.is_terminal:
         console.width = max(console.width, 160)
@@ -33,6 +33,18 @@ def fmt(value: Any) -> str:
     return f"{float(value) + 0.0:.4g}"  # + 0.0: -0.0 prints as 0
 
 
+def console_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> Table:
+    """A rich table, the first column left and the others right-aligned, values through :func:`fmt`, None as n/a."""
+    table = Table(columns[0], *(Column(c, justify="right") for c in columns[1:]), title=title)
+    for row in rows:
+        table.add_row(*("n/a" if v is None else fmt(v) for v in row))
+    return table
+
+
+def _metrics(items: Any) -> str:
+    return "  ".join(f"{k}={fmt(v)}" for k, v in items if isinstance(v, numbers.Real))
+
+
 class _LiveMetrics(ProgressColumn):
     """The latest step metrics, formatted when rich redraws (a few times a second), not every step."""
 
@@ -41,16 +53,12 @@ class _LiveMetrics(ProgressColumn):
         self.live, self.max_metrics = live, max_metrics
 
     def render(self, task: Any) -> Text:
-        shown = list(self.live.items())[: self.max_metrics]  # a snapshot: the loop keeps updating the dict
-        return Text("  ".join(f"{k}={fmt(v)}" for k, v in shown))
+        return Text(_metrics(list(self.live.items())[: self.max_metrics]))  # a snapshot: the loop updates live
 
 
 class ProgressBar(Callback):
-    """One bar per epoch with ETA; live metrics on the right; each epoch's metrics printed as it ends.
-
-    ``refresh_per_second`` is low on purpose: the bar redraws in rich's own thread, so the
-    training loop only pays for a counter update.
-    """
+    """One bar per epoch with ETA and the live metrics; each epoch's metrics printed as it ends.
+    The bar redraws in rich's own thread, so the training loop only pays for a counter update."""
 
     def __init__(self, console: Console | None = None, *, max_metrics: int = 4) -> None:
         self.console = console or Console(stderr=True)
@@ -64,15 +72,16 @@ class ProgressBar(Callback):
             return
         self._progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                                   TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-                                  _LiveMetrics(self._live, self.max_metrics), console=self.console, refresh_per_second=4)
+                                  _LiveMetrics(self._live, self.max_metrics), console=self.console,
+                                  refresh_per_second=4)
         self._progress.start()
         self._task = self._progress.add_task(trainer.name, total=trainer.steps_per_epoch)
 
     def on_epoch_start(self, trainer: Loop, epoch: int) -> None:
         if self._progress is not None:
-            desc = f"{trainer.name} epoch {epoch + 1}/{trainer.epochs}"
             self._live.clear()
-            self._progress.reset(self._task, total=trainer.steps_per_epoch, description=desc)
+            self._progress.reset(self._task, total=trainer.steps_per_epoch,
+                                 description=f"{trainer.name} epoch {epoch + 1}/{trainer.epochs}")
 
     def on_batch_end(self, trainer: Loop, batch_idx: int, outputs: Mapping[str, Any]) -> None:
         if self._progress is not None:
@@ -85,19 +94,15 @@ class ProgressBar(Callback):
 
     def on_epoch_end(self, trainer: Loop, epoch: int, metrics: Mapping[str, float]) -> None:
         if self._progress is not None and metrics:
-            shown = "  ".join(f"{k}={fmt(v)}" for k, v in metrics.items() if isinstance(v, numbers.Real))
-            self._progress.console.print(f"epoch {epoch + 1}/{trainer.epochs}  {shown}")
+            self._progress.console.print(f"epoch {epoch + 1}/{trainer.epochs}  {_metrics(metrics.items())}")
 
-    def _stop(self) -> None:
+    def on_fit_end(self, trainer: Loop) -> None:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
 
-    def on_fit_end(self, trainer: Loop) -> None:
-        self._stop()
-
     def on_exception(self, trainer: Loop, exception: BaseException) -> None:
-        self._stop()
+        self.on_fit_end(trainer)
 
 
 class SummaryTable(Callback):
@@ -110,10 +115,5 @@ class SummaryTable(Callback):
     def on_fit_end(self, trainer: Loop) -> None:
         if not is_rank_zero():
             return
-        table = Table(title=self.title or f"{trainer.name}: summary", show_header=True)
-        table.add_column("metric")
-        table.add_column("value", justify="right")
-        for key, value in trainer.summary.items():
-            if isinstance(value, (numbers.Real, str)):
-                table.add_row(key, fmt(value))
-        self.console.print(table)
+        rows = [(key, value) for key, value in trainer.summary.items() if isinstance(value, (numbers.Real, str))]
+        self.console.print(console_table(self.title or f"{trainer.name}: summary", ["metric", "value"], rows))

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +19,7 @@ from dlhw.callbacks import DEFAULT_PROJECT
 from dlhw.core.events import Callback, EPOCH_AXIS, Loop, STEP_AXIS, is_rank_zero
 from dlhw.core.session import Stopped
 
-# How far back the journal of sent numbers reaches: W&B's service writes its file every 15 s
-# (``x_transaction_log_flush_interval``), with room to spare.
+# How far back the journal of sent numbers reaches: W&B's service writes its file every 15 s, with room to spare.
 JOURNAL_SECONDS = 60.0
 # Online runs give up on an unreachable server after this long and fall back to offline.
 ONLINE_INIT_TIMEOUT_S = 30
@@ -28,15 +29,10 @@ def init_run(*, project: str | None, mode: str, out_dir: str | Path, config: Map
              group: str | None = None, job_type: str | None = None, tags: Sequence[str] = (),
              entity: str | None = None, run_id: str | None = None, resume: bool = False) -> Any:
     """Start a run under ``out_dir/wandb``; an online start that fails is retried offline, said in one line.
-
-    ``job_type`` and ``tags`` are the suite's defaults, so ``WANDB_JOB_TYPE`` and ``WANDB_TAGS``
-    replace them; the other arguments are explicit choices, and None leaves them to W&B's variables.
-    ``resume`` is ``"must"`` online, where the server holds the run, ``"allow"`` offline.
-    """
+    ``WANDB_JOB_TYPE`` and ``WANDB_TAGS`` beat ``job_type`` and ``tags``, the suite's defaults."""
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    # W&B stages uploads and caches artifacts under the home folder by default: keep them under
-    # --out, so one folder holds everything a command wrote. A user's own setting wins.
+    # W&B stages uploads and caches artifacts under the home folder: keep them under --out unless the user says.
     os.environ.setdefault("WANDB_DATA_DIR", str(out_dir / "wandb-data"))
     os.environ.setdefault("WANDB_CACHE_DIR", str(out_dir / "wandb-cache"))
     kwargs: dict[str, Any] = dict(
@@ -56,14 +52,9 @@ def init_run(*, project: str | None, mode: str, out_dir: str | Path, config: Map
 class WandbLogger(Callback):
     """Starts a W&B run at fit start, logs every ``on_log`` and finishes the run with an exit code.
 
-    Each key plots against the axis it is first logged on (``define_metric``). ``monitor`` =
-    ``("val/acc", "max")`` keeps its best value in the summary as a plain number, what sweeps sort
-    on. Step metrics go out once per ``log_every`` steps as their window's mean: each ``run.log``
-    costs W&B's service process CPU that training needs; the last step is always sent. A single
-    epoch's numbers go to the summary only (no one-point charts). A resumed fit continues the same
-    run and never repeats history (:meth:`already_logged`). A failing W&B call warns once and
-    training goes on. Only rank 0 logs.
-    """
+    ``monitor`` = ``("val/acc", "max")`` keeps the best value in the summary, what sweeps sort on. Step metrics go out
+    once per ``log_every`` steps as their window's mean (each ``run.log`` costs the W&B service CPU that training
+    needs). A failing W&B call warns once and training goes on."""
 
     def __init__(self, *, project: str | None, mode: str, out_dir: str | Path, name: str | None = None,
                  group: str | None = None, job_type: str | None = None, tags: Sequence[str] = (),
@@ -77,8 +68,7 @@ class WandbLogger(Callback):
         self.run: Any = None
         self.run_dir: Path | None = None  # the local run folder, for `wandb sync` and `wandb leet inspect`
         self._axis_of: dict[str, str] = {}
-        # The open step window: key -> [sum, count] for numbers, key -> value for anything else.
-        self._window: dict[str, Any] = {}
+        self._window: dict[str, list[Any]] = {}  # the open step window: each key's values
         self._window_step = 0
         self._last: dict[str, Any] = {}  # each key's last reported value: the summary's final value
         self._best: float | None = None  # the monitored metric's best value
@@ -86,13 +76,16 @@ class WandbLogger(Callback):
         self.run_id: str | None = None
         self._resuming = False
         self._sent: dict[str, int] = {}
-        # The numbers sent in the last JOURNAL_SECONDS (time, axis, value, metrics): a kill -9 loses
-        # what W&B had not written yet, so a checkpoint carries them to be sent again.
+        # The numbers sent in the last JOURNAL_SECONDS (time, axis, value, metrics): a kill -9 loses what W&B had not
+        # written yet, so a checkpoint carries them to be sent again.
         self._journal: deque[tuple[float, str, int, dict[str, float]]] = deque()
         self._replay: list[tuple] = []
         self._persisted: dict[str, int] | None = None
         self._warned = False
         self._failures = 0
+        # Checkpoint artifacts being hashed and copied on a thread, logged in order once built.
+        self._builder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wandb-artifact")
+        self._artifacts: list[tuple[Future, list[str]]] = []
 
     def state_dict(self) -> dict[str, Any]:
         return {"run_id": self.run.id if self.run is not None else self.run_id, "sent": dict(self._sent),
@@ -109,8 +102,8 @@ class WandbLogger(Callback):
         self._best = state.get("best")
 
     def already_logged(self, sent: Mapping[str, int]) -> None:
-        """What the W&B run's files hold: each ``key`` up to axis value ``sent[key]``. Records up to
-        there are dropped, and the checkpoint's journal beyond it is sent again when the run starts."""
+        """What the W&B run's files hold: each ``key`` up to axis value ``sent[key]``. Records up to there are dropped,
+        and the checkpoint's journal beyond it is sent again when the run starts."""
         self._persisted = dict(sent)
         for key, value in sent.items():
             self._sent[key] = max(self._sent.get(key, value), value)
@@ -171,6 +164,7 @@ class WandbLogger(Callback):
                 self._flush()
             return
         self._flush()
+        self._log_artifacts(wait=False)
         if trainer.epochs == 1:
             # The monitored metric stays in history: sweeps and their early stopping read it there.
             monitored = self.monitor[0] if self.monitor else None
@@ -202,17 +196,11 @@ class WandbLogger(Callback):
                 self._journal.popleft()
 
     def _collect(self, metrics: Mapping[str, Any], step: int) -> None:
-        window = self._window
         for key, value in metrics.items():
             if _is_number(value):
-                acc = window.get(key)
-                if acc is None:
-                    window[key] = [value, 1]
-                else:
-                    acc[0] += value
-                    acc[1] += 1
+                self._window.setdefault(key, []).append(value)
             else:
-                window[key] = value
+                self._window[key] = [value]
         self._last.update(metrics)
         self._window_step = step
 
@@ -220,7 +208,7 @@ class WandbLogger(Callback):
         """Send the open step window as one record against the last step it saw."""
         if not self._window:
             return
-        record = {k: (v[0] / v[1] if v[1] > 1 else v[0]) if isinstance(v, list) else v for k, v in self._window.items()}
+        record = {k: v[0] if len(v) == 1 else sum(v) / len(v) for k, v in self._window.items()}
         self._window = {}
         self._send(record, STEP_AXIS, self._window_step)
 
@@ -228,17 +216,26 @@ class WandbLogger(Callback):
                             metadata: Mapping[str, Any]) -> None:
         if self.run is None:
             return
-        self._call("artifact", self._log_artifact, trainer.name, path, aliases, metadata)
+        # Opened now: a newer checkpoint that replaces the name later (a new file) never changes what is sent.
+        source = self._call("artifact", open, path, "rb")
+        if source is not None:
+            built = self._builder.submit(_model_artifact, f"{trainer.name}-{self.run.id}", source, metadata)
+            self._artifacts.append((built, list(aliases)))
+        self._log_artifacts(wait=False)
 
-    def _log_artifact(self, name: str, path: str, aliases: Sequence[str], metadata: Mapping[str, Any]) -> None:
-        artifact = wandb.Artifact(f"{name}-{self.run.id}", type="model", metadata=dict(metadata))
-        artifact.add_file(str(path))
-        self.run.log_artifact(artifact, aliases=list(aliases))
+    def _log_artifacts(self, *, wait: bool) -> None:
+        """Log the artifacts built so far in order (every one when ``wait``)."""
+        while self._artifacts and (wait or self._artifacts[0][0].done()):
+            built, aliases = self._artifacts.pop(0)
+            artifact = self._call("artifact", built.result)
+            if artifact is not None:
+                self._call("artifact", self.run.log_artifact, artifact, aliases=aliases)
 
     def on_fit_end(self, trainer: Loop) -> None:
         if self.run is None:
             return
         self._flush()
+        self._log_artifacts(wait=True)
         # The monitored metric keeps its best value, not the last one.
         best = self.monitor[0] if self.monitor else None
         final = {k: v for k, v in self._last.items() if _is_number(v) and k != best}
@@ -252,6 +249,7 @@ class WandbLogger(Callback):
         if self.run is None:
             return
         self._flush()
+        self._log_artifacts(wait=True)
         if isinstance(exception, Stopped):
             # Preempted, not failed: the scheduler (or a sweep) may start it again from its checkpoint.
             self._call("mark_preempting", self.run.mark_preempting)
@@ -272,6 +270,15 @@ class WandbLogger(Callback):
         if run is not None:
             self._call("summary", run.summary.update, dict(summary or {}))
             self._call("finish", run.finish, exit_code=exit_code)
+
+
+def _model_artifact(name: str, source: Any, metadata: Mapping[str, Any]) -> wandb.Artifact:
+    """A model artifact holding a copy of the open file ``source``, which it closes."""
+    with source:
+        artifact = wandb.Artifact(name, type="model", metadata=dict(metadata))
+        with artifact.new_file(Path(source.name).name, mode="wb") as copy:
+            shutil.copyfileobj(source, copy)
+    return artifact
 
 
 def _is_number(value: Any) -> bool:

@@ -1,8 +1,5 @@
-"""The weight-decay probe: what decay does to the weights step by step, and whether the learning
-rate is stable for the loss surface and lambda, on any ``torch.optim.Optimizer`` through its own
-step hooks. Its keys and what it measures per optimizer are in docs/plugins.md; the bounds'
-derivation in docs/theory.md.
-"""
+"""The weight-decay probe: what decay does to the weights each step, and whether the learning rate is stable for the
+loss surface, on any optimizer through its step hooks (docs/plugins.md; the bounds in docs/theory.md)."""
 
 from __future__ import annotations
 
@@ -18,9 +15,8 @@ from dlhw.core.events import STEP_AXIS, Callback, Loop
 
 
 def stability_bound(*, optimizer: str, momentum: float, wd_mode: str, lr: float, weight_decay: float) -> float:
-    """The largest ``lr * (beta + lambda)`` for which heavy-ball SGD is stable on a quadratic of
-    curvature beta: 2 (1 + mu), less mu*lr*lambda for decoupled decay. For Adam, 2 is only a
-    reference: Adam rescales every coordinate's step."""
+    """The largest ``lr * (beta + lambda)`` for which heavy-ball SGD is stable on a quadratic of curvature beta:
+    2 (1 + mu), less mu*lr*lambda for decoupled decay. For Adam, which rescales each step, 2 is only a reference."""
     if optimizer != "sgd":
         return 2.0
     bound = 2.0 * (1.0 + momentum)
@@ -62,9 +58,8 @@ def _power_iteration(grads: Sequence[torch.Tensor], params: Sequence[torch.Tenso
 
 def top_hessian_eigenvalue(loss_fn: Callable[[], torch.Tensor], params: Sequence[torch.Tensor], *, iters: int = 20,
                            tol: float = 1e-3, seed: int = 0) -> tuple[float, int]:
-    """The largest eigenvalue of the Hessian of ``loss_fn()`` in ``params`` and the Hessian-vector
-    products it took, by power iteration on one gradient graph, never forming the Hessian. A
-    negative dominant eigenvalue (a saddle) gets a second pass on ``H - mu * I``."""
+    """The largest Hessian eigenvalue of ``loss_fn()`` in ``params`` and the Hessian-vector products it took, by
+    power iteration on one gradient graph; a negative dominant one (a saddle) gets a second pass on ``H - mu * I``."""
     params = [p for p in params if p.requires_grad]
     grads = torch.autograd.grad(loss_fn(), params, create_graph=True)
     mu, used = _power_iteration(grads, params, shift=0.0, iters=iters, tol=tol, seed=seed)
@@ -80,8 +75,8 @@ def _is_decoupled(optimizer: torch.optim.Optimizer, group: Mapping[str, Any]) ->
 
 
 def theory(optimizer: torch.optim.Optimizer, group: Mapping[str, Any], l2: float = 0.0) -> tuple[float, str]:
-    """The per-step shrink decay should give ``group``'s weights, and its formula's name; NaN for
-    Adam with decay in the gradient, which its second moment rescales (measured only)."""
+    """The per-step shrink decay should give ``group``'s weights, and its formula's name; NaN for Adam with decay in
+    the gradient, which its second moment rescales (measured only)."""
     lam = float(l2 or group.get("weight_decay", 0.0))
     lr = float(group["lr"])
     if _is_decoupled(optimizer, group):
@@ -90,22 +85,16 @@ def theory(optimizer: torch.optim.Optimizer, group: Mapping[str, Any], l2: float
         mu, d = float(group.get("momentum", 0.0)), float(group.get("dampening", 0.0))
         if not mu:
             return 1.0 - lr * lam, "1 - lr*lambda (SGD)"
-        return 1.0 - lr * lam * (1 - d) / (1 - mu), "1 - lr*lambda*(1-dampening)/(1-momentum) (momentum SGD, steady state)"
+        formula = "1 - lr*lambda*(1-dampening)/(1-momentum) (momentum SGD, steady state)"
+        return 1.0 - lr * lam * (1 - d) / (1 - mu), formula
     return float("nan"), f"none: {type(optimizer).__name__} rescales decay in the gradient; measured only"
 
 
 class WeightDecayProbe(Panel):
-    """Measures every ``optimizer.step()`` of ``optimizer`` and logs it to the active W&B run.
-
-    ``l2``: lambda of a penalty the loop adds to its loss itself, on ``params`` (default: every
-    weight of a decaying group). ``prefix``: the keys' namespace and axis, one per probe in a run.
-    ``every``: measure the decay factor on one step in ``every``. ``publish`` replaces W&B.
-
-    The decay factor compares the real step with one of a decay-free shadow optimizer that keeps
-    its own state, so what momentum or Adam's moments carry from earlier decay counts. Without
-    ``publish``, ``step()`` raises before the weights change when no run is active. A ``closure``
-    is run once, before the step (LBFGS's are not supported). See docs/plugins.md.
-    """
+    """Measures every ``optimizer.step()`` against a decay-free shadow optimizer with its own state, so what momentum
+    or Adam's moments carry from earlier decay counts, and logs it. ``l2``: lambda of a penalty the loop adds to its
+    loss, on ``params`` (default: every weight of a decaying group); ``prefix``: the keys' namespace and axis;
+    ``every``: measure the factor on one step in ``every``. A ``closure`` runs once (LBFGS's are not supported)."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, *, l2: float = 0.0,
                  params: Iterable[torch.Tensor] | None = None, prefix: str = "wd", every: int = 1, run: Any = None,
@@ -115,7 +104,8 @@ class WeightDecayProbe(Panel):
         self.params = (list(params) if params is not None else
                        [p for g in optimizer.param_groups if g.get("weight_decay", 0) for p in g["params"]])
         if not self.params:
-            raise ValueError("WeightDecayProbe: no decayed parameters; give the optimizer a weight_decay or pass l2= and params=")
+            raise ValueError("WeightDecayProbe: no decayed parameters; "
+                             "give the optimizer a weight_decay or pass l2= and params=")
         mine = {id(p) for p in self.params}
         # (index in optimizer.param_groups, the group, its decayed weights)
         self.groups = [(i, g, [p for p in g["params"] if id(p) in mine]) for i, g in enumerate(optimizer.param_groups)]
@@ -125,23 +115,14 @@ class WeightDecayProbe(Panel):
         self._shadow = type(optimizer)([{**{k: v for k, v in g.items() if k != "params"}, "weight_decay": 0.0,
                                          "params": [copies[id(p)] for p in ps]} for _, g, ps in self.groups])
         sgd = isinstance(optimizer, torch.optim.SGD)
-        self._state_free = all((sgd and not g.get("momentum")) or (_is_decoupled(optimizer, g) and not l2) for _, g, _ in self.groups)
+        self._state_free = all((sgd and not g.get("momentum")) or (_is_decoupled(optimizer, g) and not l2)
+                               for _, g, _ in self.groups)
         self.steps = 0
         self.last: dict[str, float] = {}
         self._shadow_after: list[torch.Tensor] = []
         self._weights: list[torch.Tensor] | None = None
         self._noted = False
         self._handles = [optimizer.register_step_pre_hook(self._before), optimizer.register_step_post_hook(self._after)]
-
-    @property
-    def lr(self) -> float:
-        """The learning rate of the first decayed group now (a scheduler may have changed it)."""
-        return float(self.groups[0][1]["lr"])
-
-    @property
-    def weight_decay(self) -> float:
-        """lambda: the first decaying group's weight_decay, or ``l2`` for a penalty in the loss."""
-        return float(self.l2 or self.groups[0][1].get("weight_decay", 0.0))
 
     def weight_norm(self) -> float:
         """Global L2 norm of the decayed weights."""
@@ -153,8 +134,7 @@ class WeightDecayProbe(Panel):
         changed = None
         closure = args[1] if len(args) > 1 else kwargs.get("closure")
         if closure is not None:
-            # Loops that hand step() a closure (Lightning) compute the gradients inside it; run it
-            # here, once, so the shadow sees them, and give the optimizer its result instead.
+            # A closure (Lightning's) computes the gradients: run it once, here, so the shadow sees them.
             with torch.enable_grad():
                 loss = closure()
             kwargs = {k: v for k, v in kwargs.items() if k != "closure"}
@@ -169,9 +149,8 @@ class WeightDecayProbe(Panel):
                 # A weight without a gradient is not stepped by the optimizer, nor by the shadow.
                 c.grad = None if p.grad is None else (p.grad - self.l2 * p if self.l2 else p.grad)
                 c.copy_(p)
-            # Where the decay never enters the optimizer's state, the shadow's state is the real one,
-            # copied on the measured steps only (so every=N saves the shadow's step on the others).
-            # Else the shadow keeps its own, starting from the optimizer's when attached mid-training.
+            # Where the decay never enters the optimizer's state, the shadow's state is the real one, copied on the
+            # measured steps only. Else the shadow keeps its own, from the optimizer's when attached mid-training.
             if self._state_free or (not self._shadow.state and optimizer.state):
                 for p, c in zip(self.params, self._copies):
                     state, mine = optimizer.state.get(p, {}), self._shadow.state.get(c)
@@ -218,8 +197,7 @@ class WeightDecayProbe(Panel):
         self.send(metrics, step=self.steps)
 
     def merge(self, earlier: dict[str, Any], now: dict[str, Any]) -> dict[str, Any]:
-        """Several steps in one open row: the last norm and step, and the mean of each per-step
-        factor over the steps the row covers."""
+        """Several steps in one open row: the last norm and step, the mean of each per-step factor."""
         if not earlier:
             self._counts: dict[str, int] = {}
         merged = {**earlier, **now}
@@ -233,22 +211,19 @@ class WeightDecayProbe(Panel):
     def curvature(self, loss: Callable[[], torch.Tensor], params: Iterable[torch.Tensor] | None = None, *,
                   model: torch.nn.Module | None = None, iters: int = 10, tol: float = 1e-2,
                   step: int | None = None) -> dict[str, float]:
-        """Top Hessian eigenvalue of ``loss()`` (a closure over a fixed batch, without the decay
-        term) in ``params`` (default: the optimizer's), the sharpness lr * (beta + lambda) and the
-        stability bound; logged and returned. With ``model`` the closure runs :func:`untouched`."""
+        """Top Hessian eigenvalue of ``loss()`` (a closure over a fixed batch, without the decay term) in ``params``
+        (default: the optimizer's), the sharpness lr * (beta + lambda) and the stability bound at the first decayed
+        group's lr and lambda; logged and returned. With ``model`` the closure runs :func:`untouched`."""
         params = list(params) if params is not None else [p for g in self.optimizer.param_groups for p in g["params"]]
         with untouched(model) if model is not None else contextlib.nullcontext():
             beta, _ = top_hessian_eigenvalue(loss, params, iters=iters, tol=tol)
         group = self.groups[0][1]
-        sgd = isinstance(self.optimizer, torch.optim.SGD)
-        mode = "decoupled" if _is_decoupled(self.optimizer, group) else "coupled"
+        lr, lam = float(group["lr"]), float(self.l2 or group.get("weight_decay", 0.0))
+        bound = stability_bound(optimizer="sgd" if isinstance(self.optimizer, torch.optim.SGD) else "adam",
+                                momentum=float(group.get("momentum", 0.0)), lr=lr, weight_decay=lam,
+                                wd_mode="decoupled" if _is_decoupled(self.optimizer, group) else "coupled")
         p = self.prefix
-        metrics = {
-            f"{p}/hessian_top_eig": beta,
-            f"{p}/lr_sharpness": self.lr * (beta + self.weight_decay),
-            f"{p}/stability_bound": stability_bound(optimizer="sgd" if sgd else "adam", momentum=float(group.get("momentum", 0.0)),
-                                                    wd_mode=mode, lr=self.lr, weight_decay=self.weight_decay),
-        }
+        metrics = {f"{p}/hessian_top_eig": beta, f"{p}/lr_sharpness": lr * (beta + lam), f"{p}/stability_bound": bound}
         self.send(metrics, step=self.steps if step is None else step)
         return metrics
 
@@ -260,15 +235,11 @@ class WeightDecayProbe(Panel):
 
 
 class DecayProbeCallback(Callback):
-    """The :class:`WeightDecayProbe` on the suite's classification trainer: every step's
-    measurements against ``trainer/step``, and the curvature on the trainer's fixed training batch
-    at the start, every ``hessian_every`` epochs (0: never) and at the end, into the run's summary too.
-    ``every``: the decay factor is measured on one step in ``every`` (the weight norm on all)."""
+    """The :class:`WeightDecayProbe` on the suite's classification trainer, against ``trainer/step``, and the curvature
+    on its fixed batch at the start, every ``hessian_every`` epochs (0: never) and at the end, in the summary too."""
 
     def __init__(self, *, hessian_every: int = 4, hessian_iters: int = 10, every: int = 1) -> None:
-        self.hessian_every = hessian_every
-        self.hessian_iters = hessian_iters
-        self.every = every
+        self.hessian_every, self.hessian_iters, self.every = hessian_every, hessian_iters, every
         self.probe: WeightDecayProbe | None = None
 
     def on_fit_start(self, trainer: Loop) -> None:
@@ -278,7 +249,8 @@ class DecayProbeCallback(Callback):
         # A resumed fit counts on from its checkpoint, so "one step in every" picks the same steps.
         self.probe.steps = trainer.global_step
         if trainer.weight_decay:  # which formula the theory column is, in one line
-            print(f"wd/decay_factor_theory: {theory(trainer.optimizer, self.probe.groups[0][1], l2)[1]}", file=sys.stderr)
+            _, formula = theory(trainer.optimizer, self.probe.groups[0][1], l2)
+            print(f"wd/decay_factor_theory: {formula}", file=sys.stderr)
         if self.hessian_every and trainer.global_step == 0:  # the start of training, not of a resumed fit
             self._curvature(trainer)
 
@@ -302,8 +274,5 @@ class DecayProbeCallback(Callback):
         verdict = "above the bound: this lr is too large for the surface" if sharpness >= bound else "stable"
         if trainer.optimizer_name != "sgd":
             verdict += f"; the bound is SGD's, {trainer.optimizer_name} rescales the step"
-        print(
-            f"curvature at step {trainer.global_step}: beta = {metrics['wd/hessian_top_eig']:.4g}, "
-            f"lr*(beta+lambda) = {sharpness:.4g} vs {bound:g} ({verdict})",
-            file=sys.stderr,
-        )
+        print(f"curvature at step {trainer.global_step}: beta = {metrics['wd/hessian_top_eig']:.4g}, "
+              f"lr*(beta+lambda) = {sharpness:.4g} vs {bound:g} ({verdict})", file=sys.stderr)

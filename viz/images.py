@@ -1,10 +1,14 @@
-"""Tensors to pictures: uint8 arrays ready for ``wandb.Image`` or PNG files. No W&B here."""
+"""Tensors to pictures: (C, H, W) float grids in [0, 1] and uint8 arrays ready for ``wandb.Image``
+or PNG files, for kernels, learned filters and feature maps. No W&B here."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
 from matplotlib import colormaps
+from torchvision.utils import make_grid
 
 
 def to_uint8(image: torch.Tensor) -> np.ndarray:
@@ -14,10 +18,8 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
 
 
 def kernel_picture(k: torch.Tensor, cell: int = 24, cmap: str = "coolwarm") -> np.ndarray:
-    """A small kernel as an RGB picture: blue negative, white zero, red positive, one block per weight.
-
-    The colour scale is symmetric around zero so the sign of each weight is read at a glance.
-    """
+    """A small kernel as an RGB picture, one block per weight: blue negative, white zero, red
+    positive, on a scale symmetric around zero so each weight's sign reads at a glance."""
     k = k.detach().float().cpu()
     span = float(k.abs().max()) or 1.0
     rgb = colormaps[cmap]((k / span + 1) / 2)[..., :3]  # (kh, kw, 3) in [0, 1]
@@ -25,20 +27,32 @@ def kernel_picture(k: torch.Tensor, cell: int = 24, cmap: str = "coolwarm") -> n
     return (big * 255).round().astype(np.uint8)
 
 
-def normalise_map(fmap: torch.Tensor) -> torch.Tensor:
-    """Stretch one feature map or filter to [0, 1] for display (constant maps become 0.5)."""
-    lo, hi = fmap.min(), fmap.max()
-    return (fmap - lo) / (hi - lo) if hi > lo else torch.full_like(fmap, 0.5)
+def grid(tiles: torch.Tensor, ncols: int, pad: int) -> torch.Tensor:
+    """(N, C, h, w) tiles, each stretched to [0, 1] (a constant one is 0), in a grid with white gaps -> (C, H, W)."""
+    return make_grid(tiles, nrow=ncols, padding=pad, normalize=True, scale_each=True, pad_value=1.0)[: tiles.shape[1]]
 
 
-def grid(tiles: torch.Tensor, ncols: int | None = None, pad: int = 1) -> torch.Tensor:
-    """Lay out (N, C, h, w) tiles, each stretched to [0, 1], in a grid with white gaps -> (C, H, W)."""
-    n, c, h, w = tiles.shape
-    ncols = ncols or int(np.ceil(np.sqrt(n)))
-    nrows = int(np.ceil(n / ncols))
-    out = torch.ones(c, nrows * (h + pad) + pad, ncols * (w + pad) + pad)
-    for i in range(n):
-        r, col = divmod(i, ncols)
-        y, x = pad + r * (h + pad), pad + col * (w + pad)
-        out[:, y : y + h, x : x + w] = normalise_map(tiles[i].float())
-    return out
+def upscale(image: torch.Tensor, min_side: int) -> torch.Tensor:
+    """Enlarge a (C, H, W) picture by a whole factor (nearest neighbour, so pixels stay sharp) until
+    its shorter side is at least ``min_side``; larger pictures are returned as they are."""
+    factor = math.ceil(min_side / min(image.shape[-2:]))
+    if factor <= 1:
+        return image
+    return image.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
+
+
+def filter_grid(weight: torch.Tensor, cell: int = 24) -> torch.Tensor:
+    """Filters (out, in, k, k) as one grid, each enlarged to ``cell`` pixels and stretched to [0, 1]:
+    a colour patch per filter with three input channels, else a grey tile per input channel."""
+    w = weight.detach().float().cpu()
+    tiles = w if w.shape[1] == 3 else w.reshape(-1, 1, *w.shape[-2:])
+    return grid(torch.stack([upscale(t, cell) for t in tiles]), ncols=math.ceil(math.sqrt(len(tiles))), pad=2)
+
+
+def feature_map_grid(fmap: torch.Tensor, max_maps: int = 16, min_side: int = 96) -> torch.Tensor:
+    """The first ``max_maps`` channels of one image's activations (C, h, w) as a grey grid, each
+    channel stretched to [0, 1] on its own and enlarged so the grid is at least ``min_side``."""
+    tiles = fmap[:max_maps].detach().float().cpu().unsqueeze(1)
+    ncols = math.ceil(math.sqrt(len(tiles)))
+    per_tile = max(1, math.ceil(min_side / (ncols * tiles.shape[-1])))
+    return grid(torch.stack([upscale(t, tiles.shape[-1] * per_tile) for t in tiles]), ncols=ncols, pad=1)

@@ -9,19 +9,10 @@ import numpy as np
 LABELS = {"iou": "IoU", "giou": "GIoU", "diou": "DIoU"}
 
 
-def slide_figure(
-    x: np.ndarray,
-    values: Mapping[str, np.ndarray],
-    grads: Mapping[str, np.ndarray],
-    kinks: Sequence[float],
-    *,
-    dpi: int = 100,
-) -> np.ndarray:
-    """Two stacked panels over the slide position ``x``: each measure's value and its d/dx.
-
-    Kinks are dotted vertical lines; positions where dIoU/dx is exactly 0 are shaded, which is
-    where a loss of 1 - IoU gives an optimiser nothing to follow. Returns (H, W, 3) uint8.
-    """
+def slide_figure(x: np.ndarray, values: Mapping[str, np.ndarray], grads: Mapping[str, np.ndarray],
+                 kinks: Sequence[float], *, dpi: int = 100) -> np.ndarray:
+    """Each measure's value (top) and d/dx (bottom) over the slide position ``x``, kinks dotted and
+    shaded where dIoU/dx is exactly 0 (where 1 - IoU gives an optimiser nothing to follow)."""
     # A bare Figure on the Agg canvas: no pyplot state, no window, nothing to close.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -42,10 +33,8 @@ def slide_figure(
             ax.axvline(k, color="0.4", linestyle=":", linewidth=1)
         ax.axhline(0, color="0.6", linewidth=0.5)
         ax.legend(loc="lower left", fontsize=8)
-    top.set_ylabel("value")
-    bottom.set_ylabel("d/dx")
-    bottom.set_xlabel("x (left edge of B)")
-    top.set_title("B slides across A along x")
+    top.set(ylabel="value", title="B slides across A along x")
+    bottom.set(ylabel="d/dx", xlabel="x (left edge of B)")
     fig.tight_layout()
     canvas.draw()
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()

@@ -1,12 +1,9 @@
-"""Applying 3x3 kernels and measuring their directional response (the kernels themselves are the
-filters experiment's, in :mod:`trainers.filters`).
+"""Applying 3x3 kernels and measuring their directional response (the kernels are the filters experiment's, in
+:mod:`trainers.filters`).
 
-``conv2d`` is a cross-correlation; every kernel here is point-symmetric (``k == k.flip(0, 1)``), so it
-equals true convolution and a kernel's picture shows the direction it acts in. Directions name the
-axis along which a filter compares neighbours: ``horizontal`` boosts intensity changing along x.
-Rows grow downwards, so "bottom-left to top-right" joins kernel cells ``[2, 0]`` and ``[0, 2]``.
-Borders replicate the edge pixels, so a kernel summing to 1 keeps a constant image unchanged.
-"""
+A direction names the axis along which a filter compares neighbours (``horizontal`` boosts intensity changing along x);
+rows grow downwards. The experiment's kernels are point-symmetric, so ``conv2d``'s cross-correlation equals convolution
+and a kernel's picture shows its direction."""
 
 from __future__ import annotations
 
@@ -25,10 +22,8 @@ DIRECTIONS: dict[str, tuple[int, int]] = {
 
 
 def apply_kernel(image: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """Filter a (C, H, W) or (N, C, H, W) float image with a 3x3 kernel, each channel on its own.
-
-    Borders: edge pixels replicated by one pixel, so the output has the input's size.
-    """
+    """Filter a (C, H, W) or (N, C, H, W) float image with a 3x3 kernel, each channel on its own, the
+    edge pixels replicated: same size out, and a kernel summing to 1 keeps a constant image."""
     batched = image.dim() == 4
     x = image if batched else image.unsqueeze(0)
     c = x.shape[1]
@@ -60,7 +55,7 @@ def directional_gains(before: torch.Tensor, after: torch.Tensor) -> dict[str, fl
 def grating(direction: str, size: int = 64, period: float = 4.0) -> torch.Tensor:
     """A (1, size, size) sinusoid in [0, 1] whose intensity changes along ``direction``."""
     dy, dx = DIRECTIONS[direction]
-    ys, xs = torch.meshgrid(torch.arange(size, dtype=torch.float64), torch.arange(size, dtype=torch.float64), indexing="ij")
+    ys, xs = torch.meshgrid(*[torch.arange(size, dtype=torch.float64)] * 2, indexing="ij")
     phase = 2 * math.pi * (dy * ys + dx * xs) / (period * math.hypot(dy, dx))
     return (0.5 + 0.5 * torch.cos(phase)).float().unsqueeze(0)
 

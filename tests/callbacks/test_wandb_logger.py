@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 
@@ -75,7 +77,16 @@ def test_single_epoch_numbers_go_to_the_summary_only(tmp_path):
     assert run_summary(logger.run_dir)["summary"]["val/acc"] == 0.5
 
 
-def test_checkpoint_is_atomic_and_uploaded_as_artifact(tmp_path):
+def test_checkpoint_is_atomic_and_uploaded_as_artifact(tmp_path, monkeypatch):
+    from dlhw.callbacks import wandb_logger
+
+    build, threads = wandb_logger._model_artifact, []
+
+    def recorded(*args):
+        threads.append(threading.current_thread())
+        return build(*args)
+
+    monkeypatch.setattr(wandb_logger, "_model_artifact", recorded)
     logger = _logger(tmp_path, monitor=("val/acc", "max"))
     ckpt = Checkpoint(tmp_path / "ckpt", monitor="val/acc", mode="max")
     trainer = Tiny([logger, ckpt])
@@ -89,6 +100,8 @@ def test_checkpoint_is_atomic_and_uploaded_as_artifact(tmp_path):
     assert set(arts[-1]["aliases"]) == {"best", "latest"} and arts[-1]["files"] == ["best.pt"]
     assert arts[-1]["metadata"] == {"epoch": 2, "step": 6, "val/acc": 0.9, "val/loss": 0.9}
     assert trainer.summary["best/val/acc"] == 0.9
+    # Hashed and copied into the artifact on a worker thread, not in the training step.
+    assert len(threads) == 2 and threading.main_thread() not in threads
 
 
 def test_best_once_at_the_end_and_the_last_checkpoint(tmp_path):

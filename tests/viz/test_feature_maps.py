@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from dlhw.viz.feature_maps import feature_map_grid, filter_grid, upscale
+from dlhw.viz.images import feature_map_grid, filter_grid, upscale
 
 
 def test_upscale_by_whole_factors_only_when_small():
