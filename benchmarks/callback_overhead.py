@@ -92,9 +92,8 @@ def run_once(steps: int, full: bool, out: Path) -> tuple[float, float, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--steps", type=int, default=120)
-    ap.add_argument("--repeats", type=int, default=15)
-    ap.add_argument("--threads", type=int, default=1)
+    for flag, default in (("--steps", 120), ("--repeats", 15), ("--threads", 1)):
+        ap.add_argument(flag, type=int, default=default)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     os.environ.setdefault("WANDB_SILENT", "true")
