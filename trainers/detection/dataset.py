@@ -1,10 +1,5 @@
-"""Penn-Fudan pedestrians: the official on-disk layout, a download into a cache, and a generated stand-in.
-
-The layout (``PNGImages/NAME.png``, ``PedMasks/NAME_mask.png`` where 0 is background and 1..N are
-pedestrian ids) is read the way the torchvision tutorial reads it: one instance mask per id, the
-box from the mask's extent (``torchvision.ops.masks_to_boxes``), label 1. The generated dataset is written in exactly that layout, so
-the same reader serves both and everything downstream cannot tell them apart.
-"""
+"""Penn-Fudan pedestrians read as the torchvision tutorial reads them (``PNGImages/``, ``PedMasks/`` of instance
+ids), downloaded into a cache, or generated in the same layout so that nothing downstream can tell them apart."""
 
 from __future__ import annotations
 
@@ -73,6 +68,11 @@ def read_pennfudan(root: str | Path, limit: int | None = None) -> list[Sample]:
     return samples
 
 
+def to_tensor(image: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (3, H, W) float in [0, 1]: what torchvision detectors take."""
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255)
+
+
 def instance_masks(mask: np.ndarray) -> np.ndarray:
     """(N, H, W) uint8 binary masks, one per pedestrian id (ids sorted, background dropped)."""
     ids = np.unique(mask)
@@ -81,10 +81,8 @@ def instance_masks(mask: np.ndarray) -> np.ndarray:
 
 
 def make_target(masks: np.ndarray, image_id: int) -> dict[str, torch.Tensor]:
-    """The torchvision detection target for binary instance masks, as the tutorial builds it: each
-    box is ``torchvision.ops.masks_to_boxes`` of its mask (the first and last pixel row and column
-    the mask covers), the area is that box's. Masks whose box has no width or height (empty, or one
-    pixel row or column, e.g. after a crop) are dropped: the detection models refuse such boxes."""
+    """The tutorial's detection target for binary instance masks (boxes from ``masks_to_boxes``); masks whose box
+    has no width or height are dropped, since the detection models refuse such boxes."""
     tensor = torch.from_numpy(np.ascontiguousarray(masks)).to(torch.uint8).reshape(-1, *masks.shape[-2:])
     tensor = tensor[(tensor.flatten(1) != 0).any(1)]  # masks_to_boxes needs at least one pixel per mask
     boxes = masks_to_boxes(tensor) if len(tensor) else torch.zeros(0, 4)
@@ -101,11 +99,8 @@ def make_target(masks: np.ndarray, image_id: int) -> dict[str, torch.Tensor]:
 
 
 class PennFudan(torch.utils.data.Dataset):
-    """Images as float (3, H, W) tensors in [0, 1] with their targets; ``transform`` augments both.
-
-    ``transform(image, masks) -> (image, masks)`` works on uint8 arrays, so boxes are always
-    recomputed from the augmented masks and cannot drift from them.
-    """
+    """Images as float (3, H, W) tensors in [0, 1] with their targets; ``transform(image, masks)`` augments both,
+    and boxes are recomputed from the augmented masks."""
 
     def __init__(self, samples: Sequence[Sample], transform: Callable[..., Any] | None = None) -> None:
         self.samples = list(samples)
@@ -119,8 +114,7 @@ class PennFudan(torch.utils.data.Dataset):
         image, masks = s.image, instance_masks(s.mask)
         if self.transform is not None:
             image, masks = self.transform(image, masks)
-        tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255)
-        return tensor, make_target(masks, idx)
+        return to_tensor(image), make_target(masks, idx)
 
 
 def split(n: int, seed: int, holdout: int = HOLDOUT) -> tuple[list[int], list[int]]:
@@ -135,8 +129,6 @@ def collate(batch: Sequence[Any]) -> tuple[Any, ...]:
     """Detection batches are lists: images of different sizes cannot be stacked."""
     return tuple(zip(*batch))
 
-
-# -- generated pedestrians ------------------------------------------------------------------------
 
 def _draw_scene(rng: np.random.Generator, height: int, width: int, people: int) -> tuple[np.ndarray, np.ndarray]:
     """A street-like picture (sky, ground, noise) with ``people`` pedestrian figures and their id mask."""
@@ -195,8 +187,7 @@ def generate_pennfudan(root: str | Path, n: int = 170, *, seed: int = 0, size: t
 
 
 def resolve_data(data: str | None, *, seed: int = 0) -> tuple[Path, str]:
-    """The dataset folder and which data it is: ``data`` when given (never a fallback), else the
-    official zip downloaded into the cache, else the generated stand-in, said in one line."""
+    """The dataset folder and its source: ``data``, else the official zip in the cache, else generated (said so)."""
     if data:
         return Path(data), "penn-fudan"
     cached = cache_dir(NAME)

@@ -1,9 +1,5 @@
-"""Training augmentation with albumentations: image and instance masks move together.
-
-Boxes are not augmented separately: the dataset recomputes them from the augmented masks, so
-a box can never disagree with its mask. Resizing and normalisation are left to the detector's
-own ``GeneralizedRCNNTransform``; doing either here would apply them twice.
-"""
+"""Training augmentation with albumentations: image and instance masks move together (boxes come from the
+masks; resizing and normalisation are the detector's own)."""
 
 from __future__ import annotations
 
