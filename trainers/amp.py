@@ -1,10 +1,5 @@
-"""Mixed precision for the CUDA step, shared by the trainers.
-
-bf16 autocast where the GPU has it (float32's exponent range: no loss scaling); fp16 with a
-gradient scaler on older GPUs, where :meth:`Precision.step` says whether the optimizer really
-stepped so that schedules count real steps only. CPU runs stay in float32.
-"""
-
+"""Mixed precision for the CUDA step: bf16 where the GPU has it (no loss scaling), else fp16 with a gradient
+scaler; CPU runs stay in float32."""
 
 from __future__ import annotations
 
