@@ -20,10 +20,9 @@ from dlhw.core.distributed import Dist, wrap_ddp
 from dlhw.core.errors import UsageError
 from dlhw.core.events import Callback, EPOCH_AXIS, STEP_AXIS
 from dlhw.trainers.alexnet import MODELS, create_model
-from dlhw.trainers.amp import Precision
 from dlhw.trainers.datasets import DATASETS, Loaders, load, make_loaders, resolve_dataset
 from dlhw.trainers.device_data import DeviceBatches
-from dlhw.trainers.engine import Engine, check_finite, pipeline_generators
+from dlhw.trainers.engine import Engine, Precision, check_finite, pipeline_generators
 from dlhw.trainers.settings import add_arguments as settings_flags
 from dlhw.trainers.settings import make, setting, settings, values
 
@@ -126,10 +125,8 @@ def resolve_args(args: argparse.Namespace) -> tuple[AlexNetSettings, list[str]]:
         if v.get(key) is None:
             v[key] = value
     s = make(AlexNetSettings, v)
-    notes.append(
-        f"recipe {s.recipe}: {s.variant} AlexNet on {s.dataset}, {s.optimizer} lr {s.lr:g}, "
-        f"batch {s.batch_size}, {s.epochs} epochs, weight decay {s.weight_decay:g} ({s.wd_mode})"
-    )
+    notes.append(f"recipe {s.recipe}: {s.variant} AlexNet on {s.dataset}, {s.optimizer} lr {s.lr:g}, batch "
+                 f"{s.batch_size}, {s.epochs} epochs, weight decay {s.weight_decay:g} ({s.wd_mode})")
     return s, notes
 
 
@@ -207,17 +204,13 @@ class ClassificationTrainer(Engine):
         self.hessian_batch = hessian_batch
         decay, no_decay = param_groups(model, decay_all)
         self.decay_params = [p for _, p in decay]
-        self.group_sizes = {
-            "decay_tensors": len(decay), "decay_params": sum(p.numel() for _, p in decay),
-            "no_decay_tensors": len(no_decay), "no_decay_params": sum(p.numel() for _, p in no_decay),
-        }
+        self.group_sizes = {"decay_tensors": len(decay), "decay_params": sum(p.numel() for _, p in decay),
+                            "no_decay_tensors": len(no_decay), "no_decay_params": sum(p.numel() for _, p in no_decay)}
         self.summary.update({f"wd/{k}": v for k, v in self.group_sizes.items()})
         self.config["_param_groups"] = dict(self.group_sizes)
         in_optimizer = weight_decay if wd_mode != "l2" else 0.0
-        groups = [
-            {"params": self.decay_params, "weight_decay": in_optimizer},
-            {"params": [p for _, p in no_decay], "weight_decay": 0.0},
-        ]
+        groups = [{"params": self.decay_params, "weight_decay": in_optimizer},
+                  {"params": [p for _, p in no_decay], "weight_decay": 0.0}]
         # Fused kernels update all parameters in one pass, far cheaper than the default on a CPU.
         decoupled = wd_mode == "decoupled"
         if optimizer == "sgd":

@@ -114,10 +114,9 @@ def _ensure(name: str, root: Path, present: bool, download: bool, what: str, tor
         with socket_timeout():  # an unreachable mirror fails in seconds instead of hanging
             getattr(torchvision.datasets, torchvision_class)(str(root), train=True, download=True)
     except Exception as exc:  # no network, a proxy page, a bad checksum: all mean "no data"
-        raise UsageError(
-            f"could not download {name} to {root} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-            f"place the files there yourself and keep --download off, or use --dataset digits"
-        ) from None
+        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        raise UsageError(f"could not download {name} to {root} ({reason}); place the files there yourself and keep "
+                         f"--download off, or use --dataset digits") from None
 
 
 def cifar10_present(root: Path) -> bool:
@@ -205,19 +204,15 @@ def load(name: str, root: Path, *, download: bool = False) -> Splits:
     return DATASETS.create(name, Path(root), download=download)
 
 
-def transforms(
-    size: int, mean: list[float], std: list[float], *, augment: bool, flips: bool, seed: int | None = None
-) -> A.Compose:
+def transforms(size: int, mean: list[float], std: list[float], *, augment: bool, flips: bool,
+               seed: int | None = None) -> A.Compose:
     """Resize, with ``augment`` the course's rotation, flip (when ``flips``) and padded crop, normalise, CHW tensor."""
     ops: list = [A.Resize(size, size, interpolation=cv2.INTER_LINEAR)]
     if augment:
         ops += [A.Rotate(limit=10, border_mode=cv2.BORDER_CONSTANT, fill=0, p=1.0)]
         if flips:
             ops += [A.HorizontalFlip(p=0.5)]
-        ops += [
-            A.PadIfNeeded(size + 4, size + 4, border_mode=cv2.BORDER_CONSTANT, fill=0),
-            A.RandomCrop(size, size),
-        ]
+        ops += [A.PadIfNeeded(size + 4, size + 4, border_mode=cv2.BORDER_CONSTANT, fill=0), A.RandomCrop(size, size)]
     ops += [A.Normalize(mean=mean, std=std, max_pixel_value=255.0), ToTensorV2()]
     return A.Compose(ops, seed=seed)
 
@@ -262,11 +257,9 @@ class Loaders:
         return (x.cpu() * std + mean).clamp(0, 1)
 
 
-def make_loaders(
-    splits: Splits, *, size: int, batch_size: int, augment: bool, seed: int, workers: int = 0,
-    device: str | torch.device = "cpu", on_device: bool = False, normalize: bool = True, rank: int = 0,
-    world: int = 1,
-) -> Loaders:
+def make_loaders(splits: Splits, *, size: int, batch_size: int, augment: bool, seed: int, workers: int = 0,
+                 device: str | torch.device = "cpu", on_device: bool = False, normalize: bool = True, rank: int = 0,
+                 world: int = 1) -> Loaders:
     """Loaders that resize to ``size``, on ``device`` (``on_device``) or through a DataLoader; only training is
     shuffled and augmented. ``rank`` of ``world`` gets its shard of every split and its own augmentation stream."""
     mean, std = splits.mean_std() if normalize else ([0.0] * splits.channels, [1.0] * splits.channels)

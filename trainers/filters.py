@@ -178,12 +178,8 @@ def run_checks(names: Iterable[str], *, size: int = 64, period: float = 4.0, see
     return checks
 
 
-def run_filters(
-    images: Sequence[tuple[str, torch.Tensor]],
-    filters: Sequence[str],
-    callbacks: Iterable[Callback] = (),
-    config: Mapping[str, Any] | None = None,
-) -> Session:
+def run_filters(images: Sequence[tuple[str, torch.Tensor]], filters: Sequence[str], callbacks: Iterable[Callback] = (),
+                config: Mapping[str, Any] | None = None) -> Session:
     """Hand each photo and the kernels to the callbacks (one step per photo; the filter table applies them), then
     report :func:`run_checks` as the run's one epoch (``session.results["checks"]``)."""
     for name in filters:

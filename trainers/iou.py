@@ -121,12 +121,9 @@ class Slide:
         """IoU's d/dx is exactly 0 wherever the boxes are apart while GIoU's and DIoU's are not, and every
         kink's one-sided derivatives differ (autograd is read off the kinks only)."""
         apart = self.disjoint()
-        return (
-            bool((self.grads["iou"][apart] == 0).all())
-            and bool((self.grads["giou"][apart] != 0).all())
-            and bool((self.grads["diou"][apart] != 0).all())
-            and all(abs(k.right - k.left) > 1e-3 for k in self.kinks)
-        )
+        return (bool((self.grads["iou"][apart] == 0).all()) and bool((self.grads["giou"][apart] != 0).all())
+                and bool((self.grads["diou"][apart] != 0).all())
+                and all(abs(k.right - k.left) > 1e-3 for k in self.kinks))
 
 
 def _slid(box_b: Tensor, x: Tensor) -> Tensor:
@@ -341,9 +338,6 @@ def analysis_metrics(s: Slide, max_abs_diff: float, start_iou: float) -> dict[st
     """Slide and agreement numbers, and ``check/passed``: IoU matches torchvision within 1e-6, the descents start
     apart and :meth:`Slide.gradients_as_expected` holds."""
     checks = [max_abs_diff <= 1e-6, start_iou == 0.0, s.gradients_as_expected()]
-    return {
-        "check/max_abs_diff_vs_torchvision": max_abs_diff,
-        "slide/kinks": len(s.kinks),
-        **{f"slide/{m}_zero_grad_fraction": s.zero_grad_fraction(m) for m in MEASURES},
-        "check/passed": float(all(checks)),
-    }
+    return {"check/max_abs_diff_vs_torchvision": max_abs_diff, "slide/kinks": len(s.kinks),
+            **{f"slide/{m}_zero_grad_fraction": s.zero_grad_fraction(m) for m in MEASURES},
+            "check/passed": float(all(checks))}

@@ -1,5 +1,7 @@
 """Penn-Fudan pedestrians read as the torchvision tutorial reads them (``PNGImages/``, ``PedMasks/`` of instance
-ids), downloaded into a cache, or generated in the same layout so that nothing downstream can tell them apart."""
+ids), downloaded into a cache, or generated in the same layout so that nothing downstream can tell them apart.
+Augmentation moves image and masks together; boxes come from the masks, resizing and normalisation are the
+detector's own."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import albumentations as A
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
@@ -18,8 +21,7 @@ from torchvision.ops import masks_to_boxes
 from dlhw.core.errors import UsageError
 from dlhw.trainers.download import DownloadError, cache_dir, download
 
-URL = "https://www.cis.upenn.edu/~jshi/ped_html/PennFudanPed.zip"
-HOME_PAGE = "https://www.cis.upenn.edu/~jshi/ped_html/"
+URL = "https://www.cis.upenn.edu/~jshi/ped_html/PennFudanPed.zip"  # home page: the folder above
 NAME = "PennFudanPed"
 IMAGES, MASKS = "PNGImages", "PedMasks"
 # The tutorial holds out the last 50 images of a fixed permutation.
@@ -88,14 +90,9 @@ def make_target(masks: np.ndarray, image_id: int) -> dict[str, torch.Tensor]:
     boxes = masks_to_boxes(tensor) if len(tensor) else torch.zeros(0, 4)
     keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
     boxes, tensor = boxes[keep], tensor[keep]
-    return {
-        "boxes": boxes,
-        "labels": torch.ones(len(boxes), dtype=torch.int64),
-        "masks": tensor,
-        "image_id": torch.tensor(image_id),
-        "area": (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]),
-        "iscrowd": torch.zeros(len(boxes), dtype=torch.int64),
-    }
+    return {"boxes": boxes, "labels": torch.ones(len(boxes), dtype=torch.int64), "masks": tensor,
+            "image_id": torch.tensor(image_id), "area": (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]),
+            "iscrowd": torch.zeros(len(boxes), dtype=torch.int64)}
 
 
 class PennFudan(torch.utils.data.Dataset):
@@ -115,6 +112,24 @@ class PennFudan(torch.utils.data.Dataset):
         if self.transform is not None:
             image, masks = self.transform(image, masks)
         return to_tensor(image), make_target(masks, idx)
+
+
+class Augment:
+    """The tutorial's random horizontal flip, plus optional photometric jitter (image only)."""
+
+    def __init__(self, *, flip: float = 0.5, jitter: float = 0.0, seed: int | None = None) -> None:
+        steps: list[A.BasicTransform] = [A.HorizontalFlip(p=flip)]
+        if jitter > 0:
+            steps.append(A.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter, hue=min(jitter, 0.5) / 4,
+                                       p=0.8))
+        self.pipeline = A.Compose(steps, seed=seed)
+
+    def __call__(self, image: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(H, W, 3) uint8 image and (N, H, W) uint8 masks -> the same, augmented consistently."""
+        if len(masks) == 0:  # an image without pedestrians is valid; albumentations wants >= 1 mask
+            return self.pipeline(image=image)["image"], masks
+        out = self.pipeline(image=image, masks=masks)
+        return out["image"], np.asarray(out["masks"], dtype=np.uint8)
 
 
 def split(n: int, seed: int, holdout: int = HOLDOUT) -> tuple[list[int], list[int]]:

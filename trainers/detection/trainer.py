@@ -19,12 +19,10 @@ from torch import nn
 
 from dlhw.core.distributed import Dist, ShardedSampler, shard, wrap_ddp
 from dlhw.core.events import Callback
-from dlhw.trainers.amp import Precision
 from dlhw.trainers.detection.coco_eval import coco_ground_truth, coco_metrics
-from dlhw.trainers.detection.dataset import HOLDOUT, PennFudan, collate, read_pennfudan, resolve_data, split
+from dlhw.trainers.detection.dataset import HOLDOUT, Augment, PennFudan, collate, read_pennfudan, resolve_data, split
 from dlhw.trainers.detection.models import MODELS, backbone_names, build_detector, check_backbone
-from dlhw.trainers.detection.transforms import Augment
-from dlhw.trainers.engine import Engine, check_finite, pipeline_generators
+from dlhw.trainers.engine import Engine, Precision, check_finite, pipeline_generators
 from dlhw.trainers.settings import add_arguments as settings_flags
 from dlhw.trainers.settings import check, make, setting, settings, values
 
