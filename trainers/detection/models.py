@@ -219,11 +219,6 @@ def timm_backbone(name: str, *, weights: str = "auto", levels: int = 3) -> Backb
     return Backbone(module, [str(i) for i in range(levels)], sizes, pretrained)
 
 
-def backbone_names() -> list[str]:
-    """The torchvision backbones registered here; any timm model is accepted as well (``timm/NAME``)."""
-    return BACKBONES.names()
-
-
 def check_backbone(name: str) -> None:
     """Raise UsageError with close matches unless ``name`` is a registered or a timm backbone."""
     import timm

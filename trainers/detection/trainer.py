@@ -21,7 +21,7 @@ from dlhw.core.distributed import Dist, ShardedSampler, shard, wrap_ddp
 from dlhw.core.events import Callback
 from dlhw.trainers.detection.coco_eval import coco_ground_truth, coco_metrics
 from dlhw.trainers.detection.dataset import HOLDOUT, Augment, PennFudan, collate, read_pennfudan, resolve_data, split
-from dlhw.trainers.detection.models import MODELS, backbone_names, build_detector, check_backbone
+from dlhw.trainers.detection.models import BACKBONES, MODELS, build_detector, check_backbone
 from dlhw.trainers.engine import Engine, Precision, check_finite, pipeline_generators
 from dlhw.trainers.settings import add_arguments as settings_flags
 from dlhw.trainers.settings import check, make, setting, settings, values
@@ -54,7 +54,7 @@ class DetectSettings:
                                   "both; a model's own run records 1 or 2", choices=sorted(OPTIONS))
     model: str = setting("maskrcnn_resnet50_fpn", f"option 1 model: {', '.join(MODELS.names())} "
                                                   f"(default maskrcnn_resnet50_fpn)", metavar="NAME")
-    backbone: str = setting("mobilenet_v2", f"option 2 backbone: {', '.join(backbone_names())}, or any timm model "
+    backbone: str = setting("mobilenet_v2", f"option 2 backbone: {', '.join(BACKBONES.names())}, or any timm model "
                                             "as timm/NAME (default mobilenet_v2, the tutorial's)", metavar="NAME")
     levels: int = setting(3, "timm backbones: how many of the last feature maps to use, with an FPN when > 1 (default 3)")
     weights: str = setting("auto", "auto: pretrained weights when cached or downloadable, else random init; none: "
