@@ -30,7 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pairing import alternate, report  # noqa: E402
-from dlhw.trainers.detection.dataset import PennFudan, collate, generate_pennfudan, read_pennfudan  # noqa: E402
+from dlhw.trainers.detection.dataset import Augment, PennFudan, collate, generate_pennfudan, read_pennfudan  # noqa: E402
 from dlhw.trainers.detection.models import build_detector  # noqa: E402
 from dlhw.trainers.detection.trainer import (  # noqa: E402
     PROFILES,
@@ -39,7 +39,6 @@ from dlhw.trainers.detection.trainer import (  # noqa: E402
     detector_kwargs,
     make_optimizer,
 )
-from dlhw.trainers.detection.transforms import Augment  # noqa: E402
 
 
 # -- the reference loop (torchvision references/detection: utils.SmoothedValue, MetricLogger, train_one_epoch) --

@@ -1,11 +1,5 @@
-"""The two AlexNets of the homework, registered by variant name.
-
-``course``: the course notebook's CIFAR-10 network for 32x32 inputs (five 3x3 convs, the first with
-stride 2; 1024-4096-4096 classifier). ``d2l``: the original-shape AlexNet of Dive into Deep
-Learning for 224x224 inputs (11x11/4, 5x5, three 3x3; 6400-4096-4096 classifier).
-Both keep the convolutional part in ``features`` and the rest in ``classifier``, so the learned
-filters and the feature maps of every conv layer can be looked at the same way.
-"""
+"""The homework's two AlexNets by variant name: ``course`` (CIFAR-10, 32x32) and ``d2l`` (224x224), both with
+``features`` and ``classifier`` so that their filters and feature maps are shown the same way."""
 
 from __future__ import annotations
 
@@ -17,10 +11,7 @@ MODELS: Registry[AlexNet] = Registry("AlexNet variant")
 
 
 class AlexNet(nn.Module):
-    """``features`` (convs, ReLUs, pools) then ``classifier`` (flatten, dropout, linears).
-
-    ``input_size`` is the side of the square input the classifier's first layer was sized for.
-    """
+    """``features`` (convs, ReLUs, pools) then ``classifier``; ``input_size``: the square input's side."""
 
     def __init__(self, features: nn.Sequential, classifier: nn.Sequential, *, input_size: int) -> None:
         super().__init__()
@@ -43,10 +34,7 @@ def _conv(cin: int, cout: int, k: int, stride: int = 1, padding: int = 1) -> lis
 
 @MODELS.register("course")
 def course_alexnet(*, in_channels: int = 3, num_classes: int = 10) -> AlexNet:
-    """The course notebook's CIFAR-10 AlexNet for 32x32 inputs.
-
-    Kaiming-normal conv weights and Xavier-normal linear weights, all biases zero, as in the notebook.
-    """
+    """The course notebook's CIFAR-10 AlexNet for 32x32 inputs, initialised as there."""
     features = nn.Sequential(
         *_conv(in_channels, 64, 3, stride=2), nn.MaxPool2d(2),  # 32 -> 16 -> 8
         *_conv(64, 192, 3), nn.MaxPool2d(2),  # 8 -> 4
@@ -73,10 +61,7 @@ def course_alexnet(*, in_channels: int = 3, num_classes: int = 10) -> AlexNet:
 
 @MODELS.register("d2l")
 def d2l_alexnet(*, in_channels: int = 1, num_classes: int = 10) -> AlexNet:
-    """Dive into Deep Learning's AlexNet (section 8.1) for 224x224 inputs.
-
-    Xavier-uniform weights as d2l's ``init_cnn``; biases keep PyTorch's default init, as there.
-    """
+    """Dive into Deep Learning's AlexNet (section 8.1) for 224x224 inputs, initialised as d2l's ``init_cnn``."""
     features = nn.Sequential(
         *_conv(in_channels, 96, 11, stride=4, padding=1), nn.MaxPool2d(3, stride=2),  # 224 -> 54 -> 26
         *_conv(96, 256, 5, padding=2), nn.MaxPool2d(3, stride=2),  # 26 -> 12

@@ -1,17 +1,7 @@
-"""The AlexNet classification trainer and its weight-decay modes.
-
-Weight decay three ways, for the decayed parameters (weights of convs and linears; biases and
-normalisation weights only with ``--decay-all``):
-
-- ``l2``: the loss gets ``lambda/2 * sum ||w||^2``; autograd adds ``lambda * w`` to the gradient.
-- ``coupled``: the optimizer's own ``weight_decay`` adds ``lambda * w`` to the gradient.
-- ``decoupled``: the weights are multiplied by ``1 - lr * lambda`` apart from the gradient step
-  (AdamW / SGDW). ``--optimizer adamw`` is Adam with this decay.
-
-For plain SGD the three are the same update, ``w <- (1 - lr*lambda) w - lr * grad``. With Adam
-(or momentum) ``l2``/``coupled`` push ``lambda * w`` through the optimizer's scaling, so the
-shrink is no longer ``1 - lr*lambda`` per step: the point of AdamW.
-"""
+"""The AlexNet classification trainer and its weight-decay modes: ``l2`` (``lambda/2 ||w||^2`` in the loss),
+``coupled`` (the optimizer's ``weight_decay``) and ``decoupled`` (``w *= 1 - lr*lambda`` apart from the
+gradient step, as AdamW / SGDW). For plain SGD the three are one update; with Adam or momentum only
+decoupled decay shrinks by ``1 - lr*lambda`` per step (docs/theory.md)."""
 
 from __future__ import annotations
 
@@ -19,6 +9,8 @@ import argparse
 import dataclasses
 import inspect
 from collections.abc import Callable, Iterable, Mapping
+from functools import partial
+from itertools import islice
 from typing import Any
 
 import torch
@@ -27,11 +19,10 @@ from torch import nn
 from dlhw.core.distributed import Dist, wrap_ddp
 from dlhw.core.errors import UsageError
 from dlhw.core.events import Callback, EPOCH_AXIS, STEP_AXIS
-from dlhw.trainers.alexnet import MODELS
-from dlhw.trainers.amp import Precision
-from dlhw.trainers.datasets import DATASETS, Loaders, resolve_dataset
+from dlhw.trainers.alexnet import MODELS, create_model
+from dlhw.trainers.datasets import DATASETS, Loaders, load, make_loaders, resolve_dataset
 from dlhw.trainers.device_data import DeviceBatches
-from dlhw.trainers.engine import Engine, check_finite, pipeline_generators
+from dlhw.trainers.engine import Engine, Precision, check_finite, pipeline_generators
 from dlhw.trainers.settings import add_arguments as settings_flags
 from dlhw.trainers.settings import make, setting, settings, values
 
@@ -39,35 +30,27 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 WD_MODES = ("l2", "coupled", "decoupled")
 
 
-# Each recipe fills the settings whose flags were left unset.
+# Each recipe fills the settings whose flags were left unset. course: the course notebook (~76.8% test);
+# d2l: Dive into Deep Learning 8.1 (~0.885 test); digits: the offline default, 95% within minutes on 2 cores.
 _RECIPE = {"momentum": 0.0, "weight_decay": 0.0, "wd_mode": "coupled", "augment": True, "val_split": True,
            "normalize": True, "test_weights": "best"}
 RECIPES: dict[str, dict[str, Any]] = {
-    # The course notebook: CIFAR-10 at 32x32, Adam 1e-3, batch 256, 25 epochs, best-val
-    # checkpoint; about 76.8% test accuracy.
     "course": {**_RECIPE, "dataset": "cifar10", "variant": "course", "optimizer": "adam", "lr": 1e-3,
                "batch_size": 256, "epochs": 25},
-    # Dive into Deep Learning 8.1: all 60,000 Fashion-MNIST training images, Resize(224) +
-    # ToTensor (no normalisation, no augmentation), SGD 0.01, batch 128, 10 epochs, the last
-    # epoch's weights on the test set; about 0.885 test accuracy.
     "d2l": {**_RECIPE, "dataset": "fashion-mnist", "variant": "d2l", "optimizer": "sgd", "lr": 0.01, "batch_size": 128,
             "epochs": 10, "augment": False, "val_split": False, "normalize": False, "test_weights": "last"},
-    # The offline default: the course network on the digits upscaled to 32x32, sized to reach
-    # 95% test accuracy within minutes on two CPU cores. Decoupled decay, so the probe has a
-    # shrink factor to show.
     "digits": {**_RECIPE, "dataset": "digits", "variant": "course", "optimizer": "adam", "lr": 1e-3, "batch_size": 32,
                "epochs": 5, "weight_decay": 5e-4, "wd_mode": "decoupled"},
 }
 RECIPE_FOR_DATASET = {"digits": "digits", "cifar10": "course", "fashion-mnist": "d2l"}
-
+ADAMW_ERROR = "--optimizer adamw decays decoupled by definition; use --optimizer adam with --wd-mode l2 or coupled"
 
 DATA, SPEED, OPTIM, PROBE = "data and model", "speed", "optimisation and weight decay", "weight-decay probe and pictures"
 
 
 @settings
 class AlexNetSettings:
-    """The settings of ``launch.py alexnet`` (its flags are generated from these fields). Fields without
-    a default come from the recipe unless their flag is given."""
+    """The settings of ``launch.py alexnet``; fields without a default come from the recipe unless flagged."""
 
     recipe: str = setting(help="preset of every flag below (default: the one for the dataset: digits -> digits, "
                                "cifar10 -> course, fashion-mnist -> d2l); explicit flags override it",
@@ -121,9 +104,7 @@ class AlexNetSettings:
                                  "--batch-size is per process", flag=False)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags of ``launch.py alexnet``, one per :class:`AlexNetSettings` field. Unset flags come from the recipe."""
-    settings_flags(parser, AlexNetSettings)
+add_arguments = partial(settings_flags, cls=AlexNetSettings)  # launch.py alexnet's flags
 
 
 def resolve_args(args: argparse.Namespace) -> tuple[AlexNetSettings, list[str]]:
@@ -138,22 +119,19 @@ def resolve_args(args: argparse.Namespace) -> tuple[AlexNetSettings, list[str]]:
     v["recipe"] = v["recipe"] or RECIPE_FOR_DATASET[v["dataset"]]
     if v["optimizer"] == "adamw":
         if v["wd_mode"] not in (None, "decoupled"):
-            raise UsageError("--optimizer adamw decays decoupled by definition; use --optimizer adam with --wd-mode l2 or coupled")
+            raise UsageError(ADAMW_ERROR)
         v["wd_mode"] = "decoupled"
     for key, value in RECIPES[v["recipe"]].items():
         if v.get(key) is None:
             v[key] = value
     s = make(AlexNetSettings, v)
-    notes.append(
-        f"recipe {s.recipe}: {s.variant} AlexNet on {s.dataset}, {s.optimizer} lr {s.lr:g}, "
-        f"batch {s.batch_size}, {s.epochs} epochs, weight decay {s.weight_decay:g} ({s.wd_mode})"
-    )
+    notes.append(f"recipe {s.recipe}: {s.variant} AlexNet on {s.dataset}, {s.optimizer} lr {s.lr:g}, batch "
+                 f"{s.batch_size}, {s.epochs} epochs, weight decay {s.weight_decay:g} ({s.wd_mode})")
     return s, notes
 
 
 def param_groups(model: nn.Module, decay_all: bool = False) -> tuple[list[tuple[str, nn.Parameter]], list[tuple[str, nn.Parameter]]]:
-    """(decayed, not decayed) named parameters, the timm / nanoGPT way: biases and every 0-d or
-    1-d tensor (normalisation weights) are not decayed unless ``decay_all``."""
+    """(decayed, not decayed) named parameters, the timm way: biases and 0-d/1-d tensors only with ``decay_all``."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
@@ -164,9 +142,8 @@ def param_groups(model: nn.Module, decay_all: bool = False) -> tuple[list[tuple[
 
 
 class SGDW(torch.optim.SGD):
-    """SGD with decoupled weight decay, as AdamW is Adam's: each step first multiplies the decayed
-    weights by ``1 - lr * lambda``, then takes SGD's (momentum) step on the gradient alone, so
-    lambda never enters the momentum buffer. Its groups say ``decoupled_weight_decay`` as Adam's do."""
+    """SGD with decoupled weight decay, as AdamW is Adam's: weights shrink by ``1 - lr * lambda``, then SGD
+    steps on the gradient alone, so lambda never enters the momentum buffer."""
 
     def __init__(self, params: Iterable[Any], **kwargs: Any) -> None:
         super().__init__(params, **kwargs)
@@ -194,41 +171,20 @@ _SGD_UPDATE = inspect.unwrap(torch.optim.SGD.step)
 
 
 class ClassificationTrainer(Engine):
-    """Trains an image classifier with cross-entropy and one of three weight-decay modes; reports
-    val metrics per epoch and test metrics (of the best-val or last weights) at the end.
+    """Trains a classifier with cross-entropy and a weight-decay mode; val metrics per epoch, test metrics
+    (of the best-val or last weights) at the end. Under torchrun it trains through DDP and reports the job's numbers."""
 
-    Coupled and decoupled decay live in the optimizer, so a probe on its step hooks sees every part
-    of every step. Under torchrun (``dist``, ``loaders`` cut into this rank's shards) it trains
-    through DDP and every number it reports is the whole job's.
-    """
-
-    def __init__(
-        self,
-        model: nn.Module,
-        loaders: Loaders,
-        callbacks: Iterable[Callback] = (),
-        *,
-        epochs: int,
-        optimizer: str = "sgd",
-        lr: float = 0.01,
-        momentum: float = 0.0,
-        weight_decay: float = 0.0,
-        wd_mode: str = "coupled",
-        decay_all: bool = False,
-        limit_batches: int | None = None,
-        hessian_batch: int = 64,
-        device: str = "cpu",
-        compile: bool = False,
-        test_weights: str = "best",
-        config: Mapping[str, Any] | None = None,
-        dist: Dist | None = None,
-    ) -> None:
+    def __init__(self, model: nn.Module, loaders: Loaders, callbacks: Iterable[Callback] = (), *, epochs: int,
+                 optimizer: str = "sgd", lr: float = 0.01, momentum: float = 0.0, weight_decay: float = 0.0,
+                 wd_mode: str = "coupled", decay_all: bool = False, limit_batches: int | None = None,
+                 hessian_batch: int = 64, device: str = "cpu", compile: bool = False, test_weights: str = "best",
+                 config: Mapping[str, Any] | None = None, dist: Dist | None = None) -> None:
         steps = len(loaders.train) if limit_batches is None else min(limit_batches, len(loaders.train))
         super().__init__(callbacks, epochs=epochs, config=config, name="alexnet", steps_per_epoch=steps, dist=dist)
         if optimizer not in OPTIMIZERS or wd_mode not in WD_MODES:
             raise UsageError(f"optimizer must be one of {OPTIMIZERS} and wd_mode one of {WD_MODES}")
         if optimizer == "adamw" and wd_mode != "decoupled":
-            raise UsageError("--optimizer adamw decays decoupled by definition; use --optimizer adam with --wd-mode l2 or coupled")
+            raise UsageError(ADAMW_ERROR)
         self.device = torch.device(device)
         self.precision = Precision(self.device)
         # NHWC lets cuDNN use tensor-core kernels without transposing every activation; input
@@ -237,10 +193,8 @@ class ClassificationTrainer(Engine):
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         self.model = model.to(self.device, memory_format=self.memory_format)
-        # The compiled module serves training and evaluation only: the curvature estimates need
-        # double backward and the feature maps add hooks, both on the plain module (same weights).
-        # DDP without buffer syncs in forward: its forward then holds no collective, so evaluation,
-        # whose shards may differ by a batch between ranks, runs through it too.
+        # Compiled for training and evaluation only: curvature (double backward) and feature-map hooks use the
+        # plain module. No buffer syncs in DDP's forward, so evaluation's uneven shards can run through it.
         net = wrap_ddp(self.model, self.dist, forward_sync_buffers=False)
         self.forward = torch.compile(net) if compile else net
         self.loaders = loaders
@@ -250,17 +204,13 @@ class ClassificationTrainer(Engine):
         self.hessian_batch = hessian_batch
         decay, no_decay = param_groups(model, decay_all)
         self.decay_params = [p for _, p in decay]
-        self.group_sizes = {
-            "decay_tensors": len(decay), "decay_params": sum(p.numel() for _, p in decay),
-            "no_decay_tensors": len(no_decay), "no_decay_params": sum(p.numel() for _, p in no_decay),
-        }
+        self.group_sizes = {"decay_tensors": len(decay), "decay_params": sum(p.numel() for _, p in decay),
+                            "no_decay_tensors": len(no_decay), "no_decay_params": sum(p.numel() for _, p in no_decay)}
         self.summary.update({f"wd/{k}": v for k, v in self.group_sizes.items()})
         self.config["_param_groups"] = dict(self.group_sizes)
         in_optimizer = weight_decay if wd_mode != "l2" else 0.0
-        groups = [
-            {"params": self.decay_params, "weight_decay": in_optimizer},
-            {"params": [p for _, p in no_decay], "weight_decay": 0.0},
-        ]
+        groups = [{"params": self.decay_params, "weight_decay": in_optimizer},
+                  {"params": [p for _, p in no_decay], "weight_decay": 0.0}]
         # Fused kernels update all parameters in one pass, far cheaper than the default on a CPU.
         decoupled = wd_mode == "decoupled"
         if optimizer == "sgd":
@@ -275,6 +225,9 @@ class ClassificationTrainer(Engine):
         self.test_predictions: list[int] = []
         # The current epoch's summed loss, summed accuracy and images seen (its epoch metrics).
         self.epoch_totals = [0.0, 0.0, 0.0]
+
+    def _batches(self, loader: Iterable[Any]) -> Iterable[Any]:
+        return islice(loader, self.limit_batches)
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
         """One optimisation step on a batch; returns its loss and accuracy (and the L2 penalty)."""
@@ -299,20 +252,13 @@ class ClassificationTrainer(Engine):
         self.precision.step(self.optimizer)
         return out
 
-    # -- the loop -----------------------------------------------------------------------------
-    def _batches(self, loader: torch.utils.data.DataLoader) -> Iterable[tuple[int, Any]]:
-        for i, batch in enumerate(loader):
-            if self.limit_batches is not None and i >= self.limit_batches:
-                return
-            yield i, batch
-
     def train_epoch(self, epoch: int) -> None:
         if isinstance(self.loaders.train, DeviceBatches):
             self.loaders.train.set_epoch(epoch)
         if not self.resume_batch:  # a resumed epoch keeps the totals of the steps it already took
             self.epoch_totals = [0.0, 0.0, 0.0]
         totals = self.epoch_totals
-        for i, (x, y) in self.epoch_batches(batch for _, batch in self._batches(self.loaders.train)):
+        for i, (x, y) in self.epoch_batches(self._batches(self.loaders.train)):
             out = self.train_step(x, y)
             n = len(y)
             if self.dist.distributed:  # the global batch's numbers, as one process with all of it has them
@@ -331,13 +277,12 @@ class ClassificationTrainer(Engine):
 
     @torch.no_grad()
     def _evaluate(self, loader: torch.utils.data.DataLoader) -> tuple[float, float, list[int], list[int]]:
-        """Mean loss, accuracy, targets and predictions of ``loader``: of the whole split under
-        torchrun (each rank scores its shard; sums and counts are all-reduced)."""
+        """Mean loss, accuracy, targets and predictions of ``loader`` (of the whole split under torchrun)."""
         self.model.eval()
         loss = 0.0
         targets: list[int] = []
         preds: list[int] = []
-        for _, (x, y) in self._batches(loader):
+        for x, y in self._batches(loader):
             x = x.to(self.device, non_blocking=True, memory_format=self.memory_format)
             y = y.to(self.device, non_blocking=True)
             with self.precision.autocast():
@@ -370,14 +315,12 @@ class ClassificationTrainer(Engine):
         return {"test/loss": loss, "test/acc": acc, "test/best_epoch": self.best_epoch}
 
     def state_dict(self) -> dict[str, Any]:
-        """The weights and how to feed them (classes, normalisation): the uploaded best checkpoint,
-        small because the optimizer's state (Adam's two moment buffers would triple it) is left to
-        :meth:`training_state`, which only the resumable ``last.pt`` holds."""
+        """The weights and how to feed them (classes, normalisation): the uploaded best checkpoint."""
         return {**super().state_dict(), "classes": self.loaders.classes, "mean": self.loaders.mean,
                 "std": self.loaders.std}
 
     def training_state(self) -> dict[str, Any]:
-        """Also the best validation epoch and its weights (what ``test`` scores) and the current epoch's totals."""
+        """Also the best validation epoch and its weights, and the current epoch's totals."""
         return {**super().training_state(), "best_acc": self._best_acc, "best_epoch": self.best_epoch,
                 "best_model": self._best_state, "epoch_totals": list(self.epoch_totals)}
 
@@ -389,18 +332,15 @@ class ClassificationTrainer(Engine):
             self.epoch_totals = list(state["epoch_totals"])
 
     def data_generators(self) -> dict[str, Any]:
-        # Batches on the device are drawn from a generator made from (seed, epoch) each epoch; the
-        # DataLoader path draws its order from its generator and its augmentation from the
-        # pipeline's own (in this process with --workers 0; in the workers, out of reach, otherwise).
+        # Device batches draw from (seed, epoch) alone; the DataLoader from its sampler's and the pipeline's
+        # generators (out of reach in worker processes).
         train = self.loaders.train
         if isinstance(train, DeviceBatches):
             return {}
         return {"sampler": train.generator, **pipeline_generators("augment", train.dataset.transform)}
 
-    # -- what the weight-decay probe asks for -------------------------------------------------
     def curvature_loss(self) -> tuple[Callable[[], torch.Tensor], list[nn.Parameter]]:
-        """The data loss (no decay term) on a fixed training batch with dropout off, as a closure,
-        and the parameters its curvature is taken in."""
+        """The data loss on a fixed training batch with dropout off, as a closure, and its parameters."""
         x, y = self.loaders.fixed_batch("train", self.hessian_batch)
         x, y = x.to(self.device), y.to(self.device)
 
@@ -423,12 +363,7 @@ def resolve_device(name: str) -> str:
 
 
 def build_trainer(settings: AlexNetSettings, callbacks: Iterable[Callback], dist: Dist | None = None) -> ClassificationTrainer:
-    """Data, model and trainer from the resolved settings (see :func:`resolve_args`); they are the run's config.
-    ``dist`` (from :func:`core.distributed.init_distributed`): the torchrun job this process is a rank of,
-    whose device it trains on."""
-    from dlhw.trainers.alexnet import create_model
-    from dlhw.trainers.datasets import load, make_loaders
-
+    """Data, model and trainer from the resolved settings (the run's config); ``dist``: this process's torchrun job."""
     if dist is None:
         dist = Dist(device=torch.device(resolve_device(settings.device)))
     if settings.world_size != dist.world_size:
@@ -442,9 +377,8 @@ def build_trainer(settings: AlexNetSettings, callbacks: Iterable[Callback], dist
     loaders = make_loaders(splits, size=model.input_size, batch_size=settings.batch_size, augment=settings.augment,
                            seed=settings.seed, workers=settings.workers, device=device, on_device=on_device,
                            normalize=settings.normalize, rank=dist.rank, world=dist.world_size)
-    return ClassificationTrainer(
-        model, loaders, callbacks, epochs=settings.epochs, optimizer=settings.optimizer, lr=settings.lr, momentum=settings.momentum,
-        weight_decay=settings.weight_decay, wd_mode=settings.wd_mode, decay_all=settings.decay_all,
-        limit_batches=settings.limit_batches, hessian_batch=settings.hessian_batch, device=device, compile=settings.compile,
-        test_weights=settings.test_weights, config=dataclasses.asdict(settings), dist=dist,
-    )
+    # The trainer's arguments that are settings of the same name.
+    same = ("epochs", "optimizer", "lr", "momentum", "weight_decay", "wd_mode", "decay_all", "limit_batches",
+            "hessian_batch", "compile", "test_weights")
+    return ClassificationTrainer(model, loaders, callbacks, **{k: getattr(settings, k) for k in same}, device=device,
+                                 config=dataclasses.asdict(settings), dist=dist)

@@ -1,11 +1,6 @@
-"""Image-classification data: scikit-learn's digits (always there), CIFAR-10 and Fashion-MNIST
-(torchvision's on-disk layout under ``--data``, fetched with torchvision's own code on ``--download``).
-
-Every dataset is loaded as uint8 arrays (N, H, W, C) split into train / val / test; resizing,
-augmentation (albumentations) and normalisation happen per sample in the loader, or batched on the
-training device (:mod:`trainers.device_data`) with the same distribution.
-"""
-
+"""Image-classification data: scikit-learn's digits (always there), CIFAR-10 and Fashion-MNIST (torchvision's
+layout under ``--data``) as uint8 (N, H, W, C) splits; resized, augmented and normalised per sample in a
+DataLoader, or batched on the device (:mod:`trainers.device_data`) with the same distribution."""
 
 from __future__ import annotations
 
@@ -28,8 +23,7 @@ from dlhw.core.registry import Registry
 from dlhw.trainers.device_data import DeviceBatches
 from dlhw.trainers.download import socket_timeout
 
-# The split of a dataset never depends on --seed, so runs that differ in seed, lambda or the
-# learning rate are compared on the same images.
+# The split never depends on --seed, so runs that differ in seed, lambda or lr are compared on the same images.
 SPLIT_SEED = 0
 VAL_FRACTION = 0.1  # CIFAR-10: 45k / 5k, the course's split
 DIGITS_TEST_FRACTION = 0.2
@@ -63,8 +57,7 @@ class Splits:
         return int(self.train[0].shape[-1])
 
     def without_val(self) -> Splits:
-        """Every training image trains (the validation images go back into training) and the
-        validation split is the test set: d2l's setting, which monitors test accuracy per epoch."""
+        """Every training image trains and the test set serves as validation: d2l's setting."""
         train = tuple(np.concatenate([t, v]) for t, v in zip(self.train, self.val))
         return replace(self, train=train, val=self.test)
 
@@ -96,8 +89,7 @@ DATASETS: Registry[Splits] = Registry("dataset")
 
 @DATASETS.register("digits")
 def load_digits(root: Path, download: bool = False) -> Splits:
-    """scikit-learn's 1797 8x8 handwritten digits (bundled with the package, so ``root`` and
-    ``download`` play no part): a fixed 70/10/20 split."""
+    """scikit-learn's bundled 1797 8x8 handwritten digits, a fixed 70/10/20 split."""
     from sklearn.datasets import load_digits as sk_digits
 
     d = sk_digits()
@@ -122,10 +114,9 @@ def _ensure(name: str, root: Path, present: bool, download: bool, what: str, tor
         with socket_timeout():  # an unreachable mirror fails in seconds instead of hanging
             getattr(torchvision.datasets, torchvision_class)(str(root), train=True, download=True)
     except Exception as exc:  # no network, a proxy page, a bad checksum: all mean "no data"
-        raise UsageError(
-            f"could not download {name} to {root} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-            f"place the files there yourself and keep --download off, or use --dataset digits"
-        ) from None
+        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        raise UsageError(f"could not download {name} to {root} ({reason}); place the files there yourself and keep "
+                         f"--download off, or use --dataset digits") from None
 
 
 def cifar10_present(root: Path) -> bool:
@@ -143,7 +134,7 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 @DATASETS.register("cifar10")
 def load_cifar10(root: Path, download: bool = False) -> Splits:
-    """CIFAR-10 from torchvision's python batches; the last 10% (fixed seed) of train is the val split."""
+    """CIFAR-10 from torchvision's python batches; 10% (fixed seed) of train is the val split."""
     root = Path(root)
     _ensure("cifar10", root, cifar10_present(root), download, f"expected {CIFAR10_DIR}/data_batch_1..5 and test_batch",
             "CIFAR10")
@@ -213,20 +204,15 @@ def load(name: str, root: Path, *, download: bool = False) -> Splits:
     return DATASETS.create(name, Path(root), download=download)
 
 
-def transforms(
-    size: int, mean: list[float], std: list[float], *, augment: bool, flips: bool, seed: int | None = None
-) -> A.Compose:
-    """Resize to ``size``; with ``augment`` the course recipe (small rotation, horizontal flip
-    when the data allows it, random crop with padding 2); then normalisation and a CHW tensor."""
+def transforms(size: int, mean: list[float], std: list[float], *, augment: bool, flips: bool,
+               seed: int | None = None) -> A.Compose:
+    """Resize, with ``augment`` the course's rotation, flip (when ``flips``) and padded crop, normalise, CHW tensor."""
     ops: list = [A.Resize(size, size, interpolation=cv2.INTER_LINEAR)]
     if augment:
         ops += [A.Rotate(limit=10, border_mode=cv2.BORDER_CONSTANT, fill=0, p=1.0)]
         if flips:
             ops += [A.HorizontalFlip(p=0.5)]
-        ops += [
-            A.PadIfNeeded(size + 4, size + 4, border_mode=cv2.BORDER_CONSTANT, fill=0),
-            A.RandomCrop(size, size),
-        ]
+        ops += [A.PadIfNeeded(size + 4, size + 4, border_mode=cv2.BORDER_CONSTANT, fill=0), A.RandomCrop(size, size)]
     ops += [A.Normalize(mean=mean, std=std, max_pixel_value=255.0), ToTensorV2()]
     return A.Compose(ops, seed=seed)
 
@@ -257,8 +243,7 @@ class Loaders:
     std: list[float]
 
     def fixed_batch(self, split: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``n`` images of ``split`` picked with a fixed seed, without augmentation: the same
-        batch every time it is asked for (for curvature estimates and feature-map tables)."""
+        """``n`` images of ``split`` picked with a fixed seed, without augmentation: the same batch every time."""
         ds: ArrayDataset = getattr(self, split).dataset
         plain = self.val.dataset.transform
         idx = np.sort(np.random.default_rng(SPLIT_SEED).permutation(len(ds))[:n])
@@ -272,18 +257,11 @@ class Loaders:
         return (x.cpu() * std + mean).clamp(0, 1)
 
 
-def make_loaders(
-    splits: Splits, *, size: int, batch_size: int, augment: bool, seed: int, workers: int = 0,
-    device: str | torch.device = "cpu", on_device: bool = False, normalize: bool = True, rank: int = 0,
-    world: int = 1,
-) -> Loaders:
-    """Loaders that resize to ``size``; only training is shuffled (seeded) and augmented.
-
-    ``on_device``: batches made on ``device`` (:class:`DeviceBatches`); otherwise a DataLoader with
-    ``workers`` processes. Without ``normalize`` pixels are only scaled to [0, 1]. ``rank`` of
-    ``world`` gets its shard of every split (:func:`core.distributed.shard`) and augments with its
-    own stream (``seed + rank``).
-    """
+def make_loaders(splits: Splits, *, size: int, batch_size: int, augment: bool, seed: int, workers: int = 0,
+                 device: str | torch.device = "cpu", on_device: bool = False, normalize: bool = True, rank: int = 0,
+                 world: int = 1) -> Loaders:
+    """Loaders that resize to ``size``, on ``device`` (``on_device``) or through a DataLoader; only training is
+    shuffled and augmented. ``rank`` of ``world`` gets its shard of every split and its own augmentation stream."""
     mean, std = splits.mean_std() if normalize else ([0.0] * splits.channels, [1.0] * splits.channels)
     plain = transforms(size, mean, std, augment=False, flips=splits.flips)
     train_tf = transforms(size, mean, std, augment=augment, flips=splits.flips, seed=seed + rank)
@@ -299,21 +277,14 @@ def make_loaders(
         ds = ArrayDataset(*part, tf)
         if world == 1:
             return DataLoader(ds, shuffle=shuffle, generator=gen, **kw)
-        # The loader draws from ``gen`` as shuffle=True would (the order, the workers' base seed),
-        # so its random stream is the one a single process has.
+        # The loader draws from ``gen`` as shuffle=True would, so its random stream is a single process's.
         sampler = (ShardedSampler(RandomSampler(ds, generator=gen), rank, world) if shuffle else
                    shard(range(len(ds)), rank, world, even=False))
         return DataLoader(ds, sampler=sampler, generator=gen, **kw)
 
-    return Loaders(
-        train=loader(splits.train, train_tf, True),
-        val=loader(splits.val, plain, False),
-        test=loader(splits.test, plain, False),
-        classes=splits.classes,
-        channels=splits.channels,
-        mean=mean,
-        std=std,
-    )
+    return Loaders(train=loader(splits.train, train_tf, True), val=loader(splits.val, plain, False),
+                   test=loader(splits.test, plain, False), classes=splits.classes, channels=splits.channels,
+                   mean=mean, std=std)
 
 
 def dataset_path(name: str, root: Path) -> Path:

@@ -1,14 +1,6 @@
-"""Classifier batches cut from one uint8 tensor that lives on the training device.
-
-A DataLoader over albumentations spends Python and cv2 calls per image on one core, which bounds an
-epoch on a GPU. Here a split is copied to the device once and each batch is resized, augmented and
-normalised in a few batched operations, with the distribution of :func:`trainers.datasets.transforms`
-(rotation within +-10 degrees, a flip where the data allows it, a crop of the image padded by 2, as
-one affine ``grid_sample``). Random numbers come from a generator of ``(seed, epoch)``, so an epoch's
-batches do not depend on what ran before. Under torchrun each rank takes its shard of each epoch's
-order (:func:`core.distributed.shard`).
-"""
-
+"""Classifier batches cut from one uint8 tensor on the training device: a DataLoader's per-image albumentations
+calls bound a GPU epoch, so each batch is resized, augmented (as :func:`trainers.datasets.transforms` does, in one
+affine ``grid_sample``) and normalised in a few batched operations, from a generator of ``(seed, epoch)``."""
 
 from __future__ import annotations
 
@@ -26,15 +18,13 @@ CROP_PADDING = 2
 
 
 def epoch_generator(seed: int, epoch: int, device: torch.device, *more: int) -> torch.Generator:
-    """A generator on ``device`` whose state depends on ``seed``, ``epoch`` (and ``more``) only
-    (well mixed, so epoch 1 of seed 0 and epoch 0 of seed 1 do not share a stream)."""
+    """A generator on ``device`` whose state depends on ``seed``, ``epoch`` and ``more`` only, well mixed."""
     state = int(np.random.SeedSequence([seed, epoch, *more]).generate_state(1, dtype=np.uint64)[0]) >> 1
     return torch.Generator(device=device).manual_seed(state)
 
 
 def resize(x: torch.Tensor, size: int) -> torch.Tensor:
-    """uint8 or float (B, C, H, W) -> float (B, C, size, size) on the 0-255 scale, bilinear with
-    edge clamping and rounded like cv2's INTER_LINEAR on uint8 (albumentations' ``Resize``)."""
+    """(B, C, H, W) -> float (B, C, size, size) on the 0-255 scale, rounded like cv2's INTER_LINEAR on uint8."""
     x = x.float()
     if x.shape[-2:] == (size, size):
         return x
@@ -43,9 +33,8 @@ def resize(x: torch.Tensor, size: int) -> torch.Tensor:
 
 def augment(x: torch.Tensor, *, flips: bool, generator: torch.Generator,
             degrees: float = ROTATION_DEGREES, padding: int = CROP_PADDING) -> torch.Tensor:
-    """Rotate, flip (when ``flips``) and pad-and-crop a float (B, C, S, S) batch, each image with its
-    own random draw; returns the same shape. The map from output to input pixel is
-    rotation . flip . shift, sampled once with zeros outside the image."""
+    """Rotate, flip (when ``flips``) and pad-and-crop a float (B, C, S, S) batch, each image with its own draw, as
+    one map rotation . flip . shift sampled with zeros outside the image."""
     b, _, _, size = x.shape
     dev = x.device
     angle = (torch.rand(b, generator=generator, device=dev) * 2 - 1) * math.radians(degrees)
@@ -62,11 +51,8 @@ def augment(x: torch.Tensor, *, flips: bool, generator: torch.Generator,
 
 
 class DeviceBatches:
-    """Batches ``(x, y)`` of one split held on ``device``; each ``iter()`` is one epoch, shuffled and
-    augmented (when asked) with the generator of ``(seed, epoch)``. ``dataset``: the split's
-    per-image dataset, for code that picks single images. ``rank`` of ``world`` takes its shard of
-    every epoch (padded for training, so every rank takes the same steps) and augments with its own stream.
-    """
+    """Batches ``(x, y)`` of one split on ``device``; each ``iter()`` is one epoch. ``dataset``: the per-image view,
+    for code that picks single images. ``rank`` of ``world`` takes its shard (padded for training: equal steps)."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, *, size: int, mean: list[float], std: list[float],
                  batch_size: int, device: torch.device | str, augment: bool = False, flips: bool = False,

@@ -1,8 +1,5 @@
-"""Fetching files from their official URLs: a cache, a checksum, a progress bar, and a fast, clear failure.
-
-Every caller has an offline fallback, so a download must never hang: sockets time out after a
-few seconds and any failure becomes one :class:`DownloadError` whose message fits on one line.
-"""
+"""Fetching files from their official URLs: a cache, a checksum, a progress bar, and a fast, one-line failure
+(every caller has an offline fallback, so a download must never hang)."""
 
 from __future__ import annotations
 
@@ -58,21 +55,15 @@ def file_digest(path: str | os.PathLike[str]) -> str:
 
 
 def hash_prefix(file_name: str) -> str | None:
-    """The sha256 prefix a torchvision weights file carries in its name, the hex between its last
-    ``-`` and the extension (``resnet50-0676ba61.pth`` -> ``0676ba61``), or None when it has none
-    (torch.hub checks it only while downloading; a cached file is trusted as it is)."""
+    """The sha256 prefix in a torchvision weights file's name (``resnet50-0676ba61.pth`` -> ``0676ba61``), or None."""
     stem, dash, tail = file_name.partition(".")[0].rpartition("-")
     return tail.lower() if dash and stem and tail and all(c in "0123456789abcdefABCDEF" for c in tail) else None
 
 
 def download(url: str, dest: str | os.PathLike[str], *, sha256_prefix: str | None = None,
              timeout: float = SOCKET_TIMEOUT_S) -> Path:
-    """Download ``url`` to ``dest`` unless a file with the right checksum is already there.
-
-    The bytes go to a temporary file renamed over ``dest`` only once its sha256 starts with
-    ``sha256_prefix`` (when given), so an interrupted or corrupt download leaves nothing behind.
-    Raises :class:`DownloadError` on any failure.
-    """
+    """Download ``url`` to ``dest`` unless a file with the right checksum is there; nothing is left of a cut or
+    corrupt download. Raises :class:`DownloadError` on any failure."""
     dest = Path(dest)
 
     def verified(path: Path) -> bool:

@@ -1,20 +1,13 @@
-"""The training loop and its events.
-
-An :class:`Engine` runs ``epochs`` rounds of ``train_epoch`` then ``evaluate`` and fires named
-events to its callbacks; the run's lifecycle (fit start and end, the exception path, the exit code)
-is its :class:`~core.session.Session`'s. Everything that is not training lives in callbacks, so
-this module never imports wandb. A successful fit fires::
+"""The training loop (``epochs`` rounds of ``train_epoch`` then ``evaluate``, events to the callbacks), the
+checkpoint a resume needs (down to the step within an epoch and the random generators), and the CUDA step's
+mixed precision (bf16 where the GPU has it, else fp16 with a loss scaler; float32 on CPU). A fit fires::
 
     on_fit_start (on_epoch_start, on_batch_end*, on_validation_end, on_epoch_end)* on_test_end on_fit_end
-
-``on_log`` fires whenever metrics are reported; ``on_exception`` replaces ``on_fit_end`` when the
-loop raises. :meth:`Engine.checkpoint_state` is everything a resume needs, down to the step within
-an epoch and the random generators, and :meth:`Engine.load_checkpoint_state` puts it back. SIGINT
-and SIGTERM stop a fit after the current step; under torchrun every rank agrees on that step.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 from collections import Counter
@@ -37,45 +30,35 @@ CHECKPOINT_FORMAT = 1
 
 
 class Engine(Session):
-    """A training loop over a :class:`~core.session.Session`; subclasses implement ``train_epoch``
-    and ``evaluate``. ``config`` is what W&B records, ``name`` the W&B job type, ``dist`` this
-    process's place in a torchrun job (a world of one when None)."""
+    """A training loop; subclasses implement ``train_epoch`` and ``evaluate``. ``dist``: the torchrun job."""
 
     def __init__(self, callbacks: Iterable[Callback] = (), *, epochs: int, config: Mapping[str, Any] | None = None,
                  name: str = "experiment", steps_per_epoch: int | None = None, dist: Dist | None = None) -> None:
         super().__init__(callbacks, name=name, config=config, epochs=epochs, steps_per_epoch=steps_per_epoch)
         self.dist = dist if dist is not None else Dist()
 
-        # Set by load_checkpoint_state, applied when fit starts its loop (after on_fit_start, whose
-        # callbacks may draw random numbers the uninterrupted run drew at its own start).
+        # Applied after on_fit_start, whose callbacks may draw random numbers the uninterrupted run drew too.
         self._pending_rng: dict[str, Any] | None = None
-        # The data generators' state when the current epoch began: a mid-epoch resume replays the
-        # epoch's first batches from there.
-        self._epoch_data_rng: dict[str, Any] = {}
-        # Every rank's random state, gathered for rank 0's checkpoint (see gather_rng).
+        self._epoch_data_rng: dict[str, Any] = {}  # a mid-epoch resume replays the epoch's batches from here
         self._ranks_rng: list[dict[str, Any]] | None = None
-        # Steps of the current epoch that a resumed run already trained: epoch_batches skips them.
-        self.resume_batch = 0
+        self.resume_batch = 0  # steps of the current epoch a resumed run already trained
 
-    # What a subclass trains, when it trains a model: saved and restored by the three methods below.
+    # What a subclass trains, saved and restored by the three methods below.
     model: torch.nn.Module | None = None
     optimizer: torch.optim.Optimizer | None = None
     scheduler: Any = None
-    precision: Any = None  # a trainers.amp.Precision, whose loss scaler has a state
+    precision: Precision | None = None
 
     def state_dict(self) -> dict[str, Any]:
-        """The weights and what evaluating them needs (the small checkpoint a W&B artifact holds);
-        subclasses add how to feed the model."""
+        """The weights and what evaluating them needs (the small checkpoint a W&B artifact holds)."""
         return {"model": self.model.state_dict()} if self.model is not None else {}
 
     def training_state(self) -> dict[str, Any]:
-        """What continuing the training needs beyond :meth:`state_dict`: optimizer, scheduler and
-        loss scaler; subclasses add their running totals."""
+        """What continuing the training needs beyond :meth:`state_dict`: optimizer, scheduler, loss scaler."""
         return {key: part.state_dict() for key, part in self._training_parts().items()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore a :meth:`state_dict`, and a :meth:`training_state` merged into it when it has one
-        (a resume); subclasses restore their own additions after this."""
+        """Restore a :meth:`state_dict`, with a :meth:`training_state` merged into it on a resume."""
         if self.model is not None:
             self.model.load_state_dict(state["model"])
         if "optimizer" in state:
@@ -88,8 +71,7 @@ class Engine(Session):
         return {key: part for key, part in parts.items() if part is not None}
 
     def data_generators(self) -> dict[str, Any]:
-        """The random generators the training data path draws from, by name (torch ``Generator``,
-        NumPy ``Generator``, ``random.Random``), other than the global ones."""
+        """The training data's own random generators by name (torch, NumPy or ``random.Random``)."""
         return {}
 
     def _rng_state(self) -> dict[str, Any]:
@@ -98,34 +80,23 @@ class Engine(Session):
         return {"global": global_rng_state(), "data": data}
 
     def gather_rng(self) -> None:
-        """Under torchrun, collect every rank's random state (each draws its own dropout and
-        augmentation) for rank 0's next :meth:`checkpoint_state`. A collective; a no-op in one process."""
+        """Collect every rank's random state for rank 0's next :meth:`checkpoint_state` (a collective)."""
         self._ranks_rng = self.dist.all_gather_object(self._rng_state()) if self.dist.distributed else None
 
     def checkpoint_state(self) -> dict[str, Any]:
-        """Everything a resume needs, in tensors and plain containers (``weights_only`` reads it): the
-        position (``epoch`` done, ``batch`` steps into the next, ``global_step``), ``summary``,
-        ``trainer``, ``callbacks`` (by :func:`callback_keys`) and ``rng`` (every rank's under torchrun)."""
+        """Everything a resume needs, in tensors and plain containers that ``weights_only`` reads."""
         mid_epoch = self.batch_in_epoch > 0
         rng = self._rng_state()
         if self.dist.distributed and self._ranks_rng is not None:
             rng["ranks"] = self._ranks_rng
-        return {
-            "format": CHECKPOINT_FORMAT,
-            "name": self.name,
-            "config": plain(self.config),
-            "epoch": self.epoch + (0 if mid_epoch else 1),
-            "batch": self.batch_in_epoch,
-            "global_step": self.global_step,
-            "summary": plain(self.summary),
-            "trainer": {**self.state_dict(), **self.training_state()},
-            "callbacks": {key: plain(cb.state_dict()) for key, cb in callback_keys(self.callbacks)},
-            "rng": rng,
-        }
+        return {"format": CHECKPOINT_FORMAT, "name": self.name, "config": plain(self.config),
+                "epoch": self.epoch + (0 if mid_epoch else 1), "batch": self.batch_in_epoch,
+                "global_step": self.global_step, "summary": plain(self.summary),
+                "trainer": {**self.state_dict(), **self.training_state()},
+                "callbacks": {key: plain(cb.state_dict()) for key, cb in callback_keys(self.callbacks)}, "rng": rng}
 
     def load_checkpoint_state(self, state: Mapping[str, Any]) -> None:
-        """Put back what :meth:`checkpoint_state` returned; the next :meth:`fit` continues from it.
-        A callback the checkpoint does not know keeps its state."""
+        """Put back what :meth:`checkpoint_state` returned; the next :meth:`fit` continues from it."""
         self.epoch, self.batch_in_epoch, self.global_step = state["epoch"], state["batch"], state["global_step"]
         self.resume_batch = self.batch_in_epoch
         self.summary.update(state["summary"])
@@ -137,30 +108,27 @@ class Engine(Session):
         self._pending_rng = state["rng"]
 
     def check_stop(self) -> None:
-        """As :meth:`Session.check_stop`, with the stop agreed over the ranks: each says which
-        signal it got (SIGTERM wins over SIGINT), so every rank stops after the same step."""
+        """As :meth:`Session.check_stop`, agreed over the ranks (SIGTERM wins) so all stop after one step."""
         if self.dist.distributed:
             got = self.dist.all_reduce_sum({str(int(sig)): float(self.stop_signal == sig) for sig in STOP_SIGNALS})
             if self.stop_signal is None:
                 self.stop_signal = next((sig for sig in sorted(STOP_SIGNALS, reverse=True) if got[str(int(sig))]), None)
         super().check_stop()
 
-    # -- the loop -----------------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> None:
         """Run one epoch of training, calling :meth:`step_end` after every step."""
         raise NotImplementedError
 
     def evaluate(self, epoch: int) -> dict[str, float]:
-        """Return the metrics of the model after ``epoch`` (namespaced keys, e.g. ``val/acc``)."""
+        """The metrics after ``epoch`` (namespaced keys, e.g. ``val/acc``)."""
         return {}
 
     def test(self) -> dict[str, float]:
-        """Final metrics after the last epoch, e.g. on a held-out test set (``test/acc``); {} for none."""
+        """Final metrics after the last epoch, e.g. ``test/acc``."""
         return {}
 
     def fit(self) -> dict[str, Any]:
-        """Run the loop (from where :meth:`load_checkpoint_state` left it) and return :attr:`summary`.
-        A stop signal ends it with :class:`core.session.Stopped`."""
+        """Run the loop (from where :meth:`load_checkpoint_state` left it) and return :attr:`summary`."""
         # The handlers outlive the loop, so a signal during the test or W&B's finish lets them complete.
         with self.stopping_on_signals(), self.running():
             first = self.epoch
@@ -187,8 +155,7 @@ class Engine(Session):
         return self.summary
 
     def epoch_batches(self, batches: Iterable[Any]) -> Iterator[tuple[int, Any]]:
-        """``(index, batch)`` of this epoch's training batches; those a resumed run already trained on
-        are drawn (so the data's generators advance as they did) but not yielded."""
+        """``(index, batch)`` of this epoch; those a resumed run already trained on are drawn but not yielded."""
         skip, self.resume_batch = self.resume_batch, 0
         self.batch_in_epoch = skip
         for i, batch in enumerate(batches):
@@ -196,9 +163,51 @@ class Engine(Session):
                 yield i, batch
 
 
+class Precision:
+    """Autocast, loss scaling and the optimizer step for one device."""
+
+    def __init__(self, device: torch.device | str) -> None:
+        self.device = torch.device(device)
+        cuda = self.device.type == "cuda"
+        self.dtype: torch.dtype | None = None
+        if cuda:
+            self.dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.dtype == torch.float16)
+
+    @property
+    def name(self) -> str:
+        """``bf16``, ``fp16+scaler`` or ``fp32``: what a run's config records."""
+        return {torch.bfloat16: "bf16", torch.float16: "fp16+scaler"}.get(self.dtype, "fp32")
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The forward pass's autocast context (a no-op in float32)."""
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """``loss.backward()``, scaled when fp16 needs it."""
+        self.scaler.scale(loss).backward()
+
+    def unscale(self, optimizer: torch.optim.Optimizer) -> None:
+        """Bring the gradients back to their true scale (before clipping or reading them)."""
+        if self.scaler.is_enabled():
+            self.scaler.unscale_(optimizer)
+
+    def step(self, optimizer: torch.optim.Optimizer) -> bool:
+        """The optimizer step (skipped by the scaler on inf/NaN gradients); True when it happened."""
+        if not self.scaler.is_enabled():
+            optimizer.step()
+            return True
+        before = self.scaler.get_scale()
+        self.scaler.step(optimizer)
+        self.scaler.update()
+        # The scaler lowers its scale exactly when it skipped the step.
+        return self.scaler.get_scale() >= before
+
+
 def callback_keys(callbacks: Iterable[Callback]) -> Iterator[tuple[str, Callback]]:
-    """``(key, callback)``: the class name, ``#2``, ``#3``... for later instances of one class, so that
-    adding another kind of callback moves no key."""
+    """``(key, callback)``: the class name, then ``#2``, ``#3``... for later instances of one class."""
     seen: Counter[str] = Counter()
     for cb in callbacks:
         name = type(cb).__name__
@@ -228,15 +237,9 @@ def set_global_rng_state(state: Mapping[str, Any]) -> None:
 
 def generators_state(generators: Mapping[str, Any]) -> dict[str, Any]:
     """The state of each named generator (torch, NumPy ``Generator`` or ``random.Random``)."""
-    out: dict[str, Any] = {}
-    for name, gen in generators.items():
-        if isinstance(gen, torch.Generator):
-            out[name] = gen.get_state()
-        elif isinstance(gen, np.random.Generator):
-            out[name] = gen.bit_generator.state
-        else:
-            out[name] = gen.getstate()
-    return out
+    return {name: gen.get_state() if isinstance(gen, torch.Generator) else
+            gen.bit_generator.state if isinstance(gen, np.random.Generator) else gen.getstate()
+            for name, gen in generators.items()}
 
 
 def set_generators_state(generators: Mapping[str, Any], state: Mapping[str, Any]) -> None:
@@ -253,8 +256,7 @@ def set_generators_state(generators: Mapping[str, Any], state: Mapping[str, Any]
 
 
 def pipeline_generators(name: str, pipeline: Any) -> dict[str, Any]:
-    """The generators of an albumentations pipeline and of each of its transforms, by name: each
-    keeps its own NumPy and Python generator once the pipeline is seeded."""
+    """The NumPy and Python generators of a seeded albumentations pipeline and of each of its transforms."""
     out: dict[str, Any] = {}
     for i, part in enumerate([pipeline, *getattr(pipeline, "transforms", [])]):
         for attr in ("random_generator", "py_random"):
@@ -276,8 +278,7 @@ def check_finite(losses: Mapping[str, float], *, step: int) -> None:
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """The resumable checkpoint at ``path``, read with ``weights_only=True``; a missing, truncated,
-    foreign or newer-format file is a UsageError naming the file and what to do."""
+    """The resumable checkpoint at ``path``; a UsageError for a missing, cut, foreign or newer file."""
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"checkpoint {path} does not exist; pass the last.pt of an earlier run, or --resume auto")
@@ -298,8 +299,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def check_resumable(state: Mapping[str, Any], path: str | Path, *, name: str, config: Mapping[str, Any],
                     may_differ: Iterable[str] = ("epochs",)) -> None:
-    """A UsageError when ``state`` comes from another experiment, a setting outside ``may_differ``
-    changed, or ``epochs`` is below the epochs it has done."""
+    """A UsageError for another experiment's checkpoint, a changed setting outside ``may_differ``, or too few epochs."""
     if state["name"] != name:
         raise UsageError(f"checkpoint {path} is from a {state['name']} run, not {name}; "
                          f"pass a checkpoint of this command, or start afresh without --resume")

@@ -1,12 +1,12 @@
-"""The hand-designed filters experiment: every kernel on every photo, plus a check of what each
-kernel should do on generated gratings. Nothing is trained: :func:`run_filters` reports through a
-:class:`~core.session.Session`, so the same callbacks (W&B, progress, summary, tables) apply."""
+"""The hand-designed filters experiment: every kernel on every photo, and a check of what each kernel does on
+generated gratings, reported through a :class:`~core.session.Session` so the usual callbacks apply."""
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +80,7 @@ def kernel(name: str) -> torch.Tensor:
 
 @settings
 class FiltersSettings:
-    """The settings of ``launch.py filters`` (its flags are generated from these fields)."""
+    """The settings of ``launch.py filters``."""
 
     image: tuple[str, ...] = setting((), "photo to filter (repeatable); default: scikit-image's camera, astronaut "
                                          "and coffee", metavar="PATH", repeat=True)
@@ -90,9 +90,7 @@ class FiltersSettings:
     seed: int = setting(0, "random seed (the global --seed)", flag=False)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags of ``launch.py filters``, one per :class:`FiltersSettings` field."""
-    settings_flags(parser, FiltersSettings)
+add_arguments = partial(settings_flags, cls=FiltersSettings)  # launch.py filters' flags
 
 
 def filters_settings(args: argparse.Namespace) -> FiltersSettings:
@@ -101,15 +99,9 @@ def filters_settings(args: argparse.Namespace) -> FiltersSettings:
     return make(FiltersSettings, {**given, "filters": given["filters"] or KERNELS.names()})
 
 
-def _to_tensor(array: np.ndarray) -> torch.Tensor:
-    a = np.asarray(array)
-    if a.ndim == 3 and a.shape[2] == 4:
-        a = a[..., :3]  # alpha carries no intensity to filter
-    t = torch.from_numpy(np.ascontiguousarray(a)).float()
-    if a.dtype == np.uint8:
-        t = t / 255.0
-    elif a.dtype == np.uint16:
-        t = t / 65535.0
+def _to_tensor(pixels: np.ndarray) -> torch.Tensor:
+    # Grayscale or RGB uint8: what PIL's L and RGB modes and scikit-image's samples hold.
+    t = torch.from_numpy(np.ascontiguousarray(pixels)).float() / 255.0
     return t.unsqueeze(0) if t.dim() == 2 else t.permute(2, 0, 1)
 
 
@@ -156,8 +148,7 @@ class Checks:
         return all(self.gains[name][own] > g for d, g in self.gains[name].items() if d != own)
 
     def passed(self, name: str) -> bool:
-        """A sharpener must prefer its own direction, a blur must lower high frequencies, and
-        every kernel must leave a constant image as it is."""
+        """Sharpeners prefer their direction, blurs lower high frequencies, every kernel keeps a constant image."""
         ok = self.constant_error[name] < 1e-6
         if name in SHARPENERS:
             ok = ok and self.selective(name)
@@ -167,12 +158,8 @@ class Checks:
 
     def metrics(self) -> dict[str, float]:
         """Flat, namespaced numbers for W&B."""
-        m: dict[str, float] = {}
-        for name, per_dir in self.gains.items():
-            for d, g in per_dir.items():
-                m[f"check/gain/{name}/{d}"] = g
-        for name, r in self.hf_ratio.items():
-            m[f"check/hf_ratio/{name}"] = r
+        m = {f"check/gain/{name}/{d}": g for name, per_dir in self.gains.items() for d, g in per_dir.items()}
+        m.update({f"check/hf_ratio/{name}": r for name, r in self.hf_ratio.items()})
         m["check/constant_max_error"] = max(self.constant_error.values())
         m["check/passed"] = float(all(self.passed(n) for n in self.gains))
         return m
@@ -191,15 +178,10 @@ def run_checks(names: Iterable[str], *, size: int = 64, period: float = 4.0, see
     return checks
 
 
-def run_filters(
-    images: Sequence[tuple[str, torch.Tensor]],
-    filters: Sequence[str],
-    callbacks: Iterable[Callback] = (),
-    config: Mapping[str, Any] | None = None,
-) -> Session:
-    """Hand each photo and the kernels to the callbacks (one step per photo; the filter table,
-    :class:`callbacks.panels.FilterTable`, applies them), then report :func:`run_checks` as the
-    run's one epoch, its :class:`Checks` under ``session.results["checks"]``."""
+def run_filters(images: Sequence[tuple[str, torch.Tensor]], filters: Sequence[str], callbacks: Iterable[Callback] = (),
+                config: Mapping[str, Any] | None = None) -> Session:
+    """Hand each photo and the kernels to the callbacks (one step per photo; the filter table applies them), then
+    report :func:`run_checks` as the run's one epoch (``session.results["checks"]``)."""
     for name in filters:
         KERNELS.get(name)  # fail before any work on an unknown name
     session = Session(callbacks, name="filters", config=config, steps_per_epoch=len(images))

@@ -1,11 +1,6 @@
-"""The IoU experiment: IoU from its set definition, its gradient along a sliding box, and why a
-loss of 1 - IoU cannot move a box that does not touch its target while GIoU can.
-
-Boxes are ``(x1, y1, x2, y2)``, top-left first, as in ``torchvision.ops``; a box is the closed set
-``[x1, x2] x [y1, y2]``. A zero-area box has IoU 0 with every box, itself included, so "IoU = 0
-exactly when the overlap has zero area" holds for all boxes (``torchvision.ops.box_iou`` returns
-NaN, 0 / 0, when both boxes have zero area). Nothing here imports wandb.
-"""
+"""The IoU experiment: IoU from its set definition, its gradient along a sliding box, and why 1 - IoU cannot
+move a box that does not touch its target while GIoU can. Boxes are ``(x1, y1, x2, y2)`` as in
+``torchvision.ops``; a zero-area box has IoU 0 with every box, itself included (torchvision returns NaN)."""
 
 from __future__ import annotations
 
@@ -13,6 +8,7 @@ import argparse
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -31,10 +27,7 @@ DEFAULT_SLIDE_TO = 6.0
 
 
 def check_boxes(boxes: Tensor, name: str = "boxes") -> Tensor:
-    """Return ``boxes`` as a floating (N, 4) tensor, or raise ValueError naming the first bad box.
-
-    Integer boxes are converted to float32 (areas of large integer boxes would overflow).
-    """
+    """``boxes`` as a floating (N, 4) tensor (integers would overflow in areas); ValueError names a bad box."""
     if boxes.ndim != 2 or boxes.shape[1] != 4:
         raise ValueError(f"{name} must have shape (N, 4) as (x1, y1, x2, y2), got {tuple(boxes.shape)}")
     if not boxes.is_floating_point():
@@ -67,12 +60,7 @@ def _overlap(lo1: Tensor, hi1: Tensor, lo2: Tensor, hi2: Tensor) -> Tensor:
 
 
 def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
-    """Pairwise IoU, an (N, M) tensor, of (N, 4) and (M, 4) corner-format boxes.
-
-    intersection = overlap along x times overlap along y; union = area1 + area2 - intersection.
-    Differentiable; raises ValueError on a non-finite or inverted box. Zero-area boxes have IoU 0
-    with every box (see the module docstring).
-    """
+    """Pairwise (N, M) IoU of (N, 4) and (M, 4) boxes, differentiable; ValueError on a non-finite or inverted box."""
     boxes1, boxes2 = check_boxes(boxes1, "boxes1"), check_boxes(boxes2, "boxes2")
     area1, area2 = box_area(boxes1), box_area(boxes2)
     w = _overlap(boxes1[:, 0], boxes1[:, 2], boxes2[:, 0], boxes2[:, 2])
@@ -87,14 +75,9 @@ def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     return inter / union
 
 
-# -- the slide --------------------------------------------------------------------------------
-
 # Measures of overlap on the slide: ours, and torchvision's two that keep a gradient apart.
-MEASURES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
-    "iou": box_iou,
-    "giou": generalized_box_iou,
-    "diou": distance_box_iou,
-}
+MEASURES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {"iou": box_iou, "giou": generalized_box_iou,
+                                                           "diou": distance_box_iou}
 
 
 @dataclass
@@ -111,8 +94,7 @@ class Kink:
 
 @dataclass
 class Slide:
-    """B's left edge ``x`` and, at each position, every measure's value and autograd d/dx, and
-    one-sided finite differences of IoU."""
+    """B's left edge ``x``; at each, every measure's value and autograd d/dx, and IoU's one-sided differences."""
 
     box_a: tuple[float, ...]
     box_b: tuple[float, ...]
@@ -124,8 +106,7 @@ class Slide:
     kinks: list[Kink]
 
     def smooth(self) -> Tensor:
-        """Positions that are not kinks: there the derivative exists and autograd's value is it.
-        At a kink autograd picks a subgradient by a convention of the torch release."""
+        """Positions that are not kinks, where the derivative exists and autograd's value is it."""
         return ~torch.isin(self.x, torch.tensor([k.x for k in self.kinks], dtype=self.x.dtype))
 
     def zero_grad_fraction(self, measure: str) -> float:
@@ -133,21 +114,16 @@ class Slide:
         return float((self.grads[measure][self.smooth()] == 0).double().mean())
 
     def disjoint(self) -> Tensor:
-        """Positions where the boxes are strictly apart: IoU 0 and not touching (a touching
-        position is a kink, where IoU's derivative does not exist)."""
+        """Positions where the boxes are strictly apart: IoU 0 and not touching (a kink)."""
         return (self.values["iou"] == 0) & self.smooth()
 
     def gradients_as_expected(self) -> bool:
-        """IoU's d/dx is exactly 0 wherever the boxes are strictly apart while GIoU's and DIoU's
-        are not, and every kink's one-sided derivatives differ (by more than 1e-3). Reads autograd
-        only off the kinks, so the verdict does not depend on a subgradient convention."""
+        """IoU's d/dx is exactly 0 wherever the boxes are apart while GIoU's and DIoU's are not, and every
+        kink's one-sided derivatives differ (autograd is read off the kinks only)."""
         apart = self.disjoint()
-        return (
-            bool((self.grads["iou"][apart] == 0).all())
-            and bool((self.grads["giou"][apart] != 0).all())
-            and bool((self.grads["diou"][apart] != 0).all())
-            and all(abs(k.right - k.left) > 1e-3 for k in self.kinks)
-        )
+        return (bool((self.grads["iou"][apart] == 0).all()) and bool((self.grads["giou"][apart] != 0).all())
+                and bool((self.grads["diou"][apart] != 0).all())
+                and all(abs(k.right - k.left) > 1e-3 for k in self.kinks))
 
 
 def _slid(box_b: Tensor, x: Tensor) -> Tensor:
@@ -157,11 +133,8 @@ def _slid(box_b: Tensor, x: Tensor) -> Tensor:
 
 
 def measure_along(measure: str, box_a: Tensor, box_b: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
-    """Value and autograd derivative of ``measure`` (A vs B moved to each x) at every position.
-
-    All positions go through one pairwise call; each value depends on its own x only, so the
-    gradient of the sum is the per-position derivative.
-    """
+    """Value and autograd d/dx of ``measure`` (A vs B moved to each x); each value depends on its own x only,
+    so the gradient of the sum is the per-position derivative."""
     x = x.detach().clone().requires_grad_(True)
     values = MEASURES[measure](box_a[None], _slid(box_b, x))[0]
     (grad,) = torch.autograd.grad(values.sum(), x)
@@ -178,18 +151,8 @@ def kink_positions(box_a: Sequence[float], box_b: Sequence[float]) -> list[tuple
     return [(x, ", ".join(names)) for x, names in sorted(found.items())]
 
 
-def slide(
-    box_a: Sequence[float],
-    box_b: Sequence[float],
-    *,
-    to: float,
-    points: int,
-    fd_step: float = 1e-7,
-) -> Slide:
-    """Slide B (left edge from ``box_b[0]`` to ``to``) across A along x, in float64.
-
-    The grid contains every kink exactly, so the plots show the corners where they are.
-    """
+def slide(box_a: Sequence[float], box_b: Sequence[float], *, to: float, points: int, fd_step: float = 1e-7) -> Slide:
+    """Slide B (left edge from ``box_b[0]`` to ``to``) across A along x, in float64, on a grid holding every kink."""
     a = check_boxes(torch.tensor([box_a], dtype=torch.float64), "box A")[0]
     b = check_boxes(torch.tensor([box_b], dtype=torch.float64), "box B")[0]
     start = float(b[0])
@@ -219,8 +182,6 @@ def slide(
                           right=float(fd_right[i]), autograd=float(grads["iou"][i])))
     return Slide(tuple(map(float, box_a)), tuple(map(float, box_b)), x, values, grads, fd_left, fd_right, kinks)
 
-
-# -- descent from disjoint starts -------------------------------------------------------------
 
 # Per-box losses of predicted boxes (N, 4) against one target (4,).
 LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
@@ -270,10 +231,8 @@ class Descent:
         return box_iou(self.boxes(), self.target[None])[:, 0]
 
     def step(self) -> dict[str, float]:
-        """One update; returns the loss and gradient norm before it and the mean IoU after it.
-
-        Losses are summed, not averaged, so each box sees its own loss's gradient at any batch size.
-        """
+        """One update: the loss and gradient norm before it, the mean IoU after it. Losses are summed, so each
+        box sees its own loss's gradient at any batch size."""
         losses = self.loss_fn(corners(self.params), self.target)
         self.optimizer.zero_grad(set_to_none=True)
         losses.sum().backward()
@@ -284,14 +243,12 @@ class Descent:
         return {"loss": float(losses.detach().mean()), "grad_norm": grad_norm, "iou": float(self.iou().mean())}
 
 
-# -- the experiment ---------------------------------------------------------------------------
-
 _BOX = ("X1", "Y1", "X2", "Y2")
 
 
 @settings
 class IoUSetup:
-    """The settings of ``launch.py iou`` (its flags are generated from these fields)."""
+    """The settings of ``launch.py iou``."""
 
     box_a: tuple[float, float, float, float] = setting(
         DEFAULT_BOX_A, f"the fixed box, also the descent's target (default {' '.join(map(str, DEFAULT_BOX_A))})",
@@ -309,9 +266,7 @@ class IoUSetup:
     seed: int = setting(0, "random seed (the global --seed)", flag=False)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags of ``launch.py iou``, one per :class:`IoUSetup` field."""
-    settings_flags(parser, IoUSetup)
+add_arguments = partial(settings_flags, cls=IoUSetup)  # launch.py iou's flags
 
 
 def setup_from_args(args: argparse.Namespace) -> IoUSetup:
@@ -347,9 +302,8 @@ def torchvision_agreement(n: int, seed: int) -> float:
 
 
 def run_iou(setup: IoUSetup, callbacks: Iterable[Callback] = (), config: Mapping[str, Any] | None = None) -> Session:
-    """Descents with 1 - IoU and GIoU loss (``eval/<loss>/mean_iou`` and ``min_iou`` per epoch), then
-    the slide and the agreement with torchvision; ``session.results`` holds ``descents``, ``starts``,
-    ``curves`` (mean IoU per step) and ``slide`` for the adapters."""
+    """Descents with 1 - IoU and GIoU loss, then the slide and the agreement with torchvision; ``session.results``
+    holds ``descents``, ``starts``, ``curves`` (mean IoU per step) and ``slide`` for the callbacks."""
     session = Session(callbacks, name="iou", config=config, epochs=setup.epochs, steps_per_epoch=setup.steps)
     target = torch.tensor(setup.box_a)
     starts = disjoint_starts(setup.box_a, setup.batch_size, torch.Generator().manual_seed(setup.seed))
@@ -381,12 +335,9 @@ def run_iou(setup: IoUSetup, callbacks: Iterable[Callback] = (), config: Mapping
 
 
 def analysis_metrics(s: Slide, max_abs_diff: float, start_iou: float) -> dict[str, float]:
-    """Slide and agreement numbers, and ``check/passed``: 1 when IoU matches torchvision within
-    1e-6, the descents start apart and :meth:`Slide.gradients_as_expected` holds."""
+    """Slide and agreement numbers, and ``check/passed``: IoU matches torchvision within 1e-6, the descents start
+    apart and :meth:`Slide.gradients_as_expected` holds."""
     checks = [max_abs_diff <= 1e-6, start_iou == 0.0, s.gradients_as_expected()]
-    return {
-        "check/max_abs_diff_vs_torchvision": max_abs_diff,
-        "slide/kinks": len(s.kinks),
-        **{f"slide/{m}_zero_grad_fraction": s.zero_grad_fraction(m) for m in MEASURES},
-        "check/passed": float(all(checks)),
-    }
+    return {"check/max_abs_diff_vs_torchvision": max_abs_diff, "slide/kinks": len(s.kinks),
+            **{f"slide/{m}_zero_grad_fraction": s.zero_grad_fraction(m) for m in MEASURES},
+            "check/passed": float(all(checks))}

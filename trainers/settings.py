@@ -1,17 +1,7 @@
-"""An experiment's settings as one typed object, its command-line flags generated from it.
-
-Each experiment declares a frozen dataclass with :func:`settings`; every field is a
-:func:`setting` carrying its help, choices and argument group, and its annotation decides the
-flag: ``int``/``float``/``str`` take one value, ``bool`` is ``--flag``/``--no-flag``, ``X | None``
-may stay unset, ``tuple[X, ...]`` takes one or more values (``repeat=True``: the flag is repeated
-instead), ``tuple[X, X, X, X]`` exactly four. A field without a default is filled by the
-experiment's resolution (a recipe or profile); its flag's default is "unset" (None). Bounds
-(``min``, ``above``, ``below``) are checked by :func:`make`, one message form for every flag.
-
-The resolved instance is what the trainer is built from, and ``dataclasses.asdict`` of it is the
-run's W&B config: nothing that is not a setting can enter it. A field a resolution does not know
-or leaves unset is an error, as in nanoGPT's configurator.
-"""
+"""An experiment's settings as one frozen dataclass (:func:`settings` of :func:`setting` fields), its flags
+generated from the annotations (``bool``: ``--flag/--no-flag``; ``X | None``; ``tuple[X, ...]``; fixed tuples).
+A field without a default comes from a recipe or profile. ``asdict`` of the resolved instance is the run's W&B
+config; an unknown or unset field is an error, as in nanoGPT's configurator."""
 
 from __future__ import annotations
 
@@ -34,8 +24,7 @@ def setting(default: Any = dataclasses.MISSING, help: str = "", *, choices: Sequ
             metavar: str | tuple[str, ...] | None = None, group: str | None = None, flag: bool = True,
             repeat: bool = False, min: float | None = None, above: float | None = None,
             below: float | None = None) -> Any:
-    """A settings field. ``flag=False``: not generated (a global flag of that name, or a value only the
-    resolution sets); ``repeat``: a tuple field given as ``--flag a --flag b``; ``min`` (inclusive),
+    """A settings field. ``flag=False``: no flag generated; ``repeat``: ``--flag a --flag b``; ``min`` (inclusive),
     ``above`` and ``below`` (exclusive): the finite values it accepts."""
     meta = {"help": help, "choices": tuple(choices) if choices is not None else None, "metavar": metavar,
             "group": group, "flag": flag, "repeat": repeat, "min": min, "above": above, "below": below}
@@ -57,8 +46,7 @@ def check(cls: type, given: Mapping[str, Any]) -> None:
 
 
 def settings(cls: type[T]) -> type[T]:
-    """Make ``cls`` a frozen, keyword-only dataclass of settings, checking every field now: each needs
-    help and a type the flag generator reads, so a bad field fails where it is defined."""
+    """Make ``cls`` a frozen, keyword-only dataclass of settings; a field without help or a readable type fails here."""
     cls = dataclasses.dataclass(frozen=True, kw_only=True)(cls)
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
@@ -124,8 +112,8 @@ def values(cls: type, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def make(cls: type[T], given: Mapping[str, Any]) -> T:
-    """The settings instance from resolved values: sequences become tuples, an unset defaulted field
-    takes its default; an unknown name, a field still unset or a value out of bounds is a UsageError."""
+    """The settings instance from resolved values (sequences become tuples); an unknown name, a field left unset
+    or a value out of bounds is a UsageError."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(given) - set(fields))
     if unknown:
@@ -135,12 +123,9 @@ def make(cls: type[T], given: Mapping[str, Any]) -> T:
     hints = typing.get_type_hints(cls)
     out = {}
     for name, value in given.items():
-        tp, optional, nargs = _parse_type(hints[name], name)
-        if value is None and not optional:
-            if fields[name].default is dataclasses.MISSING:
-                raise UsageError(f"setting {name!r} of {cls.__name__} was left unset; pass --{name.replace('_', '-')}")
-            continue
-        out[name] = tuple(value) if nargs is not None and value is not None else value
+        _, optional, nargs = _parse_type(hints[name], name)
+        if value is not None or optional:  # an unset field takes its default; one without is named below
+            out[name] = tuple(value) if nargs is not None and value is not None else value
     missing = [n for n, f in fields.items() if n not in out and f.default is dataclasses.MISSING]
     if missing:
         raise UsageError(f"setting {missing[0]!r} of {cls.__name__} was left unset; pass --{missing[0].replace('_', '-')}")

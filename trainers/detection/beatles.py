@@ -1,9 +1,5 @@
-"""Both trained detectors on one photo (the Beatles, by default), and the verdict comparing the options.
-
-The photo goes to each model as a [0, 1] tensor at its own size: the detector's
-``GeneralizedRCNNTransform`` resizes it to the size the model was trained at and normalises it,
-exactly as during training, so nothing is normalised twice and both models see the same input.
-"""
+"""Both trained detectors on one photo (the Beatles, by default), and the verdict comparing the options. The
+photo goes in as a [0, 1] tensor at its own size: each detector resizes and normalises it as in training."""
 
 from __future__ import annotations
 
@@ -22,7 +18,7 @@ from torch import nn
 from dlhw.core.errors import UsageError
 from dlhw.core.events import Callback
 from dlhw.core.session import Session
-from dlhw.trainers.detection.dataset import street_scene
+from dlhw.trainers.detection.dataset import street_scene, to_tensor
 from dlhw.trainers.download import DownloadError, cache_dir, download
 from dlhw.viz.detections import THRESHOLDS, people_counts
 
@@ -51,9 +47,8 @@ def _read(path: Path, shown: str | None = None) -> np.ndarray:
 
 
 def load_photo(image: str | None) -> Photo:
-    """``--image`` (a file or URL) or the Beatles photo. Only the default photo falls back to a
-    generated scene when it cannot be fetched: a photo the user named that fails is a UsageError,
-    raised before any training, since a stand-in would answer a question nobody asked."""
+    """``--image`` (a file or URL) or the Beatles photo; only the default photo falls back to a generated scene (a
+    stand-in for the user's would answer a question nobody asked)."""
     if image and not image.startswith(("http://", "https://")):
         path = Path(image)
         if not path.is_file():
@@ -75,11 +70,6 @@ def load_photo(image: str | None) -> Photo:
         raise
 
 
-def to_tensor(image: np.ndarray) -> torch.Tensor:
-    """(H, W, 3) uint8 -> (3, H, W) float in [0, 1]: what torchvision detectors take."""
-    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255)
-
-
 @torch.inference_mode()
 def detect(model: nn.Module, image: torch.Tensor, *, repeats: int = 3) -> tuple[dict[str, torch.Tensor], float]:
     """The model's detections on ``image`` and the median inference time in milliseconds."""
@@ -97,9 +87,8 @@ def detect(model: nn.Module, image: torch.Tensor, *, repeats: int = 3) -> tuple[
 
 def compare_on_photo(photo: Photo, models: Mapping[str, nn.Module], results: Mapping[str, Mapping[str, Any]],
                      callbacks: Iterable[Callback] = (), config: Mapping[str, Any] | None = None) -> Session:
-    """Run every trained model (by label) on the photo, one step each, and report the counts as the
-    run's one epoch; ``results``: each label's training summary. ``session.results`` holds ``photo``
-    and the :func:`verdict`."""
+    """Run every trained model on the photo, one step each, the counts as the run's one epoch; ``results``: each
+    label's training summary. ``session.results`` holds ``photo`` and the :func:`verdict`."""
     session = Session(callbacks, name="detect-photo", config=config, steps_per_epoch=len(models))
     session.results["photo"] = photo
     image = to_tensor(photo.image)
@@ -118,8 +107,7 @@ def compare_on_photo(photo: Photo, models: Mapping[str, nn.Module], results: Map
 
 def verdict(results: Mapping[str, Mapping[str, Any]],
             detections: Mapping[str, Mapping[str, Any]]) -> tuple[list[str], list[list[Any]]]:
-    """Columns and one row per trained model (``results``: label -> final training summary): train
-    AP, held-out AP, segm AP, people counted on the photo (``detections``, by label), s/iter."""
+    """Columns and one row per trained model: train and held-out AP, people counted on the photo, s/iter."""
     columns = ["model", "train bbox AP", "held-out bbox AP", "held-out segm AP",
                *(f"people@{t}" for t in THRESHOLDS), "s/iter"]
     rows = []

@@ -1,11 +1,5 @@
-"""COCO metrics with pycocotools, the evaluation the tutorial's ``references/detection`` runs.
-
-Ground truth is built straight from the dataset's targets (boxes, binary masks), predictions
-from the model's outputs at the original image size; both go through ``COCOeval`` unchanged.
-Under torchrun each rank predicts its shard of the images and :func:`coco_metrics` gathers the
-result records (masks already run-length encoded, so little crosses between processes) before
-every rank runs the same evaluation over all images.
-"""
+"""COCO metrics with pycocotools, as ``references/detection`` evaluates: ground truth straight from the targets,
+predictions at the original image size. Under torchrun the (run-length encoded) records are gathered."""
 
 from __future__ import annotations
 
@@ -40,9 +34,7 @@ def _rle(masks: np.ndarray) -> list[dict]:
 
 def coco_ground_truth(targets: Sequence[Mapping[str, torch.Tensor]], sizes: Sequence[tuple[int, int]],
                       class_names: Mapping[int, str] | None = None) -> COCO:
-    """A pycocotools COCO object from torchvision-format targets (``image_id``, ``boxes``; ``labels``,
-    ``area``, ``masks`` when present) and (H, W) sizes. A target without labels is class 1, one
-    without areas takes its boxes' areas."""
+    """A pycocotools COCO object from torchvision-format targets and (H, W) sizes (no labels: class 1)."""
     images, annotations, classes = [], [], set()
     for t, (h, w) in zip(targets, sizes):
         image_id = int(t["image_id"])
@@ -74,11 +66,9 @@ def coco_detections(outputs: Mapping[int, Mapping[str, torch.Tensor]], iou_type:
         scores = out["scores"].tolist()
         labels = out["labels"].tolist()
         if iou_type == "bbox":
-            geoms = _xywh(out["boxes"])
-            key = "bbox"
+            key, geoms = "bbox", _xywh(out["boxes"])
         else:
-            geoms = _rle((out["masks"][:, 0] > 0.5).cpu().numpy()) if len(scores) else []
-            key = "segmentation"
+            key, geoms = "segmentation", _rle((out["masks"][:, 0] > 0.5).cpu().numpy()) if len(scores) else []
         results += [{"image_id": image_id, "category_id": int(c), key: g, "score": s}
                     for g, s, c in zip(geoms, scores, labels)]
     return results
@@ -86,9 +76,8 @@ def coco_detections(outputs: Mapping[int, Mapping[str, torch.Tensor]], iou_type:
 
 def coco_metrics(gt: COCO, outputs: Mapping[int, Mapping[str, torch.Tensor]], iou_types: Sequence[str],
                  dist: Dist | None = None) -> dict[str, float]:
-    """``{"bbox_AP": ..., "bbox_AP50": ..., "segm_AP": ...}`` for each IoU type; 0.0 when nothing was
-    detected. With ``dist`` of several ranks, ``outputs`` are this rank's images: every rank
-    gathers all records and returns the whole data's metrics (a collective)."""
+    """``{"bbox_AP": ..., "segm_AP": ...}`` per IoU type, 0.0 when nothing was detected; with ``dist``, of every
+    rank's ``outputs`` (a collective)."""
     image_ids = sorted(outputs)
     records = {iou_type: coco_detections(outputs, iou_type) for iou_type in iou_types}
     if dist is not None and dist.distributed:
@@ -116,12 +105,8 @@ def coco_metrics(gt: COCO, outputs: Mapping[int, Mapping[str, torch.Tensor]], io
 def coco_ap(targets: Sequence[Mapping[str, torch.Tensor]], outputs: Sequence[Mapping[str, torch.Tensor]], *,
             iou_types: Sequence[str] = ("bbox",), sizes: Sequence[tuple[int, int]] | None = None,
             class_names: Mapping[int, str] | None = None) -> dict[str, float]:
-    """COCO AP of detections in torchvision's format, usable from any loop: ``targets`` and
-    ``outputs`` are parallel lists of what a torchvision detection dataset gives and a detector in
-    eval mode returns (``boxes`` in x1y1x2y2 pixels, ``labels``, ``scores``; ``masks`` for "segm").
-    ``sizes`` are the images' (H, W), needed for "segm" only when targets have no masks to read them
-    from. Returns ``{"bbox_AP": ..., "bbox_AP50": ..., "bbox_AP75": ..., "bbox_AR100": ...}`` per type.
-    """
+    """COCO AP from any loop: ``targets`` and ``outputs`` are parallel lists in torchvision's detection format;
+    ``sizes`` (H, W) are needed for "segm" only when targets have no masks."""
     targets = [{**t, "image_id": t.get("image_id", torch.tensor(i))} for i, t in enumerate(targets)]
     if sizes is None:
         sizes = [tuple(t["masks"].shape[-2:]) if "masks" in t else (0, 0) for t in targets]

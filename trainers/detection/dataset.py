@@ -1,10 +1,7 @@
-"""Penn-Fudan pedestrians: the official on-disk layout, a download into a cache, and a generated stand-in.
-
-The layout (``PNGImages/NAME.png``, ``PedMasks/NAME_mask.png`` where 0 is background and 1..N are
-pedestrian ids) is read the way the torchvision tutorial reads it: one instance mask per id, the
-box from the mask's extent (``torchvision.ops.masks_to_boxes``), label 1. The generated dataset is written in exactly that layout, so
-the same reader serves both and everything downstream cannot tell them apart.
-"""
+"""Penn-Fudan pedestrians read as the torchvision tutorial reads them (``PNGImages/``, ``PedMasks/`` of instance
+ids), downloaded into a cache, or generated in the same layout so that nothing downstream can tell them apart.
+Augmentation moves image and masks together; boxes come from the masks, resizing and normalisation are the
+detector's own."""
 
 from __future__ import annotations
 
@@ -15,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import albumentations as A
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
@@ -23,8 +21,7 @@ from torchvision.ops import masks_to_boxes
 from dlhw.core.errors import UsageError
 from dlhw.trainers.download import DownloadError, cache_dir, download
 
-URL = "https://www.cis.upenn.edu/~jshi/ped_html/PennFudanPed.zip"
-HOME_PAGE = "https://www.cis.upenn.edu/~jshi/ped_html/"
+URL = "https://www.cis.upenn.edu/~jshi/ped_html/PennFudanPed.zip"  # home page: the folder above
 NAME = "PennFudanPed"
 IMAGES, MASKS = "PNGImages", "PedMasks"
 # The tutorial holds out the last 50 images of a fixed permutation.
@@ -73,6 +70,11 @@ def read_pennfudan(root: str | Path, limit: int | None = None) -> list[Sample]:
     return samples
 
 
+def to_tensor(image: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (3, H, W) float in [0, 1]: what torchvision detectors take."""
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255)
+
+
 def instance_masks(mask: np.ndarray) -> np.ndarray:
     """(N, H, W) uint8 binary masks, one per pedestrian id (ids sorted, background dropped)."""
     ids = np.unique(mask)
@@ -81,31 +83,21 @@ def instance_masks(mask: np.ndarray) -> np.ndarray:
 
 
 def make_target(masks: np.ndarray, image_id: int) -> dict[str, torch.Tensor]:
-    """The torchvision detection target for binary instance masks, as the tutorial builds it: each
-    box is ``torchvision.ops.masks_to_boxes`` of its mask (the first and last pixel row and column
-    the mask covers), the area is that box's. Masks whose box has no width or height (empty, or one
-    pixel row or column, e.g. after a crop) are dropped: the detection models refuse such boxes."""
+    """The tutorial's detection target for binary instance masks (boxes from ``masks_to_boxes``); masks whose box
+    has no width or height are dropped, since the detection models refuse such boxes."""
     tensor = torch.from_numpy(np.ascontiguousarray(masks)).to(torch.uint8).reshape(-1, *masks.shape[-2:])
     tensor = tensor[(tensor.flatten(1) != 0).any(1)]  # masks_to_boxes needs at least one pixel per mask
     boxes = masks_to_boxes(tensor) if len(tensor) else torch.zeros(0, 4)
     keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
     boxes, tensor = boxes[keep], tensor[keep]
-    return {
-        "boxes": boxes,
-        "labels": torch.ones(len(boxes), dtype=torch.int64),
-        "masks": tensor,
-        "image_id": torch.tensor(image_id),
-        "area": (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]),
-        "iscrowd": torch.zeros(len(boxes), dtype=torch.int64),
-    }
+    return {"boxes": boxes, "labels": torch.ones(len(boxes), dtype=torch.int64), "masks": tensor,
+            "image_id": torch.tensor(image_id), "area": (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]),
+            "iscrowd": torch.zeros(len(boxes), dtype=torch.int64)}
 
 
 class PennFudan(torch.utils.data.Dataset):
-    """Images as float (3, H, W) tensors in [0, 1] with their targets; ``transform`` augments both.
-
-    ``transform(image, masks) -> (image, masks)`` works on uint8 arrays, so boxes are always
-    recomputed from the augmented masks and cannot drift from them.
-    """
+    """Images as float (3, H, W) tensors in [0, 1] with their targets; ``transform(image, masks)`` augments both,
+    and boxes are recomputed from the augmented masks."""
 
     def __init__(self, samples: Sequence[Sample], transform: Callable[..., Any] | None = None) -> None:
         self.samples = list(samples)
@@ -119,8 +111,25 @@ class PennFudan(torch.utils.data.Dataset):
         image, masks = s.image, instance_masks(s.mask)
         if self.transform is not None:
             image, masks = self.transform(image, masks)
-        tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255)
-        return tensor, make_target(masks, idx)
+        return to_tensor(image), make_target(masks, idx)
+
+
+class Augment:
+    """The tutorial's random horizontal flip, plus optional photometric jitter (image only)."""
+
+    def __init__(self, *, flip: float = 0.5, jitter: float = 0.0, seed: int | None = None) -> None:
+        steps: list[A.BasicTransform] = [A.HorizontalFlip(p=flip)]
+        if jitter > 0:
+            steps.append(A.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter, hue=min(jitter, 0.5) / 4,
+                                       p=0.8))
+        self.pipeline = A.Compose(steps, seed=seed)
+
+    def __call__(self, image: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(H, W, 3) uint8 image and (N, H, W) uint8 masks -> the same, augmented consistently."""
+        if len(masks) == 0:  # an image without pedestrians is valid; albumentations wants >= 1 mask
+            return self.pipeline(image=image)["image"], masks
+        out = self.pipeline(image=image, masks=masks)
+        return out["image"], np.asarray(out["masks"], dtype=np.uint8)
 
 
 def split(n: int, seed: int, holdout: int = HOLDOUT) -> tuple[list[int], list[int]]:
@@ -135,8 +144,6 @@ def collate(batch: Sequence[Any]) -> tuple[Any, ...]:
     """Detection batches are lists: images of different sizes cannot be stacked."""
     return tuple(zip(*batch))
 
-
-# -- generated pedestrians ------------------------------------------------------------------------
 
 def _draw_scene(rng: np.random.Generator, height: int, width: int, people: int) -> tuple[np.ndarray, np.ndarray]:
     """A street-like picture (sky, ground, noise) with ``people`` pedestrian figures and their id mask."""
@@ -195,8 +202,7 @@ def generate_pennfudan(root: str | Path, n: int = 170, *, seed: int = 0, size: t
 
 
 def resolve_data(data: str | None, *, seed: int = 0) -> tuple[Path, str]:
-    """The dataset folder and which data it is: ``data`` when given (never a fallback), else the
-    official zip downloaded into the cache, else the generated stand-in, said in one line."""
+    """The dataset folder and its source: ``data``, else the official zip in the cache, else generated (said so)."""
     if data:
         return Path(data), "penn-fudan"
     cached = cache_dir(NAME)

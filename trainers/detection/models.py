@@ -1,15 +1,7 @@
-"""The two detectors of the tutorial and the backbones option 2 can stand on.
-
-* option 1: Mask R-CNN ResNet50-FPN with COCO weights and new 2-class box and mask predictors
-  (``fasterrcnn_resnet50_fpn`` as the box-only alternative);
-* option 2: Faster R-CNN on another backbone: the tutorial's MobileNetV2 features by default,
-  any backbone of :data:`BACKBONES` (torchvision) or any timm model (``features_only`` + FPN).
-
-Pretrained weights are fetched into torch.hub's cache, checked against the sha256 prefix in their
-file name and unpickled with ``weights_only=True``, so a weights file cannot run code. When they
-cannot be had the model starts from random init and the caller is told so in one line.
-"""
-
+"""The tutorial's two detectors: option 1, a COCO Mask R-CNN (or Faster R-CNN) ResNet50-FPN with new 2-class
+predictors; option 2, Faster R-CNN on a torchvision backbone of :data:`BACKBONES` or any timm model. Pretrained
+weights are checked against the sha256 prefix in their name and unpickled with ``weights_only``: they cannot
+run code. Without them a model starts from random init, said in one line."""
 
 from __future__ import annotations
 
@@ -55,9 +47,8 @@ def weights_file(url: str) -> Path:
 
 
 def fetch_weights(weights: Any) -> bool:
-    """Make sure a torchvision weights entry is in torch.hub's cache with the sha256 prefix its file
-    name promises; a cached file that fails the check is removed and fetched again. False (said in
-    one line, naming a removed file) if the weights cannot be had."""
+    """Put a weights entry in torch.hub's cache with the sha256 prefix its name promises (a cached file that fails
+    is removed and fetched again); False, said in one line, if the weights cannot be had."""
     target = weights_file(weights.url)
     prefix = hash_prefix(target.name)
     removed = ""
@@ -77,8 +68,7 @@ def fetch_weights(weights: Any) -> bool:
 
 
 def load_weights(url: str) -> dict[str, Any]:
-    """The state dict of ``url``'s file (put and checked in torch.hub's cache by :func:`fetch_weights`),
-    unpickled with ``weights_only=True``; torchvision's builders would unpickle it with ``weights_only=False``."""
+    """The state dict of ``url``'s cached file, unpickled with ``weights_only`` (torchvision's builders do not)."""
     try:
         return torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=False, check_hash=True,
                                                   weights_only=True)
@@ -91,8 +81,6 @@ def _pretrained(weights: Any, mode: str) -> Any:
     """The weights entry to build with, or None for random init (``mode`` is ``auto`` or ``none``)."""
     return weights if mode == "auto" and fetch_weights(weights) else None
 
-
-# -- option 1 ----------------------------------------------------------------------------------
 
 MODELS: Registry[Built] = Registry("model")
 
@@ -138,8 +126,6 @@ def fasterrcnn_resnet50_fpn(*, weights: str = "auto", **kwargs: Any) -> Built:
     return _option1(build, FasterRCNN, FasterRCNN_ResNet50_FPN_Weights, weights, **kwargs)
 
 
-# -- option 2: backbones -------------------------------------------------------------------------
-
 @dataclass
 class Backbone:
     """A feature extractor with ``out_channels`` and the anchors / RoI pooling that fit its maps."""
@@ -167,7 +153,6 @@ def _features(name: str, out_channels: int) -> Callable[..., Backbone]:
         body.out_channels = out_channels
         return Backbone(body, ["0"], SINGLE_MAP_ANCHORS, w is not None)
 
-    build.__doc__ = f"torchvision {name} features, one map with {out_channels} channels."
     return build
 
 
@@ -177,6 +162,8 @@ for _name, _channels in (("mobilenet_v2", 1280), ("mobilenet_v3_large", 960), ("
 
 
 def _resnet_fpn(name: str) -> Callable[..., Backbone]:
+    """A torchvision ResNet with an FPN over its four stages."""
+
     def build(*, weights: str = "auto") -> Backbone:
         w = _pretrained(torchvision.models.get_model_weights(name).DEFAULT, weights)
         # Random init has nothing worth freezing; pretrained keeps the stem and layer1 fixed like the tutorial.
@@ -185,7 +172,6 @@ def _resnet_fpn(name: str) -> Callable[..., Backbone]:
             body.body.load_state_dict({k: v for k, v in load_weights(w.url).items() if not k.startswith("fc.")})
         return Backbone(body, ["0", "1", "2", "3"], ((32,), (64,), (128,), (256,), (512,)), w is not None)
 
-    build.__doc__ = f"torchvision {name} with an FPN over its four stages."
     return build
 
 
@@ -203,12 +189,8 @@ class TimmFPN(nn.Module):
         if not 1 <= levels <= len(channels):
             raise UsageError(f"--levels must be between 1 and {len(channels)} for this backbone, got {levels}")
         self.levels = levels
-        if levels > 1:
-            self.fpn = FeaturePyramidNetwork(channels[-levels:], 256, extra_blocks=LastLevelMaxPool())
-            self.out_channels = 256
-        else:
-            self.fpn = None
-            self.out_channels = channels[-1]
+        self.fpn = None if levels == 1 else FeaturePyramidNetwork(channels[-levels:], 256, LastLevelMaxPool())
+        self.out_channels = channels[-1] if levels == 1 else 256
 
     def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
         maps = self.body(x)[-self.levels:]
@@ -235,11 +217,6 @@ def timm_backbone(name: str, *, weights: str = "auto", levels: int = 3) -> Backb
         return Backbone(module, ["0"], SINGLE_MAP_ANCHORS, pretrained)
     sizes = tuple((32 * 2**i,) for i in range(levels + 1))  # one size per map, the max-pooled extra included
     return Backbone(module, [str(i) for i in range(levels)], sizes, pretrained)
-
-
-def backbone_names() -> list[str]:
-    """The torchvision backbones registered here; any timm model is accepted as well (``timm/NAME``)."""
-    return BACKBONES.names()
 
 
 def check_backbone(name: str) -> None:
@@ -269,10 +246,7 @@ def faster_rcnn_on(backbone: Backbone, **kwargs: Any) -> FasterRCNN:
 
 
 def build_detector(option: int, *, model: str, backbone: str, weights: str, levels: int = 3, **kwargs: Any) -> Built:
-    """Option 1 (``model`` from :data:`MODELS`) or option 2 (Faster R-CNN on ``backbone``).
-
-    ``kwargs`` go to the detector: ``min_size``, ``max_size``, ``box_batch_size_per_image``, ...
-    """
+    """Option 1 (``model`` from :data:`MODELS`) or 2 (Faster R-CNN on ``backbone``); ``kwargs`` go to the detector."""
     if option == 1:
         return MODELS.create(model, weights=weights, **kwargs)
     bb = create_backbone(backbone, weights=weights, levels=levels)

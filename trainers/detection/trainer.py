@@ -1,11 +1,7 @@
-"""The tutorial's fine-tuning recipe as an :class:`Engine`: flags, profiles, training and COCO evaluation.
+"""torchvision's detection fine-tuning tutorial as an :class:`Engine`: flags, profiles, training, COCO evaluation.
 
-Recipe (torchvision's object-detection fine-tuning tutorial): SGD lr 0.005, momentum 0.9, weight
-decay 5e-4 on the trainable parameters, a linear warm-up over the first epoch, StepLR step 3
-gamma 0.1, batch 2, 10 epochs; COCO AP from pycocotools on the held-out images every epoch and on
-the training images at the end (and every ``--train-eval-every`` epochs), since scoring every
-training image every epoch dominates a run. ``full`` is that recipe (with AMP on CUDA); ``cpu``
-shrinks images, RoI samples and epochs to fit 2 CPU cores.
+Training images are scored at the end (and every ``--train-eval-every`` epochs) only: scoring them every
+epoch dominates a run. ``full`` is the tutorial's recipe; ``cpu`` shrinks images, RoIs and epochs for 2 cores.
 """
 
 from __future__ import annotations
@@ -15,6 +11,7 @@ import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from typing import Any
 
 import torch
@@ -22,11 +19,10 @@ from torch import nn
 
 from dlhw.core.distributed import Dist, ShardedSampler, shard, wrap_ddp
 from dlhw.core.events import Callback
-from dlhw.trainers.amp import Precision
 from dlhw.trainers.detection.coco_eval import coco_ground_truth, coco_metrics
-from dlhw.trainers.detection.dataset import HOLDOUT, PennFudan, collate
-from dlhw.trainers.detection.models import MODELS
-from dlhw.trainers.engine import Engine, check_finite, pipeline_generators
+from dlhw.trainers.detection.dataset import HOLDOUT, Augment, PennFudan, collate, read_pennfudan, resolve_data, split
+from dlhw.trainers.detection.models import BACKBONES, MODELS, build_detector, check_backbone
+from dlhw.trainers.engine import Engine, Precision, check_finite, pipeline_generators
 from dlhw.trainers.settings import add_arguments as settings_flags
 from dlhw.trainers.settings import check, make, setting, settings, values
 
@@ -38,9 +34,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     "full": {"epochs": 10, "lr": 0.005, "batch_size": 2, "min_size": 800, "max_size": 1333, "rois_per_image": 512,
              "rpn_post_nms_train": 2000, "rpn_post_nms_test": 1000, "detections_per_image": 100,
              "train_eval_images": 0, "images_per_epoch": 0, **_TUTORIAL},
-    # Sized for 2 CPU cores: both models train and evaluate in well under 15 minutes. The box head
-    # dominates option 2's cost (MobileNetV2's 1280x7x7 -> 1024 layer), hence few RoIs and proposals;
-    # Mask R-CNN's mask head runs per detection, and Penn-Fudan images hold <= 8 people: keep 20.
+    # Sized for 2 CPU cores: option 2's box head dominates (few RoIs and proposals); <= 8 people per image.
     "cpu": {"epochs": 2, "lr": 0.005, "batch_size": 2, "min_size": 160, "max_size": 272, "rois_per_image": 64,
             "rpn_post_nms_train": 600, "rpn_post_nms_test": 150, "detections_per_image": 20,
             "train_eval_images": 40, "images_per_epoch": 0, **_TUTORIAL},
@@ -48,18 +42,9 @@ PROFILES: dict[str, dict[str, Any]] = {
 OPTIONS = {"1": (1,), "2": (2,), "both": (1, 2)}
 
 
-def _backbone_help() -> str:
-    from dlhw.trainers.detection.models import backbone_names
-
-    return (f"option 2 backbone: {', '.join(backbone_names())}, or any timm model as timm/NAME "
-            f"(default mobilenet_v2, the tutorial's)")
-
-
 @settings
 class DetectSettings:
-    """The settings of ``launch.py detect`` (flags generated from the fields). Fields without a default
-    come from the profile unless their flag is given; fields without a flag are resolved from the data,
-    the device and the model each run trains."""
+    """The settings of ``launch.py detect``: unset fields come from the profile, flagless ones from data and model."""
 
     data: str | None = setting(None, "an unpacked PennFudanPed folder (default: download it into the cache; offline, "
                                      "generated pedestrians in the same layout)", metavar="DIR")
@@ -69,7 +54,8 @@ class DetectSettings:
                                   "both; a model's own run records 1 or 2", choices=sorted(OPTIONS))
     model: str = setting("maskrcnn_resnet50_fpn", f"option 1 model: {', '.join(MODELS.names())} "
                                                   f"(default maskrcnn_resnet50_fpn)", metavar="NAME")
-    backbone: str = setting("mobilenet_v2", _backbone_help(), metavar="NAME")
+    backbone: str = setting("mobilenet_v2", f"option 2 backbone: {', '.join(BACKBONES.names())}, or any timm model "
+                                            "as timm/NAME (default mobilenet_v2, the tutorial's)", metavar="NAME")
     levels: int = setting(3, "timm backbones: how many of the last feature maps to use, with an FPN when > 1 (default 3)")
     weights: str = setting("auto", "auto: pretrained weights when cached or downloadable, else random init; none: "
                                    "random init", choices=("auto", "none"))
@@ -118,9 +104,7 @@ class DetectSettings:
     photo: str | None = setting(None, "the photo both models ran on (the photo run)", flag=False)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags of ``launch.py detect``, one per flagged :class:`DetectSettings` field."""
-    settings_flags(parser, DetectSettings)
+add_arguments = partial(settings_flags, cls=DetectSettings)  # launch.py detect's flags
 
 
 def resolve_profile(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
@@ -151,8 +135,8 @@ def make_optimizer(model: nn.Module, profile: Mapping[str, Any]) -> tuple[torch.
 
 
 class EpochSlices(torch.utils.data.Sampler):
-    """``per_epoch`` indices per epoch taken in turn from fixed-seed permutations of ``range(n)``,
-    so consecutive epochs see different images and every image comes round equally often."""
+    """``per_epoch`` indices per epoch taken in turn from fixed-seed permutations of ``range(n)``: every image
+    comes round equally often."""
 
     def __init__(self, n: int, per_epoch: int, seed: int) -> None:
         self.n, self.per_epoch, self.seed, self.epoch = n, min(per_epoch, n), seed, 0
@@ -174,54 +158,28 @@ class EpochSlices(torch.utils.data.Sampler):
         return iter(out)
 
 
-def warmup(optimizer: torch.optim.Optimizer, iters: int, factor: float = 1e-3) -> Any:
-    """references/detection's warm-up: the learning rate rises linearly from ``factor`` x lr over ``iters`` steps."""
-    return torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=factor, total_iters=iters)
-
-
 class DetectionTrainer(Engine):
-    """Fine-tunes one detector with the tutorial's recipe and scores it with pycocotools.
+    """Fine-tunes one detector with the tutorial's recipe and scores it with pycocotools (``val/bbox_AP``...
+    every epoch, ``train/*`` too when :meth:`scores_training_images`); :attr:`viz` holds ``(image, target,
+    prediction)`` of the held-out images shown. Under torchrun the AP is the whole data's."""
 
-    ``evaluate`` reports ``val/bbox_AP`` (AP50, AP75, AR100; ``segm_*`` for Mask R-CNN) every epoch,
-    the same as ``train/*`` after the last epoch and every ``train_eval_every`` epochs; :attr:`viz`
-    then holds ``(image, target, prediction)`` of the fixed held-out images shown. Under torchrun each
-    rank trains (DDP) and predicts on its shard, and the AP is the whole data's (on rank 0 too for viz).
-    """
-
-    def __init__(
-        self,
-        model: nn.Module,
-        *,
-        train: PennFudan,
-        heldout: PennFudan,
-        train_eval: PennFudan,
-        profile: Mapping[str, Any],
-        callbacks: Iterable[Callback] = (),
-        config: Mapping[str, Any] | None = None,
-        name: str = "detect",
-        viz_images: int = 4,
-        seed: int = 0,
-        workers: int = 0,
-        device: torch.device | str = "cpu",
-        clip_grad: float = 0.0,
-        train_eval_every: int = 0,
-        eval_batch_size: int = 1,
-        dist: Dist | None = None,
-    ) -> None:
+    def __init__(self, model: nn.Module, *, train: PennFudan, heldout: PennFudan, train_eval: PennFudan,
+                 profile: Mapping[str, Any], callbacks: Iterable[Callback] = (),
+                 config: Mapping[str, Any] | None = None, name: str = "detect", viz_images: int = 4, seed: int = 0,
+                 workers: int = 0, device: torch.device | str = "cpu", clip_grad: float = 0.0,
+                 train_eval_every: int = 0, eval_batch_size: int = 1, dist: Dist | None = None) -> None:
         dist = dist if dist is not None else Dist(device=torch.device(device))
         self.device = torch.device(device) if not dist.distributed else dist.device
         self.sampler = EpochSlices(len(train), profile["images_per_epoch"] or len(train), seed)
         if dist.distributed:
             self.sampler = ShardedSampler(self.sampler, dist.rank, dist.world_size)
-        self.loader = torch.utils.data.DataLoader(
-            train, batch_size=profile["batch_size"], sampler=self.sampler, collate_fn=collate, num_workers=workers,
-            pin_memory=self.device.type == "cuda",
-        )
+        self.loader = torch.utils.data.DataLoader(train, batch_size=profile["batch_size"], sampler=self.sampler,
+                                                  collate_fn=collate, num_workers=workers,
+                                                  pin_memory=self.device.type == "cuda")
         super().__init__(callbacks, epochs=profile["epochs"], config=config, name=name, steps_per_epoch=len(self.loader),
                          dist=dist)
         self.model = model.to(self.device)
-        # Training goes through DDP; its forward syncs no buffers (the frozen batch norms' are
-        # equal everywhere), so prediction, whose shards may differ by an image, uses the module itself.
+        # DDP's forward syncs no buffers (frozen batch norms); prediction's uneven shards use the module itself.
         self.net = wrap_ddp(self.model, dist, forward_sync_buffers=False)
         self.profile = dict(profile)
         self.clip_grad = clip_grad
@@ -242,8 +200,11 @@ class DetectionTrainer(Engine):
     def train_epoch(self, epoch: int) -> None:
         self.model.train()
         self.sampler.set_epoch(epoch)
-        # The first epoch ramps the learning rate up linearly, as references/detection does.
-        self.ramp = warmup(self.optimizer, min(1000, len(self.loader) - 1)) if epoch == 0 and len(self.loader) > 1 else None
+        # The first epoch ramps the learning rate up linearly from 1e-3 x lr, as references/detection does.
+        self.ramp = None
+        if epoch == 0 and len(self.loader) > 1:
+            iters = min(1000, len(self.loader) - 1)
+            self.ramp = torch.optim.lr_scheduler.LinearLR(self.optimizer, start_factor=1e-3, total_iters=iters)
         if self.ramp is not None and self._ramp_state is not None:
             # Building the warm-up rescaled the learning rate; the checkpoint's position puts it back.
             self.ramp.load_state_dict(self._ramp_state)
@@ -278,8 +239,7 @@ class DetectionTrainer(Engine):
 
     @torch.inference_mode()
     def predict(self, dataset: PennFudan, keep: Sequence[int] = ()) -> dict[int, dict[str, torch.Tensor]]:
-        """Outputs on every image of ``dataset`` (this rank's shard under torchrun) by image id, as CPU
-        tensors; images in ``keep`` also go to rank 0's :attr:`viz` with their targets."""
+        """CPU outputs on ``dataset`` (this rank's shard) by image id; images in ``keep`` also go to :attr:`viz`."""
         self.model.eval()
         outputs: dict[int, dict[str, torch.Tensor]] = {}
         mine = range(len(dataset))
@@ -320,17 +280,16 @@ class DetectionTrainer(Engine):
         splits = [("val", self.heldout, self.viz_ids)]
         if self.scores_training_images(epoch):
             splits.insert(0, ("train", self.train_eval, ()))
-        for split, dataset, keep in splits:
+        for prefix, dataset, keep in splits:
             outputs = self.predict(dataset, keep)
-            scores = coco_metrics(self._ground_truth(split, dataset), outputs, self.iou_types, self.dist)
-            metrics.update({f"{split}/{k}": v for k, v in scores.items()})
+            scores = coco_metrics(self._ground_truth(prefix, dataset), outputs, self.iou_types, self.dist)
+            metrics.update({f"{prefix}/{k}": v for k, v in scores.items()})
         metrics["train/sec_per_iter"] = self.seconds_per_iter()
         metrics["time/eval_seconds"] = time.perf_counter() - started
         return metrics
 
     def scores_training_images(self, epoch: int) -> bool:
-        """Whether epoch ``epoch`` (0-based) ends with train AP: the last one, and every
-        ``train_eval_every``-th."""
+        """Whether epoch ``epoch`` (0-based) ends with train AP: the last one, and every ``train_eval_every``-th."""
         every = self.train_eval_every
         return epoch + 1 == self.epochs or (every > 0 and (epoch + 1) % every == 0)
 
@@ -341,8 +300,7 @@ class DetectionTrainer(Engine):
         return float(torch.tensor(self.step_seconds).median())
 
     def state_dict(self) -> dict[str, Any]:
-        """The weights and the profile that sized the detector: the uploaded best checkpoint (the
-        optimizer's momentum would double Mask R-CNN's; it is in :meth:`training_state`)."""
+        """The weights and the profile that sized the detector: the uploaded best checkpoint."""
         return {**super().state_dict(), "profile": dict(self.profile)}
 
     def training_state(self) -> dict[str, Any]:
@@ -357,8 +315,7 @@ class DetectionTrainer(Engine):
             self.step_seconds = list(state["step_seconds"])
 
     def data_generators(self) -> dict[str, Any]:
-        # The image order comes from (seed, epoch) alone; the flips and jitter from the augmentation's
-        # own generators (in this process with --workers 0; in the workers, out of reach, otherwise).
+        # The image order comes from (seed, epoch); flips and jitter from the pipeline's (out of reach in workers).
         augment = getattr(self.loader.dataset.transform, "pipeline", None)
         return pipeline_generators("augment", augment) if augment is not None else {}
 
@@ -376,12 +333,7 @@ class Plan:
 
 
 def prepare(args: argparse.Namespace, *, verbose: bool = True, rank: int = 0) -> Plan:
-    """Resolve profile, data and splits (every user error raised here, before any run starts) and print the
-    plan (when ``verbose``: under torchrun, rank 0 alone says it)."""
-    from dlhw.trainers.detection.dataset import read_pennfudan, resolve_data, split
-    from dlhw.trainers.detection.models import check_backbone
-    from dlhw.trainers.detection.transforms import Augment
-
+    """Resolve profile, data and splits (every user error raised here, before any run starts); print the plan."""
     check(DetectSettings, vars(args))
     name, profile = resolve_profile(args)
     options = OPTIONS[args.option]
@@ -421,18 +373,13 @@ def model_label(option: int, settings: DetectSettings) -> str:
 
 
 def build_trainer(plan: Plan, option: int, callbacks: Iterable[Callback], dist: Dist | None = None) -> DetectionTrainer:
-    """The detector of ``option`` (weights per ``--weights``) inside a :class:`DetectionTrainer`; its run's
-    config is the plan's settings resolved for this model. ``dist``: the torchrun job this process is a rank of."""
-    from dlhw.trainers.detection.models import build_detector
-
+    """The detector of ``option`` in a :class:`DetectionTrainer`, its config the plan's settings for this model."""
     s = plan.settings
     built = build_detector(option, model=s.model, backbone=s.backbone, weights=s.weights, levels=s.levels,
                            **detector_kwargs(plan.profile))
     clip = s.clip_grad if s.clip_grad is not None else (10.0 if built.weights == "random" else 0.0)
     s = replace(s, option=str(option), model_label=model_label(option, s), start_weights=built.weights, clip_grad=clip)
-    return DetectionTrainer(
-        built.model, train=plan.train, heldout=plan.heldout, train_eval=plan.train_eval, profile=plan.profile,
-        callbacks=callbacks, config=asdict(s), name=f"detect-option{option}", viz_images=s.viz_images,
-        seed=s.seed, workers=s.workers, device=s.device, clip_grad=clip, train_eval_every=s.train_eval_every,
-        eval_batch_size=s.eval_batch_size, dist=dist,
-    )
+    return DetectionTrainer(built.model, train=plan.train, heldout=plan.heldout, train_eval=plan.train_eval,
+                            profile=plan.profile, callbacks=callbacks, config=asdict(s), name=f"detect-option{option}",
+                            viz_images=s.viz_images, seed=s.seed, workers=s.workers, device=s.device, clip_grad=clip,
+                            train_eval_every=s.train_eval_every, eval_batch_size=s.eval_batch_size, dist=dist)

@@ -9,6 +9,7 @@ from PIL import Image
 
 from dlhw.trainers.detection import dataset as ds
 from dlhw.trainers.detection.dataset import (
+    Augment,
     PennFudan,
     generate_pennfudan,
     instance_masks,
@@ -18,7 +19,6 @@ from dlhw.trainers.detection.dataset import (
     split,
 )
 from dlhw.core.errors import UsageError
-from dlhw.trainers.detection.transforms import Augment
 
 
 def _check_targets(samples):

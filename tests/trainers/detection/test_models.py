@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dlhw.core.errors import UsageError
-from dlhw.trainers.detection.models import (MODELS, Built, _new_heads, backbone_names, build_detector, create_backbone,
+from dlhw.trainers.detection.models import (BACKBONES, MODELS, Built, _new_heads, build_detector, create_backbone,
                                        fetch_weights, load_weights)
 
 TINY = {"min_size": 64, "max_size": 96}
@@ -24,7 +24,7 @@ def _forward(built):
     return out
 
 
-@pytest.mark.parametrize("name", backbone_names())
+@pytest.mark.parametrize("name", BACKBONES.names())
 def test_registered_backbones_build_and_run(name):
     built = build_detector(2, model="", backbone=name, weights="none", **TINY)
     assert built.weights == "random"
