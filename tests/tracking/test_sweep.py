@@ -12,8 +12,7 @@ from launch import main
 from tests.conftest import ROOT
 from dlhw.tracking.compare import local_runs
 from dlhw.tracking.readback import records, run_summary
-from dlhw.tracking.sweep import Sweep, Trial, load_config
-from dlhw.tracking.sweep_view import final_report
+from dlhw.tracking.sweep import Sweep, Trial, final_report, load_config
 
 PROGRAM = str(ROOT / "tests" / "tracking" / "trial_program.py")
 
@@ -127,7 +126,7 @@ def test_a_real_sweep_id_attaches_the_trials_to_it(tmp_path):
     code, sweep = run_sweep(tmp_path / "out", str(cfg), "--sweep-id", "team/proj/abc123de")
     run = next(r for r in records(sweep.trials[0].run_dir) if r["type"] == "run")["run"]
     assert code == 0 and (run["sweep_id"], run["entity"], run["project"]) == ("abc123de", "team", "proj")
-    assert (sweep.directory / "wandb" / "sweep-abc123de" / f"config-{sweep.trials[0].run_id}.yaml").is_file()
+    assert (sweep.directory / "wandb" / f"sweep-{sweep.local_id}" / f"config-{sweep.trials[0].run_id}.yaml").is_file()
 
 
 def test_crash_is_recorded_and_the_sweep_goes_on(tmp_path, capsys):
@@ -197,7 +196,10 @@ def test_malformed_sweep_files_are_one_line_errors(content, expected, tmp_path, 
 
 @pytest.mark.parametrize("config, expected", [
     ({"method": "grid", "parameters": {"lr": {"min": 0.0, "max": 1.0}}}, "Grid search requires all parameters"),
-    ({"method": "bayes", "parameters": {"lr": {"min": 0.0, "max": 1.0}}}, "bayes search needs a `metric`"),
+    ({"method": "bayes", "parameters": {"lr": {"min": 0.0, "max": 1.0}}}, 'Bayesian search requires "metric" section'),
+    ({"method": "grid", "early_terminate": {"type": "hyperband", "min_iter": 2}, "parameters": {"a": {"value": 1}}},
+     'early terminate requires "metric" section'),
+    ({"method": "custom", "parameters": {"a": {"value": 1}}}, "Invalid search type custom"),
     ({"method": "grid", "program": "no_such_script.py", "parameters": {"a": {"values": [1]}}},
      "program 'no_such_script.py' is not a file"),
 ])
@@ -254,7 +256,7 @@ def test_none_and_mapping_values_are_refused_in_one_line(param, tmp_path, capsys
 
 def test_pinned_parameters_keep_the_yaml_valid(tmp_path):
     cfg = write_sweep(tmp_path / "p.yaml", method="grid", parameters={"lr": {"values": [0.1, 0.01]}})
-    config = load_config(cfg, {"epochs": 1, "lr": 0.5})
+    config = load_config(cfg, ["epochs=1", "lr=0.5"])
     assert config["parameters"] == {"lr": {"value": 0.5}, "epochs": {"value": 1}}
 
 
