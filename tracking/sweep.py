@@ -194,7 +194,6 @@ class Sweep:
 
     @classmethod
     def load(cls, directory: str | Path) -> Sweep:
-        """The sweep kept in ``directory``; a folder without one is a UsageError."""
         directory, again = Path(directory).resolve(), "pass the folder `launch.py sweep` printed when it started"
         try:
             state = json.loads((directory / STATE_FILE).read_text())
@@ -215,7 +214,6 @@ class Sweep:
             fh.write(json.dumps(state, indent=1, default=str).encode())
 
     metric = property(lambda self: self.config.get("metric"))
-    # a random or bayes sweep ends by --count or the YAML's run_cap, whichever comes first
     cap = property(lambda self: min(self.count or math.inf, self.config.get("run_cap") or math.inf))
 
     def propose(self) -> dict[str, dict[str, Any]] | None:
@@ -226,7 +224,6 @@ class Sweep:
         return None if run is None else json.loads(json.dumps(run.config, default=lambda v: v.item()))
 
     def ranked(self) -> list[Trial]:
-        """Ended trials, best first by the sweep's metric (trials without a value last)."""
         ended = [t for t in self.trials if t.state in ENDED]
         return rank(ended, lambda t: t.score(self.metric), (self.metric or {}).get("goal", "minimize"))
 
@@ -275,9 +272,8 @@ class Runner:
                 sweep.config.get("command"), program=sweep.config.get("program"), params=trial.params,
                 args_json_file=files.with_suffix(".json"), python=agent_command.interpreter(os.environ))
         with open(trial.log, "a") as log:
-            if resume:
-                print(f"\n--- resumed: attempt {trial.resumed + 1} of this trial ({trial.note}) ---", file=log,
-                      flush=True)
+            resumed = f"\n--- resumed: attempt {trial.resumed + 1} of this trial ({trial.note}) ---\n" if resume else ""
+            print(resumed, end="", file=log, flush=True)  # before the trial's own lines
             try:  # as the agent does: own process group, stdin a pipe closed at once
                 proc = subprocess.Popen(trial.command, env=env, stdin=subprocess.PIPE, stdout=log,
                                         stderr=subprocess.STDOUT, process_group=0)
@@ -360,9 +356,8 @@ class Runner:
     def run(self) -> None:
         """Run trials until done; on SweepStopped or Ctrl-C stop the running ones, recorded as interrupted."""
         for trial in self.sweep.trials:
-            if trial.state in (RUNNING, PENDING):  # the runner was killed under it: it resumes
+            if trial.state == RUNNING:  # the runner was killed under it: it resumes
                 trial.state, trial.note = INTERRUPTED, "the runner stopped while it ran"
-        self.sweep.save()
         try:
             orphans = [t for t in self.sweep.trials if t.state == INTERRUPTED and t.alive]
             for trial in orphans:
@@ -376,50 +371,35 @@ class Runner:
             with suppress(KeyboardInterrupt):  # a second Ctrl-C kills at once
                 self._stop(running)
             for trial in running:
-                trial.exit_code, trial.ended = self.live.pop(trial.run_id).wait(), time.time()
+                trial.exit_code, trial.ended = self.live[trial.run_id].wait(), time.time()
                 trial.read_metric(self.metric)
                 if trial.state == RUNNING:
-                    trial.state = INTERRUPTED
-                    trial.note = "the sweep gave up" if isinstance(exc, SweepStopped) else "interrupted"
+                    trial.state, trial.note = INTERRUPTED, str(exc) or "interrupted"
             self.sweep.save()
             raise
 
 
-_STYLE = dict(running="cyan", finished="green", failed="red", stopped="yellow", interrupted="magenta")
-
-
-def trials_table(sweep: Sweep, rows: int | None = None) -> Table:
+def trials_table(sweep: Sweep) -> Table:
     """Trials yet to end first, then the ended ones best first: state, swept parameters, the metric, time."""
     metric, swept, ranked = (sweep.metric or {}).get("name"), sweep.swept(), sweep.ranked()
-    title = f"sweep {sweep.name}: {len(ranked)} ended of {'?' if sweep.cap == math.inf else sweep.cap}"
-    title += f", ranked by {metric} ({sweep.metric['goal']})" if metric else ""
-    table = Table(title=title, title_justify="left")
+    style = dict(running="cyan", finished="green", failed="red", stopped="yellow", interrupted="magenta")
+    table = Table(title=f"sweep {sweep.name}: {len(ranked)} ended of {'?' if sweep.cap == math.inf else sweep.cap}"
+                  + (f", ranked by {metric} ({sweep.metric['goal']})" if metric else ""), title_justify="left")
     measured = [f"{metric} (last)", f"{metric} (best)"] if metric else []
     for name in ["#", "run", "state", *swept, *measured, "time"]:
         table.add_column(name, justify="left" if name in ("run", "state") else "right")
-    for t in ([t for t in sweep.trials if t.state not in ENDED] + ranked)[:rows]:
+    for t in [t for t in sweep.trials if t.state not in ENDED] + ranked:  # Live crops what the terminal can't show
         values = [t.values.get(k) for k in swept] + ([t.summary.get(metric), t.score(sweep.metric)] if metric else [])
-        table.add_row(str(t.index), t.run_id, f"[{_STYLE.get(t.state, 'dim')}]{t.state}", *map(fmt, values),
+        table.add_row(str(t.index), t.run_id, f"[{style.get(t.state, 'dim')}]{t.state}", *map(fmt, values),
                       f"{(t.ended or time.time()) - t.started:.0f}s" if t.started else "-")
     return table
-
-
-def final_report(sweep: Sweep, console: Console) -> None:
-    """The ranked table, the best configuration and the command that reproduces it."""
-    say = partial(console.print, highlight=False, soft_wrap=True)
-    console.print(trials_table(sweep))
-    if best := next((t for t in sweep.ranked() if t.state == FINISHED), None):
-        say(f"best: trial {best.index} (run {best.run_id})  "
-            + "  ".join(f"{k}={fmt(v)}" for k, v in best.values.items()))
-        say(f"reproduce: {shlex.join(best.command[1:] if best.command[:1] == ['/usr/bin/env'] else best.command)}")
-    say(f"sweep folder: {sweep.directory}   compare: python launch.py compare --sweep {sweep.directory}   "
-        f"upload: wandb sync {sweep.directory}/trials/*/wandb/offline-run-*")
 
 
 def run_sweep(*, yaml_path: str | None, resume: str | None, out: str, count: int | None, jobs: int,
               params: list[str], sweep_id: str | None, seed: int, wandb_mode: str | None,
               console: Console | None = None) -> int:
-    """``launch.py sweep``: start or resume a sweep, run it with a live table, report; the exit code."""
+    """``launch.py sweep``: start or resume a sweep, run it with a live table, then the ranked table, the best
+    trial and the command that reproduces it; the exit code."""
     console = console or report_console(stderr=True)
     say = partial(console.print, highlight=False, soft_wrap=True)
     for flag, value in (("--jobs", jobs), ("--count", count)):
@@ -440,19 +420,23 @@ def run_sweep(*, yaml_path: str | None, resume: str | None, out: str, count: int
             "; random and bayes never run out: stop with --count N, run_cap or Ctrl-C, go on with --resume"
             if config["method"] != "grid" and sweep.cap == math.inf else ""))
     # A scheduler's SIGTERM gets the clean stop of Ctrl-C (trials in their own process groups would outlive us).
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    previous, error = signal.signal(signal.SIGTERM, signal.default_int_handler), None
     try:
-        with Live(get_renderable=lambda: trials_table(sweep, rows=20), console=console, refresh_per_second=2,
-                  transient=True):
+        with Live(get_renderable=lambda: trials_table(sweep), console=console, refresh_per_second=2, transient=True):
             Runner(sweep, jobs=jobs, wandb_mode=wandb_mode, say=say).run()
     except SweepStopped as exc:
-        final_report(sweep, console)
-        say(f"error: {exc}", style="red")
-        return 1
+        error = exc
     except KeyboardInterrupt:
         say(f"interrupted; continue with: python launch.py sweep --resume {sweep.directory}")
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
-    final_report(sweep, console)
-    return 0 if any(t.state == FINISHED for t in sweep.trials) else 1
+    console.print(trials_table(sweep))
+    if best := next((t for t in sweep.ranked() if t.state == FINISHED), None):
+        command = best.command[1:] if best.command[:1] == ["/usr/bin/env"] else best.command  # the agent's prefix
+        say(f"best: trial {best.index} (run {best.run_id}); reproduce: {shlex.join(command)}")
+    say(f"sweep folder: {sweep.directory}   compare: python launch.py compare --sweep {sweep.directory}   "
+        f"upload: wandb sync {sweep.directory}/trials/*/wandb/offline-run-*")
+    if error:
+        say(f"error: {error}", style="red")
+    return 1 if error or not best else 0
