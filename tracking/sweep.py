@@ -41,9 +41,9 @@ with warnings.catch_warnings():
 
 STATE_FILE, STATE_VERSION = "sweep.json", 3  # 3: metric rows keyed by the trial's own step
 DOCS = "https://docs.wandb.ai/guides/sweeps/define-sweep-configuration"
-PENDING, RUNNING, FINISHED, FAILED, STOPPED, INTERRUPTED = (
-    "pending", "running", "finished", "failed", "stopped", "interrupted")
+RUNNING, FINISHED, FAILED, STOPPED, INTERRUPTED = "running", "finished", "failed", "stopped", "interrupted"
 ENDED = (FINISHED, FAILED, STOPPED)
+POLL_S = 0.1  # seconds between two looks at the running trials
 _ENGINE_STATE = {STOPPED: "killed", INTERRUPTED: "pending"}  # an interrupted trial runs again as itself
 
 
@@ -73,8 +73,7 @@ def config_problems(config: Any) -> list[str]:
     program = config.get("program")
     if "program" in agent_command.macros_used(config.get("command")) and not (program and Path(program).is_file()):
         problems.append(f"program {program!r} is not a file in {Path.cwd()}; wandb agent runs it from its working "
-                        "folder, so start the sweep from the folder it expects" if program
-                        else "the command uses ${program} but the sweep names no `program`")
+                        "folder, so start the sweep from the folder it expects")
     return problems
 
 
@@ -123,12 +122,11 @@ class Trial:
     params: dict[str, dict[str, Any]]  # wire form: {"lr": {"value": 0.1}}
     out_dir: str
     command: list[str] = field(default_factory=list)
-    state: str = PENDING
+    state: str = "pending"
     exit_code: int | None = None
     started: float | None = None
     ended: float | None = None
     history: list[dict[str, Any]] = field(default_factory=list)  # {"step": the trial's own, metric: value}
-    summary: dict[str, Any] = field(default_factory=dict)
     run_dir: str | None = None
     note: str = ""
     pid: int | None = None  # the latest attempt's process group, and its leader's start time:
@@ -138,6 +136,7 @@ class Trial:
     log = property(lambda self: Path(self.out_dir) / "trial.log")
     metric_file = property(lambda self: Path(self.out_dir) / "metric.jsonl")
     values = property(lambda self: {k: v["value"] for k, v in self.params.items()})
+    summary = property(lambda self: {k: v for k, v in self.history[-1].items() if k != "step"} if self.history else {})
     alive = property(lambda self: self.pid_started is not None and _started_at(self.pid) == self.pid_started)
 
     def engine_run(self) -> sweeps.SweepRun:
@@ -153,14 +152,12 @@ class Trial:
             return None
 
     def read_metric(self, metric: str | None) -> bool:
-        """Read the whole ``[step, value]`` lines (a resumed attempt's replace those from its step on); whether
-        the history changed."""
+        """Whether new whole ``[step, value]`` lines came (a resumed attempt's replace those from its step on)."""
         data = self.metric_file.read_bytes() if self.metric_file.exists() else b""
         history: list[dict[str, Any]] = []
         for step, value in map(json.loads, data[: data.rfind(b"\n") + 1].splitlines()):  # whole lines only
             history = [r for r in history if r["step"] < step] + [{"step": step, metric: value}]
         changed, self.history = history != self.history, history
-        self.summary = {metric: history[-1][metric]} if history else self.summary
         return changed
 
 
@@ -228,7 +225,6 @@ class Sweep:
         return rank(ended, lambda t: t.score(self.metric), (self.metric or {}).get("goal", "minimize"))
 
     def swept(self) -> list[str]:
-        """Names of the parameters that vary (not pinned to one value)."""
         return [k for k, v in self.config["parameters"].items() if not (isinstance(v, dict) and "value" in v)]
 
 
@@ -238,8 +234,6 @@ class SweepStopped(Exception):
 
 class Runner:
     """Runs a sweep's trials, ``jobs`` at a time, each in its own folder; wandb's ``Agent`` stops and counts them."""
-
-    POLL_S = 0.1
 
     def __init__(self, sweep: Sweep, *, jobs: int = 1, wandb_mode: str | None = None, say: Any = None) -> None:
         self.sweep, self.jobs, self.wandb_mode, self.exhausted = sweep, jobs, wandb_mode, False
@@ -290,8 +284,7 @@ class Runner:
                  + " ".join(f"{k}={fmt(v)}" for k, v in trial.values.items()) + f"  (log: {trial.log})")
 
     def _stop(self, trials: list[Trial]) -> None:
-        """Stop trials as the agent does: SIGTERM, then after its kill delay (at once on Ctrl-C) SIGKILL to the
-        whole process group, W&B's service included. Only processes whose start time matches: pids get reused."""
+        """As the agent stops them: SIGTERM, after its kill delay (or on Ctrl-C) SIGKILL to the process group."""
         trials = [t for t in trials if t.alive]
         for trial in trials:
             with suppress(OSError):
@@ -299,7 +292,7 @@ class Runner:
         deadline = time.monotonic() + self.agent._kill_delay
         try:
             while any(t.alive for t in trials) and time.monotonic() < deadline:
-                time.sleep(self.POLL_S)
+                time.sleep(POLL_S)
         finally:
             for trial in trials:
                 with suppress(OSError):  # the group may be gone already
@@ -320,8 +313,7 @@ class Runner:
             if (flapping := agent.is_flapping()) or agent.is_failing():
                 how = f"within the first {agent.FLAPPING_MAX_SECONDS} s" if flapping else f"and {agent._finished} ended"
                 raise SweepStopped(f"{agent._failed} trials failed {how}, so the sweep stops as wandb agent does "
-                                   "(WANDB_AGENT_DISABLE_FLAPPING, WANDB_AGENT_MAX_INITIAL_FAILURES); last log: "
-                                   f"{trial.log}")
+                                   "(WANDB_AGENT_DISABLE_FLAPPING, WANDB_AGENT_MAX_INITIAL_FAILURES change that)")
         agent._finished += 1
 
     def _step(self) -> bool:
@@ -365,7 +357,7 @@ class Runner:
                          f"{trial.pid}); stopping it before it resumes", style="yellow")
             self._stop(orphans)  # two processes must never write one W&B run
             while self._step():
-                time.sleep(self.POLL_S)
+                time.sleep(POLL_S)
         except (SweepStopped, KeyboardInterrupt) as exc:
             running = [proc.trial for proc in self.live.values()]
             with suppress(KeyboardInterrupt):  # a second Ctrl-C kills at once
@@ -385,8 +377,7 @@ def trials_table(sweep: Sweep) -> Table:
     style = dict(running="cyan", finished="green", failed="red", stopped="yellow", interrupted="magenta")
     table = Table(title=f"sweep {sweep.name}: {len(ranked)} ended of {'?' if sweep.cap == math.inf else sweep.cap}"
                   + (f", ranked by {metric} ({sweep.metric['goal']})" if metric else ""), title_justify="left")
-    measured = [f"{metric} (last)", f"{metric} (best)"] if metric else []
-    for name in ["#", "run", "state", *swept, *measured, "time"]:
+    for name in ["#", "run", "state", *swept, *([f"{metric} (last)", f"{metric} (best)"] if metric else []), "time"]:
         table.add_column(name, justify="left" if name in ("run", "state") else "right")
     for t in [t for t in sweep.trials if t.state not in ENDED] + ranked:  # Live crops what the terminal can't show
         values = [t.values.get(k) for k in swept] + ([t.summary.get(metric), t.score(sweep.metric)] if metric else [])
@@ -398,8 +389,7 @@ def trials_table(sweep: Sweep) -> Table:
 def run_sweep(*, yaml_path: str | None, resume: str | None, out: str, count: int | None, jobs: int,
               params: list[str], sweep_id: str | None, seed: int, wandb_mode: str | None,
               console: Console | None = None) -> int:
-    """``launch.py sweep``: start or resume a sweep, run it with a live table, then the ranked table, the best
-    trial and the command that reproduces it; the exit code."""
+    """``launch.py sweep``: start or resume a sweep, show it live, then ranked with the best trial's command."""
     console = console or report_console(stderr=True)
     say = partial(console.print, highlight=False, soft_wrap=True)
     for flag, value in (("--jobs", jobs), ("--count", count)):
@@ -407,9 +397,8 @@ def run_sweep(*, yaml_path: str | None, resume: str | None, out: str, count: int
             raise UsageError(f"{flag} must be at least 1, got {value}")
     if resume:
         sweep = Sweep.load(resume)
-        sweep.count, ended = count or sweep.count, sum(t.state in ENDED for t in sweep.trials)
-        left = len(sweep.trials) - ended
-        say(f"resuming sweep {sweep.name} in {sweep.directory}: {ended} trials already ended"
+        sweep.count, left = count or sweep.count, sum(t.state not in ENDED for t in sweep.trials)
+        say(f"resuming sweep {sweep.name} in {sweep.directory}: {len(sweep.trials) - left} trials already ended"
             + (f", {left} interrupted go on from their last checkpoint in their own W&B runs" if left else ""))
     elif not yaml_path:
         raise UsageError("pass a sweep YAML (python launch.py sweep sweeps/weight_decay.yaml) or --resume SWEEP_DIR")
@@ -419,8 +408,7 @@ def run_sweep(*, yaml_path: str | None, resume: str | None, out: str, count: int
         say(f"sweep {sweep.name} ({config['method']}) in {sweep.directory}" + (
             "; random and bayes never run out: stop with --count N, run_cap or Ctrl-C, go on with --resume"
             if config["method"] != "grid" and sweep.cap == math.inf else ""))
-    # A scheduler's SIGTERM gets the clean stop of Ctrl-C (trials in their own process groups would outlive us).
-    previous, error = signal.signal(signal.SIGTERM, signal.default_int_handler), None
+    error, previous = None, signal.signal(signal.SIGTERM, signal.default_int_handler)  # a clean stop on SIGTERM too
     try:
         with Live(get_renderable=lambda: trials_table(sweep), console=console, refresh_per_second=2, transient=True):
             Runner(sweep, jobs=jobs, wandb_mode=wandb_mode, say=say).run()
