@@ -153,7 +153,7 @@ def add_sweep(sub: argparse._SubParsersAction, parents: list) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from dlhw.tracking.sweep_view import run_sweep
+    from dlhw.tracking.sweep import run_sweep
 
     return run_sweep(yaml_path=args.config, resume=args.resume, out=args.out, count=args.count, jobs=args.jobs,
                      params=args.param, sweep_id=args.sweep_id, seed=args.seed, wandb_mode=args.wandb_mode)

@@ -1,5 +1,5 @@
-"""W&B sweeps without the W&B server: W&B's ``sweeps`` engine proposes and stops trials, run as ``wandb agent``
-runs them. Folder: ``sweep.json``, ``trials/NNN-RUNID/`` (``trial.log``, ``metric.jsonl``, ``wandb/``)."""
+"""``launch.py sweep``: W&B's ``sweeps`` engine proposes and stops trials, run as ``wandb agent`` runs them, no
+server needed. Folder: ``sweep.json``, ``trials/NNN-RUNID/`` (``trial.log``, ``metric.jsonl``, ``wandb/``)."""
 
 from __future__ import annotations
 
@@ -13,20 +13,25 @@ import time
 import warnings
 from contextlib import suppress
 from dataclasses import asdict, dataclass, field, fields
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import yaml
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
 from wandb import env as wandb_env
 from wandb.sdk.lib.runid import generate_id
 from wandb.wandb_agent import Agent
 
-from dlhw.callbacks.progress import fmt
+from dlhw.callbacks.progress import fmt, report_console
 from dlhw.core.errors import UsageError
 from dlhw.core.files import atomic_file
 from dlhw.core.session import METRIC_ENV, METRIC_FILE_ENV
 from dlhw.tracking import agent_command
+from dlhw.tracking.compare import rank
 from dlhw.tracking.mode import OUT_ENV, RESUME_ENV
 
 with warnings.catch_warnings():
@@ -35,19 +40,11 @@ with warnings.catch_warnings():
     from sweeps.config.cfg import validator as _schema_validator
 
 STATE_FILE, STATE_VERSION = "sweep.json", 3  # 3: metric rows keyed by the trial's own step
-METHODS, DOCS = ("grid", "random", "bayes"), "https://docs.wandb.ai/guides/sweeps/define-sweep-configuration"
-PENDING, RUNNING, FINISHED, FAILED, STOPPED, INTERRUPTED = (
-    "pending", "running", "finished", "failed", "stopped", "interrupted")
+DOCS = "https://docs.wandb.ai/guides/sweeps/define-sweep-configuration"
+RUNNING, FINISHED, FAILED, STOPPED, INTERRUPTED = "running", "finished", "failed", "stopped", "interrupted"
 ENDED = (FINISHED, FAILED, STOPPED)
+POLL_S = 0.1  # seconds between two looks at the running trials
 _ENGINE_STATE = {STOPPED: "killed", INTERRUPTED: "pending"}  # an interrupted trial runs again as itself
-
-
-def parse_param_overrides(items: list[str]) -> dict[str, Any]:
-    """``["epochs=1", "lr=0.1"]`` -> ``{"epochs": 1, "lr": 0.1}`` (values read as YAML scalars)."""
-    for item in items:
-        if not item.partition("=")[0] or "=" not in item:
-            raise UsageError(f"--param {item!r} is not NAME=VALUE; write e.g. --param epochs=1")
-    return {name: yaml.safe_load(value) for name, _, value in (item.partition("=") for item in items)}
 
 
 def config_problems(config: Any) -> list[str]:
@@ -59,39 +56,31 @@ def config_problems(config: Any) -> list[str]:
         found = sweeps.schema_violations_from_proposed_config(config)
     except ValueError as exc:
         return [str(exc)]
-    problems = list(dict.fromkeys(f"{located[m]}: {m}" if located.get(m) else m for m in found))
-    if problems or config.get("method") not in METHODS:
-        return problems or [f"method {config.get('method')!r} cannot run offline; use one of {', '.join(METHODS)}"]
-    if config["method"] == "bayes" and "metric" not in config:
-        problems.append("bayes search needs a `metric` (name and goal) to optimise")
-    if "early_terminate" in config and "metric" not in config:
-        problems.append("`early_terminate` needs a `metric` to compare trials by")
-    for name, spec in config["parameters"].items():  # the agent writes --x=None, and a mapping as its repr
+    if problems := list(dict.fromkeys(f"{located[m]}: {m}" if located.get(m) else m for m in found)):
+        return problems
+    for name, spec in config.get("parameters", {}).items():  # the agent writes --x=None, and a mapping as its repr
         values = [spec.get("value")] if "value" in spec else spec.get("values", [])
         if "parameters" in spec or any(v is None or isinstance(v, dict) for v in values):
             problems.append(f"parameters.{name}: a None or mapping value reaches the program as the text "
                             f"'--{name}=None' or a dict's repr; give plain values")
-    try:
+    try:  # the engine's own refusals: a grid of ranges, bayes or hyperband without a metric, method custom
         if not problems:
             sweeps.next_run(config, [], validate=True)
             if "early_terminate" in config:
                 sweeps.stop_runs(config, [], validate=True)
-    except Exception as exc:  # the engine refuses with several exception types
+    except Exception as exc:  # raised as several exception types
         problems.append(str(exc).strip().splitlines()[0])
     program = config.get("program")
-    if "program" in agent_command.macros_used(config.get("command")):
-        if not program:
-            problems.append("the command uses ${program} but the sweep names no `program`")
-        elif not Path(program).is_file():
-            problems.append(f"program {program!r} is not a file in {Path.cwd()}; wandb agent runs it "
-                            "from its working folder, so start the sweep from the folder it expects")
+    if "program" in agent_command.macros_used(config.get("command")) and not (program and Path(program).is_file()):
+        problems.append(f"program {program!r} is not a file in {Path.cwd()}; wandb agent runs it from its working "
+                        "folder, so start the sweep from the folder it expects")
     return problems
 
 
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A sweep YAML with ``overrides`` pinned, checked as W&B would; a broken file is one UsageError line."""
+def load_config(path: str | Path, pinned: list[str] = ()) -> dict[str, Any]:
+    """A sweep YAML with ``pinned`` values (``["epochs=1"]``), checked as W&B would; each problem a UsageError."""
     path, hint = Path(path), "pass a W&B sweep YAML such as sweeps/weight_decay.yaml"
-    if path.is_dir() or not path.is_file():
+    if not path.is_file():
         raise UsageError(f"{path} is a folder; {hint}" if path.is_dir() else f"sweep file not found: {path}; {hint}")
     try:
         config = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -103,12 +92,25 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> di
         where = f" at line {e.problem_mark.line + 1}, column {e.problem_mark.column + 1}" if e.problem_mark else ""
         context = f" ({e.context} from line {e.context_mark.line + 1})" if e.context and e.context_mark else ""
         raise UsageError(f"{path} is not valid YAML{where}: {e.problem}{context}; fix the file there") from None
-    if isinstance(config, dict) and overrides:
-        config.setdefault("parameters", {}).update({k: {"value": v} for k, v in overrides.items()})
+    for item in pinned:
+        name, equals, value = item.partition("=")
+        if not (name and equals):
+            raise UsageError(f"--param {item!r} is not NAME=VALUE; write e.g. --param epochs=1")
+        if isinstance(config, dict):
+            config.setdefault("parameters", {})[name] = {"value": yaml.safe_load(value)}
     if problems := config_problems(config):
         listed = "; ".join(f"({i}) {p}" for i, p in enumerate(problems, 1)) if len(problems) > 1 else problems[0]
         raise UsageError(f"{path} is not a valid W&B sweep: {listed}; fix the file (see {DOCS})")
     return config
+
+
+def _started_at(pid: int | None) -> int | None:
+    """Process ``pid``'s start time (clock ticks since boot); None when it is gone or a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return None if stat[0] in "ZX" else int(stat[19])
 
 
 @dataclass
@@ -120,21 +122,22 @@ class Trial:
     params: dict[str, dict[str, Any]]  # wire form: {"lr": {"value": 0.1}}
     out_dir: str
     command: list[str] = field(default_factory=list)
-    state: str = PENDING
+    state: str = "pending"
     exit_code: int | None = None
     started: float | None = None
     ended: float | None = None
     history: list[dict[str, Any]] = field(default_factory=list)  # {"step": the trial's own, metric: value}
-    summary: dict[str, Any] = field(default_factory=dict)
     run_dir: str | None = None
     note: str = ""
-    pid: int | None = None  # the latest attempt's process group and start time: a later runner
-    pid_started: int | None = None  # stops an orphan, never a process that got the number since
+    pid: int | None = None  # the latest attempt's process group, and its leader's start time:
+    pid_started: int | None = None  # a later runner stops an orphan, never a process that got the number since
     resumed: int = 0
 
     log = property(lambda self: Path(self.out_dir) / "trial.log")
     metric_file = property(lambda self: Path(self.out_dir) / "metric.jsonl")
     values = property(lambda self: {k: v["value"] for k, v in self.params.items()})
+    summary = property(lambda self: {k: v for k, v in self.history[-1].items() if k != "step"} if self.history else {})
+    alive = property(lambda self: self.pid_started is not None and _started_at(self.pid) == self.pid_started)
 
     def engine_run(self) -> sweeps.SweepRun:
         return sweeps.SweepRun(name=self.run_id, state=sweeps.RunState(_ENGINE_STATE.get(self.state, self.state)),
@@ -148,18 +151,13 @@ class Trial:
         except (TypeError, ValueError):
             return None
 
-    def read_metric(self, metric: str) -> bool:
-        """Read the whole ``[step, value]`` lines, where a resumed attempt's step replaces what earlier
-        attempts reported from it on; whether the history changed."""
-        try:
-            data = self.metric_file.read_bytes()
-        except FileNotFoundError:
-            return False
+    def read_metric(self, metric: str | None) -> bool:
+        """Whether new whole ``[step, value]`` lines came (a resumed attempt's replace those from its step on)."""
+        data = self.metric_file.read_bytes() if self.metric_file.exists() else b""
         history: list[dict[str, Any]] = []
         for step, value in map(json.loads, data[: data.rfind(b"\n") + 1].splitlines()):  # whole lines only
             history = [r for r in history if r["step"] < step] + [{"step": step, metric: value}]
         changed, self.history = history != self.history, history
-        self.summary = {metric: history[-1][metric]} if history else self.summary
         return changed
 
 
@@ -174,7 +172,6 @@ class Sweep:
     sweep_id: str | None = None
     count: int | None = None
     seed: int = 0
-    source: str = ""
     trials: list[Trial] = field(default_factory=list)
 
     @classmethod
@@ -188,13 +185,12 @@ class Sweep:
         local_id, name = generate_id(), str(config.get("name") or Path(source).stem)
         directory = Path(out).resolve() / "sweeps" / f"{name}-{local_id}"
         directory.mkdir(parents=True)
-        sweep = cls(directory, config, name, local_id, sweep_id, count, seed, str(source))
+        sweep = cls(directory, config, name, local_id, sweep_id, count, seed)
         sweep.save()
         return sweep
 
     @classmethod
     def load(cls, directory: str | Path) -> Sweep:
-        """The sweep kept in ``directory``; a folder without one is a UsageError."""
         directory, again = Path(directory).resolve(), "pass the folder `launch.py sweep` printed when it started"
         try:
             state = json.loads((directory / STATE_FILE).read_text())
@@ -215,16 +211,7 @@ class Sweep:
             fh.write(json.dumps(state, indent=1, default=str).encode())
 
     metric = property(lambda self: self.config.get("metric"))
-    # a random or bayes sweep ends by --count or the YAML's run_cap, whichever comes first
     cap = property(lambda self: min(self.count or math.inf, self.config.get("run_cap") or math.inf))
-
-    @property
-    def param_dir(self) -> Path:
-        sweep = agent_command.split_sweep_path(self.sweep_id)[2] if self.sweep_id else self.local_id
-        return self.directory / "wandb" / f"sweep-{sweep}"
-
-    def trial(self, run_id: str) -> Trial:
-        return next(t for t in self.trials if t.run_id == run_id)
 
     def propose(self) -> dict[str, dict[str, Any]] | None:
         """The engine's next parameters as plain JSON values (as from the server), None when a grid is exhausted.
@@ -234,24 +221,11 @@ class Sweep:
         return None if run is None else json.loads(json.dumps(run.config, default=lambda v: v.item()))
 
     def ranked(self) -> list[Trial]:
-        """Ended trials, best first by the sweep's metric (trials without a value last)."""
-        sign = -1.0 if (self.metric or {}).get("goal") == "maximize" else 1.0
-        scores = {t.run_id: t.score(self.metric) for t in self.trials if t.state in ENDED}
-        return sorted((t for t in self.trials if t.state in ENDED), key=lambda t: (
-            (1, 0.0) if scores[t.run_id] is None or math.isnan(scores[t.run_id]) else (0, sign * scores[t.run_id])))
+        ended = [t for t in self.trials if t.state in ENDED]
+        return rank(ended, lambda t: t.score(self.metric), (self.metric or {}).get("goal", "minimize"))
 
     def swept(self) -> list[str]:
-        """Names of the parameters that vary (not pinned to one value)."""
         return [k for k, v in self.config["parameters"].items() if not (isinstance(v, dict) and "value" in v)]
-
-
-def _started_at(pid: int) -> int | None:
-    """Process ``pid``'s start time (clock ticks since boot); None when it is gone or a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return None if stat[0] in "ZX" else int(stat[19])
 
 
 class SweepStopped(Exception):
@@ -259,22 +233,21 @@ class SweepStopped(Exception):
 
 
 class Runner:
-    """Runs a :class:`Sweep`'s trials, ``jobs`` at a time, as ``wandb agent`` does, each writing into its
-    own folder; wandb's ``Agent`` stops trials and counts failures."""
-
-    POLL_S = 0.1
+    """Runs a sweep's trials, ``jobs`` at a time, each in its own folder; wandb's ``Agent`` stops and counts them."""
 
     def __init__(self, sweep: Sweep, *, jobs: int = 1, wandb_mode: str | None = None, say: Any = None) -> None:
-        self.sweep, self.jobs, self.wandb_mode, self.live, self.exhausted = sweep, jobs, wandb_mode, {}, False
+        self.sweep, self.jobs, self.wandb_mode, self.exhausted = sweep, jobs, wandb_mode, False
         self.say = say or (lambda message, style=None: None)
         self.metric, had_dir = (sweep.metric or {}).get("name"), wandb_env.DIR in os.environ
         self.agent = Agent(api=None, queue=None)  # no server: only its process and failure rules
+        self.live = self.agent._run_processes  # the running trials' processes, by run id
         if not had_dir:  # it sets WANDB_DIR for the trials it starts; ours get their own
             del os.environ[wandb_env.DIR]
 
     def _start(self, trial: Trial) -> None:
         """Start a trial, or an interrupted one again as itself, from its own last checkpoint."""
-        sweep, resume, files = self.sweep, trial.state == INTERRUPTED, self.sweep.param_dir / f"config-{trial.run_id}"
+        sweep, resume = self.sweep, trial.state == INTERRUPTED
+        files = sweep.directory / "wandb" / f"sweep-{sweep.local_id}" / f"config-{trial.run_id}"
         defaults = dict.fromkeys(("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"),
                                  str(max(1, len(os.sched_getaffinity(0)) // self.jobs)))  # a share of the CPUs
         defaults[wandb_env.RUN_GROUP] = sweep.name
@@ -292,141 +265,166 @@ class Runner:
             trial.command = agent_command.trial_command(
                 sweep.config.get("command"), program=sweep.config.get("program"), params=trial.params,
                 args_json_file=files.with_suffix(".json"), python=agent_command.interpreter(os.environ))
-        with open(trial.log, "ab") as log:
-            if resume:
-                log.write(f"\n--- resumed: attempt {trial.resumed + 1} of this trial ({trial.note}) ---\n".encode())
-                log.flush()
+        with open(trial.log, "a") as log:
+            resumed = f"\n--- resumed: attempt {trial.resumed + 1} of this trial ({trial.note}) ---\n" if resume else ""
+            print(resumed, end="", file=log, flush=True)  # before the trial's own lines
             try:  # as the agent does: own process group, stdin a pipe closed at once
                 proc = subprocess.Popen(trial.command, env=env, stdin=subprocess.PIPE, stdout=log,
                                         stderr=subprocess.STDOUT, process_group=0)
             except OSError as exc:
-                log.write(f"could not start {trial.command}: {exc}\n".encode())
+                print(f"could not start {trial.command}: {exc}", file=log)
                 return self._ended(trial, 127)
         proc.stdin.close()
-        proc.last_sigterm_time = None  # what the agent's _command_stop keeps per process
-        self.live[trial.run_id] = self.agent._run_processes[trial.run_id] = proc
+        proc.trial, proc.last_sigterm_time = trial, None  # the latter as the agent's _command_stop keeps it
+        self.live[trial.run_id] = proc
         trial.state, trial.note, trial.pid, trial.pid_started = RUNNING, "", proc.pid, _started_at(proc.pid)
         trial.started = trial.started or time.time()
         sweep.save()
         self.say(f"trial {trial.index} {'resumed in run ' + trial.run_id if resume else 'started'}: "
                  + " ".join(f"{k}={fmt(v)}" for k, v in trial.values.items()) + f"  (log: {trial.log})")
 
-    def _stop_orphan(self, trial: Trial) -> None:
-        """Stop what a killed runner left of ``trial``: two processes must never write one W&B run."""
-        def alive() -> bool:
-            return None not in (trial.pid, trial.pid_started) and _started_at(trial.pid) == trial.pid_started
-
-        if not alive():
-            return
-        self.say(f"trial {trial.index} still runs from the runner that was stopped (process group "
-                 f"{trial.pid}); stopping it before it resumes", style="yellow")
-        os.kill(trial.pid, signal.SIGTERM)  # the trial alone, as the agent stops it: it finishes its W&B run
-        for delay in (self.agent._kill_delay, 10.0):
-            deadline = time.monotonic() + delay
-            while alive() and time.monotonic() < deadline:
-                time.sleep(self.POLL_S)
-            _killpg(trial.pid)  # then what it started (W&B's service), or all of it
-        if alive():
-            raise SweepStopped(f"trial {trial.index} (process group {trial.pid}) survives SIGKILL; resuming it "
-                               "would make two processes write one W&B run")
+    def _stop(self, trials: list[Trial]) -> None:
+        """As the agent stops them: SIGTERM, after its kill delay (or on Ctrl-C) SIGKILL to the process group."""
+        trials = [t for t in trials if t.alive]
+        for trial in trials:
+            with suppress(OSError):
+                os.kill(trial.pid, signal.SIGTERM)
+        deadline = time.monotonic() + self.agent._kill_delay
+        try:
+            while any(t.alive for t in trials) and time.monotonic() < deadline:
+                time.sleep(POLL_S)
+        finally:
+            for trial in trials:
+                with suppress(OSError):  # the group may be gone already
+                    os.killpg(trial.pid, signal.SIGKILL)
 
     def _ended(self, trial: Trial, code: int) -> None:
         found = sorted(Path(trial.out_dir).glob(f"wandb/*run-*-{trial.run_id}"), key=lambda p: p.name.split("run-")[1])
         trial.run_dir, trial.exit_code, trial.ended = str(found[-1]) if found else trial.run_dir, code, time.time()
-        if trial.state == STOPPED:
-            self.say(f"trial {trial.index} stopped early by hyperband ({trial.note})")
-        elif code <= 0:  # killed by a signal is no failure to the agent either
-            trial.state = FINISHED
-            score = trial.score(self.sweep.metric)
-            self.say(f"trial {trial.index} finished" + (f"  {self.metric}={score:.4g}" if score is not None else ""))
-        else:
-            trial.state, trial.note = FAILED, f"exit code {code}; log: {trial.log}"
-            self.say(f"trial {trial.index} failed ({trial.note})", style="red")
+        if trial.state != STOPPED:  # killed by a signal is no failure to the agent either
+            trial.state, trial.note = (FAILED, f"exit code {code}; log: {trial.log}") if code > 0 else (FINISHED, "")
+        score = trial.score(self.sweep.metric)
+        self.say(f"trial {trial.index} {trial.state}" + (f" ({trial.note})" if trial.note else "") + (
+            f"  {self.metric}={fmt(score)}" if score is not None else ""), style="red" if code > 0 else None)
         self.sweep.save()
         agent = self.agent  # counted as Agent._run_loop counts an ended run
         if code > 0:
             agent._failed += 1
-            why = (f"{agent._failed} trials failed within the first {agent.FLAPPING_MAX_SECONDS} s, so the sweep "
-                   "stops (as wandb agent does; WANDB_AGENT_DISABLE_FLAPPING=true keeps going)" if agent.is_flapping()
-                   else f"{agent._failed} trials failed and {agent._finished} ended, so the sweep stops (as wandb "
-                   "agent does; WANDB_AGENT_MAX_INITIAL_FAILURES raises the limit)" if agent.is_failing() else "")
-            if why:
-                raise SweepStopped(f"{why}; see the last log: {trial.log}")
+            if (flapping := agent.is_flapping()) or agent.is_failing():
+                how = f"within the first {agent.FLAPPING_MAX_SECONDS} s" if flapping else f"and {agent._finished} ended"
+                raise SweepStopped(f"{agent._failed} trials failed {how}, so the sweep stops as wandb agent does "
+                                   "(WANDB_AGENT_DISABLE_FLAPPING, WANDB_AGENT_MAX_INITIAL_FAILURES change that)")
         agent._finished += 1
 
     def _step(self) -> bool:
-        """Read new metric lines, resend stops (the agent kills after its delay), end what exited, stop
-        what hyperband stops, start trials up to ``jobs``; whether any still run."""
+        """One poll: read metrics, end what exited, stop what hyperband stops, start trials; whether any run."""
         sweep, new = self.sweep, False
         for run_id, proc in list(self.live.items()):
-            trial = sweep.trial(run_id)
-            new |= bool(self.metric) and trial.read_metric(self.metric)
-            if (code := proc.poll()) is None and trial.state == STOPPED:
+            new |= proc.trial.read_metric(self.metric)
+            if (code := proc.poll()) is None and proc.trial.state == STOPPED:
                 self.agent._command_stop({"run_id": run_id})
             elif code is not None:
-                del self.live[run_id], self.agent._run_processes[run_id]
-                self._ended(trial, code)
+                del self.live[run_id]
+                self._ended(proc.trial, code)
         if new and "early_terminate" in sweep.config:
             for run in sweeps.stop_runs(sweep.config, [t.engine_run() for t in sweep.trials]):
-                trial, lines = sweep.trial(run.name), (run.early_terminate_info or {}).get("lines", [])
-                if trial.state == RUNNING and run.name in self.live:
-                    trial.state, trial.note = STOPPED, lines[-1].strip() if lines else "hyperband"
-                    self.agent._command_stop({"run_id": run.name})  # SIGTERM, as the server's stop command
-                    sweep.save()
+                trial, lines = self.live[run.name].trial, (run.early_terminate_info or {}).get("lines", [])
+                trial.state, trial.note = STOPPED, lines[-1].strip() if lines else "hyperband"
+                self.agent._command_stop({"run_id": run.name})  # SIGTERM, as the server's stop command
+                sweep.save()
         while len(self.live) < self.jobs:
             trial = next((t for t in sweep.trials if t.state == INTERRUPTED), None)
             if trial is None:
                 if self.exhausted or len(sweep.trials) >= sweep.cap or (params := sweep.propose()) is None:
                     self.exhausted = True
                     break
-                run_id = generate_id()
-                out_dir = sweep.directory / "trials" / f"{len(sweep.trials):03d}-{run_id}"
-                out_dir.mkdir(parents=True)
-                trial = Trial(index=len(sweep.trials), run_id=run_id, params=params, out_dir=str(out_dir))
+                run_id, index = generate_id(), len(sweep.trials)
+                trial = Trial(index, run_id, params, str(sweep.directory / "trials" / f"{index:03d}-{run_id}"))
+                Path(trial.out_dir).mkdir(parents=True)
                 sweep.trials.append(trial)
             self._start(trial)
         return bool(self.live)
 
     def run(self) -> None:
-        """Run trials until done; on :class:`SweepStopped` or KeyboardInterrupt stop and record the running
-        ones (SIGTERM, then SIGKILL after the agent's kill delay or a second Ctrl-C)."""
+        """Run trials until done; on SweepStopped or Ctrl-C stop the running ones, recorded as interrupted."""
         for trial in self.sweep.trials:
-            if trial.state in (RUNNING, PENDING):  # the runner was killed under it: it resumes
+            if trial.state == RUNNING:  # the runner was killed under it: it resumes
                 trial.state, trial.note = INTERRUPTED, "the runner stopped while it ran"
-        self.sweep.save()
         try:
-            for trial in (t for t in self.sweep.trials if t.state == INTERRUPTED):
-                self._stop_orphan(trial)
+            orphans = [t for t in self.sweep.trials if t.state == INTERRUPTED and t.alive]
+            for trial in orphans:
+                self.say(f"trial {trial.index} still runs from the runner that was stopped (process group "
+                         f"{trial.pid}); stopping it before it resumes", style="yellow")
+            self._stop(orphans)  # two processes must never write one W&B run
             while self._step():
-                time.sleep(self.POLL_S)
+                time.sleep(POLL_S)
         except (SweepStopped, KeyboardInterrupt) as exc:
-            for proc in self.live.values():
-                proc.terminate()
-            deadline = time.monotonic() + self.agent._kill_delay
-            for run_id, proc in self.live.items():
-                try:
-                    proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-                except (subprocess.TimeoutExpired, KeyboardInterrupt):
-                    deadline = 0.0  # the rest are killed at once too
-                    _killpg(proc.pid)
-                    proc.wait()
-                trial = self.sweep.trial(run_id)
-                if self.metric:
-                    trial.read_metric(self.metric)
-                trial.exit_code, trial.ended = proc.returncode, time.time()
+            running = [proc.trial for proc in self.live.values()]
+            with suppress(KeyboardInterrupt):  # a second Ctrl-C kills at once
+                self._stop(running)
+            for trial in running:
+                trial.exit_code, trial.ended = self.live[trial.run_id].wait(), time.time()
+                trial.read_metric(self.metric)
                 if trial.state == RUNNING:
-                    trial.state = INTERRUPTED
-                    trial.note = "the sweep gave up" if isinstance(exc, SweepStopped) else "interrupted"
-            self.live.clear()
+                    trial.state, trial.note = INTERRUPTED, str(exc) or "interrupted"
             self.sweep.save()
             raise
 
 
-def _killpg(pgid: int) -> None:
-    with suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)
+def trials_table(sweep: Sweep) -> Table:
+    """Trials yet to end first, then the ended ones best first: state, swept parameters, the metric, time."""
+    metric, swept, ranked = (sweep.metric or {}).get("name"), sweep.swept(), sweep.ranked()
+    style = dict(running="cyan", finished="green", failed="red", stopped="yellow", interrupted="magenta")
+    table = Table(title=f"sweep {sweep.name}: {len(ranked)} ended of {'?' if sweep.cap == math.inf else sweep.cap}"
+                  + (f", ranked by {metric} ({sweep.metric['goal']})" if metric else ""), title_justify="left")
+    for name in ["#", "run", "state", *swept, *([f"{metric} (last)", f"{metric} (best)"] if metric else []), "time"]:
+        table.add_column(name, justify="left" if name in ("run", "state") else "right")
+    for t in [t for t in sweep.trials if t.state not in ENDED] + ranked:  # Live crops what the terminal can't show
+        values = [t.values.get(k) for k in swept] + ([t.summary.get(metric), t.score(sweep.metric)] if metric else [])
+        table.add_row(str(t.index), t.run_id, f"[{style.get(t.state, 'dim')}]{t.state}", *map(fmt, values),
+                      f"{(t.ended or time.time()) - t.started:.0f}s" if t.started else "-")
+    return table
 
 
-def reproduce_command(trial: Trial) -> str:
-    """The shell command that runs ``trial`` again (the agent's ``/usr/bin/env`` prefix dropped)."""
-    return shlex.join(trial.command[1:] if trial.command[:1] == ["/usr/bin/env"] else trial.command)
+def run_sweep(*, yaml_path: str | None, resume: str | None, out: str, count: int | None, jobs: int,
+              params: list[str], sweep_id: str | None, seed: int, wandb_mode: str | None,
+              console: Console | None = None) -> int:
+    """``launch.py sweep``: start or resume a sweep, show it live, then ranked with the best trial's command."""
+    console = console or report_console(stderr=True)
+    say = partial(console.print, highlight=False, soft_wrap=True)
+    for flag, value in (("--jobs", jobs), ("--count", count)):
+        if value is not None and value < 1:
+            raise UsageError(f"{flag} must be at least 1, got {value}")
+    if resume:
+        sweep = Sweep.load(resume)
+        sweep.count, left = count or sweep.count, sum(t.state not in ENDED for t in sweep.trials)
+        say(f"resuming sweep {sweep.name} in {sweep.directory}: {len(sweep.trials) - left} trials already ended"
+            + (f", {left} interrupted go on from their last checkpoint in their own W&B runs" if left else ""))
+    elif not yaml_path:
+        raise UsageError("pass a sweep YAML (python launch.py sweep sweeps/weight_decay.yaml) or --resume SWEEP_DIR")
+    else:
+        config = load_config(yaml_path, params)
+        sweep = Sweep.create(config, out=out, source=yaml_path, count=count, sweep_id=sweep_id, seed=seed)
+        say(f"sweep {sweep.name} ({config['method']}) in {sweep.directory}" + (
+            "; random and bayes never run out: stop with --count N, run_cap or Ctrl-C, go on with --resume"
+            if config["method"] != "grid" and sweep.cap == math.inf else ""))
+    error, previous = None, signal.signal(signal.SIGTERM, signal.default_int_handler)  # a clean stop on SIGTERM too
+    try:
+        with Live(get_renderable=lambda: trials_table(sweep), console=console, refresh_per_second=2, transient=True):
+            Runner(sweep, jobs=jobs, wandb_mode=wandb_mode, say=say).run()
+    except SweepStopped as exc:
+        error = exc
+    except KeyboardInterrupt:
+        say(f"interrupted; continue with: python launch.py sweep --resume {sweep.directory}")
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    console.print(trials_table(sweep))
+    if best := next((t for t in sweep.ranked() if t.state == FINISHED), None):
+        command = best.command[1:] if best.command[:1] == ["/usr/bin/env"] else best.command  # the agent's prefix
+        say(f"best: trial {best.index} (run {best.run_id}); reproduce: {shlex.join(command)}")
+    say(f"sweep folder: {sweep.directory}   compare: python launch.py compare --sweep {sweep.directory}   "
+        f"upload: wandb sync {sweep.directory}/trials/*/wandb/offline-run-*")
+    if error:
+        say(f"error: {error}", style="red")
+    return 1 if error or not best else 0

@@ -6,14 +6,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from rich.console import Console
 
 from launch import main
 from tests.conftest import ROOT
 from dlhw.tracking.compare import local_runs
 from dlhw.tracking.readback import records, run_summary
 from dlhw.tracking.sweep import Sweep, Trial, load_config
-from dlhw.tracking.sweep_view import final_report
 
 PROGRAM = str(ROOT / "tests" / "tracking" / "trial_program.py")
 
@@ -65,17 +63,13 @@ def test_grid_of_six_leaves_six_offline_runs_with_their_configs(grid):
     assert not list(grid.directory.glob(".sweep.json.*"))  # atomic writes leave no temporary files
 
 
-def test_trials_run_the_agents_command_and_rank_by_the_metric(grid, capsys):
+def test_trials_run_the_agents_command_and_rank_by_the_metric(grid):
     best = grid.ranked()[0]
     assert best.values == {"x": 3, "y": 0.5, "steps": 2} and best.score(grid.metric) == 6.5
     assert best.command == ["/usr/bin/env", "python", PROGRAM, "--steps=2", "--x=3", "--y=0.5"]
     # read from the trial's metric file as it ran, on the trial's own steps
     assert grid.trials[0].history == [{"step": 0, "score": 1.0}, {"step": 1, "score": 2.0}]
     assert grid.trials[0].summary == {"score": 2.0}
-    final_report(grid, Console(width=200, stderr=True))
-    err = capsys.readouterr().err
-    assert f"reproduce: python {PROGRAM} --steps=2 --x=3 --y=0.5" in err
-    assert "best: trial" in err and "x=3  y=0.5" in err
 
 
 def test_compare_ranks_the_sweep_and_writes_the_plot(grid, capsys, tmp_path):
@@ -127,7 +121,7 @@ def test_a_real_sweep_id_attaches_the_trials_to_it(tmp_path):
     code, sweep = run_sweep(tmp_path / "out", str(cfg), "--sweep-id", "team/proj/abc123de")
     run = next(r for r in records(sweep.trials[0].run_dir) if r["type"] == "run")["run"]
     assert code == 0 and (run["sweep_id"], run["entity"], run["project"]) == ("abc123de", "team", "proj")
-    assert (sweep.directory / "wandb" / "sweep-abc123de" / f"config-{sweep.trials[0].run_id}.yaml").is_file()
+    assert (sweep.directory / "wandb" / f"sweep-{sweep.local_id}" / f"config-{sweep.trials[0].run_id}.yaml").is_file()
 
 
 def test_crash_is_recorded_and_the_sweep_goes_on(tmp_path, capsys):
@@ -139,7 +133,9 @@ def test_crash_is_recorded_and_the_sweep_goes_on(tmp_path, capsys):
     assert crashed.exit_code == 3 and str(crashed.log) in crashed.note
     assert "crashing on purpose" in crashed.log.read_text()
     assert run_summary(crashed.run_dir)["exit_code"] == 3
-    assert f"trial 0 failed (exit code 3; log: {crashed.log})" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"trial 0 failed (exit code 3; log: {crashed.log})" in err
+    assert f"best: trial 1 (run {fine.run_id}); reproduce: python {PROGRAM} --crash=False --steps=1" in err
 
 
 def test_repeated_immediate_failures_stop_the_sweep(tmp_path, capsys):
@@ -197,7 +193,10 @@ def test_malformed_sweep_files_are_one_line_errors(content, expected, tmp_path, 
 
 @pytest.mark.parametrize("config, expected", [
     ({"method": "grid", "parameters": {"lr": {"min": 0.0, "max": 1.0}}}, "Grid search requires all parameters"),
-    ({"method": "bayes", "parameters": {"lr": {"min": 0.0, "max": 1.0}}}, "bayes search needs a `metric`"),
+    ({"method": "bayes", "parameters": {"lr": {"min": 0.0, "max": 1.0}}}, 'Bayesian search requires "metric" section'),
+    ({"method": "grid", "early_terminate": {"type": "hyperband", "min_iter": 2}, "parameters": {"a": {"value": 1}}},
+     'early terminate requires "metric" section'),
+    ({"method": "custom", "parameters": {"a": {"value": 1}}}, "Invalid search type custom"),
     ({"method": "grid", "program": "no_such_script.py", "parameters": {"a": {"values": [1]}}},
      "program 'no_such_script.py' is not a file"),
 ])
@@ -254,7 +253,7 @@ def test_none_and_mapping_values_are_refused_in_one_line(param, tmp_path, capsys
 
 def test_pinned_parameters_keep_the_yaml_valid(tmp_path):
     cfg = write_sweep(tmp_path / "p.yaml", method="grid", parameters={"lr": {"values": [0.1, 0.01]}})
-    config = load_config(cfg, {"epochs": 1, "lr": 0.5})
+    config = load_config(cfg, ["epochs=1", "lr=0.5"])
     assert config["parameters"] == {"lr": {"value": 0.5}, "epochs": {"value": 1}}
 
 
