@@ -199,7 +199,7 @@ def detect_job(args: argparse.Namespace, dist: Any) -> int:
     from dlhw.callbacks.detection_viz import PhotoTable, PredictionTable
     from dlhw.trainers.detection.beatles import compare_on_photo, load_photo
     from dlhw.trainers.detection.trainer import build_trainer, model_label, prepare
-    from dlhw.tracking.resume import finished_summary, fit_from, option_resume, resolve_resume
+    from dlhw.tracking.resume import fit_from, option_checkpoints, resolve_resume
 
     # Rank 0 first: it may download or generate the data into the cache the others then read.
     if not dist.is_main:
@@ -223,10 +223,10 @@ def detect_job(args: argparse.Namespace, dist: Any) -> int:
     for option in plan.options:
         label = model_label(option, plan.settings)
         ckpt_dir = Path(args.out) / "checkpoints" / args.group / f"option{option}"
-        done = finished_summary(ckpt_dir) if resume is not None else None
+        done, earlier = option_checkpoints(ckpt_dir, resuming=resume is not None)
         if done is not None:  # trained to its end before: its final weights and results serve the photo
             trainer = build_trainer(plan, option, [], dist)
-            trainer.load_state_dict(option_resume(ckpt_dir).state["trainer"])
+            trainer.load_state_dict(earlier.state["trainer"])
             if dist.is_main:
                 print(f"option {option}: finished in {ckpt_dir}; not trained again", file=sys.stderr)
             models[label], results[label] = trainer.model, done
@@ -237,7 +237,6 @@ def detect_job(args: argparse.Namespace, dist: Any) -> int:
                                   dataset=(plan.settings.data_source, plan.settings.data_root),
                                   panels=lambda: [PredictionTable()])
         trainer = build_trainer(plan, option, callbacks, dist)
-        earlier = option_resume(ckpt_dir) if resume is not None else None
         results[label] = fit_from(trainer, earlier, args.wandb_dir, DETECT_RESUME_CHANGES)
         models[label] = trainer.model
     if photo is not None:

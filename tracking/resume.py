@@ -61,18 +61,15 @@ def resolve_resume(value: str | None, out: str | Path, pattern: str) -> Resume |
     return Resume(path, read_checkpoint(path))
 
 
-def option_resume(directory: Path) -> Resume | None:
-    """The checkpoint in ``directory`` (one model of ``detect``) to continue from, or None."""
-    path = directory / LAST
-    return Resume(path, read_checkpoint(path)) if path.exists() else None
-
-
-def finished_summary(directory: Path) -> dict[str, Any] | None:
-    """The summary of the fit in ``directory`` when it ran to its end, else None."""
+def option_checkpoints(directory: Path, resuming: bool) -> tuple[dict[str, Any] | None, Resume | None]:
+    """One model of ``detect`` in ``directory`` when ``resuming``: the summary of its fit when that ran to its
+    end (else None), and its checkpoint (None when it has none yet)."""
     import torch
 
-    path = directory / FINISHED
-    return torch.load(path, map_location="cpu", weights_only=True)["summary"] if path.exists() else None
+    last, finished = directory / LAST, directory / FINISHED
+    earlier = Resume(last, read_checkpoint(last)) if resuming and last.exists() else None
+    done = earlier is not None and finished.exists()
+    return torch.load(finished, map_location="cpu", weights_only=True)["summary"] if done else None, earlier
 
 
 def sent_before(wandb_dir: str | Path, run_id: str) -> dict[str, int]:
