@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -81,11 +81,7 @@ def differing_keys(records: Sequence[RunRecord]) -> list[str]:
 
 def default_metrics(records: Sequence[RunRecord], limit: int = 4) -> list[str]:
     """Numeric summary keys every run has, at most ``limit`` (used when no --metric is given)."""
-    common = None
-    for r in records:
-        names = {k for k in r.summary if r.value(k, "maximize") is not None}
-        common = names if common is None else common & names
-    return sorted(common or [])[:limit]
+    return sorted(set.intersection(*({k for k in r.summary if r.value(k) is not None} for r in records)))[:limit]
 
 
 def comparison_table(records: Sequence[RunRecord], keys: Sequence[str], metrics: Sequence[str], goal: str,
@@ -121,17 +117,30 @@ def plot_series(records: Sequence[RunRecord], keys: Sequence[str], metric: str,
     return (x_key, {label: sorted(points) for label, points in sorted(series.items())}) if series else None
 
 
-def save_png(draw: Callable[[Any], None], title: str, target: Any, size: tuple[float, float] = (7, 4.5)) -> None:
-    """Draw on a fresh matplotlib axis, then save it as a PNG to ``target`` (a path or a binary file)."""
+def save_lines(series: Mapping[str, Sequence[tuple[float, float]]], title: str, target: Any, *, xlabel: str = "",
+               ylabel: str = "", marker: str | None = "o", log_x: bool = False,
+               size: tuple[float, float] = (7, 4.5)) -> None:
+    """One line per label, saved as a PNG to ``target`` (a path or a binary file); with ``log_x``, decades of x
+    (lambda, lr) on a log axis, where a zero (no decay) needs symlog's linear patch."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=size, dpi=110)
-    draw(ax)
-    ax.set_title(title)
+    for label, points in series.items():
+        ax.plot(*zip(*points), marker=marker, label=label)
+    xs = [x for pts in series.values() for x, _ in pts]
+    positive = [x for x in xs if x > 0]
+    if log_x and positive and max(positive) / min(positive) >= 10:
+        if min(xs) > 0:
+            ax.set_xscale("log")
+        else:
+            ax.set_xscale("symlog", linthresh=min(positive))
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     ax.grid(True, alpha=0.3)
+    if len(series) > 1:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(target, format="png")
     plt.close(fig)
@@ -143,26 +152,9 @@ def plot_metric(records: Sequence[RunRecord], keys: Sequence[str], metric: str, 
     layout = plot_series(records, keys, metric, goal)
     if layout is None:
         return None
-    x_key, series = layout
-
-    def draw(ax: Any) -> None:
-        for label, points in series.items():
-            ax.plot(*zip(*points), marker="o", label=label)
-        xs = [x for pts in series.values() for x, _ in pts]
-        positive = [x for x in xs if x > 0]
-        if positive and max(positive) / min(positive) >= 10:
-            # Decades of lambda or lr read best on a log axis; a zero (no decay) needs symlog's linear patch.
-            if min(xs) > 0:
-                ax.set_xscale("log")
-            else:
-                ax.set_xscale("symlog", linthresh=min(positive))
-        ax.set(xlabel=x_key, ylabel=metric)
-        if len(series) > 1:
-            ax.legend(fontsize=8)
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_png(draw, f"{metric} vs {x_key}", path)
+    save_lines(layout[1], f"{metric} vs {layout[0]}", path, xlabel=layout[0], ylabel=metric, log_x=True)
     return path
 
 

@@ -19,7 +19,7 @@ from PIL import Image
 from dlhw.callbacks.progress import fmt
 from dlhw.core.errors import UsageError
 from dlhw.core.files import atomic_file
-from dlhw.tracking.compare import differing_keys, plot_metric, save_png
+from dlhw.tracking.compare import differing_keys, plot_series, save_lines
 from dlhw.tracking.readback import RunRecord, find_run_dirs, local_runs, of_type
 
 # The theory's numbers (docs/theory.md), shown beside what the runs measured.
@@ -128,9 +128,9 @@ def table_html(run: RunRecord, key: str) -> str:
     return _not_found(key) if t is None else html_table(t["columns"], t["data"], key)
 
 
-def _png(draw: Callable[[Any], None], title: str) -> str:
+def _png(series: Mapping[str, list[tuple[float, float]]], title: str, **kwargs: Any) -> str:
     buf = io.BytesIO()
-    save_png(draw, title, buf, size=(6.5, 3.6))
+    save_lines(series, title, buf, size=(6.5, 3.6), **kwargs)
     return f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}" alt="{_esc(title)}">'
 
 
@@ -142,13 +142,7 @@ def line_series_plot(run: RunRecord, key: str, title: str) -> str:
     series: dict[str, list[tuple[float, float]]] = {}
     for x, name, y in (r[:3] for r in t["data"]):
         series.setdefault(name, []).append((x, y))
-
-    def draw(ax: Any) -> None:
-        for name, pts in series.items():
-            ax.plot(*zip(*pts), label=name)
-        ax.legend(fontsize=8)
-
-    return _png(draw, title)
+    return _png(series, title, marker=None)
 
 
 def section_filters(runs: list[RunRecord]) -> str:
@@ -173,13 +167,9 @@ def section_weight_decay(runs: list[RunRecord]) -> str:
         rows.append([r.name, *(r.config.get(k) for k in keys), *(r.value(m) for m in WD_METRICS), margin])
     parts = [html_table(["run", *keys, *WD_METRICS, "stability margin (bound - lr*(beta+lambda))"], rows,
                         "weight decay: every AlexNet run")]
-    if len(runs) > 1:
-        import tempfile
-
-        with tempfile.TemporaryDirectory() as tmp:
-            png = plot_metric(runs, keys, "val/acc", "maximize", Path(tmp) / "val_acc.png")
-            if png is not None:
-                parts.append(_img(png, "val/acc against the swept parameters"))
+    layout = plot_series(runs, keys, "val/acc", "maximize") if len(runs) > 1 else None
+    if layout is not None:
+        parts.append(_png(layout[1], f"val/acc vs {layout[0]}", xlabel=layout[0], ylabel="val/acc", log_x=True))
     return "".join(parts)
 
 
@@ -203,16 +193,9 @@ def _epoch_curves(run: RunRecord) -> str:
     rows = [r for r in (h["item"] for h in of_type(run.log, "history")) if "val/acc" in r or "train/epoch_loss" in r]
     if not rows:
         return f'<p class="missing">no epoch metrics in {_esc(run.name)}.</p>'
-
-    def draw(ax: Any) -> None:
-        for key in ("train/epoch_acc", "val/acc", "train/epoch_loss", "val/loss"):
-            pts = [(r.get("epoch", i), r[key]) for i, r in enumerate(rows) if key in r]
-            if pts:
-                ax.plot(*zip(*pts), marker="o", label=key)
-        ax.set_xlabel("epoch")
-        ax.legend(fontsize=8)
-
-    return _png(draw, f"{run.name}: curves per epoch")
+    series = {key: [(r.get("epoch", i), r[key]) for i, r in enumerate(rows) if key in r]
+              for key in ("train/epoch_acc", "val/acc", "train/epoch_loss", "val/loss")}
+    return _png({k: pts for k, pts in series.items() if pts}, f"{run.name}: curves per epoch", xlabel="epoch")
 
 
 def _confusion(run: RunRecord) -> str:

@@ -122,15 +122,8 @@ def resume_command(checkpoint: str | Path, argv: list[str] | None = None) -> str
     """This process's command line with ``--resume CHECKPOINT`` in place of any earlier one; under torchrun a
     torchrun line (rendezvous flags are the user's to repeat on several machines)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    kept: list[str] = []
-    skip = False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg == "--resume":
-            skip = True
-        elif not arg.startswith("--resume="):
-            kept.append(arg)
+    kept = [a for i, a in enumerate(argv)
+            if a != "--resume" and not a.startswith("--resume=") and (i == 0 or argv[i - 1] != "--resume")]
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         launcher = [Path(sys.executable).name]
