@@ -106,11 +106,9 @@ DETECT_RESUME_CHANGES = ("epochs", "device", "workers", "eval_batch_size", "data
 
 
 def on_every_rank(args: argparse.Namespace, device: str, job: Callable[[argparse.Namespace, Any], int]) -> int:
-    """``job(args, dist)`` as this process's part of a torchrun job (or as the only process).
-
-    Rank R > 0 reseeds with ``seed + R`` for its own dropout and sampling (DDP broadcasts rank 0's
-    weights). The job's first failure goes on up to :func:`main`; its echoes on the other ranks (their
-    collectives failing as the failed rank is gone) end quietly with exit code 1."""
+    """``job(args, dist)`` as this process's part of a torchrun job (or as the only process). Rank R > 0
+    reseeds with ``seed + R`` for its own dropout and sampling. The job's first failure goes on up to
+    :func:`main`; its echoes on the other ranks (collectives failing) end quietly with exit code 1."""
     from dlhw.core.distributed import init_distributed
 
     dist = init_distributed(device)
@@ -372,12 +370,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None, *, exit_by_signal: bool = False) -> int:
-    """Parse ``argv``, run the subcommand and return its exit code (2 for errors the user can fix).
-
-    A run stopped cleanly by SIGINT or SIGTERM returns 128 + the signal's number, or, with
-    ``exit_by_signal`` (the command line), ends the process as killed by that signal: ``wandb
-    agent`` counts an exit status > 0 as a failed run, a death by its own SIGTERM as a stop.
-    """
+    """Parse ``argv``, run the subcommand and return its exit code (2 for errors the user can fix). A clean
+    stop by SIGINT or SIGTERM returns 128 + the signal, or with ``exit_by_signal`` ends the process as killed
+    by it: ``wandb agent`` counts an exit status > 0 as a failed run, a death by its own SIGTERM as a stop."""
     from dlhw.core.errors import UsageError
     from dlhw.core.events import is_rank_zero
     from dlhw.core.session import Stopped, end_by_signal

@@ -261,12 +261,12 @@ def run_dashboard(*, project: str | None, entity: str | None, out: str, dry_run:
         return 0
     if not specs:
         folder = Path(out) / "dashboard"
-        folder.mkdir(parents=True, exist_ok=True)
         for stem, obj in build(project=project, entity=entity or "", report=report, group=group, sweep=sweep).items():
-            with atomic_file(folder / f"{stem}.json") as fh:  # the library's own model, as a save would send it
+            path = folder / f"{stem}.json"
+            with atomic_file(path) as fh:  # the library's own model, as a save would send it
                 fh.write(obj._to_model().model_dump_json(by_alias=True, exclude_none=True, indent=1).encode())
-            (folder / f"{stem}.json").chmod(0o644)  # the temporary file was private; a spec is meant to be read
-            specs = [*specs, str(folder / f"{stem}.json")]
+            path.chmod(0o644)  # the temporary file was private; a spec is meant to be read
+            specs = [*specs, str(path)]
         print(f"dashboard: {len(specs)} spec(s) written under {folder}")
     files = {}
     for path in map(Path, specs):  # checked as files: what was written, read back through the library
