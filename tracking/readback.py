@@ -76,8 +76,7 @@ def read_table(entry: Any, staged: Mapping[str, str]) -> dict[str, Any] | None:
 
 def logged_table(run_dir: str | Path, key: str) -> dict[str, Any] | None:
     """The last table logged under ``key`` (see :func:`read_table`)."""
-    entry = run_summary(run_dir)["summary"].get(key)
-    return read_table(entry, staged_files(records(run_dir))) if isinstance(entry, Mapping) else None
+    return _read_local(Path(run_dir)).table(key)
 
 
 def visible(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
