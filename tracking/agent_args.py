@@ -1,12 +1,7 @@
-"""launch.py's argument parser: it reads every spelling ``wandb agent`` gives a trial's parameters.
-
-The agent writes them through macros (``${args}``, ``${args_no_equals}``, ``${args_no_boolean_flags}``,
-``${args_no_hyphens}``, ``${args_json}``, ``${args_json_file}``) and into the file named by
-``WANDB_SWEEP_PARAM_PATH``. Each spelling becomes argparse's own before parsing, so every flag type can be
-swept: ``--flag_name``; booleans as ``--flag``, ``--no-flag`` or ``--flag=True/false/1/0``; lists as
-``--flag=[a, b]``; negative numbers as values. A parameter the command line leaves out comes from the file,
-so ``${args_no_boolean_flags}``, which omits a false boolean, still turns it off.
-"""
+"""launch.py's argument parser: every spelling ``wandb agent``'s macros and its ``WANDB_SWEEP_PARAM_PATH`` file give
+a trial's parameters becomes argparse's own (``--flag_name``, ``--flag=True/false/1/0``, ``--flag=[a, b]``, negative
+numbers, ``name=value``, JSON), so every flag type can be swept. A parameter the command line leaves out comes from
+the file: ``${args_no_boolean_flags}``, which omits a false boolean, still turns it off."""
 
 from __future__ import annotations
 
