@@ -5,12 +5,9 @@
     python launch.py --help                       # every subcommand
     python launch.py SUBCOMMAND --help            # its flags
 
-Global flags (``--out``, ``--wandb-mode``, ``--project``, ``--seed``, ...) are accepted before or
-after the subcommand, and every ``--flag-name`` also as ``--flag_name``, because ``wandb agent``
-appends ``${args}`` after the subcommand with the parameter names as the sweep YAML spells them;
-``tracking.agent_args`` reads every other spelling the agent uses (booleans, lists, its parameter file).
-The run's W&B config is ``dataclasses.asdict`` of the experiment's resolved settings (``trainers.settings``):
-bookkeeping flags (folders, mode, project, names) are not settings and never enter it.
+Global flags work before or after the subcommand and every ``--flag-name`` also as ``--flag_name``:
+``wandb agent`` appends ``${args}`` after the subcommand, spelled as in the sweep YAML
+(``tracking.agent_args`` reads its other spellings). The W&B config holds the resolved settings only.
 """
 
 from __future__ import annotations
@@ -21,6 +18,7 @@ import os
 import random
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from dlhw.callbacks import DEFAULT_PROJECT
@@ -52,25 +50,73 @@ def global_options(*, suppress: bool) -> argparse.ArgumentParser:
     return p
 
 
-def on_every_rank(device: str, seed: int, job: Callable[[Any], int]) -> int:
-    """``job(dist)`` as this process's part of a torchrun job (or as the only process), ``dist``
-    the :class:`core.distributed.Dist` made from torchrun's environment for ``device``.
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices)."""
+    import numpy as np
+    import torch
 
-    Rank R > 0 reseeds the global generators with ``seed + R``, so that each process draws its own
-    dropout masks and sampling (rank 0 draws what a single process draws); the model's initial
-    weights are rank 0's all the same (DistributedDataParallel broadcasts them).
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
 
-    When ``job`` raises, the job's first failure is raised on to :func:`main` (a usage error's
-    one line, a traceback) and its echoes on the other ranks (their collectives failing because
-    the failed rank is gone) end quietly with exit code 1. The process group is closed either way.
-    """
+
+def resolve_locations(args: argparse.Namespace) -> None:
+    """``--out`` (or ``$DLHW_OUT``, else ``./runs``) for files, and for W&B runs ``$WANDB_DIR`` when set without
+    either; both are checked before any work, so one that cannot be written is a usage error, not a crash."""
+    from dlhw.core.files import writable_folder
+
+    explicit = args.out
+    args.out = explicit or "runs"
+    args.wandb_dir = explicit or os.environ.get("WANDB_DIR") or args.out
+    writable_folder(args.out, "--out")
+    if args.wandb_dir != args.out:
+        writable_folder(args.wandb_dir, "$WANDB_DIR")
+
+
+# -- experiments without training ---------------------------------------------------------------
+
+def cmd_filters(args: argparse.Namespace) -> int:
+    from dlhw.callbacks import standard_callbacks
+    from dlhw.callbacks.filters_viz import FilterTables
+    from dlhw.trainers.filters import filters_settings, images_from_args, run_filters
+
+    settings = filters_settings(args)
+    images = images_from_args(settings.image, settings.max_size)
+    callbacks = standard_callbacks(args, job_type="filters") + [FilterTables()]
+    return run_filters(images, settings.filters, callbacks, config=dataclasses.asdict(settings)).exit_code
+
+
+def cmd_iou(args: argparse.Namespace) -> int:
+    from dlhw.callbacks import standard_callbacks
+    from dlhw.callbacks.iou_viz import IoUPlots
+    from dlhw.trainers.iou import run_iou, setup_from_args
+
+    setup = setup_from_args(args)
+    callbacks = standard_callbacks(args, job_type="iou") + [IoUPlots()]
+    return run_iou(setup, callbacks, config=dataclasses.asdict(setup)).exit_code
+
+
+# -- training: on every rank of a torchrun job, resumable ----------------------------------------
+
+# Settings a resume may change: more epochs, and where or how fast it runs (for detect: what it shows);
+# anything else would make the continued run a different experiment.
+ALEXNET_RESUME_CHANGES = ("epochs", "device", "compile", "data", "download")
+DETECT_RESUME_CHANGES = ("epochs", "device", "workers", "eval_batch_size", "data", "data_root", "image", "skip_photo",
+                         "viz_images")
+
+
+def on_every_rank(args: argparse.Namespace, device: str, job: Callable[[argparse.Namespace, Any], int]) -> int:
+    """``job(args, dist)`` as this process's part of a torchrun job (or as the only process). Rank R > 0
+    reseeds with ``seed + R`` for its own dropout and sampling. The job's first failure goes on up to
+    :func:`main`; its echoes on the other ranks (collectives failing) end quietly with exit code 1."""
     from dlhw.core.distributed import init_distributed
 
     dist = init_distributed(device)
+    args.world_size = dist.world_size
     if dist.rank:
-        seed_everything(seed + dist.rank)
+        seed_everything(args.seed + dist.rank)
     try:
-        return job(dist)
+        return job(args, dist)
     except Exception:
         if dist.report_failure():
             raise
@@ -86,166 +132,73 @@ def job_stamp(dist: Any, prefix: str) -> str:
     return dist.all_gather_object(f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")[0]
 
 
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (all devices)."""
-    import numpy as np
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def resolve_locations(args: argparse.Namespace) -> None:
-    """``--out`` (or ``$DLHW_OUT``) decides where a command writes; without either, files go to
-    ``./runs`` and W&B runs to ``$WANDB_DIR`` when it is set, as W&B's own variable beats our default.
-    Both folders are created and checked here, before any work, so one that cannot be written is a
-    usage error and not a crash at the first checkpoint."""
-    from dlhw.core.files import writable_folder
-
-    explicit = args.out
-    args.out = explicit or "runs"
-    args.wandb_dir = explicit or os.environ.get("WANDB_DIR") or args.out
-    writable_folder(args.out, "--out")
-    if args.wandb_dir != args.out:
-        writable_folder(args.wandb_dir, "$WANDB_DIR")
-
-
-# -- subcommands ------------------------------------------------------------------------------
-
-def add_filters(sub: argparse._SubParsersAction, parents: list) -> None:
-    from dlhw.trainers.filters import add_arguments
-
-    p = sub.add_parser("filters", parents=parents, help="hand-designed 3x3 filters applied to photos",
-                       description="Blur and directional sharpening kernels on photos, logged as a W&B table, "
-                                   "with a check of each kernel on generated gratings.")
-    add_arguments(p)
-    p.set_defaults(func=cmd_filters)
-
-
-def cmd_filters(args: argparse.Namespace) -> int:
+def fit_callbacks(args: argparse.Namespace, dist: Any, ckpt_dir: Path, metric: str, *probes: Any, job_type: str,
+                  dataset: tuple[str, Path], panels: Callable[[], list], tags: Sequence[str] = (),
+                  upload_last: bool = False) -> list:
+    """What a training command attaches: the W&B logger and console reports, ``probes`` (on every rank), the
+    checkpoint kept by ``metric``, and on rank 0 with W&B the data set's lineage and ``panels()``."""
     from dlhw.callbacks import standard_callbacks
-    from dlhw.callbacks.filters_viz import FilterTables
-    from dlhw.trainers.filters import filters_settings, images_from_args, run_filters
+    from dlhw.callbacks.checkpoint import Checkpoint
 
-    settings = filters_settings(args)
-    images = images_from_args(settings.image, settings.max_size)
-    callbacks = standard_callbacks(args, job_type="filters") + [FilterTables()]
-    return run_filters(images, settings.filters, callbacks, config=dataclasses.asdict(settings)).exit_code
+    # Every step is logged: a step takes a second or more on a CPU, and what the probes see per step is the point.
+    callbacks = [*standard_callbacks(args, job_type=job_type, monitor=(metric, "max"), tags=tags, log_every=1),
+                 *probes, Checkpoint(ckpt_dir, monitor=metric, upload="end", upload_last=upload_last)]
+    if args.wandb_mode != "disabled" and dist.is_main:
+        from dlhw.callbacks.lineage import DatasetArtifact
 
-
-def add_sweep(sub: argparse._SubParsersAction, parents: list) -> None:
-    p = sub.add_parser("sweep", parents=parents, help="run a W&B sweep YAML here, offline, with W&B's sweeps engine",
-                       description="Run the trials of a W&B sweep YAML locally: W&B's sweeps engine proposes them "
-                                   "(grid, random, bayes) and stops laggards (hyperband); each trial is started "
-                                   "as `wandb agent` would start it and leaves its own W&B run.")
-    p.add_argument("config", nargs="?", metavar="SWEEP.yaml", help="the W&B sweep YAML (not needed with --resume)")
-    p.add_argument("--count", type=int, default=None,
-                   help="run at most N trials (default: the whole grid; random and bayes run until stopped)")
-    p.add_argument("--jobs", type=int, default=1, help="trials run at once; they share the CPU threads (default 1)")
-    p.add_argument("--resume", metavar="SWEEP_DIR", default=None,
-                   help="continue the sweep kept in SWEEP_DIR without re-running its finished trials")
-    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
-                   help="pin a parameter to one value for this run of the sweep (e.g. --param epochs=1); repeatable")
-    p.add_argument("--sweep-id", default=None, metavar="[ENTITY/PROJECT/]ID",
-                   help="attach the trials to this sweep on the W&B server (only one that exists there)")
-    p.set_defaults(func=cmd_sweep)
+        callbacks += [DatasetArtifact(*dataset), *panels()]
+    return callbacks
 
 
-def cmd_sweep(args: argparse.Namespace) -> int:
-    from dlhw.tracking.sweep import run_sweep
+def cmd_alexnet(args: argparse.Namespace) -> int:
+    from dlhw.trainers.classification import resolve_device
 
-    return run_sweep(yaml_path=args.config, resume=args.resume, out=args.out, count=args.count, jobs=args.jobs,
-                     params=args.param, sweep_id=args.sweep_id, seed=args.seed, wandb_mode=args.wandb_mode)
-
-
-def add_iou(sub: argparse._SubParsersAction, parents: list) -> None:
-    from dlhw.trainers.iou import add_arguments
-
-    p = sub.add_parser("iou", parents=parents, help="IoU, its gradient along a sliding box, and IoU vs GIoU loss",
-                       description="IoU from its set definition checked against torchvision; IoU, GIoU and DIoU with "
-                                   "their gradients as one box slides across another; descents from disjoint starts "
-                                   "with 1 - IoU loss (stuck) and GIoU loss.")
-    add_arguments(p)
-    p.set_defaults(func=cmd_iou)
+    return on_every_rank(args, resolve_device(args.device), alexnet_job)
 
 
-def cmd_iou(args: argparse.Namespace) -> int:
-    from dlhw.callbacks import standard_callbacks
-    from dlhw.callbacks.iou_viz import IoUPlots
-    from dlhw.trainers.iou import run_iou, setup_from_args
+def alexnet_job(args: argparse.Namespace, dist: Any) -> int:
+    from dlhw.callbacks.weight_decay import DecayProbeCallback
+    from dlhw.trainers.classification import build_trainer, resolve_args
+    from dlhw.trainers.datasets import dataset_path
+    from dlhw.tracking.resume import fit_from, resolve_resume
 
-    setup = setup_from_args(args)
-    callbacks = standard_callbacks(args, job_type="iou") + [IoUPlots()]
-    return run_iou(setup, callbacks, config=dataclasses.asdict(setup)).exit_code
+    settings, notes = resolve_args(args)
+    if dist.is_main:
+        for line in notes:
+            print(line, file=sys.stderr)
+    # Every rank reads the same last.pt (rank 0 wrote it): all of them continue from one state.
+    resume = resolve_resume(args.resume, args.out, "alexnet-*/last.pt")
+    ckpt_dir = resume.path.parent if resume is not None else Path(args.out) / "checkpoints" / job_stamp(dist, "alexnet")
 
+    def panels() -> list:
+        from dlhw.callbacks.classification_viz import FeatureMapTable, FilterGrid, TestConfusionMatrix
 
-def add_compare(sub: argparse._SubParsersAction, parents: list) -> None:
-    # Here --project names the cloud project to read (ENTITY/PROJECT), replacing the global flag.
-    p = sub.add_parser("compare", parents=parents, conflict_handler="resolve",
-                       help="compare runs: a ranked table and a plot against the swept parameters",
-                       description="One table of runs with the config keys that differ and the chosen summary metrics, "
-                                   "from local W&B run folders, a `launch.py sweep` folder, or the W&B cloud; plus a PNG "
-                                   "of the metric against the swept parameters.")
-    p.add_argument("run_dirs", nargs="*", metavar="RUN_DIR",
-                   help="W&B run folders, or folders holding them (a wandb/ folder, an --out folder)")
-    p.add_argument("--sweep", metavar="SWEEP_DIR", default=None,
-                   help="a folder written by `launch.py sweep`; with --project, a W&B sweep id")
-    p.add_argument("--project", metavar="ENTITY/PROJECT", default=None,
-                   help="read the runs of this W&B cloud project (online only; --group filters them)")
-    p.add_argument("--metric", action="append", default=[], metavar="NAME",
-                   help="summary metric to show and rank by (repeatable; default: the sweep's metric)")
-    p.add_argument("--goal", choices=("maximize", "minimize"), default=None,
-                   help="ranking direction (default: the sweep's goal, else maximize)")
-    p.add_argument("--plot", metavar="PNG", default=None,
-                   help="where to write the plot (default: compare-METRIC.png in the sweep folder or --out)")
-    p.set_defaults(func=cmd_compare)
+        maps = [FeatureMapTable(settings.viz_images)] if settings.viz_images else []
+        return [FilterGrid(), TestConfusionMatrix(), *maps]
 
-
-def cmd_compare(args: argparse.Namespace) -> int:
-    from dlhw.tracking.compare import run_compare
-
-    return run_compare(run_dirs=args.run_dirs, sweep_dir=args.sweep, project=args.project, metrics=args.metric,
-                       goal=args.goal, plot=args.plot, out=args.out, mode=args.wandb_mode, group=args.group)
-
-
-def add_detect(sub: argparse._SubParsersAction, parents: list) -> None:
-    from dlhw.trainers.detection.trainer import add_arguments
-
-    p = sub.add_parser("detect", parents=parents, help="fine-tune two detectors on Penn-Fudan and compare them",
-                       description="The torchvision detection fine-tuning tutorial as a tracked experiment: option 1 "
-                                   "(Mask R-CNN R50-FPN) and option 2 (Faster R-CNN on another backbone) trained on "
-                                   "Penn-Fudan, COCO AP every epoch, both models on the Beatles photo, a verdict.")
-    add_arguments(p)
-    add_resume(p)
-    p.set_defaults(func=cmd_detect)
-
-
-# Settings a detect resume may change besides epochs: where it runs, how fast it scores, what it shows.
-DETECT_RESUME_CHANGES = ("epochs", "device", "workers", "eval_batch_size", "data", "data_root", "image", "skip_photo",
-                         "viz_images")
+    # The probe runs on every rank: the others would otherwise wait for rank 0's at the next all-reduce.
+    probe = DecayProbeCallback(hessian_every=settings.hessian_every, hessian_iters=settings.hessian_iters,
+                               every=settings.decay_every)
+    callbacks = fit_callbacks(args, dist, ckpt_dir, "val/acc", probe, job_type="alexnet", panels=panels,
+                              dataset=(settings.dataset, dataset_path(settings.dataset, Path(settings.data))),
+                              tags=[settings.recipe, settings.variant, settings.wd_mode])
+    fit_from(build_trainer(settings, callbacks, dist), resume, args.wandb_dir, ALEXNET_RESUME_CHANGES)
+    return 0
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
     import torch
 
-    return on_every_rank(args.device or ("cuda" if torch.cuda.is_available() else "cpu"), args.seed,
-                         lambda dist: detect_job(args, dist))
+    return on_every_rank(args, args.device or ("cuda" if torch.cuda.is_available() else "cpu"), detect_job)
 
 
 def detect_job(args: argparse.Namespace, dist: Any) -> int:
-    """``launch.py detect`` in one process of the job ``dist`` (the only one without torchrun)."""
-    import time
-    from pathlib import Path
-
     from dlhw.callbacks import standard_callbacks
-    from dlhw.callbacks.checkpoint import Checkpoint
     from dlhw.callbacks.detection_viz import PhotoTable, PredictionTable
     from dlhw.trainers.detection.beatles import compare_on_photo, load_photo
     from dlhw.trainers.detection.trainer import build_trainer, model_label, prepare
-    from dlhw.tracking.resume import finished_summary, fit_from, option_resume, resolve_resume
+    from dlhw.tracking.resume import fit_from, option_checkpoints, resolve_resume
 
-    args.world_size = dist.world_size
     # Rank 0 first: it may download or generate the data into the cache the others then read.
     if not dist.is_main:
         dist.barrier()
@@ -258,9 +211,7 @@ def detect_job(args: argparse.Namespace, dist: Any) -> int:
     # The three runs share a group and name stem: flags, then W&B's variables, then our own; a
     # resumed command keeps the group its checkpoints are filed under.
     args.group = (resume.path.parent.parent.name if resume is not None else
-                  args.group or os.environ.get("WANDB_RUN_GROUP") or
-                  dist.all_gather_object(f"detect-{time.strftime('%Y%m%d-%H%M%S')}")[0])
-    to_wandb = args.wandb_mode != "disabled"
+                  args.group or os.environ.get("WANDB_RUN_GROUP") or job_stamp(dist, "detect"))
 
     def run_args(suffix: str) -> argparse.Namespace:
         stem = args.run_name or os.environ.get("WANDB_NAME") or args.group
@@ -270,138 +221,52 @@ def detect_job(args: argparse.Namespace, dist: Any) -> int:
     for option in plan.options:
         label = model_label(option, plan.settings)
         ckpt_dir = Path(args.out) / "checkpoints" / args.group / f"option{option}"
-        done = finished_summary(ckpt_dir) if resume is not None else None
-        if done is not None:
-            # Trained to its end before: its final weights and results serve the photo comparison.
+        done, earlier = option_checkpoints(ckpt_dir, resuming=resume is not None)
+        if done is not None:  # trained to its end before: its final weights and results serve the photo
             trainer = build_trainer(plan, option, [], dist)
-            trainer.load_state_dict(option_resume(ckpt_dir).state["trainer"])
+            trainer.load_state_dict(earlier.state["trainer"])
             if dist.is_main:
                 print(f"option {option}: finished in {ckpt_dir}; not trained again", file=sys.stderr)
             models[label], results[label] = trainer.model, done
             continue
-        callbacks = standard_callbacks(run_args(f"option{option}"), job_type=f"detect-option{option}",
-                                       monitor=("val/bbox_AP", "max"), log_every=1)
-        # One staged copy of the best and one of the last checkpoint: Mask R-CNN's are ~350 MB with the optimizer.
-        callbacks.append(Checkpoint(ckpt_dir, monitor="val/bbox_AP", upload="end", upload_last=True))
-        if to_wandb and dist.is_main:
-            from dlhw.callbacks.lineage import DatasetArtifact
-
-            callbacks += [DatasetArtifact(plan.settings.data_source, plan.settings.data_root), PredictionTable()]
+        # The best and the last checkpoint staged once, at the end: Mask R-CNN's are ~350 MB with the optimizer.
+        callbacks = fit_callbacks(run_args(f"option{option}"), dist, ckpt_dir, "val/bbox_AP",
+                                  job_type=f"detect-option{option}", upload_last=True,
+                                  dataset=(plan.settings.data_source, plan.settings.data_root),
+                                  panels=lambda: [PredictionTable()])
         trainer = build_trainer(plan, option, callbacks, dist)
-        earlier = option_resume(ckpt_dir) if resume is not None else None
-        results[label] = fit_from(trainer, earlier, args.wandb_dir, DETECT_RESUME_CHANGES)  # a stop goes on up to main()
+        results[label] = fit_from(trainer, earlier, args.wandb_dir, DETECT_RESUME_CHANGES)
         models[label] = trainer.model
     if photo is not None:
-        callbacks = standard_callbacks(run_args("photo"), job_type="detect-photo") + [PhotoTable(log_to_wandb=to_wandb)]
+        callbacks = standard_callbacks(run_args("photo"), job_type="detect-photo")
+        callbacks.append(PhotoTable(log_to_wandb=args.wandb_mode != "disabled"))
         config = dataclasses.asdict(dataclasses.replace(plan.settings, photo=photo.source))
         compare_on_photo(photo, models, results, callbacks, config=config)
     return 0
 
 
-def add_alexnet(sub: argparse._SubParsersAction, parents: list) -> None:
-    from dlhw.trainers.classification import add_arguments
+# -- runs read back, sweeps ---------------------------------------------------------------------
 
-    p = sub.add_parser("alexnet", parents=parents, help="AlexNet (course / d2l) and weight decay three ways",
-                       description="Train the course's CIFAR-10 AlexNet or d2l's 224x224 AlexNet (digits offline by "
-                                   "default) with l2, coupled or decoupled weight decay, a probe of the decay and "
-                                   "the learning rate's stability, learned filters, feature maps and a confusion matrix.")
-    add_arguments(p)
-    add_resume(p)
-    p.set_defaults(func=cmd_alexnet)
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from dlhw.tracking.sweep import run_sweep
+
+    return run_sweep(yaml_path=args.config, resume=args.resume, out=args.out, count=args.count, jobs=args.jobs,
+                     params=args.param, sweep_id=args.sweep_id, seed=args.seed, wandb_mode=args.wandb_mode)
 
 
-def add_resume(p: argparse.ArgumentParser) -> None:
-    """``--resume PATH|auto`` of the training commands (default ``$DLHW_RESUME``)."""
-    p.add_argument("--resume", default=os.environ.get(RESUME_ENV) or None, metavar="PATH|auto",
-                   help=f"continue a stopped run in the same W&B run: PATH is its checkpoints/.../last.pt, auto the "
-                        f"newest unfinished one under --out (none yet: start afresh) (default: ${RESUME_ENV})")
+def cmd_compare(args: argparse.Namespace) -> int:
+    from dlhw.tracking.compare import run_compare
 
-
-# Settings a resume may change: more epochs, and where or how fast it runs; anything else would make
-# the continued run a different experiment.
-ALEXNET_RESUME_CHANGES = ("epochs", "device", "compile", "data", "download")
-
-
-def cmd_alexnet(args: argparse.Namespace) -> int:
-    from dlhw.trainers.classification import resolve_device
-
-    return on_every_rank(resolve_device(args.device), args.seed, lambda dist: alexnet_job(args, dist))
-
-
-def alexnet_job(args: argparse.Namespace, dist: Any) -> int:
-    """``launch.py alexnet`` in one process of the job ``dist`` (the only one without torchrun)."""
-    from pathlib import Path
-
-    from dlhw.callbacks import standard_callbacks
-    from dlhw.callbacks.checkpoint import Checkpoint
-    from dlhw.callbacks.weight_decay import DecayProbeCallback
-    from dlhw.trainers.classification import build_trainer, resolve_args
-    from dlhw.tracking.resume import fit_from, resolve_resume
-
-    args.world_size = dist.world_size
-    settings, notes = resolve_args(args)
-    if dist.is_main:
-        for line in notes:
-            print(line, file=sys.stderr)
-    # Every rank reads the same last.pt (rank 0 wrote it): all of them continue from one state.
-    resume = resolve_resume(args.resume, args.out, "alexnet-*/last.pt")
-    # Every step is logged: a step takes a second or more on a CPU, and the probe's decay factor
-    # (one step in --decay-every) and curvature estimates, on the step axis too, are the point of the run.
-    callbacks = standard_callbacks(args, job_type="alexnet", monitor=("val/acc", "max"),
-                                   tags=[settings.recipe, settings.variant, settings.wd_mode], log_every=1)
-    ckpt_dir = (resume.path.parent if resume is not None else
-                Path(args.out) / "checkpoints" / job_stamp(dist, "alexnet"))
-    # The probe runs on every rank (rank 0 alone logs what it finds): the others would otherwise
-    # only wait for rank 0's at the next step's all-reduce.
-    callbacks += [DecayProbeCallback(hessian_every=settings.hessian_every, hessian_iters=settings.hessian_iters,
-                                     every=settings.decay_every),
-                  Checkpoint(ckpt_dir, monitor="val/acc", upload="end")]
-    if args.wandb_mode != "disabled" and dist.is_main:
-        from dlhw.callbacks.classification_viz import FeatureMapTable, FilterGrid, TestConfusionMatrix
-
-        from dlhw.callbacks.lineage import DatasetArtifact
-        from dlhw.trainers.datasets import dataset_path
-
-        callbacks += [DatasetArtifact(settings.dataset, dataset_path(settings.dataset, Path(settings.data))),
-                      FilterGrid(), TestConfusionMatrix()]
-        if settings.viz_images:
-            callbacks.append(FeatureMapTable(settings.viz_images))
-    fit_from(build_trainer(settings, callbacks, dist), resume, args.wandb_dir, ALEXNET_RESUME_CHANGES)  # a stop goes on up to main()
-    return 0
-
-
-def add_report(sub: argparse._SubParsersAction, parents: list) -> None:
-    p = sub.add_parser("report", parents=parents, help="one self-contained HTML page from local runs",
-                       description="Gathers the filters, weight-decay, IoU, AlexNet and detection runs into one HTML "
-                                   "page (pictures embedded) from local W&B run folders; a missing experiment is "
-                                   "named on the page.")
-    p.add_argument("run_dirs", nargs="*", metavar="RUN_DIR",
-                   help="W&B run folders, or folders holding them (default: the runs under --out)")
-    p.add_argument("--output", default=None, metavar="HTML", help="where to write the page (default: --out/report.html)")
-    p.set_defaults(func=cmd_report)
+    return run_compare(run_dirs=args.run_dirs, sweep_dir=args.sweep, project=args.project, metrics=args.metric,
+                       goal=args.goal, plot=args.plot, out=args.out, mode=args.wandb_mode, group=args.group)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from dlhw.tracking.report import write_report
 
     page = write_report(args.run_dirs or [args.out], args.output or Path(args.out) / "report.html")
     print(f"report: {page} ({page.stat().st_size / 1e6:.2f} MB)")
     return 0
-
-
-def add_dashboard(sub: argparse._SubParsersAction, parents: list) -> None:
-    p = sub.add_parser("dashboard", parents=parents, help="save the homework's W&B workspace views (and Report)",
-                       description="One W&B workspace view per experiment and, with --report, a W&B Report of the "
-                                   "homework, built with wandb-workspaces (pip install -e \".[dashboard]\").")
-    p.add_argument("--report", action="store_true", help="also the Report: docs/theory.md beside the runs' panels")
-    p.add_argument("--sweep", default=None, metavar="ID", help="the Report shows this sweep's runs (--group: a group's)")
-    p.add_argument("--dry-run", action="store_true",
-                   help="save nothing: write the specs under --out/dashboard and check their keys against local runs")
-    p.add_argument("--check", action="append", default=[], metavar="SPEC.json",
-                   help="check these spec files against the local runs under --out instead (repeatable)")
-    p.set_defaults(func=cmd_dashboard)
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
@@ -411,31 +276,103 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
                          report=args.report, group=args.group, sweep=args.sweep, specs=args.check)
 
 
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction, list], None]] = [add_filters, add_sweep, add_iou, add_compare, add_detect, add_alexnet, add_report,
-                                                                     add_dashboard]
-
-
 def get_args_parser() -> argparse.ArgumentParser:
     """The full parser: global flags, then one subparser per experiment."""
+    from dlhw.trainers import classification, filters, iou
+    from dlhw.trainers.detection import trainer as detection
+
     parser = Parser(prog="launch.py", description=__doc__.split("\n\n")[0], parents=[global_options(suppress=False)],
                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
-    for add in SUBCOMMANDS:
-        add(sub, [global_options(suppress=True)])
-    for name, subparser in sub.choices.items():
-        # Experiments are what `wandb agent` starts; sweep, compare and dashboard take no sweep parameters
-        # (a dashboard SPEC.json would be read as ${args_json_file}).
-        subparser.reads_sweep_params = name not in ("sweep", "compare", "dashboard")
+
+    def add(name: str, func: Callable[[argparse.Namespace], int], help: str, description: str,
+            **kwargs: Any) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, parents=[global_options(suppress=True)], help=help, description=description, **kwargs)
+        p.set_defaults(func=func)
+        # Experiments are what `wandb agent` starts; the others take no sweep parameters (a dashboard
+        # SPEC.json would be read as ${args_json_file}).
+        p.reads_sweep_params = name not in ("sweep", "compare", "dashboard")
+        return p
+
+    def add_resume(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--resume", default=os.environ.get(RESUME_ENV) or None, metavar="PATH|auto",
+                       help=f"continue a stopped run in the same W&B run: PATH is its checkpoints/.../last.pt, auto "
+                            f"the newest unfinished one under --out (none yet: start afresh) (default: ${RESUME_ENV})")
+
+    filters.add_arguments(add("filters", cmd_filters, "hand-designed 3x3 filters applied to photos",
+                              "Blur and directional sharpening kernels on photos, logged as a W&B table, with a check "
+                              "of each kernel on generated gratings."))
+    p = add("sweep", cmd_sweep, "run a W&B sweep YAML here, offline, with W&B's sweeps engine",
+            "Run the trials of a W&B sweep YAML locally: W&B's sweeps engine proposes them (grid, random, bayes) and "
+            "stops laggards (hyperband); each trial is started as `wandb agent` would start it and leaves its own "
+            "W&B run.")
+    p.add_argument("config", nargs="?", metavar="SWEEP.yaml", help="the W&B sweep YAML (not needed with --resume)")
+    p.add_argument("--count", type=int, default=None,
+                   help="run at most N trials (default: the whole grid; random and bayes run until stopped)")
+    p.add_argument("--jobs", type=int, default=1, help="trials run at once; they share the CPU threads (default 1)")
+    p.add_argument("--resume", metavar="SWEEP_DIR", default=None,
+                   help="continue the sweep kept in SWEEP_DIR without re-running its finished trials")
+    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                   help="pin a parameter to one value for this run of the sweep (e.g. --param epochs=1); repeatable")
+    p.add_argument("--sweep-id", default=None, metavar="[ENTITY/PROJECT/]ID",
+                   help="attach the trials to this sweep on the W&B server (only one that exists there)")
+    iou.add_arguments(add("iou", cmd_iou, "IoU, its gradient along a sliding box, and IoU vs GIoU loss",
+                          "IoU from its set definition checked against torchvision; IoU, GIoU and DIoU with their "
+                          "gradients as one box slides across another; descents from disjoint starts with 1 - IoU "
+                          "loss (stuck) and GIoU loss."))
+    # Here --project names the cloud project to read (ENTITY/PROJECT), replacing the global flag.
+    p = add("compare", cmd_compare, "compare runs: a ranked table and a plot against the swept parameters",
+            "One table of runs with the config keys that differ and the chosen summary metrics, from local W&B run "
+            "folders, a `launch.py sweep` folder, or the W&B cloud; plus a PNG of the metric against the swept "
+            "parameters.", conflict_handler="resolve")
+    p.add_argument("run_dirs", nargs="*", metavar="RUN_DIR",
+                   help="W&B run folders, or folders holding them (a wandb/ folder, an --out folder)")
+    p.add_argument("--sweep", metavar="SWEEP_DIR", default=None,
+                   help="a folder written by `launch.py sweep`; with --project, a W&B sweep id")
+    p.add_argument("--project", metavar="ENTITY/PROJECT", default=None,
+                   help="read the runs of this W&B cloud project (online only; --group filters them)")
+    p.add_argument("--metric", action="append", default=[], metavar="NAME",
+                   help="summary metric to show and rank by (repeatable; default: the sweep's metric)")
+    p.add_argument("--goal", choices=("maximize", "minimize"), default=None,
+                   help="ranking direction (default: the sweep's goal, else maximize)")
+    p.add_argument("--plot", metavar="PNG", default=None,
+                   help="where to write the plot (default: compare-METRIC.png in the sweep folder or --out)")
+    p = add("detect", cmd_detect, "fine-tune two detectors on Penn-Fudan and compare them",
+            "The torchvision detection fine-tuning tutorial as a tracked experiment: option 1 (Mask R-CNN R50-FPN) "
+            "and option 2 (Faster R-CNN on another backbone) trained on Penn-Fudan, COCO AP every epoch, both models "
+            "on the Beatles photo, a verdict.")
+    detection.add_arguments(p)
+    add_resume(p)
+    p = add("alexnet", cmd_alexnet, "AlexNet (course / d2l) and weight decay three ways",
+            "Train the course's CIFAR-10 AlexNet or d2l's 224x224 AlexNet (digits offline by default) with l2, coupled "
+            "or decoupled weight decay, a probe of the decay and the learning rate's stability, learned filters, "
+            "feature maps and a confusion matrix.")
+    classification.add_arguments(p)
+    add_resume(p)
+    p = add("report", cmd_report, "one self-contained HTML page from local runs",
+            "Gathers the filters, weight-decay, IoU, AlexNet and detection runs into one HTML page (pictures "
+            "embedded) from local W&B run folders; a missing experiment is named on the page.")
+    p.add_argument("run_dirs", nargs="*", metavar="RUN_DIR",
+                   help="W&B run folders, or folders holding them (default: the runs under --out)")
+    p.add_argument("--output", default=None, metavar="HTML",
+                   help="where to write the page (default: --out/report.html)")
+    p = add("dashboard", cmd_dashboard, "save the homework's W&B workspace views (and Report)",
+            "One W&B workspace view per experiment and, with --report, a W&B Report of the homework, built with "
+            "wandb-workspaces (pip install -e \".[dashboard]\").")
+    p.add_argument("--report", action="store_true", help="also the Report: docs/theory.md beside the runs' panels")
+    p.add_argument("--sweep", default=None, metavar="ID",
+                   help="the Report shows this sweep's runs (--group: a group's)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="save nothing: write the specs under --out/dashboard and check their keys against local runs")
+    p.add_argument("--check", action="append", default=[], metavar="SPEC.json",
+                   help="check these spec files against the local runs under --out instead (repeatable)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None, *, exit_by_signal: bool = False) -> int:
-    """Parse ``argv``, run the subcommand and return its exit code (2 for errors the user can fix).
-
-    A run stopped cleanly by SIGINT or SIGTERM returns 128 + the signal's number, or, with
-    ``exit_by_signal`` (the command line), ends the process as killed by that signal: ``wandb
-    agent`` counts an exit status > 0 as a failed run, a death by its own SIGTERM as a stop.
-    """
+    """Parse ``argv``, run the subcommand and return its exit code (2 for errors the user can fix). A clean
+    stop by SIGINT or SIGTERM returns 128 + the signal, or with ``exit_by_signal`` ends the process as killed
+    by it: ``wandb agent`` counts an exit status > 0 as a failed run, a death by its own SIGTERM as a stop."""
     from dlhw.core.errors import UsageError
     from dlhw.core.events import is_rank_zero
     from dlhw.core.session import Stopped, end_by_signal

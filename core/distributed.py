@@ -1,10 +1,5 @@
-"""One training job over several processes: torchrun's environment, the process group, DDP, shards.
-
-:func:`init_distributed` turns torchrun's environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
-``MASTER_ADDR``, ``MASTER_PORT``) into a :class:`Dist`; without it, a world of one whose collectives
-are no-ops, so the same code runs under ``python`` and under ``torchrun``.
-"""
-
+"""One training job over several processes: torchrun's environment, the process group, DDP, shards. Without
+torchrun a world of one whose collectives are no-ops, so the same code runs under ``python`` and ``torchrun``."""
 
 from __future__ import annotations
 
@@ -24,8 +19,7 @@ __all__ = ["Dist", "ShardedSampler", "init_distributed", "shard", "wrap_ddp"]
 
 T = TypeVar("T")
 
-# How long report_failure waits for the rendezvous store before deciding the store's host is the
-# process that failed first (rank 0 hosts it when there is no torchrun agent).
+# How long report_failure waits for the store before deciding that its host failed first.
 STORE_TIMEOUT = timedelta(seconds=10)
 
 
@@ -37,8 +31,7 @@ def _terminated(signum: int, frame: Any) -> None:
 
 @dataclass
 class Dist:
-    """This process's place in the job and the device it trains on; with ``world_size`` 1 every
-    collective returns its input unchanged."""
+    """This process's place in the job and its device; with ``world_size`` 1 collectives return their input."""
 
     rank: int = 0
     world_size: int = 1
@@ -56,7 +49,7 @@ class Dist:
 
     @property
     def distributed(self) -> bool:
-        """True when there is more than one process (and so a process group)."""
+        """True when there is more than one process."""
         return self.world_size > 1
 
     def barrier(self) -> None:
@@ -80,10 +73,8 @@ class Dist:
         return dict(zip(keys, self._reduce([float(values[k]) for k in keys])))
 
     def all_reduce_mean(self, values: Mapping[str, float | tuple[float, float]]) -> dict[str, float]:
-        """Means over the ranks. A plain number is averaged with equal weight per rank; a
-        ``(sum, count)`` pair becomes the sum over all ranks divided by the count over all ranks,
-        the exact mean over the whole data however unequal the ranks' parts (NaN for count 0).
-        Every rank must pass the same keys in the same forms."""
+        """Means over the ranks: a number with equal weight per rank, a ``(sum, count)`` pair as the exact
+        mean over the whole data (NaN for count 0). Every rank must pass the same keys in the same forms."""
         pairs = {k: v if isinstance(v, tuple) else (float(v), 1.0) for k, v in values.items()}
         keys = sorted(pairs)
         flat = [x for k in keys for x in pairs[k]]
@@ -99,9 +90,8 @@ class Dist:
         return out
 
     def report_failure(self) -> bool:
-        """Call once, from an exception handler: True when this is the job's first failure (show the
-        error), False when another rank failed first and this exception is its echo (stay quiet).
-        An unreachable store means its host (rank 0 without a torchrun agent) failed first."""
+        """Call once, from an exception handler: True for the job's first failure (show it), False for an echo
+        of another rank's (stay quiet). An unreachable store means its host failed first."""
         if not self.distributed:
             return True
         try:
@@ -112,8 +102,7 @@ class Dist:
             return False
 
     def shutdown(self) -> None:
-        """Destroy the process group if :func:`init_distributed` created it (one that already
-        existed belongs to whoever made it) and restore the SIGTERM handler."""
+        """Destroy the process group if :func:`init_distributed` created it and restore the SIGTERM handler."""
         if self._owns_group and torch_dist.is_initialized():
             torch_dist.destroy_process_group()
             self._owns_group = False
@@ -123,10 +112,9 @@ class Dist:
         self._store = None
 
 
-def init_distributed(device: str | torch.device = "cpu", *, timeout: timedelta | None = None) -> Dist:
-    """The job this process belongs to, from torchrun's environment (a world of one on ``device``
-    without it): NCCL on ``cuda:LOCAL_RANK`` or gloo on the CPU. ``timeout`` bounds how long a
-    collective waits for a silent rank. Under torchrun SIGTERM raises ``SystemExit``."""
+def init_distributed(device: str | torch.device = "cpu") -> Dist:
+    """The job this process belongs to, from torchrun's environment: NCCL on ``cuda:LOCAL_RANK`` or gloo on
+    the CPU (a world of one on ``device`` without torchrun). Under torchrun SIGTERM raises ``SystemExit``."""
     device = torch.device(device)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
@@ -140,8 +128,7 @@ def init_distributed(device: str | torch.device = "cpu", *, timeout: timedelta |
         backend = "gloo"
     owns_group = not torch_dist.is_initialized()
     if owns_group:
-        kwargs = {"timeout": timeout} if timeout is not None else {}
-        torch_dist.init_process_group(backend, rank=rank, world_size=world, **kwargs)
+        torch_dist.init_process_group(backend, rank=rank, world_size=world)
     else:  # made by someone else (Lightning, a user's script): use it as it is
         backend = str(torch_dist.get_backend())
     store = torch_dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
@@ -152,9 +139,8 @@ def init_distributed(device: str | torch.device = "cpu", *, timeout: timedelta |
 
 
 def wrap_ddp(model: nn.Module, dist: Dist, **kwargs: Any) -> nn.Module:
-    """``model`` inside DistributedDataParallel (gradients averaged over the ranks at every
-    backward), or ``model`` itself in a world of one. Keep the unwrapped module for state dicts,
-    hooks and checkpoints; train through the returned one. ``kwargs`` go to DDP."""
+    """``model`` inside DistributedDataParallel (``kwargs`` go to it), or itself in a world of one. Keep the
+    unwrapped module for state dicts, hooks and checkpoints; train through the returned one."""
     if not dist.distributed:
         return model
     if dist.device.type == "cuda":
@@ -163,9 +149,8 @@ def wrap_ddp(model: nn.Module, dist: Dist, **kwargs: Any) -> nn.Module:
 
 
 def shard(indices: Sequence[int] | torch.Tensor, rank: int, world: int, *, even: bool = True) -> Any:
-    """Rank ``rank``'s part of ``indices``: every ``world``-th item from position ``rank``, cut as
-    ``DistributedSampler`` cuts. ``even`` (training) pads by wrapping round so every rank takes the
-    same steps; otherwise (evaluation) the parts cover ``indices`` exactly once. Tensor in, tensor out."""
+    """Rank ``rank``'s part of ``indices``, cut as ``DistributedSampler`` cuts: ``even`` (training) pads by
+    wrapping round so every rank takes the same steps; otherwise the parts cover ``indices`` exactly once."""
     n = len(indices)
     if n == 0:
         return indices[:0] if isinstance(indices, torch.Tensor) else []
@@ -177,9 +162,8 @@ def shard(indices: Sequence[int] | torch.Tensor, rank: int, world: int, *, even:
 
 
 class ShardedSampler(torch.utils.data.Sampler):
-    """This rank's shard of another sampler's epoch (:func:`shard` with ``even``), for a
-    DataLoader: wrap any sampler, e.g. one that draws a new subset every epoch, and pass this
-    one's ``set_epoch`` calls on to it. Every rank must wrap an identically seeded sampler."""
+    """This rank's shard (:func:`shard` with ``even``) of another sampler's epoch, whose ``set_epoch`` it
+    passes on. Every rank must wrap an identically seeded sampler."""
 
     def __init__(self, sampler: torch.utils.data.Sampler, rank: int, world: int) -> None:
         self.sampler, self.rank, self.world = sampler, rank, world

@@ -7,17 +7,11 @@ from collections.abc import Iterable, Sequence
 
 
 class UsageError(Exception):
-    """Bad input the user can fix (a missing file, an unknown name, a bad number).
-
-    The message is one line that names the culprit and what to do about it.
-    """
+    """Bad input the user can fix; the message is one line naming the culprit and what to do."""
 
 
 def suggest(name: str, choices: Iterable[str], n: int = 3, *, first: Sequence[str] = ()) -> str:
-    """Return ' (did you mean a, b?)' for close matches of ``name``, or ''.
-
-    ``first``: matches found another way (an abbreviation, say), listed before the spelled-alike ones.
-    """
+    """' (did you mean a, b?)' for close matches of ``name`` (``first``, found another way, before them), or ''."""
     spelled = difflib.get_close_matches(name, list(choices), n=n, cutoff=0.5)
     close = list(dict.fromkeys([*first, *spelled]))[:n]
     return f" (did you mean {', '.join(close)}?)" if close else ""

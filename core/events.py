@@ -1,9 +1,5 @@
-"""Events, their x-axes and the process that owns logging: what every layer of the suite shares.
-
-A :class:`Callback` reacts to the events a run fires (a ``core.session.Session``, or the training
-loop ``trainers.engine.Engine`` built on it); it lives here,
-below both trainers and callbacks, so neither has to import the other.
-"""
+"""Events, their x-axes and the process that owns logging: below both trainers and callbacks, so neither
+imports the other."""
 
 from __future__ import annotations
 
@@ -16,8 +12,7 @@ EPOCH_AXIS = "epoch"
 
 
 class Loop(Protocol):
-    """What a callback may use of the run that fires its events: a ``core.session.Session``, or a
-    ``trainers.engine.Engine`` (a session with a training loop)."""
+    """What a callback may use of the run that fires its events (a ``Session`` or an ``Engine``)."""
 
     epochs: int
     epoch: int
@@ -39,12 +34,8 @@ class Loop(Protocol):
 
 
 class Callback:
-    """Base class for plug-ins; every hook is a no-op so a callback overrides only what it needs.
-
-    ``reports_only`` marks a callback that only sends pictures and tables to W&B: when one of its
-    hooks raises, the run warns once and goes on, since a reporting failure (the W&B service
-    gone, a full disk) must never stop training.
-    """
+    """Base class for plug-ins; every hook is a no-op. A ``reports_only`` callback (pictures and tables for
+    W&B) that raises is warned about once and skipped: a reporting failure must never stop training."""
 
     reports_only = False
 
@@ -77,8 +68,7 @@ class Callback:
 
     def on_checkpoint_saved(self, trainer: Loop, path: str, aliases: Sequence[str],
                             metadata: Mapping[str, Any]) -> None:
-        """Called after a checkpoint file has been written atomically; ``metadata`` describes the
-        epoch it holds (``epoch``, ``step`` and that epoch's metrics)."""
+        """Called once a checkpoint file is on disk; ``metadata``: its ``epoch``, ``step`` and that epoch's metrics."""
 
     def state_dict(self) -> dict[str, Any]:
         """State to store in checkpoints."""

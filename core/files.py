@@ -1,9 +1,5 @@
-"""Files that are never half-written: write to a temporary file beside the target, then rename.
-
-Checkpoints, sweep state and downloads are written so; checkpoints on a background thread
-(:class:`BackgroundWriter`), so an epoch does not wait for the disk.
-"""
-
+"""Files that are never half-written: a temporary file beside the target, then a rename; checkpoints on a
+background thread so that an epoch does not wait for the disk."""
 
 from __future__ import annotations
 
@@ -22,11 +18,8 @@ import torch
 
 @contextmanager
 def atomic_file(path: str | os.PathLike[str], suffix: str = ".tmp") -> Iterator[IO[bytes]]:
-    """Yield a binary file that replaces ``path`` when the block ends without an exception.
-
-    The temporary file's name is ``fh.name``, so the block can still check what it wrote; an
-    exception (a failed checksum, say) removes it and leaves ``path`` as it was.
-    """
+    """Yield a binary file (``fh.name`` the temporary one) that replaces ``path`` when the block ends without
+    an exception; an exception leaves ``path`` as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
@@ -42,8 +35,8 @@ def atomic_file(path: str | os.PathLike[str], suffix: str = ".tmp") -> Iterator[
 
 
 def writable_folder(path: str | os.PathLike[str], flag: str = "--out") -> Path:
-    """Create the folder ``path`` when missing and prove a file can be written in it, before a
-    command does any work (a UsageError naming ``flag`` otherwise); nothing in it is touched."""
+    """Create the folder ``path`` when missing and prove a file can be written in it (a UsageError naming
+    ``flag`` otherwise); nothing in it is touched."""
     from dlhw.core.errors import UsageError
 
     path = Path(path)
@@ -67,8 +60,7 @@ def save_atomic(obj: Any, path: str | os.PathLike[str]) -> Path:
 
 
 def snapshot(obj: Any) -> Any:
-    """A copy of ``obj`` whose tensors are detached CPU copies: what training does next cannot
-    change it (dicts, lists and tuples are rebuilt; other leaves deep-copied)."""
+    """A copy of ``obj`` that training cannot change: tensors as detached CPU copies, other leaves deep-copied."""
     if isinstance(obj, torch.Tensor):
         t = obj.detach()
         return t.to("cpu", copy=True) if t.device.type != "cpu" else t.clone()
@@ -80,9 +72,8 @@ def snapshot(obj: Any) -> Any:
 
 
 def plain(obj: Any) -> Any:
-    """``obj`` as what ``torch.load(weights_only=True)`` reads: tensors, numbers, strings, None and
-    dicts/lists/tuples of them; NumPy arrays and scalars become tensors and numbers, anything
-    else its ``str``."""
+    """``obj`` as ``torch.load(weights_only=True)`` reads it: NumPy arrays and scalars as tensors and numbers,
+    containers rebuilt, anything else its ``str``."""
     if isinstance(obj, (torch.Tensor, str, int, float, bool, type(None))):
         return obj
     if isinstance(obj, np.ndarray):
@@ -97,9 +88,8 @@ def plain(obj: Any) -> Any:
 
 
 class BackgroundWriter:
-    """Writes checkpoints on a background thread so that training never waits on the disk: one
-    snapshot at a time, files in order, a failed write raised (:class:`CheckpointError`) by the
-    next :meth:`submit` or :meth:`wait`."""
+    """Writes checkpoints on a background thread, one snapshot at a time, files in order; a failed write is
+    raised (:class:`CheckpointError`) by the next :meth:`submit` or :meth:`wait`."""
 
     def __init__(self) -> None:
         self._thread: threading.Thread | None = None
@@ -108,8 +98,7 @@ class BackgroundWriter:
 
     def submit(self, obj: Any, path: str | os.PathLike[str],
                also: Sequence[tuple[Any, str | os.PathLike[str]]] = ()) -> None:
-        """Write ``obj`` to ``path`` (:func:`save_atomic`), then each ``(obj, path)`` of ``also``, in
-        the background: one snapshot, one wait, whatever the number of files."""
+        """Write ``obj`` to ``path``, then each ``(obj, path)`` of ``also``, in the background."""
         self.wait()
         writes = [(snapshot(o), p) for o, p in [(obj, path), *also]]
         self._thread = threading.Thread(target=self._write, args=(writes,), name="checkpoint-writer")

@@ -11,10 +11,7 @@ T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    """A named table of factories.
-
-    ``kind`` is what the entries are called in error messages ("backbone", "trainer", ...).
-    """
+    """A named table of factories; ``kind`` names the entries in error messages ("backbone", ...)."""
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
@@ -37,10 +34,8 @@ class Registry(Generic[T]):
         try:
             return self._entries[name]
         except KeyError:
-            raise UsageError(
-                f"unknown {self.kind} {name!r}{suggest(name, self._entries)}; "
-                f"choose one of: {', '.join(sorted(self._entries))}"
-            ) from None
+            raise UsageError(f"unknown {self.kind} {name!r}{suggest(name, self._entries)}; "
+                             f"choose one of: {', '.join(sorted(self._entries))}") from None
 
     def create(self, name: str, /, *args: Any, **kwargs: Any) -> T:
         """Build the entry registered as ``name``."""

@@ -1,11 +1,6 @@
-"""A run's lifecycle as the callbacks see it, with or without a training loop.
-
-A :class:`Session` fires ``on_fit_start``, then whatever the experiment reports (``on_log``,
-``on_batch_end``, epoch ends), then ``on_fit_end``, or ``on_exception`` when the work raises. The
-W&B logger, the progress bar, the summary table and the panels' adapters need nothing more, so
-an experiment that trains nothing (the filters, the IoU slide, the photo comparison) is a plain
-function over a session, and ``trainers.engine.Engine`` is a session that adds a training loop.
-"""
+"""A run's lifecycle as the callbacks see it, with or without a training loop: an experiment that trains
+nothing (filters, the IoU slide, the photo) is a plain function over a :class:`Session`, and
+``trainers.engine.Engine`` is a session with a training loop."""
 
 from __future__ import annotations
 
@@ -21,32 +16,16 @@ from typing import Any
 
 from dlhw.core.events import EPOCH_AXIS, STEP_AXIS, Callback, is_rank_zero
 
-# The signals that ask a training run to stop cleanly: Ctrl-C, and what schedulers and
-# preemptible machines send before they kill a process.
+# Ctrl-C, and what schedulers and preemptible machines send before they kill a process.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-# A sweep runner names the metric it optimises and a file: each epoch-axis report of that metric
-# is appended as a ``[epoch, value]`` line, which the runner reads for early stopping without
-# reading W&B's files (whose writes W&B buffers) or starting a reader per trial.
+# The sweep runner's metric and a file it reads for early stopping (W&B buffers its own files).
 METRIC_ENV, METRIC_FILE_ENV = "DLHW_SWEEP_METRIC", "DLHW_SWEEP_METRIC_FILE"
 
 
-def report_sweep_metric(metrics: Mapping[str, Any], step: int) -> None:
-    """Append ``[step, value]`` of the sweep's metric to ``$DLHW_SWEEP_METRIC_FILE`` (rank 0 only)."""
-    name, path = os.environ.get(METRIC_ENV), os.environ.get(METRIC_FILE_ENV)
-    if name in metrics and path and is_rank_zero():
-        with open(path, "a") as fh:  # one write of one line: a reader sees it whole or not at all
-            fh.write(json.dumps([step, float(metrics[name])]) + "\n")
-
-
 class Stopped(BaseException):
-    """A stop asked for by SIGINT or SIGTERM, raised between two steps, where the run's state is
-    whole and can be checkpointed. A BaseException, as KeyboardInterrupt is, so that code
-    catching ``Exception`` does not swallow it.
-
-    ``exit_code`` is the shell's convention, 128 + the signal's number (130 for SIGINT, 143 for
-    SIGTERM), what an in-process caller gets back; a process ends with :func:`end_by_signal`
-    instead. ``checkpoint`` is set by whoever wrote the checkpoint the run can resume from.
-    """
+    """A stop asked for by SIGINT or SIGTERM, raised between two steps, where the state can be checkpointed;
+    a BaseException so that ``except Exception`` does not swallow it. ``exit_code`` (128 + the signal) is
+    what an in-process caller gets; ``checkpoint`` is set by whoever wrote the one to resume from."""
 
     def __init__(self, signum: int) -> None:
         self.signum = signum
@@ -56,10 +35,8 @@ class Stopped(BaseException):
 
 
 def end_by_signal(signum: int) -> None:
-    """End this process as killed by ``signum``, after its clean stop (checkpoint written, W&B run
-    finished as preempting). ``wandb agent`` counts any exit status > 0 as a failed run, so a
-    trial it stopped must not exit 143; a death by the signal is what the agent (and torchrun,
-    and a shell, which still prints 143) expects of a stopped process."""
+    """End this process as killed by ``signum`` after its clean stop: ``wandb agent`` counts any exit status
+    > 0 as a failed run, a death by its own signal as a stop."""
     sys.stdout.flush()
     sys.stderr.flush()
     signal.signal(signum, signal.SIG_DFL)
@@ -67,25 +44,12 @@ def end_by_signal(signum: int) -> None:
 
 
 class Session:
-    """Fires the events of one run to its callbacks and holds what they read (a :class:`~core.events.Loop`).
+    """Fires the events of one run to its callbacks, in order, and holds what they read (a
+    :class:`~core.events.Loop`): ``name`` is the W&B job type, ``config`` what W&B records, ``epochs`` and
+    ``steps_per_epoch`` (None: unknown) size the progress bars."""
 
-    Args:
-        callbacks: plug-ins notified of every event, in order.
-        name: short experiment name ("filters", "alexnet", ...), used as the W&B job type.
-        config: the resolved configuration of the run (what W&B records).
-        epochs: epochs the run reports, for progress bars; 1 for a run without epochs.
-        steps_per_epoch: steps per epoch, for progress bars; None when unknown.
-    """
-
-    def __init__(
-        self,
-        callbacks: Iterable[Callback] = (),
-        *,
-        name: str = "experiment",
-        config: Mapping[str, Any] | None = None,
-        epochs: int = 1,
-        steps_per_epoch: int | None = None,
-    ) -> None:
+    def __init__(self, callbacks: Iterable[Callback] = (), *, name: str = "experiment",
+                 config: Mapping[str, Any] | None = None, epochs: int = 1, steps_per_epoch: int | None = None) -> None:
         if epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {epochs}")
         self.callbacks: list[Callback] = list(callbacks)
@@ -93,28 +57,20 @@ class Session:
         self.config: dict[str, Any] = dict(config or {})
         self.epochs = epochs
         self.steps_per_epoch = steps_per_epoch
-        self.epoch = 0
-        self.global_step = 0
-        # Steps taken in the current epoch: where a checkpoint written mid-epoch resumes.
-        self.batch_in_epoch = 0
+        self.epoch = self.global_step = 0
+        self.batch_in_epoch = 0  # where a checkpoint written mid-epoch resumes
         self.should_stop = False
-        # The stop signal received, acted on at the next step's end (see :meth:`stopping_on_signals`).
-        self.stop_signal: int | None = None
-        # Final numbers for the console summary and the W&B run summary.
+        self.stop_signal: int | None = None  # acted on at the next step's end
         self.summary: dict[str, Any] = {}
         self.fit_seconds = 0.0
-        # The process's exit code for this run, known before ``on_fit_end`` so that the W&B run
-        # records the same one: 1 when the experiment's self-check (summary ``check/passed``) failed.
+        # Known before on_fit_end so that W&B records it too: 1 when the self-check (check/passed) failed.
         self.exit_code = 0
-        # What an experiment without a trainer hands its panels' adapters (the kernels' checks,
-        # the slide, the photo...), by name; a training loop keeps such things as attributes.
+        # What an experiment without a trainer hands its panels (a trainer keeps such things as attributes).
         self.results: dict[str, Any] = {}
-        # Reporting callbacks already warned about (see fire).
-        self._report_failures: set[int] = set()
+        self._report_failures: set[int] = set()  # reporting callbacks already warned about
 
     def fire(self, event: str, **kwargs: Any) -> None:
-        """Call hook ``event`` on every callback; a ``reports_only`` callback that raises is warned
-        about once and skipped (see :class:`~core.events.Callback`)."""
+        """Call hook ``event`` on every callback; a ``reports_only`` one that raises is warned about once."""
         for cb in self.callbacks:
             try:
                 getattr(cb, event)(self, **kwargs)
@@ -127,11 +83,14 @@ class Session:
                           f"training goes on without it", file=sys.stderr)
 
     def log(self, metrics: Mapping[str, Any], *, axis: str = STEP_AXIS) -> None:
-        """Report metrics against ``axis`` (``trainer/step`` or ``epoch``) to the callbacks."""
+        """Report metrics against ``axis`` (``trainer/step`` or ``epoch``) to the callbacks; the sweep's metric
+        on the epoch axis also to the sweep runner's file (rank 0's)."""
         if metrics:
             self.fire("on_log", metrics=metrics, axis=axis)
-            if axis == EPOCH_AXIS:
-                report_sweep_metric(metrics, self.axis_value(axis))
+            name, path = os.environ.get(METRIC_ENV), os.environ.get(METRIC_FILE_ENV)
+            if axis == EPOCH_AXIS and name in metrics and path and is_rank_zero():
+                with open(path, "a") as fh:  # one write of one line: a reader sees it whole or not at all
+                    fh.write(json.dumps([self.axis_value(axis), float(metrics[name])]) + "\n")
 
     def axis_value(self, axis: str) -> int:
         """Current value of an x-axis: steps taken, or epochs completed (1-based)."""
@@ -151,10 +110,8 @@ class Session:
 
     @contextmanager
     def stopping_on_signals(self) -> Iterator[None]:
-        """While the body runs, SIGINT and SIGTERM ask for a clean stop at the next step's end
-        instead of killing the process mid-step; a second Ctrl-C aborts at once
-        (KeyboardInterrupt). The previous handlers come back on exit. Only the main thread can
-        install handlers: elsewhere this does nothing."""
+        """While the body runs, SIGINT and SIGTERM ask for a clean stop at the next step's end; a second
+        Ctrl-C aborts at once. Only the main thread can install handlers: elsewhere this does nothing."""
         if threading.current_thread() is not threading.main_thread():
             yield
             return
@@ -175,16 +132,14 @@ class Session:
                 signal.signal(sig, handler)
 
     def epoch_end(self, epoch: int, metrics: Mapping[str, float]) -> None:
-        """Report an epoch's metrics: ``on_validation_end``, logged on the epoch axis, kept in the
-        summary, then ``on_epoch_end``."""
+        """``on_validation_end``, the metrics logged on the epoch axis and kept in the summary, ``on_epoch_end``."""
         self.fire("on_validation_end", epoch=epoch, metrics=metrics)
         self.log({**metrics}, axis=EPOCH_AXIS)
         self.summary.update(metrics)
         self.fire("on_epoch_end", epoch=epoch, metrics=metrics)
 
     def test_end(self, metrics: Mapping[str, float]) -> None:
-        """Report the final metrics after the last epoch (logged against it, so the epoch axis
-        never goes backwards) and fire ``on_test_end``; nothing for no metrics."""
+        """Log the final metrics against the last epoch (the axis never goes back) and fire ``on_test_end``."""
         if metrics:
             self.log({**metrics}, axis=EPOCH_AXIS)
             self.summary.update(metrics)
@@ -196,9 +151,8 @@ class Session:
 
     @contextmanager
     def running(self) -> Iterator[Session]:
-        """``on_fit_start`` on entry; on a clean exit the summary's ``fit_seconds``, the exit code
-        and ``on_fit_end``; when the body raises (KeyboardInterrupt included) ``on_exception``,
-        then the exception goes on."""
+        """``on_fit_start``; on a clean exit ``fit_seconds``, the exit code and ``on_fit_end``; when the body
+        raises, ``on_exception`` and the exception goes on."""
         started = time.perf_counter()
         try:
             self.fire("on_fit_start")

@@ -1,9 +1,7 @@
 """A trial's command line and environment, built exactly as ``wandb agent`` builds them.
 
-W&B keeps this logic in internal modules (``wandb.sdk.launch.sweeps.utils``, combined in
-``wandb/wandb_agent.py``: ``Agent._command_run``). This is the one place that imports them, so a
-wandb upgrade that moves or changes them fails here, and in ``tests/tracking/test_agent_command.py``,
-instead of quietly changing how trials are started.
+The one place that imports W&B's internal ``wandb.sdk.launch.sweeps.utils`` (what ``Agent._command_run`` uses),
+so a wandb upgrade that moves it fails here and in its test instead of quietly changing how trials start.
 """
 
 from __future__ import annotations
@@ -25,7 +23,7 @@ from wandb.sdk.launch.sweeps.utils import (
 from wandb.sdk.lib.config_util import save_config_file_from_dict
 
 __all__ = ["DEFAULT_SWEEP_COMMAND", "interpreter", "macros_used", "split_sweep_path", "trial_command",
-           "trial_environment", "wire_params"]
+           "trial_environment"]
 
 
 def split_sweep_path(path: str) -> tuple[str | None, str | None, str]:
@@ -37,11 +35,6 @@ def split_sweep_path(path: str) -> tuple[str | None, str | None, str]:
     return parts["entity"], parts["project"], parts["name"]
 
 
-def wire_params(values: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """``{"lr": 0.1}`` -> ``{"lr": {"value": 0.1}}``: the form the sweeps engine and the agent pass around."""
-    return {name: {"value": value} for name, value in values.items()}
-
-
 def macros_used(sweep_command: list | None) -> set[str]:
     """Names of the whole-token macros (``${args}`` -> ``args``) a sweep's ``command`` uses."""
     tokens = [str(c) for c in (sweep_command or DEFAULT_SWEEP_COMMAND)]
@@ -49,12 +42,8 @@ def macros_used(sweep_command: list | None) -> set[str]:
 
 
 def interpreter(env: dict[str, str]) -> str:
-    """What ``${interpreter}`` becomes, adjusting ``env`` so the agent's choice runs this Python.
-
-    The agent writes ``python`` and lets ``/usr/bin/env`` find it on ``PATH``; putting this
-    interpreter's folder first keeps that spelling and still runs the trial in the same
-    environment as the runner. Without a ``python`` beside this interpreter, its full path is used.
-    """
+    """What ``${interpreter}`` becomes: ``python`` as the agent writes it, with this interpreter's folder put
+    first on ``env``'s PATH so the trial runs in the runner's environment; else this interpreter's full path."""
     bindir = Path(sys.executable).parent
     if (bindir / "python").exists():
         env["PATH"] = os.pathsep.join([str(bindir), env.get("PATH", "")])
@@ -62,30 +51,18 @@ def interpreter(env: dict[str, str]) -> str:
     return sys.executable
 
 
-def trial_command(
-    sweep_command: list | None,
-    *,
-    program: str | None,
-    params: Mapping[str, Mapping[str, Any]],
-    args_json_file: str | Path,
-    python: str = "python",
-) -> list[str]:
-    """The argv ``wandb agent`` would run for a trial with ``params`` (wire form).
-
-    ``${envvar:NAME}`` parts are filled from the environment, whole-token macros (``${args}``,
-    ``${args_json_file}``, ...) are expanded, unknown macros vanish, and W&B's default command
-    ``${env} ${interpreter} ${program} ${args}`` is used when the sweep has none. The JSON file is
-    written only when the command names ``${args_json_file}``, as the agent does.
-    """
+def trial_command(sweep_command: list | None, *, program: str | None, params: Mapping[str, Mapping[str, Any]],
+                  args_json_file: str | Path, python: str = "python") -> list[str]:
+    """The argv ``wandb agent`` would run for a trial with ``params`` (``{name: {"value": v}}``): macros
+    expanded (unknown ones vanish), W&B's default command when the sweep has none, the JSON file written
+    only when the command names ``${args_json_file}``."""
     # create_sweep_command edits the list it is given; the sweep's own list must stay as loaded.
     command = create_sweep_command(list(sweep_command) if sweep_command else None)
     sweep_vars: dict[str, Any] = create_sweep_command_args({"args": dict(params)})
     if "${args_json_file}" in command:
         Path(args_json_file).parent.mkdir(parents=True, exist_ok=True)
         Path(args_json_file).write_text(sweep_vars["args_json"][0])
-    sweep_vars["interpreter"] = [python]
-    sweep_vars["program"] = [program]
-    sweep_vars["args_json_file"] = [str(args_json_file)]
+    sweep_vars.update(interpreter=[python], program=[program], args_json_file=[str(args_json_file)])
     if platform.system() != "Windows":
         sweep_vars["env"] = ["/usr/bin/env"]
     argv: list[str] = []
@@ -97,20 +74,11 @@ def trial_command(
     return argv
 
 
-def trial_environment(
-    base: Mapping[str, str],
-    *,
-    run_id: str,
-    params: Mapping[str, Mapping[str, Any]],
-    param_file: str | Path,
-    sweep_id: str | None = None,
-) -> dict[str, str]:
-    """The environment the agent gives a trial: its run id and its parameters file.
-
-    ``WANDB_SWEEP_PARAM_PATH`` makes ``wandb.init`` put the parameters in the run's config.
-    ``WANDB_SWEEP_ID`` (with the entity and project of ``sweep_id``, a sweep path) is set only for
-    a sweep the W&B server knows: an offline run that names an unknown sweep does not sync cleanly.
-    """
+def trial_environment(base: Mapping[str, str], *, run_id: str, params: Mapping[str, Mapping[str, Any]],
+                      param_file: str | Path, sweep_id: str | None = None) -> dict[str, str]:
+    """The environment the agent gives a trial: its run id and its parameter file (which ``wandb.init`` puts in
+    the config). ``WANDB_SWEEP_ID`` only for ``sweep_id``, one the server knows: an offline run naming an
+    unknown sweep does not sync cleanly."""
     env = dict(base)
     env.pop(wandb_env.SERVICE, None)
     save_config_file_from_dict(str(param_file), dict(params))

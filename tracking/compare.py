@@ -4,93 +4,32 @@ cloud, and a PNG of the metric against the swept parameters."""
 from __future__ import annotations
 
 import math
-import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from rich.console import Console
 from rich.table import Table
 
 from dlhw.callbacks.progress import fmt, report_console
 from dlhw.core.errors import UsageError
-from dlhw.tracking.readback import best_value, rank, run_summary
+from dlhw.tracking.readback import RunRecord, find_run_dirs, local_runs, visible
 
+T = TypeVar("T")
 # Flags that say where and under which label a run was filed, not what it computed: they differ
 # between any two sweep trials and would crowd out the parameters that matter.
 BOOKKEEPING = frozenset({"out", "run_name", "group"})
 
 
-@dataclass
-class RunRecord:
-    """One run as compare sees it: flat config and summary, where it came from."""
+def rank(items: Iterable[T], value: Callable[[T], float | None], goal: str) -> list[T]:
+    """Best first by ``value`` for ``goal`` ("maximize" or "minimize"); items without one (None, NaN) last."""
+    sign = -1.0 if goal == "maximize" else 1.0
 
-    name: str
-    state: str
-    config: dict[str, Any]
-    summary: dict[str, Any]
-    source: str
-    params: dict[str, Any] = field(default_factory=dict)  # a sweep trial's parameters
-    raw: dict[str, Any] = field(default_factory=dict, repr=False)  # a local run's summary as W&B wrote it
+    def key(item: T) -> tuple[int, float]:
+        v = value(item)
+        return (1, 0.0) if v is None or math.isnan(v) else (0, sign * v)
 
-    def value(self, metric: str, goal: str) -> float | None:
-        """The metric's best value for ``goal`` as a float; None when it is not a number."""
-        v = best_value(self.summary.get(metric), goal)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v):
-            return None
-        return float(v)
-
-
-def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping) and not (set(v) & {"max", "min", "last", "mean"}):
-            out.update(_flat(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
-def _visible(d: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in _flat(d).items() if not k.startswith("_")}
-
-
-# -- sources ------------------------------------------------------------------------------------
-
-def find_run_dirs(paths: Iterable[str | Path]) -> list[Path]:
-    """Run folders in ``paths``: a run folder itself, or any folder holding run folders below it."""
-    found: list[Path] = []
-    for p in map(Path, paths):
-        if not p.exists():
-            raise UsageError(f"no such run folder: {p}; pass a W&B run folder, a wandb/ folder or an --out folder")
-        if list(p.glob("run-*.wandb")):
-            found.append(p)
-            continue
-        # followlinks: a sweep's wandb/ folder holds links to its trials' runs.
-        runs = sorted(Path(root) for root, _, files in os.walk(p, followlinks=True)
-                      if any(f.startswith("run-") and f.endswith(".wandb") for f in files))
-        if not runs:
-            raise UsageError(f"{p} holds no W&B runs (no run-*.wandb file below it)")
-        found += runs
-    # A sweep folder links every trial's run into its wandb/ folder: count each run once.
-    return list({p.resolve(): p for p in found}.values())
-
-
-def _read_local(run_dir: Path) -> RunRecord:
-    info = run_summary(run_dir)
-    raw = info.get("summary") or {}
-    return RunRecord(name=info.get("name") or info.get("run_id") or run_dir.name, state=info.get("state", "?"),
-                     config=_visible(info.get("config") or {}), summary=_visible(raw), source=str(run_dir), raw=raw)
-
-
-def local_runs(run_dirs: Sequence[Path]) -> list[RunRecord]:
-    """Read each run back with ``wandb leet inspect`` (a few at a time: each is a subprocess)."""
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        return list(pool.map(_read_local, run_dirs))
+    return sorted(items, key=key)
 
 
 def sweep_runs(sweep_dir: str | Path) -> tuple[list[RunRecord], Any]:
@@ -104,7 +43,7 @@ def sweep_runs(sweep_dir: str | Path) -> tuple[list[RunRecord], Any]:
     read = dict(zip((t.run_id for t in unread), local_runs([Path(t.run_dir) for t in unread])))
     records = []
     for t in trials:
-        rec = read.get(t.run_id) or RunRecord(name=t.run_id, state=t.state, config={}, summary=_visible(t.summary),
+        rec = read.get(t.run_id) or RunRecord(name=t.run_id, state=t.state, config={}, summary=visible(t.summary),
                                               source=t.run_dir)
         rec.name, rec.state, rec.params = t.run_id, t.state, t.values
         records.append(rec)
@@ -127,14 +66,12 @@ def cloud_runs(project: str, *, mode: str, group: str | None = None,
             runs, metric = found.runs, found.config.get("metric") or {}
         else:
             runs = api.runs(project, filters={"group": group} if group else None)
-        return [RunRecord(name=r.name or r.id, state=r.state, config=_visible(r.config),
-                          summary=_visible(r.summary._json_dict), source=r.url) for r in runs], metric
+        return [RunRecord(name=r.name or r.id, state=r.state, config=visible(r.config),
+                          summary=visible(r.summary._json_dict), source=r.url) for r in runs], metric
     except Exception as exc:  # the public API raises several types for "no server" / "no project"
         raise UsageError(f"could not read runs of {project} from W&B ({type(exc).__name__}: {exc}); "
                          "check the ENTITY/PROJECT path and your login") from None
 
-
-# -- the table ----------------------------------------------------------------------------------
 
 def differing_keys(records: Sequence[RunRecord]) -> list[str]:
     """Config keys whose values are not the same in every run (bookkeeping flags left out)."""
@@ -144,16 +81,12 @@ def differing_keys(records: Sequence[RunRecord]) -> list[str]:
 
 def default_metrics(records: Sequence[RunRecord], limit: int = 4) -> list[str]:
     """Numeric summary keys every run has, at most ``limit`` (used when no --metric is given)."""
-    common = None
-    for r in records:
-        names = {k for k in r.summary if r.value(k, "maximize") is not None}
-        common = names if common is None else common & names
-    return sorted(common or [])[:limit]
+    return sorted(set.intersection(*({k for k in r.summary if r.value(k) is not None} for r in records)))[:limit]
 
 
 def comparison_table(records: Sequence[RunRecord], keys: Sequence[str], metrics: Sequence[str], goal: str,
                      title: str) -> Table:
-    """The rich table: rank, run, state, differing config keys, metrics."""
+    """Rank, run, state, differing config keys, metrics."""
     table = Table(title=title, title_justify="left")
     for col in ("#", "run", "state", *keys, *metrics):
         table.add_column(col, justify="right" if col in keys or col in metrics or col == "#" else "left")
@@ -164,18 +97,13 @@ def comparison_table(records: Sequence[RunRecord], keys: Sequence[str], metrics:
     return table
 
 
-# -- the plot -----------------------------------------------------------------------------------
-
-def _numeric(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
 def plot_series(records: Sequence[RunRecord], keys: Sequence[str], metric: str,
                 goal: str) -> tuple[str, dict[str, list[tuple[float, float]]]] | None:
     """The x key (the numeric key with the most distinct values) and one sorted line of
     ``(x, metric)`` points per combination of the other keys; None when no key is numeric."""
     values = [{**r.config, **r.params} for r in records]
-    numeric = [k for k in keys if all(_numeric(v.get(k)) for v in values)]
+    numeric = [k for k in keys if all(isinstance(v.get(k), (int, float)) and not isinstance(v.get(k), bool)
+                                      for v in values)]
     if not numeric:
         return None
     x_key = max(numeric, key=lambda k: (len({v[k] for v in values}), -keys.index(k)))
@@ -189,17 +117,30 @@ def plot_series(records: Sequence[RunRecord], keys: Sequence[str], metric: str,
     return (x_key, {label: sorted(points) for label, points in sorted(series.items())}) if series else None
 
 
-def save_png(draw: Callable[[Any], None], title: str, target: Any, size: tuple[float, float] = (7, 4.5)) -> None:
-    """Draw on a fresh matplotlib axis, then save it as a PNG to ``target`` (a path or a binary file)."""
+def save_lines(series: Mapping[str, Sequence[tuple[float, float]]], title: str, target: Any, *, xlabel: str = "",
+               ylabel: str = "", marker: str | None = "o", log_x: bool = False,
+               size: tuple[float, float] = (7, 4.5)) -> None:
+    """One line per label, saved as a PNG to ``target`` (a path or a binary file); with ``log_x``, decades of x
+    (lambda, lr) on a log axis, where a zero (no decay) needs symlog's linear patch."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=size, dpi=110)
-    draw(ax)
-    ax.set_title(title)
+    for label, points in series.items():
+        ax.plot(*zip(*points), marker=marker, label=label)
+    xs = [x for pts in series.values() for x, _ in pts]
+    positive = [x for x in xs if x > 0]
+    if log_x and positive and max(positive) / min(positive) >= 10:
+        if min(xs) > 0:
+            ax.set_xscale("log")
+        else:
+            ax.set_xscale("symlog", linthresh=min(positive))
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     ax.grid(True, alpha=0.3)
+    if len(series) > 1:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(target, format="png")
     plt.close(fig)
@@ -211,49 +152,23 @@ def plot_metric(records: Sequence[RunRecord], keys: Sequence[str], metric: str, 
     layout = plot_series(records, keys, metric, goal)
     if layout is None:
         return None
-    x_key, series = layout
-
-    def draw(ax: Any) -> None:
-        for label, points in series.items():
-            ax.plot(*zip(*points), marker="o", label=label)
-        xs = [x for pts in series.values() for x, _ in pts]
-        positive = [x for x in xs if x > 0]
-        if positive and max(positive) / min(positive) >= 10:
-            # Decades of lambda or lr read best on a log axis; a zero (no decay) needs symlog's linear patch.
-            if min(xs) > 0:
-                ax.set_xscale("log")
-            else:
-                ax.set_xscale("symlog", linthresh=min(positive))
-        ax.set(xlabel=x_key, ylabel=metric)
-        if len(series) > 1:
-            ax.legend(fontsize=8)
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_png(draw, f"{metric} vs {x_key}", path)
+    save_lines(layout[1], f"{metric} vs {layout[0]}", path, xlabel=layout[0], ylabel=metric, log_x=True)
     return path
 
 
-def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")
-
-
 def run_compare(*, run_dirs: Sequence[str], sweep_dir: str | None, project: str | None, metrics: Sequence[str],
-                goal: str | None, plot: str | None, out: str, mode: str, group: str | None,
-                console: Console | None = None) -> int:
+                goal: str | None, plot: str | None, out: str, mode: str, group: str | None) -> int:
     """``launch.py compare``: print the table, write the plot, say where; the exit code. With ``project``,
     ``sweep_dir`` is a W&B sweep id."""
-    console = console or report_console()
+    console = report_console()
     records: list[RunRecord] = []
     swept: list[str] = []
-    where = Path(out)
-    sweep_metric: dict[str, Any] = {}
+    where, sweep_metric = Path(out), {}
     if sweep_dir and not project:
-        recs, sweep = sweep_runs(sweep_dir)
-        records += recs
-        swept = sweep.swept()
-        sweep_metric = sweep.metric or {}
-        where = sweep.directory
+        records, sweep = sweep_runs(sweep_dir)
+        swept, sweep_metric, where = sweep.swept(), sweep.metric or {}, sweep.directory
     if run_dirs:
         records += local_runs(find_run_dirs(run_dirs))
     if project:
@@ -272,7 +187,8 @@ def run_compare(*, run_dirs: Sequence[str], sweep_dir: str | None, project: str 
     if not metrics:
         console.print("no numeric summary metric is shared by all runs; pass --metric NAME", highlight=False)
         return 0
-    png = plot_metric(ranked, swept or keys, metrics[0], goal, plot or where / f"compare-{_slug(metrics[0])}.png")
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", metrics[0]).strip("_")
+    png = plot_metric(ranked, swept or keys, metrics[0], goal, plot or where / f"compare-{slug}.png")
     if png is None:
         console.print(f"no plot: no numeric parameter differs between the runs with a value of {metrics[0]}",
                       highlight=False)

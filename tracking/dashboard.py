@@ -1,12 +1,8 @@
-"""``launch.py dashboard``: the homework's W&B workspace views and Report, built with W&B's own
-``wandb-workspaces`` (an optional extra: ``pip install -e ".[dashboard]"``).
+"""``launch.py dashboard``: one W&B workspace view per experiment and, with ``--report``, a W&B Report
+(docs/theory.md beside the same panels), built with ``wandb-workspaces`` (the ``dashboard`` extra).
 
-One saved workspace view per experiment, its sections answering the homework's questions, and with
-``--report`` a W&B Report: docs/theory.md's written answers beside the same panels. ``--dry-run``
-saves nothing: it writes each spec as the library's own JSON model under ``--out/dashboard`` and
-checks every key a panel names (metrics, tables, pictures, config keys, filters, grouping) against
-the keys the experiment's local runs under ``--out`` logged, as ``wandb leet inspect`` reads them
-back: a view that names a key no run logs would show an empty panel online, so it is an error here.
+``--dry-run`` saves nothing: it writes the specs under ``--out/dashboard`` and checks every key a panel
+names against what the experiment's local runs logged, since such a panel would be empty online.
 """
 
 from __future__ import annotations
@@ -20,9 +16,8 @@ from typing import Any
 
 from dlhw.core.errors import UsageError, suggest
 from dlhw.core.files import atomic_file
-from dlhw.tracking.compare import find_run_dirs
 from dlhw.tracking.mode import api_key_configured
-from dlhw.tracking.readback import records, run_summary
+from dlhw.tracking.readback import RunRecord, find_run_dirs, local_runs, of_type
 
 THEORY = Path(__file__).resolve().parents[1] / "docs" / "theory.md"
 INSTALL = 'pip install -e ".[dashboard]" (or pip install "wandb-workspaces>=0.4.13")'
@@ -202,24 +197,22 @@ def keys_named(panels: Sequence[Any], runs: Any) -> list[tuple[str, str]]:
     return found
 
 
-def _run_keys(run_dir: Path) -> tuple[str, set[str], set[str]]:
-    """``(command, config keys, summary keys)`` of one local run, the command read from its job type
-    (``detect-option1``: detect); the summary holds every key the run logged."""
-    info = run_summary(run_dir)
-    found = [r for r in records(run_dir) if r.get("type") == "run"]
-    command = next((r["run"].get("job_type") or "" for r in found), "").split("-")[0]
-    return command, set(info.get("config") or {}), set(info.get("summary") or {})
+def _command(run: RunRecord) -> str:
+    """The command that made a local run, read from its job type (``detect-option1``: detect)."""
+    return next((r.get("job_type") or "" for r in of_type(run.log, "run")), "").split("-")[0]
 
 
 def logged_keys(out: str | Path) -> dict[str, tuple[set[str], set[str]]]:
-    """``{command: (config keys, metric keys)}`` over every local run under ``out``."""
-    with ThreadPoolExecutor(max_workers=4) as pool:  # each read is a `wandb leet inspect` subprocess
-        runs = list(pool.map(_run_keys, find_run_dirs([out])))
+    """``{command: (config keys, metric keys)}`` over every local run under ``out``; the summary holds every key
+    a run logged."""
+    runs = local_runs(find_run_dirs([out]))
+    with ThreadPoolExecutor(max_workers=4) as pool:  # each log is a `wandb leet inspect` subprocess
+        commands = list(pool.map(_command, runs))
     found: dict[str, tuple[set[str], set[str]]] = {}
-    for command, config, metrics in runs:
+    for command, run in zip(commands, runs):
         have = found.setdefault(command, (set(), set()))
-        have[0].update(config)
-        have[1].update(metrics)
+        have[0].update(run.config)
+        have[1].update(run.raw)
     return found
 
 
@@ -268,12 +261,12 @@ def run_dashboard(*, project: str | None, entity: str | None, out: str, dry_run:
         return 0
     if not specs:
         folder = Path(out) / "dashboard"
-        folder.mkdir(parents=True, exist_ok=True)
         for stem, obj in build(project=project, entity=entity or "", report=report, group=group, sweep=sweep).items():
-            with atomic_file(folder / f"{stem}.json") as fh:  # the library's own model, as a save would send it
+            path = folder / f"{stem}.json"
+            with atomic_file(path) as fh:  # the library's own model, as a save would send it
                 fh.write(obj._to_model().model_dump_json(by_alias=True, exclude_none=True, indent=1).encode())
-            (folder / f"{stem}.json").chmod(0o644)  # the temporary file was private; a spec is meant to be read
-            specs = [*specs, str(folder / f"{stem}.json")]
+            path.chmod(0o644)  # the temporary file was private; a spec is meant to be read
+            specs = [*specs, str(path)]
         print(f"dashboard: {len(specs)} spec(s) written under {folder}")
     files = {}
     for path in map(Path, specs):  # checked as files: what was written, read back through the library

@@ -7,12 +7,9 @@ import os
 from pathlib import Path
 from urllib.parse import urlparse
 
-MODES = ("online", "offline", "disabled")
-# The folder every command writes under when --out is not given; the sweep runner sets it for each
-# trial so that a trial's files land under the sweep's own --out.
+# --out's default: the sweep runner sets it so that a trial's files land under the sweep's own --out.
 OUT_ENV = "DLHW_OUT"
-# A checkpoint to continue from (a path, or "auto": the latest under --out) when --resume is not given;
-# the sweep runner sets it to "auto" when it starts an interrupted trial again.
+# --resume's default: the sweep runner sets "auto" when it starts an interrupted trial again.
 RESUME_ENV = "DLHW_RESUME"
 # Spellings W&B itself accepts in WANDB_MODE.
 _ENV_ALIASES = {"run": "online", "dryrun": "offline", "online": "online", "offline": "offline", "disabled": "disabled"}

@@ -1,36 +1,31 @@
-"""Reading a local run back as W&B itself reports it (``wandb leet inspect``), and the value reading,
-ranking and number format that compare and report share."""
+"""Local W&B runs read back as W&B itself reports them (``wandb leet inspect``): the one reader that
+compare, report, dashboard and resume share."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-T = TypeVar("T")
+from dlhw.core.errors import UsageError
+
 _PICK = {"maximize": ("max", "last", "mean"), "minimize": ("min", "last", "mean")}
 
 
-def _wandb_cli() -> list[str]:
-    exe = Path(sys.executable).with_name("wandb")
-    if exe.exists():
-        return [str(exe)]
-    found = shutil.which("wandb")
-    if found:
-        return [found]
-    return [sys.executable, "-m", "wandb"]
-
-
 def _inspect(run_dir: str | Path, *flags: str) -> str:
-    proc = subprocess.run(
-        [*_wandb_cli(), "leet", "inspect", *flags, str(run_dir)],
-        capture_output=True, text=True, timeout=120,
-    )
+    beside = Path(sys.executable).with_name("wandb")  # this environment's CLI before any other on PATH
+    found = str(beside) if beside.exists() else shutil.which("wandb")
+    cli = [found] if found else [sys.executable, "-m", "wandb"]
+    proc = subprocess.run([*cli, "leet", "inspect", *flags, str(run_dir)], capture_output=True, text=True, timeout=120)
     if proc.returncode != 0:
         raise RuntimeError(f"wandb leet inspect failed on {run_dir}: {proc.stderr.strip()[-500:]}")
     return proc.stdout
@@ -46,33 +41,28 @@ def records(run_dir: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in _inspect(run_dir, "--json").splitlines() if line.strip()]
 
 
-# `log`: the run's records when the caller has read them already (each read is a subprocess).
-def history(run_dir: str | Path, log: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+def of_type(log: Iterable[Mapping[str, Any]], kind: str) -> list[dict[str, Any]]:
+    """The bodies of the records of type ``kind`` ("history", "run", "environment", "artifact"...)."""
+    return [r[kind] for r in log if r.get("type") == kind]
+
+
+def history(run_dir: str | Path) -> list[dict[str, Any]]:
     """Every ``run.log`` call as a flat dict, in order."""
-    return [r["history"]["item"] for r in (records(run_dir) if log is None else log) if r.get("type") == "history"]
+    return [h["item"] for h in of_type(records(run_dir), "history")]
 
 
-def staged_files(run_dir: str | Path, log: list[dict[str, Any]] | None = None) -> dict[str, str]:
+def staged_files(log: Iterable[Mapping[str, Any]]) -> dict[str, str]:
     """Artifact entry path -> local staged file for everything the run handed to W&B for upload."""
-    files: dict[str, str] = {}
-    for r in records(run_dir) if log is None else log:
-        if r.get("type") == "artifact":
-            for entry in r["artifact"]["manifest"]["contents"]:
-                if entry.get("local_path"):
-                    files[entry["path"]] = entry["local_path"]
-    return files
+    return {e["path"]: e["local_path"] for a in of_type(log, "artifact")
+            for e in a["manifest"]["contents"] if e.get("local_path")}
 
 
-def logged_table(run_dir: str | Path, key: str, summary: Mapping[str, Any] | None = None,
-                 staged: Mapping[str, str] | None = None) -> dict[str, Any] | None:
-    """The last table logged under ``key`` as ``{"columns", "data"}``, image cells given a ``local_path``;
-    None when it was not logged or its staged copy is gone (a synced run). ``summary`` and ``staged``
-    spare the reads when the caller has them."""
+def read_table(entry: Any, staged: Mapping[str, str]) -> dict[str, Any] | None:
+    """The table a summary ``entry`` points to as ``{"columns", "data"}``, image cells given a ``local_path``;
+    None when it is no table or its staged copy is gone (a synced run)."""
     # The copy under files/media only names cell types: the full table is the run's table artifact.
-    entry = (run_summary(run_dir)["summary"] if summary is None else summary).get(key)
     if not isinstance(entry, Mapping) or "artifact_path" not in entry:
         return None
-    staged = staged_files(run_dir) if staged is None else staged
     path = staged.get(entry["artifact_path"].split("/", 3)[-1])  # "<key>.table.json"
     if path is None or not Path(path).is_file():
         return None
@@ -84,21 +74,85 @@ def logged_table(run_dir: str | Path, key: str, summary: Mapping[str, Any] | Non
     return table
 
 
-def best_value(v: Any, goal: str = "maximize") -> Any:
-    """A summary value; a ``define_metric`` summary (``{"max": v}``) gives its value for ``goal``."""
-    if isinstance(v, Mapping):
-        return next((v[k] for k in _PICK[goal] if k in v), None)
-    return v
+def logged_table(run_dir: str | Path, key: str) -> dict[str, Any] | None:
+    """The last table logged under ``key`` (see :func:`read_table`)."""
+    return _read_local(Path(run_dir)).table(key)
 
 
-def rank(items: Iterable[T], value: Callable[[T], float | None], goal: str) -> list[T]:
-    """Best first by ``value`` for ``goal`` ("maximize" or "minimize"); items without one (None, NaN) last."""
-    sign = -1.0 if goal == "maximize" else 1.0
+def visible(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``d`` flattened (``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; a ``define_metric`` summary stays whole), W&B's own
+    ``_`` keys left out."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if prefix or not k.startswith("_"):
+            if isinstance(v, Mapping) and not (set(v) & {"max", "min", "last", "mean"}):
+                out.update(visible(v, f"{prefix}{k}."))
+            else:
+                out[prefix + k] = v
+    return out
 
-    def key(item: T) -> tuple[int, float]:
-        v = value(item)
-        return (1, 0.0) if v is None or math.isnan(v) else (0, sign * v)
 
-    return sorted(items, key=key)
+@dataclass
+class RunRecord:
+    """One run as compare, report and dashboard see it: flat config and summary, where it came from."""
+
+    name: str
+    state: str
+    config: dict[str, Any]
+    summary: dict[str, Any]
+    source: str
+    params: dict[str, Any] = field(default_factory=dict)  # a sweep trial's parameters
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)  # a local run's summary as W&B wrote it
+
+    def value(self, metric: str, goal: str = "maximize") -> float | None:
+        """The metric's best value for ``goal`` (``define_metric`` keeps several); None when it is not a number."""
+        v = self.summary.get(metric)
+        if isinstance(v, Mapping):
+            v = next((v[k] for k in _PICK[goal] if k in v), None)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v):
+            return None
+        return float(v)
+
+    @cached_property
+    def log(self) -> list[dict[str, Any]]:
+        """A local run's records, read once (a subprocess); none when they cannot be read."""
+        try:
+            return records(self.source)
+        except RuntimeError:
+            return []
+
+    def table(self, key: str) -> dict[str, Any] | None:
+        """The table logged under ``key`` (see :func:`read_table`)."""
+        return read_table(self.raw.get(key), staged_files(self.log))
 
 
+def find_run_dirs(paths: Iterable[str | Path]) -> list[Path]:
+    """Run folders in ``paths``: a run folder itself, or any folder holding run folders below it."""
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if not p.exists():
+            raise UsageError(f"no such run folder: {p}; pass a W&B run folder, a wandb/ folder or an --out folder")
+        if list(p.glob("run-*.wandb")):
+            found.append(p)
+            continue
+        # followlinks: a sweep's wandb/ folder holds links to its trials' runs.
+        runs = sorted(Path(root) for root, _, files in os.walk(p, followlinks=True)
+                      if any(f.startswith("run-") and f.endswith(".wandb") for f in files))
+        if not runs:
+            raise UsageError(f"{p} holds no W&B runs (no run-*.wandb file below it)")
+        found += runs
+    # A sweep folder links every trial's run into its wandb/ folder: count each run once.
+    return list({p.resolve(): p for p in found}.values())
+
+
+def _read_local(run_dir: Path) -> RunRecord:
+    info = run_summary(run_dir)
+    raw = info.get("summary") or {}
+    return RunRecord(name=info.get("name") or info.get("run_id") or run_dir.name, state=info.get("state", "?"),
+                     config=visible(info.get("config") or {}), summary=visible(raw), source=str(run_dir), raw=raw)
+
+
+def local_runs(run_dirs: Sequence[Path]) -> list[RunRecord]:
+    """Read each run back (a few at a time: each is a subprocess)."""
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        return list(pool.map(_read_local, run_dirs))

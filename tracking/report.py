@@ -11,8 +11,6 @@ import io
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +19,8 @@ from PIL import Image
 from dlhw.callbacks.progress import fmt
 from dlhw.core.errors import UsageError
 from dlhw.core.files import atomic_file
-from dlhw.tracking.compare import RunRecord, differing_keys, find_run_dirs, local_runs, plot_metric, save_png
-from dlhw.tracking.readback import best_value, history, logged_table, records, staged_files
+from dlhw.tracking.compare import differing_keys, plot_series, save_lines
+from dlhw.tracking.readback import RunRecord, find_run_dirs, local_runs, of_type
 
 # The theory's numbers (docs/theory.md), shown beside what the runs measured.
 KINK_THEORY = {-2.0: (0.0, 0.1), 0.0: (40 / 256, 0.0), 2.0: (0.0, -40 / 256), 4.0: (-0.1, 0.0)}
@@ -33,52 +31,21 @@ WD_METRICS = ("val/acc", "test/acc", "wd/weight_norm", "wd/decay_factor", "wd/de
               "wd/lr_sharpness", "wd/stability_bound")
 
 
-@dataclass
-class Run:
-    """A run folder and what it logged, read once."""
-
-    record: RunRecord
-    path: Path
-
-    @cached_property
-    def log(self) -> list[dict[str, Any]]:
-        """The run's records, read once; none when they cannot be read."""
-        try:
-            return records(self.path)
-        except RuntimeError:
-            return []
-
-    @cached_property
-    def command(self) -> str:
-        """The report's subcommand on the command line W&B recorded (the config holds settings only)."""
-        known = {section[0] for section in SECTIONS}
-        env = next((r["environment"] for r in self.log if r.get("type") == "environment"), {})
-        return next((a for a in env.get("args", []) if a in known), "?")
-
-    @cached_property
-    def staged(self) -> dict[str, str]:
-        return staged_files(self.path, self.log)
-
-    def table(self, key: str) -> dict[str, Any] | None:
-        return logged_table(self.path, key, self.record.raw, self.staged)
-
-    def image(self, key: str) -> Path | None:
-        entry = self.record.raw.get(key)
-        if isinstance(entry, Mapping) and entry.get("_type") == "image-file":
-            p = self.path / "files" / entry["path"]
-            return p if p.is_file() else None
-        return None
-
-    def value(self, key: str) -> Any:
-        return best_value(self.record.summary.get(key))
+def command(run: RunRecord) -> str:
+    """The report's subcommand on the command line W&B recorded (the config holds settings only)."""
+    known = {section[0] for section in SECTIONS}
+    env = next(iter(of_type(run.log, "environment")), {})
+    return next((a for a in env.get("args", []) if a in known), "?")
 
 
-def read_runs(paths: Sequence[str | Path]) -> list[Run]:
-    """Every run below ``paths``, read with ``wandb leet inspect``."""
-    return [Run(rec, Path(rec.source)) for rec in local_runs(find_run_dirs(paths))]
+def image(run: RunRecord, key: str) -> Path | None:
+    """The picture logged under ``key``, when its file is still there."""
+    entry = run.raw.get(key)
+    if isinstance(entry, Mapping) and entry.get("_type") == "image-file":
+        p = Path(run.source) / "files" / entry["path"]
+        return p if p.is_file() else None
+    return None
 
-
-# -- HTML pieces ------------------------------------------------------------------------------
 
 def _esc(v: Any) -> str:
     return html.escape(str(v))
@@ -155,21 +122,19 @@ def html_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], caption: s
     return f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def table_html(run: Run, key: str) -> str:
+def table_html(run: RunRecord, key: str) -> str:
     """``key``'s table as HTML, or a line saying it is missing."""
     t = run.table(key)
-    if t is None:
-        return _not_found(key)
-    return html_table(t["columns"], t["data"], key)
+    return _not_found(key) if t is None else html_table(t["columns"], t["data"], key)
 
 
-def _png(draw: Callable[[Any], None], title: str) -> str:
+def _png(series: Mapping[str, list[tuple[float, float]]], title: str, **kwargs: Any) -> str:
     buf = io.BytesIO()
-    save_png(draw, title, buf, size=(6.5, 3.6))
+    save_lines(series, title, buf, size=(6.5, 3.6), **kwargs)
     return f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}" alt="{_esc(title)}">'
 
 
-def line_series_plot(run: Run, key: str, title: str) -> str:
+def line_series_plot(run: RunRecord, key: str, title: str) -> str:
     """A W&B line-series chart (its ``step, lineKey, lineVal`` table) drawn again as a PNG."""
     t = run.table(key)
     if t is None or t["columns"][:3] != ["step", "lineKey", "lineVal"]:
@@ -177,30 +142,15 @@ def line_series_plot(run: Run, key: str, title: str) -> str:
     series: dict[str, list[tuple[float, float]]] = {}
     for x, name, y in (r[:3] for r in t["data"]):
         series.setdefault(name, []).append((x, y))
-
-    def draw(ax: Any) -> None:
-        for name, pts in series.items():
-            ax.plot(*zip(*pts), label=name)
-        ax.legend(fontsize=8)
-
-    return _png(draw, title)
+    return _png(series, title, marker=None)
 
 
-def summary_rows(run: Run, prefix: str) -> list[list[Any]]:
-    """``[key, value]`` for every summary key starting with ``prefix``."""
-    return [[k, run.value(k)] for k in sorted(run.record.summary) if k.startswith(prefix)]
-
-
-# -- sections -----------------------------------------------------------------------------------
-
-def section_filters(runs: list[Run]) -> str:
+def section_filters(runs: list[RunRecord]) -> str:
     run = runs[-1]
-    rows = []
-    for name, spacing in SHARPENER_SPACING.items():
-        for d, s in spacing.items():
-            rows.append([name, d, 3 - 2 * math.cos(2 * math.pi * s / 4), run.value(f"check/gain/{name}/{d}")])
+    rows = [[name, d, 3 - 2 * math.cos(2 * math.pi * s / 4), run.value(f"check/gain/{name}/{d}")]
+            for name, spacing in SHARPENER_SPACING.items() for d, s in spacing.items()]
     return "".join([
-        f"<p>Run {_esc(run.record.name)}: <code>check/passed</code> = {_esc(fmt(run.value('check/passed')))}.</p>",
+        f"<p>Run {_esc(run.name)}: <code>check/passed</code> = {_esc(fmt(run.value('check/passed')))}.</p>",
         table_html(run, "filters/outputs"),
         table_html(run, "filters/checks"),
         html_table(["filter", "grating direction", "theory 3 - 2cos(2πs/4)", "measured gain"], rows,
@@ -208,62 +158,47 @@ def section_filters(runs: list[Run]) -> str:
     ])
 
 
-def section_weight_decay(runs: list[Run]) -> str:
-    records = [r.record for r in runs]
-    keys = [k for k in differing_keys(records) if k not in ("seed",)] or ["weight_decay", "lr"]
+def section_weight_decay(runs: list[RunRecord]) -> str:
+    keys = [k for k in differing_keys(runs) if k not in ("seed",)] or ["weight_decay", "lr"]
     rows = []
     for r in runs:
         bound, sharp = r.value("wd/stability_bound"), r.value("wd/lr_sharpness")
-        margin = bound - sharp if isinstance(bound, (int, float)) and isinstance(sharp, (int, float)) else None
-        rows.append([r.record.name, *(r.record.config.get(k) for k in keys), *(r.value(m) for m in WD_METRICS), margin])
+        margin = bound - sharp if bound is not None and sharp is not None else None
+        rows.append([r.name, *(r.config.get(k) for k in keys), *(r.value(m) for m in WD_METRICS), margin])
     parts = [html_table(["run", *keys, *WD_METRICS, "stability margin (bound - lr*(beta+lambda))"], rows,
                         "weight decay: every AlexNet run")]
-    if len(runs) > 1:
-        import tempfile
-
-        with tempfile.TemporaryDirectory() as tmp:
-            png = plot_metric(records, keys, "val/acc", "maximize", Path(tmp) / "val_acc.png")
-            if png is not None:
-                parts.append(_img(png, "val/acc against the swept parameters"))
+    layout = plot_series(runs, keys, "val/acc", "maximize") if len(runs) > 1 else None
+    if layout is not None:
+        parts.append(_png(layout[1], f"val/acc vs {layout[0]}", xlabel=layout[0], ylabel="val/acc", log_x=True))
     return "".join(parts)
 
 
-def section_iou(runs: list[Run]) -> str:
+def section_iou(runs: list[RunRecord]) -> str:
     run = runs[-1]
     t = run.table("iou/kinks")
-    kinks = ""
-    if t is not None:
-        cols = t["columns"]
-        rows = [[*r, *KINK_THEORY.get(float(r[0]), (None, None))] for r in t["data"]]
-        kinks = html_table([*cols, "theory left", "theory right"], rows,
-                           "iou/kinks: measured one-sided derivatives beside the hand derivation (default boxes)")
+    kinks = t and html_table([*t["columns"], "theory left", "theory right"],
+                             [[*r, *KINK_THEORY.get(float(r[0]), (None, None))] for r in t["data"]],
+                             "iou/kinks: measured one-sided derivatives beside the hand derivation (default boxes)")
     return "".join([
-        html_table(["metric", "value"], summary_rows(run, "check/") + summary_rows(run, "slide/")
-                   + summary_rows(run, "eval/"), "IoU checks and results"),
-        _img(run.image("iou/slide_plot"), "iou/slide_plot"),
+        html_table(["metric", "value"], [[k, run.value(k)] for prefix in ("check/", "slide/", "eval/")
+                                         for k in sorted(run.summary) if k.startswith(prefix)], "IoU checks and results"),
+        _img(image(run, "iou/slide_plot"), "iou/slide_plot"),
         kinks or _not_found("iou/kinks"),
         line_series_plot(run, "iou/descent_table", "mean IoU with the target per step: 1 - IoU vs GIoU loss"),
         table_html(run, "iou/descent_boxes"),
     ])
 
 
-def _epoch_curves(run: Run) -> str:
-    rows = [r for r in history(run.path, run.log) if "val/acc" in r or "train/epoch_loss" in r]
+def _epoch_curves(run: RunRecord) -> str:
+    rows = [r for r in (h["item"] for h in of_type(run.log, "history")) if "val/acc" in r or "train/epoch_loss" in r]
     if not rows:
-        return f'<p class="missing">no epoch metrics in {_esc(run.record.name)}.</p>'
-
-    def draw(ax: Any) -> None:
-        for key in ("train/epoch_acc", "val/acc", "train/epoch_loss", "val/loss"):
-            pts = [(r.get("epoch", i), r[key]) for i, r in enumerate(rows) if key in r]
-            if pts:
-                ax.plot(*zip(*pts), marker="o", label=key)
-        ax.set_xlabel("epoch")
-        ax.legend(fontsize=8)
-
-    return _png(draw, f"{run.record.name}: curves per epoch")
+        return f'<p class="missing">no epoch metrics in {_esc(run.name)}.</p>'
+    series = {key: [(r.get("epoch", i), r[key]) for i, r in enumerate(rows) if key in r]
+              for key in ("train/epoch_acc", "val/acc", "train/epoch_loss", "val/loss")}
+    return _png({k: pts for k, pts in series.items() if pts}, f"{run.name}: curves per epoch", xlabel="epoch")
 
 
-def _confusion(run: Run) -> str:
+def _confusion(run: RunRecord) -> str:
     t = run.table("test/confusion_matrix_table")
     if t is None:
         return _not_found("test/confusion_matrix")
@@ -274,24 +209,24 @@ def _confusion(run: Run) -> str:
     return html_table(["actual \\ predicted", *predicted], rows, "test confusion matrix")
 
 
-def section_alexnet(runs: list[Run]) -> str:
+def section_alexnet(runs: list[RunRecord]) -> str:
     parts = []
     for run in runs[-3:]:  # the latest few: each reads the run's whole log
-        parts.append(f"<h3>{_esc(run.record.name)} ({_esc(run.record.config.get('dataset', '?'))}, "
+        parts.append(f"<h3>{_esc(run.name)} ({_esc(run.config.get('dataset', '?'))}, "
                      f"test/acc {_esc(fmt(run.value('test/acc')))})</h3>")
-        parts += [_epoch_curves(run), _img(run.image("viz/conv1_filters"), "viz/conv1_filters"), _confusion(run)]
+        parts += [_epoch_curves(run), _img(image(run, "viz/conv1_filters"), "viz/conv1_filters"), _confusion(run)]
     return "".join(parts)
 
 
-def section_detect(runs: list[Run]) -> str:
+def section_detect(runs: list[RunRecord]) -> str:
     # `detect` leaves one run per option (the APs) and one for the photo (verdict and boxes); str():
     # older runs logged the option as a number.
-    options = [r for r in runs if str(r.record.config.get("option")) in ("1", "2")]
+    options = [r for r in runs if str(r.config.get("option")) in ("1", "2")]
     photo = [r for r in runs if r.table("detect/photo") is not None]
-    ap = sorted({k for r in options for k in r.record.summary if k.endswith("AP") or "AP50" in k})
+    ap = sorted({k for r in options for k in r.summary if k.endswith("AP") or "AP50" in k})
     parts = [html_table(["run", "option", "backbone", *ap],
-                        [[r.record.name, r.record.config.get("option"),
-                          r.record.config.get("backbone", "resnet50") if str(r.record.config.get("option")) == "2" else "resnet50",
+                        [[r.name, r.config.get("option"),
+                          r.config.get("backbone", "resnet50") if str(r.config.get("option")) == "2" else "resnet50",
                           *(r.value(k) for k in ap)] for r in options], "detection: COCO AP of each option")]
     if photo:
         parts += [table_html(photo[-1], "detect/verdict"), table_html(photo[-1], "detect/photo")]
@@ -301,7 +236,7 @@ def section_detect(runs: list[Run]) -> str:
 
 
 # (config command, title, section, the command that produces it)
-SECTIONS: list[tuple[str, str, Callable[[list[Run]], str], str]] = [
+SECTIONS: list[tuple[str, str, Callable[[list[RunRecord]], str], str]] = [
     ("filters", "Hand-designed 3x3 filters", section_filters, "python launch.py filters"),
     ("alexnet", "Weight decay: lambda, learning rate, shrink and stability", section_weight_decay,
      "python launch.py sweep sweeps/weight_decay.yaml"),
@@ -323,23 +258,23 @@ table{border-collapse:collapse;margin:1em 0;font-size:13px}td,th{border:1px soli
 caption{font-weight:bold;text-align:left;padding:4px 0}.missing{color:#a33}img{max-width:100%}"""
 
 
-def build_page(runs: Sequence[Run]) -> str:
+def build_page(runs: Sequence[RunRecord]) -> str:
     """The whole page; sections without runs say which command produces them."""
-    by_command: dict[str, list[Run]] = {}
+    by_command: dict[str, list[RunRecord]] = {}
     for r in runs:
-        by_command.setdefault(r.command, []).append(r)
+        by_command.setdefault(command(r), []).append(r)
     body = [f"<h1>Homework results from {len(runs)} W&amp;B run(s)</h1>",
             "<p>Every number and picture below is read from the runs' own files; the theory behind them is in "
             "docs/theory.md.</p>",
             html_table(["run", "command", "state", "folder"],
-                       [[r.record.name, r.command, r.record.state, str(r.path)] for r in runs], "runs")]
-    for command, title, section, how in SECTIONS:
+                       [[r.name, command(r), r.state, r.source] for r in runs], "runs")]
+    for cmd, title, section, how in SECTIONS:
         body.append(f"<h2>{_esc(title)}</h2>")
-        found = by_command.get(command)
+        found = by_command.get(cmd)
         if found:
             body.append(section(found))
         else:
-            body.append(f'<p class="missing">Missing experiment: no <code>{_esc(command)}</code> run was given. '
+            body.append(f'<p class="missing">Missing experiment: no <code>{_esc(cmd)}</code> run was given. '
                         f"Produce one with <code>{_esc(how)}</code>.</p>")
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>dlhw report</title>'
             f"<style>{STYLE}</style><script>{CHECK_IMAGES}</script></head><body>{''.join(body)}</body></html>")
@@ -347,7 +282,7 @@ def build_page(runs: Sequence[Run]) -> str:
 
 def write_report(paths: Sequence[str | Path], output: str | Path) -> Path:
     """Read the runs under ``paths`` and write the page to ``output``; raises UsageError when none."""
-    runs = read_runs(paths)
+    runs = local_runs(find_run_dirs(paths))
     if not runs:
         raise UsageError(f"no W&B runs under {', '.join(map(str, paths))}; pass run folders or an --out folder")
     output = Path(output)

@@ -1,12 +1,5 @@
-"""Continuing a training command: which checkpoint ``--resume`` means, what the earlier process
-already sent to W&B, and the line that tells a stopped run how to continue.
-
-``--resume PATH`` names a ``last.pt``; ``--resume auto`` (what the sweep runner sets through
-``$DLHW_RESUME`` when it starts an interrupted trial again) takes the newest unfinished one under
-``--out`` for the command, and starts afresh when there is none yet: a trial killed before its
-first checkpoint must still run. With ``$WANDB_RUN_ID`` set (a sweep trial, offline or requeued
-by ``wandb agent``, whose trials share one ``--out``) only a checkpoint of that W&B run counts.
-"""
+"""Continuing a training command: which checkpoint ``--resume`` means, what the earlier process already
+sent to W&B, and the line that tells a stopped run how to continue."""
 
 from __future__ import annotations
 
@@ -35,7 +28,7 @@ class Resume:
 
     @property
     def run_id(self) -> str | None:
-        """The W&B run the checkpoint belongs to (None when it was written without W&B)."""
+        """The W&B run the checkpoint belongs to (None without W&B)."""
         return (self.state["callbacks"].get("WandbLogger") or {}).get("run_id")
 
 
@@ -48,10 +41,10 @@ def find_checkpoint(out: str | Path, pattern: str, run_id: str | None = None) ->
 
 
 def resolve_resume(value: str | None, out: str | Path, pattern: str) -> Resume | None:
-    """What ``--resume VALUE`` asks for: None (start afresh) for no value or ``auto`` without a
-    checkpoint yet, else the checkpoint read and checked for format (see ``read_checkpoint``).
-    ``auto`` with ``$WANDB_RUN_ID`` set takes only that W&B run's checkpoint: trials that share
-    ``--out`` (under ``wandb agent``) never continue from each other's."""
+    """What ``--resume PATH|auto`` asks for, read and checked: ``auto`` (what the sweep runner sets for an
+    interrupted trial) is the newest unfinished checkpoint under ``out``, and None (start afresh) without
+    one, as a trial killed before its first checkpoint must still run. With ``$WANDB_RUN_ID`` only that
+    run's checkpoint counts: trials under ``wandb agent`` share ``--out``."""
     if not value:
         return None
     path = Path(value)
@@ -68,24 +61,20 @@ def resolve_resume(value: str | None, out: str | Path, pattern: str) -> Resume |
     return Resume(path, read_checkpoint(path))
 
 
-def option_resume(directory: Path) -> Resume | None:
-    """The checkpoint in ``directory`` (one model of ``detect``) to continue from, or None."""
-    path = directory / LAST
-    return Resume(path, read_checkpoint(path)) if path.exists() else None
-
-
-def finished_summary(directory: Path) -> dict[str, Any] | None:
-    """The summary of the fit whose checkpoints are in ``directory`` when it ran to its end, else None."""
+def option_checkpoints(directory: Path, resuming: bool) -> tuple[dict[str, Any] | None, Resume | None]:
+    """One model of ``detect`` in ``directory`` when ``resuming``: the summary of its fit when that ran to its
+    end (else None), and its checkpoint (None when it has none yet)."""
     import torch
 
-    path = directory / FINISHED
-    return torch.load(path, map_location="cpu", weights_only=True)["summary"] if path.exists() else None
+    last, finished = directory / LAST, directory / FINISHED
+    earlier = Resume(last, read_checkpoint(last)) if resuming and last.exists() else None
+    done = earlier is not None and finished.exists()
+    return torch.load(finished, map_location="cpu", weights_only=True)["summary"] if done else None, earlier
 
 
 def sent_before(wandb_dir: str | Path, run_id: str) -> dict[str, int]:
-    """Per metric key, the last ``trainer/step`` or ``epoch`` at which the local W&B run folders of
-    ``run_id`` under ``wandb_dir`` logged it: what an earlier process sent, including anything after
-    its last checkpoint. Online runs keep the same local files, so this serves both modes."""
+    """Per metric key, the last ``trainer/step`` or ``epoch`` at which the local W&B run folders of ``run_id``
+    (online runs keep them too) logged it: what earlier processes sent, even after their last checkpoint."""
     from dlhw.tracking.readback import history
 
     sent: dict[str, int] = {}
@@ -106,32 +95,21 @@ def sent_before(wandb_dir: str | Path, run_id: str) -> dict[str, int]:
     return sent
 
 
-def fit_from(trainer: Engine, resume: Resume | None, wandb_dir: str | Path, may_differ: tuple[str, ...]) -> Mapping[str, Any]:
-    """Fit ``trainer``, continuing ``resume`` when there is one (refused in one line when it is of
-    another command or its settings differ beyond ``may_differ``), with :func:`fit_resumable`."""
-    if resume is not None:
-        check_resumable(resume.state, resume.path, name=trainer.name, config=trainer.config, may_differ=may_differ)
-    continue_from(trainer, resume, wandb_dir)
-    return fit_resumable(trainer)
-
-
-def continue_from(trainer: Engine, resume: Resume | None, wandb_dir: str | Path) -> None:
-    """Load ``resume`` (when there is one) into ``trainer``, and tell its W&B logger what earlier
-    processes of the same W&B run logged: the checkpoint's run, or ``WANDB_RUN_ID``'s, which a
-    sweep trial started again keeps even when it was killed before its first checkpoint."""
-    if resume is not None:
-        trainer.load_checkpoint_state(resume.state)
+def fit_from(trainer: Engine, resume: Resume | None, wandb_dir: str | Path,
+             may_differ: tuple[str, ...]) -> Mapping[str, Any]:
+    """Fit ``trainer``, continuing ``resume`` when there is one (refused in one line when it is another
+    command's or its settings differ beyond ``may_differ``). Its W&B logger learns what earlier processes of
+    its run logged: the checkpoint's run, or ``WANDB_RUN_ID``'s (a sweep trial started again keeps it even
+    when killed before its first checkpoint). A stop prints the line that continues the run."""
     from dlhw.callbacks.wandb_logger import WandbLogger
 
+    if resume is not None:
+        check_resumable(resume.state, resume.path, name=trainer.name, config=trainer.config, may_differ=may_differ)
+        trainer.load_checkpoint_state(resume.state)
     logger = trainer.find_callback(WandbLogger)
     run_id = os.environ.get(wandb_env.RUN_ID) or (resume.run_id if resume is not None else None)
     if logger is not None and run_id and is_rank_zero():  # only rank 0 logs
         logger.already_logged(sent_before(wandb_dir, run_id))
-
-
-def fit_resumable(trainer: Engine) -> Mapping[str, Any]:
-    """``trainer.fit()``; a stop signal re-raises :class:`Stopped` after printing the one line
-    that continues the run from the checkpoint it wrote."""
     try:
         return trainer.fit()
     except Stopped as stop:
@@ -141,18 +119,11 @@ def fit_resumable(trainer: Engine) -> Mapping[str, Any]:
 
 
 def resume_command(checkpoint: str | Path, argv: list[str] | None = None) -> str:
-    """This process's command line with ``--resume CHECKPOINT`` in place of any earlier ``--resume``;
-    under torchrun, torchrun's (its rendezvous flags are the user's to repeat on several machines)."""
+    """This process's command line with ``--resume CHECKPOINT`` in place of any earlier one; under torchrun a
+    torchrun line (rendezvous flags are the user's to repeat on several machines)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    kept: list[str] = []
-    skip = False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg == "--resume":
-            skip = True
-        elif not arg.startswith("--resume="):
-            kept.append(arg)
+    kept = [a for i, a in enumerate(argv)
+            if a != "--resume" and not a.startswith("--resume=") and (i == 0 or argv[i - 1] != "--resume")]
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         launcher = [Path(sys.executable).name]

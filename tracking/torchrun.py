@@ -1,9 +1,5 @@
-"""``torchrun`` for sweep trials: ``python -m dlhw.tracking.torchrun`` takes torchrun's arguments.
-
-A stopped torchrun raises ``SignalException`` and exits 1 once its workers stopped, which
-``wandb agent`` counts as a failed run. This one ends as killed by the signal instead, after
-torchrun stopped its workers (each writes its checkpoint and ends by the same signal).
-"""
+"""``torchrun`` for sweep trials (``python -m dlhw.tracking.torchrun`` takes its arguments): stopped, it ends as
+killed by the signal once its workers stopped, where torchrun exits 1, which ``wandb agent`` counts as a failure."""
 
 from torch.distributed.elastic.multiprocessing.api import SignalException
 from torch.distributed.run import main

@@ -11,7 +11,7 @@ from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
 
 from dlhw.core.errors import UsageError
 from launch import get_args_parser, resolve_locations
-from dlhw.tracking.agent_command import trial_environment, wire_params
+from dlhw.tracking.agent_command import trial_environment
 from dlhw.trainers.classification import resolve_args
 from dlhw.trainers.filters import filters_settings
 from dlhw.trainers.iou import setup_from_args
@@ -21,7 +21,7 @@ MACROS = ["args", "args_no_equals", "args_no_boolean_flags", "args_no_hyphens", 
 
 def _trial_argv(tmp_path, monkeypatch, command, params, macro):
     """The argv and environment ``wandb agent`` gives a trial of ``command`` with ``params``."""
-    wire = wire_params(params)
+    wire = {name: {"value": value} for name, value in params.items()}  # the agent's form
     env = trial_environment({}, run_id="r1", params=wire, param_file=tmp_path / "config-r1.yaml")
     monkeypatch.setenv("WANDB_SWEEP_PARAM_PATH", env["WANDB_SWEEP_PARAM_PATH"])
     made = create_sweep_command_args({"args": wire})

@@ -19,9 +19,9 @@ from wandb import wandb_agent
 from wandb.sdk.lib.config_util import dict_from_config_file
 
 from dlhw.tracking import agent_command
-from dlhw.tracking.agent_command import split_sweep_path, trial_command, trial_environment, wire_params
+from dlhw.tracking.agent_command import split_sweep_path, trial_command, trial_environment
 
-PARAMS = wire_params({"lr": 0.1, "augment": True, "decay_all": False, "optimizer": "adam"})
+PARAMS = {k: {"value": v} for k, v in {"lr": 0.1, "augment": True, "decay_all": False, "optimizer": "adam"}.items()}
 
 
 def _cmd(command, tmp_path, **kw):

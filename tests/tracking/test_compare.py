@@ -6,8 +6,7 @@ import matplotlib.image
 
 from launch import main
 from dlhw.callbacks.progress import fmt
-from dlhw.tracking.compare import RunRecord, differing_keys, plot_metric, plot_series
-from dlhw.tracking.readback import rank
+from dlhw.tracking.compare import RunRecord, differing_keys, plot_metric, plot_series, rank
 
 
 def _rec(name, lr, wd, acc, **config):
