@@ -276,10 +276,22 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
                          report=args.report, group=args.group, sweep=args.sweep, specs=args.check)
 
 
-def get_args_parser() -> argparse.ArgumentParser:
-    """The full parser: global flags, then one subparser per experiment."""
-    from dlhw.trainers import classification, filters, iou
-    from dlhw.trainers.detection import trainer as detection
+# Each experiment's settings, imported only when its name is on the command line (torch and torchvision
+# imports take seconds, and an AlexNet run needs no torchvision at all).
+EXPERIMENTS = {"filters": "dlhw.trainers.filters", "iou": "dlhw.trainers.iou", "alexnet": "dlhw.trainers.classification",
+               "detect": "dlhw.trainers.detection.trainer"}
+
+
+def get_args_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """Global flags, then one subparser per command; the experiments' own flags for those named in ``argv``
+    (all of them when ``argv`` is None)."""
+    import importlib
+
+    named = EXPERIMENTS.keys() if argv is None else set(argv) & EXPERIMENTS.keys()
+
+    def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
+        if name in named:
+            importlib.import_module(EXPERIMENTS[name]).add_arguments(p)
 
     parser = Parser(prog="launch.py", description=__doc__.split("\n\n")[0], parents=[global_options(suppress=False)],
                     formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -299,7 +311,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                        help=f"continue a stopped run in the same W&B run: PATH is its checkpoints/.../last.pt, auto "
                             f"the newest unfinished one under --out (none yet: start afresh) (default: ${RESUME_ENV})")
 
-    filters.add_arguments(add("filters", cmd_filters, "hand-designed 3x3 filters applied to photos",
+    add_arguments("filters", add("filters", cmd_filters, "hand-designed 3x3 filters applied to photos",
                               "Blur and directional sharpening kernels on photos, logged as a W&B table, with a check "
                               "of each kernel on generated gratings."))
     p = add("sweep", cmd_sweep, "run a W&B sweep YAML here, offline, with W&B's sweeps engine",
@@ -316,7 +328,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="pin a parameter to one value for this run of the sweep (e.g. --param epochs=1); repeatable")
     p.add_argument("--sweep-id", default=None, metavar="[ENTITY/PROJECT/]ID",
                    help="attach the trials to this sweep on the W&B server (only one that exists there)")
-    iou.add_arguments(add("iou", cmd_iou, "IoU, its gradient along a sliding box, and IoU vs GIoU loss",
+    add_arguments("iou", add("iou", cmd_iou, "IoU, its gradient along a sliding box, and IoU vs GIoU loss",
                           "IoU from its set definition checked against torchvision; IoU, GIoU and DIoU with their "
                           "gradients as one box slides across another; descents from disjoint starts with 1 - IoU "
                           "loss (stuck) and GIoU loss."))
@@ -341,13 +353,13 @@ def get_args_parser() -> argparse.ArgumentParser:
             "The torchvision detection fine-tuning tutorial as a tracked experiment: option 1 (Mask R-CNN R50-FPN) "
             "and option 2 (Faster R-CNN on another backbone) trained on Penn-Fudan, COCO AP every epoch, both models "
             "on the Beatles photo, a verdict.")
-    detection.add_arguments(p)
+    add_arguments("detect", p)
     add_resume(p)
     p = add("alexnet", cmd_alexnet, "AlexNet (course / d2l) and weight decay three ways",
             "Train the course's CIFAR-10 AlexNet or d2l's 224x224 AlexNet (digits offline by default) with l2, coupled "
             "or decoupled weight decay, a probe of the decay and the learning rate's stability, learned filters, "
             "feature maps and a confusion matrix.")
-    classification.add_arguments(p)
+    add_arguments("alexnet", p)
     add_resume(p)
     p = add("report", cmd_report, "one self-contained HTML page from local runs",
             "Gathers the filters, weight-decay, IoU, AlexNet and detection runs into one HTML page (pictures "
@@ -379,7 +391,8 @@ def main(argv: Sequence[str] | None = None, *, exit_by_signal: bool = False) -> 
     from dlhw.tracking.mode import resolve_mode
 
     try:
-        args = get_args_parser().parse_args(argv)
+        argv = sys.argv[1:] if argv is None else list(argv)
+        args = get_args_parser(argv).parse_args(argv)
         resolve_locations(args)
         args.wandb_mode, why = resolve_mode(args.wandb_mode)
         if is_rank_zero() and args.command != "dashboard":  # it starts no run

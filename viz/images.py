@@ -8,7 +8,6 @@ import math
 import numpy as np
 import torch
 from matplotlib import colormaps
-from torchvision.utils import make_grid
 
 
 def to_uint8(image: torch.Tensor) -> np.ndarray:
@@ -29,6 +28,8 @@ def kernel_picture(k: torch.Tensor, cell: int = 24, cmap: str = "coolwarm") -> n
 
 def grid(tiles: torch.Tensor, ncols: int, pad: int) -> torch.Tensor:
     """(N, C, h, w) tiles, each stretched to [0, 1] (a constant one is 0), in a grid with white gaps -> (C, H, W)."""
+    from torchvision.utils import make_grid  # here: importing torchvision costs a plugin user seconds at start-up
+
     return make_grid(tiles, nrow=ncols, padding=pad, normalize=True, scale_each=True, pad_value=1.0)[: tiles.shape[1]]
 
 
