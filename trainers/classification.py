@@ -94,8 +94,8 @@ class AlexNetSettings:
     hessian_every: int = setting(10, "estimate the top Hessian eigenvalue at the start, every EPOCHS epochs and at "
                                      "the end (0: never)", metavar="EPOCHS", group=PROBE, min=0)
     hessian_iters: int = setting(10, "power-iteration steps per estimate (default 10)", group=PROBE, min=1)
-    decay_every: int = setting(10, "measure the decay factor of one optimizer step in N; the measurement replays the "
-                                   "step without decay, about one more optimizer step (default 10; 1: every step)",
+    decay_every: int = setting(10, "measure the decay factor of one optimizer step in N against a decay-free shadow "
+                                   "optimizer, about one more optimizer step (default 10; 1: every step)",
                                metavar="STEPS", group=PROBE, min=1)
     hessian_batch: int = setting(32, "size of the fixed training batch it uses (default 32)", group=PROBE, min=1)
     viz_images: int = setting(4, "validation images in the feature-map table (default 4)", group=PROBE, min=0)
