@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from launch import get_args_parser, main
@@ -40,6 +41,7 @@ def test_missing_image_is_one_line_and_exit_2(launch_cmd, tmp_path):
     assert not (tmp_path / "wandb").exists()  # nothing started before the input was checked
 
 
+@pytest.mark.slow
 def test_filters_end_to_end_offline(launch_cmd, tmp_path):
     gray = tmp_path / "gray.png"
     Image.fromarray((np.random.default_rng(0).random((40, 50)) * 255).astype(np.uint8)).save(gray)

@@ -9,6 +9,7 @@ from tests.conftest import only_run_dir
 from dlhw.tracking.readback import history, logged_table, run_summary
 
 
+@pytest.mark.slow
 def test_iou_end_to_end_offline(tmp_path, capsys):
     out = tmp_path / "out"
     code = main(["iou", "--out", str(out), "--steps", "40", "--batch-size", "3", "--slide-points", "81", "--log_every=1",

@@ -18,6 +18,8 @@ import pytest
 from tests.conftest import ROOT, only_run_dir
 from dlhw.tracking.readback import run_summary
 
+pytestmark = pytest.mark.slow  # real multi-process runs: CI runs them, -m "not slow" leaves them out
+
 LAUNCHER = str(ROOT / "tests" / "distributed" / "launcher.py")
 # 2 epochs of 4 steps; evaluation limited to 4 batches per rank too. The global batch is 16 in both
 # configurations (2 x 8, 1 x 16), so one process and two see the same images in every step and
@@ -122,7 +124,6 @@ RANDOM_TWO = ["alexnet", "--device", "cpu", "--device-data", "off", "--hessian-e
               "--epochs", "2", "--limit-batches", "4", "--seed", "3", "--batch-size", "8"]
 
 
-@pytest.mark.slow
 def test_a_stop_heard_by_one_rank_stops_both_and_the_resume_restores_every_ranks_random_state(tmp_path):
     whole = torchrun(RANDOM_TWO, tmp_path / "whole")
     assert whole.returncode == 0, whole.stderr[-3000:]

@@ -40,6 +40,7 @@ def test_the_command_expands_to_a_torchrun_job_of_launch_py(tmp_path):
                     "launch.py", "alexnet", *TRIAL]
 
 
+@pytest.mark.slow
 def test_torchrun_starts_two_ranks_that_each_see_the_parameters(tmp_path):
     config, params = first_trial()
     program = str(ROOT / "tests" / "distributed" / "sweep_trial.py")

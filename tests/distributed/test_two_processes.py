@@ -20,6 +20,8 @@ from tests.distributed import worker
 from dlhw.trainers.detection.coco_eval import coco_ground_truth, coco_metrics
 from dlhw.trainers.detection.trainer import EpochSlices
 
+pytestmark = pytest.mark.slow  # real multi-process runs: CI runs them, -m "not slow" leaves them out
+
 WORKER = str(ROOT / "tests" / "distributed" / "worker.py")
 # What the failure tests allow for two processes to start, fail and be cleaned up on a busy machine:
 # a hang would last until the collective's timeout (30 minutes for gloo), so it ends the test with TimeoutExpired.

@@ -11,6 +11,8 @@ import pytest
 
 from dlhw.tracking.readback import history, run_summary
 
+pytestmark = pytest.mark.slow  # the examples run in new processes, as a user runs them: CI runs them
+
 ROOT = Path(__file__).resolve().parents[2]
 PANEL_KEYS = {"viz/conv1_filters", "viz/feature_maps", "test/confusion_matrix_table", "wd/weight_norm",
               "wd/decay_factor", "wd/decay_factor_theory", "wd/hessian_top_eig", "wd/stability_bound"}

@@ -95,7 +95,8 @@ def run_agent(config: dict, runs: list[dict], records: Path, monkeypatch) -> Age
     return agent
 
 
-@pytest.mark.parametrize("path", YAMLS, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [pytest.param(y, marks=[pytest.mark.slow] if "torchrun" in y.name else [])
+                                  for y in YAMLS], ids=lambda p: p.name)
 def test_the_agent_and_the_offline_runner_run_the_same_trial(path, scratch, monkeypatch):
     config = load_config(path)
     sweep = Sweep.create(config, out=scratch / "out", source=str(path), count=1)

@@ -16,6 +16,7 @@ from launch import main
 from tests.conftest import ROOT
 
 pytest.importorskip("wandb_workspaces")
+pytestmark = pytest.mark.slow  # four experiments run for real: CI runs them, -m "not slow" leaves them out
 
 # One process makes every run: a subprocess per command would import torch and W&B four times.
 MAKE_RUNS = """

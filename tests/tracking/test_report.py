@@ -32,6 +32,7 @@ def page(runs_out):
     return runs_out / "report.html"
 
 
+@pytest.mark.slow
 def test_page_holds_the_runs_results_and_names_the_missing_experiments(page):
     text = page.read_text()
     # Self-contained: every picture is a data URI, nothing is fetched.
@@ -52,6 +53,7 @@ def test_no_runs_is_one_line_and_exit_2(tmp_path, capsys):
     assert err == [f"error: {tmp_path} holds no W&B runs (no run-*.wandb file below it)"]
 
 
+@pytest.mark.slow
 def test_page_renders_in_headless_chromium(page, tmp_path):
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:

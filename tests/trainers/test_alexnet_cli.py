@@ -83,6 +83,7 @@ def digits_run(tmp_path_factory) -> Path:
     return only_run_dir(out)
 
 
+@pytest.mark.slow
 def test_digits_run_read_back(digits_run):
     info = run_summary(digits_run)
     assert info["state"] == "finished" and info["exit_code"] == 0
@@ -110,6 +111,7 @@ def test_digits_run_read_back(digits_run):
     assert len(models) == 1 and set(models[0]["aliases"]) == {"best", "latest"} and models[0]["files"] == ["best.pt"]
 
 
+@pytest.mark.slow
 def test_every_sweep_yaml_optimises_a_metric_the_run_logs(digits_run):
     logged = {k for r in history(digits_run) for k in r}
     for path in sorted((ROOT / "sweeps").glob("*.yaml")):

@@ -88,6 +88,7 @@ class _LearningRates(Callback):
             self.lrs.append(metrics["train/lr"])
 
 
+@pytest.mark.slow
 def test_learning_rate_warms_up_in_the_first_epoch_then_steps_down_every_3_epochs(tmp_path):
     samples = read_pennfudan(generate_pennfudan(tmp_path / "d", n=6, seed=2, size=(60, 80)))
     data = PennFudan(samples)
