@@ -14,6 +14,7 @@ thread by default, so the training's own thread pool does not add its spin to th
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import tempfile
@@ -86,7 +87,8 @@ def run_once(steps: int, full: bool, out: Path) -> tuple[float, float, float]:
             Checkpoint(out / "ckpt", monitor="val/acc"),
         ]
     t0 = time.perf_counter()
-    SmallCNN(cbs, steps).fit()
+    with contextlib.redirect_stdout(sys.stderr):  # the summary table: stdout holds the JSON line only
+        SmallCNN(cbs, steps).fit()
     return timer.t1 - timer.t0, timer.c1 - timer.c0, time.perf_counter() - t0
 
 
