@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -53,12 +54,14 @@ class _LiveMetrics(ProgressColumn):
         self.live, self.max_metrics = live, max_metrics
 
     def render(self, task: Any) -> Text:
-        return Text(_metrics(list(self.live.items())[: self.max_metrics]))  # a snapshot: the loop updates live
+        numbers_only = [(k, v) for k, v in list(self.live.items()) if isinstance(v, numbers.Real)]  # a snapshot
+        return Text(_metrics(numbers_only[: self.max_metrics]))
 
 
 class ProgressBar(Callback):
     """One bar per epoch with ETA and the live metrics; each epoch's metrics printed as it ends.
-    The bar redraws in rich's own thread, so the training loop only pays for a counter update."""
+    The bar redraws in rich's own thread, and only on a terminal (a log file gets the final bar); the loop hands it
+    its step count a few times a second, not every step."""
 
     def __init__(self, console: Console | None = None, *, max_metrics: int = 4) -> None:
         self.console = console or Console(stderr=True)
@@ -66,6 +69,7 @@ class ProgressBar(Callback):
         self._progress: Progress | None = None
         self._task: Any = None
         self._live: dict[str, Any] = {}
+        self._steps, self._shown = 0, 0.0  # steps not yet handed to the bar, and when it last got some
 
     def on_fit_start(self, trainer: Loop) -> None:
         if not is_rank_zero():
@@ -73,7 +77,7 @@ class ProgressBar(Callback):
         self._progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                                   TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
                                   _LiveMetrics(self._live, self.max_metrics), console=self.console,
-                                  refresh_per_second=4)
+                                  refresh_per_second=4, auto_refresh=self.console.is_terminal)
         self._progress.start()
         self._task = self._progress.add_task(trainer.name, total=trainer.steps_per_epoch)
 
@@ -85,16 +89,24 @@ class ProgressBar(Callback):
 
     def on_batch_end(self, trainer: Loop, batch_idx: int, outputs: Mapping[str, Any]) -> None:
         if self._progress is not None:
-            self._progress.advance(self._task)
+            self._steps += 1
+            if time.monotonic() - self._shown >= 0.25:  # as often as the bar redraws
+                self._advance()
+
+    def _advance(self) -> None:
+        self._progress.advance(self._task, self._steps)
+        self._steps, self._shown = 0, time.monotonic()
 
     def on_log(self, trainer: Loop, metrics: Mapping[str, Any], axis: str) -> None:
         if self._progress is None or axis == EPOCH_AXIS:
             return
-        self._live.update((k, v) for k, v in metrics.items() if isinstance(v, numbers.Real))
+        self._live.update(metrics)  # numbers picked out when the bar redraws
 
     def on_epoch_end(self, trainer: Loop, epoch: int, metrics: Mapping[str, float]) -> None:
-        if self._progress is not None and metrics:
-            self._progress.console.print(f"epoch {epoch + 1}/{trainer.epochs}  {_metrics(metrics.items())}")
+        if self._progress is not None:
+            self._advance()
+            if metrics:
+                self._progress.console.print(f"epoch {epoch + 1}/{trainer.epochs}  {_metrics(metrics.items())}")
 
     def on_fit_end(self, trainer: Loop) -> None:
         if self._progress is not None:

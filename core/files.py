@@ -64,6 +64,8 @@ def snapshot(obj: Any) -> Any:
     if isinstance(obj, torch.Tensor):
         t = obj.detach()
         return t.to("cpu", copy=True) if t.device.type != "cpu" else t.clone()
+    if isinstance(obj, (str, int, float, type(None))):  # immutable: nothing to copy
+        return obj
     if isinstance(obj, dict):
         return type(obj)((k, snapshot(v)) for k, v in obj.items())
     if isinstance(obj, (list, tuple)):
