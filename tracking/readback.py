@@ -6,9 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import subprocess
-import sys
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -22,10 +20,15 @@ _PICK = {"maximize": ("max", "last", "mean"), "minimize": ("min", "last", "mean"
 
 
 def _inspect(run_dir: str | Path, *flags: str) -> str:
-    beside = Path(sys.executable).with_name("wandb")  # this environment's CLI before any other on PATH
-    found = str(beside) if beside.exists() else shutil.which("wandb")
-    cli = [found] if found else [sys.executable, "-m", "wandb"]
-    proc = subprocess.run([*cli, "leet", "inspect", *flags, str(run_dir)], capture_output=True, text=True, timeout=120)
+    # `wandb leet inspect RUN_DIR` runs W&B's core binary as below; called directly, a read skips the CLI's start.
+    from wandb.util import get_core_path
+
+    run_file = next(Path(run_dir).resolve().glob("run-*.wandb"), None)
+    if run_file is None:
+        raise RuntimeError(f"{run_dir} holds no run-*.wandb file")
+    cli = [get_core_path(), "leet", "inspect", "--no-observability", *flags, "--run-file", str(run_file),
+           str(run_file.parent.parent)]
+    proc = subprocess.run(cli, capture_output=True, text=True, timeout=120)
     if proc.returncode != 0:
         raise RuntimeError(f"wandb leet inspect failed on {run_dir}: {proc.stderr.strip()[-500:]}")
     return proc.stdout
