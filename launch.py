@@ -1,9 +1,8 @@
 #!/usr/bin/env python
 """Command line of the suite: parse, build a config, hand it to a trainer with its callbacks.
 
-Global flags work before or after the subcommand (``wandb agent`` appends ``${args}`` after it), every ``--flag-name``
-also as ``--flag_name`` (``tracking.agent_args`` reads the agent's other spellings). The W&B config holds the resolved
-settings only."""
+Global flags work before or after the subcommand, and every ``--flag-name`` also as ``--flag_name``: ``wandb agent``
+appends ``${args}`` after the subcommand, spelled as in the sweep YAML. The W&B config holds resolved settings only."""
 
 from __future__ import annotations
 
@@ -22,8 +21,7 @@ from dlhw.tracking.mode import OUT_ENV, RESUME_ENV
 
 
 def global_options(*, suppress: bool) -> argparse.ArgumentParser:
-    """The flags every subcommand shares; ``suppress`` leaves their defaults unset, so that a value given before
-    the subcommand is not overwritten by the subcommand's default."""
+    """The flags every subcommand shares; ``suppress``: no defaults, which would overwrite values given earlier."""
     p = Parser(add_help=False, argument_default=argparse.SUPPRESS if suppress else None)
     d = (lambda v: argparse.SUPPRESS) if suppress else (lambda v: v)
     g = p.add_argument_group("global options")
@@ -274,8 +272,7 @@ EXPERIMENTS = {"filters": "dlhw.trainers.filters", "iou": "dlhw.trainers.iou",
 
 
 def get_args_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
-    """Global flags, then one subparser per command; the experiments' own flags for those named in ``argv``
-    (all of them when ``argv`` is None)."""
+    """Global flags and one subparser per command, with the flags of the experiments named in ``argv`` (None: all)."""
     import importlib
 
     parser = Parser(prog="launch.py", description=__doc__.split("\n\n")[0], parents=[global_options(suppress=False)],
@@ -314,9 +311,9 @@ def get_args_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParse
                    help="pin a parameter to one value for this run of the sweep (e.g. --param epochs=1); repeatable")
     p.add_argument("--sweep-id", metavar="[ENTITY/PROJECT/]ID",
                    help="attach the trials to this sweep on the W&B server (only one that exists there)")
-    add("iou", cmd_iou, "IoU, its gradient along a sliding box, and IoU vs GIoU loss", "IoU from its set definition "
-        "checked against torchvision; IoU, GIoU and DIoU with their gradients as one box slides across another; "
-        "descents from disjoint starts with 1 - IoU loss (stuck) and GIoU loss.")
+    add("iou", cmd_iou, "IoU, its gradient along a sliding box, and IoU vs GIoU loss",
+        "IoU from its set definition checked against torchvision; IoU, GIoU and DIoU with their gradients as one box "
+        "slides across another; descents from disjoint starts with 1 - IoU loss (stuck) and GIoU loss.")
     # Here --project names the cloud project to read (ENTITY/PROJECT), replacing the global flag.
     p = add("compare", cmd_compare, "compare runs: a ranked table and a plot against the swept parameters",
             "One table of runs with the config keys that differ and the chosen summary metrics, from local W&B run "

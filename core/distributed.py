@@ -1,5 +1,4 @@
-"""One training job over torchrun's processes: the process group, DDP, shards. Without torchrun a world of one whose
-collectives are no-ops, so the same code runs under ``python`` and ``torchrun``."""
+"""torchrun's process group, DDP and shards; without torchrun a world of one whose collectives are no-ops."""
 
 from __future__ import annotations
 
@@ -145,8 +144,7 @@ def shard(indices: Sequence[int] | torch.Tensor, rank: int, world: int, *, even:
 
 
 class ShardedSampler(torch.utils.data.Sampler):
-    """This rank's shard (:func:`shard` with ``even``) of another sampler's epoch, whose ``set_epoch`` it passes on.
-    Every rank must wrap an identically seeded sampler."""
+    """This rank's :func:`shard` of the epoch of another, identically seeded sampler; ``set_epoch`` is passed on."""
 
     def __init__(self, sampler: torch.utils.data.Sampler, rank: int, world: int) -> None:
         self.sampler, self.rank, self.world = sampler, rank, world

@@ -1,5 +1,4 @@
-"""Events, their x-axes and the process that owns logging: below both trainers and callbacks, so that neither imports
-the other."""
+"""Events, their x-axes and the rank that owns logging: below trainers and callbacks, so neither imports the other."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""Files that are never half-written (a temporary file beside the target, then a rename); checkpoints written on a
-background thread so that an epoch does not wait for the disk."""
+"""Files never half-written (a temporary file, then a rename); checkpoints written while the next epoch runs."""
 
 from __future__ import annotations
 
@@ -18,8 +17,7 @@ import torch
 
 @contextmanager
 def atomic_file(path: str | os.PathLike[str], suffix: str = ".tmp") -> Iterator[IO[bytes]]:
-    """A binary file (``fh.name`` the temporary one) that replaces ``path`` when the block ends without an exception;
-    an exception leaves ``path`` as it was."""
+    """A binary file that replaces ``path`` when the block ends without an exception (``fh.name``: the temporary)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fh = tempfile.NamedTemporaryFile(prefix=f".{path.name}.", suffix=suffix, dir=path.parent, delete=False)
@@ -34,8 +32,7 @@ def atomic_file(path: str | os.PathLike[str], suffix: str = ".tmp") -> Iterator[
 
 
 def writable_folder(path: str | os.PathLike[str], flag: str) -> Path:
-    """Create the folder ``path`` when missing and prove that a file can be written in it (a UsageError naming
-    ``flag`` otherwise); nothing in it is touched."""
+    """Create the folder ``path`` when missing and prove that a file can be written in it, else a UsageError."""
     from dlhw.core.errors import UsageError
 
     path = Path(path)
@@ -82,8 +79,7 @@ def plain(obj: Any) -> Any:
 
 
 class BackgroundWriter:
-    """Writes checkpoints on a background thread, one snapshot at a time, files in order; a failed write is
-    raised (:class:`CheckpointError`) by the next :meth:`submit` or :meth:`wait`."""
+    """Writes snapshots on a thread, in order; a failed write raises :class:`CheckpointError` at the next call."""
 
     def __init__(self) -> None:
         self._thread: threading.Thread | None = None

@@ -33,8 +33,7 @@ class Stopped(BaseException):
 
 
 def end_by_signal(signum: int) -> None:
-    """End this process as killed by ``signum``: ``wandb agent`` counts an exit status > 0 as a failed run, a death
-    by its own signal as a stop."""
+    """End this process as killed by ``signum``: ``wandb agent`` counts it a stop, an exit status > 0 a failure."""
     sys.stdout.flush()
     sys.stderr.flush()
     signal.signal(signum, signal.SIG_DFL)
@@ -80,8 +79,7 @@ class Session:
                           f"training goes on without it", file=sys.stderr)
 
     def log(self, metrics: Mapping[str, Any], *, axis: str = STEP_AXIS) -> None:
-        """Report metrics against ``axis`` to the callbacks; the sweep's metric on the epoch axis also to the sweep
-        runner's file (rank 0's)."""
+        """Report metrics against ``axis``; the sweep's metric on the epoch axis also to the sweep runner's file."""
         if metrics:
             self.fire("on_log", metrics=metrics, axis=axis)
             name, path = os.environ.get(METRIC_ENV), os.environ.get(METRIC_FILE_ENV)
@@ -148,8 +146,7 @@ class Session:
 
     @contextmanager
     def running(self) -> Iterator[Session]:
-        """``on_fit_start``; on a clean exit ``fit_seconds``, the exit code and ``on_fit_end``; when the body raises,
-        ``on_exception`` and the exception goes on."""
+        """``on_fit_start``, then ``on_fit_end`` (``fit_seconds`` and ``exit_code`` set) or ``on_exception``."""
         started = time.perf_counter()
         try:
             self.fire("on_fit_start")
