@@ -31,7 +31,7 @@ def atomic_file(path: str | os.PathLike[str], suffix: str = ".tmp") -> Iterator[
         Path(fh.name).unlink(missing_ok=True)
 
 
-def writable_folder(path: str | os.PathLike[str], flag: str) -> Path:
+def writable_folder(path: str | os.PathLike[str], flag: str) -> None:
     """Create the folder ``path`` when missing and prove that a file can be written in it, else a UsageError."""
     from dlhw.core.errors import UsageError
 
@@ -45,7 +45,6 @@ def writable_folder(path: str | os.PathLike[str], flag: str) -> Path:
         blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
         why = f"{blocker} is a file" if blocker is not None else exc.strerror or type(exc).__name__
         raise UsageError(f"cannot write to {flag} {path} ({why}); pass {flag} a folder you can write to") from None
-    return path
 
 
 def snapshot(obj: Any) -> Any:
