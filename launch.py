@@ -1,14 +1,8 @@
 #!/usr/bin/env python
 """Command line of the suite: parse, build a config, hand it to a trainer with its callbacks.
 
-    python launch.py filters                      # hand-designed 3x3 filters on sample photos
-    python launch.py --help                       # every subcommand
-    python launch.py SUBCOMMAND --help            # its flags
-
-Global flags work before or after the subcommand and every ``--flag-name`` also as ``--flag_name``:
-``wandb agent`` appends ``${args}`` after the subcommand, spelled as in the sweep YAML
-(``tracking.agent_args`` reads its other spellings). The W&B config holds the resolved settings only.
-"""
+Global flags work before or after the subcommand, and every ``--flag-name`` also as ``--flag_name``: ``wandb agent``
+appends ``${args}`` after the subcommand, spelled as in the sweep YAML. The W&B config holds resolved settings only."""
 
 from __future__ import annotations
 
@@ -27,26 +21,22 @@ from dlhw.tracking.mode import OUT_ENV, RESUME_ENV
 
 
 def global_options(*, suppress: bool) -> argparse.ArgumentParser:
-    """The flags every subcommand shares. With ``suppress`` their defaults are left unset, so a
-    value given before the subcommand is not overwritten by the subcommand's default."""
-    p = Parser(add_help=False)
+    """The flags every subcommand shares; ``suppress``: no defaults, which would overwrite values given earlier."""
+    p = Parser(add_help=False, argument_default=argparse.SUPPRESS if suppress else None)
     d = (lambda v: argparse.SUPPRESS) if suppress else (lambda v: v)
     g = p.add_argument_group("global options")
     g.add_argument("--out", default=d(os.environ.get(OUT_ENV)),
-                   help=f"folder for everything a command writes: W&B runs, checkpoints, logs "
-                        f"(default: ${OUT_ENV} or ./runs; W&B runs go to $WANDB_DIR when it is set and "
-                        f"neither is given)")
-    g.add_argument("--wandb-mode", choices=("online", "offline", "disabled"), default=d(None),
+                   help=f"folder for everything a command writes: W&B runs, checkpoints, logs (default: ${OUT_ENV} "
+                        f"or ./runs; W&B runs go to $WANDB_DIR when it is set and neither is given)")
+    g.add_argument("--wandb-mode", choices=("online", "offline", "disabled"),
                    help="W&B mode (default: online when an API key is configured, otherwise offline)")
-    g.add_argument("--project", default=d(None), help=f"W&B project (default: $WANDB_PROJECT or {DEFAULT_PROJECT})")
-    g.add_argument("--entity", default=d(None), help="W&B entity, a user or team (default: $WANDB_ENTITY or yours)")
+    g.add_argument("--project", help=f"W&B project (default: $WANDB_PROJECT or {DEFAULT_PROJECT})")
+    g.add_argument("--entity", help="W&B entity, a user or team (default: $WANDB_ENTITY or yours)")
     g.add_argument("--seed", type=int, default=d(0), help="random seed (default 0)")
-    g.add_argument("--group", default=d(None), help="W&B group for this run (default: $WANDB_RUN_GROUP; "
-                                                     "sweeps set it per sweep)")
-    g.add_argument("--run-name", default=d(None), help="W&B run name (default: $WANDB_NAME, else W&B picks one)")
-    g.add_argument("--log-every", type=int, default=d(None), metavar="N",
-                   help="send per-step metrics to W&B every N steps (default: 1 for slow steps such as "
-                        "detection, 10 for fast ones; epoch metrics always)")
+    g.add_argument("--group", help="W&B group for this run (default: $WANDB_RUN_GROUP; sweeps set it per sweep)")
+    g.add_argument("--run-name", help="W&B run name (default: $WANDB_NAME, else W&B picks one)")
+    g.add_argument("--log-every", type=int, metavar="N", help="send per-step metrics to W&B every N steps "
+                   "(default: 1 for slow steps such as detection, 10 for fast ones; epoch metrics always)")
     return p
 
 
@@ -62,7 +52,7 @@ def seed_everything(seed: int) -> None:
 
 def resolve_locations(args: argparse.Namespace) -> None:
     """``--out`` (or ``$DLHW_OUT``, else ``./runs``) for files, and for W&B runs ``$WANDB_DIR`` when set without
-    either; both are checked before any work, so one that cannot be written is a usage error, not a crash."""
+    either; both checked before any work, so that one that cannot be written is a usage error, not a crash."""
     from dlhw.core.files import writable_folder
 
     explicit = args.out
@@ -106,14 +96,13 @@ DETECT_RESUME_CHANGES = ("epochs", "device", "workers", "eval_batch_size", "data
 
 
 def on_every_rank(args: argparse.Namespace, device: str, job: Callable[[argparse.Namespace, Any], int]) -> int:
-    """``job(args, dist)`` as this process's part of a torchrun job (or as the only process). Rank R > 0
-    reseeds with ``seed + R`` for its own dropout and sampling. The job's first failure goes on up to
-    :func:`main`; its echoes on the other ranks (collectives failing) end quietly with exit code 1."""
+    """``job(args, dist)`` as this process's part of a torchrun job (or as the only process). The job's first
+    failure goes on up to :func:`main`; its echoes on the other ranks end quietly with exit code 1."""
     from dlhw.core.distributed import init_distributed
 
     dist = init_distributed(device)
     args.world_size = dist.world_size
-    if dist.rank:
+    if dist.rank:  # its own dropout and sampling
         seed_everything(args.seed + dist.rank)
     try:
         return job(args, dist)
@@ -135,8 +124,8 @@ def job_stamp(dist: Any, prefix: str) -> str:
 def fit_callbacks(args: argparse.Namespace, dist: Any, ckpt_dir: Path, metric: str, *probes: Any, job_type: str,
                   dataset: tuple[str, Path], panels: Callable[[], list], tags: Sequence[str] = (),
                   upload_last: bool = False) -> list:
-    """What a training command attaches: the W&B logger and console reports, ``probes`` (on every rank), the
-    checkpoint kept by ``metric``, and on rank 0 with W&B the data set's lineage and ``panels()``."""
+    """The W&B logger and console reports, ``probes`` (on every rank), the checkpoint kept by ``metric``, and on
+    rank 0 with W&B the data set's lineage and ``panels()``."""
     from dlhw.callbacks import standard_callbacks
     from dlhw.callbacks.checkpoint import Checkpoint
 
@@ -278,20 +267,13 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 # Each experiment's settings, imported only when its name is on the command line (torch and torchvision
 # imports take seconds, and an AlexNet run needs no torchvision at all).
-EXPERIMENTS = {"filters": "dlhw.trainers.filters", "iou": "dlhw.trainers.iou", "alexnet": "dlhw.trainers.classification",
-               "detect": "dlhw.trainers.detection.trainer"}
+EXPERIMENTS = {"filters": "dlhw.trainers.filters", "iou": "dlhw.trainers.iou",
+               "alexnet": "dlhw.trainers.classification", "detect": "dlhw.trainers.detection.trainer"}
 
 
 def get_args_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
-    """Global flags, then one subparser per command; the experiments' own flags for those named in ``argv``
-    (all of them when ``argv`` is None)."""
+    """Global flags and one subparser per command, with the flags of the experiments named in ``argv`` (None: all)."""
     import importlib
-
-    named = EXPERIMENTS.keys() if argv is None else set(argv) & EXPERIMENTS.keys()
-
-    def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
-        if name in named:
-            importlib.import_module(EXPERIMENTS[name]).add_arguments(p)
 
     parser = Parser(prog="launch.py", description=__doc__.split("\n\n")[0], parents=[global_options(suppress=False)],
                     formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -304,34 +286,34 @@ def get_args_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParse
         # Experiments are what `wandb agent` starts; the others take no sweep parameters (a dashboard
         # SPEC.json would be read as ${args_json_file}).
         p.reads_sweep_params = name not in ("sweep", "compare", "dashboard")
+        if name in EXPERIMENTS and (argv is None or name in argv):
+            importlib.import_module(EXPERIMENTS[name]).add_arguments(p)
+        if name in ("alexnet", "detect"):
+            p.add_argument("--resume", default=os.environ.get(RESUME_ENV) or None, metavar="PATH|auto",
+                           help=f"continue a stopped run in the same W&B run: PATH is its checkpoints/.../last.pt, "
+                                f"auto the newest unfinished one under --out (none yet: start afresh) "
+                                f"(default: ${RESUME_ENV})")
         return p
 
-    def add_resume(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--resume", default=os.environ.get(RESUME_ENV) or None, metavar="PATH|auto",
-                       help=f"continue a stopped run in the same W&B run: PATH is its checkpoints/.../last.pt, auto "
-                            f"the newest unfinished one under --out (none yet: start afresh) (default: ${RESUME_ENV})")
-
-    add_arguments("filters", add("filters", cmd_filters, "hand-designed 3x3 filters applied to photos",
-                              "Blur and directional sharpening kernels on photos, logged as a W&B table, with a check "
-                              "of each kernel on generated gratings."))
+    add("filters", cmd_filters, "hand-designed 3x3 filters applied to photos", "Blur and directional sharpening "
+        "kernels on photos, logged as a W&B table, with a check of each kernel on generated gratings.")
     p = add("sweep", cmd_sweep, "run a W&B sweep YAML here, offline, with W&B's sweeps engine",
             "Run the trials of a W&B sweep YAML locally: W&B's sweeps engine proposes them (grid, random, bayes) and "
             "stops laggards (hyperband); each trial is started as `wandb agent` would start it and leaves its own "
             "W&B run.")
     p.add_argument("config", nargs="?", metavar="SWEEP.yaml", help="the W&B sweep YAML (not needed with --resume)")
-    p.add_argument("--count", type=int, default=None,
+    p.add_argument("--count", type=int,
                    help="run at most N trials (default: the whole grid; random and bayes run until stopped)")
     p.add_argument("--jobs", type=int, default=1, help="trials run at once; they share the CPU threads (default 1)")
-    p.add_argument("--resume", metavar="SWEEP_DIR", default=None,
+    p.add_argument("--resume", metavar="SWEEP_DIR",
                    help="continue the sweep kept in SWEEP_DIR without re-running its finished trials")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                    help="pin a parameter to one value for this run of the sweep (e.g. --param epochs=1); repeatable")
-    p.add_argument("--sweep-id", default=None, metavar="[ENTITY/PROJECT/]ID",
+    p.add_argument("--sweep-id", metavar="[ENTITY/PROJECT/]ID",
                    help="attach the trials to this sweep on the W&B server (only one that exists there)")
-    add_arguments("iou", add("iou", cmd_iou, "IoU, its gradient along a sliding box, and IoU vs GIoU loss",
-                          "IoU from its set definition checked against torchvision; IoU, GIoU and DIoU with their "
-                          "gradients as one box slides across another; descents from disjoint starts with 1 - IoU "
-                          "loss (stuck) and GIoU loss."))
+    add("iou", cmd_iou, "IoU, its gradient along a sliding box, and IoU vs GIoU loss",
+        "IoU from its set definition checked against torchvision; IoU, GIoU and DIoU with their gradients as one box "
+        "slides across another; descents from disjoint starts with 1 - IoU loss (stuck) and GIoU loss.")
     # Here --project names the cloud project to read (ENTITY/PROJECT), replacing the global flag.
     p = add("compare", cmd_compare, "compare runs: a ranked table and a plot against the swept parameters",
             "One table of runs with the config keys that differ and the chosen summary metrics, from local W&B run "
@@ -339,41 +321,33 @@ def get_args_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParse
             "parameters.", conflict_handler="resolve")
     p.add_argument("run_dirs", nargs="*", metavar="RUN_DIR",
                    help="W&B run folders, or folders holding them (a wandb/ folder, an --out folder)")
-    p.add_argument("--sweep", metavar="SWEEP_DIR", default=None,
+    p.add_argument("--sweep", metavar="SWEEP_DIR",
                    help="a folder written by `launch.py sweep`; with --project, a W&B sweep id")
-    p.add_argument("--project", metavar="ENTITY/PROJECT", default=None,
+    p.add_argument("--project", metavar="ENTITY/PROJECT",
                    help="read the runs of this W&B cloud project (online only; --group filters them)")
     p.add_argument("--metric", action="append", default=[], metavar="NAME",
                    help="summary metric to show and rank by (repeatable; default: the sweep's metric)")
-    p.add_argument("--goal", choices=("maximize", "minimize"), default=None,
+    p.add_argument("--goal", choices=("maximize", "minimize"),
                    help="ranking direction (default: the sweep's goal, else maximize)")
-    p.add_argument("--plot", metavar="PNG", default=None,
+    p.add_argument("--plot", metavar="PNG",
                    help="where to write the plot (default: compare-METRIC.png in the sweep folder or --out)")
-    p = add("detect", cmd_detect, "fine-tune two detectors on Penn-Fudan and compare them",
-            "The torchvision detection fine-tuning tutorial as a tracked experiment: option 1 (Mask R-CNN R50-FPN) "
-            "and option 2 (Faster R-CNN on another backbone) trained on Penn-Fudan, COCO AP every epoch, both models "
-            "on the Beatles photo, a verdict.")
-    add_arguments("detect", p)
-    add_resume(p)
-    p = add("alexnet", cmd_alexnet, "AlexNet (course / d2l) and weight decay three ways",
-            "Train the course's CIFAR-10 AlexNet or d2l's 224x224 AlexNet (digits offline by default) with l2, coupled "
-            "or decoupled weight decay, a probe of the decay and the learning rate's stability, learned filters, "
-            "feature maps and a confusion matrix.")
-    add_arguments("alexnet", p)
-    add_resume(p)
+    add("detect", cmd_detect, "fine-tune two detectors on Penn-Fudan and compare them", "The torchvision detection "
+        "fine-tuning tutorial as a tracked experiment: option 1 (Mask R-CNN R50-FPN) and option 2 (Faster R-CNN on "
+        "another backbone) trained on Penn-Fudan, COCO AP every epoch, both models on the Beatles photo, a verdict.")
+    add("alexnet", cmd_alexnet, "AlexNet (course / d2l) and weight decay three ways", "Train the course's CIFAR-10 "
+        "AlexNet or d2l's 224x224 AlexNet (digits offline by default) with l2, coupled or decoupled weight decay, a "
+        "probe of the decay and the learning rate's stability, learned filters, feature maps and a confusion matrix.")
     p = add("report", cmd_report, "one self-contained HTML page from local runs",
             "Gathers the filters, weight-decay, IoU, AlexNet and detection runs into one HTML page (pictures "
             "embedded) from local W&B run folders; a missing experiment is named on the page.")
     p.add_argument("run_dirs", nargs="*", metavar="RUN_DIR",
                    help="W&B run folders, or folders holding them (default: the runs under --out)")
-    p.add_argument("--output", default=None, metavar="HTML",
-                   help="where to write the page (default: --out/report.html)")
+    p.add_argument("--output", metavar="HTML", help="where to write the page (default: --out/report.html)")
     p = add("dashboard", cmd_dashboard, "save the homework's W&B workspace views (and Report)",
             "One W&B workspace view per experiment and, with --report, a W&B Report of the homework, built with "
             "wandb-workspaces (pip install -e \".[dashboard]\").")
     p.add_argument("--report", action="store_true", help="also the Report: docs/theory.md beside the runs' panels")
-    p.add_argument("--sweep", default=None, metavar="ID",
-                   help="the Report shows this sweep's runs (--group: a group's)")
+    p.add_argument("--sweep", metavar="ID", help="the Report shows this sweep's runs (--group: a group's)")
     p.add_argument("--dry-run", action="store_true",
                    help="save nothing: write the specs under --out/dashboard and check their keys against local runs")
     p.add_argument("--check", action="append", default=[], metavar="SPEC.json",
@@ -382,9 +356,8 @@ def get_args_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParse
 
 
 def main(argv: Sequence[str] | None = None, *, exit_by_signal: bool = False) -> int:
-    """Parse ``argv``, run the subcommand and return its exit code (2 for errors the user can fix). A clean
-    stop by SIGINT or SIGTERM returns 128 + the signal, or with ``exit_by_signal`` ends the process as killed
-    by it: ``wandb agent`` counts an exit status > 0 as a failed run, a death by its own SIGTERM as a stop."""
+    """Parse ``argv``, run the subcommand and return its exit code (2 for errors the user can fix). A clean stop
+    by SIGINT or SIGTERM returns 128 + the signal, or with ``exit_by_signal`` ends the process as killed by it."""
     from dlhw.core.errors import UsageError
     from dlhw.core.events import is_rank_zero
     from dlhw.core.session import Stopped, end_by_signal

@@ -1,5 +1,4 @@
-"""One training job over several processes: torchrun's environment, the process group, DDP, shards. Without
-torchrun a world of one whose collectives are no-ops, so the same code runs under ``python`` and ``torchrun``."""
+"""torchrun's process group, DDP and shards; without torchrun a world of one whose collectives are no-ops."""
 
 from __future__ import annotations
 
@@ -9,19 +8,11 @@ import signal
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 import torch.distributed as torch_dist
 from torch import nn
-
-__all__ = ["Dist", "ShardedSampler", "init_distributed", "shard", "wrap_ddp"]
-
-T = TypeVar("T")
-
-# How long report_failure waits for the store before deciding that its host failed first.
-STORE_TIMEOUT = timedelta(seconds=10)
-
 
 def _terminated(signum: int, frame: Any) -> None:
     # torchrun stops the other workers with SIGTERM when one fails: an exception runs their
@@ -57,41 +48,36 @@ class Dist:
         if self.distributed:
             torch_dist.barrier()
 
-    def _reduce(self, values: Sequence[float]) -> list[float]:
-        # One collective for all values; float64 so that sums of counts stay exact. NCCL reduces
-        # only tensors on the GPU.
-        device = self.device if self.backend == "nccl" else torch.device("cpu")
-        t = torch.tensor(list(values), dtype=torch.float64, device=device)
-        torch_dist.all_reduce(t, op=torch_dist.ReduceOp.SUM)
-        return t.tolist()
-
     def all_reduce_sum(self, values: Mapping[str, float]) -> dict[str, float]:
-        """Each key summed over the ranks. Every rank must pass the same keys."""
+        """Each key summed over the ranks, in one collective. Every rank must pass the same keys."""
         if not self.distributed:
             return {k: float(v) for k, v in values.items()}
         keys = sorted(values)
-        return dict(zip(keys, self._reduce([float(values[k]) for k in keys])))
+        # float64 so that sums of counts stay exact; NCCL reduces only tensors on the GPU.
+        t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64,
+                         device=self.device if self.backend == "nccl" else "cpu")
+        torch_dist.all_reduce(t)
+        return dict(zip(keys, t.tolist()))
 
     def all_reduce_mean(self, values: Mapping[str, float | tuple[float, float]]) -> dict[str, float]:
-        """Means over the ranks: a number with equal weight per rank, a ``(sum, count)`` pair as the exact
-        mean over the whole data (NaN for count 0). Every rank must pass the same keys in the same forms."""
-        pairs = {k: v if isinstance(v, tuple) else (float(v), 1.0) for k, v in values.items()}
-        keys = sorted(pairs)
-        flat = [x for k in keys for x in pairs[k]]
-        totals = self._reduce(flat) if self.distributed else flat
-        return {k: totals[2 * i] / totals[2 * i + 1] if totals[2 * i + 1] else math.nan for i, k in enumerate(keys)}
+        """Means over the ranks: a number with equal weight per rank, a ``(sum, count)`` pair as the exact mean over
+        the whole data (NaN for count 0). Every rank must pass the same keys in the same forms."""
+        pairs = {k: v if isinstance(v, tuple) else (v, 1.0) for k, v in sorted(values.items())}
+        totals = self.all_reduce_sum({**{f"{k}/sum": s for k, (s, _) in pairs.items()},
+                                      **{f"{k}/count": n for k, (_, n) in pairs.items()}})
+        return {k: totals[f"{k}/sum"] / totals[f"{k}/count"] if totals[f"{k}/count"] else math.nan for k in pairs}
 
-    def all_gather_object(self, obj: T) -> list[T]:
+    def all_gather_object(self, obj: Any) -> list[Any]:
         """``[obj of rank 0, obj of rank 1, ...]`` on every rank (pickled; keep it small)."""
         if not self.distributed:
             return [obj]
-        out: list[Any] = [None] * self.world_size
+        out = [None] * self.world_size
         torch_dist.all_gather_object(out, obj)
         return out
 
     def report_failure(self) -> bool:
-        """Call once, from an exception handler: True for the job's first failure (show it), False for an echo
-        of another rank's (stay quiet). An unreachable store means its host failed first."""
+        """Call once, from an exception handler: True for the job's first failure (show it), False for an echo of
+        another rank's (stay quiet). An unreachable store means its host failed first."""
         if not self.distributed:
             return True
         try:
@@ -123,24 +109,22 @@ def init_distributed(device: str | torch.device = "cpu") -> Dist:
     if device.type == "cuda":
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
-        backend = "nccl"
-    else:
-        backend = "gloo"
+    backend = "nccl" if device.type == "cuda" else "gloo"
     owns_group = not torch_dist.is_initialized()
     if owns_group:
         torch_dist.init_process_group(backend, rank=rank, world_size=world)
     else:  # made by someone else (Lightning, a user's script): use it as it is
         backend = str(torch_dist.get_backend())
     store = torch_dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
-                                timeout=STORE_TIMEOUT, wait_for_workers=False)
+                                timeout=timedelta(seconds=10), wait_for_workers=False)
     previous = signal.signal(signal.SIGTERM, _terminated)
     return Dist(rank=rank, world_size=world, local_rank=local_rank, device=device, backend=backend,
                 _store=store, _previous_sigterm=previous, _owns_group=owns_group)
 
 
 def wrap_ddp(model: nn.Module, dist: Dist, **kwargs: Any) -> nn.Module:
-    """``model`` inside DistributedDataParallel (``kwargs`` go to it), or itself in a world of one. Keep the
-    unwrapped module for state dicts, hooks and checkpoints; train through the returned one."""
+    """``model`` inside DistributedDataParallel (``kwargs`` go to it), or itself in a world of one. Keep the unwrapped
+    module for state dicts, hooks and checkpoints; train through the returned one."""
     if not dist.distributed:
         return model
     if dist.device.type == "cuda":
@@ -152,8 +136,6 @@ def shard(indices: Sequence[int] | torch.Tensor, rank: int, world: int, *, even:
     """Rank ``rank``'s part of ``indices``, cut as ``DistributedSampler`` cuts: ``even`` (training) pads by
     wrapping round so every rank takes the same steps; otherwise the parts cover ``indices`` exactly once."""
     n = len(indices)
-    if n == 0:
-        return indices[:0] if isinstance(indices, torch.Tensor) else []
     total = math.ceil(n / world) * world if even else n
     positions = [p % n for p in range(rank, total, world)]
     if isinstance(indices, torch.Tensor):
@@ -162,14 +144,12 @@ def shard(indices: Sequence[int] | torch.Tensor, rank: int, world: int, *, even:
 
 
 class ShardedSampler(torch.utils.data.Sampler):
-    """This rank's shard (:func:`shard` with ``even``) of another sampler's epoch, whose ``set_epoch`` it
-    passes on. Every rank must wrap an identically seeded sampler."""
+    """This rank's :func:`shard` of the epoch of another, identically seeded sampler; ``set_epoch`` is passed on."""
 
     def __init__(self, sampler: torch.utils.data.Sampler, rank: int, world: int) -> None:
         self.sampler, self.rank, self.world = sampler, rank, world
 
     def set_epoch(self, epoch: int) -> None:
-        """Choose the epoch the wrapped sampler yields next."""
         if hasattr(self.sampler, "set_epoch"):
             self.sampler.set_epoch(epoch)
 
@@ -178,8 +158,7 @@ class ShardedSampler(torch.utils.data.Sampler):
 
     def __iter__(self) -> Iterator[int]:
         # Lazily, so a loader stopped early draws no more of a random sampler than one process would.
-        head: list[int] = []
-        n = 0
+        head, n = [], 0
         for n, index in enumerate(self.sampler, 1):
             if len(head) < self.world:
                 head.append(index)

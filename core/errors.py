@@ -10,8 +10,7 @@ class UsageError(Exception):
     """Bad input the user can fix; the message is one line naming the culprit and what to do."""
 
 
-def suggest(name: str, choices: Iterable[str], n: int = 3, *, first: Sequence[str] = ()) -> str:
-    """' (did you mean a, b?)' for close matches of ``name`` (``first``, found another way, before them), or ''."""
-    spelled = difflib.get_close_matches(name, list(choices), n=n, cutoff=0.5)
-    close = list(dict.fromkeys([*first, *spelled]))[:n]
+def suggest(name: str, choices: Iterable[str], *, first: Sequence[str] = ()) -> str:
+    """' (did you mean a, b?)' for up to 3 close matches of ``name`` (``first``, found another way, first), or ''."""
+    close = list(dict.fromkeys([*first, *difflib.get_close_matches(name, list(choices), cutoff=0.5)]))[:3]
     return f" (did you mean {', '.join(close)}?)" if close else ""

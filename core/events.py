@@ -1,36 +1,19 @@
-"""Events, their x-axes and the process that owns logging: below both trainers and callbacks, so neither
-imports the other."""
+"""Events, their x-axes and the rank that owns logging: below trainers and callbacks, so neither imports the other."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 STEP_AXIS = "trainer/step"
 EPOCH_AXIS = "epoch"
 
 
-class Loop(Protocol):
-    """What a callback may use of the run that fires its events (a ``Session`` or an ``Engine``)."""
-
-    epochs: int
-    epoch: int
-    global_step: int
-    steps_per_epoch: int | None
-    should_stop: bool
-    exit_code: int
-    fit_seconds: float
-    name: str
-    config: dict[str, Any]
-    summary: dict[str, Any]
-    results: dict[str, Any]
-
-    def log(self, metrics: Mapping[str, Any], *, axis: str = ...) -> None:
-        """Report metrics against ``axis`` to every callback."""
-
-    def axis_value(self, axis: str) -> int:
-        """Current value of an x-axis."""
+if TYPE_CHECKING:  # what a callback may use of the run that fires its events: a Session (or an Engine)
+    from dlhw.core.session import Session as Loop
+else:
+    Loop = Any
 
 
 class Callback:

@@ -1,5 +1,4 @@
-"""Files that are never half-written: a temporary file beside the target, then a rename; checkpoints on a
-background thread so that an epoch does not wait for the disk."""
+"""Files never half-written (a temporary file, then a rename); checkpoints written while the next epoch runs."""
 
 from __future__ import annotations
 
@@ -18,25 +17,22 @@ import torch
 
 @contextmanager
 def atomic_file(path: str | os.PathLike[str], suffix: str = ".tmp") -> Iterator[IO[bytes]]:
-    """Yield a binary file (``fh.name`` the temporary one) that replaces ``path`` when the block ends without
-    an exception; an exception leaves ``path`` as it was."""
+    """A binary file that replaces ``path`` when the block ends without an exception (``fh.name``: the temporary)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)  # reopened by name, so that ``fh.name`` is the temporary file's path
+    fh = tempfile.NamedTemporaryFile(prefix=f".{path.name}.", suffix=suffix, dir=path.parent, delete=False)
     try:
-        with open(tmp, "wb") as fh:
+        with fh:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        os.replace(fh.name, path)
     finally:
-        Path(tmp).unlink(missing_ok=True)
+        Path(fh.name).unlink(missing_ok=True)
 
 
-def writable_folder(path: str | os.PathLike[str], flag: str = "--out") -> Path:
-    """Create the folder ``path`` when missing and prove a file can be written in it (a UsageError naming
-    ``flag`` otherwise); nothing in it is touched."""
+def writable_folder(path: str | os.PathLike[str], flag: str) -> None:
+    """Create the folder ``path`` when missing and prove that a file can be written in it, else a UsageError."""
     from dlhw.core.errors import UsageError
 
     path = Path(path)
@@ -49,14 +45,6 @@ def writable_folder(path: str | os.PathLike[str], flag: str = "--out") -> Path:
         blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
         why = f"{blocker} is a file" if blocker is not None else exc.strerror or type(exc).__name__
         raise UsageError(f"cannot write to {flag} {path} ({why}); pass {flag} a folder you can write to") from None
-    return path
-
-
-def save_atomic(obj: Any, path: str | os.PathLike[str]) -> Path:
-    """``torch.save`` ``obj`` to ``path`` so that a crash leaves either the old file or the new one."""
-    with atomic_file(path) as fh:
-        torch.save(obj, fh)
-    return Path(path)
 
 
 def snapshot(obj: Any) -> Any:
@@ -90,8 +78,7 @@ def plain(obj: Any) -> Any:
 
 
 class BackgroundWriter:
-    """Writes checkpoints on a background thread, one snapshot at a time, files in order; a failed write is
-    raised (:class:`CheckpointError`) by the next :meth:`submit` or :meth:`wait`."""
+    """Writes snapshots on a thread, in order; a failed write raises :class:`CheckpointError` at the next call."""
 
     def __init__(self) -> None:
         self._thread: threading.Thread | None = None
@@ -109,7 +96,8 @@ class BackgroundWriter:
     def _write(self, writes: list[tuple[Any, str | os.PathLike[str]]]) -> None:
         for state, path in writes:
             try:
-                save_atomic(state, path)
+                with atomic_file(path) as fh:
+                    torch.save(state, fh)
             except BaseException as exc:  # handed to the training thread by wait()
                 self._error, self._failed = exc, str(path)
                 return

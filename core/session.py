@@ -1,6 +1,5 @@
-"""A run's lifecycle as the callbacks see it, with or without a training loop: an experiment that trains
-nothing (filters, the IoU slide, the photo) is a plain function over a :class:`Session`, and
-``trainers.engine.Engine`` is a session with a training loop."""
+"""A run's lifecycle as the callbacks see it: an experiment that trains nothing (filters, the IoU slide, the photo)
+is a plain function over a :class:`Session`, and ``trainers.engine.Engine`` is a session with a training loop."""
 
 from __future__ import annotations
 
@@ -23,9 +22,8 @@ METRIC_ENV, METRIC_FILE_ENV = "DLHW_SWEEP_METRIC", "DLHW_SWEEP_METRIC_FILE"
 
 
 class Stopped(BaseException):
-    """A stop asked for by SIGINT or SIGTERM, raised between two steps, where the state can be checkpointed;
-    a BaseException so that ``except Exception`` does not swallow it. ``exit_code`` (128 + the signal) is
-    what an in-process caller gets; ``checkpoint`` is set by whoever wrote the one to resume from."""
+    """A stop asked for by SIGINT or SIGTERM, raised between two steps where the state can be checkpointed (not an
+    ``Exception``, which would swallow it); ``checkpoint`` is set by whoever wrote the one to resume from."""
 
     def __init__(self, signum: int) -> None:
         self.signum = signum
@@ -35,8 +33,7 @@ class Stopped(BaseException):
 
 
 def end_by_signal(signum: int) -> None:
-    """End this process as killed by ``signum`` after its clean stop: ``wandb agent`` counts any exit status
-    > 0 as a failed run, a death by its own signal as a stop."""
+    """End this process as killed by ``signum``: ``wandb agent`` counts it a stop, an exit status > 0 a failure."""
     sys.stdout.flush()
     sys.stderr.flush()
     signal.signal(signum, signal.SIG_DFL)
@@ -44,9 +41,8 @@ def end_by_signal(signum: int) -> None:
 
 
 class Session:
-    """Fires the events of one run to its callbacks, in order, and holds what they read (a
-    :class:`~core.events.Loop`): ``name`` is the W&B job type, ``config`` what W&B records, ``epochs`` and
-    ``steps_per_epoch`` (None: unknown) size the progress bars."""
+    """Fires the events of one run to its callbacks and holds what they read (each hook's ``trainer``): ``name`` is
+    the W&B job type, ``config`` what W&B records, ``epochs`` and ``steps_per_epoch`` (None: unknown) size progress."""
 
     def __init__(self, callbacks: Iterable[Callback] = (), *, name: str = "experiment",
                  config: Mapping[str, Any] | None = None, epochs: int = 1, steps_per_epoch: int | None = None) -> None:
@@ -83,8 +79,7 @@ class Session:
                           f"training goes on without it", file=sys.stderr)
 
     def log(self, metrics: Mapping[str, Any], *, axis: str = STEP_AXIS) -> None:
-        """Report metrics against ``axis`` (``trainer/step`` or ``epoch``) to the callbacks; the sweep's metric
-        on the epoch axis also to the sweep runner's file (rank 0's)."""
+        """Report metrics against ``axis``; the sweep's metric on the epoch axis also to the sweep runner's file."""
         if metrics:
             self.fire("on_log", metrics=metrics, axis=axis)
             name, path = os.environ.get(METRIC_ENV), os.environ.get(METRIC_FILE_ENV)
@@ -93,7 +88,7 @@ class Session:
                     fh.write(json.dumps([self.axis_value(axis), float(metrics[name])]) + "\n")
 
     def axis_value(self, axis: str) -> int:
-        """Current value of an x-axis: steps taken, or epochs completed (1-based)."""
+        """Steps taken, or epochs completed (1-based)."""
         return self.epoch + 1 if axis == EPOCH_AXIS else self.global_step
 
     def step_end(self, batch_idx: int, outputs: Mapping[str, Any]) -> None:
@@ -110,8 +105,8 @@ class Session:
 
     @contextmanager
     def stopping_on_signals(self) -> Iterator[None]:
-        """While the body runs, SIGINT and SIGTERM ask for a clean stop at the next step's end; a second
-        Ctrl-C aborts at once. Only the main thread can install handlers: elsewhere this does nothing."""
+        """While the body runs, SIGINT and SIGTERM ask for a clean stop at the next step's end; a second Ctrl-C
+        aborts at once. Only the main thread can install handlers: elsewhere this does nothing."""
         if threading.current_thread() is not threading.main_thread():
             yield
             return
@@ -151,8 +146,7 @@ class Session:
 
     @contextmanager
     def running(self) -> Iterator[Session]:
-        """``on_fit_start``; on a clean exit ``fit_seconds``, the exit code and ``on_fit_end``; when the body
-        raises, ``on_exception`` and the exception goes on."""
+        """``on_fit_start``, then ``on_fit_end`` (``fit_seconds`` and ``exit_code`` set) or ``on_exception``."""
         started = time.perf_counter()
         try:
             self.fire("on_fit_start")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dlhw.core.files import BackgroundWriter, CheckpointError, save_atomic
+from dlhw.core.files import BackgroundWriter, CheckpointError
 
 
 def test_the_file_holds_the_state_at_submit_even_if_training_goes_on(tmp_path):
@@ -33,7 +33,7 @@ def test_a_later_last_leaves_best_as_it_was(tmp_path):
 
 
 def test_a_failed_write_surfaces_and_keeps_the_old_file(tmp_path):
-    save_atomic({"epoch": 1}, tmp_path / "last.pt")
+    torch.save({"epoch": 1}, tmp_path / "last.pt")
     writer = BackgroundWriter()
     writer.submit({"epoch": 2, "bad": lambda: None}, tmp_path / "last.pt")  # a lambda cannot be pickled
     with pytest.raises(CheckpointError, match="last.pt"):
