@@ -1,7 +1,5 @@
-"""The AlexNet classification trainer and its weight-decay modes: ``l2`` (``lambda/2 ||w||^2`` in the loss),
-``coupled`` (the optimizer's ``weight_decay``) and ``decoupled`` (``w *= 1 - lr*lambda`` apart from the
-gradient step, as AdamW / SGDW). For plain SGD the three are one update; with Adam or momentum only
-decoupled decay shrinks by ``1 - lr*lambda`` per step (docs/theory.md)."""
+"""The AlexNet classification trainer and its weight-decay modes ``l2``, ``coupled`` and ``decoupled``: one update
+for plain SGD, but with Adam or momentum only decoupled decay shrinks by ``1 - lr*lambda`` per step (docs/theory.md)."""
 
 from __future__ import annotations
 
@@ -50,8 +48,6 @@ DATA, SPEED, OPTIM, PROBE = "data and model", "speed", "optimisation and weight 
 
 @settings
 class AlexNetSettings:
-    """The settings of ``launch.py alexnet``; fields without a default come from the recipe unless flagged."""
-
     recipe: str = setting(help="preset of every flag below (default: the one for the dataset: digits -> digits, "
                                "cifar10 -> course, fashion-mnist -> d2l); explicit flags override it",
                           choices=sorted(RECIPES), group=DATA)
@@ -130,7 +126,7 @@ def resolve_args(args: argparse.Namespace) -> tuple[AlexNetSettings, list[str]]:
     return s, notes
 
 
-def param_groups(model: nn.Module, decay_all: bool = False) -> tuple[list[tuple[str, nn.Parameter]], list[tuple[str, nn.Parameter]]]:
+def param_groups(model: nn.Module, decay_all: bool = False) -> tuple[list[tuple[str, nn.Parameter]], ...]:
     """(decayed, not decayed) named parameters, the timm way: biases and 0-d/1-d tensors only with ``decay_all``."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -142,7 +138,7 @@ def param_groups(model: nn.Module, decay_all: bool = False) -> tuple[list[tuple[
 
 
 class SGDW(torch.optim.SGD):
-    """SGD with decoupled weight decay, as AdamW is Adam's: weights shrink by ``1 - lr * lambda``, then SGD
+    """SGD with decoupled weight decay (torch's SGD has none): weights shrink by ``1 - lr * lambda``, then SGD
     steps on the gradient alone, so lambda never enters the momentum buffer."""
 
     def __init__(self, params: Iterable[Any], **kwargs: Any) -> None:
@@ -171,8 +167,7 @@ _SGD_UPDATE = inspect.unwrap(torch.optim.SGD.step)
 
 
 class ClassificationTrainer(Engine):
-    """Trains a classifier with cross-entropy and a weight-decay mode; val metrics per epoch, test metrics
-    (of the best-val or last weights) at the end. Under torchrun it trains through DDP and reports the job's numbers."""
+    """A classifier with cross-entropy and a weight-decay mode; the test scores the best-val or the last weights."""
 
     def __init__(self, model: nn.Module, loaders: Loaders, callbacks: Iterable[Callback] = (), *, epochs: int,
                  optimizer: str = "sgd", lr: float = 0.01, momentum: float = 0.0, weight_decay: float = 0.0,
@@ -187,8 +182,7 @@ class ClassificationTrainer(Engine):
             raise UsageError(ADAMW_ERROR)
         self.device = torch.device(device)
         self.precision = Precision(self.device)
-        # NHWC lets cuDNN use tensor-core kernels without transposing every activation; input
-        # shapes are fixed, so cuDNN's autotuner picks each conv's fastest algorithm once.
+        # NHWC: cuDNN's tensor-core kernels without transposes; fixed shapes: autotune each conv once.
         self.memory_format = torch.channels_last if self.device.type == "cuda" else torch.preserve_format
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
@@ -198,10 +192,8 @@ class ClassificationTrainer(Engine):
         net = wrap_ddp(self.model, self.dist, forward_sync_buffers=False)
         self.forward = torch.compile(net) if compile else net
         self.loaders = loaders
-        self.lr, self.momentum, self.weight_decay, self.wd_mode = lr, momentum, weight_decay, wd_mode
-        self.optimizer_name = optimizer
-        self.limit_batches = limit_batches
-        self.hessian_batch = hessian_batch
+        self.weight_decay, self.wd_mode, self.optimizer_name = weight_decay, wd_mode, optimizer
+        self.limit_batches, self.hessian_batch = limit_batches, hessian_batch
         decay, no_decay = param_groups(model, decay_all)
         self.decay_params = [p for _, p in decay]
         self.group_sizes = {"decay_tensors": len(decay), "decay_params": sum(p.numel() for _, p in decay),
@@ -217,20 +209,16 @@ class ClassificationTrainer(Engine):
             self.optimizer = (SGDW if decoupled else torch.optim.SGD)(groups, lr=lr, momentum=momentum, fused=True)
         else:
             self.optimizer = torch.optim.Adam(groups, lr=lr, fused=True, decoupled_weight_decay=decoupled)
-        self._best_acc = -1.0
+        self._best_acc, self.best_epoch, self.test_weights = -1.0, 0, test_weights
         self._best_state: dict[str, torch.Tensor] | None = None
-        self.best_epoch = 0
-        self.test_weights = test_weights
         self.test_targets: list[int] = []
         self.test_predictions: list[int] = []
-        # The current epoch's summed loss, summed accuracy and images seen (its epoch metrics).
-        self.epoch_totals = [0.0, 0.0, 0.0]
+        self.epoch_totals = [0.0, 0.0, 0.0]  # the epoch's summed loss, summed accuracy and images seen
 
     def _batches(self, loader: Iterable[Any]) -> Iterable[Any]:
         return islice(loader, self.limit_batches)
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
-        """One optimisation step on a batch; returns its loss and accuracy (and the L2 penalty)."""
         self.model.train()
         x = x.to(self.device, non_blocking=True, memory_format=self.memory_format)
         y = y.to(self.device, non_blocking=True)
@@ -277,7 +265,7 @@ class ClassificationTrainer(Engine):
 
     @torch.no_grad()
     def _evaluate(self, loader: torch.utils.data.DataLoader) -> tuple[float, float, list[int], list[int]]:
-        """Mean loss, accuracy, targets and predictions of ``loader`` (of the whole split under torchrun)."""
+        """Mean loss and accuracy (of the whole split under torchrun), this rank's targets and predictions."""
         self.model.eval()
         loss = 0.0
         targets: list[int] = []
@@ -314,13 +302,11 @@ class ClassificationTrainer(Engine):
         self.test_predictions = [p for _, part_preds in parts for p in part_preds]
         return {"test/loss": loss, "test/acc": acc, "test/best_epoch": self.best_epoch}
 
-    def state_dict(self) -> dict[str, Any]:
-        """The weights and how to feed them (classes, normalisation): the uploaded best checkpoint."""
+    def state_dict(self) -> dict[str, Any]:  # the weights and how to feed them
         return {**super().state_dict(), "classes": self.loaders.classes, "mean": self.loaders.mean,
                 "std": self.loaders.std}
 
     def training_state(self) -> dict[str, Any]:
-        """Also the best validation epoch and its weights, and the current epoch's totals."""
         return {**super().training_state(), "best_acc": self._best_acc, "best_epoch": self.best_epoch,
                 "best_model": self._best_state, "epoch_totals": list(self.epoch_totals)}
 
@@ -356,13 +342,12 @@ class ClassificationTrainer(Engine):
 
 
 def resolve_device(name: str) -> str:
-    """``cuda`` or ``cpu`` for ``--device auto|cpu|cuda`` (auto: cuda when available)."""
     if name == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda but no CUDA device is visible; use --device cpu")
     return "cuda" if name != "cpu" and torch.cuda.is_available() else "cpu"
 
 
-def build_trainer(settings: AlexNetSettings, callbacks: Iterable[Callback], dist: Dist | None = None) -> ClassificationTrainer:
+def build_trainer(settings: AlexNetSettings, callbacks: Iterable[Callback], dist: Dist | None = None) -> Engine:
     """Data, model and trainer from the resolved settings (the run's config); ``dist``: this process's torchrun job."""
     if dist is None:
         dist = Dist(device=torch.device(resolve_device(settings.device)))
@@ -377,8 +362,7 @@ def build_trainer(settings: AlexNetSettings, callbacks: Iterable[Callback], dist
     loaders = make_loaders(splits, size=model.input_size, batch_size=settings.batch_size, augment=settings.augment,
                            seed=settings.seed, workers=settings.workers, device=device, on_device=on_device,
                            normalize=settings.normalize, rank=dist.rank, world=dist.world_size)
-    # The trainer's arguments that are settings of the same name.
     same = ("epochs", "optimizer", "lr", "momentum", "weight_decay", "wd_mode", "decay_all", "limit_batches",
-            "hessian_batch", "compile", "test_weights")
+            "hessian_batch", "compile", "test_weights")  # the trainer's arguments named as settings
     return ClassificationTrainer(model, loaders, callbacks, **{k: getattr(settings, k) for k in same}, device=device,
                                  config=dataclasses.asdict(settings), dist=dist)
