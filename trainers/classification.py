@@ -17,7 +17,7 @@ from torch import nn
 from dlhw.core.distributed import Dist, wrap_ddp
 from dlhw.core.errors import UsageError
 from dlhw.core.events import Callback, EPOCH_AXIS, STEP_AXIS
-from dlhw.trainers.alexnet import MODELS, create_model
+from dlhw.trainers.alexnet import MODELS
 from dlhw.trainers.datasets import DATASETS, Loaders, load, make_loaders, resolve_dataset
 from dlhw.trainers.device_data import DeviceBatches
 from dlhw.trainers.engine import Engine, Precision, check_finite, pipeline_generators
@@ -357,7 +357,7 @@ def build_trainer(settings: AlexNetSettings, callbacks: Iterable[Callback], dist
     splits = load(settings.dataset, settings.data, download=settings.download)
     if not settings.val_split:
         splits = splits.without_val()
-    model = create_model(settings.variant, in_channels=splits.channels, num_classes=len(splits.classes))
+    model = MODELS.create(settings.variant, in_channels=splits.channels, num_classes=len(splits.classes))
     on_device = settings.device_data == "on" or (settings.device_data == "auto" and settings.workers == 0)
     loaders = make_loaders(splits, size=model.input_size, batch_size=settings.batch_size, augment=settings.augment,
                            seed=settings.seed, workers=settings.workers, device=device, on_device=on_device,
