@@ -279,9 +279,6 @@ class ClassificationTrainer(Engine):
             targets += y.tolist()
             preds += logits.argmax(1).tolist()
         correct = sum(t == p for t, p in zip(targets, preds))
-        if not self.dist.distributed:
-            n = max(len(targets), 1)
-            return loss / n, correct / n, targets, preds
         means = self.dist.all_reduce_mean({"loss": (loss, len(targets)), "acc": (correct, len(targets))})
         return means["loss"], means["acc"], targets, preds
 

@@ -222,7 +222,6 @@ class Loaders:
     val: DataLoader | DeviceBatches
     test: DataLoader | DeviceBatches
     classes: list[str]
-    channels: int
     mean: list[float]
     std: list[float]
 
@@ -266,8 +265,7 @@ def make_loaders(splits: Splits, *, size: int, batch_size: int, augment: bool, s
         return DataLoader(ds, sampler=sampler, generator=gen, **kw)
 
     return Loaders(train=loader(splits.train, train_tf, True), val=loader(splits.val, plain, False),
-                   test=loader(splits.test, plain, False), classes=splits.classes, channels=splits.channels,
-                   mean=mean, std=std)
+                   test=loader(splits.test, plain, False), classes=splits.classes, mean=mean, std=std)
 
 
 def dataset_path(name: str, root: Path) -> Path:

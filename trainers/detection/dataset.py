@@ -160,15 +160,13 @@ def _draw_scene(rng: np.random.Generator, height: int, width: int, people: int) 
         bottom = int(min(height - 1, horizon + rng.uniform(0.2, 1.0) * (height - horizon)))
         top = max(0, bottom - h)
         head = max(3, int(0.13 * h))
-        hy, hx = top + head, cx
         body = (yy >= top + 2 * head) & (yy < top + int(0.6 * h)) & (np.abs(xx - cx) < w / 2)
         legs = (yy >= top + int(0.6 * h)) & (yy < bottom) & (np.abs(np.abs(xx - cx) - w / 4) < w / 6)
-        skull = (yy - hy) ** 2 + (xx - hx) ** 2 < head**2
-        shape = body | legs | skull
+        skull = (yy - top - head) ** 2 + (xx - cx) ** 2 < head**2
         image[body] = rng.uniform(0, 255, 3)
         image[legs] = rng.uniform(0, 120, 3)
         image[skull] = rng.uniform(150, 230) * np.array([1.0, 0.8, 0.65])
-        mask[shape] = pid  # later figures stand in front of earlier ones
+        mask[body | legs | skull] = pid  # later figures stand in front of earlier ones
     # A pedestrian hidden completely behind later ones has no pixels left; renumber the visible ones.
     visible = [i for i in np.unique(mask) if i]
     relabel = np.zeros(people + 1, np.int32)
