@@ -187,8 +187,8 @@ class ClassificationTrainer(Engine):
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         self.model = model.to(self.device, memory_format=self.memory_format)
-        # Compiled for training and evaluation only: curvature (double backward) and feature-map hooks use the
-        # plain module. No buffer syncs in DDP's forward, so evaluation's uneven shards can run through it.
+        # Compiled for training and evaluation only (curvature and feature-map hooks use the plain module). No buffer
+        # syncs in DDP's forward, so evaluation's uneven shards can run through it.
         net = wrap_ddp(self.model, self.dist, forward_sync_buffers=False)
         self.forward = torch.compile(net) if compile else net
         self.loaders = loaders
@@ -196,12 +196,11 @@ class ClassificationTrainer(Engine):
         self.limit_batches, self.hessian_batch = limit_batches, hessian_batch
         decay, no_decay = param_groups(model, decay_all)
         self.decay_params = [p for _, p in decay]
-        self.group_sizes = {"decay_tensors": len(decay), "decay_params": sum(p.numel() for _, p in decay),
-                            "no_decay_tensors": len(no_decay), "no_decay_params": sum(p.numel() for _, p in no_decay)}
-        self.summary.update({f"wd/{k}": v for k, v in self.group_sizes.items()})
-        self.config["_param_groups"] = dict(self.group_sizes)
-        in_optimizer = weight_decay if wd_mode != "l2" else 0.0
-        groups = [{"params": self.decay_params, "weight_decay": in_optimizer},
+        sizes = {"decay_tensors": len(decay), "decay_params": sum(p.numel() for _, p in decay),
+                 "no_decay_tensors": len(no_decay), "no_decay_params": sum(p.numel() for _, p in no_decay)}
+        self.summary.update({f"wd/{k}": v for k, v in sizes.items()})
+        self.config["_param_groups"] = sizes
+        groups = [{"params": self.decay_params, "weight_decay": weight_decay if wd_mode != "l2" else 0.0},
                   {"params": [p for _, p in no_decay], "weight_decay": 0.0}]
         # Fused kernels update all parameters in one pass, far cheaper than the default on a CPU.
         decoupled = wd_mode == "decoupled"
@@ -224,19 +223,16 @@ class ClassificationTrainer(Engine):
         y = y.to(self.device, non_blocking=True)
         with self.precision.autocast():
             logits = self.forward(x)
-        data_loss = nn.functional.cross_entropy(logits.float(), y)
-        loss = data_loss
-        penalty = None
+        loss = nn.functional.cross_entropy(logits.float(), y)
+        out: dict[str, Any] = {"loss": loss.item(), "acc": float((logits.argmax(1) == y).float().mean())}
+        check_finite({"loss": out["loss"]}, step=self.global_step)
         if self.wd_mode == "l2" and self.weight_decay:
             penalty = 0.5 * self.weight_decay * sum(p.pow(2).sum() for p in self.decay_params)
-            loss = data_loss + penalty
-        check_finite({"loss": data_loss.item()}, step=self.global_step)
+            loss = loss + penalty
+            out["penalty"] = penalty.item()
         self.optimizer.zero_grad(set_to_none=True)
         self.precision.backward(loss)
         self.precision.unscale(self.optimizer)
-        out: dict[str, Any] = {"loss": data_loss.item(), "acc": float((logits.argmax(1) == y).float().mean())}
-        if penalty is not None:
-            out["penalty"] = penalty.item()
         self.precision.step(self.optimizer)
         return out
 
