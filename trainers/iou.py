@@ -53,7 +53,7 @@ def _area(boxes: Tensor) -> Tensor:
 
 
 def _overlap(lo1: Tensor, hi1: Tensor, lo2: Tensor, hi2: Tensor) -> Tensor:
-    # N x M lengths of [lo1, hi1] ∩ [lo2, hi2]. In place on `minimum`'s buffer: neither op needs its overwritten input for the backward pass.
+    # N x M lengths of [lo1, hi1] ∩ [lo2, hi2], in place: backward needs neither overwritten input.
     return torch.minimum(hi1[:, None], hi2).sub_(torch.maximum(lo1[:, None], lo2)).clamp_(min=0)
 
 
