@@ -231,9 +231,8 @@ def generators_state(generators: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def set_generators_state(generators: Mapping[str, Any], state: Mapping[str, Any]) -> None:
-    for name, gen in generators.items():
-        if name not in state:
-            continue
+    for name in generators.keys() & state.keys():
+        gen = generators[name]
         if isinstance(gen, torch.Generator):
             gen.set_state(state[name])
         elif isinstance(gen, np.random.Generator):
@@ -244,12 +243,9 @@ def set_generators_state(generators: Mapping[str, Any], state: Mapping[str, Any]
 
 def pipeline_generators(name: str, pipeline: Any) -> dict[str, Any]:
     """The NumPy and Python generators of a seeded albumentations pipeline and of each of its transforms."""
-    out: dict[str, Any] = {}
-    for i, part in enumerate([pipeline, *getattr(pipeline, "transforms", [])]):
-        for attr in ("random_generator", "py_random"):
-            if getattr(part, attr, None) is not None:
-                out[f"{name}.{i}.{attr}"] = getattr(part, attr)
-    return out
+    parts = [pipeline, *getattr(pipeline, "transforms", [])]
+    return {f"{name}.{i}.{attr}": getattr(part, attr) for i, part in enumerate(parts)
+            for attr in ("random_generator", "py_random") if getattr(part, attr, None) is not None}
 
 
 def _tuples(obj: Any) -> Any:

@@ -144,8 +144,8 @@ class EpochSlices(torch.utils.data.Sampler):
 
 
 class DetectionTrainer(Engine):
-    """Fine-tunes one detector with the tutorial's recipe and scores it with pycocotools (``val/bbox_AP``...
-    every epoch, ``train/*`` too when :meth:`scores_training_images`); :attr:`viz` holds ``(image, target,
+    """Fine-tunes one detector with the tutorial's recipe and scores it with pycocotools (``val/bbox_AP``... every
+    epoch, ``train/*`` after the last and every ``train_eval_every``-th); :attr:`viz` holds ``(image, target,
     prediction)`` of the held-out images shown. Under torchrun the AP is the whole data's."""
 
     def __init__(self, model: nn.Module, *, train: PennFudan, heldout: PennFudan, train_eval: PennFudan,
@@ -228,9 +228,7 @@ class DetectionTrainer(Engine):
         """CPU outputs on ``dataset`` (this rank's shard) by image id; images in ``keep`` also go to :attr:`viz`."""
         self.model.eval()
         outputs: dict[int, dict[str, torch.Tensor]] = {}
-        mine = range(len(dataset))
-        if self.dist.distributed:
-            mine = shard(mine, self.dist.rank, self.dist.world_size, even=False)
+        mine = shard(range(len(dataset)), self.dist.rank, self.dist.world_size, even=False)
         kept: list[tuple[int, dict[str, torch.Tensor]]] = []
         inputs: dict[int, tuple[torch.Tensor, dict]] = {}
         for start in range(0, len(mine), self.eval_batch_size):
@@ -264,7 +262,8 @@ class DetectionTrainer(Engine):
         self.viz = []
         metrics: dict[str, float] = {}
         splits = [("val", self.heldout, self.viz_ids)]
-        if self.scores_training_images(epoch):
+        every = self.train_eval_every
+        if epoch + 1 == self.epochs or (every > 0 and (epoch + 1) % every == 0):
             splits.insert(0, ("train", self.train_eval, ()))
         for prefix, dataset, keep in splits:
             outputs = self.predict(dataset, keep)
@@ -274,11 +273,6 @@ class DetectionTrainer(Engine):
         metrics["train/sec_per_iter"] = statistics.median(self.step_seconds) if self.step_seconds else float("nan")
         metrics["time/eval_seconds"] = time.perf_counter() - started
         return metrics
-
-    def scores_training_images(self, epoch: int) -> bool:
-        """Whether epoch ``epoch`` (0-based) ends with train AP: the last one, and every ``train_eval_every``-th."""
-        every = self.train_eval_every
-        return epoch + 1 == self.epochs or (every > 0 and (epoch + 1) % every == 0)
 
     def state_dict(self) -> dict[str, Any]:  # the profile sized the detector
         return {**super().state_dict(), "profile": dict(self.profile)}
