@@ -117,9 +117,8 @@ class Slide:
     def gradients_as_expected(self) -> bool:
         """IoU's d/dx is exactly 0 wherever the boxes are apart while GIoU's and DIoU's are not, and every
         kink's one-sided derivatives differ (autograd is read off the kinks only)."""
-        apart = self.disjoint()
-        return (bool((self.grads["iou"][apart] == 0).all()) and bool((self.grads["giou"][apart] != 0).all())
-                and bool((self.grads["diou"][apart] != 0).all())
+        apart, g = self.disjoint(), self.grads
+        return (bool((g["iou"][apart] == 0).all() and (g["giou"][apart] != 0).all() and (g["diou"][apart] != 0).all())
                 and all(abs(k.right - k.left) > 1e-3 for k in self.kinks))
 
 
