@@ -234,7 +234,6 @@ class Loaders:
         return x, torch.as_tensor(ds.labels[idx], dtype=torch.long)
 
     def denormalise(self, x: torch.Tensor) -> torch.Tensor:
-        """Undo the normalisation of a (C, H, W) image, back to [0, 1]."""
         mean, std = torch.tensor(self.mean).view(-1, 1, 1), torch.tensor(self.std).view(-1, 1, 1)
         return (x.cpu() * std + mean).clamp(0, 1)
 

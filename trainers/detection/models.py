@@ -139,7 +139,6 @@ def _features(name: str, out_channels: int, *, weights: str = "auto") -> Backbon
 
 
 def _resnet_fpn(name: str, *, weights: str = "auto") -> Backbone:
-    """A torchvision ResNet with an FPN over its four stages."""
     w = _pretrained(torchvision.models.get_model_weights(name).DEFAULT, weights)
     # Random init has nothing worth freezing; pretrained keeps the stem and layer1 fixed like the tutorial.
     body = resnet_fpn_backbone(backbone_name=name, weights=None, trainable_layers=3 if w else 5)

@@ -105,7 +105,6 @@ add_arguments = partial(settings_flags, cls=DetectSettings)  # launch.py detect'
 
 
 def detector_kwargs(profile: Mapping[str, Any]) -> dict[str, Any]:
-    """The detector constructor arguments a profile sets."""
     return {"min_size": profile["min_size"], "max_size": profile["max_size"],
             "box_batch_size_per_image": profile["rois_per_image"],
             "rpn_post_nms_top_n_train": profile["rpn_post_nms_train"],
