@@ -2,7 +2,6 @@
 
 import os
 
-# albumentations looks up its latest version on PyPI when imported: a warning offline, a wait
-# behind a firewall that drops packets. Its own switch turns that off, and must be set before
-# any module here imports it. A user's own setting wins.
+# albumentations looks up its latest version on PyPI when imported (a wait behind a firewall); set before any
+# module here imports it, and a user's own setting wins.
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")

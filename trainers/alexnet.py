@@ -22,8 +22,7 @@ class AlexNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.features(x))
 
-    def conv_layers(self) -> list[tuple[str, nn.Conv2d]]:
-        """``("conv1", layer), ...`` in forward order."""
+    def conv_layers(self) -> list[tuple[str, nn.Conv2d]]:  # ("conv1", layer), ... in forward order
         convs = [m for m in self.features if isinstance(m, nn.Conv2d)]
         return [(f"conv{i}", m) for i, m in enumerate(convs, start=1)]
 
@@ -80,8 +79,3 @@ def d2l_alexnet(*, in_channels: int = 1, num_classes: int = 10) -> AlexNet:
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             nn.init.xavier_uniform_(m.weight)
     return model
-
-
-def create_model(variant: str, *, in_channels: int, num_classes: int) -> AlexNet:
-    """Build the AlexNet registered as ``variant`` (unknown names: UsageError with suggestions)."""
-    return MODELS.create(variant, in_channels=in_channels, num_classes=num_classes)

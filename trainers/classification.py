@@ -1,7 +1,5 @@
-"""The AlexNet classification trainer and its weight-decay modes: ``l2`` (``lambda/2 ||w||^2`` in the loss),
-``coupled`` (the optimizer's ``weight_decay``) and ``decoupled`` (``w *= 1 - lr*lambda`` apart from the
-gradient step, as AdamW / SGDW). For plain SGD the three are one update; with Adam or momentum only
-decoupled decay shrinks by ``1 - lr*lambda`` per step (docs/theory.md)."""
+"""The AlexNet classification trainer and its weight-decay modes ``l2``, ``coupled`` and ``decoupled``: one update
+for plain SGD, but with Adam or momentum only decoupled decay shrinks by ``1 - lr*lambda`` per step (docs/theory.md)."""
 
 from __future__ import annotations
 
@@ -19,7 +17,7 @@ from torch import nn
 from dlhw.core.distributed import Dist, wrap_ddp
 from dlhw.core.errors import UsageError
 from dlhw.core.events import Callback, EPOCH_AXIS, STEP_AXIS
-from dlhw.trainers.alexnet import MODELS, create_model
+from dlhw.trainers.alexnet import MODELS
 from dlhw.trainers.datasets import DATASETS, Loaders, load, make_loaders, resolve_dataset
 from dlhw.trainers.device_data import DeviceBatches
 from dlhw.trainers.engine import Engine, Precision, check_finite, pipeline_generators
@@ -50,8 +48,6 @@ DATA, SPEED, OPTIM, PROBE = "data and model", "speed", "optimisation and weight 
 
 @settings
 class AlexNetSettings:
-    """The settings of ``launch.py alexnet``; fields without a default come from the recipe unless flagged."""
-
     recipe: str = setting(help="preset of every flag below (default: the one for the dataset: digits -> digits, "
                                "cifar10 -> course, fashion-mnist -> d2l); explicit flags override it",
                           choices=sorted(RECIPES), group=DATA)
@@ -130,7 +126,7 @@ def resolve_args(args: argparse.Namespace) -> tuple[AlexNetSettings, list[str]]:
     return s, notes
 
 
-def param_groups(model: nn.Module, decay_all: bool = False) -> tuple[list[tuple[str, nn.Parameter]], list[tuple[str, nn.Parameter]]]:
+def param_groups(model: nn.Module, decay_all: bool = False) -> tuple[list[tuple[str, nn.Parameter]], ...]:
     """(decayed, not decayed) named parameters, the timm way: biases and 0-d/1-d tensors only with ``decay_all``."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -142,7 +138,7 @@ def param_groups(model: nn.Module, decay_all: bool = False) -> tuple[list[tuple[
 
 
 class SGDW(torch.optim.SGD):
-    """SGD with decoupled weight decay, as AdamW is Adam's: weights shrink by ``1 - lr * lambda``, then SGD
+    """SGD with decoupled weight decay (torch's SGD has none): weights shrink by ``1 - lr * lambda``, then SGD
     steps on the gradient alone, so lambda never enters the momentum buffer."""
 
     def __init__(self, params: Iterable[Any], **kwargs: Any) -> None:
@@ -171,8 +167,7 @@ _SGD_UPDATE = inspect.unwrap(torch.optim.SGD.step)
 
 
 class ClassificationTrainer(Engine):
-    """Trains a classifier with cross-entropy and a weight-decay mode; val metrics per epoch, test metrics
-    (of the best-val or last weights) at the end. Under torchrun it trains through DDP and reports the job's numbers."""
+    """A classifier with cross-entropy and a weight-decay mode; the test scores the best-val or the last weights."""
 
     def __init__(self, model: nn.Module, loaders: Loaders, callbacks: Iterable[Callback] = (), *, epochs: int,
                  optimizer: str = "sgd", lr: float = 0.01, momentum: float = 0.0, weight_decay: float = 0.0,
@@ -187,29 +182,25 @@ class ClassificationTrainer(Engine):
             raise UsageError(ADAMW_ERROR)
         self.device = torch.device(device)
         self.precision = Precision(self.device)
-        # NHWC lets cuDNN use tensor-core kernels without transposing every activation; input
-        # shapes are fixed, so cuDNN's autotuner picks each conv's fastest algorithm once.
+        # NHWC: cuDNN's tensor-core kernels without transposes; fixed shapes: autotune each conv once.
         self.memory_format = torch.channels_last if self.device.type == "cuda" else torch.preserve_format
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         self.model = model.to(self.device, memory_format=self.memory_format)
-        # Compiled for training and evaluation only: curvature (double backward) and feature-map hooks use the
-        # plain module. No buffer syncs in DDP's forward, so evaluation's uneven shards can run through it.
+        # Compiled for training and evaluation only (curvature and feature-map hooks use the plain module). No buffer
+        # syncs in DDP's forward, so evaluation's uneven shards can run through it.
         net = wrap_ddp(self.model, self.dist, forward_sync_buffers=False)
         self.forward = torch.compile(net) if compile else net
         self.loaders = loaders
-        self.lr, self.momentum, self.weight_decay, self.wd_mode = lr, momentum, weight_decay, wd_mode
-        self.optimizer_name = optimizer
-        self.limit_batches = limit_batches
-        self.hessian_batch = hessian_batch
+        self.weight_decay, self.wd_mode, self.optimizer_name = weight_decay, wd_mode, optimizer
+        self.limit_batches, self.hessian_batch = limit_batches, hessian_batch
         decay, no_decay = param_groups(model, decay_all)
         self.decay_params = [p for _, p in decay]
-        self.group_sizes = {"decay_tensors": len(decay), "decay_params": sum(p.numel() for _, p in decay),
-                            "no_decay_tensors": len(no_decay), "no_decay_params": sum(p.numel() for _, p in no_decay)}
-        self.summary.update({f"wd/{k}": v for k, v in self.group_sizes.items()})
-        self.config["_param_groups"] = dict(self.group_sizes)
-        in_optimizer = weight_decay if wd_mode != "l2" else 0.0
-        groups = [{"params": self.decay_params, "weight_decay": in_optimizer},
+        sizes = {"decay_tensors": len(decay), "decay_params": sum(p.numel() for _, p in decay),
+                 "no_decay_tensors": len(no_decay), "no_decay_params": sum(p.numel() for _, p in no_decay)}
+        self.summary.update({f"wd/{k}": v for k, v in sizes.items()})
+        self.config["_param_groups"] = sizes
+        groups = [{"params": self.decay_params, "weight_decay": weight_decay if wd_mode != "l2" else 0.0},
                   {"params": [p for _, p in no_decay], "weight_decay": 0.0}]
         # Fused kernels update all parameters in one pass, far cheaper than the default on a CPU.
         decoupled = wd_mode == "decoupled"
@@ -217,38 +208,31 @@ class ClassificationTrainer(Engine):
             self.optimizer = (SGDW if decoupled else torch.optim.SGD)(groups, lr=lr, momentum=momentum, fused=True)
         else:
             self.optimizer = torch.optim.Adam(groups, lr=lr, fused=True, decoupled_weight_decay=decoupled)
-        self._best_acc = -1.0
+        self._best_acc, self.best_epoch, self.test_weights = -1.0, 0, test_weights
         self._best_state: dict[str, torch.Tensor] | None = None
-        self.best_epoch = 0
-        self.test_weights = test_weights
         self.test_targets: list[int] = []
         self.test_predictions: list[int] = []
-        # The current epoch's summed loss, summed accuracy and images seen (its epoch metrics).
-        self.epoch_totals = [0.0, 0.0, 0.0]
+        self.epoch_totals = [0.0, 0.0, 0.0]  # the epoch's summed loss, summed accuracy and images seen
 
     def _batches(self, loader: Iterable[Any]) -> Iterable[Any]:
         return islice(loader, self.limit_batches)
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
-        """One optimisation step on a batch; returns its loss and accuracy (and the L2 penalty)."""
         self.model.train()
         x = x.to(self.device, non_blocking=True, memory_format=self.memory_format)
         y = y.to(self.device, non_blocking=True)
         with self.precision.autocast():
             logits = self.forward(x)
-        data_loss = nn.functional.cross_entropy(logits.float(), y)
-        loss = data_loss
-        penalty = None
+        loss = nn.functional.cross_entropy(logits.float(), y)
+        out: dict[str, Any] = {"loss": loss.item(), "acc": float((logits.argmax(1) == y).float().mean())}
+        check_finite({"loss": out["loss"]}, step=self.global_step)
         if self.wd_mode == "l2" and self.weight_decay:
             penalty = 0.5 * self.weight_decay * sum(p.pow(2).sum() for p in self.decay_params)
-            loss = data_loss + penalty
-        check_finite({"loss": data_loss.item()}, step=self.global_step)
+            loss = loss + penalty
+            out["penalty"] = penalty.item()
         self.optimizer.zero_grad(set_to_none=True)
         self.precision.backward(loss)
         self.precision.unscale(self.optimizer)
-        out: dict[str, Any] = {"loss": data_loss.item(), "acc": float((logits.argmax(1) == y).float().mean())}
-        if penalty is not None:
-            out["penalty"] = penalty.item()
         self.precision.step(self.optimizer)
         return out
 
@@ -277,7 +261,7 @@ class ClassificationTrainer(Engine):
 
     @torch.no_grad()
     def _evaluate(self, loader: torch.utils.data.DataLoader) -> tuple[float, float, list[int], list[int]]:
-        """Mean loss, accuracy, targets and predictions of ``loader`` (of the whole split under torchrun)."""
+        """Mean loss and accuracy (of the whole split under torchrun), this rank's targets and predictions."""
         self.model.eval()
         loss = 0.0
         targets: list[int] = []
@@ -291,9 +275,6 @@ class ClassificationTrainer(Engine):
             targets += y.tolist()
             preds += logits.argmax(1).tolist()
         correct = sum(t == p for t, p in zip(targets, preds))
-        if not self.dist.distributed:
-            n = max(len(targets), 1)
-            return loss / n, correct / n, targets, preds
         means = self.dist.all_reduce_mean({"loss": (loss, len(targets)), "acc": (correct, len(targets))})
         return means["loss"], means["acc"], targets, preds
 
@@ -314,13 +295,11 @@ class ClassificationTrainer(Engine):
         self.test_predictions = [p for _, part_preds in parts for p in part_preds]
         return {"test/loss": loss, "test/acc": acc, "test/best_epoch": self.best_epoch}
 
-    def state_dict(self) -> dict[str, Any]:
-        """The weights and how to feed them (classes, normalisation): the uploaded best checkpoint."""
+    def state_dict(self) -> dict[str, Any]:  # the weights and how to feed them
         return {**super().state_dict(), "classes": self.loaders.classes, "mean": self.loaders.mean,
                 "std": self.loaders.std}
 
     def training_state(self) -> dict[str, Any]:
-        """Also the best validation epoch and its weights, and the current epoch's totals."""
         return {**super().training_state(), "best_acc": self._best_acc, "best_epoch": self.best_epoch,
                 "best_model": self._best_state, "epoch_totals": list(self.epoch_totals)}
 
@@ -356,13 +335,12 @@ class ClassificationTrainer(Engine):
 
 
 def resolve_device(name: str) -> str:
-    """``cuda`` or ``cpu`` for ``--device auto|cpu|cuda`` (auto: cuda when available)."""
     if name == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda but no CUDA device is visible; use --device cpu")
     return "cuda" if name != "cpu" and torch.cuda.is_available() else "cpu"
 
 
-def build_trainer(settings: AlexNetSettings, callbacks: Iterable[Callback], dist: Dist | None = None) -> ClassificationTrainer:
+def build_trainer(settings: AlexNetSettings, callbacks: Iterable[Callback], dist: Dist | None = None) -> Engine:
     """Data, model and trainer from the resolved settings (the run's config); ``dist``: this process's torchrun job."""
     if dist is None:
         dist = Dist(device=torch.device(resolve_device(settings.device)))
@@ -372,13 +350,12 @@ def build_trainer(settings: AlexNetSettings, callbacks: Iterable[Callback], dist
     splits = load(settings.dataset, settings.data, download=settings.download)
     if not settings.val_split:
         splits = splits.without_val()
-    model = create_model(settings.variant, in_channels=splits.channels, num_classes=len(splits.classes))
+    model = MODELS.create(settings.variant, in_channels=splits.channels, num_classes=len(splits.classes))
     on_device = settings.device_data == "on" or (settings.device_data == "auto" and settings.workers == 0)
     loaders = make_loaders(splits, size=model.input_size, batch_size=settings.batch_size, augment=settings.augment,
                            seed=settings.seed, workers=settings.workers, device=device, on_device=on_device,
                            normalize=settings.normalize, rank=dist.rank, world=dist.world_size)
-    # The trainer's arguments that are settings of the same name.
     same = ("epochs", "optimizer", "lr", "momentum", "weight_decay", "wd_mode", "decay_all", "limit_batches",
-            "hessian_batch", "compile", "test_weights")
+            "hessian_batch", "compile", "test_weights")  # the trainer's arguments named as settings
     return ClassificationTrainer(model, loaders, callbacks, **{k: getattr(settings, k) for k in same}, device=device,
                                  config=dataclasses.asdict(settings), dist=dist)

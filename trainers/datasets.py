@@ -1,6 +1,5 @@
 """Image-classification data: scikit-learn's digits (always there), CIFAR-10 and Fashion-MNIST (torchvision's
-layout under ``--data``) as uint8 (N, H, W, C) splits; resized, augmented and normalised per sample in a
-DataLoader, or batched on the device (:mod:`trainers.device_data`) with the same distribution."""
+layout under ``--data``) as uint8 (N, H, W, C) splits, fed by a DataLoader or batched on the device."""
 
 from __future__ import annotations
 
@@ -33,10 +32,8 @@ CIFAR10_TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
 CIFAR10_TEST = "test_batch"
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 FASHION_DIR = Path("FashionMNIST") / "raw"
-FASHION_FILES = {
-    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
-}
+FASHION_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+                 "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 
 
@@ -49,8 +46,7 @@ class Splits:
     val: tuple[np.ndarray, np.ndarray]
     test: tuple[np.ndarray, np.ndarray]
     classes: list[str]
-    # Whether a mirrored image is still a valid example (true for photos, false for digits).
-    flips: bool
+    flips: bool  # whether a mirrored image is still a valid example (true for photos, false for digits)
 
     @property
     def channels(self) -> int:
@@ -77,7 +73,7 @@ class Splits:
 
 
 def _split_off(x: np.ndarray, y: np.ndarray, fraction: float) -> tuple[tuple, tuple]:
-    """A fixed-seed random split: (rest, held-out ``fraction``), at least one image held out."""
+    """(rest, held-out ``fraction``) of a fixed-seed permutation, at least one image held out."""
     order = np.random.default_rng(SPLIT_SEED).permutation(len(x))
     k = max(1, round(len(x) * fraction))
     held, rest = order[:k], order[k:]
@@ -101,7 +97,6 @@ def load_digits(root: Path, download: bool = False) -> Splits:
 
 
 def _ensure(name: str, root: Path, present: bool, download: bool, what: str, torchvision_class: str) -> None:
-    """A UsageError unless the files are there or ``download`` fetches them with torchvision's own code."""
     if present:
         return
     if not download:
@@ -120,7 +115,6 @@ def _ensure(name: str, root: Path, present: bool, download: bool, what: str, tor
 
 
 def cifar10_present(root: Path) -> bool:
-    """True when the CIFAR-10 python batches are under ``root/cifar-10-batches-py``."""
     folder = Path(root) / CIFAR10_DIR
     return all((folder / f).is_file() for f in [*CIFAR10_TRAIN, CIFAR10_TEST])
 
@@ -142,19 +136,11 @@ def load_cifar10(root: Path, download: bool = False) -> Splits:
     parts = [_read_cifar_batch(folder / f) for f in CIFAR10_TRAIN]
     x, y = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
     train, val = _split_off(x, y, VAL_FRACTION)
-    classes = CIFAR10_CLASSES
-    meta = folder / "batches.meta"
-    if meta.is_file():
-        with open(meta, "rb") as fh:
-            classes = list(pickle.load(fh, encoding="latin1")["label_names"])
-    return Splits("cifar10", train, val, _read_cifar_batch(folder / CIFAR10_TEST), classes, flips=True)
+    return Splits("cifar10", train, val, _read_cifar_batch(folder / CIFAR10_TEST), CIFAR10_CLASSES, flips=True)
 
 
 def _idx_file(folder: Path, stem: str) -> Path | None:
-    for name in (stem, stem + ".gz"):
-        if (folder / name).is_file():
-            return folder / name
-    return None
+    return next((folder / n for n in (stem, stem + ".gz") if (folder / n).is_file()), None)
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -170,7 +156,6 @@ def read_idx(path: Path) -> np.ndarray:
 
 
 def fashion_mnist_present(root: Path) -> bool:
-    """True when the four Fashion-MNIST IDX files (plain or .gz) are under ``root/FashionMNIST/raw``."""
     folder = Path(root) / FASHION_DIR
     return all(_idx_file(folder, f) for pair in FASHION_FILES.values() for f in pair)
 
@@ -200,7 +185,6 @@ def resolve_dataset(name: str, root: Path) -> tuple[str, str]:
 
 
 def load(name: str, root: Path, *, download: bool = False) -> Splits:
-    """Load dataset ``name`` (digits, cifar10, fashion-mnist) from ``root``."""
     return DATASETS.create(name, Path(root), download=download)
 
 
@@ -238,7 +222,6 @@ class Loaders:
     val: DataLoader | DeviceBatches
     test: DataLoader | DeviceBatches
     classes: list[str]
-    channels: int
     mean: list[float]
     std: list[float]
 
@@ -251,9 +234,7 @@ class Loaders:
         return x, torch.as_tensor(ds.labels[idx], dtype=torch.long)
 
     def denormalise(self, x: torch.Tensor) -> torch.Tensor:
-        """Undo the normalisation of a (C, H, W) image, back to [0, 1]."""
-        mean = torch.tensor(self.mean).view(-1, 1, 1)
-        std = torch.tensor(self.std).view(-1, 1, 1)
+        mean, std = torch.tensor(self.mean).view(-1, 1, 1), torch.tensor(self.std).view(-1, 1, 1)
         return (x.cpu() * std + mean).clamp(0, 1)
 
 
@@ -283,8 +264,7 @@ def make_loaders(splits: Splits, *, size: int, batch_size: int, augment: bool, s
         return DataLoader(ds, sampler=sampler, generator=gen, **kw)
 
     return Loaders(train=loader(splits.train, train_tf, True), val=loader(splits.val, plain, False),
-                   test=loader(splits.test, plain, False), classes=splits.classes, channels=splits.channels,
-                   mean=mean, std=std)
+                   test=loader(splits.test, plain, False), classes=splits.classes, mean=mean, std=std)
 
 
 def dataset_path(name: str, root: Path) -> Path:

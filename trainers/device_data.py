@@ -82,7 +82,6 @@ class DeviceBatches:
         return math.ceil(self._shard_length() / self.batch_size)
 
     def set_epoch(self, epoch: int) -> None:
-        """Make the next iteration epoch ``epoch`` (for resuming)."""
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

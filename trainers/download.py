@@ -30,8 +30,7 @@ class DownloadError(OSError):
 
 def cache_dir(*parts: str) -> Path:
     """``$DLHW_CACHE`` or ``~/.cache/dlhw``, joined with ``parts``."""
-    root = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "dlhw")
-    return root.joinpath(*parts)
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "dlhw").joinpath(*parts)
 
 
 @contextlib.contextmanager
@@ -46,7 +45,6 @@ def socket_timeout(seconds: float = SOCKET_TIMEOUT_S) -> Iterator[None]:
 
 
 def file_digest(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of a file, read in chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):

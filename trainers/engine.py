@@ -1,6 +1,5 @@
-"""The training loop (``epochs`` rounds of ``train_epoch`` then ``evaluate``, events to the callbacks), the
-checkpoint a resume needs (down to the step within an epoch and the random generators), and the CUDA step's
-mixed precision (bf16 where the GPU has it, else fp16 with a loss scaler; float32 on CPU). A fit fires::
+"""The training loop, the checkpoint a resume needs (down to the step within an epoch and the random generators),
+and the CUDA step's mixed precision. A fit fires::
 
     on_fit_start (on_epoch_start, on_batch_end*, on_validation_end, on_epoch_end)* on_test_end on_fit_end
 """
@@ -24,8 +23,7 @@ from dlhw.core.events import Callback
 from dlhw.core.files import plain
 from dlhw.core.session import STOP_SIGNALS, Session
 
-# The layout of what checkpoint_state returns; raised whenever a field changes meaning, so that an
-# older program refuses a newer checkpoint instead of misreading it.
+# Raised whenever a field of checkpoint_state changes meaning: an older program refuses a newer checkpoint.
 CHECKPOINT_FORMAT = 1
 
 
@@ -116,15 +114,13 @@ class Engine(Session):
         super().check_stop()
 
     def train_epoch(self, epoch: int) -> None:
-        """Run one epoch of training, calling :meth:`step_end` after every step."""
+        """One epoch of training, :meth:`step_end` after every step."""
         raise NotImplementedError
 
-    def evaluate(self, epoch: int) -> dict[str, float]:
-        """The metrics after ``epoch`` (namespaced keys, e.g. ``val/acc``)."""
+    def evaluate(self, epoch: int) -> dict[str, float]:  # e.g. val/acc
         return {}
 
-    def test(self) -> dict[str, float]:
-        """Final metrics after the last epoch, e.g. ``test/acc``."""
+    def test(self) -> dict[str, float]:  # e.g. test/acc, after the last epoch
         return {}
 
     def fit(self) -> dict[str, Any]:
@@ -164,29 +160,22 @@ class Engine(Session):
 
 
 class Precision:
-    """Autocast, loss scaling and the optimizer step for one device."""
+    """Autocast, loss scaling and the optimizer step: bf16 where the GPU has it, else fp16 with a loss scaler;
+    float32 on CPU."""
 
     def __init__(self, device: torch.device | str) -> None:
         self.device = torch.device(device)
-        cuda = self.device.type == "cuda"
         self.dtype: torch.dtype | None = None
-        if cuda:
+        if self.device.type == "cuda":
             self.dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.dtype == torch.float16)
 
-    @property
-    def name(self) -> str:
-        """``bf16``, ``fp16+scaler`` or ``fp32``: what a run's config records."""
-        return {torch.bfloat16: "bf16", torch.float16: "fp16+scaler"}.get(self.dtype, "fp32")
-
     def autocast(self) -> contextlib.AbstractContextManager:
-        """The forward pass's autocast context (a no-op in float32)."""
         if self.dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.dtype)
 
     def backward(self, loss: torch.Tensor) -> None:
-        """``loss.backward()``, scaled when fp16 needs it."""
         self.scaler.scale(loss).backward()
 
     def unscale(self, optimizer: torch.optim.Optimizer) -> None:
@@ -226,7 +215,6 @@ def global_rng_state() -> dict[str, Any]:
 
 
 def set_global_rng_state(state: Mapping[str, Any]) -> None:
-    """Restore what :func:`global_rng_state` returned."""
     random.setstate(_tuples(state["python"]))
     kind, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
@@ -243,10 +231,8 @@ def generators_state(generators: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def set_generators_state(generators: Mapping[str, Any], state: Mapping[str, Any]) -> None:
-    """Restore what :func:`generators_state` returned into the same-named generators."""
-    for name, gen in generators.items():
-        if name not in state:
-            continue
+    for name in generators.keys() & state.keys():
+        gen = generators[name]
         if isinstance(gen, torch.Generator):
             gen.set_state(state[name])
         elif isinstance(gen, np.random.Generator):
@@ -257,12 +243,9 @@ def set_generators_state(generators: Mapping[str, Any], state: Mapping[str, Any]
 
 def pipeline_generators(name: str, pipeline: Any) -> dict[str, Any]:
     """The NumPy and Python generators of a seeded albumentations pipeline and of each of its transforms."""
-    out: dict[str, Any] = {}
-    for i, part in enumerate([pipeline, *getattr(pipeline, "transforms", [])]):
-        for attr in ("random_generator", "py_random"):
-            if getattr(part, attr, None) is not None:
-                out[f"{name}.{i}.{attr}"] = getattr(part, attr)
-    return out
+    parts = [pipeline, *getattr(pipeline, "transforms", [])]
+    return {f"{name}.{i}.{attr}": getattr(part, attr) for i, part in enumerate(parts)
+            for attr in ("random_generator", "py_random") if getattr(part, attr, None) is not None}
 
 
 def _tuples(obj: Any) -> Any:

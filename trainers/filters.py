@@ -1,5 +1,5 @@
 """The hand-designed filters experiment: every kernel on every photo, and a check of what each kernel does on
-generated gratings, reported through a :class:`~core.session.Session` so the usual callbacks apply."""
+generated gratings."""
 
 from __future__ import annotations
 
@@ -31,16 +31,6 @@ BLURS = ("box_blur", "gaussian_blur")
 KERNELS: Registry[torch.Tensor] = Registry("filter")
 
 
-def _line_sharpen(dy: int, dx: int) -> torch.Tensor:
-    # A 1D unsharp mask along one line through the centre: response 3 - 2 cos(w) along it (1 on
-    # flat regions, 5 at the finest alternation), 1 across it.
-    k = torch.zeros(3, 3)
-    k[1, 1] = 3.0
-    k[1 + dy, 1 + dx] = -1.0
-    k[1 - dy, 1 - dx] = -1.0
-    return k
-
-
 @KERNELS.register()
 def box_blur() -> torch.Tensor:
     """Mean of the 3x3 neighbourhood (response (1 + 2 cos w) / 3 per axis)."""
@@ -49,39 +39,29 @@ def box_blur() -> torch.Tensor:
 
 @KERNELS.register()
 def gaussian_blur() -> torch.Tensor:
-    """Binomial [1, 2, 1]/4 outer product, a sampled Gaussian: unlike the box filter its response
-    (1 + cos w) / 2 per axis falls monotonically, to 0 at the finest alternation (no ringing)."""
+    """Binomial [1, 2, 1]/4 outer product: unlike the box filter its response (1 + cos w) / 2 per axis falls
+    monotonically, to 0 at the finest alternation (no ringing)."""
     b = torch.tensor([1.0, 2.0, 1.0]) / 4.0
     return torch.outer(b, b)
 
 
-@KERNELS.register()
-def sharpen_horizontal() -> torch.Tensor:
-    """Sharpens along x: vertical edges gain contrast, horizontal ones are untouched."""
-    return _line_sharpen(*DIRECTIONS["horizontal"])
+def _line_sharpen(direction: str) -> torch.Tensor:
+    # A 1D unsharp mask along one line through the centre: response 3 - 2 cos(w) along it (1 on
+    # flat regions, 5 at the finest alternation), 1 across it. Diagonal: cells [2, 0] and [0, 2].
+    dy, dx = DIRECTIONS[direction]
+    k = torch.zeros(3, 3)
+    k[1, 1] = 3.0
+    k[1 + dy, 1 + dx] = k[1 - dy, 1 - dx] = -1.0
+    return k
 
 
-@KERNELS.register()
-def sharpen_vertical() -> torch.Tensor:
-    """Sharpens along y: horizontal edges gain contrast, vertical ones are untouched."""
-    return _line_sharpen(*DIRECTIONS["vertical"])
-
-
-@KERNELS.register()
-def sharpen_diagonal() -> torch.Tensor:
-    """Sharpens along the bottom-left to top-right diagonal (cells [2, 0] and [0, 2] subtracted)."""
-    return _line_sharpen(*DIRECTIONS["diagonal"])
-
-
-def kernel(name: str) -> torch.Tensor:
-    """The 3x3 kernel registered as ``name``."""
-    return KERNELS.create(name)
+for _name, _direction in SHARPENERS.items():
+    KERNELS.register(_name)(partial(_line_sharpen, _direction))
+kernel = KERNELS.create  # the 3x3 kernel registered as a name
 
 
 @settings
 class FiltersSettings:
-    """The settings of ``launch.py filters``."""
-
     image: tuple[str, ...] = setting((), "photo to filter (repeatable); default: scikit-image's camera, astronaut "
                                          "and coffee", metavar="PATH", repeat=True)
     filters: tuple[str, ...] = setting((), f"kernels to apply (default: all of {', '.join(KERNELS.names())})",
@@ -94,7 +74,6 @@ add_arguments = partial(settings_flags, cls=FiltersSettings)  # launch.py filter
 
 
 def filters_settings(args: argparse.Namespace) -> FiltersSettings:
-    """The resolved settings: every kernel when none is named."""
     given = values(FiltersSettings, args)
     return make(FiltersSettings, {**given, "filters": given["filters"] or KERNELS.names()})
 
@@ -115,7 +94,6 @@ def _downscale(img: torch.Tensor, max_size: int) -> torch.Tensor:
 
 
 def load_image(path: str | Path) -> torch.Tensor:
-    """Read a photo as a float (C, H, W) tensor in [0, 1]; C is 1 for grayscale, 3 for colour."""
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"image not found: {path}; pass an existing file to --image")
@@ -127,37 +105,20 @@ def load_image(path: str | Path) -> torch.Tensor:
         raise UsageError(f"cannot read image {path} ({exc}); pass a PNG or JPEG to --image") from None
 
 
-def sample_images() -> list[tuple[str, torch.Tensor]]:
-    """scikit-image's bundled sample photos, one grayscale and two colour."""
-    import skimage.data
-
-    return [(name, _to_tensor(getattr(skimage.data, name)())) for name in SAMPLE_IMAGES]
-
-
 @dataclass
 class Checks:
     """What the kernels do to generated signals: the numbers behind the pass/fail verdicts."""
-
     gains: dict[str, dict[str, float]] = field(default_factory=dict)  # filter -> direction -> gain
     hf_ratio: dict[str, float] = field(default_factory=dict)  # filter -> output/input HF energy
     constant_error: dict[str, float] = field(default_factory=dict)  # filter -> max |out - c|
 
-    def selective(self, name: str) -> bool:
-        """The sharpener's own direction has the highest gain of all directions."""
-        own = SHARPENERS[name]
-        return all(self.gains[name][own] > g for d, g in self.gains[name].items() if d != own)
-
     def passed(self, name: str) -> bool:
         """Sharpeners prefer their direction, blurs lower high frequencies, every kernel keeps a constant image."""
-        ok = self.constant_error[name] < 1e-6
-        if name in SHARPENERS:
-            ok = ok and self.selective(name)
-        if name in BLURS:
-            ok = ok and self.hf_ratio[name] < 1
-        return ok
+        gains, own = self.gains[name], SHARPENERS.get(name)
+        selective = own is None or all(gains[own] > g for d, g in gains.items() if d != own)
+        return self.constant_error[name] < 1e-6 and selective and (name not in BLURS or self.hf_ratio[name] < 1)
 
     def metrics(self) -> dict[str, float]:
-        """Flat, namespaced numbers for W&B."""
         m = {f"check/gain/{name}/{d}": g for name, per_dir in self.gains.items() for d, g in per_dir.items()}
         m.update({f"check/hf_ratio/{name}": r for name, r in self.hf_ratio.items()})
         m["check/constant_max_error"] = max(self.constant_error.values())
@@ -180,12 +141,10 @@ def run_checks(names: Iterable[str], *, size: int = 64, period: float = 4.0, see
 
 def run_filters(images: Sequence[tuple[str, torch.Tensor]], filters: Sequence[str], callbacks: Iterable[Callback] = (),
                 config: Mapping[str, Any] | None = None) -> Session:
-    """Hand each photo and the kernels to the callbacks (one step per photo; the filter table applies them), then
-    report :func:`run_checks` as the run's one epoch (``session.results["checks"]``)."""
-    for name in filters:
-        KERNELS.get(name)  # fail before any work on an unknown name
+    """Hand each photo and the kernels to the callbacks (one step per photo), then report :func:`run_checks` as the
+    run's one epoch (``session.results["checks"]``)."""
+    kernels = {name: kernel(name) for name in filters}  # an unknown name fails before any work
     session = Session(callbacks, name="filters", config=config, steps_per_epoch=len(images))
-    kernels = {name: kernel(name) for name in filters}
     with session.running():
         session.fire("on_epoch_start", epoch=0)
         for i, (image_name, img) in enumerate(images):
@@ -196,7 +155,10 @@ def run_filters(images: Sequence[tuple[str, torch.Tensor]], filters: Sequence[st
 
 
 def images_from_args(paths: Sequence[str] | None, max_size: int) -> list[tuple[str, torch.Tensor]]:
-    """The user's ``--image`` files (all checked before any work), else the bundled samples."""
-    images = [(Path(p).stem, load_image(p)) for p in paths] if paths else sample_images()
+    """The user's ``--image`` files (all checked before any work), else scikit-image's bundled samples."""
+    import skimage.data
+
+    images = ([(Path(p).stem, load_image(p)) for p in paths] if paths else
+              [(name, _to_tensor(getattr(skimage.data, name)())) for name in SAMPLE_IMAGES])
     return [(name, _downscale(img, max_size)) for name, img in images]
 

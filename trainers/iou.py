@@ -13,7 +13,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torchvision.ops import distance_box_iou, generalized_box_iou, generalized_box_iou_loss
+from torchvision.ops import box_convert, distance_box_iou, generalized_box_iou, generalized_box_iou_loss
+from torchvision.ops import box_iou as tv_box_iou
 
 from dlhw.core.errors import UsageError
 from dlhw.core.events import Callback
@@ -23,7 +24,6 @@ from dlhw.trainers.settings import check, make, setting, settings, values
 
 DEFAULT_BOX_A = (0.0, 0.0, 4.0, 4.0)
 DEFAULT_BOX_B = (-4.0, 1.0, -2.0, 3.0)
-DEFAULT_SLIDE_TO = 6.0
 
 
 def check_boxes(boxes: Tensor, name: str = "boxes") -> Tensor:
@@ -44,8 +44,7 @@ def check_boxes(boxes: Tensor, name: str = "boxes") -> Tensor:
     return boxes
 
 
-def box_area(boxes: Tensor) -> Tensor:
-    """Area of each (x1, y1, x2, y2) box of an already checked (N, 4) tensor."""
+def _area(boxes: Tensor) -> Tensor:
     area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     if not torch.isfinite(area).all():
         i = int((~torch.isfinite(area)).nonzero()[0])
@@ -54,15 +53,14 @@ def box_area(boxes: Tensor) -> Tensor:
 
 
 def _overlap(lo1: Tensor, hi1: Tensor, lo2: Tensor, hi2: Tensor) -> Tensor:
-    """N x M lengths of [lo1, hi1] ∩ [lo2, hi2] (0 when the intervals are apart)."""
-    # In place on `minimum`'s buffer: neither op needs its overwritten input for the backward pass.
+    # N x M lengths of [lo1, hi1] ∩ [lo2, hi2], in place: backward needs neither overwritten input.
     return torch.minimum(hi1[:, None], hi2).sub_(torch.maximum(lo1[:, None], lo2)).clamp_(min=0)
 
 
 def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     """Pairwise (N, M) IoU of (N, 4) and (M, 4) boxes, differentiable; ValueError on a non-finite or inverted box."""
     boxes1, boxes2 = check_boxes(boxes1, "boxes1"), check_boxes(boxes2, "boxes2")
-    area1, area2 = box_area(boxes1), box_area(boxes2)
+    area1, area2 = _area(boxes1), _area(boxes2)
     w = _overlap(boxes1[:, 0], boxes1[:, 2], boxes2[:, 0], boxes2[:, 2])
     h = _overlap(boxes1[:, 1], boxes1[:, 3], boxes2[:, 1], boxes2[:, 3])
     inter = w * h
@@ -110,35 +108,23 @@ class Slide:
         return ~torch.isin(self.x, torch.tensor([k.x for k in self.kinks], dtype=self.x.dtype))
 
     def zero_grad_fraction(self, measure: str) -> float:
-        """Fraction of the positions off the kinks where autograd's d/dx of ``measure`` is exactly 0."""
         return float((self.grads[measure][self.smooth()] == 0).double().mean())
 
     def disjoint(self) -> Tensor:
-        """Positions where the boxes are strictly apart: IoU 0 and not touching (a kink)."""
+        """Positions where the boxes are strictly apart: IoU 0 and not touching."""
         return (self.values["iou"] == 0) & self.smooth()
 
     def gradients_as_expected(self) -> bool:
         """IoU's d/dx is exactly 0 wherever the boxes are apart while GIoU's and DIoU's are not, and every
         kink's one-sided derivatives differ (autograd is read off the kinks only)."""
-        apart = self.disjoint()
-        return (bool((self.grads["iou"][apart] == 0).all()) and bool((self.grads["giou"][apart] != 0).all())
-                and bool((self.grads["diou"][apart] != 0).all())
+        apart, g = self.disjoint(), self.grads
+        return (bool((g["iou"][apart] == 0).all() and (g["giou"][apart] != 0).all() and (g["diou"][apart] != 0).all())
                 and all(abs(k.right - k.left) > 1e-3 for k in self.kinks))
 
 
 def _slid(box_b: Tensor, x: Tensor) -> Tensor:
-    """Copies of ``box_b`` whose left edge is at each ``x``, same size and height."""
     width = box_b[2] - box_b[0]
     return torch.stack([x, box_b[1].expand_as(x), x + width, box_b[3].expand_as(x)], dim=1)
-
-
-def measure_along(measure: str, box_a: Tensor, box_b: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
-    """Value and autograd d/dx of ``measure`` (A vs B moved to each x); each value depends on its own x only,
-    so the gradient of the sum is the per-position derivative."""
-    x = x.detach().clone().requires_grad_(True)
-    values = MEASURES[measure](box_a[None], _slid(box_b, x))[0]
-    (grad,) = torch.autograd.grad(values.sum(), x)
-    return values.detach(), grad
 
 
 def kink_positions(box_a: Sequence[float], box_b: Sequence[float]) -> list[tuple[float, str]]:
@@ -167,14 +153,13 @@ def slide(box_a: Sequence[float], box_b: Sequence[float], *, to: float, points: 
     near = (grid[:, None] - at).abs().le(1e-9 * (to - start)).any(dim=1)
     x = torch.cat([grid[~near], at]).sort().values
     values, grads = {}, {}
-    for m in MEASURES:
-        values[m], grads[m] = measure_along(m, a, b, x)
-
-    def iou_at(pos: Tensor) -> Tensor:
-        return box_iou(a[None], _slid(b, pos))[0]
-
-    fd_left = (values["iou"] - iou_at(x - fd_step)) / fd_step
-    fd_right = (iou_at(x + fd_step) - values["iou"]) / fd_step
+    for m, measure in MEASURES.items():
+        moved = x.clone().requires_grad_(True)
+        out = measure(a[None], _slid(b, moved))[0]
+        # Each value depends on its own x only, so the gradient of the sum is the per-position derivative.
+        values[m], (grads[m],) = out.detach(), torch.autograd.grad(out.sum(), moved)
+    fd_left = (values["iou"] - box_iou(a[None], _slid(b, x - fd_step))[0]) / fd_step
+    fd_right = (box_iou(a[None], _slid(b, x + fd_step))[0] - values["iou"]) / fd_step
     kinks = []
     for k, edges in kinks_at:
         i = int((x == k).nonzero()[0])
@@ -207,10 +192,7 @@ def disjoint_starts(target: Sequence[float], n: int, generator: torch.Generator)
     return torch.cat([centre, size], dim=1).float()
 
 
-def corners(cxcywh: Tensor) -> Tensor:
-    """(cx, cy, w, h) -> (x1, y1, x2, y2)."""
-    half = cxcywh[:, 2:] / 2
-    return torch.cat([cxcywh[:, :2] - half, cxcywh[:, :2] + half], dim=1)
+corners = partial(box_convert, in_fmt="cxcywh", out_fmt="xyxy")
 
 
 class Descent:
@@ -223,11 +205,9 @@ class Descent:
         self.optimizer = torch.optim.Adam([self.params], lr=lr)
 
     def boxes(self) -> Tensor:
-        """The boxes now, as (x1, y1, x2, y2)."""
         return corners(self.params.detach())
 
     def iou(self) -> Tensor:
-        """IoU of each box with the target now."""
         return box_iou(self.boxes(), self.target[None])[:, 0]
 
     def step(self) -> dict[str, float]:
@@ -248,14 +228,12 @@ _BOX = ("X1", "Y1", "X2", "Y2")
 
 @settings
 class IoUSetup:
-    """The settings of ``launch.py iou``."""
-
     box_a: tuple[float, float, float, float] = setting(
         DEFAULT_BOX_A, f"the fixed box, also the descent's target (default {' '.join(map(str, DEFAULT_BOX_A))})",
         metavar=_BOX)
     box_b: tuple[float, float, float, float] = setting(
         DEFAULT_BOX_B, f"the sliding box at its start (default {' '.join(map(str, DEFAULT_BOX_B))})", metavar=_BOX)
-    slide_to: float = setting(DEFAULT_SLIDE_TO, f"left edge of B at the end of the slide (default {DEFAULT_SLIDE_TO})")
+    slide_to: float = setting(6.0, "left edge of B at the end of the slide (default 6.0)")
     slide_points: int = setting(401, "positions on the slide, kinks added (default 401)", min=2)
     epochs: int = setting(1, "descent epochs (default 1)", min=1)
     steps: int = setting(200, "descent steps per epoch (default 200)", min=1)
@@ -270,7 +248,6 @@ add_arguments = partial(settings_flags, cls=IoUSetup)  # launch.py iou's flags
 
 
 def setup_from_args(args: argparse.Namespace) -> IoUSetup:
-    """The resolved settings; a bad value is a UsageError naming the flag."""
     args = argparse.Namespace(**{**vars(IoUSetup()), **values(IoUSetup, args)})
     for flag in ("box_a", "box_b"):
         try:
@@ -291,8 +268,6 @@ def setup_from_args(args: argparse.Namespace) -> IoUSetup:
 
 def torchvision_agreement(n: int, seed: int) -> float:
     """Largest |ours - torchvision.ops.box_iou| over n x n random float32 boxes of positive area."""
-    from torchvision.ops import box_iou as tv_box_iou
-
     g = torch.Generator().manual_seed(seed)
     xy = torch.rand(n, 2, generator=g) * 100
     boxes = torch.cat([xy, xy + 0.01 + torch.rand(n, 2, generator=g) * 30], dim=1)
@@ -330,14 +305,9 @@ def run_iou(setup: IoUSetup, callbacks: Iterable[Callback] = (), config: Mapping
                 break
         # The slide and the agreement do not change with the epochs, so they are computed once.
         s = session.results["slide"] = slide(setup.box_a, setup.box_b, to=setup.slide_to, points=setup.slide_points)
-        session.test_end(analysis_metrics(s, torchvision_agreement(setup.agreement_boxes, setup.seed), start_iou))
+        diff = torchvision_agreement(setup.agreement_boxes, setup.seed)
+        passed = diff <= 1e-6 and start_iou == 0.0 and s.gradients_as_expected()
+        session.test_end({"check/max_abs_diff_vs_torchvision": diff, "slide/kinks": len(s.kinks),
+                          **{f"slide/{m}_zero_grad_fraction": s.zero_grad_fraction(m) for m in MEASURES},
+                          "check/passed": float(passed)})
     return session
-
-
-def analysis_metrics(s: Slide, max_abs_diff: float, start_iou: float) -> dict[str, float]:
-    """Slide and agreement numbers, and ``check/passed``: IoU matches torchvision within 1e-6, the descents start
-    apart and :meth:`Slide.gradients_as_expected` holds."""
-    checks = [max_abs_diff <= 1e-6, start_iou == 0.0, s.gradients_as_expected()]
-    return {"check/max_abs_diff_vs_torchvision": max_abs_diff, "slide/kinks": len(s.kinks),
-            **{f"slide/{m}_zero_grad_fraction": s.zero_grad_fraction(m) for m in MEASURES},
-            "check/passed": float(all(checks))}

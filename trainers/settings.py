@@ -7,17 +7,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import difflib
 import math
+import operator
 import types
 import typing
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
-from dlhw.core.errors import UsageError
+from dlhw.core.errors import UsageError, suggest
 
 T = TypeVar("T")
 SCALARS = (int, float, str, bool)
+BOUNDS = {"min": (operator.ge, "at least {}"), "above": (operator.gt, "above {}"), "below": (operator.lt, "below {}")}
 
 
 def setting(default: Any = dataclasses.MISSING, help: str = "", *, choices: Sequence[str] | None = None,
@@ -34,15 +35,12 @@ def setting(default: Any = dataclasses.MISSING, help: str = "", *, choices: Sequ
 def check(cls: type, given: Mapping[str, Any]) -> None:
     """A UsageError naming the flag of the first value of ``given`` outside its field's bounds (None is unset)."""
     for f in dataclasses.fields(cls):
-        value, m = given.get(f.name), f.metadata
-        if value is None or (m["min"], m["above"], m["below"]) == (None, None, None):
+        value, bounds = given.get(f.name), [(k, f.metadata[k]) for k in BOUNDS if f.metadata[k] is not None]
+        if value is None or not bounds:
             continue
-        if not (math.isfinite(value) and (m["min"] is None or value >= m["min"])
-                and (m["above"] is None or value > m["above"]) and (m["below"] is None or value < m["below"])):
-            rules = [f"at least {m['min']}" if m["min"] is not None else "",
-                     ("positive" if m["above"] == 0 else f"above {m['above']}") if m["above"] is not None else "",
-                     f"below {m['below']}" if m["below"] is not None else ""]
-            raise UsageError(f"--{f.name.replace('_', '-')} must be {' and '.join(r for r in rules if r)}, got {value}")
+        if not (math.isfinite(value) and all(BOUNDS[k][0](value, b) for k, b in bounds)):
+            rules = ["positive" if (k, b) == ("above", 0) else BOUNDS[k][1].format(b) for k, b in bounds]
+            raise UsageError(f"--{f.name.replace('_', '-')} must be {' and '.join(rules)}, got {value}")
 
 
 def settings(cls: type[T]) -> type[T]:
@@ -117,9 +115,7 @@ def make(cls: type[T], given: Mapping[str, Any]) -> T:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(given) - set(fields))
     if unknown:
-        close = difflib.get_close_matches(unknown[0], fields, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(fields)}"
-        raise UsageError(f"unknown {cls.__name__} setting {unknown[0]!r}{hint}")
+        raise UsageError(f"unknown {cls.__name__} setting {unknown[0]!r}{suggest(unknown[0], fields)}")
     hints = typing.get_type_hints(cls)
     out = {}
     for name, value in given.items():

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dlhw.core.errors import UsageError
-from dlhw.trainers.alexnet import MODELS, create_model
+from dlhw.trainers.alexnet import MODELS
 
 
 def conv(cin: int, cout: int, k: int) -> int:
@@ -29,7 +29,7 @@ D2L = (conv(1, 96, 11) + conv(96, 256, 5) + conv(256, 384, 3) + conv(384, 384, 3
 )
 def test_shapes_and_parameter_counts(variant, in_channels, size, features, params):
     assert (COURSE, D2L) == (23_272_266, 46_764_746)
-    model = create_model(variant, in_channels=in_channels, num_classes=10).eval()
+    model = MODELS.create(variant, in_channels=in_channels, num_classes=10).eval()
     assert sum(p.numel() for p in model.parameters()) == params
     assert model.input_size == size
     x = torch.randn(2, in_channels, size, size)
@@ -40,18 +40,18 @@ def test_shapes_and_parameter_counts(variant, in_channels, size, features, param
 
 
 def test_layer_details():
-    course = create_model("course", in_channels=3, num_classes=100)
+    course = MODELS.create("course", in_channels=3, num_classes=100)
     convs = [m for _, m in course.conv_layers()]
     assert [c.kernel_size for c in convs] == [(3, 3)] * 5 and convs[0].stride == (2, 2)
     assert course.classifier[-1].out_features == 100
     dropouts = [m.p for m in course.classifier if isinstance(m, torch.nn.Dropout)]
     assert dropouts == [0.5, 0.5]
     assert all(not m.bias.detach().any() for m in course.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)))
-    d2l = [m for _, m in create_model("d2l", in_channels=1, num_classes=10).conv_layers()]
+    d2l = [m for _, m in MODELS.create("d2l", in_channels=1, num_classes=10).conv_layers()]
     assert [(c.kernel_size, c.stride, c.out_channels) for c in d2l[:2]] == [((11, 11), (4, 4), 96), ((5, 5), (1, 1), 256)]
 
 
 def test_unknown_variant_suggests():
     assert MODELS.names() == ["course", "d2l"]
     with pytest.raises(UsageError, match="did you mean course"):
-        create_model("corse", in_channels=3, num_classes=10)
+        MODELS.create("corse", in_channels=3, num_classes=10)

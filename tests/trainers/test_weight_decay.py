@@ -72,10 +72,10 @@ def test_decay_part_of_each_step_is_one_minus_lr_lambda(kw):
     x, y = next(iter(t.loaders.train))
     for i in range(3):
         t.train_step(x, y)
-        assert records[i]["wd/decay_factor"] == pytest.approx(1 - t.lr * LAMBDA, abs=1e-6)
+        assert records[i]["wd/decay_factor"] == pytest.approx(1 - t.optimizer.param_groups[0]["lr"] * LAMBDA, abs=1e-6)
         norm = float(torch.sqrt(sum(p.detach().double().pow(2).sum() for p in t.decay_params)))
         assert records[i]["wd/weight_norm"] == pytest.approx(norm)
-        assert records[i]["wd/decay_factor_theory"] == pytest.approx(1 - t.lr * LAMBDA)
+        assert records[i]["wd/decay_factor_theory"] == pytest.approx(1 - t.optimizer.param_groups[0]["lr"] * LAMBDA)
 
 
 @pytest.mark.parametrize("mode", ["l2", "coupled"])
@@ -85,7 +85,7 @@ def test_adam_with_decay_in_the_gradient_shrinks_by_other_than_one_minus_lr_lamb
     x, y = next(iter(t.loaders.train))
     for _ in range(3):
         t.train_step(x, y)
-    assert all(abs(r["wd/decay_factor"] - (1 - t.lr * LAMBDA)) > 1e-3 for r in records)
+    assert all(abs(r["wd/decay_factor"] - (1 - t.optimizer.param_groups[0]["lr"] * LAMBDA)) > 1e-3 for r in records)
 
 
 def test_adamw_mode_matches_torch_adamw():

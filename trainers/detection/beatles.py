@@ -22,9 +22,9 @@ from dlhw.trainers.detection.dataset import street_scene, to_tensor
 from dlhw.trainers.download import DownloadError, cache_dir, download
 from dlhw.viz.detections import THRESHOLDS, people_counts
 
-# "The Beatles arrive at JFK Airport", 7 February 1964, United Press International; public domain.
+# "The Beatles arrive at JFK Airport", 7 February 1964, United Press International; public domain:
+# https://commons.wikimedia.org/wiki/File:The_Beatles_arrive_at_JFK_Airport.jpg
 BEATLES_URL = "https://upload.wikimedia.org/wikipedia/commons/6/61/The_Beatles_arrive_at_JFK_Airport.jpg"
-BEATLES_PAGE = "https://commons.wikimedia.org/wiki/File:The_Beatles_arrive_at_JFK_Airport.jpg"
 
 
 @dataclass
@@ -37,7 +37,7 @@ class Photo:
 
 
 def _read(path: Path, shown: str | None = None) -> np.ndarray:
-    """The picture at ``path`` as (H, W, 3) uint8; ``shown`` is how the user named it (a URL), if not by path."""
+    # shown: how the user named it (a URL), if not by path
     try:
         with Image.open(path) as im:
             return np.array(im.convert("RGB"))

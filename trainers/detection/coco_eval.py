@@ -25,7 +25,7 @@ def _xywh(boxes: torch.Tensor) -> list[list[float]]:
 
 
 def _rle(masks: np.ndarray) -> list[dict]:
-    """(N, H, W) binary masks -> COCO run-length encodings with JSON-friendly counts."""
+    # (N, H, W) binary masks -> COCO run-length encodings with JSON-friendly counts
     rles = mask_util.encode(np.asfortranarray(masks.astype(np.uint8).transpose(1, 2, 0)))
     for r in rles:
         r["counts"] = r["counts"].decode("ascii")
@@ -63,8 +63,7 @@ def coco_detections(outputs: Mapping[int, Mapping[str, torch.Tensor]], iou_type:
     """Model outputs keyed by image id -> COCO result records (masks thresholded at 0.5)."""
     results = []
     for image_id, out in outputs.items():
-        scores = out["scores"].tolist()
-        labels = out["labels"].tolist()
+        scores, labels = out["scores"].tolist(), out["labels"].tolist()
         if iou_type == "bbox":
             key, geoms = "bbox", _xywh(out["boxes"])
         else:

@@ -1,7 +1,5 @@
-"""Penn-Fudan pedestrians read as the torchvision tutorial reads them (``PNGImages/``, ``PedMasks/`` of instance
-ids), downloaded into a cache, or generated in the same layout so that nothing downstream can tell them apart.
-Augmentation moves image and masks together; boxes come from the masks, resizing and normalisation are the
-detector's own."""
+"""Penn-Fudan pedestrians as the torchvision tutorial reads them, downloaded into a cache or generated in the same
+layout. Augmentation moves image and masks together; boxes come from the masks."""
 
 from __future__ import annotations
 
@@ -24,8 +22,7 @@ from dlhw.trainers.download import DownloadError, cache_dir, download
 URL = "https://www.cis.upenn.edu/~jshi/ped_html/PennFudanPed.zip"  # home page: the folder above
 NAME = "PennFudanPed"
 IMAGES, MASKS = "PNGImages", "PedMasks"
-# The tutorial holds out the last 50 images of a fixed permutation.
-HOLDOUT = 50
+HOLDOUT = 50  # the tutorial holds out the last 50 images of a fixed permutation
 
 
 @dataclass
@@ -38,7 +35,7 @@ class Sample:
 
 
 def _open(path: Path, mode: str | None) -> np.ndarray:
-    """Pixels of ``path``; ``mode`` None keeps the stored values (mask ids, whatever the PNG mode)."""
+    # mode None keeps the stored values (mask ids, whatever the PNG mode)
     if not path.is_file():
         raise UsageError(f"missing file {path}; every image in {IMAGES}/ needs its mask in {MASKS}/")
     try:
@@ -125,7 +122,6 @@ class Augment:
         self.pipeline = A.Compose(steps, seed=seed)
 
     def __call__(self, image: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(H, W, 3) uint8 image and (N, H, W) uint8 masks -> the same, augmented consistently."""
         if len(masks) == 0:  # an image without pedestrians is valid; albumentations wants >= 1 mask
             return self.pipeline(image=image)["image"], masks
         out = self.pipeline(image=image, masks=masks)
@@ -164,15 +160,13 @@ def _draw_scene(rng: np.random.Generator, height: int, width: int, people: int) 
         bottom = int(min(height - 1, horizon + rng.uniform(0.2, 1.0) * (height - horizon)))
         top = max(0, bottom - h)
         head = max(3, int(0.13 * h))
-        hy, hx = top + head, cx
         body = (yy >= top + 2 * head) & (yy < top + int(0.6 * h)) & (np.abs(xx - cx) < w / 2)
         legs = (yy >= top + int(0.6 * h)) & (yy < bottom) & (np.abs(np.abs(xx - cx) - w / 4) < w / 6)
-        skull = (yy - hy) ** 2 + (xx - hx) ** 2 < head**2
-        shape = body | legs | skull
+        skull = (yy - top - head) ** 2 + (xx - cx) ** 2 < head**2
         image[body] = rng.uniform(0, 255, 3)
         image[legs] = rng.uniform(0, 120, 3)
         image[skull] = rng.uniform(150, 230) * np.array([1.0, 0.8, 0.65])
-        mask[shape] = pid  # later figures stand in front of earlier ones
+        mask[body | legs | skull] = pid  # later figures stand in front of earlier ones
     # A pedestrian hidden completely behind later ones has no pixels left; renumber the visible ones.
     visible = [i for i in np.unique(mask) if i]
     relabel = np.zeros(people + 1, np.int32)
@@ -181,19 +175,17 @@ def _draw_scene(rng: np.random.Generator, height: int, width: int, people: int) 
 
 
 def street_scene(seed: int = 0, height: int = 360, width: int = 480, people: int = 4) -> np.ndarray:
-    """A generated street picture with ``people`` figures (the photo of last resort)."""
     return _draw_scene(np.random.default_rng(seed), height, width, people)[0]
 
 
 def generate_pennfudan(root: str | Path, n: int = 170, *, seed: int = 0, size: tuple[int, int] = (240, 320)) -> Path:
     """Write ``n`` generated images with 0-4 pedestrians each in the Penn-Fudan layout under ``root``."""
     root = Path(root)
-    (root / IMAGES).mkdir(parents=True, exist_ok=True)
-    (root / MASKS).mkdir(parents=True, exist_ok=True)
+    for folder in (IMAGES, MASKS):
+        (root / folder).mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     for i in range(1, n + 1):
-        h = int(size[0] * rng.uniform(0.85, 1.15))
-        w = int(size[1] * rng.uniform(0.85, 1.15))
+        h, w = (int(side * rng.uniform(0.85, 1.15)) for side in size)
         image, mask = _draw_scene(rng, h, w, int(rng.integers(0, 5)))
         Image.fromarray(image).save(root / IMAGES / f"Generated{i:05d}.png")
         Image.fromarray(mask.astype(np.uint8)).save(root / MASKS / f"Generated{i:05d}_mask.png")

@@ -1,15 +1,14 @@
 """The tutorial's two detectors: option 1, a COCO Mask R-CNN (or Faster R-CNN) ResNet50-FPN with new 2-class
-predictors; option 2, Faster R-CNN on a torchvision backbone of :data:`BACKBONES` or any timm model. Pretrained
-weights are checked against the sha256 prefix in their name and unpickled with ``weights_only``: they cannot
-run code. Without them a model starts from random init, said in one line."""
+predictors; option 2, Faster R-CNN on a torchvision or timm backbone. Pretrained weights are checked against the
+sha256 prefix in their name and unpickled with ``weights_only``: they cannot run code."""
 
 from __future__ import annotations
 
 import pickle
 import sys
 from collections import OrderedDict
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +37,9 @@ class Built:
 
     model: nn.Module
     weights: str  # "coco", "imagenet" or "random"
-    notes: list[str] = field(default_factory=list)
 
 
-def weights_file(url: str) -> Path:
-    """Where torch.hub keeps the weights file of ``url``."""
+def weights_file(url: str) -> Path:  # where torch.hub keeps it
     return Path(torch.hub.get_dir()) / "checkpoints" / Path(url.split("?")[0]).name
 
 
@@ -78,7 +75,7 @@ def load_weights(url: str) -> dict[str, Any]:
 
 
 def _pretrained(weights: Any, mode: str) -> Any:
-    """The weights entry to build with, or None for random init (``mode`` is ``auto`` or ``none``)."""
+    # The weights entry to build with, or None for random init (mode auto or none).
     return weights if mode == "auto" and fetch_weights(weights) else None
 
 
@@ -86,7 +83,7 @@ MODELS: Registry[Built] = Registry("model")
 
 
 def _new_heads(model: nn.Module) -> None:
-    """The tutorial's surgery: 2-class box (and mask) predictors on a COCO model."""
+    # The tutorial's surgery: 2-class box (and mask) predictors on a COCO model.
     in_features = model.roi_heads.box_predictor.cls_score.in_features
     model.roi_heads.box_predictor = FastRCNNPredictor(in_features, NUM_CLASSES)
     if model.roi_heads.has_mask():
@@ -94,11 +91,12 @@ def _new_heads(model: nn.Module) -> None:
         model.roi_heads.mask_predictor = MaskRCNNPredictor(in_channels, 256, NUM_CLASSES)
 
 
-def _option1(builder: Callable[..., nn.Module], head: type[nn.Module], weights_enum: Any, weights: str,
-             **kwargs: Any) -> Built:
-    coco = _pretrained(weights_enum.DEFAULT, weights)
+def _option1(name: str, head: type[nn.Module], *, weights: str = "auto", **kwargs: Any) -> Built:
+    """Option 1 of the tutorial: ``name`` with COCO weights and new 2-class predictors."""
+    coco = _pretrained(torchvision.models.get_model_weights(name).DEFAULT, weights)
     if coco is None:
-        return Built(builder(weights=None, weights_backbone=None, num_classes=NUM_CLASSES, **kwargs), "random")
+        return Built(torchvision.models.get_model(name, weights=None, weights_backbone=None, num_classes=NUM_CLASSES,
+                                                  **kwargs), "random")
     # The builder's pretrained shape (frozen batch norms, the stem and layer1 fixed), weights loaded as tensors only.
     body = resnet_fpn_backbone(backbone_name="resnet50", weights=None, trainable_layers=3)
     model = head(body, num_classes=len(coco.meta["categories"]), **kwargs)
@@ -110,20 +108,8 @@ def _option1(builder: Callable[..., nn.Module], head: type[nn.Module], weights_e
     return Built(model, "coco")
 
 
-@MODELS.register("maskrcnn_resnet50_fpn")
-def maskrcnn_resnet50_fpn(*, weights: str = "auto", **kwargs: Any) -> Built:
-    """Option 1 of the tutorial: Mask R-CNN ResNet50-FPN, COCO weights, new 2-class predictors."""
-    from torchvision.models.detection import MaskRCNN_ResNet50_FPN_Weights, maskrcnn_resnet50_fpn as build
-
-    return _option1(build, MaskRCNN, MaskRCNN_ResNet50_FPN_Weights, weights, **kwargs)
-
-
-@MODELS.register("fasterrcnn_resnet50_fpn")
-def fasterrcnn_resnet50_fpn(*, weights: str = "auto", **kwargs: Any) -> Built:
-    """Option 1 without masks: Faster R-CNN ResNet50-FPN, COCO weights, new 2-class box predictor."""
-    from torchvision.models.detection import FasterRCNN_ResNet50_FPN_Weights, fasterrcnn_resnet50_fpn as build
-
-    return _option1(build, FasterRCNN, FasterRCNN_ResNet50_FPN_Weights, weights, **kwargs)
+for _name, _head in (("maskrcnn_resnet50_fpn", MaskRCNN), ("fasterrcnn_resnet50_fpn", FasterRCNN)):
+    MODELS.register(_name)(partial(_option1, _name, _head))
 
 
 @dataclass
@@ -141,42 +127,31 @@ BACKBONES: Registry[Backbone] = Registry("backbone")
 SINGLE_MAP_ANCHORS = ((32, 64, 128, 256, 512),)
 
 
-def _features(name: str, out_channels: int) -> Callable[..., Backbone]:
+def _features(name: str, out_channels: int, *, weights: str = "auto") -> Backbone:
     """A torchvision classifier's ``features`` as one feature map (the tutorial's option 2 shape)."""
+    w = _pretrained(torchvision.models.get_model_weights(name).DEFAULT, weights)
+    net = torchvision.models.get_model(name, weights=None)
+    if w is not None:
+        net.load_state_dict(load_weights(w.url))
+    body = net.features
+    body.out_channels = out_channels
+    return Backbone(body, ["0"], SINGLE_MAP_ANCHORS, w is not None)
 
-    def build(*, weights: str = "auto") -> Backbone:
-        w = _pretrained(torchvision.models.get_model_weights(name).DEFAULT, weights)
-        net = torchvision.models.get_model(name, weights=None)
-        if w is not None:
-            net.load_state_dict(load_weights(w.url))
-        body = net.features
-        body.out_channels = out_channels
-        return Backbone(body, ["0"], SINGLE_MAP_ANCHORS, w is not None)
 
-    return build
+def _resnet_fpn(name: str, *, weights: str = "auto") -> Backbone:
+    w = _pretrained(torchvision.models.get_model_weights(name).DEFAULT, weights)
+    # Random init has nothing worth freezing; pretrained keeps the stem and layer1 fixed like the tutorial.
+    body = resnet_fpn_backbone(backbone_name=name, weights=None, trainable_layers=3 if w else 5)
+    if w is not None:  # the classifier's weights without its fc layer, which the FPN body drops
+        body.body.load_state_dict({k: v for k, v in load_weights(w.url).items() if not k.startswith("fc.")})
+    return Backbone(body, ["0", "1", "2", "3"], ((32,), (64,), (128,), (256,), (512,)), w is not None)
 
 
 for _name, _channels in (("mobilenet_v2", 1280), ("mobilenet_v3_large", 960), ("efficientnet_b0", 1280),
                          ("convnext_tiny", 768)):
-    BACKBONES.register(_name)(_features(_name, _channels))
-
-
-def _resnet_fpn(name: str) -> Callable[..., Backbone]:
-    """A torchvision ResNet with an FPN over its four stages."""
-
-    def build(*, weights: str = "auto") -> Backbone:
-        w = _pretrained(torchvision.models.get_model_weights(name).DEFAULT, weights)
-        # Random init has nothing worth freezing; pretrained keeps the stem and layer1 fixed like the tutorial.
-        body = resnet_fpn_backbone(backbone_name=name, weights=None, trainable_layers=3 if w else 5)
-        if w is not None:  # the classifier's weights without its fc layer, which the FPN body drops
-            body.body.load_state_dict({k: v for k, v in load_weights(w.url).items() if not k.startswith("fc.")})
-        return Backbone(body, ["0", "1", "2", "3"], ((32,), (64,), (128,), (256,), (512,)), w is not None)
-
-    return build
-
-
+    BACKBONES.register(_name)(partial(_features, _name, _channels))
 for _name in ("resnet18", "resnet50"):
-    BACKBONES.register(_name)(_resnet_fpn(_name))
+    BACKBONES.register(_name)(partial(_resnet_fpn, _name))
 
 
 class TimmFPN(nn.Module):
@@ -238,16 +213,13 @@ def create_backbone(name: str, *, weights: str = "auto", levels: int = 3) -> Bac
     return timm_backbone(name.removeprefix(TIMM_PREFIX), weights=weights, levels=levels)
 
 
-def faster_rcnn_on(backbone: Backbone, **kwargs: Any) -> FasterRCNN:
-    """The tutorial's option 2 head on ``backbone``: ratios 0.5/1/2 at every size, 7x7 RoIAlign."""
-    anchors = AnchorGenerator(sizes=backbone.anchor_sizes, aspect_ratios=((0.5, 1.0, 2.0),) * len(backbone.anchor_sizes))
-    pool = MultiScaleRoIAlign(featmap_names=backbone.featmap_names, output_size=7, sampling_ratio=2)
-    return FasterRCNN(backbone.body, num_classes=NUM_CLASSES, rpn_anchor_generator=anchors, box_roi_pool=pool, **kwargs)
-
-
 def build_detector(option: int, *, model: str, backbone: str, weights: str, levels: int = 3, **kwargs: Any) -> Built:
-    """Option 1 (``model`` from :data:`MODELS`) or 2 (Faster R-CNN on ``backbone``); ``kwargs`` go to the detector."""
+    """Option 1 (``model`` from :data:`MODELS`) or 2 (Faster R-CNN on ``backbone`` with the tutorial's anchor ratios
+    0.5/1/2 at every size and 7x7 RoIAlign); ``kwargs`` go to the detector."""
     if option == 1:
         return MODELS.create(model, weights=weights, **kwargs)
     bb = create_backbone(backbone, weights=weights, levels=levels)
-    return Built(faster_rcnn_on(bb, **kwargs), "imagenet" if bb.pretrained else "random")
+    anchors = AnchorGenerator(sizes=bb.anchor_sizes, aspect_ratios=((0.5, 1.0, 2.0),) * len(bb.anchor_sizes))
+    pool = MultiScaleRoIAlign(featmap_names=bb.featmap_names, output_size=7, sampling_ratio=2)
+    detector = FasterRCNN(bb.body, num_classes=NUM_CLASSES, rpn_anchor_generator=anchors, box_roi_pool=pool, **kwargs)
+    return Built(detector, "imagenet" if bb.pretrained else "random")

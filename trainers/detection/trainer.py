@@ -1,13 +1,10 @@
 """torchvision's detection fine-tuning tutorial as an :class:`Engine`: flags, profiles, training, COCO evaluation.
-
-Training images are scored at the end (and every ``--train-eval-every`` epochs) only: scoring them every
-epoch dominates a run. ``full`` is the tutorial's recipe; ``cpu`` shrinks images, RoIs and epochs for 2 cores.
-"""
+Training images are scored at the end (and every ``--train-eval-every`` epochs) only: scoring them dominates a run."""
 
 from __future__ import annotations
 
 import argparse
-import math
+import statistics
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -44,7 +41,7 @@ OPTIONS = {"1": (1,), "2": (2,), "both": (1, 2)}
 
 @settings
 class DetectSettings:
-    """The settings of ``launch.py detect``: unset fields come from the profile, flagless ones from data and model."""
+    """Unset fields come from the profile, flagless ones from data and model."""
 
     data: str | None = setting(None, "an unpacked PennFudanPed folder (default: download it into the cache; offline, "
                                      "generated pedestrians in the same layout)", metavar="DIR")
@@ -107,24 +104,12 @@ class DetectSettings:
 add_arguments = partial(settings_flags, cls=DetectSettings)  # launch.py detect's flags
 
 
-def resolve_profile(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
-    """The profile named by ``--profile`` (default by device), with the flags that override it."""
-    name = args.profile or ("full" if torch.cuda.is_available() else "cpu")
-    return name, {k: v if getattr(args, k, None) is None else getattr(args, k) for k, v in PROFILES[name].items()}
-
-
 def detector_kwargs(profile: Mapping[str, Any]) -> dict[str, Any]:
-    """The detector constructor arguments a profile sets."""
     return {"min_size": profile["min_size"], "max_size": profile["max_size"],
             "box_batch_size_per_image": profile["rois_per_image"],
             "rpn_post_nms_top_n_train": profile["rpn_post_nms_train"],
             "rpn_post_nms_top_n_test": profile["rpn_post_nms_test"],
             "box_detections_per_img": profile["detections_per_image"]}
-
-
-def _to(device: torch.device, images: Sequence[torch.Tensor], targets: Sequence[Mapping[str, torch.Tensor]]):
-    return ([i.to(device, non_blocking=True) for i in images],
-            [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets])
 
 
 def make_optimizer(model: nn.Module, profile: Mapping[str, Any]) -> tuple[torch.optim.Optimizer, Any]:
@@ -142,7 +127,6 @@ class EpochSlices(torch.utils.data.Sampler):
         self.n, self.per_epoch, self.seed, self.epoch = n, min(per_epoch, n), seed, 0
 
     def set_epoch(self, epoch: int) -> None:
-        """Choose the slice ``__iter__`` yields next."""
         self.epoch = epoch
 
     def __len__(self) -> int:
@@ -159,8 +143,8 @@ class EpochSlices(torch.utils.data.Sampler):
 
 
 class DetectionTrainer(Engine):
-    """Fine-tunes one detector with the tutorial's recipe and scores it with pycocotools (``val/bbox_AP``...
-    every epoch, ``train/*`` too when :meth:`scores_training_images`); :attr:`viz` holds ``(image, target,
+    """Fine-tunes one detector with the tutorial's recipe and scores it with pycocotools (``val/bbox_AP``... every
+    epoch, ``train/*`` after the last and every ``train_eval_every``-th); :attr:`viz` holds ``(image, target,
     prediction)`` of the held-out images shown. Under torchrun the AP is the whole data's."""
 
     def __init__(self, model: nn.Module, *, train: PennFudan, heldout: PennFudan, train_eval: PennFudan,
@@ -213,7 +197,8 @@ class DetectionTrainer(Engine):
         self._ramp_state = None
         for i, (images, targets) in self.epoch_batches(self.loader):
             started = time.perf_counter()
-            images, targets = _to(self.device, images, targets)
+            images = [im.to(self.device, non_blocking=True) for im in images]
+            targets = [{k: v.to(self.device, non_blocking=True) for k, v in t.items()} for t in targets]
             with self.precision.autocast():
                 loss_dict = self.net(images, targets)
             loss = sum(loss_dict.values())
@@ -242,9 +227,7 @@ class DetectionTrainer(Engine):
         """CPU outputs on ``dataset`` (this rank's shard) by image id; images in ``keep`` also go to :attr:`viz`."""
         self.model.eval()
         outputs: dict[int, dict[str, torch.Tensor]] = {}
-        mine = range(len(dataset))
-        if self.dist.distributed:
-            mine = shard(mine, self.dist.rank, self.dist.world_size, even=False)
+        mine = shard(range(len(dataset)), self.dist.rank, self.dist.world_size, even=False)
         kept: list[tuple[int, dict[str, torch.Tensor]]] = []
         inputs: dict[int, tuple[torch.Tensor, dict]] = {}
         for start in range(0, len(mine), self.eval_batch_size):
@@ -278,33 +261,22 @@ class DetectionTrainer(Engine):
         self.viz = []
         metrics: dict[str, float] = {}
         splits = [("val", self.heldout, self.viz_ids)]
-        if self.scores_training_images(epoch):
+        every = self.train_eval_every
+        if epoch + 1 == self.epochs or (every > 0 and (epoch + 1) % every == 0):
             splits.insert(0, ("train", self.train_eval, ()))
         for prefix, dataset, keep in splits:
             outputs = self.predict(dataset, keep)
             scores = coco_metrics(self._ground_truth(prefix, dataset), outputs, self.iou_types, self.dist)
             metrics.update({f"{prefix}/{k}": v for k, v in scores.items()})
-        metrics["train/sec_per_iter"] = self.seconds_per_iter()
+        # The median step time is robust to a noisy shared machine.
+        metrics["train/sec_per_iter"] = statistics.median(self.step_seconds) if self.step_seconds else float("nan")
         metrics["time/eval_seconds"] = time.perf_counter() - started
         return metrics
 
-    def scores_training_images(self, epoch: int) -> bool:
-        """Whether epoch ``epoch`` (0-based) ends with train AP: the last one, and every ``train_eval_every``-th."""
-        every = self.train_eval_every
-        return epoch + 1 == self.epochs or (every > 0 and (epoch + 1) % every == 0)
-
-    def seconds_per_iter(self) -> float:
-        """Median wall time of a training step so far (robust to a noisy shared machine)."""
-        if not self.step_seconds:
-            return math.nan
-        return float(torch.tensor(self.step_seconds).median())
-
-    def state_dict(self) -> dict[str, Any]:
-        """The weights and the profile that sized the detector: the uploaded best checkpoint."""
+    def state_dict(self) -> dict[str, Any]:  # the profile sized the detector
         return {**super().state_dict(), "profile": dict(self.profile)}
 
     def training_state(self) -> dict[str, Any]:
-        """Also the warm-up when inside the first epoch, and the step times."""
         ramp = self.ramp.state_dict() if self.ramp is not None and self.batch_in_epoch else None
         return {**super().training_state(), "ramp": ramp, "step_seconds": list(self.step_seconds)}
 
@@ -323,7 +295,6 @@ class DetectionTrainer(Engine):
 @dataclass
 class Plan:
     """Everything ``launch.py detect`` resolved before training: the settings, the profile they make, the splits."""
-
     settings: DetectSettings
     profile: dict[str, Any]
     options: tuple[int, ...]
@@ -335,7 +306,8 @@ class Plan:
 def prepare(args: argparse.Namespace, *, verbose: bool = True, rank: int = 0) -> Plan:
     """Resolve profile, data and splits (every user error raised here, before any run starts); print the plan."""
     check(DetectSettings, vars(args))
-    name, profile = resolve_profile(args)
+    name = args.profile or ("full" if torch.cuda.is_available() else "cpu")
+    profile = {k: v if getattr(args, k, None) is None else getattr(args, k) for k, v in PROFILES[name].items()}
     options = OPTIONS[args.option]
     if 1 in options:
         MODELS.get(args.model)
@@ -353,22 +325,20 @@ def prepare(args: argparse.Namespace, *, verbose: bool = True, rank: int = 0) ->
         "workers": args.workers if args.workers is not None else (4 if cuda else 0),
         "eval_batch_size": args.eval_batch_size or (8 if cuda else 1), "data_root": str(root), "data_source": source,
         "train_images": len(train), "heldout_images": len(held_idx)})
-    plan = Plan(
-        settings=settings, profile=profile, options=options,
-        train=PennFudan(train, Augment(jitter=args.jitter, seed=args.seed + rank)),
-        heldout=PennFudan([samples[i] for i in held_idx]),
-        # The permutation already shuffled them: a fixed-seed subset.
-        train_eval=PennFudan(train[:profile["train_eval_images"]]),
-    )
-    shown = ", ".join(f"{k}={v}" for k, v in profile.items())
+    # The permutation already shuffled the training images: train_eval is a fixed-seed subset.
+    plan = Plan(settings=settings, profile=profile, options=options,
+                train=PennFudan(train, Augment(jitter=args.jitter, seed=args.seed + rank)),
+                heldout=PennFudan([samples[i] for i in held_idx]),
+                train_eval=PennFudan(train[:profile["train_eval_images"]]))
     if verbose:
+        shown = ", ".join(f"{k}={v}" for k, v in profile.items())
         print(f"profile {name}: {shown}; data {source} ({root}): {len(plan.train)} train, {len(plan.heldout)} held out, "
               f"train AP on {len(plan.train_eval)}; device {device}{' with AMP' if cuda else ''}")
     return plan
 
 
 def model_label(option: int, settings: DetectSettings) -> str:
-    """How a model is named in tables: ``option 1: maskrcnn_resnet50_fpn``."""
+    """``option 1: maskrcnn_resnet50_fpn``."""
     return f"option {option}: {settings.model if option == 1 else 'fasterrcnn_' + settings.backbone.replace('/', '_')}"
 
 
