@@ -16,7 +16,7 @@ _ENV_ALIASES = {"run": "online", "dryrun": "offline", "online": "online", "offli
 
 
 def api_key_configured() -> bool:
-    """True when W&B would find an API key: ``WANDB_API_KEY`` or a netrc entry for its host."""
+    """``WANDB_API_KEY`` or a netrc entry for W&B's host."""
     if os.environ.get("WANDB_API_KEY"):
         return True
     host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or ""
@@ -28,7 +28,7 @@ def api_key_configured() -> bool:
 
 
 def resolve_mode(requested: str | None) -> tuple[str, str]:
-    """Return ``(mode, reason)``: the flag wins, then ``WANDB_MODE``, then whether a key exists."""
+    """``(mode, reason)``: the flag wins, then ``WANDB_MODE``, then whether a key exists."""
     if requested:
         return requested, "--wandb-mode"
     env = os.environ.get("WANDB_MODE", "").strip().lower()

@@ -1,5 +1,4 @@
-"""Local W&B runs read back as W&B itself reports them (``wandb leet inspect``): the one reader that
-compare, report, dashboard and resume share."""
+"""Local W&B runs read back as ``wandb leet inspect`` reports them, for compare, report, dashboard and resume."""
 
 from __future__ import annotations
 
@@ -42,7 +41,7 @@ def records(run_dir: str | Path) -> list[dict[str, Any]]:
 
 
 def of_type(log: Iterable[Mapping[str, Any]], kind: str) -> list[dict[str, Any]]:
-    """The bodies of the records of type ``kind`` ("history", "run", "environment", "artifact"...)."""
+    """The bodies of the records of type ``kind`` ("history", "run", "environment", "artifact", ...)."""
     return [r[kind] for r in log if r.get("type") == kind]
 
 
@@ -51,37 +50,14 @@ def history(run_dir: str | Path) -> list[dict[str, Any]]:
     return [h["item"] for h in of_type(records(run_dir), "history")]
 
 
-def staged_files(log: Iterable[Mapping[str, Any]]) -> dict[str, str]:
-    """Artifact entry path -> local staged file for everything the run handed to W&B for upload."""
-    return {e["path"]: e["local_path"] for a in of_type(log, "artifact")
-            for e in a["manifest"]["contents"] if e.get("local_path")}
-
-
-def read_table(entry: Any, staged: Mapping[str, str]) -> dict[str, Any] | None:
-    """The table a summary ``entry`` points to as ``{"columns", "data"}``, image cells given a ``local_path``;
-    None when it is no table or its staged copy is gone (a synced run)."""
-    # The copy under files/media only names cell types: the full table is the run's table artifact.
-    if not isinstance(entry, Mapping) or "artifact_path" not in entry:
-        return None
-    path = staged.get(entry["artifact_path"].split("/", 3)[-1])  # "<key>.table.json"
-    if path is None or not Path(path).is_file():
-        return None
-    table = json.loads(Path(path).read_text())
-    for row in table.get("data", []):
-        for cell in row:
-            if isinstance(cell, dict) and "path" in cell:
-                cell["local_path"] = staged.get(cell["path"])
-    return table
-
-
 def logged_table(run_dir: str | Path, key: str) -> dict[str, Any] | None:
-    """The last table logged under ``key`` (see :func:`read_table`)."""
+    """The last table logged under ``key`` (see :meth:`RunRecord.table`)."""
     return _read_local(Path(run_dir)).table(key)
 
 
 def visible(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``d`` flattened (``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; a ``define_metric`` summary stays whole), W&B's own
-    ``_`` keys left out."""
+    """``d`` flattened (``{"a": {"b": 1}}`` -> ``{"a.b": 1}``) but for ``define_metric`` summaries, without W&B's
+    own ``_`` keys."""
     out: dict[str, Any] = {}
     for k, v in d.items():
         if prefix or not k.startswith("_"):
@@ -94,7 +70,7 @@ def visible(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 @dataclass
 class RunRecord:
-    """One run as compare, report and dashboard see it: flat config and summary, where it came from."""
+    """One run as compare, report and dashboard see it."""
 
     name: str
     state: str
@@ -122,8 +98,22 @@ class RunRecord:
             return []
 
     def table(self, key: str) -> dict[str, Any] | None:
-        """The table logged under ``key`` (see :func:`read_table`)."""
-        return read_table(self.raw.get(key), staged_files(self.log))
+        """The last table logged under ``key`` as ``{"columns", "data"}``, image cells given a ``local_path``; None
+        when it is no table or its staged copy is gone (a synced run)."""
+        # The copy under files/media only names cell types: the full table is the run's table artifact.
+        entry = self.raw.get(key)
+        if not isinstance(entry, Mapping) or "artifact_path" not in entry:
+            return None
+        staged = {e["path"]: e["local_path"] for a in of_type(self.log, "artifact")
+                  for e in a["manifest"]["contents"] if e.get("local_path")}
+        path = staged.get(entry["artifact_path"].split("/", 3)[-1])  # "<key>.table.json"
+        if path is None or not Path(path).is_file():
+            return None
+        table = json.loads(Path(path).read_text())
+        for cell in (c for row in table.get("data", []) for c in row):
+            if isinstance(cell, dict) and "path" in cell:
+                cell["local_path"] = staged.get(cell["path"])
+        return table
 
 
 def find_run_dirs(paths: Iterable[str | Path]) -> list[Path]:

@@ -71,7 +71,8 @@ def config_problems(config: Any) -> list[str]:
     except Exception as exc:  # raised as several exception types
         problems.append(str(exc).strip().splitlines()[0])
     program = config.get("program")
-    if "program" in agent_command.macros_used(config.get("command")) and not (program and Path(program).is_file()):
+    command = map(str, config.get("command") or agent_command.DEFAULT_SWEEP_COMMAND)
+    if "${program}" in command and not (program and Path(program).is_file()):
         problems.append(f"program {program!r} is not a file in {Path.cwd()}; wandb agent runs it from its working "
                         "folder, so start the sweep from the folder it expects")
     return problems
