@@ -1,9 +1,5 @@
-"""``launch.py dashboard``: one W&B workspace view per experiment and, with ``--report``, a W&B Report
-(docs/theory.md beside the same panels), built with ``wandb-workspaces`` (the ``dashboard`` extra).
-
-``--dry-run`` saves nothing: it writes the specs under ``--out/dashboard`` and checks every key a panel
-names against what the experiment's local runs logged, since such a panel would be empty online.
-"""
+"""``launch.py dashboard``: one W&B workspace view per experiment and, with ``--report``, a W&B Report beside
+docs/theory.md, built with ``wandb-workspaces``; ``--dry-run`` checks their keys offline (docs/dashboard.md)."""
 
 from __future__ import annotations
 
@@ -33,7 +29,6 @@ CONFUSION = ("wandb/confusion_matrix/v1", {"Actual": "Actual", "Predicted": "Pre
 
 
 def _library() -> tuple[Any, Any]:
-    """``wandb_workspaces.reports.v2`` and ``.workspaces``, or a UsageError saying how to install them."""
     try:
         import wandb_workspaces.reports.v2 as wr
         import wandb_workspaces.workspaces as ws
@@ -156,7 +151,7 @@ def build(*, project: str, entity: str, report: bool, group: str | None = None, 
 
 
 def _views(file: str, data: Any) -> list[tuple[str, Any, list[Any]]]:
-    """``(experiment, run set or runset settings, panels)`` of a view's or Report's spec, rebuilt by the library."""
+    """``(experiment, run set, panels)`` of a view's or Report's spec, rebuilt by the library."""
     wr, ws = _library()
     try:
         if "blocks" in data["spec"]:
@@ -170,8 +165,8 @@ def _views(file: str, data: Any) -> list[tuple[str, Any, list[Any]]]:
 
 
 def keys_named(panels: Sequence[Any], runs: Any) -> list[tuple[str, str]]:
-    """``(kind, key)`` for every key the panels and the run set's filters and grouping name: kind "config",
-    or "metric" (a history, summary, table or picture key)."""
+    """``(kind, key)`` for every key the panels and the run set's filters and grouping name; kind is "config" or
+    "metric" (a history, summary, table or picture key)."""
     from wandb_workspaces.expr import FE_METRIC_NAME_MAP, expr_to_filters
 
     values: list[Any] = list(runs.groupby)  # a view's: Config("option"); a Report's run set's: "config.option"
@@ -197,17 +192,16 @@ def keys_named(panels: Sequence[Any], runs: Any) -> list[tuple[str, str]]:
     return found
 
 
-def _command(run: RunRecord) -> str:
-    """The command that made a local run, read from its job type (``detect-option1``: detect)."""
-    return next((r.get("job_type") or "" for r in of_type(run.log, "run")), "").split("-")[0]
-
-
 def logged_keys(out: str | Path) -> dict[str, tuple[set[str], set[str]]]:
     """``{command: (config keys, metric keys)}`` over every local run under ``out``; the summary holds every key
     a run logged."""
+
+    def command(run: RunRecord) -> str:  # from its job type: detect-option1 is detect's
+        return next((r.get("job_type") or "" for r in of_type(run.log, "run")), "").split("-")[0]
+
     runs = local_runs(find_run_dirs([out]))
     with ThreadPoolExecutor(max_workers=4) as pool:  # each log is a `wandb leet inspect` subprocess
-        commands = list(pool.map(_command, runs))
+        commands = list(pool.map(command, runs))
     found: dict[str, tuple[set[str], set[str]]] = {}
     for command, run in zip(commands, runs):
         have = found.setdefault(command, (set(), set()))
@@ -217,8 +211,7 @@ def logged_keys(out: str | Path) -> dict[str, tuple[set[str], set[str]]]:
 
 
 def check(specs: dict[str, dict[str, Any]], logged: dict[str, tuple[set[str], set[str]]], out: str | Path) -> int:
-    """Raise a one-line UsageError naming every key a spec names that no run of its experiment logged;
-    return how many keys were checked."""
+    """How many keys the specs name; a UsageError naming every one that no run of its experiment logged."""
     commands = {e[0]: e[1] for e in EXPERIMENTS}
     problems, checked = [], 0
     for file, data in specs.items():
@@ -239,7 +232,7 @@ def check(specs: dict[str, dict[str, Any]], logged: dict[str, tuple[set[str], se
 
 def run_dashboard(*, project: str | None, entity: str | None, out: str, dry_run: bool, report: bool,
                   group: str | None = None, sweep: str | None = None, specs: Sequence[str] = ()) -> int:
-    """The ``dashboard`` command: save the views (and the Report), or with ``dry_run`` write and check their specs."""
+    """Save the views (and the Report), or with ``dry_run`` write and check their specs."""
     _library()
     project = project or os.environ.get("WANDB_PROJECT") or "dlhw"
     entity = entity or os.environ.get("WANDB_ENTITY")

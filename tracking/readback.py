@@ -117,14 +117,11 @@ class RunRecord:
 
 
 def find_run_dirs(paths: Iterable[str | Path]) -> list[Path]:
-    """Run folders in ``paths``: a run folder itself, or any folder holding run folders below it."""
+    """The run folders in or below ``paths``."""
     found: list[Path] = []
     for p in map(Path, paths):
         if not p.exists():
             raise UsageError(f"no such run folder: {p}; pass a W&B run folder, a wandb/ folder or an --out folder")
-        if list(p.glob("run-*.wandb")):
-            found.append(p)
-            continue
         # followlinks: a sweep's wandb/ folder holds links to its trials' runs.
         runs = sorted(Path(root) for root, _, files in os.walk(p, followlinks=True)
                       if any(f.startswith("run-") and f.endswith(".wandb") for f in files))

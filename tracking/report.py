@@ -1,7 +1,5 @@
-"""One self-contained HTML page of the homework's answers, read from local W&B runs (offline or synced).
-
-Nothing is recomputed: plots draw logged numbers. Pictures are data URIs, so the page can be mailed.
-"""
+"""One self-contained HTML page of the homework's answers, read from local W&B runs: plots draw logged numbers,
+pictures are data URIs, so the page can be mailed."""
 
 from __future__ import annotations
 
@@ -38,15 +36,6 @@ def command(run: RunRecord) -> str:
     return next((a for a in env.get("args", []) if a in known), "?")
 
 
-def image(run: RunRecord, key: str) -> Path | None:
-    """The picture logged under ``key``, when its file is still there."""
-    entry = run.raw.get(key)
-    if isinstance(entry, Mapping) and entry.get("_type") == "image-file":
-        p = Path(run.source) / "files" / entry["path"]
-        return p if p.is_file() else None
-    return None
-
-
 def _esc(v: Any) -> str:
     return html.escape(str(v))
 
@@ -56,8 +45,8 @@ def _not_found(key: str) -> str:
 
 
 def _data_uri(path: str | Path, max_side: int = 1024) -> str:
-    """The picture as a data URI, at most ``max_side`` pixels a side (full-size photos as PNG would make
-    the page tens of MB): small PNGs keep their bytes, others become JPEG unless transparent."""
+    """At most ``max_side`` pixels a side (full photos would make the page tens of MB): small PNGs keep their bytes,
+    others become JPEG unless transparent."""
     with Image.open(path) as picture:
         if max(picture.size) <= max_side and picture.format == "PNG" and Path(path).stat().st_size < 200_000:
             return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode()
@@ -80,6 +69,12 @@ def _img(path: str | Path | None, alt: str, width: int | None = None) -> str:
     return f'<img src="{_data_uri(path, 2 * width if width else 1024)}" alt="{_esc(alt)}"{w}>'
 
 
+def _logged_image(run: RunRecord, key: str) -> str:
+    entry = run.raw.get(key)
+    found = isinstance(entry, Mapping) and entry.get("_type") == "image-file"
+    return _img(Path(run.source) / "files" / entry["path"] if found else None, key)
+
+
 def _boxed_image(cell: Mapping[str, Any], alt: str) -> str:
     """An image cell with its W&B box layers drawn over it as SVG rectangles."""
     path = cell.get("local_path")
@@ -90,14 +85,9 @@ def _boxed_image(cell: Mapping[str, Any], alt: str) -> str:
     colours = ("#e41a1c", "#377eb8", "#4daf4a", "#ff7f00")
     for i, (layer, boxes) in enumerate((cell.get("boxes") or {}).items()):
         boxes = boxes.get("box_data", boxes) if isinstance(boxes, Mapping) else boxes
-        for b in boxes or []:
-            p = b.get("position", {})
-            sx, sy = (1, 1) if b.get("domain") == "pixel" else (w, h)
-            if "minX" in p:
-                x, y, bw, bh = p["minX"] * sx, p["minY"] * sy, (p["maxX"] - p["minX"]) * sx, (p["maxY"] - p["minY"]) * sy
-            else:
-                x, y = (p["middle"][0] - p["width"] / 2) * sx, (p["middle"][1] - p["height"] / 2) * sy
-                bw, bh = p["width"] * sx, p["height"] * sy
+        for b in boxes or []:  # as callbacks/panels.py logs them: corners in pixels
+            p = b["position"]
+            x, y, bw, bh = p["minX"], p["minY"], p["maxX"] - p["minX"], p["maxY"] - p["minY"]
             shapes.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{bw:.1f}" height="{bh:.1f}" fill="none" '
                           f'stroke="{colours[i % len(colours)]}" stroke-width="{max(w, h) / 300:.1f}">'
                           f'<title>{_esc(layer)}: {_esc(b.get("box_caption", ""))}</title></rect>')
@@ -135,7 +125,7 @@ def _png(series: Mapping[str, list[tuple[float, float]]], title: str, **kwargs: 
 
 
 def line_series_plot(run: RunRecord, key: str, title: str) -> str:
-    """A W&B line-series chart (its ``step, lineKey, lineVal`` table) drawn again as a PNG."""
+    """A W&B line-series chart (its ``step, lineKey, lineVal`` table) drawn as a PNG."""
     t = run.table(key)
     if t is None or t["columns"][:3] != ["step", "lineKey", "lineVal"]:
         return _not_found(key)
@@ -182,7 +172,7 @@ def section_iou(runs: list[RunRecord]) -> str:
     return "".join([
         html_table(["metric", "value"], [[k, run.value(k)] for prefix in ("check/", "slide/", "eval/")
                                          for k in sorted(run.summary) if k.startswith(prefix)], "IoU checks and results"),
-        _img(image(run, "iou/slide_plot"), "iou/slide_plot"),
+        _logged_image(run, "iou/slide_plot"),
         kinks or _not_found("iou/kinks"),
         line_series_plot(run, "iou/descent_table", "mean IoU with the target per step: 1 - IoU vs GIoU loss"),
         table_html(run, "iou/descent_boxes"),
@@ -214,7 +204,7 @@ def section_alexnet(runs: list[RunRecord]) -> str:
     for run in runs[-3:]:  # the latest few: each reads the run's whole log
         parts.append(f"<h3>{_esc(run.name)} ({_esc(run.config.get('dataset', '?'))}, "
                      f"test/acc {_esc(fmt(run.value('test/acc')))})</h3>")
-        parts += [_epoch_curves(run), _img(image(run, "viz/conv1_filters"), "viz/conv1_filters"), _confusion(run)]
+        parts += [_epoch_curves(run), _logged_image(run, "viz/conv1_filters"), _confusion(run)]
     return "".join(parts)
 
 
