@@ -112,10 +112,12 @@ def html_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], caption: s
     return f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def table_html(run: RunRecord, key: str) -> str:
-    """``key``'s table as HTML, or a line saying it is missing."""
+def table_html(run: RunRecord, key: str, caption: str | None = None, reshape: Callable | None = None) -> str:
+    """``key``'s table as HTML, its ``(columns, rows)`` passed through ``reshape``; or a line saying it is missing."""
     t = run.table(key)
-    return _not_found(key) if t is None else html_table(t["columns"], t["data"], key)
+    if t is None:
+        return _not_found(key)
+    return html_table(*(reshape or (lambda *table: table))(t["columns"], t["data"]), caption or key)
 
 
 def _png(series: Mapping[str, list[tuple[float, float]]], title: str, **kwargs: Any) -> str:
@@ -165,15 +167,13 @@ def section_weight_decay(runs: list[RunRecord]) -> str:
 
 def section_iou(runs: list[RunRecord]) -> str:
     run = runs[-1]
-    t = run.table("iou/kinks")
-    kinks = t and html_table([*t["columns"], "theory left", "theory right"],
-                             [[*r, *KINK_THEORY.get(float(r[0]), (None, None))] for r in t["data"]],
-                             "iou/kinks: measured one-sided derivatives beside the hand derivation (default boxes)")
     return "".join([
         html_table(["metric", "value"], [[k, run.value(k)] for prefix in ("check/", "slide/", "eval/")
                                          for k in sorted(run.summary) if k.startswith(prefix)], "IoU checks and results"),
         _logged_image(run, "iou/slide_plot"),
-        kinks or _not_found("iou/kinks"),
+        table_html(run, "iou/kinks", "iou/kinks: measured one-sided derivatives beside the hand derivation (default "
+                   "boxes)", lambda cols, rows: ([*cols, "theory left", "theory right"],
+                                                 [[*r, *KINK_THEORY.get(float(r[0]), (None, None))] for r in rows])),
         line_series_plot(run, "iou/descent_table", "mean IoU with the target per step: 1 - IoU vs GIoU loss"),
         table_html(run, "iou/descent_boxes"),
     ])
@@ -188,15 +188,11 @@ def _epoch_curves(run: RunRecord) -> str:
     return _png({k: pts for k, pts in series.items() if pts}, f"{run.name}: curves per epoch", xlabel="epoch")
 
 
-def _confusion(run: RunRecord) -> str:
-    t = run.table("test/confusion_matrix_table")
-    if t is None:
-        return _not_found("test/confusion_matrix")
-    actual = list(dict.fromkeys(r[0] for r in t["data"]))
-    predicted = list(dict.fromkeys(r[1] for r in t["data"]))
-    counts = {(r[0], r[1]): r[2] for r in t["data"]}
-    rows = [[a, *(counts.get((a, p), 0) for p in predicted)] for a in actual]
-    return html_table(["actual \\ predicted", *predicted], rows, "test confusion matrix")
+def _confusion_grid(columns: list[str], rows: list[list[Any]]) -> tuple[list[str], list[list[Any]]]:
+    """wandb.plot.confusion_matrix's ``(actual, predicted, count)`` rows as a grid."""
+    actual, predicted = list(dict.fromkeys(r[0] for r in rows)), list(dict.fromkeys(r[1] for r in rows))
+    counts = {(r[0], r[1]): r[2] for r in rows}
+    return ["actual \\ predicted", *predicted], [[a, *(counts.get((a, p), 0) for p in predicted)] for a in actual]
 
 
 def section_alexnet(runs: list[RunRecord]) -> str:
@@ -204,7 +200,8 @@ def section_alexnet(runs: list[RunRecord]) -> str:
     for run in runs[-3:]:  # the latest few: each reads the run's whole log
         parts.append(f"<h3>{_esc(run.name)} ({_esc(run.config.get('dataset', '?'))}, "
                      f"test/acc {_esc(fmt(run.value('test/acc')))})</h3>")
-        parts += [_epoch_curves(run), _logged_image(run, "viz/conv1_filters"), _confusion(run)]
+        parts += [_epoch_curves(run), _logged_image(run, "viz/conv1_filters"),
+                  table_html(run, "test/confusion_matrix_table", "test confusion matrix", _confusion_grid)]
     return "".join(parts)
 
 
