@@ -30,8 +30,7 @@ def split_sweep_path(path: str) -> tuple[str | None, str | None, str]:
 
 
 def interpreter(env: dict[str, str]) -> str:
-    """What ``${interpreter}`` becomes: ``python``, with this interpreter's folder put first on ``env``'s PATH so the
-    trial runs in the runner's environment; else this interpreter's full path."""
+    """``${interpreter}``: ``python`` with this interpreter's folder first on ``env``'s PATH, else its full path."""
     bindir = Path(sys.executable).parent
     if (bindir / "python").exists():
         env["PATH"] = os.pathsep.join([str(bindir), env.get("PATH", "")])
@@ -41,8 +40,7 @@ def interpreter(env: dict[str, str]) -> str:
 
 def trial_command(sweep_command: list | None, *, program: str | None, params: Mapping[str, Mapping[str, Any]],
                   args_json_file: str | Path, python: str = "python") -> list[str]:
-    """The argv ``wandb agent`` would run for a trial with ``params`` (``{name: {"value": v}}``); unknown macros
-    vanish."""
+    """The argv ``wandb agent`` runs for a trial with ``params`` (``{name: {"value": v}}``)."""
     # create_sweep_command edits the list it is given; the sweep's own list must stay as loaded.
     command = create_sweep_command(list(sweep_command or DEFAULT_SWEEP_COMMAND))
     sweep_vars: dict[str, Any] = create_sweep_command_args({"args": dict(params)})

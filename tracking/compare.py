@@ -33,8 +33,7 @@ def rank(items: Iterable[T], value: Callable[[T], float | None], goal: str) -> l
 
 
 def sweep_runs(sweep_dir: str | Path) -> tuple[list[RunRecord], Any]:
-    """The trials of a ``launch.py sweep`` folder that left a W&B run, and the sweep; only those without a summary
-    recorded by the runner (a sweep with no metric) are read back."""
+    """A ``launch.py sweep`` folder's trials that left a W&B run (read back only without the runner's summary)."""
     from dlhw.tracking.sweep import Sweep
 
     sweep = Sweep.load(sweep_dir)
@@ -80,8 +79,7 @@ def differing_keys(records: Sequence[RunRecord]) -> list[str]:
 
 def plot_series(records: Sequence[RunRecord], keys: Sequence[str], metric: str,
                 goal: str) -> tuple[str, dict[str, list[tuple[float, float]]]] | None:
-    """The x key (the numeric key with the most distinct values) and one sorted line of ``(x, metric)`` points per
-    combination of the other keys; None when no key is numeric."""
+    """The numeric key with the most values as x, and a line of ``(x, metric)`` per combination of the others."""
     values = [{**r.config, **r.params} for r in records]
     numeric = [k for k in keys if all(isinstance(v.get(k), (int, float)) and not isinstance(v.get(k), bool)
                                       for v in values)]
@@ -101,8 +99,7 @@ def plot_series(records: Sequence[RunRecord], keys: Sequence[str], metric: str,
 def save_lines(series: Mapping[str, Sequence[tuple[float, float]]], title: str, target: Any, *, xlabel: str = "",
                ylabel: str = "", marker: str | None = "o", log_x: bool = False,
                size: tuple[float, float] = (7, 4.5)) -> None:
-    """One line per label, saved as a PNG to ``target`` (a path or a binary file); with ``log_x``, decades of x
-    (lambda, lr) on a log axis, where a zero (no decay) needs symlog's linear patch."""
+    """One line per label, saved as a PNG to ``target`` (a path or a binary file)."""
     from matplotlib.figure import Figure  # not pyplot: no backend or global figure state
 
     fig = Figure(figsize=size, dpi=110)
@@ -111,7 +108,7 @@ def save_lines(series: Mapping[str, Sequence[tuple[float, float]]], title: str, 
         ax.plot(*zip(*points), marker=marker, label=label)
     xs = [x for pts in series.values() for x, _ in pts]
     positive = [x for x in xs if x > 0]
-    if log_x and positive and max(positive) / min(positive) >= 10:
+    if log_x and positive and max(positive) / min(positive) >= 10:  # decades of lambda, lr; a zero needs symlog
         if min(xs) > 0:
             ax.set_xscale("log")
         else:

@@ -165,8 +165,7 @@ def _views(file: str, data: Any) -> list[tuple[str, Any, list[Any]]]:
 
 
 def keys_named(panels: Sequence[Any], runs: Any) -> list[tuple[str, str]]:
-    """``(kind, key)`` for every key the panels and the run set's filters and grouping name; kind is "config" or
-    "metric" (a history, summary, table or picture key)."""
+    """``("config" or "metric", key)`` for every key the panels and the run set's filters and grouping name."""
     from wandb_workspaces.expr import FE_METRIC_NAME_MAP, expr_to_filters
 
     values: list[Any] = list(runs.groupby)  # a view's: Config("option"); a Report's run set's: "config.option"
@@ -193,8 +192,7 @@ def keys_named(panels: Sequence[Any], runs: Any) -> list[tuple[str, str]]:
 
 
 def logged_keys(out: str | Path) -> dict[str, tuple[set[str], set[str]]]:
-    """``{command: (config keys, metric keys)}`` over every local run under ``out``; the summary holds every key
-    a run logged."""
+    """``{command: (config keys, metric keys)}`` of the local runs under ``out`` (their summaries hold every key)."""
 
     def command(run: RunRecord) -> str:  # from its job type: detect-option1 is detect's
         return next((r.get("job_type") or "" for r in of_type(run.log, "run")), "").split("-")[0]

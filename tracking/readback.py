@@ -56,8 +56,7 @@ def logged_table(run_dir: str | Path, key: str) -> dict[str, Any] | None:
 
 
 def visible(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``d`` flattened (``{"a": {"b": 1}}`` -> ``{"a.b": 1}``) but for ``define_metric`` summaries, without W&B's
-    own ``_`` keys."""
+    """``{"a": {"b": 1}}`` as ``{"a.b": 1}`` (a ``define_metric`` summary stays whole), W&B's ``_`` keys left out."""
     out: dict[str, Any] = {}
     for k, v in d.items():
         if prefix or not k.startswith("_"):
@@ -98,8 +97,7 @@ class RunRecord:
             return []
 
     def table(self, key: str) -> dict[str, Any] | None:
-        """The last table logged under ``key`` as ``{"columns", "data"}``, image cells given a ``local_path``; None
-        when it is no table or its staged copy is gone (a synced run)."""
+        """The last table logged under ``key``, image cells given a ``local_path``; None when gone (a synced run)."""
         # The copy under files/media only names cell types: the full table is the run's table artifact.
         entry = self.raw.get(key)
         if not isinstance(entry, Mapping) or "artifact_path" not in entry:

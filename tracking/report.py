@@ -45,8 +45,7 @@ def _not_found(key: str) -> str:
 
 
 def _data_uri(path: str | Path, max_side: int = 1024) -> str:
-    """At most ``max_side`` pixels a side (full photos would make the page tens of MB): small PNGs keep their bytes,
-    others become JPEG unless transparent."""
+    # At most max_side pixels a side (full photos would make the page tens of MB); JPEG unless small or transparent.
     with Image.open(path) as picture:
         if max(picture.size) <= max_side and picture.format == "PNG" and Path(path).stat().st_size < 200_000:
             return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode()

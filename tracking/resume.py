@@ -39,8 +39,7 @@ def find_checkpoint(out: str | Path, pattern: str, run_id: str | None = None) ->
 
 
 def resolve_resume(value: str | None, out: str | Path, pattern: str) -> Resume | None:
-    """What ``--resume PATH|auto`` asks for: ``auto`` (set by the sweep runner) is the newest unfinished checkpoint
-    under ``out``, of ``$WANDB_RUN_ID``'s run (``wandb agent``'s trials share ``--out``), or None: start afresh."""
+    """``--resume PATH|auto``; ``auto`` is the newest unfinished checkpoint (of ``$WANDB_RUN_ID``'s run), else None."""
     if not value:
         return None
     path = Path(value)
@@ -68,8 +67,7 @@ def option_checkpoints(directory: Path, resuming: bool) -> tuple[dict[str, Any] 
 
 
 def sent_before(wandb_dir: str | Path, run_id: str) -> dict[str, int]:
-    """Per metric key, the last ``trainer/step`` or ``epoch`` at which ``run_id``'s local W&B run folders (online
-    runs keep them too) logged it: what earlier processes sent, even after their last checkpoint."""
+    """Per metric key, the last step or epoch that earlier processes of ``run_id`` logged, from its run folders."""
     from dlhw.tracking.readback import history
 
     sent: dict[str, int] = {}
@@ -92,9 +90,8 @@ def sent_before(wandb_dir: str | Path, run_id: str) -> dict[str, int]:
 
 def fit_from(trainer: Engine, resume: Resume | None, wandb_dir: str | Path,
              may_differ: tuple[str, ...]) -> Mapping[str, Any]:
-    """Fit ``trainer``, continuing ``resume`` (refused when another command's or its settings differ beyond
-    ``may_differ``); its W&B logger skips what earlier processes of its run (``WANDB_RUN_ID``'s, else the
-    checkpoint's) logged. A stop prints the line that continues the run."""
+    """Fit ``trainer``, continuing ``resume`` (its settings may differ only in ``may_differ``) without logging
+    again what earlier processes of its W&B run logged; a stop prints the line that continues the run."""
     from dlhw.callbacks.wandb_logger import WandbLogger
 
     if resume is not None:
@@ -113,8 +110,7 @@ def fit_from(trainer: Engine, resume: Resume | None, wandb_dir: str | Path,
 
 
 def resume_command(checkpoint: str | Path, argv: list[str] | None = None) -> str:
-    """This process's command line with ``--resume CHECKPOINT`` in place of any earlier one, as a torchrun line
-    under torchrun (rendezvous flags are the user's to repeat on several machines)."""
+    """This process's command line (a torchrun line under torchrun) with ``--resume CHECKPOINT``."""
     argv = list(sys.argv[1:] if argv is None else argv)
     kept = [a for i, a in enumerate(argv)
             if a != "--resume" and not a.startswith("--resume=") and (i == 0 or argv[i - 1] != "--resume")]
