@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -40,13 +41,8 @@ def sweep_runs(sweep_dir: str | Path) -> tuple[list[RunRecord], Any]:
     trials = [t for t in sweep.trials if t.run_dir and Path(t.run_dir).is_dir()]
     unread = [t for t in trials if not t.summary]
     read = dict(zip((t.run_id for t in unread), local_runs([Path(t.run_dir) for t in unread])))
-    records = []
-    for t in trials:
-        rec = read.get(t.run_id) or RunRecord(name=t.run_id, state=t.state, config={}, summary=visible(t.summary),
-                                              source=t.run_dir)
-        rec.name, rec.state, rec.params = t.run_id, t.state, t.values
-        records.append(rec)
-    return records, sweep
+    return [replace(read.get(t.run_id) or RunRecord(t.run_id, t.state, {}, visible(t.summary), t.run_dir),
+                    name=t.run_id, state=t.state, params=t.values) for t in trials], sweep
 
 
 def cloud_runs(project: str, *, mode: str, group: str | None = None,

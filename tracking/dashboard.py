@@ -150,16 +150,17 @@ def build(*, project: str, entity: str, report: bool, group: str | None = None, 
     return built
 
 
-def _views(file: str, data: Any) -> list[tuple[str, Any, list[Any]]]:
-    """``(experiment, run set, panels)`` of a view's or Report's spec, rebuilt by the library."""
+def _views(path: Path) -> list[tuple[str, Any, list[Any]]]:
+    """``(experiment, run set, panels)`` of a view's or Report's spec file, rebuilt by the library."""
     wr, ws = _library()
     try:
+        data = json.loads(path.read_text())
         if "blocks" in data["spec"]:
             report = wr.Report._from_model(wr.internal.ReportViewspec.model_validate(data))
             return [(b.runsets[0].name, b.runsets[0], b.panels) for b in report.blocks if isinstance(b, wr.PanelGrid)]
         view = ws.Workspace._from_model(ws.internal.View.model_validate(data))
-    except (TypeError, KeyError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
-        raise UsageError(f"{file} is not a W&B view or Report spec ({exc.__class__.__name__}); pass a JSON file that "
+    except (OSError, TypeError, KeyError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
+        raise UsageError(f"{path} is not a W&B view or Report spec ({exc.__class__.__name__}); pass a JSON file that "
                          "`launch.py dashboard --dry-run` wrote") from None
     return [(view.name.removeprefix("dlhw: "), view.runset_settings, [p for s in view.sections for p in s.panels])]
 
@@ -208,12 +209,13 @@ def logged_keys(out: str | Path) -> dict[str, tuple[set[str], set[str]]]:
     return found
 
 
-def check(specs: dict[str, dict[str, Any]], logged: dict[str, tuple[set[str], set[str]]], out: str | Path) -> int:
-    """How many keys the specs name; a UsageError naming every one that no run of its experiment logged."""
+def check(specs: Sequence[Path], logged: dict[str, tuple[set[str], set[str]]], out: str | Path) -> int:
+    """How many keys the spec files name; a UsageError naming every one that no run of its experiment logged."""
     commands = {e[0]: e[1] for e in EXPERIMENTS}
     problems, checked = [], 0
-    for file, data in specs.items():
-        for name, runs, panels in _views(file, data):
+    for path in specs:
+        file = path.name
+        for name, runs, panels in _views(path):
             command = commands.get(name)
             if command not in logged:  # an unknown view, or an experiment without a local run
                 raise UsageError(f"{file}: no local run under {out} to check the view '{name}' against; make one "
@@ -250,22 +252,16 @@ def run_dashboard(*, project: str | None, entity: str | None, out: str, dry_run:
             raise UsageError(f"saving to W&B failed ({exc.__class__.__name__}: {str(exc)[:200]}); check the network, "
                              "`wandb login` and --entity/--project") from None
         return 0
-    if not specs:
+    files = [Path(s) for s in specs]  # checked as files: what was written, read back through the library
+    if not files:
         folder = Path(out) / "dashboard"
         for stem, obj in build(project=project, entity=entity or "", report=report, group=group, sweep=sweep).items():
             path = folder / f"{stem}.json"
             with atomic_file(path) as fh:  # the library's own model, as a save would send it
                 fh.write(obj._to_model().model_dump_json(by_alias=True, exclude_none=True, indent=1).encode())
             path.chmod(0o644)  # the temporary file was private; a spec is meant to be read
-            specs = [*specs, str(path)]
-        print(f"dashboard: {len(specs)} spec(s) written under {folder}")
-    files = {}
-    for path in map(Path, specs):  # checked as files: what was written, read back through the library
-        try:
-            files[path.name] = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise UsageError(f"cannot read the spec {path} ({exc.__class__.__name__}); pass a JSON file that "
-                             "`launch.py dashboard --dry-run` wrote") from None
+            files.append(path)
+        print(f"dashboard: {len(files)} spec(s) written under {folder}")
     n = check(files, logged_keys(out), out)
     print(f"dashboard: {n} panel keys in {len(files)} spec(s), each logged by a local run under {out}")
     return 0

@@ -15,7 +15,6 @@ from typing import Any
 from PIL import Image
 
 from dlhw.callbacks.progress import fmt
-from dlhw.core.errors import UsageError
 from dlhw.core.files import atomic_file
 from dlhw.tracking.compare import differing_keys, plot_series, save_lines
 from dlhw.tracking.readback import RunRecord, find_run_dirs, local_runs, of_type
@@ -256,9 +255,8 @@ def build_page(runs: Sequence[RunRecord]) -> str:
                        [[r.name, command(r), r.state, r.source] for r in runs], "runs")]
     for cmd, title, section, how in SECTIONS:
         body.append(f"<h2>{_esc(title)}</h2>")
-        found = by_command.get(cmd)
-        if found:
-            body.append(section(found))
+        if cmd in by_command:
+            body.append(section(by_command[cmd]))
         else:
             body.append(f'<p class="missing">Missing experiment: no <code>{_esc(cmd)}</code> run was given. '
                         f"Produce one with <code>{_esc(how)}</code>.</p>")
@@ -267,12 +265,10 @@ def build_page(runs: Sequence[RunRecord]) -> str:
 
 
 def write_report(paths: Sequence[str | Path], output: str | Path) -> Path:
-    """Read the runs under ``paths`` and write the page to ``output``; raises UsageError when none."""
-    runs = local_runs(find_run_dirs(paths))
-    if not runs:
-        raise UsageError(f"no W&B runs under {', '.join(map(str, paths))}; pass run folders or an --out folder")
+    """Read the runs under ``paths`` (a UsageError names a path without any) and write the page to ``output``."""
+    page = build_page(local_runs(find_run_dirs(paths)))
     output = Path(output)
     with atomic_file(output) as fh:
-        fh.write(build_page(runs).encode("utf-8"))
+        fh.write(page.encode("utf-8"))
     output.chmod(0o644)  # the temporary file was private; the page is meant to be shared
     return output
