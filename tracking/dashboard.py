@@ -100,8 +100,7 @@ def sections(wr: Any, view: str) -> list[tuple[str, list[Any]]]:
             ("Confusion matrix (test set)", [chart("test/confusion_matrix_table", CONFUSION, "test confusion matrix")])],
         "detection": [
             ("Option 1 against option 2, grouped by the detect command", [
-                bars("AP on the training images", "train/bbox_AP"),
-                bars("held-out AP", "val/bbox_AP", "val/segm_AP"),
+                bars("AP on the training images", "train/bbox_AP"), bars("held-out AP", "val/bbox_AP", "val/segm_AP"),
                 lines("val/bbox_AP", "val/segm_AP", x="epoch", title="held-out AP per epoch"),
                 lines("train/loss"), bars("seconds per training iteration", "train/sec_per_iter")]),
             ("Predictions on held-out images (ground truth and predicted boxes)", [table("detect/predictions")]),
@@ -132,8 +131,6 @@ def build(*, project: str, entity: str, report: bool, group: str | None = None, 
             runset_settings=ws.RunsetSettings(filters=_filter(job_types),
                                               groupby=[ws.Metric("Group"), ws.Config("option")] if grouped else []))
     if report:
-        if not THEORY.is_file():
-            raise UsageError(f"{THEORY} not found: the Report quotes it; run from a checkout of the suite")
         intro, *answers = THEORY.read_text().split("\n## ")
         blocks: list[Any] = [wr.MarkdownBlock(text=intro.split("\n", 1)[-1].strip())]
         # Runsets look their project up on the server when they name one: only when saving.
@@ -234,6 +231,8 @@ def run_dashboard(*, project: str | None, entity: str | None, out: str, dry_run:
                   group: str | None = None, sweep: str | None = None, specs: Sequence[str] = ()) -> int:
     """Save the views (and the Report), or with ``dry_run`` write and check their specs."""
     _library()
+    if report and not THEORY.is_file():
+        raise UsageError(f"{THEORY} not found: the Report quotes it; run from a checkout of the suite")
     project = project or os.environ.get("WANDB_PROJECT") or "dlhw"
     entity = entity or os.environ.get("WANDB_ENTITY")
     if not (dry_run or specs):
@@ -246,8 +245,6 @@ def run_dashboard(*, project: str | None, entity: str | None, out: str, dry_run:
             entity = entity or wandb.Api().default_entity
             for obj in build(project=project, entity=entity, report=report, group=group, sweep=sweep, online=True).values():
                 obj.save()
-        except UsageError:
-            raise
         except Exception as exc:  # the server's or the network's answer, whatever its type: one line
             raise UsageError(f"saving to W&B failed ({exc.__class__.__name__}: {str(exc)[:200]}); check the network, "
                              "`wandb login` and --entity/--project") from None

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterable, Mapping, Sequence
@@ -17,14 +16,10 @@ from typing import Any
 
 from dlhw.core.errors import UsageError
 
-_PICK = {"maximize": ("max", "last", "mean"), "minimize": ("min", "last", "mean")}
-
 
 def _inspect(run_dir: str | Path, *flags: str) -> str:
-    beside = Path(sys.executable).with_name("wandb")  # this environment's CLI before any other on PATH
-    found = str(beside) if beside.exists() else shutil.which("wandb")
-    cli = [found] if found else [sys.executable, "-m", "wandb"]
-    proc = subprocess.run([*cli, "leet", "inspect", *flags, str(run_dir)], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-m", "wandb", "leet", "inspect", *flags, str(run_dir)],
+                          capture_output=True, text=True, timeout=120)
     if proc.returncode != 0:
         raise RuntimeError(f"wandb leet inspect failed on {run_dir}: {proc.stderr.strip()[-500:]}")
     return proc.stdout
@@ -83,7 +78,7 @@ class RunRecord:
         """The metric's best value for ``goal`` (``define_metric`` keeps several); None when it is not a number."""
         v = self.summary.get(metric)
         if isinstance(v, Mapping):
-            v = next((v[k] for k in _PICK[goal] if k in v), None)
+            v = next((v[k] for k in ("max" if goal == "maximize" else "min", "last", "mean") if k in v), None)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v):
             return None
         return float(v)
