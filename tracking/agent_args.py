@@ -1,15 +1,17 @@
-"""launch.py's argument parser: every spelling ``wandb agent``'s macros and its ``WANDB_SWEEP_PARAM_PATH`` file give
-a parameter (``--flag_name``, ``--flag=false``, ``--flag=[a, b]``, ``name=value``, JSON) becomes argparse's own."""
+"""launch.py's command line: a parser that reads every spelling ``wandb agent`` gives a parameter (``--flag_name``,
+``--flag=false``, ``--flag=[a, b]``, ``name=value``, JSON), the flags' environment defaults, and the W&B mode."""
 
 from __future__ import annotations
 
 import argparse
 import functools
 import json
+import netrc
 import os
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
+from urllib.parse import urlparse
 
 import yaml
 
@@ -17,6 +19,12 @@ from dlhw.core.errors import UsageError, suggest
 
 TRUE_WORDS = ("true", "1", "yes")
 FALSE_WORDS = ("false", "0", "no")
+# --out's default: the sweep runner sets it so that a trial's files land under the sweep's own --out.
+OUT_ENV = "DLHW_OUT"
+# --resume's default: the sweep runner sets "auto" when it starts an interrupted trial again.
+RESUME_ENV = "DLHW_RESUME"
+# Spellings W&B itself accepts in WANDB_MODE.
+_ENV_ALIASES = {"run": "online", "dryrun": "offline", "online": "online", "offline": "offline", "disabled": "disabled"}
 
 
 class AgentParser(argparse.ArgumentParser):
@@ -172,3 +180,27 @@ def sweep_param_file() -> dict[str, Any]:
         return {}
     data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
     return {k: v["value"] for k, v in data.items() if isinstance(v, dict) and "value" in v}
+
+
+def api_key_configured() -> bool:
+    """``WANDB_API_KEY`` or a netrc entry for W&B's host."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or ""
+    path = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    try:
+        return netrc.netrc(path).authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def resolve_mode(requested: str | None) -> tuple[str, str]:
+    """``(mode, reason)``: the flag wins, then ``WANDB_MODE``, then whether a key exists."""
+    if requested:
+        return requested, "--wandb-mode"
+    env = os.environ.get("WANDB_MODE", "").strip().lower()
+    if env in _ENV_ALIASES:
+        return _ENV_ALIASES[env], "WANDB_MODE"
+    if api_key_configured():
+        return "online", "a W&B API key is configured"
+    return "offline", "no W&B API key configured; run `wandb login` to go online"

@@ -31,8 +31,8 @@ from dlhw.core.errors import UsageError
 from dlhw.core.files import atomic_file
 from dlhw.core.session import METRIC_ENV, METRIC_FILE_ENV
 from dlhw.tracking import agent_command
+from dlhw.tracking.agent_args import OUT_ENV, RESUME_ENV
 from dlhw.tracking.compare import rank
-from dlhw.tracking.mode import OUT_ENV, RESUME_ENV
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # the engine's pydantic-v1 spellings warn at import
