@@ -17,8 +17,7 @@ from dlhw.core.errors import UsageError
 from dlhw.tracking.readback import RunRecord, find_run_dirs, local_runs, visible
 
 T = TypeVar("T")
-# Flags that say where and under which label a run was filed, not what it computed: they differ
-# between any two sweep trials and would crowd out the parameters that matter.
+# Where and under which label a run was filed: differs between any two trials, crowding out what matters.
 BOOKKEEPING = frozenset({"out", "run_name", "group"})
 
 
