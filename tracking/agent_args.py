@@ -108,6 +108,7 @@ class AgentParser(argparse.ArgumentParser):
 
 
 def dashed(token: str) -> str:
+    """``--flag_name=v`` -> ``--flag-name=v``; anything else unchanged."""
     if not token.startswith("--") or token == "--":
         return token
     flag, eq, value = token.partition("=")
@@ -160,7 +161,7 @@ def _list_items(value: str) -> list[str]:
 
 
 def json_params(token: str) -> dict[str, Any] | None:
-    # A ${args_json} token or a ${args_json_file} path.
+    """The parameters in a ``${args_json}`` token or ``${args_json_file}`` path; None for any other token."""
     text = token.strip()
     if not text.startswith("{") and text.endswith(".json") and os.path.isfile(text):
         text = Path(text).read_text(encoding="utf-8").strip()
