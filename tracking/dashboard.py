@@ -112,8 +112,7 @@ def sections(wr: Any, view: str) -> list[tuple[str, list[Any]]]:
 
 def _filter(job_types: Sequence[str], group: str | None = None, sweep: str | None = None) -> str:
     picked = [f"Metric('JobType') in {list(job_types)!r}"]
-    picked += [f"Metric('Group') == {group!r}"] if group else []
-    picked += [f"Metric('Sweep') == {sweep!r}"] if sweep else []
+    picked += [f"Metric('{k}') == {v!r}" for k, v in (("Group", group), ("Sweep", sweep)) if v]
     return " and ".join(picked)
 
 
