@@ -1,26 +1,34 @@
-"""launch.py's argument parser: every spelling ``wandb agent``'s macros and its ``WANDB_SWEEP_PARAM_PATH`` file give
-a trial's parameters becomes argparse's own (``--flag_name``, ``--flag=True/false/1/0``, ``--flag=[a, b]``, negative
-numbers, ``name=value``, JSON), so every flag type can be swept. A parameter the command line leaves out comes from
-the file: ``${args_no_boolean_flags}``, which omits a false boolean, still turns it off."""
+"""launch.py's command line: a parser that reads every spelling ``wandb agent`` gives a parameter (``--flag_name``,
+``--flag=false``, ``--flag=[a, b]``, ``name=value``, JSON), the flags' environment defaults, and the W&B mode."""
 
 from __future__ import annotations
 
 import argparse
 import functools
 import json
+import netrc
 import os
 import sys
+from pathlib import Path
 from typing import Any, NoReturn
+from urllib.parse import urlparse
+
+import yaml
 
 from dlhw.core.errors import UsageError, suggest
 
 TRUE_WORDS = ("true", "1", "yes")
 FALSE_WORDS = ("false", "0", "no")
+# --out's default: the sweep runner sets it so that a trial's files land under the sweep's own --out.
+OUT_ENV = "DLHW_OUT"
+# --resume's default: the sweep runner sets "auto" when it starts an interrupted trial again.
+RESUME_ENV = "DLHW_RESUME"
+# Spellings W&B itself accepts in WANDB_MODE.
+_ENV_ALIASES = {"run": "online", "dryrun": "offline", "online": "online", "offline": "offline", "disabled": "disabled"}
 
 
 class AgentParser(argparse.ArgumentParser):
-    """ArgumentParser that reads the agent's spellings (module docstring) and never abbreviates flags;
-    ``store_true`` flags become ``--flag`` / ``--no-flag`` switches."""
+    """Reads the agent's spellings, never abbreviates; ``store_true`` flags become ``--flag`` / ``--no-flag``."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("allow_abbrev", False)
@@ -56,20 +64,15 @@ class AgentParser(argparse.ArgumentParser):
                                                  f"choose from {', '.join(choices)}")
 
     def error(self, message: str) -> NoReturn:  # type: ignore[override]
-        """Every parsing error is one line naming the culprit, as every other error the user can fix."""
         raise UsageError(f"{message}; see `{self.prog} --help`")
 
-    def _action(self, flag: str) -> argparse.Action | None:
-        return self._option_string_actions.get(flag)
-
     def _argparse_spelling(self, tokens: list[str]) -> list[str]:
-        """Booleans with a value and list values rewritten as argparse expects them."""
         out: list[str] = []
         i = 0
         while i < len(tokens):
             token = tokens[i]
             flag, eq, value = token.partition("=")
-            action = self._action(flag) if token.startswith("--") else None
+            action = self._option_string_actions.get(flag) if token.startswith("--") else None
             if action is not None and not eq and i + 1 < len(tokens) and _value_follows(action, tokens[i + 1]):
                 value, eq = tokens[i + 1], "="  # ${args_no_equals}: --flag VALUE
                 i += 1
@@ -87,7 +90,7 @@ class AgentParser(argparse.ArgumentParser):
         return out
 
     def _sweep_tokens(self, tokens: list[str]) -> list[str]:
-        """Macro forms as ``--name=value``, preceded by the parameter file's values the tokens do not set."""
+        # A parameter the command line leaves out comes from the file: ${args_no_boolean_flags} omits a false one.
         out: list[str] = []
         for token in tokens:
             params = json_params(token)
@@ -95,13 +98,13 @@ class AgentParser(argparse.ArgumentParser):
                 out += [dashed(f"--{k}={v}") for k, v in params.items()]
                 continue
             name, eq, _ = token.partition("=")
-            if eq and not token.startswith("-") and self._action(dashed("--" + name)):
+            if eq and not token.startswith("-") and self._option_string_actions.get(dashed("--" + name)):
                 token = dashed("--" + token)  # ${args_no_hyphens}
             out.append(token)
-        given = {self._action(t.partition("=")[0]) for t in out if t.startswith("--")}
+        given = {self._option_string_actions.get(t.partition("=")[0]) for t in out if t.startswith("--")}
         # Python's str() of each value, as ${args} writes it (lists read [a, b]).
         return [dashed(f"--{k}={v}") for k, v in sweep_param_file().items()
-                if self._action(dashed("--" + k)) not in given | {None}] + out
+                if self._option_string_actions.get(dashed("--" + k)) not in given | {None}] + out
 
 
 def dashed(token: str) -> str:
@@ -113,8 +116,7 @@ def dashed(token: str) -> str:
 
 
 def initials(flag: str, known: list[str]) -> list[str]:
-    """The known flags that are ``flag``'s initials or whose initials ``flag`` is (``--learning-rate`` and
-    ``--lr``, ``--wd`` and ``--weight-decay``), which no spelling distance finds."""
+    """Known flags that are ``flag``'s initials or whose initials it is (``--lr``, ``--learning-rate``)."""
 
     def of(f: str) -> str | None:
         words = f.lstrip("-").split("-")
@@ -152,8 +154,6 @@ def _is_list(value: str) -> bool:
 
 
 def _list_items(value: str) -> list[str]:
-    import yaml
-
     try:
         return [str(v) for v in yaml.safe_load(value)]
     except yaml.YAMLError as exc:
@@ -161,11 +161,10 @@ def _list_items(value: str) -> list[str]:
 
 
 def json_params(token: str) -> dict[str, Any] | None:
-    """The parameters in a ``${args_json}`` token or a ``${args_json_file}`` path; None for any other token."""
+    """The parameters in a ``${args_json}`` token or ``${args_json_file}`` path; None for any other token."""
     text = token.strip()
     if not text.startswith("{") and text.endswith(".json") and os.path.isfile(text):
-        with open(text, encoding="utf-8") as f:
-            text = f.read().strip()
+        text = Path(text).read_text(encoding="utf-8").strip()
     if not text.startswith("{"):
         return None
     try:
@@ -176,12 +175,33 @@ def json_params(token: str) -> dict[str, Any] | None:
 
 
 def sweep_param_file() -> dict[str, Any]:
-    """``name -> value`` from the file ``wandb agent`` names in ``WANDB_SWEEP_PARAM_PATH`` ({} without one)."""
+    """``name -> value`` from the file ``wandb agent`` names in ``WANDB_SWEEP_PARAM_PATH``."""
     path = os.environ.get("WANDB_SWEEP_PARAM_PATH")
     if not path or not os.path.isfile(path):
         return {}
-    import yaml
-
-    with open(path, encoding="utf-8") as f:
-        data = yaml.safe_load(f) or {}
+    data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
     return {k: v["value"] for k, v in data.items() if isinstance(v, dict) and "value" in v}
+
+
+def api_key_configured() -> bool:
+    """``WANDB_API_KEY`` or a netrc entry for W&B's host."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or ""
+    path = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    try:
+        return netrc.netrc(path).authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def resolve_mode(requested: str | None) -> tuple[str, str]:
+    """``(mode, reason)``: the flag wins, then ``WANDB_MODE``, then whether a key exists."""
+    if requested:
+        return requested, "--wandb-mode"
+    env = os.environ.get("WANDB_MODE", "").strip().lower()
+    if env in _ENV_ALIASES:
+        return _ENV_ALIASES[env], "WANDB_MODE"
+    if api_key_configured():
+        return "online", "a W&B API key is configured"
+    return "offline", "no W&B API key configured; run `wandb login` to go online"

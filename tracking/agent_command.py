@@ -1,8 +1,5 @@
-"""A trial's command line and environment, built exactly as ``wandb agent`` builds them.
-
-The one place that imports W&B's internal ``wandb.sdk.launch.sweeps.utils`` (what ``Agent._command_run`` uses),
-so a wandb upgrade that moves it fails here and in its test instead of quietly changing how trials start.
-"""
+"""A trial's command line and environment, built exactly as ``wandb agent`` builds them: the one place that imports
+W&B's internal ``wandb.sdk.launch.sweeps.utils``, so a wandb upgrade that moves it fails here and in its test."""
 
 from __future__ import annotations
 
@@ -22,9 +19,6 @@ from wandb.sdk.launch.sweeps.utils import (
 )
 from wandb.sdk.lib.config_util import save_config_file_from_dict
 
-__all__ = ["DEFAULT_SWEEP_COMMAND", "interpreter", "macros_used", "split_sweep_path", "trial_command",
-           "trial_environment"]
-
 
 def split_sweep_path(path: str) -> tuple[str | None, str | None, str]:
     """``ENTITY/PROJECT/ID``, ``PROJECT/ID`` or ``ID`` -> ``(entity, project, id)``, as ``wandb agent`` reads it."""
@@ -35,15 +29,8 @@ def split_sweep_path(path: str) -> tuple[str | None, str | None, str]:
     return parts["entity"], parts["project"], parts["name"]
 
 
-def macros_used(sweep_command: list | None) -> set[str]:
-    """Names of the whole-token macros (``${args}`` -> ``args``) a sweep's ``command`` uses."""
-    tokens = [str(c) for c in (sweep_command or DEFAULT_SWEEP_COMMAND)]
-    return {t[2:-1] for t in tokens if t.startswith("${") and t.endswith("}")}
-
-
 def interpreter(env: dict[str, str]) -> str:
-    """What ``${interpreter}`` becomes: ``python`` as the agent writes it, with this interpreter's folder put
-    first on ``env``'s PATH so the trial runs in the runner's environment; else this interpreter's full path."""
+    """``${interpreter}``: ``python`` with this interpreter's folder first on ``env``'s PATH, else its full path."""
     bindir = Path(sys.executable).parent
     if (bindir / "python").exists():
         env["PATH"] = os.pathsep.join([str(bindir), env.get("PATH", "")])
@@ -53,11 +40,9 @@ def interpreter(env: dict[str, str]) -> str:
 
 def trial_command(sweep_command: list | None, *, program: str | None, params: Mapping[str, Mapping[str, Any]],
                   args_json_file: str | Path, python: str = "python") -> list[str]:
-    """The argv ``wandb agent`` would run for a trial with ``params`` (``{name: {"value": v}}``): macros
-    expanded (unknown ones vanish), W&B's default command when the sweep has none, the JSON file written
-    only when the command names ``${args_json_file}``."""
+    """The argv ``wandb agent`` runs for a trial with ``params`` (``{name: {"value": v}}``)."""
     # create_sweep_command edits the list it is given; the sweep's own list must stay as loaded.
-    command = create_sweep_command(list(sweep_command) if sweep_command else None)
+    command = create_sweep_command(list(sweep_command or DEFAULT_SWEEP_COMMAND))
     sweep_vars: dict[str, Any] = create_sweep_command_args({"args": dict(params)})
     if "${args_json_file}" in command:
         Path(args_json_file).parent.mkdir(parents=True, exist_ok=True)
@@ -76,9 +61,8 @@ def trial_command(sweep_command: list | None, *, program: str | None, params: Ma
 
 def trial_environment(base: Mapping[str, str], *, run_id: str, params: Mapping[str, Mapping[str, Any]],
                       param_file: str | Path, sweep_id: str | None = None) -> dict[str, str]:
-    """The environment the agent gives a trial: its run id and its parameter file (which ``wandb.init`` puts in
-    the config). ``WANDB_SWEEP_ID`` only for ``sweep_id``, one the server knows: an offline run naming an
-    unknown sweep does not sync cleanly."""
+    """The environment the agent gives a trial: its run id and parameter file (``wandb.init`` reads it into the
+    config); ``WANDB_SWEEP_ID`` only for a ``sweep_id`` the server knows, as an unknown one does not sync cleanly."""
     env = dict(base)
     env.pop(wandb_env.SERVICE, None)
     save_config_file_from_dict(str(param_file), dict(params))

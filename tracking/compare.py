@@ -1,11 +1,12 @@
-"""``launch.py compare``: runs side by side, best first, from local run folders, a sweep or the W&B
-cloud, and a PNG of the metric against the swept parameters."""
+"""``launch.py compare``: runs best first, from local run folders, a sweep or the W&B cloud, and a PNG of the metric
+against the swept parameters."""
 
 from __future__ import annotations
 
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -16,8 +17,7 @@ from dlhw.core.errors import UsageError
 from dlhw.tracking.readback import RunRecord, find_run_dirs, local_runs, visible
 
 T = TypeVar("T")
-# Flags that say where and under which label a run was filed, not what it computed: they differ
-# between any two sweep trials and would crowd out the parameters that matter.
+# Where and under which label a run was filed: differs between any two trials, crowding out what matters.
 BOOKKEEPING = frozenset({"out", "run_name", "group"})
 
 
@@ -33,27 +33,20 @@ def rank(items: Iterable[T], value: Callable[[T], float | None], goal: str) -> l
 
 
 def sweep_runs(sweep_dir: str | Path) -> tuple[list[RunRecord], Any]:
-    """The trials of a ``launch.py sweep`` folder that left a W&B run, with the sweep itself; only a trial
-    the runner recorded no summary for (a sweep with no metric) is read back again."""
+    """A ``launch.py sweep`` folder's trials that left a W&B run (read back only without the runner's summary)."""
     from dlhw.tracking.sweep import Sweep
 
     sweep = Sweep.load(sweep_dir)
     trials = [t for t in sweep.trials if t.run_dir and Path(t.run_dir).is_dir()]
     unread = [t for t in trials if not t.summary]
     read = dict(zip((t.run_id for t in unread), local_runs([Path(t.run_dir) for t in unread])))
-    records = []
-    for t in trials:
-        rec = read.get(t.run_id) or RunRecord(name=t.run_id, state=t.state, config={}, summary=visible(t.summary),
-                                              source=t.run_dir)
-        rec.name, rec.state, rec.params = t.run_id, t.state, t.values
-        records.append(rec)
-    return records, sweep
+    return [replace(read.get(t.run_id) or RunRecord(t.run_id, t.state, {}, visible(t.summary), t.run_dir),
+                    name=t.run_id, state=t.state, params=t.values) for t in trials], sweep
 
 
 def cloud_runs(project: str, *, mode: str, group: str | None = None,
                sweep: str | None = None) -> tuple[list[RunRecord], dict[str, Any]]:
-    """Runs of ENTITY/PROJECT from the W&B server (``wandb.Api()``), or of its sweep ``sweep`` (an id), with
-    that sweep's metric; needs online mode."""
+    """Runs of ENTITY/PROJECT (or of its sweep ``sweep``, with that sweep's metric) from the W&B server."""
     if mode != "online":
         raise UsageError("--project reads runs from the W&B cloud, which needs `wandb login` and a network; "
                          "compare local runs with RUN_DIR ... or --sweep SWEEP_DIR")
@@ -79,28 +72,9 @@ def differing_keys(records: Sequence[RunRecord]) -> list[str]:
     return [k for k in keys if len({repr(r.config.get(k)) for r in records}) > 1]
 
 
-def default_metrics(records: Sequence[RunRecord], limit: int = 4) -> list[str]:
-    """Numeric summary keys every run has, at most ``limit`` (used when no --metric is given)."""
-    return sorted(set.intersection(*({k for k in r.summary if r.value(k) is not None} for r in records)))[:limit]
-
-
-def comparison_table(records: Sequence[RunRecord], keys: Sequence[str], metrics: Sequence[str], goal: str,
-                     title: str) -> Table:
-    """Rank, run, state, differing config keys, metrics."""
-    table = Table(title=title, title_justify="left")
-    for col in ("#", "run", "state", *keys, *metrics):
-        table.add_column(col, justify="right" if col in keys or col in metrics or col == "#" else "left")
-    for pos, r in enumerate(records, 1):
-        values = {**r.config, **r.params}
-        table.add_row(str(pos), r.name, r.state, *(fmt(values.get(k)) for k in keys),
-                      *(fmt(r.value(m, goal)) for m in metrics))
-    return table
-
-
 def plot_series(records: Sequence[RunRecord], keys: Sequence[str], metric: str,
                 goal: str) -> tuple[str, dict[str, list[tuple[float, float]]]] | None:
-    """The x key (the numeric key with the most distinct values) and one sorted line of
-    ``(x, metric)`` points per combination of the other keys; None when no key is numeric."""
+    """The numeric key with the most values as x, and a line of ``(x, metric)`` per combination of the others."""
     values = [{**r.config, **r.params} for r in records]
     numeric = [k for k in keys if all(isinstance(v.get(k), (int, float)) and not isinstance(v.get(k), bool)
                                       for v in values)]
@@ -120,19 +94,16 @@ def plot_series(records: Sequence[RunRecord], keys: Sequence[str], metric: str,
 def save_lines(series: Mapping[str, Sequence[tuple[float, float]]], title: str, target: Any, *, xlabel: str = "",
                ylabel: str = "", marker: str | None = "o", log_x: bool = False,
                size: tuple[float, float] = (7, 4.5)) -> None:
-    """One line per label, saved as a PNG to ``target`` (a path or a binary file); with ``log_x``, decades of x
-    (lambda, lr) on a log axis, where a zero (no decay) needs symlog's linear patch."""
-    import matplotlib
+    """One line per label, saved as a PNG to ``target`` (a path or a binary file)."""
+    from matplotlib.figure import Figure  # not pyplot: no backend or global figure state
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=size, dpi=110)
+    fig = Figure(figsize=size, dpi=110)
+    ax = fig.subplots()
     for label, points in series.items():
         ax.plot(*zip(*points), marker=marker, label=label)
     xs = [x for pts in series.values() for x, _ in pts]
     positive = [x for x in xs if x > 0]
-    if log_x and positive and max(positive) / min(positive) >= 10:
+    if log_x and positive and max(positive) / min(positive) >= 10:  # decades of lambda, lr; a zero needs symlog
         if min(xs) > 0:
             ax.set_xscale("log")
         else:
@@ -143,7 +114,6 @@ def save_lines(series: Mapping[str, Sequence[tuple[float, float]]], title: str, 
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(target, format="png")
-    plt.close(fig)
 
 
 def plot_metric(records: Sequence[RunRecord], keys: Sequence[str], metric: str, goal: str,
@@ -160,8 +130,7 @@ def plot_metric(records: Sequence[RunRecord], keys: Sequence[str], metric: str, 
 
 def run_compare(*, run_dirs: Sequence[str], sweep_dir: str | None, project: str | None, metrics: Sequence[str],
                 goal: str | None, plot: str | None, out: str, mode: str, group: str | None) -> int:
-    """``launch.py compare``: print the table, write the plot, say where; the exit code. With ``project``,
-    ``sweep_dir`` is a W&B sweep id."""
+    """``launch.py compare``: print the table, write the plot; with ``project``, ``sweep_dir`` is a W&B sweep id."""
     console = report_console()
     records: list[RunRecord] = []
     swept: list[str] = []
@@ -178,12 +147,21 @@ def run_compare(*, run_dirs: Sequence[str], sweep_dir: str | None, project: str 
         raise UsageError("nothing to compare: pass run folders, --sweep SWEEP_DIR or --project ENTITY/PROJECT")
     if not records:
         raise UsageError("no runs found to compare (the sweep's trials left no W&B runs yet)")
-    metrics = list(metrics) or ([sweep_metric["name"]] if sweep_metric.get("name") else default_metrics(records))
+    # Without --metric: the sweep's, else up to 4 numeric summary keys every run has.
+    metrics = list(metrics) or ([sweep_metric["name"]] if sweep_metric.get("name") else sorted(
+        set.intersection(*({k for k in r.summary if r.value(k) is not None} for r in records)))[:4])
     goal = goal or (sweep_metric.get("goal") if sweep_metric.get("name") == (metrics or [None])[0] else None) or "maximize"
     keys = swept + [k for k in differing_keys(records) if k not in swept]
     ranked = rank(records, lambda r: r.value(metrics[0], goal), goal) if metrics else records
     title = f"{len(records)} runs" + (f", ranked by {metrics[0]} ({goal})" if metrics else "")
-    console.print(comparison_table(ranked, keys, metrics, goal, title))
+    table = Table(title=title, title_justify="left")
+    for col in ("#", "run", "state", *keys, *metrics):
+        table.add_column(col, justify="left" if col in ("run", "state") else "right")
+    for pos, r in enumerate(ranked, 1):
+        values = {**r.config, **r.params}
+        table.add_row(str(pos), r.name, r.state, *(fmt(values.get(k)) for k in keys),
+                      *(fmt(r.value(m, goal)) for m in metrics))
+    console.print(table)
     if not metrics:
         console.print("no numeric summary metric is shared by all runs; pass --metric NAME", highlight=False)
         return 0

@@ -1,9 +1,5 @@
-"""``launch.py dashboard``: one W&B workspace view per experiment and, with ``--report``, a W&B Report
-(docs/theory.md beside the same panels), built with ``wandb-workspaces`` (the ``dashboard`` extra).
-
-``--dry-run`` saves nothing: it writes the specs under ``--out/dashboard`` and checks every key a panel
-names against what the experiment's local runs logged, since such a panel would be empty online.
-"""
+"""``launch.py dashboard``: one W&B workspace view per experiment and, with ``--report``, a W&B Report beside
+docs/theory.md, built with ``wandb-workspaces``; ``--dry-run`` checks their keys offline (docs/dashboard.md)."""
 
 from __future__ import annotations
 
@@ -16,7 +12,7 @@ from typing import Any
 
 from dlhw.core.errors import UsageError, suggest
 from dlhw.core.files import atomic_file
-from dlhw.tracking.mode import api_key_configured
+from dlhw.tracking.agent_args import api_key_configured
 from dlhw.tracking.readback import RunRecord, find_run_dirs, local_runs, of_type
 
 THEORY = Path(__file__).resolve().parents[1] / "docs" / "theory.md"
@@ -33,7 +29,6 @@ CONFUSION = ("wandb/confusion_matrix/v1", {"Actual": "Actual", "Predicted": "Pre
 
 
 def _library() -> tuple[Any, Any]:
-    """``wandb_workspaces.reports.v2`` and ``.workspaces``, or a UsageError saying how to install them."""
     try:
         import wandb_workspaces.reports.v2 as wr
         import wandb_workspaces.workspaces as ws
@@ -105,8 +100,7 @@ def sections(wr: Any, view: str) -> list[tuple[str, list[Any]]]:
             ("Confusion matrix (test set)", [chart("test/confusion_matrix_table", CONFUSION, "test confusion matrix")])],
         "detection": [
             ("Option 1 against option 2, grouped by the detect command", [
-                bars("AP on the training images", "train/bbox_AP"),
-                bars("held-out AP", "val/bbox_AP", "val/segm_AP"),
+                bars("AP on the training images", "train/bbox_AP"), bars("held-out AP", "val/bbox_AP", "val/segm_AP"),
                 lines("val/bbox_AP", "val/segm_AP", x="epoch", title="held-out AP per epoch"),
                 lines("train/loss"), bars("seconds per training iteration", "train/sec_per_iter")]),
             ("Predictions on held-out images (ground truth and predicted boxes)", [table("detect/predictions")]),
@@ -118,8 +112,7 @@ def sections(wr: Any, view: str) -> list[tuple[str, list[Any]]]:
 
 def _filter(job_types: Sequence[str], group: str | None = None, sweep: str | None = None) -> str:
     picked = [f"Metric('JobType') in {list(job_types)!r}"]
-    picked += [f"Metric('Group') == {group!r}"] if group else []
-    picked += [f"Metric('Sweep') == {sweep!r}"] if sweep else []
+    picked += [f"Metric('{k}') == {v!r}" for k, v in (("Group", group), ("Sweep", sweep)) if v]
     return " and ".join(picked)
 
 
@@ -137,8 +130,6 @@ def build(*, project: str, entity: str, report: bool, group: str | None = None, 
             runset_settings=ws.RunsetSettings(filters=_filter(job_types),
                                               groupby=[ws.Metric("Group"), ws.Config("option")] if grouped else []))
     if report:
-        if not THEORY.is_file():
-            raise UsageError(f"{THEORY} not found: the Report quotes it; run from a checkout of the suite")
         intro, *answers = THEORY.read_text().split("\n## ")
         blocks: list[Any] = [wr.MarkdownBlock(text=intro.split("\n", 1)[-1].strip())]
         # Runsets look their project up on the server when they name one: only when saving.
@@ -155,23 +146,23 @@ def build(*, project: str, entity: str, report: bool, group: str | None = None, 
     return built
 
 
-def _views(file: str, data: Any) -> list[tuple[str, Any, list[Any]]]:
-    """``(experiment, run set or runset settings, panels)`` of a view's or Report's spec, rebuilt by the library."""
+def _views(path: Path) -> list[tuple[str, Any, list[Any]]]:
+    """``(experiment, run set, panels)`` of a view's or Report's spec file, rebuilt by the library."""
     wr, ws = _library()
     try:
+        data = json.loads(path.read_text())
         if "blocks" in data["spec"]:
             report = wr.Report._from_model(wr.internal.ReportViewspec.model_validate(data))
             return [(b.runsets[0].name, b.runsets[0], b.panels) for b in report.blocks if isinstance(b, wr.PanelGrid)]
         view = ws.Workspace._from_model(ws.internal.View.model_validate(data))
-    except (TypeError, KeyError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
-        raise UsageError(f"{file} is not a W&B view or Report spec ({exc.__class__.__name__}); pass a JSON file that "
+    except (OSError, TypeError, KeyError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
+        raise UsageError(f"{path} is not a W&B view or Report spec ({exc.__class__.__name__}); pass a JSON file that "
                          "`launch.py dashboard --dry-run` wrote") from None
     return [(view.name.removeprefix("dlhw: "), view.runset_settings, [p for s in view.sections for p in s.panels])]
 
 
 def keys_named(panels: Sequence[Any], runs: Any) -> list[tuple[str, str]]:
-    """``(kind, key)`` for every key the panels and the run set's filters and grouping name: kind "config",
-    or "metric" (a history, summary, table or picture key)."""
+    """``("config" or "metric", key)`` for every key the panels and the run set's filters and grouping name."""
     from wandb_workspaces.expr import FE_METRIC_NAME_MAP, expr_to_filters
 
     values: list[Any] = list(runs.groupby)  # a view's: Config("option"); a Report's run set's: "config.option"
@@ -197,17 +188,15 @@ def keys_named(panels: Sequence[Any], runs: Any) -> list[tuple[str, str]]:
     return found
 
 
-def _command(run: RunRecord) -> str:
-    """The command that made a local run, read from its job type (``detect-option1``: detect)."""
-    return next((r.get("job_type") or "" for r in of_type(run.log, "run")), "").split("-")[0]
-
-
 def logged_keys(out: str | Path) -> dict[str, tuple[set[str], set[str]]]:
-    """``{command: (config keys, metric keys)}`` over every local run under ``out``; the summary holds every key
-    a run logged."""
+    """``{command: (config keys, metric keys)}`` of the local runs under ``out`` (their summaries hold every key)."""
+
+    def command(run: RunRecord) -> str:  # from its job type: detect-option1 is detect's
+        return next((r.get("job_type") or "" for r in of_type(run.log, "run")), "").split("-")[0]
+
     runs = local_runs(find_run_dirs([out]))
     with ThreadPoolExecutor(max_workers=4) as pool:  # each log is a `wandb leet inspect` subprocess
-        commands = list(pool.map(_command, runs))
+        commands = list(pool.map(command, runs))
     found: dict[str, tuple[set[str], set[str]]] = {}
     for command, run in zip(commands, runs):
         have = found.setdefault(command, (set(), set()))
@@ -216,13 +205,13 @@ def logged_keys(out: str | Path) -> dict[str, tuple[set[str], set[str]]]:
     return found
 
 
-def check(specs: dict[str, dict[str, Any]], logged: dict[str, tuple[set[str], set[str]]], out: str | Path) -> int:
-    """Raise a one-line UsageError naming every key a spec names that no run of its experiment logged;
-    return how many keys were checked."""
+def check(specs: Sequence[Path], logged: dict[str, tuple[set[str], set[str]]], out: str | Path) -> int:
+    """How many keys the spec files name; a UsageError naming every one that no run of its experiment logged."""
     commands = {e[0]: e[1] for e in EXPERIMENTS}
     problems, checked = [], 0
-    for file, data in specs.items():
-        for name, runs, panels in _views(file, data):
+    for path in specs:
+        file = path.name
+        for name, runs, panels in _views(path):
             command = commands.get(name)
             if command not in logged:  # an unknown view, or an experiment without a local run
                 raise UsageError(f"{file}: no local run under {out} to check the view '{name}' against; make one "
@@ -239,8 +228,10 @@ def check(specs: dict[str, dict[str, Any]], logged: dict[str, tuple[set[str], se
 
 def run_dashboard(*, project: str | None, entity: str | None, out: str, dry_run: bool, report: bool,
                   group: str | None = None, sweep: str | None = None, specs: Sequence[str] = ()) -> int:
-    """The ``dashboard`` command: save the views (and the Report), or with ``dry_run`` write and check their specs."""
+    """Save the views (and the Report), or with ``dry_run`` write and check their specs."""
     _library()
+    if report and not THEORY.is_file():
+        raise UsageError(f"{THEORY} not found: the Report quotes it; run from a checkout of the suite")
     project = project or os.environ.get("WANDB_PROJECT") or "dlhw"
     entity = entity or os.environ.get("WANDB_ENTITY")
     if not (dry_run or specs):
@@ -253,28 +244,20 @@ def run_dashboard(*, project: str | None, entity: str | None, out: str, dry_run:
             entity = entity or wandb.Api().default_entity
             for obj in build(project=project, entity=entity, report=report, group=group, sweep=sweep, online=True).values():
                 obj.save()
-        except UsageError:
-            raise
         except Exception as exc:  # the server's or the network's answer, whatever its type: one line
             raise UsageError(f"saving to W&B failed ({exc.__class__.__name__}: {str(exc)[:200]}); check the network, "
                              "`wandb login` and --entity/--project") from None
         return 0
-    if not specs:
+    files = [Path(s) for s in specs]  # checked as files: what was written, read back through the library
+    if not files:
         folder = Path(out) / "dashboard"
         for stem, obj in build(project=project, entity=entity or "", report=report, group=group, sweep=sweep).items():
             path = folder / f"{stem}.json"
             with atomic_file(path) as fh:  # the library's own model, as a save would send it
                 fh.write(obj._to_model().model_dump_json(by_alias=True, exclude_none=True, indent=1).encode())
             path.chmod(0o644)  # the temporary file was private; a spec is meant to be read
-            specs = [*specs, str(path)]
-        print(f"dashboard: {len(specs)} spec(s) written under {folder}")
-    files = {}
-    for path in map(Path, specs):  # checked as files: what was written, read back through the library
-        try:
-            files[path.name] = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise UsageError(f"cannot read the spec {path} ({exc.__class__.__name__}); pass a JSON file that "
-                             "`launch.py dashboard --dry-run` wrote") from None
+            files.append(path)
+        print(f"dashboard: {len(files)} spec(s) written under {folder}")
     n = check(files, logged_keys(out), out)
     print(f"dashboard: {n} panel keys in {len(files)} spec(s), each logged by a local run under {out}")
     return 0

@@ -1,5 +1,4 @@
-"""Local W&B runs read back as W&B itself reports them (``wandb leet inspect``): the one reader that
-compare, report, dashboard and resume share."""
+"""Local W&B runs read back as ``wandb leet inspect`` reports them, for compare, report, dashboard and resume."""
 
 from __future__ import annotations
 
@@ -15,8 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from dlhw.core.errors import UsageError
-
-_PICK = {"maximize": ("max", "last", "mean"), "minimize": ("min", "last", "mean")}
 
 
 def _inspect(run_dir: str | Path, *flags: str) -> str:
@@ -45,7 +42,7 @@ def records(run_dir: str | Path) -> list[dict[str, Any]]:
 
 
 def of_type(log: Iterable[Mapping[str, Any]], kind: str) -> list[dict[str, Any]]:
-    """The bodies of the records of type ``kind`` ("history", "run", "environment", "artifact"...)."""
+    """The bodies of the records of type ``kind`` ("history", "run", "environment", "artifact", ...)."""
     return [r[kind] for r in log if r.get("type") == kind]
 
 
@@ -54,37 +51,13 @@ def history(run_dir: str | Path) -> list[dict[str, Any]]:
     return [h["item"] for h in of_type(records(run_dir), "history")]
 
 
-def staged_files(log: Iterable[Mapping[str, Any]]) -> dict[str, str]:
-    """Artifact entry path -> local staged file for everything the run handed to W&B for upload."""
-    return {e["path"]: e["local_path"] for a in of_type(log, "artifact")
-            for e in a["manifest"]["contents"] if e.get("local_path")}
-
-
-def read_table(entry: Any, staged: Mapping[str, str]) -> dict[str, Any] | None:
-    """The table a summary ``entry`` points to as ``{"columns", "data"}``, image cells given a ``local_path``;
-    None when it is no table or its staged copy is gone (a synced run)."""
-    # The copy under files/media only names cell types: the full table is the run's table artifact.
-    if not isinstance(entry, Mapping) or "artifact_path" not in entry:
-        return None
-    path = staged.get(entry["artifact_path"].split("/", 3)[-1])  # "<key>.table.json"
-    if path is None or not Path(path).is_file():
-        return None
-    table = json.loads(Path(path).read_text())
-    for row in table.get("data", []):
-        for cell in row:
-            if isinstance(cell, dict) and "path" in cell:
-                cell["local_path"] = staged.get(cell["path"])
-    return table
-
-
 def logged_table(run_dir: str | Path, key: str) -> dict[str, Any] | None:
-    """The last table logged under ``key`` (see :func:`read_table`)."""
+    """The last table logged under ``key`` (see :meth:`RunRecord.table`)."""
     return _read_local(Path(run_dir)).table(key)
 
 
 def visible(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``d`` flattened (``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; a ``define_metric`` summary stays whole), W&B's own
-    ``_`` keys left out."""
+    """``{"a": {"b": 1}}`` as ``{"a.b": 1}`` (a ``define_metric`` summary stays whole), W&B's ``_`` keys left out."""
     out: dict[str, Any] = {}
     for k, v in d.items():
         if prefix or not k.startswith("_"):
@@ -97,7 +70,7 @@ def visible(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 @dataclass
 class RunRecord:
-    """One run as compare, report and dashboard see it: flat config and summary, where it came from."""
+    """One run as compare, report and dashboard see it."""
 
     name: str
     state: str
@@ -111,7 +84,7 @@ class RunRecord:
         """The metric's best value for ``goal`` (``define_metric`` keeps several); None when it is not a number."""
         v = self.summary.get(metric)
         if isinstance(v, Mapping):
-            v = next((v[k] for k in _PICK[goal] if k in v), None)
+            v = next((v[k] for k in ("max" if goal == "maximize" else "min", "last", "mean") if k in v), None)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v):
             return None
         return float(v)
@@ -125,19 +98,29 @@ class RunRecord:
             return []
 
     def table(self, key: str) -> dict[str, Any] | None:
-        """The table logged under ``key`` (see :func:`read_table`)."""
-        return read_table(self.raw.get(key), staged_files(self.log))
+        """The last table logged under ``key``, image cells given a ``local_path``; None when gone (a synced run)."""
+        # The copy under files/media only names cell types: the full table is the run's table artifact.
+        entry = self.raw.get(key)
+        if not isinstance(entry, Mapping) or "artifact_path" not in entry:
+            return None
+        staged = {e["path"]: e["local_path"] for a in of_type(self.log, "artifact")
+                  for e in a["manifest"]["contents"] if e.get("local_path")}
+        path = staged.get(entry["artifact_path"].split("/", 3)[-1])  # "<key>.table.json"
+        if path is None or not Path(path).is_file():
+            return None
+        table = json.loads(Path(path).read_text())
+        for cell in (c for row in table.get("data", []) for c in row):
+            if isinstance(cell, dict) and "path" in cell:
+                cell["local_path"] = staged.get(cell["path"])
+        return table
 
 
 def find_run_dirs(paths: Iterable[str | Path]) -> list[Path]:
-    """Run folders in ``paths``: a run folder itself, or any folder holding run folders below it."""
+    """The run folders in or below ``paths``."""
     found: list[Path] = []
     for p in map(Path, paths):
         if not p.exists():
             raise UsageError(f"no such run folder: {p}; pass a W&B run folder, a wandb/ folder or an --out folder")
-        if list(p.glob("run-*.wandb")):
-            found.append(p)
-            continue
         # followlinks: a sweep's wandb/ folder holds links to its trials' runs.
         runs = sorted(Path(root) for root, _, files in os.walk(p, followlinks=True)
                       if any(f.startswith("run-") and f.endswith(".wandb") for f in files))

@@ -1,7 +1,5 @@
-"""One self-contained HTML page of the homework's answers, read from local W&B runs (offline or synced).
-
-Nothing is recomputed: plots draw logged numbers. Pictures are data URIs, so the page can be mailed.
-"""
+"""One self-contained HTML page of the homework's answers, read from local W&B runs: plots draw logged numbers,
+pictures are data URIs, so the page can be mailed."""
 
 from __future__ import annotations
 
@@ -17,7 +15,6 @@ from typing import Any
 from PIL import Image
 
 from dlhw.callbacks.progress import fmt
-from dlhw.core.errors import UsageError
 from dlhw.core.files import atomic_file
 from dlhw.tracking.compare import differing_keys, plot_series, save_lines
 from dlhw.tracking.readback import RunRecord, find_run_dirs, local_runs, of_type
@@ -38,15 +35,6 @@ def command(run: RunRecord) -> str:
     return next((a for a in env.get("args", []) if a in known), "?")
 
 
-def image(run: RunRecord, key: str) -> Path | None:
-    """The picture logged under ``key``, when its file is still there."""
-    entry = run.raw.get(key)
-    if isinstance(entry, Mapping) and entry.get("_type") == "image-file":
-        p = Path(run.source) / "files" / entry["path"]
-        return p if p.is_file() else None
-    return None
-
-
 def _esc(v: Any) -> str:
     return html.escape(str(v))
 
@@ -56,20 +44,17 @@ def _not_found(key: str) -> str:
 
 
 def _data_uri(path: str | Path, max_side: int = 1024) -> str:
-    """The picture as a data URI, at most ``max_side`` pixels a side (full-size photos as PNG would make
-    the page tens of MB): small PNGs keep their bytes, others become JPEG unless transparent."""
+    # At most max_side pixels a side (full photos would make the page tens of MB); JPEG unless small or transparent.
     with Image.open(path) as picture:
         if max(picture.size) <= max_side and picture.format == "PNG" and Path(path).stat().st_size < 200_000:
             return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode()
         picture.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-        buf = io.BytesIO()
-        if picture.mode in ("RGBA", "LA", "P"):
+        buf, transparent = io.BytesIO(), picture.mode in ("RGBA", "LA", "P")
+        if transparent:
             picture.save(buf, format="PNG", optimize=True)
-            mime = "image/png"
         else:
             picture.convert("RGB").save(buf, format="JPEG", quality=88)
-            mime = "image/jpeg"
-    return f"data:{mime};base64," + base64.b64encode(buf.getvalue()).decode()
+    return f"data:image/{'png' if transparent else 'jpeg'};base64," + base64.b64encode(buf.getvalue()).decode()
 
 
 def _img(path: str | Path | None, alt: str, width: int | None = None) -> str:
@@ -78,6 +63,12 @@ def _img(path: str | Path | None, alt: str, width: int | None = None) -> str:
     w = f' width="{width}"' if width else ""
     # Twice the shown width keeps it sharp on high-density screens.
     return f'<img src="{_data_uri(path, 2 * width if width else 1024)}" alt="{_esc(alt)}"{w}>'
+
+
+def _logged_image(run: RunRecord, key: str) -> str:
+    entry = run.raw.get(key)
+    found = isinstance(entry, Mapping) and entry.get("_type") == "image-file"
+    return _img(Path(run.source) / "files" / entry["path"] if found else None, key)
 
 
 def _boxed_image(cell: Mapping[str, Any], alt: str) -> str:
@@ -90,14 +81,9 @@ def _boxed_image(cell: Mapping[str, Any], alt: str) -> str:
     colours = ("#e41a1c", "#377eb8", "#4daf4a", "#ff7f00")
     for i, (layer, boxes) in enumerate((cell.get("boxes") or {}).items()):
         boxes = boxes.get("box_data", boxes) if isinstance(boxes, Mapping) else boxes
-        for b in boxes or []:
-            p = b.get("position", {})
-            sx, sy = (1, 1) if b.get("domain") == "pixel" else (w, h)
-            if "minX" in p:
-                x, y, bw, bh = p["minX"] * sx, p["minY"] * sy, (p["maxX"] - p["minX"]) * sx, (p["maxY"] - p["minY"]) * sy
-            else:
-                x, y = (p["middle"][0] - p["width"] / 2) * sx, (p["middle"][1] - p["height"] / 2) * sy
-                bw, bh = p["width"] * sx, p["height"] * sy
+        for b in boxes or []:  # as callbacks/panels.py logs them: corners in pixels
+            p = b["position"]
+            x, y, bw, bh = p["minX"], p["minY"], p["maxX"] - p["minX"], p["maxY"] - p["minY"]
             shapes.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{bw:.1f}" height="{bh:.1f}" fill="none" '
                           f'stroke="{colours[i % len(colours)]}" stroke-width="{max(w, h) / 300:.1f}">'
                           f'<title>{_esc(layer)}: {_esc(b.get("box_caption", ""))}</title></rect>')
@@ -122,10 +108,12 @@ def html_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], caption: s
     return f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def table_html(run: RunRecord, key: str) -> str:
-    """``key``'s table as HTML, or a line saying it is missing."""
+def table_html(run: RunRecord, key: str, caption: str | None = None, reshape: Callable | None = None) -> str:
+    """``key``'s table as HTML, its ``(columns, rows)`` passed through ``reshape``; or a line saying it is missing."""
     t = run.table(key)
-    return _not_found(key) if t is None else html_table(t["columns"], t["data"], key)
+    if t is None:
+        return _not_found(key)
+    return html_table(*(reshape or (lambda *table: table))(t["columns"], t["data"]), caption or key)
 
 
 def _png(series: Mapping[str, list[tuple[float, float]]], title: str, **kwargs: Any) -> str:
@@ -135,7 +123,7 @@ def _png(series: Mapping[str, list[tuple[float, float]]], title: str, **kwargs: 
 
 
 def line_series_plot(run: RunRecord, key: str, title: str) -> str:
-    """A W&B line-series chart (its ``step, lineKey, lineVal`` table) drawn again as a PNG."""
+    """A W&B line-series chart (its ``step, lineKey, lineVal`` table) drawn as a PNG."""
     t = run.table(key)
     if t is None or t["columns"][:3] != ["step", "lineKey", "lineVal"]:
         return _not_found(key)
@@ -175,15 +163,13 @@ def section_weight_decay(runs: list[RunRecord]) -> str:
 
 def section_iou(runs: list[RunRecord]) -> str:
     run = runs[-1]
-    t = run.table("iou/kinks")
-    kinks = t and html_table([*t["columns"], "theory left", "theory right"],
-                             [[*r, *KINK_THEORY.get(float(r[0]), (None, None))] for r in t["data"]],
-                             "iou/kinks: measured one-sided derivatives beside the hand derivation (default boxes)")
     return "".join([
         html_table(["metric", "value"], [[k, run.value(k)] for prefix in ("check/", "slide/", "eval/")
                                          for k in sorted(run.summary) if k.startswith(prefix)], "IoU checks and results"),
-        _img(image(run, "iou/slide_plot"), "iou/slide_plot"),
-        kinks or _not_found("iou/kinks"),
+        _logged_image(run, "iou/slide_plot"),
+        table_html(run, "iou/kinks", "iou/kinks: measured one-sided derivatives beside the hand derivation (default "
+                   "boxes)", lambda cols, rows: ([*cols, "theory left", "theory right"],
+                                                 [[*r, *KINK_THEORY.get(float(r[0]), (None, None))] for r in rows])),
         line_series_plot(run, "iou/descent_table", "mean IoU with the target per step: 1 - IoU vs GIoU loss"),
         table_html(run, "iou/descent_boxes"),
     ])
@@ -198,15 +184,11 @@ def _epoch_curves(run: RunRecord) -> str:
     return _png({k: pts for k, pts in series.items() if pts}, f"{run.name}: curves per epoch", xlabel="epoch")
 
 
-def _confusion(run: RunRecord) -> str:
-    t = run.table("test/confusion_matrix_table")
-    if t is None:
-        return _not_found("test/confusion_matrix")
-    actual = list(dict.fromkeys(r[0] for r in t["data"]))
-    predicted = list(dict.fromkeys(r[1] for r in t["data"]))
-    counts = {(r[0], r[1]): r[2] for r in t["data"]}
-    rows = [[a, *(counts.get((a, p), 0) for p in predicted)] for a in actual]
-    return html_table(["actual \\ predicted", *predicted], rows, "test confusion matrix")
+def _confusion_grid(columns: list[str], rows: list[list[Any]]) -> tuple[list[str], list[list[Any]]]:
+    """wandb.plot.confusion_matrix's ``(actual, predicted, count)`` rows as a grid."""
+    actual, predicted = list(dict.fromkeys(r[0] for r in rows)), list(dict.fromkeys(r[1] for r in rows))
+    counts = {(r[0], r[1]): r[2] for r in rows}
+    return ["actual \\ predicted", *predicted], [[a, *(counts.get((a, p), 0) for p in predicted)] for a in actual]
 
 
 def section_alexnet(runs: list[RunRecord]) -> str:
@@ -214,7 +196,8 @@ def section_alexnet(runs: list[RunRecord]) -> str:
     for run in runs[-3:]:  # the latest few: each reads the run's whole log
         parts.append(f"<h3>{_esc(run.name)} ({_esc(run.config.get('dataset', '?'))}, "
                      f"test/acc {_esc(fmt(run.value('test/acc')))})</h3>")
-        parts += [_epoch_curves(run), _img(image(run, "viz/conv1_filters"), "viz/conv1_filters"), _confusion(run)]
+        parts += [_epoch_curves(run), _logged_image(run, "viz/conv1_filters"),
+                  table_html(run, "test/confusion_matrix_table", "test confusion matrix", _confusion_grid)]
     return "".join(parts)
 
 
@@ -270,9 +253,8 @@ def build_page(runs: Sequence[RunRecord]) -> str:
                        [[r.name, command(r), r.state, r.source] for r in runs], "runs")]
     for cmd, title, section, how in SECTIONS:
         body.append(f"<h2>{_esc(title)}</h2>")
-        found = by_command.get(cmd)
-        if found:
-            body.append(section(found))
+        if cmd in by_command:
+            body.append(section(by_command[cmd]))
         else:
             body.append(f'<p class="missing">Missing experiment: no <code>{_esc(cmd)}</code> run was given. '
                         f"Produce one with <code>{_esc(how)}</code>.</p>")
@@ -281,12 +263,10 @@ def build_page(runs: Sequence[RunRecord]) -> str:
 
 
 def write_report(paths: Sequence[str | Path], output: str | Path) -> Path:
-    """Read the runs under ``paths`` and write the page to ``output``; raises UsageError when none."""
-    runs = local_runs(find_run_dirs(paths))
-    if not runs:
-        raise UsageError(f"no W&B runs under {', '.join(map(str, paths))}; pass run folders or an --out folder")
+    """Read the runs under ``paths`` (a UsageError names a path without any) and write the page to ``output``."""
+    page = build_page(local_runs(find_run_dirs(paths)))
     output = Path(output)
     with atomic_file(output) as fh:
-        fh.write(build_page(runs).encode("utf-8"))
+        fh.write(page.encode("utf-8"))
     output.chmod(0o644)  # the temporary file was private; the page is meant to be shared
     return output

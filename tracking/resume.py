@@ -1,5 +1,5 @@
-"""Continuing a training command: which checkpoint ``--resume`` means, what the earlier process already
-sent to W&B, and the line that tells a stopped run how to continue."""
+"""Continuing a training command: the checkpoint ``--resume`` means, what earlier processes sent to W&B, and the
+line that tells a stopped run how to continue."""
 
 from __future__ import annotations
 
@@ -28,23 +28,18 @@ class Resume:
 
     @property
     def run_id(self) -> str | None:
-        """The W&B run the checkpoint belongs to (None without W&B)."""
         return (self.state["callbacks"].get("WandbLogger") or {}).get("run_id")
 
 
 def find_checkpoint(out: str | Path, pattern: str, run_id: str | None = None) -> Path | None:
-    """The newest ``last.pt`` matching ``out/checkpoints/PATTERN`` whose run did not finish, and
-    whose stored W&B run id is ``run_id`` when one is given; None when there is none."""
+    """The newest unfinished ``last.pt`` matching ``out/checkpoints/PATTERN``, of W&B run ``run_id`` if given."""
     found = sorted((p for p in (Path(out) / "checkpoints").glob(pattern)
                     if p.name == LAST and not (p.parent / FINISHED).exists()), key=lambda p: p.stat().st_mtime)
     return next((p for p in reversed(found) if not run_id or Resume(p, read_checkpoint(p)).run_id == run_id), None)
 
 
 def resolve_resume(value: str | None, out: str | Path, pattern: str) -> Resume | None:
-    """What ``--resume PATH|auto`` asks for, read and checked: ``auto`` (what the sweep runner sets for an
-    interrupted trial) is the newest unfinished checkpoint under ``out``, and None (start afresh) without
-    one, as a trial killed before its first checkpoint must still run. With ``$WANDB_RUN_ID`` only that
-    run's checkpoint counts: trials under ``wandb agent`` share ``--out``."""
+    """``--resume PATH|auto``; ``auto`` is the newest unfinished checkpoint (of ``$WANDB_RUN_ID``'s run), else None."""
     if not value:
         return None
     path = Path(value)
@@ -62,8 +57,7 @@ def resolve_resume(value: str | None, out: str | Path, pattern: str) -> Resume |
 
 
 def option_checkpoints(directory: Path, resuming: bool) -> tuple[dict[str, Any] | None, Resume | None]:
-    """One model of ``detect`` in ``directory`` when ``resuming``: the summary of its fit when that ran to its
-    end (else None), and its checkpoint (None when it has none yet)."""
+    """One ``detect`` model's checkpoint in ``directory`` when ``resuming``, and its fit's summary if it ended."""
     import torch
 
     last, finished = directory / LAST, directory / FINISHED
@@ -73,8 +67,7 @@ def option_checkpoints(directory: Path, resuming: bool) -> tuple[dict[str, Any] 
 
 
 def sent_before(wandb_dir: str | Path, run_id: str) -> dict[str, int]:
-    """Per metric key, the last ``trainer/step`` or ``epoch`` at which the local W&B run folders of ``run_id``
-    (online runs keep them too) logged it: what earlier processes sent, even after their last checkpoint."""
+    """Per metric key, the last step or epoch that earlier processes of ``run_id`` logged, from its run folders."""
     from dlhw.tracking.readback import history
 
     sent: dict[str, int] = {}
@@ -97,10 +90,8 @@ def sent_before(wandb_dir: str | Path, run_id: str) -> dict[str, int]:
 
 def fit_from(trainer: Engine, resume: Resume | None, wandb_dir: str | Path,
              may_differ: tuple[str, ...]) -> Mapping[str, Any]:
-    """Fit ``trainer``, continuing ``resume`` when there is one (refused in one line when it is another
-    command's or its settings differ beyond ``may_differ``). Its W&B logger learns what earlier processes of
-    its run logged: the checkpoint's run, or ``WANDB_RUN_ID``'s (a sweep trial started again keeps it even
-    when killed before its first checkpoint). A stop prints the line that continues the run."""
+    """Fit ``trainer``, continuing ``resume`` (its settings may differ only in ``may_differ``) without logging
+    again what earlier processes of its W&B run logged; a stop prints the line that continues the run."""
     from dlhw.callbacks.wandb_logger import WandbLogger
 
     if resume is not None:
@@ -119,8 +110,7 @@ def fit_from(trainer: Engine, resume: Resume | None, wandb_dir: str | Path,
 
 
 def resume_command(checkpoint: str | Path, argv: list[str] | None = None) -> str:
-    """This process's command line with ``--resume CHECKPOINT`` in place of any earlier one; under torchrun a
-    torchrun line (rendezvous flags are the user's to repeat on several machines)."""
+    """This process's command line (a torchrun line under torchrun) with ``--resume CHECKPOINT``."""
     argv = list(sys.argv[1:] if argv is None else argv)
     kept = [a for i, a in enumerate(argv)
             if a != "--resume" and not a.startswith("--resume=") and (i == 0 or argv[i - 1] != "--resume")]

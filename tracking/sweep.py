@@ -31,8 +31,8 @@ from dlhw.core.errors import UsageError
 from dlhw.core.files import atomic_file
 from dlhw.core.session import METRIC_ENV, METRIC_FILE_ENV
 from dlhw.tracking import agent_command
+from dlhw.tracking.agent_args import OUT_ENV, RESUME_ENV
 from dlhw.tracking.compare import rank
-from dlhw.tracking.mode import OUT_ENV, RESUME_ENV
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # the engine's pydantic-v1 spellings warn at import
@@ -70,8 +70,8 @@ def config_problems(config: Any) -> list[str]:
                 sweeps.stop_runs(config, [], validate=True)
     except Exception as exc:  # raised as several exception types
         problems.append(str(exc).strip().splitlines()[0])
-    program = config.get("program")
-    if "program" in agent_command.macros_used(config.get("command")) and not (program and Path(program).is_file()):
+    program, command = config.get("program"), config.get("command") or agent_command.DEFAULT_SWEEP_COMMAND
+    if "${program}" in map(str, command) and not (program and Path(program).is_file()):
         problems.append(f"program {program!r} is not a file in {Path.cwd()}; wandb agent runs it from its working "
                         "folder, so start the sweep from the folder it expects")
     return problems
@@ -214,8 +214,8 @@ class Sweep:
     cap = property(lambda self: min(self.count or math.inf, self.config.get("run_cap") or math.inf))
 
     def propose(self) -> dict[str, dict[str, Any]] | None:
-        """The engine's next parameters as plain JSON values (as from the server), None when a grid is exhausted.
-        Random and bayes draw from NumPy's global generator: seeded per trial, repeatable across --resume."""
+        """The engine's next parameters as plain JSON values (as from the server), None when a grid is exhausted."""
+        # Random and bayes draw from NumPy's global generator: seeded per trial, repeatable across --resume.
         np.random.seed((self.seed * 100_003 + len(self.trials)) % 2**32)
         run = sweeps.next_run(self.config, [t.engine_run() for t in self.trials])
         return None if run is None else json.loads(json.dumps(run.config, default=lambda v: v.item()))

@@ -57,11 +57,6 @@ def test_custom_command_with_envvar_and_unknown_macro(tmp_path, monkeypatch):
     assert sweep_command == original  # the sweep's own list is not edited
 
 
-def test_macros_used():
-    assert agent_command.macros_used(None) == {"env", "interpreter", "program", "args"}
-    assert agent_command.macros_used(["python", "x.py", "${args_json}"]) == {"args_json"}
-
-
 def test_environment_carries_run_id_and_parameter_file(tmp_path):
     env = trial_environment({"PATH": "/bin", "WANDB_SWEEP_ID": "stale"}, run_id="abc12345", params=PARAMS,
                             param_file=tmp_path / "sweep-x" / "config-abc12345.yaml")
