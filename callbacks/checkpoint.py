@@ -15,13 +15,10 @@ LAST, BEST, FINISHED = "last.pt", "best.pt", "finished.pt"
 
 
 class Checkpoint(Callback):
-    """Saves ``last.pt`` (the whole ``checkpoint_state()``, what a run resumes from) after every epoch and when a stop
-    signal ends the fit, ``best.pt`` (only the weights and what they scored, kept small for W&B) whenever ``monitor``
-    improves, and ``finished.pt`` when the fit ran to its end.
-
-    Files are written in the background while the next epoch trains; ``on_checkpoint_saved`` announces one once it is on
-    disk: the best at every improvement (``upload="improved"``) or once at the end (``"end"``, for large models), and
-    with ``upload_last`` the final ``last.pt``."""
+    """Saves ``last.pt`` (the whole ``checkpoint_state()``) after every epoch and on a stop signal, ``best.pt`` (the
+    weights and their scores) whenever ``monitor`` improves, and ``finished.pt`` when the fit ran to its end, in the
+    background. ``on_checkpoint_saved`` announces one once it is on disk: the best at every improvement
+    (``upload="improved"``) or once at the end (``"end"``), and with ``upload_last`` the final ``last.pt``."""
 
     def __init__(self, directory: str | Path, *, monitor: str, mode: str = "max", upload: str = "improved",
                  upload_last: bool = False) -> None:

@@ -17,8 +17,7 @@ from dlhw.core.events import Callback, EPOCH_AXIS, Loop, is_rank_zero
 
 
 def report_console(*, stderr: bool = False) -> Console:
-    """A console for tables, at least 160 columns wide when output goes to a file or pipe (rich's
-    80 would truncate model names)."""
+    """A console for tables, at least 160 columns wide into a file or pipe (rich's 80 would truncate names)."""
     console = Console(stderr=stderr)
     if not console.is_terminal:
         console.width = max(console.width, 160)
@@ -49,23 +48,21 @@ def _metrics(items: Any) -> str:
 class _LiveMetrics(ProgressColumn):
     """The latest step metrics, formatted when rich redraws (a few times a second), not every step."""
 
-    def __init__(self, live: dict[str, Any], max_metrics: int) -> None:
+    def __init__(self, live: dict[str, Any]) -> None:
         super().__init__()
-        self.live, self.max_metrics = live, max_metrics
+        self.live = live
 
     def render(self, task: Any) -> Text:
         numbers_only = [(k, v) for k, v in list(self.live.items()) if isinstance(v, numbers.Real)]  # a snapshot
-        return Text(_metrics(numbers_only[: self.max_metrics]))
+        return Text(_metrics(numbers_only[:4]))
 
 
 class ProgressBar(Callback):
-    """One bar per epoch with ETA and the live metrics; each epoch's metrics printed as it ends.
-    The bar redraws in rich's own thread, and only on a terminal (a log file gets the final bar); the loop hands it
-    its step count a few times a second, not every step."""
+    """One bar per epoch with ETA and the live metrics; each epoch's metrics printed as it ends. The bar redraws in
+    rich's own thread, only on a terminal, and gets its step count a few times a second, not every step."""
 
-    def __init__(self, console: Console | None = None, *, max_metrics: int = 4) -> None:
+    def __init__(self, console: Console | None = None) -> None:
         self.console = console or Console(stderr=True)
-        self.max_metrics = max_metrics
         self._progress: Progress | None = None
         self._task: Any = None
         self._live: dict[str, Any] = {}
@@ -76,7 +73,7 @@ class ProgressBar(Callback):
             return
         self._progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                                   TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-                                  _LiveMetrics(self._live, self.max_metrics), console=self.console,
+                                  _LiveMetrics(self._live), console=self.console,
                                   refresh_per_second=4, auto_refresh=self.console.is_terminal)
         self._progress.start()
         self._task = self._progress.add_task(trainer.name, total=trainer.steps_per_epoch)
@@ -120,12 +117,11 @@ class ProgressBar(Callback):
 class SummaryTable(Callback):
     """Prints the run's final numbers as one table when the fit ends."""
 
-    def __init__(self, console: Console | None = None, *, title: str | None = None) -> None:
+    def __init__(self, console: Console | None = None) -> None:
         self.console = console or report_console()
-        self.title = title
 
     def on_fit_end(self, trainer: Loop) -> None:
         if not is_rank_zero():
             return
         rows = [(key, value) for key, value in trainer.summary.items() if isinstance(value, (numbers.Real, str))]
-        self.console.print(console_table(self.title or f"{trainer.name}: summary", ["metric", "value"], rows))
+        self.console.print(console_table(f"{trainer.name}: summary", ["metric", "value"], rows))

@@ -1,5 +1,5 @@
-"""Tensors to pictures: (C, H, W) float grids in [0, 1] and uint8 arrays ready for ``wandb.Image``
-or PNG files, for kernels, learned filters and feature maps. No W&B here."""
+"""Kernels, learned filters and feature maps as (C, H, W) float grids in [0, 1] and uint8 arrays for
+``wandb.Image`` or PNG files."""
 
 from __future__ import annotations
 
@@ -17,8 +17,7 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
 
 
 def kernel_picture(k: torch.Tensor, cell: int = 24, cmap: str = "coolwarm") -> np.ndarray:
-    """A small kernel as an RGB picture, one block per weight: blue negative, white zero, red
-    positive, on a scale symmetric around zero so each weight's sign reads at a glance."""
+    """A small kernel as an RGB picture, one block per weight: blue negative, white zero, red positive."""
     k = k.detach().float().cpu()
     span = float(k.abs().max()) or 1.0
     rgb = colormaps[cmap]((k / span + 1) / 2)[..., :3]  # (kh, kw, 3) in [0, 1]
@@ -34,8 +33,8 @@ def grid(tiles: torch.Tensor, ncols: int, pad: int) -> torch.Tensor:
 
 
 def upscale(image: torch.Tensor, min_side: int) -> torch.Tensor:
-    """Enlarge a (C, H, W) picture by a whole factor (nearest neighbour, so pixels stay sharp) until
-    its shorter side is at least ``min_side``; larger pictures are returned as they are."""
+    """Enlarge a (C, H, W) picture by a whole factor (nearest neighbour: pixels stay sharp) until its shorter side
+    is at least ``min_side``."""
     factor = math.ceil(min_side / min(image.shape[-2:]))
     if factor <= 1:
         return image
@@ -43,16 +42,16 @@ def upscale(image: torch.Tensor, min_side: int) -> torch.Tensor:
 
 
 def filter_grid(weight: torch.Tensor, cell: int = 24) -> torch.Tensor:
-    """Filters (out, in, k, k) as one grid, each enlarged to ``cell`` pixels and stretched to [0, 1]:
-    a colour patch per filter with three input channels, else a grey tile per input channel."""
+    """Filters (out, in, k, k) as one grid, each enlarged to ``cell`` pixels and stretched to [0, 1]: a colour patch
+    per filter with three input channels, else a grey tile per input channel."""
     w = weight.detach().float().cpu()
     tiles = w if w.shape[1] == 3 else w.reshape(-1, 1, *w.shape[-2:])
     return grid(torch.stack([upscale(t, cell) for t in tiles]), ncols=math.ceil(math.sqrt(len(tiles))), pad=2)
 
 
 def feature_map_grid(fmap: torch.Tensor, max_maps: int = 16, min_side: int = 96) -> torch.Tensor:
-    """The first ``max_maps`` channels of one image's activations (C, h, w) as a grey grid, each
-    channel stretched to [0, 1] on its own and enlarged so the grid is at least ``min_side``."""
+    """The first ``max_maps`` channels of one image's activations (C, h, w) as a grey grid, each stretched to [0, 1]
+    on its own and enlarged so the grid is at least ``min_side``."""
     tiles = fmap[:max_maps].detach().float().cpu().unsqueeze(1)
     ncols = math.ceil(math.sqrt(len(tiles)))
     per_tile = max(1, math.ceil(min_side / (ncols * tiles.shape[-1])))

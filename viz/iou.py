@@ -11,8 +11,8 @@ LABELS = {"iou": "IoU", "giou": "GIoU", "diou": "DIoU"}
 
 def slide_figure(x: np.ndarray, values: Mapping[str, np.ndarray], grads: Mapping[str, np.ndarray],
                  kinks: Sequence[float], *, dpi: int = 100) -> np.ndarray:
-    """Each measure's value (top) and d/dx (bottom) over the slide position ``x``, kinks dotted and
-    shaded where dIoU/dx is exactly 0 (where 1 - IoU gives an optimiser nothing to follow)."""
+    """Each measure's value (top) and d/dx (bottom) over the slide position ``x``, kinks dotted, shaded where
+    dIoU/dx is exactly 0 (1 - IoU gives an optimiser nothing to follow)."""
     # A bare Figure on the Agg canvas: no pyplot state, no window, nothing to close.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure

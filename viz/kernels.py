@@ -1,9 +1,5 @@
-"""Applying 3x3 kernels and measuring their directional response (the kernels are the filters experiment's, in
-:mod:`trainers.filters`).
-
-A direction names the axis along which a filter compares neighbours (``horizontal`` boosts intensity changing along x);
-rows grow downwards. The experiment's kernels are point-symmetric, so ``conv2d``'s cross-correlation equals convolution
-and a kernel's picture shows its direction."""
+"""Applying 3x3 kernels (the filters experiment's, in :mod:`trainers.filters`) and measuring their response along
+each direction: the axis along which a filter compares neighbours (``horizontal``: intensity changing along x)."""
 
 from __future__ import annotations
 
@@ -12,23 +8,19 @@ import math
 import torch
 import torch.nn.functional as F
 
-# Unit steps (dy, dx) in image coordinates (rows grow downwards) for each named direction.
-DIRECTIONS: dict[str, tuple[int, int]] = {
-    "horizontal": (0, 1),
-    "vertical": (1, 0),
-    "diagonal": (-1, 1),  # bottom-left to top-right
-    "antidiagonal": (1, 1),  # top-left to bottom-right
-}
+# Unit steps (dy, dx), rows growing downwards: diagonal runs bottom-left to top-right, antidiagonal top-left to
+# bottom-right.
+DIRECTIONS = {"horizontal": (0, 1), "vertical": (1, 0), "diagonal": (-1, 1), "antidiagonal": (1, 1)}
 
 
 def apply_kernel(image: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """Filter a (C, H, W) or (N, C, H, W) float image with a 3x3 kernel, each channel on its own, the
-    edge pixels replicated: same size out, and a kernel summing to 1 keeps a constant image."""
+    """Filter a (C, H, W) or (N, C, H, W) float image with a 3x3 kernel, each channel on its own, the edge pixels
+    replicated: same size out, and a kernel summing to 1 keeps a constant image. The experiment's kernels are
+    point-symmetric, so ``conv2d``'s cross-correlation is their convolution."""
     batched = image.dim() == 4
     x = image if batched else image.unsqueeze(0)
     c = x.shape[1]
     weight = k.to(x).expand(c, 1, 3, 3)
-    # groups=c applies the same kernel to each channel separately (no mixing of R, G and B).
     y = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), weight, groups=c)
     return y if batched else y.squeeze(0)
 
