@@ -96,8 +96,8 @@ def untouched(model: nn.Module) -> Iterator[nn.Module]:
 
 
 def named_layers(model: nn.Module, layers: Any, *, what: str) -> dict[str, nn.Module]:
-    """``layers`` (a qualified name, a module, a list of either, or a name -> module mapping) as name -> module;
-    ``None``: every ``Conv2d``. A layer not in ``model`` is a ``ValueError``."""
+    """``layers`` (a qualified name, a module, a list of either, a name -> module mapping; ``None``: every ``Conv2d``)
+    as name -> module."""
     if layers is None:
         found = {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
         if not found:
@@ -138,19 +138,17 @@ class LearnedFilters(Panel):
                              f"pass a conv layer")
 
     def payload(self, caption: str | None = None) -> dict[str, Any]:
-        """The picture of the filters as they are now."""
         picture = filter_grid(self.conv.weight.detach().cpu())
         return {self.key: wandb.Image(to_uint8(picture), caption=caption or self.name)}
 
     def log(self, step: int | None = None, caption: str | None = None) -> None:
-        """Log the filters now; ``caption`` defaults to the layer's name and the step."""
         step = self.next_step(step)
         self.send(self.payload(caption or f"{self.name} at step {step}"), step)
 
 
 class FeatureMaps(Panel):
-    """``viz/feature_maps``: one incremental table (step, input, label, layer, maps) of fixed ``inputs``, the maps
-    caught by forward hooks. ``layers`` as for :func:`named_layers`; ``pictures``: the inputs as shown."""
+    """``viz/feature_maps``: one incremental table (step, input, label, layer, maps) of fixed ``inputs``, caught by
+    forward hooks on ``layers`` (see :func:`named_layers`); ``pictures``: the inputs as shown."""
 
     axis = "viz/step"
     key = "viz/feature_maps"
@@ -166,7 +164,6 @@ class FeatureMaps(Panel):
                                  f"maps; pass conv layers (or what follows one) in layers=")
         self.labels = list(labels) if labels is not None else [str(i) for i in range(len(inputs))]
         shown = pictures if pictures is not None else inputs
-        # One wandb.Image per input, reused in all of its rows.
         self.pictures = [wandb.Image(to_uint8(upscale(img.detach().float().cpu(), 96)), caption=label)
                          for img, label in zip(shown, self.labels)]
         self.table = wandb.Table(columns=["epoch", "input", "label", "layer", "feature_maps"], log_mode="INCREMENTAL")
@@ -187,7 +184,6 @@ class FeatureMaps(Panel):
         return captured
 
     def payload(self, step: int) -> dict[str, Any]:
-        """The table with this step's rows added."""
         for layer, maps in self.capture():
             for i, fmap in enumerate(maps):
                 (n, h, w), shown = fmap.shape, min(self.max_maps, fmap.shape[0])
@@ -207,16 +203,16 @@ class ConfusionMatrix(Panel):
     axis = "test/step"
     key = "test/confusion_matrix"
 
-    def __init__(self, class_names: Sequence[str], *, title: str = "test confusion matrix", **kw: Any) -> None:
+    def __init__(self, class_names: Sequence[str], **kw: Any) -> None:
         super().__init__(**kw)
-        self.class_names, self.title = list(class_names), title
+        self.class_names = list(class_names)
 
     def payload(self, targets: Sequence[int] | torch.Tensor,
                 predictions: Sequence[int] | torch.Tensor) -> dict[str, Any]:
         """The chart; ``predictions`` are class indices (take ``argmax`` of logits first)."""
         chart = wandb.plot.confusion_matrix(y_true=torch.as_tensor(targets).tolist(),
                                             preds=torch.as_tensor(predictions).tolist(),
-                                            class_names=self.class_names, title=self.title)
+                                            class_names=self.class_names, title="test confusion matrix")
         return {self.key: chart}
 
 
@@ -249,7 +245,6 @@ class FilterTable(Panel):
         return rows, ratios
 
     def payload(self, images: Mapping[str, torch.Tensor], kernels: Mapping[str, torch.Tensor]) -> dict[str, Any]:
-        """The table of every kernel on every image."""
         rows = [r for name, img in images.items() for r in self.rows(name, img, kernels)[0]]
         return {self.key: wandb.Table(columns=FILTER_COLUMNS, data=rows)}
 
@@ -323,7 +318,6 @@ class DetectionTable(Panel):
 
     def payload(self, images: Sequence[torch.Tensor], targets: Sequence[Mapping[str, torch.Tensor]],
                 outputs: Sequence[Mapping[str, torch.Tensor]], step: int) -> dict[str, Any]:
-        """The table with this step's rows added."""
         for i, (image, target, output) in enumerate(zip(images, targets, outputs)):
             image_id = int(target["image_id"]) if "image_id" in target else i
             path = self.cache.path(f"image-{image_id}", to_uint8(image))
@@ -355,7 +349,7 @@ class PhotoComparison(Panel):
     @staticmethod
     def rows(outputs: Mapping[str, Mapping[str, torch.Tensor]],
              inference_ms: Mapping[str, float] | None = None) -> list[list[Any]]:
-        """Per model: its label, output and the numbers of the table."""
+        """Per model: its label, output and the table's numbers."""
         ms = inference_ms or {}
         return [[label, out, *people_counts(out["scores"].detach().cpu()).values(), ms.get(label)]
                 for label, out in outputs.items()]

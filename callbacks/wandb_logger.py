@@ -79,7 +79,6 @@ class WandbLogger(Callback):
         self._journal: deque[tuple[float, str, int, dict[str, float]]] = deque()
         self._replay: list[tuple] = []
         self._persisted: dict[str, int] | None = None
-        self._warned = False
         self._failures = 0
         # Checkpoint artifacts being hashed and copied on a thread, logged in order once built.
         self._builder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wandb-artifact")
@@ -124,8 +123,7 @@ class WandbLogger(Callback):
             return fn(*args, **kwargs)
         except Exception as exc:  # any failure of the W&B client or its service process
             self._failures += 1
-            if not self._warned:
-                self._warned = True
+            if self._failures == 1:
                 print(f"warning: W&B {what} failed ({type(exc).__name__}: {exc}); training and checkpoints go on, "
                       f"further W&B errors of this run are not shown", file=sys.stderr)
             return None

@@ -73,8 +73,8 @@ def _is_decoupled(optimizer: torch.optim.Optimizer, group: Mapping[str, Any]) ->
 
 
 def theory(optimizer: torch.optim.Optimizer, group: Mapping[str, Any], l2: float = 0.0) -> tuple[float, str]:
-    """The per-step shrink decay should give ``group``'s weights, and its formula's name; NaN for Adam with decay in
-    the gradient, which its second moment rescales (measured only)."""
+    """The per-step shrink decay should give ``group``'s weights, and its formula's name (NaN: Adam with coupled decay,
+    which its second moment rescales)."""
     lam = float(l2 or group.get("weight_decay", 0.0))
     lr = float(group["lr"])
     if _is_decoupled(optimizer, group):
@@ -89,10 +89,9 @@ def theory(optimizer: torch.optim.Optimizer, group: Mapping[str, Any], l2: float
 
 
 class WeightDecayProbe(Panel):
-    """Measures every ``optimizer.step()`` against a decay-free shadow optimizer with its own state, so what momentum
-    or Adam's moments carry from earlier decay counts, and logs it. ``l2``: lambda of a penalty the loop adds to its
-    loss, on ``params`` (default: every weight of a decaying group); ``prefix``: the keys' namespace and axis;
-    ``every``: measure the factor on one step in ``every``. A ``closure`` runs once (LBFGS's are not supported)."""
+    """Measures every ``optimizer.step()`` against a decay-free shadow optimizer with its own state and logs it
+    (docs/plugins.md). ``l2``: lambda of a penalty in the loss, on ``params`` (default: every weight of a decaying
+    group); ``prefix``: the keys' namespace and axis; ``every``: measure the factor on one step in ``every``."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, *, l2: float = 0.0,
                  params: Iterable[torch.Tensor] | None = None, prefix: str = "wd", every: int = 1, run: Any = None,
@@ -117,7 +116,6 @@ class WeightDecayProbe(Panel):
                                for _, g, _ in self.groups)
         self.steps = 0
         self.last: dict[str, float] = {}
-        self._shadow_after: list[torch.Tensor] = []
         self._weights: list[torch.Tensor] | None = None
         self._noted = False
         self._handles = [optimizer.register_step_pre_hook(self._before), optimizer.register_step_post_hook(self._after)]
@@ -161,8 +159,7 @@ class WeightDecayProbe(Panel):
                                 mine[k] = v
             for sg, (_, g, _) in zip(self._shadow.param_groups, self.groups):
                 sg.update({k: v for k, v in g.items() if k not in ("params", "weight_decay")})
-        self._shadow.step()
-        self._shadow_after = [c.detach() for c in self._copies]  # the shadow's weights after its step
+        self._shadow.step()  # the copies now hold the shadow's weights after its step
         self._weights = [p.detach().clone() for p in self.params] if measured else None
         return changed
 
@@ -175,7 +172,7 @@ class WeightDecayProbe(Panel):
             index = {id(w): i for i, w in enumerate(self.params)}
             for gi, g, ps in self.groups:
                 before = [self._weights[index[id(w)]] for w in ps]
-                decay_part = [w.detach() - self._shadow_after[index[id(w)]] for w in ps]
+                decay_part = [w.detach() - self._copies[index[id(w)]].detach() for w in ps]
                 n, d = float(_dot(decay_part, before)), float(_sq_norm(before))
                 t, _ = theory(self.optimizer, g, self.l2)
                 num, den, theory_num = num + n, den + d, theory_num + t * d
@@ -207,9 +204,9 @@ class WeightDecayProbe(Panel):
 
     def curvature(self, loss: Callable[[], torch.Tensor], params: Iterable[torch.Tensor] | None = None, *,
                   model: torch.nn.Module | None = None, iters: int = 10) -> dict[str, float]:
-        """Top Hessian eigenvalue of ``loss()`` (a closure over a fixed batch, without the decay term) in ``params``
-        (default: the optimizer's), the sharpness lr * (beta + lambda) and the stability bound at the first decayed
-        group's lr and lambda; logged and returned. With ``model`` the closure runs :func:`untouched`."""
+        """Top Hessian eigenvalue of ``loss()`` (a fixed batch, no decay term) in ``params`` (default: the optimizer's),
+        the sharpness lr * (beta + lambda) and the stability bound at the first decayed group's lr and lambda, logged
+        and returned; with ``model``, :func:`untouched`."""
         params = list(params) if params is not None else [p for g in self.optimizer.param_groups for p in g["params"]]
         with untouched(model) if model is not None else contextlib.nullcontext():
             beta, _ = top_hessian_eigenvalue(loss, params, iters=iters, tol=1e-2)
