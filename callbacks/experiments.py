@@ -1,5 +1,4 @@
-"""The experiments' tables and pictures on the suite's loop: each adapter hands a panel's payload (or its own
-table) to ``trainer.log``, on rank 0 only (``reports_only``)."""
+"""The experiments' tables and pictures (docs/experiments.md) on the suite's loop, through ``trainer.log``."""
 
 from __future__ import annotations
 
@@ -12,7 +11,7 @@ from dlhw.callbacks.panels import (FILTER_COLUMNS, PHOTO_COLUMNS, ConfusionMatri
                                    FilterTable, LearnedFilters, PhotoComparison)
 from dlhw.callbacks.progress import console_table, report_console
 from dlhw.core.events import EPOCH_AXIS, STEP_AXIS, Callback, Loop
-from dlhw.viz.iou import LABELS, slide_figure
+from dlhw.viz.images import MEASURES, slide_figure
 from dlhw.viz.kernels import DIRECTIONS
 
 
@@ -83,8 +82,7 @@ class PredictionTable(_CachedPictures):
 
 
 class PhotoTable(_CachedPictures):
-    """``detect/photo`` and the verdict table ``detect/verdict``, and the same numbers as console tables (only
-    those with ``log_to_wandb`` False, when W&B is disabled)."""
+    """``detect/photo`` and ``detect/verdict``, and the same as console tables (only those without W&B)."""
 
     def __init__(self, *, log_to_wandb: bool = True) -> None:
         self.panel, self.console, self.log_to_wandb = PhotoComparison(), report_console(), log_to_wandb
@@ -107,9 +105,7 @@ class PhotoTable(_CachedPictures):
 
 
 class FilterTables(Callback):
-    """Per photo (step), ``image/NAME/hf_ratio/FILTER``; at the epoch's end ``filters/outputs`` (the
-    :class:`~dlhw.callbacks.panels.FilterTable` of every photo) and ``filters/checks``: each kernel's gain on
-    gratings per direction, its high-frequency ratio on noise and its verdict."""
+    """Per photo ``image/NAME/hf_ratio/FILTER``; at the epoch's end ``filters/outputs`` and ``filters/checks``."""
 
     def __init__(self) -> None:
         self.rows: list[list[Any]] = []
@@ -136,10 +132,7 @@ def _r(v: float) -> float:
 
 
 class IoUPlots(Callback):
-    """At the end, never per step: ``iou/slide_values`` and ``iou/slide_grads`` (IoU, GIoU, DIoU and their d/dx as
-    B's left edge slides), ``iou/slide`` (with IoU's one-sided finite differences), ``iou/slide_plot``,
-    ``iou/kinks`` (where an edge of B meets one of A), ``iou/descent`` (mean IoU per step under each loss) and
-    ``iou/descent_boxes`` (each box's start, end and final IoU per loss)."""
+    """The slide's plots and tables (``iou/slide*``, ``iou/kinks``) and the descents' (``iou/descent*``), at the end."""
 
     def on_validation_end(self, trainer: Loop, epoch: int, metrics: Mapping[str, float]) -> None:
         if epoch == trainer.epochs - 1:
@@ -163,10 +156,10 @@ class IoUPlots(Callback):
             "iou/kinks": wandb.Table(columns=["x", "edges", "iou", "left_derivative", "right_derivative", "jump",
                                               "autograd_at_kink"], data=kinks),
             "iou/slide_values": wandb.plot.line_series(
-                xs=x, ys=[s.values[m].tolist() for m in names], keys=[LABELS[m] for m in names],
+                xs=x, ys=[s.values[m].tolist() for m in names], keys=[MEASURES[m] for m in names],
                 title="IoU, GIoU and DIoU as B slides across A", xname="x (left edge of B)"),
             "iou/slide_grads": wandb.plot.line_series(
-                xs=x, ys=[s.grads[m].tolist() for m in names], keys=[f"d{LABELS[m]}/dx" for m in names],
+                xs=x, ys=[s.grads[m].tolist() for m in names], keys=[f"d{MEASURES[m]}/dx" for m in names],
                 title="Autograd derivative along the slide", xname="x (left edge of B)"),
             "iou/slide_plot": wandb.Image(picture, caption=f"A = {list(s.box_a)}, B starts at {list(s.box_b)}"),
         }

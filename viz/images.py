@@ -1,9 +1,10 @@
-"""Kernels, learned filters and feature maps as (C, H, W) float grids in [0, 1] and uint8 arrays for
-``wandb.Image`` or PNG files."""
+"""Kernels, learned filters, feature maps and the IoU slide as pictures: (C, H, W) float grids in [0, 1] and uint8
+arrays for ``wandb.Image`` or PNG files."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -56,3 +57,37 @@ def feature_map_grid(fmap: torch.Tensor, max_maps: int = 16, min_side: int = 96)
     ncols = math.ceil(math.sqrt(len(tiles)))
     per_tile = max(1, math.ceil(min_side / (ncols * tiles.shape[-1])))
     return grid(torch.stack([upscale(t, tiles.shape[-1] * per_tile) for t in tiles]), ncols=ncols, pad=1)
+
+
+MEASURES = {"iou": "IoU", "giou": "GIoU", "diou": "DIoU"}
+
+
+def slide_figure(x: np.ndarray, values: Mapping[str, np.ndarray], grads: Mapping[str, np.ndarray],
+                 kinks: Sequence[float], *, dpi: int = 100) -> np.ndarray:
+    """Each measure's value (top) and d/dx (bottom) over the slide position ``x``, kinks dotted, shaded where
+    dIoU/dx is exactly 0 (1 - IoU gives an optimiser nothing to follow)."""
+    # A bare Figure on the Agg canvas: no pyplot state, no window, nothing to close.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    x = np.asarray(x)
+    flat = np.asarray(grads["iou"]) == 0
+    fig = Figure(figsize=(7, 5), dpi=dpi)
+    canvas = FigureCanvasAgg(fig)
+    top, bottom = fig.subplots(2, 1, sharex=True)
+    for name, v in values.items():
+        top.plot(x, v, label=MEASURES.get(name, name))
+    for name, g in grads.items():
+        bottom.plot(x, g, label=f"d{MEASURES.get(name, name)}/dx")
+    for ax in (top, bottom):
+        ax.fill_between(x, 0, 1, where=flat, transform=ax.get_xaxis_transform(), color="0.9",
+                        label="dIoU/dx = 0" if ax is bottom else None)
+        for k in kinks:
+            ax.axvline(k, color="0.4", linestyle=":", linewidth=1)
+        ax.axhline(0, color="0.6", linewidth=0.5)
+        ax.legend(loc="lower left", fontsize=8)
+    top.set(ylabel="value", title="B slides across A along x")
+    bottom.set(ylabel="d/dx", xlabel="x (left edge of B)")
+    fig.tight_layout()
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
