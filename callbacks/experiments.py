@@ -32,16 +32,15 @@ class FeatureMapTable(Callback):
 
     reports_only = True
 
-    def __init__(self, n_images: int = 4, max_maps: int = 16) -> None:
-        self.n_images, self.max_maps = n_images, max_maps
+    def __init__(self, n_images: int = 4) -> None:
+        self.n_images = n_images
 
     def on_fit_start(self, trainer: Loop) -> None:
         x, y = trainer.loaders.fixed_batch("val", self.n_images)
         layers = list(trainer.model.features)
         after_relu = {name: layers[layers.index(conv) + 1] for name, conv in trainer.model.conv_layers()}
         self.panel = FeatureMaps(trainer.model, x, labels=[trainer.loaders.classes[int(i)] for i in y],
-                                 layers=after_relu, pictures=[trainer.loaders.denormalise(img) for img in x],
-                                 max_maps=self.max_maps)
+                                 layers=after_relu, pictures=[trainer.loaders.denormalise(img) for img in x])
 
     def on_epoch_end(self, trainer: Loop, epoch: int, metrics: Mapping[str, float]) -> None:
         trainer.log(self.panel.payload(epoch + 1), axis=EPOCH_AXIS)
