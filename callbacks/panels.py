@@ -282,14 +282,13 @@ def annotated_image(picture: str | np.ndarray, output: Mapping[str, torch.Tensor
     return wandb.Image(picture, boxes=boxes, masks=masks, caption=caption)
 
 
-class PictureCache:
+class PictureCache(tempfile.TemporaryDirectory):
     """Each picture written to PNG once, later references reuse the file. The folder goes with :meth:`remove`, or
     else with the cache or the process (W&B copied what it logged)."""
 
     def __init__(self) -> None:
-        self._folder = tempfile.TemporaryDirectory(prefix="dlhw-pictures-")
-        self.dir = Path(self._folder.name)
-        self.paths: dict[str, str] = {}
+        super().__init__(prefix="dlhw-pictures-")
+        self.dir, self.paths = Path(self.name), {}
 
     def path(self, key: str, pixels: np.ndarray) -> str:
         """The PNG file holding ``pixels``, written the first time ``key`` is asked for."""
@@ -299,7 +298,7 @@ class PictureCache:
         return self.paths[key]
 
     def remove(self) -> None:
-        self._folder.cleanup()
+        self.cleanup()
         self.paths.clear()
 
 

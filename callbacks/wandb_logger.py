@@ -70,10 +70,9 @@ class WandbLogger(Callback):
         self._window_step = 0
         self._last: dict[str, Any] = {}  # each key's last value: the summary's final value
         self._best: float | None = None
-        # The run to continue (from a checkpoint), and each key's last axis value sent to W&B.
-        self.run_id: str | None = None
+        self.run_id: str | None = None  # the run to continue, from a checkpoint
         self._resuming = False
-        self._sent: dict[str, int] = {}
+        self._sent: dict[str, int] = {}  # each key's last axis value sent
         # The numbers sent in the last JOURNAL_SECONDS (time, axis, value, metrics): a kill -9 loses what W&B had not
         # written yet, so a checkpoint carries them to be sent again.
         self._journal: deque[tuple[float, str, int, dict[str, float]]] = deque()

@@ -8,8 +8,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-# Unit steps (dy, dx), rows growing downwards: diagonal runs bottom-left to top-right, antidiagonal top-left to
-# bottom-right.
+# Unit steps (dy, dx), rows growing downwards: diagonal is bottom-left to top-right, antidiagonal the other one.
 DIRECTIONS = {"horizontal": (0, 1), "vertical": (1, 0), "diagonal": (-1, 1), "antidiagonal": (1, 1)}
 
 
