@@ -124,8 +124,7 @@ def named_layers(model: nn.Module, layers: Any, *, what: str) -> dict[str, nn.Mo
 
 
 class LearnedFilters(Panel):
-    """``viz/conv1_filters``: the filters of one ``Conv2d`` (``layer``: its name or the module; default the first)
-    as one picture, captioned with its name."""
+    """``viz/conv1_filters``: the filters of one ``Conv2d`` (``layer``; default the first) as one picture."""
 
     axis = "viz/step"
     key = "viz/conv1_filters"
@@ -221,8 +220,7 @@ FILTER_COLUMNS = ["image", "input", "filter", "kernel", "kernel_values", "output
 
 
 class FilterTable(Panel):
-    """``filters/outputs``: one row per (image, 3x3 kernel): the kernel as a picture and as numbers, the output, its
-    gain along each direction, high-frequency energy ratio and mean shift. Images are (C, H, W) in [0, 1]."""
+    """``filters/outputs``: one row per (image, 3x3 kernel) with the output and its measures; images (C, H, W)."""
 
     axis = "filters/step"
     key = "filters/outputs"
@@ -303,8 +301,7 @@ class PictureCache(tempfile.TemporaryDirectory):
 
 
 class DetectionTable(Panel):
-    """``detect/predictions``: one incremental table (step, image id, image with box layers ``ground_truth`` and
-    ``predictions`` and a mask layer, ground-truth objects, predictions at score >= 0.5, their mean score)."""
+    """``detect/predictions``: one incremental table of images with ground-truth and predicted boxes and masks."""
 
     axis = "detect/step"
     key = "detect/predictions"
@@ -335,8 +332,7 @@ PHOTO_COLUMNS = ["model", "photo", *(f"people@{t}" for t in THRESHOLDS), "mean_s
 
 
 class PhotoComparison(Panel):
-    """``detect/photo``: per detector, its boxes (and masks) on the same photo, detections at score >= 0.5 and
-    >= 0.7, their mean score, inference ms."""
+    """``detect/photo``: per detector, its boxes (and masks) on the same photo, its counts and inference ms."""
 
     axis = "detect/step"
     key = "detect/photo"

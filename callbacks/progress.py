@@ -8,10 +8,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn,
-                           TimeRemainingColumn)
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Column, Table
-from rich.text import Text
 
 from dlhw.core.events import Callback, EPOCH_AXIS, Loop, is_rank_zero
 
@@ -45,21 +43,9 @@ def _metrics(items: Any) -> str:
     return "  ".join(f"{k}={fmt(v)}" for k, v in items if isinstance(v, numbers.Real))
 
 
-class _LiveMetrics(ProgressColumn):
-    """The latest step metrics, formatted when rich redraws (a few times a second), not every step."""
-
-    def __init__(self, live: dict[str, Any]) -> None:
-        super().__init__()
-        self.live = live
-
-    def render(self, task: Any) -> Text:
-        numbers_only = [(k, v) for k, v in list(self.live.items()) if isinstance(v, numbers.Real)]  # a snapshot
-        return Text(_metrics(numbers_only[:4]))
-
-
 class ProgressBar(Callback):
-    """One bar per epoch with ETA and the live metrics; each epoch's metrics printed as it ends. The bar redraws in
-    rich's own thread, only on a terminal, and gets its step count a few times a second, not every step."""
+    """One bar per epoch with ETA and the latest step metrics; each epoch's metrics printed as it ends. The bar redraws
+    in rich's own thread, only on a terminal, and gets its steps and metrics a few times a second, not every step."""
 
     def __init__(self, console: Console | None = None) -> None:
         self.console = console or Console(stderr=True)
@@ -73,15 +59,15 @@ class ProgressBar(Callback):
             return
         self._progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                                   TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-                                  _LiveMetrics(self._live), console=self.console,
+                                  TextColumn("{task.fields[metrics]}", markup=False), console=self.console,
                                   refresh_per_second=4, auto_refresh=self.console.is_terminal)
         self._progress.start()
-        self._task = self._progress.add_task(trainer.name, total=trainer.steps_per_epoch)
+        self._task = self._progress.add_task(trainer.name, total=trainer.steps_per_epoch, metrics="")
 
     def on_epoch_start(self, trainer: Loop, epoch: int) -> None:
         if self._progress is not None:
             self._live.clear()
-            self._progress.reset(self._task, total=trainer.steps_per_epoch,
+            self._progress.reset(self._task, total=trainer.steps_per_epoch, metrics="",
                                  description=f"{trainer.name} epoch {epoch + 1}/{trainer.epochs}")
 
     def on_batch_end(self, trainer: Loop, batch_idx: int, outputs: Mapping[str, Any]) -> None:
@@ -91,13 +77,14 @@ class ProgressBar(Callback):
                 self._advance()
 
     def _advance(self) -> None:
-        self._progress.advance(self._task, self._steps)
+        live = [(k, v) for k, v in self._live.items() if isinstance(v, numbers.Real)][:4]
+        self._progress.update(self._task, advance=self._steps, metrics=_metrics(live))
         self._steps, self._shown = 0, time.monotonic()
 
     def on_log(self, trainer: Loop, metrics: Mapping[str, Any], axis: str) -> None:
         if self._progress is None or axis == EPOCH_AXIS:
             return
-        self._live.update(metrics)  # numbers picked out when the bar redraws
+        self._live.update(metrics)  # numbers picked out when the bar gets its steps
 
     def on_epoch_end(self, trainer: Loop, epoch: int, metrics: Mapping[str, float]) -> None:
         if self._progress is not None:
