@@ -151,12 +151,8 @@ class WeightDecayProbe(Panel):
                     state, mine = optimizer.state.get(p, {}), self._shadow.state.get(c)
                     if mine is None or mine.keys() != state.keys():
                         self._shadow.state[c] = {k: v.clone() if torch.is_tensor(v) else v for k, v in state.items()}
-                    else:
-                        for k, v in state.items():
-                            if torch.is_tensor(v):
-                                mine[k].copy_(v)
-                            else:
-                                mine[k] = v
+                    else:  # in place: copy_ returns the shadow's own tensor
+                        mine.update((k, mine[k].copy_(v) if torch.is_tensor(v) else v) for k, v in state.items())
             for sg, (_, g, _) in zip(self._shadow.param_groups, self.groups):
                 sg.update({k: v for k, v in g.items() if k not in ("params", "weight_decay")})
         self._shadow.step()  # the copies now hold the shadow's weights after its step
