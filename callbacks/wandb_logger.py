@@ -293,7 +293,4 @@ class DatasetArtifact(Callback):
             return
         artifact = wandb.Artifact(self.name, type="dataset", metadata={"path": str(self.path)})
         artifact.add_reference(self.path.as_uri(), name=self.path.name if self.path.is_file() else None)
-        if run.offline:
-            run.log_artifact(artifact)
-        else:
-            run.use_artifact(artifact)
+        (run.log_artifact if run.offline else run.use_artifact)(artifact)
