@@ -66,7 +66,7 @@ def resolve_locations(args: argparse.Namespace) -> None:
 
 def cmd_filters(args: argparse.Namespace) -> int:
     from dlhw.callbacks import standard_callbacks
-    from dlhw.callbacks.filters_viz import FilterTables
+    from dlhw.callbacks.experiments import FilterTables
     from dlhw.trainers.filters import filters_settings, images_from_args, run_filters
 
     settings = filters_settings(args)
@@ -77,7 +77,7 @@ def cmd_filters(args: argparse.Namespace) -> int:
 
 def cmd_iou(args: argparse.Namespace) -> int:
     from dlhw.callbacks import standard_callbacks
-    from dlhw.callbacks.iou_viz import IoUPlots
+    from dlhw.callbacks.experiments import IoUPlots
     from dlhw.trainers.iou import run_iou, setup_from_args
 
     setup = setup_from_args(args)
@@ -132,7 +132,7 @@ def fit_callbacks(args: argparse.Namespace, dist: Any, ckpt_dir: Path, metric: s
     callbacks = [*standard_callbacks(args, job_type=job_type, monitor=(metric, "max"), tags=tags, log_every=1),
                  *probes, Checkpoint(ckpt_dir, monitor=metric, upload="end", upload_last=upload_last)]
     if args.wandb_mode != "disabled" and dist.is_main:
-        from dlhw.callbacks.lineage import DatasetArtifact
+        from dlhw.callbacks.wandb_logger import DatasetArtifact
 
         callbacks += [DatasetArtifact(*dataset), *panels()]
     return callbacks
@@ -159,7 +159,7 @@ def alexnet_job(args: argparse.Namespace, dist: Any) -> int:
     ckpt_dir = resume.path.parent if resume is not None else Path(args.out) / "checkpoints" / job_stamp(dist, "alexnet")
 
     def panels() -> list:
-        from dlhw.callbacks.classification_viz import FeatureMapTable, FilterGrid, TestConfusionMatrix
+        from dlhw.callbacks.experiments import FeatureMapTable, FilterGrid, TestConfusionMatrix
 
         maps = [FeatureMapTable(settings.viz_images)] if settings.viz_images else []
         return [FilterGrid(), TestConfusionMatrix(), *maps]
@@ -182,7 +182,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
 def detect_job(args: argparse.Namespace, dist: Any) -> int:
     from dlhw.callbacks import standard_callbacks
-    from dlhw.callbacks.detection_viz import PhotoTable, PredictionTable
+    from dlhw.callbacks.experiments import PhotoTable, PredictionTable
     from dlhw.trainers.detection.beatles import compare_on_photo, load_photo
     from dlhw.trainers.detection.trainer import build_trainer, model_label, prepare
     from dlhw.tracking.resume import fit_from, option_checkpoints, resolve_resume

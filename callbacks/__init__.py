@@ -1,5 +1,5 @@
-"""Plug-ins: panels and probes for any loop (``panels``, ``weight_decay``), their adapters for the
-suite's loop and for Lightning (``lightning``), and the suite's W&B logging, progress and checkpoints."""
+"""Plug-ins: panels and probes for any loop (``panels``, ``weight_decay``), their adapters for the suite's loop
+(``experiments``) and Lightning (``lightning``), and the suite's W&B logging, progress and checkpoints."""
 
 from __future__ import annotations
 
@@ -14,8 +14,7 @@ DEFAULT_PROJECT = "dlhw"
 
 def standard_callbacks(args: argparse.Namespace, *, job_type: str, monitor: tuple[str, str] | None = None,
                        tags: Sequence[str] = (), log_every: int = 10) -> list[Callback]:
-    """The W&B logger, the progress bar and the closing summary table, configured from the global flags;
-    ``log_every``: the experiment's default for ``--log-every``."""
+    """The W&B logger, progress bar and summary table from the global flags; ``log_every``: the flag's default."""
     from dlhw.callbacks.progress import ProgressBar, SummaryTable
 
     cbs: list[Callback] = []

@@ -15,21 +15,16 @@ LAST, BEST, FINISHED = "last.pt", "best.pt", "finished.pt"
 
 
 class Checkpoint(Callback):
-    """Saves ``last.pt`` (the whole ``checkpoint_state()``, what a run resumes from) after every epoch and when a stop
-    signal ends the fit, ``best.pt`` (only the weights and what they scored, kept small for W&B) whenever ``monitor``
-    improves, and ``finished.pt`` when the fit ran to its end.
+    """Saves ``last.pt`` (the whole ``checkpoint_state()``) after every epoch and on a stop signal, ``best.pt`` (the
+    weights and their scores) whenever ``monitor`` rises, and ``finished.pt`` when the fit ran to its end, in the
+    background. ``on_checkpoint_saved`` announces one once it is on disk: the best at every improvement
+    (``upload="improved"``) or once at the end (``"end"``), and with ``upload_last`` the final ``last.pt``."""
 
-    Files are written in the background while the next epoch trains; ``on_checkpoint_saved`` announces one once it is on
-    disk: the best at every improvement (``upload="improved"``) or once at the end (``"end"``, for large models), and
-    with ``upload_last`` the final ``last.pt``."""
-
-    def __init__(self, directory: str | Path, *, monitor: str, mode: str = "max", upload: str = "improved",
+    def __init__(self, directory: str | Path, *, monitor: str, upload: str = "improved",
                  upload_last: bool = False) -> None:
-        if mode not in ("max", "min"):
-            raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
         if upload not in ("improved", "end"):
             raise ValueError(f"upload must be 'improved' or 'end', got {upload!r}")
-        self.directory, self.monitor, self.mode = Path(directory), monitor, mode
+        self.directory, self.monitor = Path(directory), monitor
         self.upload, self.upload_last = upload, upload_last
         self.best: float | None = None
         self.best_path: Path | None = None
@@ -38,7 +33,7 @@ class Checkpoint(Callback):
         self.pending: list[dict[str, Any]] = []
 
     def on_epoch_end(self, trainer: Loop, epoch: int, metrics: Mapping[str, float]) -> None:
-        _gather_rng(trainer)
+        trainer.gather_rng()  # every rank's random state to rank 0's checkpoint: a collective, every rank calls it
         if not is_rank_zero():
             return
         if self.pending:
@@ -46,8 +41,7 @@ class Checkpoint(Callback):
         metadata = {"epoch": epoch + 1, "step": trainer.global_step,
                     **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
         value = metrics.get(self.monitor)
-        sign = 1 if self.mode == "max" else -1
-        improved = value is not None and (self.best is None or sign * float(value) > sign * self.best)
+        improved = value is not None and (self.best is None or float(value) > self.best)
         best: list = []
         if improved:
             self.best_path = self.directory / BEST
@@ -87,7 +81,7 @@ class Checkpoint(Callback):
         try:
             self.writer.wait()
             if isinstance(exception, Stopped):  # every rank stops after the same step
-                _gather_rng(trainer)
+                trainer.gather_rng()
                 if is_rank_zero():
                     # A stop signal lands between steps: the state is whole, so it is saved where it is.
                     self.writer.submit(trainer.checkpoint_state(), self.directory / LAST)
@@ -97,17 +91,10 @@ class Checkpoint(Callback):
             print(f"checkpoint: {error}", file=sys.stderr)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best, "monitor": self.monitor, "mode": self.mode, "best_metadata": self.best_metadata,
+        return {"best": self.best, "monitor": self.monitor, "best_metadata": self.best_metadata,
                 "best_path": str(self.best_path) if self.best_path else None}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.best = state.get("best")
         self.best_metadata = dict(state.get("best_metadata") or {})
         self.best_path = self.directory / BEST if state.get("best_path") else None
-
-
-def _gather_rng(trainer: Loop) -> None:
-    # Under torchrun every rank's random state goes to rank 0's checkpoint (a collective: every rank calls it).
-    gather = getattr(trainer, "gather_rng", None)
-    if gather is not None:
-        gather()

@@ -1,6 +1,5 @@
-"""The suite's panels as Lightning callbacks beside Lightning's ``WandbLogger`` (the ``lightning``
-extra; docs/plugins.md). Each logs to the logger's run (else ``wandb.run``) against its panel's
-axis, the epoch as the step; keyword arguments go to the panel or probe."""
+"""The panels as Lightning callbacks beside Lightning's ``WandbLogger`` (docs/plugins.md): each logs to the logger's
+run (else ``wandb.run``), the epoch as its step; keyword arguments go to the panel or probe."""
 
 from __future__ import annotations
 
@@ -16,12 +15,11 @@ from dlhw.callbacks.weight_decay import WeightDecayProbe
 
 
 def _run(trainer: pl.Trainer) -> Any:
-    """The W&B run of the trainer's WandbLogger, or None (the panels then use ``wandb.run``)."""
     return next((lg.experiment for lg in trainer.loggers if isinstance(lg, WandbLogger)), None)
 
 
 class LearnedFiltersCallback(pl.Callback):
-    """``viz/conv1_filters`` (:class:`~dlhw.callbacks.panels.LearnedFilters`) after every training epoch."""
+    """``viz/conv1_filters`` after every training epoch."""
 
     def __init__(self, **panel: Any) -> None:
         self.options = panel
@@ -36,8 +34,7 @@ class LearnedFiltersCallback(pl.Callback):
 
 
 class FeatureMapsCallback(pl.Callback):
-    """``viz/feature_maps`` (:class:`~dlhw.callbacks.panels.FeatureMaps`) of fixed ``inputs`` after
-    every training epoch."""
+    """``viz/feature_maps`` of fixed ``inputs`` after every training epoch."""
 
     def __init__(self, inputs: torch.Tensor, **panel: Any) -> None:
         self.inputs, self.options = inputs, panel
@@ -60,20 +57,18 @@ def _predictions(outputs: Any) -> torch.Tensor | None:
 
 
 class ConfusionMatrixCallback(pl.Callback):
-    """``test/confusion_matrix`` (:class:`~dlhw.callbacks.panels.ConfusionMatrix`) at the end of
-    ``trainer.test``, of ``outputs_to_preds(what test_step returned)``, or when that is None of the
-    module run again on the batch's inputs. ``batch_to_xy`` takes a batch to ``(inputs, targets)``."""
+    """``test/confusion_matrix`` at the end of ``trainer.test``, of ``outputs_to_preds(what test_step returned)``, or
+    when that is None of the module run again on the batch's inputs; ``batch_to_xy``: a batch to (inputs, targets)."""
 
     def __init__(self, class_names: Sequence[str], *,
                  batch_to_xy: Callable[[Any], tuple[Any, torch.Tensor]] = lambda b: (b[0], b[1]),
                  outputs_to_preds: Callable[[Any], torch.Tensor | None] = _predictions, **panel: Any) -> None:
         self.class_names, self.batch_to_xy, self.outputs_to_preds = list(class_names), batch_to_xy, outputs_to_preds
         self.options = panel
-        self.targets: list[int] = []
-        self.predictions: list[int] = []
 
     def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.targets, self.predictions = [], []
+        self.targets: list[int] = []
+        self.predictions: list[int] = []
 
     def on_test_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                           batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -92,8 +87,7 @@ class ConfusionMatrixCallback(pl.Callback):
 
 
 class WeightDecayCallback(pl.Callback):
-    """A :class:`~dlhw.callbacks.weight_decay.WeightDecayProbe` on every optimizer that decays
-    (prefix ``wd``, or ``wd/opt{i}`` when there are several), and their curvature on
+    """A probe on every optimizer that decays (prefix ``wd``, or ``wd/opt{i}`` with several), and their curvature on
     ``curvature_batch`` ``(x, y)`` after every training epoch when it is given."""
 
     def __init__(self, *, curvature_batch: tuple[torch.Tensor, torch.Tensor] | None = None,

@@ -1,6 +1,5 @@
-"""W&B panels for any training loop (docs/plugins.md): plain objects that take tensors, models or torchvision-format
-predictions and log to ``run=`` or the active ``wandb.run``, never moving its global step, so a user's own rows all
-survive. ``payload(...)`` is what ``log(...)`` sends, for loops with their own logger."""
+"""W&B panels for any training loop (docs/plugins.md): they log to ``run=`` or ``wandb.run`` without moving its step;
+``payload(...)`` is what ``log(...)`` sends, for loops with their own logger."""
 
 from __future__ import annotations
 
@@ -42,8 +41,7 @@ class Panel:
         return run
 
     def merge(self, earlier: dict[str, Any], now: dict[str, Any]) -> dict[str, Any]:
-        """What to write while ``earlier`` still waits in W&B's open row (a second ``commit=False`` replaces it):
-        pictures side by side as a list, anything else the last."""
+        """What to write while ``earlier`` still waits in W&B's open row: pictures as a list, else the last."""
         merged = {**earlier, **now}
         for key, value in now.items():
             old = earlier.get(key)
@@ -52,7 +50,6 @@ class Panel:
         return merged
 
     def next_step(self, step: int | None) -> int:
-        """``step``, or one past this panel's last."""
         return step if step is not None else (self._last_step or 0) + 1
 
     def send(self, payload: Mapping[str, Any], step: int | None = None) -> None:
@@ -80,6 +77,10 @@ class Panel:
         run.log(row, commit=False)
         self._open = (run, run.step, row)
 
+    def log(self, *args: Any, step: int | None = None, **kwargs: Any) -> None:
+        """Log ``payload(*args, **kwargs)`` at ``step`` (default: one past the last)."""
+        self.send(self.payload(*args, **kwargs), step)
+
 
 @contextlib.contextmanager
 def untouched(model: nn.Module) -> Iterator[nn.Module]:
@@ -95,8 +96,8 @@ def untouched(model: nn.Module) -> Iterator[nn.Module]:
 
 
 def named_layers(model: nn.Module, layers: Any, *, what: str) -> dict[str, nn.Module]:
-    """``layers`` (a qualified name, a module, a list of either, or a name -> module mapping) as name -> module;
-    ``None``: every ``Conv2d``. A layer not in ``model`` is a ``ValueError``."""
+    """``layers`` (a qualified name, a module, a list of either, a name -> module mapping; ``None``: every ``Conv2d``)
+    as name -> module."""
     if layers is None:
         found = {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
         if not found:
@@ -123,8 +124,7 @@ def named_layers(model: nn.Module, layers: Any, *, what: str) -> dict[str, nn.Mo
 
 
 class LearnedFilters(Panel):
-    """``viz/conv1_filters``: the filters of one ``Conv2d`` (``layer``: its name or the module; default the first)
-    as one picture, captioned with its name."""
+    """``viz/conv1_filters``: the filters of one ``Conv2d`` (``layer``; default the first) as one picture."""
 
     axis = "viz/step"
     key = "viz/conv1_filters"
@@ -137,19 +137,17 @@ class LearnedFilters(Panel):
                              f"pass a conv layer")
 
     def payload(self, caption: str | None = None) -> dict[str, Any]:
-        """The picture of the filters as they are now."""
         picture = filter_grid(self.conv.weight.detach().cpu())
         return {self.key: wandb.Image(to_uint8(picture), caption=caption or self.name)}
 
     def log(self, step: int | None = None, caption: str | None = None) -> None:
-        """Log the filters now; ``caption`` defaults to the layer's name and the step."""
         step = self.next_step(step)
         self.send(self.payload(caption or f"{self.name} at step {step}"), step)
 
 
 class FeatureMaps(Panel):
-    """``viz/feature_maps``: one incremental table (step, input, label, layer, maps) of fixed ``inputs``, the maps
-    caught by forward hooks. ``layers`` as for :func:`named_layers`; ``pictures``: the inputs as shown."""
+    """``viz/feature_maps``: one incremental table (step, input, label, layer, maps) of fixed ``inputs``, caught by
+    forward hooks on ``layers`` (see :func:`named_layers`); ``pictures``: the inputs as shown."""
 
     axis = "viz/step"
     key = "viz/feature_maps"
@@ -165,7 +163,6 @@ class FeatureMaps(Panel):
                                  f"maps; pass conv layers (or what follows one) in layers=")
         self.labels = list(labels) if labels is not None else [str(i) for i in range(len(inputs))]
         shown = pictures if pictures is not None else inputs
-        # One wandb.Image per input, reused in all of its rows.
         self.pictures = [wandb.Image(to_uint8(upscale(img.detach().float().cpu(), 96)), caption=label)
                          for img, label in zip(shown, self.labels)]
         self.table = wandb.Table(columns=["epoch", "input", "label", "layer", "feature_maps"], log_mode="INCREMENTAL")
@@ -186,7 +183,6 @@ class FeatureMaps(Panel):
         return captured
 
     def payload(self, step: int) -> dict[str, Any]:
-        """The table with this step's rows added."""
         for layer, maps in self.capture():
             for i, fmap in enumerate(maps):
                 (n, h, w), shown = fmap.shape, min(self.max_maps, fmap.shape[0])
@@ -196,7 +192,6 @@ class FeatureMaps(Panel):
         return {self.key: self.table}
 
     def log(self, step: int | None = None) -> None:
-        """Run the model on the fixed inputs and log the maps."""
         step = self.next_step(step)
         self.send(self.payload(step), step)
 
@@ -207,22 +202,17 @@ class ConfusionMatrix(Panel):
     axis = "test/step"
     key = "test/confusion_matrix"
 
-    def __init__(self, class_names: Sequence[str], *, title: str = "test confusion matrix", **kw: Any) -> None:
+    def __init__(self, class_names: Sequence[str], **kw: Any) -> None:
         super().__init__(**kw)
-        self.class_names, self.title = list(class_names), title
+        self.class_names = list(class_names)
 
     def payload(self, targets: Sequence[int] | torch.Tensor,
                 predictions: Sequence[int] | torch.Tensor) -> dict[str, Any]:
         """The chart; ``predictions`` are class indices (take ``argmax`` of logits first)."""
         chart = wandb.plot.confusion_matrix(y_true=torch.as_tensor(targets).tolist(),
                                             preds=torch.as_tensor(predictions).tolist(),
-                                            class_names=self.class_names, title=self.title)
+                                            class_names=self.class_names, title="test confusion matrix")
         return {self.key: chart}
-
-    def log(self, targets: Sequence[int] | torch.Tensor, predictions: Sequence[int] | torch.Tensor,
-            step: int | None = None) -> None:
-        """Log the matrix of ``targets`` against ``predictions``."""
-        self.send(self.payload(targets, predictions), step)
 
 
 FILTER_COLUMNS = ["image", "input", "filter", "kernel", "kernel_values", "output",
@@ -230,8 +220,7 @@ FILTER_COLUMNS = ["image", "input", "filter", "kernel", "kernel_values", "output
 
 
 class FilterTable(Panel):
-    """``filters/outputs``: one row per (image, 3x3 kernel): the kernel as a picture and as numbers, the output, its
-    gain along each direction, high-frequency energy ratio and mean shift. Images are (C, H, W) in [0, 1]."""
+    """``filters/outputs``: one row per (image, 3x3 kernel) with the output and its measures; images (C, H, W)."""
 
     axis = "filters/step"
     key = "filters/outputs"
@@ -254,105 +243,87 @@ class FilterTable(Panel):
         return rows, ratios
 
     def payload(self, images: Mapping[str, torch.Tensor], kernels: Mapping[str, torch.Tensor]) -> dict[str, Any]:
-        """The table of every kernel on every image."""
         rows = [r for name, img in images.items() for r in self.rows(name, img, kernels)[0]]
         return {self.key: wandb.Table(columns=FILTER_COLUMNS, data=rows)}
-
-    def log(self, images: Mapping[str, torch.Tensor], kernels: Mapping[str, torch.Tensor],
-            step: int | None = None) -> None:
-        """Apply every kernel to every image and log the table."""
-        self.send(self.payload(images, kernels), step)
 
 
 # Detection: boxes and masks are W&B layers over the untouched picture (toggle, filter by score);
 # each picture is one PNG that every epoch refers to, so W&B (content-hashed) uploads it once.
 MAX_BOXES = 30
+LABELS = {1: "person"}
 
 
-def _boxes(boxes: torch.Tensor, labels: Mapping[int, str], classes: torch.Tensor | None,
-           scores: torch.Tensor | None = None) -> dict[str, Any]:
+def _boxes(boxes: torch.Tensor, classes: torch.Tensor | None, scores: torch.Tensor | None = None) -> dict[str, Any]:
     data = []
     for i, (x1, y1, x2, y2) in enumerate(boxes.tolist()[:MAX_BOXES]):
         cls = int(classes[i]) if classes is not None else 1
         item: dict[str, Any] = {"position": {"minX": x1, "minY": y1, "maxX": x2, "maxY": y2},
-                                "domain": "pixel", "class_id": cls, "box_caption": labels.get(cls, str(cls))}
+                                "domain": "pixel", "class_id": cls, "box_caption": LABELS.get(cls, str(cls))}
         if scores is not None:
             item.update(box_caption=f"{item['box_caption']} {float(scores[i]):.2f}", scores={"score": float(scores[i])})
         data.append(item)
-    return {"box_data": data, "class_labels": dict(labels)}
+    return {"box_data": data, "class_labels": LABELS}
 
 
 def annotated_image(picture: str | np.ndarray, output: Mapping[str, torch.Tensor],
-                    target: Mapping[str, torch.Tensor] | None = None, *, labels: Mapping[int, str] | None = None,
-                    mask_score: float = 0.5, caption: str | None = None) -> wandb.Image:
-    """A picture (path or uint8 array) with predicted boxes (scores), ground-truth boxes and predicted masks, in
-    torchvision's detection format, as W&B layers."""
-    labels = labels or {1: "person"}
+                    target: Mapping[str, torch.Tensor] | None = None, caption: str | None = None) -> wandb.Image:
+    """A picture (path or uint8 array) with torchvision-format predicted boxes (scores), ground-truth boxes and
+    predicted masks (those scoring >= 0.5) as W&B layers."""
     output = {k: v.detach().cpu() for k, v in output.items()}
-    boxes = {"predictions": _boxes(output["boxes"], labels, output.get("labels"), output["scores"])}
+    boxes = {"predictions": _boxes(output["boxes"], output.get("labels"), output["scores"])}
     if target is not None:
-        boxes["ground_truth"] = _boxes(target["boxes"].cpu(), labels, target.get("labels"))
+        boxes["ground_truth"] = _boxes(target["boxes"].cpu(), target.get("labels"))
     masks = None
     if "masks" in output:  # the kept detections' soft masks as one label map (1 = the first class)
-        chosen = output["masks"][output["scores"] >= mask_score, 0] > 0.5
-        masks = {"predictions": {"mask_data": chosen.any(0).numpy().astype(np.uint8), "class_labels": dict(labels)}}
+        chosen = output["masks"][output["scores"] >= 0.5, 0] > 0.5
+        masks = {"predictions": {"mask_data": chosen.any(0).numpy().astype(np.uint8), "class_labels": LABELS}}
     return wandb.Image(picture, boxes=boxes, masks=masks, caption=caption)
 
 
-class PictureCache:
-    """Each picture written to PNG once, later references reuse the file. The folder goes with :meth:`remove`,
-    or else with the cache or the process (W&B copied what it logged)."""
+class PictureCache(tempfile.TemporaryDirectory):
+    """Each picture written to PNG once, later references reuse the file. The folder goes with :meth:`remove`, or
+    else with the cache or the process (W&B copied what it logged)."""
 
     def __init__(self) -> None:
-        self.dir: Path | None = None  # made on the first picture
-        self.paths: dict[str, str] = {}
+        super().__init__(prefix="dlhw-pictures-")
+        self.dir, self.paths = Path(self.name), {}
 
     def path(self, key: str, pixels: np.ndarray) -> str:
         """The PNG file holding ``pixels``, written the first time ``key`` is asked for."""
         if key not in self.paths:
-            if self.dir is None:
-                self._folder = tempfile.TemporaryDirectory(prefix="dlhw-pictures-")
-                self.dir = Path(self._folder.name)
-            target = self.dir / f"{len(self.paths):04d}.png"
-            Image.fromarray(pixels).save(target)
-            self.paths[key] = str(target)
+            self.paths[key] = str(self.dir / f"{len(self.paths):04d}.png")
+            Image.fromarray(pixels).save(self.paths[key])
         return self.paths[key]
 
     def remove(self) -> None:
-        """Delete the folder and forget its pictures."""
-        if self.dir is not None:
-            self._folder.cleanup()
-        self.dir = None
+        self.cleanup()
         self.paths.clear()
 
 
 class DetectionTable(Panel):
-    """``detect/predictions``: one incremental table (step, image id, image with box layers ``ground_truth`` and
-    ``predictions`` and a mask layer, ground-truth objects, predictions at score >= 0.5, their mean score)."""
+    """``detect/predictions``: one incremental table of images with ground-truth and predicted boxes and masks."""
 
     axis = "detect/step"
     key = "detect/predictions"
 
-    def __init__(self, *, labels: Mapping[int, str] | None = None, **kw: Any) -> None:
+    def __init__(self, **kw: Any) -> None:
         super().__init__(**kw)
-        self.labels, self.cache = dict(labels or {1: "person"}), PictureCache()
+        self.cache = PictureCache()
         self.table = wandb.Table(columns=["epoch", "image_id", "image", "gt_people", "pred_people@0.5", "mean_score"],
                                  log_mode="INCREMENTAL")
 
     def payload(self, images: Sequence[torch.Tensor], targets: Sequence[Mapping[str, torch.Tensor]],
                 outputs: Sequence[Mapping[str, torch.Tensor]], step: int) -> dict[str, Any]:
-        """The table with this step's rows added."""
         for i, (image, target, output) in enumerate(zip(images, targets, outputs)):
             image_id = int(target["image_id"]) if "image_id" in target else i
             path = self.cache.path(f"image-{image_id}", to_uint8(image))
             counts = people_counts(output["scores"].detach().cpu())
-            self.table.add_data(step, image_id, annotated_image(path, output, target, labels=self.labels),
-                                len(target["boxes"]), counts["people@0.5"], counts["mean_score"])
+            self.table.add_data(step, image_id, annotated_image(path, output, target), len(target["boxes"]),
+                                counts["people@0.5"], counts["mean_score"])
         return {self.key: self.table}
 
     def log(self, images: Sequence[torch.Tensor], targets: Sequence[Mapping[str, torch.Tensor]],
             outputs: Sequence[Mapping[str, torch.Tensor]], step: int | None = None) -> None:
-        """Log one row per image."""
         step = self.next_step(step)
         self.send(self.payload(images, targets, outputs, step), step)
 
@@ -361,20 +332,19 @@ PHOTO_COLUMNS = ["model", "photo", *(f"people@{t}" for t in THRESHOLDS), "mean_s
 
 
 class PhotoComparison(Panel):
-    """``detect/photo``: per detector, its boxes (and masks) on the same photo, detections at score >= 0.5 and
-    >= 0.7, their mean score, inference ms."""
+    """``detect/photo``: per detector, its boxes (and masks) on the same photo, its counts and inference ms."""
 
     axis = "detect/step"
     key = "detect/photo"
 
-    def __init__(self, *, labels: Mapping[int, str] | None = None, **kw: Any) -> None:
+    def __init__(self, **kw: Any) -> None:
         super().__init__(**kw)
-        self.labels, self.cache = dict(labels or {1: "person"}), PictureCache()
+        self.cache = PictureCache()
 
     @staticmethod
     def rows(outputs: Mapping[str, Mapping[str, torch.Tensor]],
              inference_ms: Mapping[str, float] | None = None) -> list[list[Any]]:
-        """Per model: its label, output and the numbers of the table."""
+        """Per model: its label, output and the table's numbers."""
         ms = inference_ms or {}
         return [[label, out, *people_counts(out["scores"].detach().cpu()).values(), ms.get(label)]
                 for label, out in outputs.items()]
@@ -383,11 +353,5 @@ class PhotoComparison(Panel):
                 inference_ms: Mapping[str, float] | None = None, *, name: str = "photo") -> dict[str, Any]:
         """The table; ``photo`` is (H, W, 3) uint8 and ``outputs`` maps a model's label to its detections."""
         path = self.cache.path(name, photo)
-        data = [[r[0], annotated_image(path, r[1], labels=self.labels, caption=r[0]), *r[2:]]
-                for r in self.rows(outputs, inference_ms)]
+        data = [[r[0], annotated_image(path, r[1], caption=r[0]), *r[2:]] for r in self.rows(outputs, inference_ms)]
         return {self.key: wandb.Table(columns=PHOTO_COLUMNS, data=data)}
-
-    def log(self, photo: np.ndarray, outputs: Mapping[str, Mapping[str, torch.Tensor]],
-            inference_ms: Mapping[str, float] | None = None, *, name: str = "photo", step: int | None = None) -> None:
-        """Log every model's detections on ``photo``."""
-        self.send(self.payload(photo, outputs, inference_ms, name=name), step)

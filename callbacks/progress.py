@@ -8,17 +8,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn,
-                           TimeRemainingColumn)
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Column, Table
-from rich.text import Text
 
 from dlhw.core.events import Callback, EPOCH_AXIS, Loop, is_rank_zero
 
 
 def report_console(*, stderr: bool = False) -> Console:
-    """A console for tables, at least 160 columns wide when output goes to a file or pipe (rich's
-    80 would truncate model names)."""
+    """A console for tables, at least 160 columns wide into a file or pipe (rich's 80 would truncate names)."""
     console = Console(stderr=stderr)
     if not console.is_terminal:
         console.width = max(console.width, 160)
@@ -46,26 +43,12 @@ def _metrics(items: Any) -> str:
     return "  ".join(f"{k}={fmt(v)}" for k, v in items if isinstance(v, numbers.Real))
 
 
-class _LiveMetrics(ProgressColumn):
-    """The latest step metrics, formatted when rich redraws (a few times a second), not every step."""
-
-    def __init__(self, live: dict[str, Any], max_metrics: int) -> None:
-        super().__init__()
-        self.live, self.max_metrics = live, max_metrics
-
-    def render(self, task: Any) -> Text:
-        numbers_only = [(k, v) for k, v in list(self.live.items()) if isinstance(v, numbers.Real)]  # a snapshot
-        return Text(_metrics(numbers_only[: self.max_metrics]))
-
-
 class ProgressBar(Callback):
-    """One bar per epoch with ETA and the live metrics; each epoch's metrics printed as it ends.
-    The bar redraws in rich's own thread, and only on a terminal (a log file gets the final bar); the loop hands it
-    its step count a few times a second, not every step."""
+    """One bar per epoch with ETA and the latest step metrics; each epoch's metrics printed as it ends. The bar redraws
+    in rich's own thread, only on a terminal, and gets its steps and metrics a few times a second, not every step."""
 
-    def __init__(self, console: Console | None = None, *, max_metrics: int = 4) -> None:
+    def __init__(self, console: Console | None = None) -> None:
         self.console = console or Console(stderr=True)
-        self.max_metrics = max_metrics
         self._progress: Progress | None = None
         self._task: Any = None
         self._live: dict[str, Any] = {}
@@ -76,15 +59,15 @@ class ProgressBar(Callback):
             return
         self._progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                                   TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-                                  _LiveMetrics(self._live, self.max_metrics), console=self.console,
+                                  TextColumn("{task.fields[metrics]}", markup=False), console=self.console,
                                   refresh_per_second=4, auto_refresh=self.console.is_terminal)
         self._progress.start()
-        self._task = self._progress.add_task(trainer.name, total=trainer.steps_per_epoch)
+        self._task = self._progress.add_task(trainer.name, total=trainer.steps_per_epoch, metrics="")
 
     def on_epoch_start(self, trainer: Loop, epoch: int) -> None:
         if self._progress is not None:
             self._live.clear()
-            self._progress.reset(self._task, total=trainer.steps_per_epoch,
+            self._progress.reset(self._task, total=trainer.steps_per_epoch, metrics="",
                                  description=f"{trainer.name} epoch {epoch + 1}/{trainer.epochs}")
 
     def on_batch_end(self, trainer: Loop, batch_idx: int, outputs: Mapping[str, Any]) -> None:
@@ -94,13 +77,14 @@ class ProgressBar(Callback):
                 self._advance()
 
     def _advance(self) -> None:
-        self._progress.advance(self._task, self._steps)
+        live = [(k, v) for k, v in self._live.items() if isinstance(v, numbers.Real)][:4]
+        self._progress.update(self._task, advance=self._steps, metrics=_metrics(live))
         self._steps, self._shown = 0, time.monotonic()
 
     def on_log(self, trainer: Loop, metrics: Mapping[str, Any], axis: str) -> None:
         if self._progress is None or axis == EPOCH_AXIS:
             return
-        self._live.update(metrics)  # numbers picked out when the bar redraws
+        self._live.update(metrics)  # numbers picked out when the bar gets its steps
 
     def on_epoch_end(self, trainer: Loop, epoch: int, metrics: Mapping[str, float]) -> None:
         if self._progress is not None:
@@ -120,12 +104,11 @@ class ProgressBar(Callback):
 class SummaryTable(Callback):
     """Prints the run's final numbers as one table when the fit ends."""
 
-    def __init__(self, console: Console | None = None, *, title: str | None = None) -> None:
+    def __init__(self, console: Console | None = None) -> None:
         self.console = console or report_console()
-        self.title = title
 
     def on_fit_end(self, trainer: Loop) -> None:
         if not is_rank_zero():
             return
         rows = [(key, value) for key, value in trainer.summary.items() if isinstance(value, (numbers.Real, str))]
-        self.console.print(console_table(self.title or f"{trainer.name}: summary", ["metric", "value"], rows))
+        self.console.print(console_table(f"{trainer.name}: summary", ["metric", "value"], rows))

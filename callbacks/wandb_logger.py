@@ -1,4 +1,4 @@
-"""The W&B logger: the one place where a training run talks to wandb."""
+"""The W&B logger, the one place where a training run talks to wandb, and the dataset artifact it trained on."""
 
 from __future__ import annotations
 
@@ -50,18 +50,16 @@ def init_run(*, project: str | None, mode: str, out_dir: str | Path, config: Map
 
 
 class WandbLogger(Callback):
-    """Starts a W&B run at fit start, logs every ``on_log`` and finishes the run with an exit code.
-
-    ``monitor`` = ``("val/acc", "max")`` keeps the best value in the summary, what sweeps sort on. Step metrics go out
-    once per ``log_every`` steps as their window's mean (each ``run.log`` costs the W&B service CPU that training
-    needs). A failing W&B call warns once and training goes on."""
+    """Starts a W&B run at fit start, logs every ``on_log`` and finishes the run with an exit code. ``monitor`` =
+    ``("val/acc", "max")`` keeps the best value in the summary, what sweeps sort on. Step metrics go out as each
+    ``log_every`` steps' mean (a ``run.log`` costs CPU that training needs). A failing W&B call warns once."""
 
     def __init__(self, *, project: str | None, mode: str, out_dir: str | Path, name: str | None = None,
                  group: str | None = None, job_type: str | None = None, tags: Sequence[str] = (),
                  monitor: tuple[str, str] | None = None, log_every: int = 10, entity: str | None = None) -> None:
         if log_every < 1:
             raise ValueError(f"log_every must be >= 1, got {log_every}")
-        # init_run's arguments; the trainer's config (and name, as the default job type) join at fit start.
+        # init_run's arguments; the trainer's config and name (the default job type) join at fit start.
         self._init: dict[str, Any] = dict(project=project, entity=entity, mode=mode, out_dir=Path(out_dir), name=name,
                                           group=group, job_type=job_type, tags=list(tags))
         self.monitor, self.log_every = monitor, log_every
@@ -70,18 +68,16 @@ class WandbLogger(Callback):
         self._axis_of: dict[str, str] = {}
         self._window: dict[str, list[Any]] = {}  # the open step window: each key's values
         self._window_step = 0
-        self._last: dict[str, Any] = {}  # each key's last reported value: the summary's final value
-        self._best: float | None = None  # the monitored metric's best value
-        # The run to continue (from a checkpoint), and each key's last axis value sent to W&B.
-        self.run_id: str | None = None
+        self._last: dict[str, Any] = {}  # each key's last value: the summary's final value
+        self._best: float | None = None
+        self.run_id: str | None = None  # the run to continue, from a checkpoint
         self._resuming = False
-        self._sent: dict[str, int] = {}
+        self._sent: dict[str, int] = {}  # each key's last axis value sent
         # The numbers sent in the last JOURNAL_SECONDS (time, axis, value, metrics): a kill -9 loses what W&B had not
         # written yet, so a checkpoint carries them to be sent again.
         self._journal: deque[tuple[float, str, int, dict[str, float]]] = deque()
         self._replay: list[tuple] = []
         self._persisted: dict[str, int] | None = None
-        self._warned = False
         self._failures = 0
         # Checkpoint artifacts being hashed and copied on a thread, logged in order once built.
         self._builder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wandb-artifact")
@@ -102,8 +98,7 @@ class WandbLogger(Callback):
         self._best = state.get("best")
 
     def already_logged(self, sent: Mapping[str, int]) -> None:
-        """What the W&B run's files hold: each ``key`` up to axis value ``sent[key]``. Records up to there are dropped,
-        and the checkpoint's journal beyond it is sent again when the run starts."""
+        """The W&B run's files hold each ``key`` up to axis value ``sent[key]``: the journal beyond it is sent again."""
         self._persisted = dict(sent)
         for key, value in sent.items():
             self._sent[key] = max(self._sent.get(key, value), value)
@@ -127,8 +122,7 @@ class WandbLogger(Callback):
             return fn(*args, **kwargs)
         except Exception as exc:  # any failure of the W&B client or its service process
             self._failures += 1
-            if not self._warned:
-                self._warned = True
+            if self._failures == 1:
                 print(f"warning: W&B {what} failed ({type(exc).__name__}: {exc}); training and checkpoints go on, "
                       f"further W&B errors of this run are not shown", file=sys.stderr)
             return None
@@ -176,7 +170,7 @@ class WandbLogger(Callback):
         self._send(metrics, axis, trainer.axis_value(axis))
 
     def _send(self, metrics: Mapping[str, Any], axis: str, value: int) -> None:
-        """``run.log`` the keys of ``metrics`` not yet sent at ``value`` or later on ``axis``."""
+        """``run.log`` the keys not yet sent at ``value`` or later on ``axis``."""
         fresh = {k: v for k, v in metrics.items() if self._sent.get(k, -1) < value}
         if fresh:
             self._sent.update((k, value) for k in fresh)
@@ -205,7 +199,7 @@ class WandbLogger(Callback):
         self._window_step = step
 
     def _flush(self) -> None:
-        """Send the open step window as one record against the last step it saw."""
+        """Send the open step window as one record at the last step it saw."""
         if not self._window:
             return
         record = {k: v[0] if len(v) == 1 else sum(v) / len(v) for k, v in self._window.items()}
@@ -224,7 +218,6 @@ class WandbLogger(Callback):
         self._log_artifacts(wait=False)
 
     def _log_artifacts(self, *, wait: bool) -> None:
-        """Log the artifacts built so far in order (every one when ``wait``)."""
         while self._artifacts and (wait or self._artifacts[0][0].done()):
             built, aliases = self._artifacts.pop(0)
             artifact = self._call("artifact", built.result)
@@ -273,7 +266,6 @@ class WandbLogger(Callback):
 
 
 def _model_artifact(name: str, source: Any, metadata: Mapping[str, Any]) -> wandb.Artifact:
-    """A model artifact holding a copy of the open file ``source``, which it closes."""
     with source:
         artifact = wandb.Artifact(name, type="model", metadata=dict(metadata))
         with artifact.new_file(Path(source.name).name, mode="wb") as copy:
@@ -283,3 +275,22 @@ def _model_artifact(name: str, source: Any, metadata: Mapping[str, Any]) -> wand
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+class DatasetArtifact(Callback):
+    """At fit start, declares ``path`` (a file or folder) as the dataset artifact ``name``: ``file://`` references
+    with checksums, nothing uploaded. Online the run uses it (its models link to it in W&B's lineage); offline W&B
+    cannot mark it used, so the run logs it. Place it after the W&B logger."""
+
+    reports_only = True
+
+    def __init__(self, name: str, path: str | Path) -> None:
+        self.name, self.path = name, Path(path).resolve()
+
+    def on_fit_start(self, trainer: Loop) -> None:
+        run = wandb.run
+        if run is None or not is_rank_zero() or not self.path.exists():
+            return
+        artifact = wandb.Artifact(self.name, type="dataset", metadata={"path": str(self.path)})
+        artifact.add_reference(self.path.as_uri(), name=self.path.name if self.path.is_file() else None)
+        (run.log_artifact if run.offline else run.use_artifact)(artifact)

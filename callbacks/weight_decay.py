@@ -1,5 +1,5 @@
-"""The weight-decay probe: what decay does to the weights each step, and whether the learning rate is stable for the
-loss surface, on any optimizer through its step hooks (docs/plugins.md; the bounds in docs/theory.md)."""
+"""The weight-decay probe: what decay does to the weights each step and whether the learning rate is stable for the
+loss surface, on any optimizer's step hooks (docs/plugins.md; the bounds in docs/theory.md)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,6 @@ def stability_bound(*, optimizer: str, momentum: float, wd_mode: str, lr: float,
 
 
 def _sq_norm(params: list[torch.Tensor]) -> torch.Tensor:
-    # Per-tensor norms in the parameters' own precision (one fused pass), summed in float64.
     return torch.stack(torch._foreach_norm([p.detach() for p in params])).double().pow(2).sum()
 
 
@@ -70,13 +69,12 @@ def top_hessian_eigenvalue(loss_fn: Callable[[], torch.Tensor], params: Sequence
 
 
 def _is_decoupled(optimizer: torch.optim.Optimizer, group: Mapping[str, Any]) -> bool:
-    # AdamW, Adam(decoupled_weight_decay=True) and the suite's SGDW mark their groups the same way.
     return isinstance(optimizer, torch.optim.AdamW) or bool(group.get("decoupled_weight_decay"))
 
 
 def theory(optimizer: torch.optim.Optimizer, group: Mapping[str, Any], l2: float = 0.0) -> tuple[float, str]:
-    """The per-step shrink decay should give ``group``'s weights, and its formula's name; NaN for Adam with decay in
-    the gradient, which its second moment rescales (measured only)."""
+    """The per-step shrink decay should give ``group``'s weights, and its formula's name (NaN: Adam with coupled decay,
+    which its second moment rescales)."""
     lam = float(l2 or group.get("weight_decay", 0.0))
     lr = float(group["lr"])
     if _is_decoupled(optimizer, group):
@@ -91,25 +89,24 @@ def theory(optimizer: torch.optim.Optimizer, group: Mapping[str, Any], l2: float
 
 
 class WeightDecayProbe(Panel):
-    """Measures every ``optimizer.step()`` against a decay-free shadow optimizer with its own state, so what momentum
-    or Adam's moments carry from earlier decay counts, and logs it. ``l2``: lambda of a penalty the loop adds to its
-    loss, on ``params`` (default: every weight of a decaying group); ``prefix``: the keys' namespace and axis;
-    ``every``: measure the factor on one step in ``every``. A ``closure`` runs once (LBFGS's are not supported)."""
+    """Measures every ``optimizer.step()`` against a decay-free shadow optimizer with its own state and logs it
+    (docs/plugins.md). ``l2``: lambda of a penalty in the loss, on ``params`` (default: every weight of a decaying
+    group); ``prefix``: the keys' namespace and axis; ``every``: measure the factor on one step in ``every``."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, *, l2: float = 0.0,
                  params: Iterable[torch.Tensor] | None = None, prefix: str = "wd", every: int = 1, run: Any = None,
                  publish: Callable[[dict[str, Any]], None] | None = None) -> None:
         super().__init__(run=run, publish=publish)
         self.optimizer, self.l2, self.every, self.prefix, self.axis = optimizer, l2, every, prefix, f"{prefix}/step"
-        self.params = (list(params) if params is not None else
-                       [p for g in optimizer.param_groups if g.get("weight_decay", 0) for p in g["params"]])
+        self.params = list(params) if params is not None else [
+            p for g in optimizer.param_groups if g.get("weight_decay", 0) for p in g["params"]]
         if not self.params:
             raise ValueError("WeightDecayProbe: no decayed parameters; "
                              "give the optimizer a weight_decay or pass l2= and params=")
         mine = {id(p) for p in self.params}
         # (index in optimizer.param_groups, the group, its decayed weights)
-        self.groups = [(i, g, [p for p in g["params"] if id(p) in mine]) for i, g in enumerate(optimizer.param_groups)]
-        self.groups = [t for t in self.groups if t[2]]
+        self.groups = [(i, g, ps) for i, g in enumerate(optimizer.param_groups)
+                       if (ps := [p for p in g["params"] if id(p) in mine])]
         copies = {id(p): torch.zeros_like(p, requires_grad=True) for p in self.params}
         self._copies = [copies[id(p)] for p in self.params]
         self._shadow = type(optimizer)([{**{k: v for k, v in g.items() if k != "params"}, "weight_decay": 0.0,
@@ -119,13 +116,11 @@ class WeightDecayProbe(Panel):
                                for _, g, _ in self.groups)
         self.steps = 0
         self.last: dict[str, float] = {}
-        self._shadow_after: list[torch.Tensor] = []
         self._weights: list[torch.Tensor] | None = None
         self._noted = False
         self._handles = [optimizer.register_step_pre_hook(self._before), optimizer.register_step_post_hook(self._after)]
 
     def weight_norm(self) -> float:
-        """Global L2 norm of the decayed weights."""
         return float(_sq_norm(self.params).sqrt())
 
     def _before(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
@@ -156,16 +151,11 @@ class WeightDecayProbe(Panel):
                     state, mine = optimizer.state.get(p, {}), self._shadow.state.get(c)
                     if mine is None or mine.keys() != state.keys():
                         self._shadow.state[c] = {k: v.clone() if torch.is_tensor(v) else v for k, v in state.items()}
-                    else:
-                        for k, v in state.items():
-                            if torch.is_tensor(v):
-                                mine[k].copy_(v)
-                            else:
-                                mine[k] = v
+                    else:  # in place: copy_ returns the shadow's own tensor
+                        mine.update((k, mine[k].copy_(v) if torch.is_tensor(v) else v) for k, v in state.items())
             for sg, (_, g, _) in zip(self._shadow.param_groups, self.groups):
                 sg.update({k: v for k, v in g.items() if k not in ("params", "weight_decay")})
-        self._shadow.step()
-        self._shadow_after = [c.detach() for c in self._copies]  # the shadow's weights after its step
+        self._shadow.step()  # the copies now hold the shadow's weights after its step
         self._weights = [p.detach().clone() for p in self.params] if measured else None
         return changed
 
@@ -178,7 +168,7 @@ class WeightDecayProbe(Panel):
             index = {id(w): i for i, w in enumerate(self.params)}
             for gi, g, ps in self.groups:
                 before = [self._weights[index[id(w)]] for w in ps]
-                decay_part = [w.detach() - self._shadow_after[index[id(w)]] for w in ps]
+                decay_part = [w.detach() - self._copies[index[id(w)]].detach() for w in ps]
                 n, d = float(_dot(decay_part, before)), float(_sq_norm(before))
                 t, _ = theory(self.optimizer, g, self.l2)
                 num, den, theory_num = num + n, den + d, theory_num + t * d
@@ -209,14 +199,13 @@ class WeightDecayProbe(Panel):
         return merged
 
     def curvature(self, loss: Callable[[], torch.Tensor], params: Iterable[torch.Tensor] | None = None, *,
-                  model: torch.nn.Module | None = None, iters: int = 10, tol: float = 1e-2,
-                  step: int | None = None) -> dict[str, float]:
-        """Top Hessian eigenvalue of ``loss()`` (a closure over a fixed batch, without the decay term) in ``params``
-        (default: the optimizer's), the sharpness lr * (beta + lambda) and the stability bound at the first decayed
-        group's lr and lambda; logged and returned. With ``model`` the closure runs :func:`untouched`."""
+                  model: torch.nn.Module | None = None, iters: int = 10) -> dict[str, float]:
+        """Top Hessian eigenvalue of ``loss()`` (a fixed batch, no decay term) in ``params`` (default: the optimizer's),
+        the sharpness lr * (beta + lambda) and the stability bound at the first decayed group's lr and lambda, logged
+        and returned; with ``model``, :func:`untouched`."""
         params = list(params) if params is not None else [p for g in self.optimizer.param_groups for p in g["params"]]
         with untouched(model) if model is not None else contextlib.nullcontext():
-            beta, _ = top_hessian_eigenvalue(loss, params, iters=iters, tol=tol)
+            beta, _ = top_hessian_eigenvalue(loss, params, iters=iters, tol=1e-2)
         group = self.groups[0][1]
         lr, lam = float(group["lr"]), float(self.l2 or group.get("weight_decay", 0.0))
         bound = stability_bound(optimizer="sgd" if isinstance(self.optimizer, torch.optim.SGD) else "adam",
@@ -224,7 +213,7 @@ class WeightDecayProbe(Panel):
                                 wd_mode="decoupled" if _is_decoupled(self.optimizer, group) else "coupled")
         p = self.prefix
         metrics = {f"{p}/hessian_top_eig": beta, f"{p}/lr_sharpness": lr * (beta + lam), f"{p}/stability_bound": bound}
-        self.send(metrics, step=self.steps if step is None else step)
+        self.send(metrics, step=self.steps)
         return metrics
 
     def remove(self) -> None:
@@ -235,8 +224,8 @@ class WeightDecayProbe(Panel):
 
 
 class DecayProbeCallback(Callback):
-    """The :class:`WeightDecayProbe` on the suite's classification trainer, against ``trainer/step``, and the curvature
-    on its fixed batch at the start, every ``hessian_every`` epochs (0: never) and at the end, in the summary too."""
+    """The probe on the suite's classification trainer, against ``trainer/step``, and the curvature on its fixed batch
+    at the start, every ``hessian_every`` epochs (0: never) and at the end, in the summary too."""
 
     def __init__(self, *, hessian_every: int = 4, hessian_iters: int = 10, every: int = 1) -> None:
         self.hessian_every, self.hessian_iters, self.every = hessian_every, hessian_iters, every

@@ -1,9 +1,10 @@
-"""Tensors to pictures: (C, H, W) float grids in [0, 1] and uint8 arrays ready for ``wandb.Image``
-or PNG files, for kernels, learned filters and feature maps. No W&B here."""
+"""Kernels, learned filters, feature maps and the IoU slide as pictures: (C, H, W) float grids in [0, 1] and uint8
+arrays for ``wandb.Image`` or PNG files."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -17,8 +18,7 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
 
 
 def kernel_picture(k: torch.Tensor, cell: int = 24, cmap: str = "coolwarm") -> np.ndarray:
-    """A small kernel as an RGB picture, one block per weight: blue negative, white zero, red
-    positive, on a scale symmetric around zero so each weight's sign reads at a glance."""
+    """A small kernel as an RGB picture, one block per weight: blue negative, white zero, red positive."""
     k = k.detach().float().cpu()
     span = float(k.abs().max()) or 1.0
     rgb = colormaps[cmap]((k / span + 1) / 2)[..., :3]  # (kh, kw, 3) in [0, 1]
@@ -34,8 +34,8 @@ def grid(tiles: torch.Tensor, ncols: int, pad: int) -> torch.Tensor:
 
 
 def upscale(image: torch.Tensor, min_side: int) -> torch.Tensor:
-    """Enlarge a (C, H, W) picture by a whole factor (nearest neighbour, so pixels stay sharp) until
-    its shorter side is at least ``min_side``; larger pictures are returned as they are."""
+    """Enlarge a (C, H, W) picture by a whole factor (nearest neighbour: pixels stay sharp) until its shorter side
+    is at least ``min_side``."""
     factor = math.ceil(min_side / min(image.shape[-2:]))
     if factor <= 1:
         return image
@@ -43,17 +43,51 @@ def upscale(image: torch.Tensor, min_side: int) -> torch.Tensor:
 
 
 def filter_grid(weight: torch.Tensor, cell: int = 24) -> torch.Tensor:
-    """Filters (out, in, k, k) as one grid, each enlarged to ``cell`` pixels and stretched to [0, 1]:
-    a colour patch per filter with three input channels, else a grey tile per input channel."""
+    """Filters (out, in, k, k) as one grid, each enlarged to ``cell`` pixels and stretched to [0, 1]: a colour patch
+    per filter with three input channels, else a grey tile per input channel."""
     w = weight.detach().float().cpu()
     tiles = w if w.shape[1] == 3 else w.reshape(-1, 1, *w.shape[-2:])
     return grid(torch.stack([upscale(t, cell) for t in tiles]), ncols=math.ceil(math.sqrt(len(tiles))), pad=2)
 
 
 def feature_map_grid(fmap: torch.Tensor, max_maps: int = 16, min_side: int = 96) -> torch.Tensor:
-    """The first ``max_maps`` channels of one image's activations (C, h, w) as a grey grid, each
-    channel stretched to [0, 1] on its own and enlarged so the grid is at least ``min_side``."""
+    """The first ``max_maps`` channels of one image's activations (C, h, w) as a grey grid, each stretched to [0, 1]
+    on its own and enlarged so the grid is at least ``min_side``."""
     tiles = fmap[:max_maps].detach().float().cpu().unsqueeze(1)
     ncols = math.ceil(math.sqrt(len(tiles)))
     per_tile = max(1, math.ceil(min_side / (ncols * tiles.shape[-1])))
     return grid(torch.stack([upscale(t, tiles.shape[-1] * per_tile) for t in tiles]), ncols=ncols, pad=1)
+
+
+MEASURES = {"iou": "IoU", "giou": "GIoU", "diou": "DIoU"}
+
+
+def slide_figure(x: np.ndarray, values: Mapping[str, np.ndarray], grads: Mapping[str, np.ndarray],
+                 kinks: Sequence[float], *, dpi: int = 100) -> np.ndarray:
+    """Each measure's value (top) and d/dx (bottom) over the slide position ``x``, kinks dotted, shaded where
+    dIoU/dx is exactly 0 (1 - IoU gives an optimiser nothing to follow)."""
+    # A bare Figure on the Agg canvas: no pyplot state, no window, nothing to close.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    x = np.asarray(x)
+    flat = np.asarray(grads["iou"]) == 0
+    fig = Figure(figsize=(7, 5), dpi=dpi)
+    canvas = FigureCanvasAgg(fig)
+    top, bottom = fig.subplots(2, 1, sharex=True)
+    for name, v in values.items():
+        top.plot(x, v, label=MEASURES.get(name, name))
+    for name, g in grads.items():
+        bottom.plot(x, g, label=f"d{MEASURES.get(name, name)}/dx")
+    for ax in (top, bottom):
+        ax.fill_between(x, 0, 1, where=flat, transform=ax.get_xaxis_transform(), color="0.9",
+                        label="dIoU/dx = 0" if ax is bottom else None)
+        for k in kinks:
+            ax.axvline(k, color="0.4", linestyle=":", linewidth=1)
+        ax.axhline(0, color="0.6", linewidth=0.5)
+        ax.legend(loc="lower left", fontsize=8)
+    top.set(ylabel="value", title="B slides across A along x")
+    bottom.set(ylabel="d/dx", xlabel="x (left edge of B)")
+    fig.tight_layout()
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()

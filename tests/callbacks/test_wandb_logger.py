@@ -88,7 +88,7 @@ def test_checkpoint_is_atomic_and_uploaded_as_artifact(tmp_path, monkeypatch):
 
     monkeypatch.setattr(wandb_logger, "_model_artifact", recorded)
     logger = _logger(tmp_path, monitor=("val/acc", "max"))
-    ckpt = Checkpoint(tmp_path / "ckpt", monitor="val/acc", mode="max")
+    ckpt = Checkpoint(tmp_path / "ckpt", monitor="val/acc")
     trainer = Tiny([logger, ckpt])
     trainer.fit()
     best = torch.load(tmp_path / "ckpt" / "best.pt", weights_only=False)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dlhw.viz.iou import slide_figure
+from dlhw.viz.images import slide_figure
 
 SHADE = np.array([229, 229, 229])  # matplotlib's "0.9" grey
 
