@@ -300,15 +300,23 @@ class PictureCache(tempfile.TemporaryDirectory):
         self.paths.clear()
 
 
-class DetectionTable(Panel):
-    """``detect/predictions``: one incremental table of images with ground-truth and predicted boxes and masks."""
+class _PicturePanel(Panel):
+    """A detection panel: its pictures are written once to a temporary folder that W&B reads them from."""
 
     axis = "detect/step"
-    key = "detect/predictions"
 
     def __init__(self, **kw: Any) -> None:
         super().__init__(**kw)
         self.cache = PictureCache()
+
+
+class DetectionTable(_PicturePanel):
+    """``detect/predictions``: one incremental table of images with ground-truth and predicted boxes and masks."""
+
+    key = "detect/predictions"
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
         self.table = wandb.Table(columns=["epoch", "image_id", "image", "gt_people", "pred_people@0.5", "mean_score"],
                                  log_mode="INCREMENTAL")
 
@@ -331,15 +339,10 @@ class DetectionTable(Panel):
 PHOTO_COLUMNS = ["model", "photo", *(f"people@{t}" for t in THRESHOLDS), "mean_score", "inference_ms"]
 
 
-class PhotoComparison(Panel):
+class PhotoComparison(_PicturePanel):
     """``detect/photo``: per detector, its boxes (and masks) on the same photo, its counts and inference ms."""
 
-    axis = "detect/step"
     key = "detect/photo"
-
-    def __init__(self, **kw: Any) -> None:
-        super().__init__(**kw)
-        self.cache = PictureCache()
 
     @staticmethod
     def rows(outputs: Mapping[str, Mapping[str, torch.Tensor]],
