@@ -1,5 +1,4 @@
-"""The homework's two AlexNets by variant name: ``course`` (CIFAR-10, 32x32) and ``d2l`` (224x224), both with
-``features`` and ``classifier`` so that their filters and feature maps are shown the same way."""
+"""The homework's two AlexNets: ``course`` (CIFAR-10, 32x32) and ``d2l`` (224x224), both features + classifier."""
 
 from __future__ import annotations
 

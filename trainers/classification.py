@@ -1,5 +1,4 @@
-"""The AlexNet classification trainer and its weight-decay modes ``l2``, ``coupled`` and ``decoupled``: one update
-for plain SGD, but with Adam or momentum only decoupled decay shrinks by ``1 - lr*lambda`` per step (docs/theory.md)."""
+"""The AlexNet trainer and its weight-decay modes ``l2``, ``coupled`` and ``decoupled`` (docs/theory.md)."""
 
 from __future__ import annotations
 
@@ -138,8 +137,7 @@ def param_groups(model: nn.Module, decay_all: bool = False) -> tuple[list[tuple[
 
 
 class SGDW(torch.optim.SGD):
-    """SGD with decoupled weight decay (torch's SGD has none): weights shrink by ``1 - lr * lambda``, then SGD
-    steps on the gradient alone, so lambda never enters the momentum buffer."""
+    """SGD with decoupled weight decay (torch's has none): ``w *= 1 - lr * lambda``, then SGD on the gradient alone."""
 
     def __init__(self, params: Iterable[Any], **kwargs: Any) -> None:
         super().__init__(params, **kwargs)
@@ -169,6 +167,8 @@ _SGD_UPDATE = inspect.unwrap(torch.optim.SGD.step)
 class ClassificationTrainer(Engine):
     """A classifier with cross-entropy and a weight-decay mode; the test scores the best-val or the last weights."""
 
+    resumed = ("best_acc", "best_epoch", "best_model", "epoch_totals")
+
     def __init__(self, model: nn.Module, loaders: Loaders, callbacks: Iterable[Callback] = (), *, epochs: int,
                  optimizer: str = "sgd", lr: float = 0.01, momentum: float = 0.0, weight_decay: float = 0.0,
                  wd_mode: str = "coupled", decay_all: bool = False, limit_batches: int | None = None,
@@ -176,8 +176,6 @@ class ClassificationTrainer(Engine):
                  config: Mapping[str, Any] | None = None, dist: Dist | None = None) -> None:
         steps = len(loaders.train) if limit_batches is None else min(limit_batches, len(loaders.train))
         super().__init__(callbacks, epochs=epochs, config=config, name="alexnet", steps_per_epoch=steps, dist=dist)
-        if optimizer not in OPTIMIZERS or wd_mode not in WD_MODES:
-            raise UsageError(f"optimizer must be one of {OPTIMIZERS} and wd_mode one of {WD_MODES}")
         if optimizer == "adamw" and wd_mode != "decoupled":
             raise UsageError(ADAMW_ERROR)
         self.device = torch.device(device)
@@ -208,14 +206,11 @@ class ClassificationTrainer(Engine):
             self.optimizer = (SGDW if decoupled else torch.optim.SGD)(groups, lr=lr, momentum=momentum, fused=True)
         else:
             self.optimizer = torch.optim.Adam(groups, lr=lr, fused=True, decoupled_weight_decay=decoupled)
-        self._best_acc, self.best_epoch, self.test_weights = -1.0, 0, test_weights
-        self._best_state: dict[str, torch.Tensor] | None = None
+        self.best_acc, self.best_epoch, self.test_weights = -1.0, 0, test_weights
+        self.best_model: dict[str, torch.Tensor] | None = None
         self.test_targets: list[int] = []
         self.test_predictions: list[int] = []
         self.epoch_totals = [0.0, 0.0, 0.0]  # the epoch's summed loss, summed accuracy and images seen
-
-    def _batches(self, loader: Iterable[Any]) -> Iterable[Any]:
-        return islice(loader, self.limit_batches)
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
         self.model.train()
@@ -232,7 +227,7 @@ class ClassificationTrainer(Engine):
             out["penalty"] = penalty.item()
         self.optimizer.zero_grad(set_to_none=True)
         self.precision.backward(loss)
-        self.precision.unscale(self.optimizer)
+        self.precision.scaler.unscale_(self.optimizer)
         self.precision.step(self.optimizer)
         return out
 
@@ -242,7 +237,7 @@ class ClassificationTrainer(Engine):
         if not self.resume_batch:  # a resumed epoch keeps the totals of the steps it already took
             self.epoch_totals = [0.0, 0.0, 0.0]
         totals = self.epoch_totals
-        for i, (x, y) in self.epoch_batches(self._batches(self.loaders.train)):
+        for i, (x, y) in self.epoch_batches(islice(self.loaders.train, self.limit_batches)):
             out = self.train_step(x, y)
             n = len(y)
             if self.dist.distributed:  # the global batch's numbers, as one process with all of it has them
@@ -263,10 +258,8 @@ class ClassificationTrainer(Engine):
     def _evaluate(self, loader: torch.utils.data.DataLoader) -> tuple[float, float, list[int], list[int]]:
         """Mean loss and accuracy (of the whole split under torchrun), this rank's targets and predictions."""
         self.model.eval()
-        loss = 0.0
-        targets: list[int] = []
-        preds: list[int] = []
-        for x, y in self._batches(loader):
+        loss, targets, preds = 0.0, [], []
+        for x, y in islice(loader, self.limit_batches):
             x = x.to(self.device, non_blocking=True, memory_format=self.memory_format)
             y = y.to(self.device, non_blocking=True)
             with self.precision.autocast():
@@ -280,15 +273,15 @@ class ClassificationTrainer(Engine):
 
     def evaluate(self, epoch: int) -> dict[str, float]:
         loss, acc, _, _ = self._evaluate(self.loaders.val)
-        if acc > self._best_acc:
+        if acc > self.best_acc:
             # The course recipe scores the test set with the best-val weights.
-            self._best_acc, self.best_epoch = acc, epoch + 1
-            self._best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+            self.best_acc, self.best_epoch = acc, epoch + 1
+            self.best_model = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
         return {"val/loss": loss, "val/acc": acc}
 
     def test(self) -> dict[str, float]:
-        if self.test_weights == "best" and self._best_state is not None:
-            self.model.load_state_dict(self._best_state)
+        if self.test_weights == "best" and self.best_model is not None:
+            self.model.load_state_dict(self.best_model)
         loss, acc, targets, preds = self._evaluate(self.loaders.test)
         parts = self.dist.all_gather_object((targets, preds))
         self.test_targets = [t for part_targets, _ in parts for t in part_targets]
@@ -298,17 +291,6 @@ class ClassificationTrainer(Engine):
     def state_dict(self) -> dict[str, Any]:  # the weights and how to feed them
         return {**super().state_dict(), "classes": self.loaders.classes, "mean": self.loaders.mean,
                 "std": self.loaders.std}
-
-    def training_state(self) -> dict[str, Any]:
-        return {**super().training_state(), "best_acc": self._best_acc, "best_epoch": self.best_epoch,
-                "best_model": self._best_state, "epoch_totals": list(self.epoch_totals)}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        super().load_state_dict(state)
-        if "optimizer" in state:
-            self._best_acc, self.best_epoch = state["best_acc"], state["best_epoch"]
-            self._best_state = state["best_model"]
-            self.epoch_totals = list(state["epoch_totals"])
 
     def data_generators(self) -> dict[str, Any]:
         # Device batches draw from (seed, epoch) alone; the DataLoader from its sampler's and the pipeline's

@@ -1,5 +1,4 @@
-"""Image-classification data: scikit-learn's digits (always there), CIFAR-10 and Fashion-MNIST (torchvision's
-layout under ``--data``) as uint8 (N, H, W, C) splits, fed by a DataLoader or batched on the device."""
+"""Classification data (digits, CIFAR-10, Fashion-MNIST) as uint8 (N, H, W, C) splits, and their loaders."""
 
 from __future__ import annotations
 
@@ -95,8 +94,7 @@ def _read_torchvision(cls: Any, root: Path) -> list[Any] | None:
 
 
 def load_torchvision(name: str, cls_name: str, root: Path, download: bool = False) -> Splits:
-    """``torchvision.datasets.<cls_name>`` under ``root`` (fetched first with ``download``) as uint8 (N, H, W, C)
-    splits; 10% (fixed seed) of train is the val split."""
+    """``torchvision.datasets.<cls_name>`` under ``root``, fetched with ``download``; 10% of train is the val split."""
     import torchvision.datasets
 
     cls, root = getattr(torchvision.datasets, cls_name), Path(root)
@@ -192,8 +190,7 @@ class Loaders:
 def make_loaders(splits: Splits, *, size: int, batch_size: int, augment: bool, seed: int, workers: int = 0,
                  device: str | torch.device = "cpu", on_device: bool = False, normalize: bool = True, rank: int = 0,
                  world: int = 1) -> Loaders:
-    """Loaders that resize to ``size``, on ``device`` (``on_device``) or through a DataLoader; only training is
-    shuffled and augmented. ``rank`` of ``world`` gets its shard of every split and its own augmentation stream."""
+    """Loaders resizing to ``size``, on the device or via a DataLoader; ``rank`` of ``world``: its shard of each."""
     mean, std = splits.mean_std() if normalize else ([0.0] * splits.channels, [1.0] * splits.channels)
     plain = transforms(size, mean, std, augment=False, flips=splits.flips)
     train_tf = transforms(size, mean, std, augment=augment, flips=splits.flips, seed=seed + rank)

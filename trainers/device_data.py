@@ -1,6 +1,5 @@
-"""Classifier batches cut from one uint8 tensor on the training device: a DataLoader's per-image albumentations
-calls bound a GPU epoch, so each batch is resized, augmented (as :func:`trainers.datasets.transforms` does, in one
-affine ``grid_sample``) and normalised in a few batched operations, from a generator of ``(seed, epoch)``."""
+"""Classifier batches resized, augmented and normalised on the training device in a few batched operations: a
+DataLoader's per-image albumentations calls bound a GPU epoch."""
 
 from __future__ import annotations
 
@@ -33,8 +32,7 @@ def resize(x: torch.Tensor, size: int) -> torch.Tensor:
 
 def augment(x: torch.Tensor, *, flips: bool, generator: torch.Generator,
             degrees: float = ROTATION_DEGREES, padding: int = CROP_PADDING) -> torch.Tensor:
-    """Rotate, flip (when ``flips``) and pad-and-crop a float (B, C, S, S) batch, each image with its own draw, as
-    one map rotation . flip . shift sampled with zeros outside the image."""
+    """The rotate, flip and pad-and-crop of :func:`trainers.datasets.transforms` on a batch, as one affine map."""
     b, _, _, size = x.shape
     dev = x.device
     angle = (torch.rand(b, generator=generator, device=dev) * 2 - 1) * math.radians(degrees)
@@ -51,8 +49,7 @@ def augment(x: torch.Tensor, *, flips: bool, generator: torch.Generator,
 
 
 class DeviceBatches:
-    """Batches ``(x, y)`` of one split on ``device``; each ``iter()`` is one epoch. ``dataset``: the per-image view,
-    for code that picks single images. ``rank`` of ``world`` takes its shard (padded for training: equal steps)."""
+    """Batches ``(x, y)`` of one split on ``device``, an epoch per ``iter()``; ``dataset``: the per-image view."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, *, size: int, mean: list[float], std: list[float],
                  batch_size: int, device: torch.device | str, augment: bool = False, flips: bool = False,

@@ -1,5 +1,4 @@
-"""Fetching files from their official URLs: a cache, a checksum, a progress bar, and a fast, one-line failure
-(every caller has an offline fallback, so a download must never hang)."""
+"""Fetching files: a cache, a checksum, a progress bar, and a fast one-line failure (every caller has a fallback)."""
 
 from __future__ import annotations
 
@@ -60,8 +59,7 @@ def hash_prefix(file_name: str) -> str | None:
 
 def download(url: str, dest: str | os.PathLike[str], *, sha256_prefix: str | None = None,
              timeout: float = SOCKET_TIMEOUT_S) -> Path:
-    """Download ``url`` to ``dest`` unless a file with the right checksum is there; nothing is left of a cut or
-    corrupt download. Raises :class:`DownloadError` on any failure."""
+    """``url`` at ``dest`` unless a file with the right checksum is there; :class:`DownloadError` leaves nothing."""
     dest = Path(dest)
 
     def verified(path: Path) -> bool:

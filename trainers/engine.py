@@ -41,11 +41,13 @@ class Engine(Session):
         self._ranks_rng: list[dict[str, Any]] | None = None
         self.resume_batch = 0  # steps of the current epoch a resumed run already trained
 
-    # What a subclass trains, saved and restored by the three methods below.
+    # What a subclass trains, saved and restored by the three methods below; ``resumed``: its attributes a resume
+    # restores too, named as in the checkpoint.
     model: torch.nn.Module | None = None
     optimizer: torch.optim.Optimizer | None = None
     scheduler: Any = None
     precision: Precision | None = None
+    resumed: tuple[str, ...] = ()
 
     def state_dict(self) -> dict[str, Any]:
         """The weights and what evaluating them needs (the small checkpoint a W&B artifact holds)."""
@@ -53,7 +55,8 @@ class Engine(Session):
 
     def training_state(self) -> dict[str, Any]:
         """What continuing the training needs beyond :meth:`state_dict`: optimizer, scheduler, loss scaler."""
-        return {key: part.state_dict() for key, part in self._training_parts().items()}
+        return {**{key: part.state_dict() for key, part in self._training_parts().items()},
+                **{name: getattr(self, name) for name in self.resumed}}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore a :meth:`state_dict`, with a :meth:`training_state` merged into it on a resume."""
@@ -62,6 +65,8 @@ class Engine(Session):
         if "optimizer" in state:
             for key, part in self._training_parts().items():
                 part.load_state_dict(state[key])
+            for name in self.resumed:
+                setattr(self, name, state[name])
 
     def _training_parts(self) -> dict[str, Any]:
         scaler = self.precision.scaler if self.precision is not None else None
@@ -160,8 +165,7 @@ class Engine(Session):
 
 
 class Precision:
-    """Autocast, loss scaling and the optimizer step: bf16 where the GPU has it, else fp16 with a loss scaler;
-    float32 on CPU."""
+    """Autocast and loss scaling: bf16 where the GPU has it, else fp16 with a loss scaler (``scaler``); CPU: float32."""
 
     def __init__(self, device: torch.device | str) -> None:
         self.device = torch.device(device)
@@ -178,20 +182,11 @@ class Precision:
     def backward(self, loss: torch.Tensor) -> None:
         self.scaler.scale(loss).backward()
 
-    def unscale(self, optimizer: torch.optim.Optimizer) -> None:
-        """Bring the gradients back to their true scale (before clipping or reading them)."""
-        if self.scaler.is_enabled():
-            self.scaler.unscale_(optimizer)
-
     def step(self, optimizer: torch.optim.Optimizer) -> bool:
-        """The optimizer step (skipped by the scaler on inf/NaN gradients); True when it happened."""
-        if not self.scaler.is_enabled():
-            optimizer.step()
-            return True
-        before = self.scaler.get_scale()
+        """The optimizer step, True unless the scaler skipped it on inf/NaN gradients (it then lowers its scale)."""
+        before = self.scaler.get_scale()  # a disabled scaler steps as the optimizer and stays at 1.0
         self.scaler.step(optimizer)
         self.scaler.update()
-        # The scaler lowers its scale exactly when it skipped the step.
         return self.scaler.get_scale() >= before
 
 

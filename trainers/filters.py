@@ -1,5 +1,4 @@
-"""The hand-designed filters experiment: every kernel on every photo, and a check of what each kernel does on
-generated gratings."""
+"""The hand-designed filters experiment: every kernel on every photo, and a check of each on generated gratings."""
 
 from __future__ import annotations
 
@@ -141,8 +140,7 @@ def run_checks(names: Iterable[str], *, size: int = 64, period: float = 4.0, see
 
 def run_filters(images: Sequence[tuple[str, torch.Tensor]], filters: Sequence[str], callbacks: Iterable[Callback] = (),
                 config: Mapping[str, Any] | None = None) -> Session:
-    """Hand each photo and the kernels to the callbacks (one step per photo), then report :func:`run_checks` as the
-    run's one epoch (``session.results["checks"]``)."""
+    """Each photo and the kernels to the callbacks (a step per photo), then :func:`run_checks` as the one epoch."""
     kernels = {name: kernel(name) for name in filters}  # an unknown name fails before any work
     session = Session(callbacks, name="filters", config=config, steps_per_epoch=len(images))
     with session.running():

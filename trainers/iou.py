@@ -211,8 +211,7 @@ class Descent:
         return box_iou(self.boxes(), self.target[None])[:, 0]
 
     def step(self) -> dict[str, float]:
-        """One update: the loss and gradient norm before it, the mean IoU after it. Losses are summed, so each
-        box sees its own loss's gradient at any batch size."""
+        """One update: the loss and gradient norm before it, the mean IoU after it."""
         losses = self.loss_fn(corners(self.params), self.target)
         self.optimizer.zero_grad(set_to_none=True)
         losses.sum().backward()
@@ -277,8 +276,7 @@ def torchvision_agreement(n: int, seed: int) -> float:
 
 
 def run_iou(setup: IoUSetup, callbacks: Iterable[Callback] = (), config: Mapping[str, Any] | None = None) -> Session:
-    """Descents with 1 - IoU and GIoU loss, then the slide and the agreement with torchvision; ``session.results``
-    holds ``descents``, ``starts``, ``curves`` (mean IoU per step) and ``slide`` for the callbacks."""
+    """Descents with 1 - IoU and GIoU loss, the slide and the agreement with torchvision, in ``session.results``."""
     session = Session(callbacks, name="iou", config=config, epochs=setup.epochs, steps_per_epoch=setup.steps)
     target = torch.tensor(setup.box_a)
     starts = disjoint_starts(setup.box_a, setup.batch_size, torch.Generator().manual_seed(setup.seed))

@@ -110,8 +110,7 @@ def values(cls: type, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def make(cls: type[T], given: Mapping[str, Any]) -> T:
-    """The settings instance from resolved values (sequences become tuples); an unknown name, a field left unset
-    or a value out of bounds is a UsageError."""
+    """The settings from resolved values; an unknown name, a field left unset or out of bounds is a UsageError."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(given) - set(fields))
     if unknown:

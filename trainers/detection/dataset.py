@@ -1,5 +1,4 @@
-"""Penn-Fudan pedestrians as the torchvision tutorial reads them, downloaded into a cache or generated in the same
-layout. Augmentation moves image and masks together; boxes come from the masks."""
+"""Penn-Fudan pedestrians as the torchvision tutorial reads them, downloaded into a cache or generated alike."""
 
 from __future__ import annotations
 
@@ -80,8 +79,7 @@ def instance_masks(mask: np.ndarray) -> np.ndarray:
 
 
 def make_target(masks: np.ndarray, image_id: int) -> dict[str, torch.Tensor]:
-    """The tutorial's detection target for binary instance masks (boxes from ``masks_to_boxes``); masks whose box
-    has no width or height are dropped, since the detection models refuse such boxes."""
+    """The tutorial's target for binary instance masks; masks with an empty box are dropped (the models refuse them)."""
     tensor = torch.from_numpy(np.ascontiguousarray(masks)).to(torch.uint8).reshape(-1, *masks.shape[-2:])
     tensor = tensor[(tensor.flatten(1) != 0).any(1)]  # masks_to_boxes needs at least one pixel per mask
     boxes = masks_to_boxes(tensor) if len(tensor) else torch.zeros(0, 4)
@@ -93,8 +91,7 @@ def make_target(masks: np.ndarray, image_id: int) -> dict[str, torch.Tensor]:
 
 
 class PennFudan(torch.utils.data.Dataset):
-    """Images as float (3, H, W) tensors in [0, 1] with their targets; ``transform(image, masks)`` augments both,
-    and boxes are recomputed from the augmented masks."""
+    """Float (3, H, W) images in [0, 1] and their targets; ``transform(image, masks)`` augments both, boxes follow."""
 
     def __init__(self, samples: Sequence[Sample], transform: Callable[..., Any] | None = None) -> None:
         self.samples = list(samples)

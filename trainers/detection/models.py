@@ -1,6 +1,5 @@
-"""The tutorial's two detectors: option 1, a COCO Mask R-CNN (or Faster R-CNN) ResNet50-FPN with new 2-class
-predictors; option 2, Faster R-CNN on a torchvision or timm backbone. Pretrained weights are checked against the
-sha256 prefix in their name and unpickled with ``weights_only``: they cannot run code."""
+"""The tutorial's detectors: option 1, a COCO R-CNN with new 2-class predictors; option 2, Faster R-CNN on a backbone.
+Pretrained weights are checked against their name's sha256 prefix and unpickled with ``weights_only``."""
 
 from __future__ import annotations
 
@@ -44,8 +43,7 @@ def weights_file(url: str) -> Path:  # where torch.hub keeps it
 
 
 def fetch_weights(weights: Any) -> bool:
-    """Put a weights entry in torch.hub's cache with the sha256 prefix its name promises (a cached file that fails
-    is removed and fetched again); False, said in one line, if the weights cannot be had."""
+    """A weights entry in torch.hub's cache, with the sha256 prefix its name promises; False, said, if unavailable."""
     target = weights_file(weights.url)
     prefix = hash_prefix(target.name)
     removed = ""
@@ -214,8 +212,7 @@ def create_backbone(name: str, *, weights: str = "auto", levels: int = 3) -> Bac
 
 
 def build_detector(option: int, *, model: str, backbone: str, weights: str, levels: int = 3, **kwargs: Any) -> Built:
-    """Option 1 (``model`` from :data:`MODELS`) or 2 (Faster R-CNN on ``backbone`` with the tutorial's anchor ratios
-    0.5/1/2 at every size and 7x7 RoIAlign); ``kwargs`` go to the detector."""
+    """Option 1 (``model``) or 2 (Faster R-CNN on ``backbone``, the tutorial's anchors and RoIAlign)."""
     if option == 1:
         return MODELS.create(model, weights=weights, **kwargs)
     bb = create_backbone(backbone, weights=weights, levels=levels)

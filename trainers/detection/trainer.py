@@ -1,5 +1,4 @@
-"""torchvision's detection fine-tuning tutorial as an :class:`Engine`: flags, profiles, training, COCO evaluation.
-Training images are scored at the end (and every ``--train-eval-every`` epochs) only: scoring them dominates a run."""
+"""torchvision's detection fine-tuning tutorial as an :class:`Engine`: flags, profiles, training, COCO evaluation."""
 
 from __future__ import annotations
 
@@ -118,8 +117,7 @@ def make_optimizer(model: nn.Module, s: DetectSettings) -> tuple[torch.optim.Opt
 
 
 class EpochSlices(torch.utils.data.Sampler):
-    """``per_epoch`` indices per epoch taken in turn from fixed-seed permutations of ``range(n)``: every image
-    comes round equally often."""
+    """``per_epoch`` indices per epoch, from fixed-seed permutations of range(n) in turn: each image equally often."""
 
     def __init__(self, n: int, per_epoch: int, seed: int) -> None:
         self.n, self.per_epoch, self.seed, self.epoch = n, min(per_epoch, n), seed, 0
@@ -141,9 +139,10 @@ class EpochSlices(torch.utils.data.Sampler):
 
 
 class DetectionTrainer(Engine):
-    """Fine-tunes one detector with the tutorial's recipe and scores it with pycocotools (``val/bbox_AP``... every
-    epoch, ``train/*`` after the last and every ``train_eval_every``-th); :attr:`viz` holds ``(image, target,
-    prediction)`` of the held-out images shown. Under torchrun the AP is the whole data's."""
+    """One detector fine-tuned with the tutorial's recipe and scored with pycocotools; :attr:`viz`: the images shown.
+    Training images are scored after the last epoch (and every ``train_eval_every``-th): scoring dominates a run."""
+
+    resumed = ("step_seconds",)
 
     def __init__(self, model: nn.Module, settings: DetectSettings, *, train: PennFudan, heldout: PennFudan,
                  train_eval: PennFudan, callbacks: Iterable[Callback] = (), dist: Dist | None = None) -> None:
@@ -205,7 +204,7 @@ class DetectionTrainer(Engine):
             self.optimizer.zero_grad(set_to_none=True)
             self.precision.backward(loss)
             if self.settings.clip_grad:
-                self.precision.unscale(self.optimizer)
+                self.precision.scaler.unscale_(self.optimizer)
                 norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.clip_grad)
                 self.log({"train/grad_norm": float(norm)})
             # The warm-up counts real steps only: fp16's scaler skips its first few.
@@ -271,13 +270,11 @@ class DetectionTrainer(Engine):
 
     def training_state(self) -> dict[str, Any]:
         ramp = self.ramp.state_dict() if self.ramp is not None and self.batch_in_epoch else None
-        return {**super().training_state(), "ramp": ramp, "step_seconds": list(self.step_seconds)}
+        return {**super().training_state(), "ramp": ramp}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         super().load_state_dict(state)
-        if "optimizer" in state:
-            self._ramp_state = state["ramp"]
-            self.step_seconds = list(state["step_seconds"])
+        self._ramp_state = state.get("ramp")
 
     def data_generators(self) -> dict[str, Any]:
         # The image order comes from (seed, epoch); flips and jitter from the pipeline's (out of reach in workers).
