@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import inspect
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from functools import partial
 from itertools import islice
 from typing import Any
@@ -169,16 +169,15 @@ class ClassificationTrainer(Engine):
 
     resumed = ("best_acc", "best_epoch", "best_model", "epoch_totals")
 
-    def __init__(self, model: nn.Module, loaders: Loaders, callbacks: Iterable[Callback] = (), *, epochs: int,
-                 optimizer: str = "sgd", lr: float = 0.01, momentum: float = 0.0, weight_decay: float = 0.0,
-                 wd_mode: str = "coupled", decay_all: bool = False, limit_batches: int | None = None,
-                 hessian_batch: int = 64, device: str = "cpu", compile: bool = False, test_weights: str = "best",
-                 config: Mapping[str, Any] | None = None, dist: Dist | None = None) -> None:
-        steps = len(loaders.train) if limit_batches is None else min(limit_batches, len(loaders.train))
-        super().__init__(callbacks, epochs=epochs, config=config, name="alexnet", steps_per_epoch=steps, dist=dist)
-        if optimizer == "adamw" and wd_mode != "decoupled":
+    def __init__(self, model: nn.Module, loaders: Loaders, settings: AlexNetSettings,
+                 callbacks: Iterable[Callback] = (), dist: Dist | None = None) -> None:
+        s = self.settings = settings
+        steps = len(loaders.train) if s.limit_batches is None else min(s.limit_batches, len(loaders.train))
+        super().__init__(callbacks, epochs=s.epochs, config=dataclasses.asdict(s), name="alexnet",
+                         steps_per_epoch=steps, dist=dist)
+        if s.optimizer == "adamw" and s.wd_mode != "decoupled":
             raise UsageError(ADAMW_ERROR)
-        self.device = torch.device(device)
+        self.device = self.dist.device
         self.precision = Precision(self.device)
         # NHWC: cuDNN's tensor-core kernels without transposes; fixed shapes: autotune each conv once.
         self.memory_format = torch.channels_last if self.device.type == "cuda" else torch.preserve_format
@@ -188,25 +187,24 @@ class ClassificationTrainer(Engine):
         # Compiled for training and evaluation only (curvature and feature-map hooks use the plain module). No buffer
         # syncs in DDP's forward, so evaluation's uneven shards can run through it.
         net = wrap_ddp(self.model, self.dist, forward_sync_buffers=False)
-        self.forward = torch.compile(net) if compile else net
+        self.forward = torch.compile(net) if s.compile else net
         self.loaders = loaders
-        self.weight_decay, self.wd_mode, self.optimizer_name = weight_decay, wd_mode, optimizer
-        self.limit_batches, self.hessian_batch = limit_batches, hessian_batch
-        decay, no_decay = param_groups(model, decay_all)
+        self.weight_decay, self.wd_mode, self.optimizer_name = s.weight_decay, s.wd_mode, s.optimizer
+        decay, no_decay = param_groups(model, s.decay_all)
         self.decay_params = [p for _, p in decay]
         sizes = {"decay_tensors": len(decay), "decay_params": sum(p.numel() for _, p in decay),
                  "no_decay_tensors": len(no_decay), "no_decay_params": sum(p.numel() for _, p in no_decay)}
         self.summary.update({f"wd/{k}": v for k, v in sizes.items()})
         self.config["_param_groups"] = sizes
-        groups = [{"params": self.decay_params, "weight_decay": weight_decay if wd_mode != "l2" else 0.0},
+        groups = [{"params": self.decay_params, "weight_decay": s.weight_decay if s.wd_mode != "l2" else 0.0},
                   {"params": [p for _, p in no_decay], "weight_decay": 0.0}]
         # Fused kernels update all parameters in one pass, far cheaper than the default on a CPU.
-        decoupled = wd_mode == "decoupled"
-        if optimizer == "sgd":
-            self.optimizer = (SGDW if decoupled else torch.optim.SGD)(groups, lr=lr, momentum=momentum, fused=True)
+        decoupled = s.wd_mode == "decoupled"
+        if s.optimizer == "sgd":
+            self.optimizer = (SGDW if decoupled else torch.optim.SGD)(groups, lr=s.lr, momentum=s.momentum, fused=True)
         else:
-            self.optimizer = torch.optim.Adam(groups, lr=lr, fused=True, decoupled_weight_decay=decoupled)
-        self.best_acc, self.best_epoch, self.test_weights = -1.0, 0, test_weights
+            self.optimizer = torch.optim.Adam(groups, lr=s.lr, fused=True, decoupled_weight_decay=decoupled)
+        self.best_acc, self.best_epoch = -1.0, 0
         self.best_model: dict[str, torch.Tensor] | None = None
         self.test_targets: list[int] = []
         self.test_predictions: list[int] = []
@@ -237,7 +235,7 @@ class ClassificationTrainer(Engine):
         if not self.resume_batch:  # a resumed epoch keeps the totals of the steps it already took
             self.epoch_totals = [0.0, 0.0, 0.0]
         totals = self.epoch_totals
-        for i, (x, y) in self.epoch_batches(islice(self.loaders.train, self.limit_batches)):
+        for i, (x, y) in self.epoch_batches(islice(self.loaders.train, self.settings.limit_batches)):
             out = self.train_step(x, y)
             n = len(y)
             if self.dist.distributed:  # the global batch's numbers, as one process with all of it has them
@@ -259,7 +257,7 @@ class ClassificationTrainer(Engine):
         """Mean loss and accuracy (of the whole split under torchrun), this rank's targets and predictions."""
         self.model.eval()
         loss, targets, preds = 0.0, [], []
-        for x, y in islice(loader, self.limit_batches):
+        for x, y in islice(loader, self.settings.limit_batches):
             x = x.to(self.device, non_blocking=True, memory_format=self.memory_format)
             y = y.to(self.device, non_blocking=True)
             with self.precision.autocast():
@@ -280,7 +278,7 @@ class ClassificationTrainer(Engine):
         return {"val/loss": loss, "val/acc": acc}
 
     def test(self) -> dict[str, float]:
-        if self.test_weights == "best" and self.best_model is not None:
+        if self.settings.test_weights == "best" and self.best_model is not None:
             self.model.load_state_dict(self.best_model)
         loss, acc, targets, preds = self._evaluate(self.loaders.test)
         parts = self.dist.all_gather_object((targets, preds))
@@ -302,7 +300,7 @@ class ClassificationTrainer(Engine):
 
     def curvature_loss(self) -> tuple[Callable[[], torch.Tensor], list[nn.Parameter]]:
         """The data loss on a fixed training batch with dropout off, as a closure, and its parameters."""
-        x, y = self.loaders.fixed_batch("train", self.hessian_batch)
+        x, y = self.loaders.fixed_batch("train", self.settings.hessian_batch)
         x, y = x.to(self.device), y.to(self.device)
 
         def loss() -> torch.Tensor:
@@ -328,16 +326,12 @@ def build_trainer(settings: AlexNetSettings, callbacks: Iterable[Callback], dist
         dist = Dist(device=torch.device(resolve_device(settings.device)))
     if settings.world_size != dist.world_size:
         raise ValueError(f"settings for {settings.world_size} process(es), but this job has {dist.world_size}")
-    device = str(dist.device)
     splits = load(settings.dataset, settings.data, download=settings.download)
     if not settings.val_split:
         splits = splits.without_val()
     model = MODELS.create(settings.variant, in_channels=splits.channels, num_classes=len(splits.classes))
     on_device = settings.device_data == "on" or (settings.device_data == "auto" and settings.workers == 0)
     loaders = make_loaders(splits, size=model.input_size, batch_size=settings.batch_size, augment=settings.augment,
-                           seed=settings.seed, workers=settings.workers, device=device, on_device=on_device,
+                           seed=settings.seed, workers=settings.workers, device=dist.device, on_device=on_device,
                            normalize=settings.normalize, rank=dist.rank, world=dist.world_size)
-    same = ("epochs", "optimizer", "lr", "momentum", "weight_decay", "wd_mode", "decay_all", "limit_batches",
-            "hessian_batch", "compile", "test_weights")  # the trainer's arguments named as settings
-    return ClassificationTrainer(model, loaders, callbacks, **{k: getattr(settings, k) for k in same}, device=device,
-                                 config=dataclasses.asdict(settings), dist=dist)
+    return ClassificationTrainer(model, loaders, settings, callbacks, dist)

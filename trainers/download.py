@@ -51,12 +51,6 @@ def file_digest(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
-def hash_prefix(file_name: str) -> str | None:
-    """The sha256 prefix in a torchvision weights file's name (``resnet50-0676ba61.pth`` -> ``0676ba61``), or None."""
-    stem, dash, tail = file_name.partition(".")[0].rpartition("-")
-    return tail.lower() if dash and stem and tail and all(c in "0123456789abcdefABCDEF" for c in tail) else None
-
-
 def download(url: str, dest: str | os.PathLike[str], *, sha256_prefix: str | None = None,
              timeout: float = SOCKET_TIMEOUT_S) -> Path:
     """``url`` at ``dest`` unless a file with the right checksum is there; :class:`DownloadError` leaves nothing."""

@@ -24,7 +24,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from dlhw.core.errors import UsageError, suggest
 from dlhw.core.registry import Registry
-from dlhw.trainers.download import DownloadError, download, file_digest, hash_prefix, socket_timeout
+from dlhw.trainers.download import DownloadError, download, file_digest, socket_timeout
 
 NUM_CLASSES = 2  # background and pedestrian
 TIMM_PREFIX = "timm/"
@@ -45,7 +45,8 @@ def weights_file(url: str) -> Path:  # where torch.hub keeps it
 def fetch_weights(weights: Any) -> bool:
     """A weights entry in torch.hub's cache, with the sha256 prefix its name promises; False, said, if unavailable."""
     target = weights_file(weights.url)
-    prefix = hash_prefix(target.name)
+    named = torch.hub.HASH_REGEX.search(target.name)  # resnet50-0676ba61.pth: sha256 starts with 0676ba61
+    prefix = named.group(1) if named else None
     removed = ""
     if target.is_file():
         if prefix is None or file_digest(target).startswith(prefix):
