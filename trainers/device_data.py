@@ -12,9 +12,6 @@ from torch.nn import functional as F
 
 from dlhw.core.distributed import shard
 
-ROTATION_DEGREES = 10.0
-CROP_PADDING = 2
-
 
 def epoch_generator(seed: int, epoch: int, device: torch.device, *more: int) -> torch.Generator:
     """A generator on ``device`` whose state depends on ``seed``, ``epoch`` and ``more`` only, well mixed."""
@@ -31,7 +28,7 @@ def resize(x: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def augment(x: torch.Tensor, *, flips: bool, generator: torch.Generator,
-            degrees: float = ROTATION_DEGREES, padding: int = CROP_PADDING) -> torch.Tensor:
+            degrees: float = 10.0, padding: int = 2) -> torch.Tensor:
     """The rotate, flip and pad-and-crop of :func:`trainers.datasets.transforms` on a batch, as one affine map."""
     b, _, _, size = x.shape
     dev = x.device

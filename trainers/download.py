@@ -16,7 +16,6 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 
 from dlhw.core.files import atomic_file
 
-CACHE_ENV = "DLHW_CACHE"
 # Long enough for a slow server to answer, short enough that an offline machine moves on at once.
 SOCKET_TIMEOUT_S = 10.0
 # Wikimedia refuses requests without a descriptive User-Agent.
@@ -29,7 +28,7 @@ class DownloadError(OSError):
 
 def cache_dir(*parts: str) -> Path:
     """``$DLHW_CACHE`` or ``~/.cache/dlhw``, joined with ``parts``."""
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "dlhw").joinpath(*parts)
+    return Path(os.environ.get("DLHW_CACHE") or Path.home() / ".cache" / "dlhw").joinpath(*parts)
 
 
 @contextlib.contextmanager

@@ -41,8 +41,7 @@ class Engine(Session):
         self._ranks_rng: list[dict[str, Any]] | None = None
         self.resume_batch = 0  # steps of the current epoch a resumed run already trained
 
-    # What a subclass trains, saved and restored by the three methods below; ``resumed``: its attributes a resume
-    # restores too, named as in the checkpoint.
+    # What a subclass trains, saved and restored below; ``resumed``: its other attributes a checkpoint holds.
     model: torch.nn.Module | None = None
     optimizer: torch.optim.Optimizer | None = None
     scheduler: Any = None

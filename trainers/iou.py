@@ -1,6 +1,5 @@
-"""The IoU experiment: IoU from its set definition, its gradient along a sliding box, and why 1 - IoU cannot
-move a box that does not touch its target while GIoU can. Boxes are ``(x1, y1, x2, y2)`` as in
-``torchvision.ops``; a zero-area box has IoU 0 with every box, itself included (torchvision returns NaN)."""
+"""The IoU experiment: IoU from its set definition, its gradient along a sliding box, 1 - IoU and GIoU descents.
+Boxes are ``(x1, y1, x2, y2)``; a zero-area box has IoU 0 with every box, itself included (torchvision: NaN)."""
 
 from __future__ import annotations
 
@@ -173,7 +172,6 @@ LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
     "iou_loss": lambda pred, target: 1 - box_iou(pred, target[None])[:, 0],
     "giou_loss": lambda pred, target: generalized_box_iou_loss(pred, target.expand_as(pred), reduction="none"),
 }
-MIN_SIZE = 1e-3  # boxes keep a positive width and height while they move
 
 
 def disjoint_starts(target: Sequence[float], n: int, generator: torch.Generator) -> Tensor:
@@ -218,7 +216,7 @@ class Descent:
         grad_norm = float(self.params.grad.norm())
         self.optimizer.step()
         with torch.no_grad():
-            self.params[:, 2:].clamp_(min=MIN_SIZE)  # projected step: a box never turns inside out
+            self.params[:, 2:].clamp_(min=1e-3)  # projected step: a box keeps a positive width and height
         return {"loss": float(losses.detach().mean()), "grad_norm": grad_norm, "iou": float(self.iou().mean())}
 
 

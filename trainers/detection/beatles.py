@@ -13,11 +13,12 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch import nn
+from torchvision.transforms.functional import to_tensor
 
 from dlhw.core.errors import UsageError
 from dlhw.core.events import Callback
 from dlhw.core.session import Session
-from dlhw.trainers.detection.dataset import street_scene, to_tensor
+from dlhw.trainers.detection.dataset import street_scene
 from dlhw.trainers.download import DownloadError, cache_dir, download
 from dlhw.viz.detections import THRESHOLDS, people_counts
 

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision.ops import masks_to_boxes
+from torchvision.transforms.functional import to_tensor
 
 from dlhw.core.errors import UsageError
 from dlhw.trainers.download import DownloadError, cache_dir, download
@@ -64,11 +65,6 @@ def read_pennfudan(root: str | Path, limit: int | None = None) -> list[Sample]:
                              f"{image.shape[1]}x{image.shape[0]}; replace the mask")
         samples.append(Sample(path.stem, image, mask))
     return samples
-
-
-def to_tensor(image: np.ndarray) -> torch.Tensor:
-    """(H, W, 3) uint8 -> (3, H, W) float in [0, 1]: what torchvision detectors take."""
-    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255)
 
 
 def instance_masks(mask: np.ndarray) -> np.ndarray:

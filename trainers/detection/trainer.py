@@ -221,24 +221,22 @@ class DetectionTrainer(Engine):
         outputs: dict[int, dict[str, torch.Tensor]] = {}
         mine = shard(range(len(dataset)), self.dist.rank, self.dist.world_size, even=False)
         kept: list[tuple[int, dict[str, torch.Tensor]]] = []
-        inputs: dict[int, tuple[torch.Tensor, dict]] = {}
         for start in range(0, len(mine), self.settings.eval_batch_size):
             idx = mine[start:start + self.settings.eval_batch_size]
             pairs = [dataset[i] for i in idx]
             with self.precision.autocast():
                 batch = self.model([image.to(self.device, non_blocking=True) for image, _ in pairs])
-            for i, (image, target), out in zip(idx, pairs, batch):
+            for i, (_, target), out in zip(idx, pairs, batch):
                 out = {k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in out.items()}
                 outputs[int(target["image_id"])] = out
                 if i in keep:
                     kept.append((i, out))
-                    inputs[i] = (image, target)
         if self.dist.distributed and keep:
-            # The predictions travel, not the images: rank 0 reads the few it lacks itself.
+            # The predictions travel, not the images: rank 0 reads the few shown itself.
             kept = sorted((pair for part in self.dist.all_gather_object(kept) for pair in part), key=lambda p: p[0])
             if not self.dist.is_main:
                 kept = []
-        self.viz += [(*(inputs[i] if i in inputs else dataset[i]), out) for i, out in kept]
+        self.viz += [(*dataset[i], out) for i, out in kept]
         return outputs
 
     def _ground_truth(self, split: str, dataset: PennFudan) -> Any:
