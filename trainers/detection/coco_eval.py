@@ -11,7 +11,6 @@ import pycocotools.mask as mask_util
 import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
-from torchvision.ops import box_convert
 
 from dlhw.core.distributed import Dist
 
@@ -20,7 +19,8 @@ STATS = {"AP": 0, "AP50": 1, "AP75": 2, "AR100": 8}
 
 
 def _xywh(boxes: torch.Tensor) -> list[list[float]]:
-    return box_convert(boxes.detach().float().cpu(), "xyxy", "xywh").tolist()
+    b = boxes.detach().float().cpu()
+    return torch.cat([b[:, :2], b[:, 2:] - b[:, :2]], 1).tolist()
 
 
 def _rle(masks: np.ndarray) -> list[dict]:
