@@ -6,7 +6,6 @@ import argparse
 import dataclasses
 import inspect
 from collections.abc import Callable, Iterable
-from functools import partial
 from itertools import islice
 from typing import Any
 
@@ -20,7 +19,6 @@ from dlhw.trainers.alexnet import MODELS
 from dlhw.trainers.datasets import DATASETS, Loaders, load, make_loaders, resolve_dataset
 from dlhw.trainers.device_data import DeviceBatches
 from dlhw.trainers.engine import Engine, Precision, check_finite, pipeline_generators
-from dlhw.trainers.settings import add_arguments as settings_flags
 from dlhw.trainers.settings import make, setting, settings, values
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -96,9 +94,6 @@ class AlexNetSettings:
     seed: int = setting(0, "random seed (the global --seed)", flag=False)
     world_size: int = setting(1, "processes training the model together (torchrun's WORLD_SIZE); "
                                  "--batch-size is per process", flag=False)
-
-
-add_arguments = partial(settings_flags, cls=AlexNetSettings)  # launch.py alexnet's flags
 
 
 def resolve_args(args: argparse.Namespace) -> tuple[AlexNetSettings, list[str]]:

@@ -17,7 +17,6 @@ from dlhw.core.errors import UsageError
 from dlhw.core.events import Callback
 from dlhw.core.registry import Registry
 from dlhw.core.session import Session
-from dlhw.trainers.settings import add_arguments as settings_flags
 from dlhw.trainers.settings import make, setting, settings, values
 from dlhw.viz.kernels import DIRECTIONS, apply_kernel, grating_gain, high_frequency_energy
 
@@ -67,9 +66,6 @@ class FiltersSettings:
                                        metavar="NAME")
     max_size: int = setting(512, "longer image side after downscaling, to keep tables light (default 512)", min=8)
     seed: int = setting(0, "random seed (the global --seed)", flag=False)
-
-
-add_arguments = partial(settings_flags, cls=FiltersSettings)  # launch.py filters' flags
 
 
 def filters_settings(args: argparse.Namespace) -> FiltersSettings:

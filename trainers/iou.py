@@ -18,7 +18,6 @@ from torchvision.ops import box_iou as tv_box_iou
 from dlhw.core.errors import UsageError
 from dlhw.core.events import Callback
 from dlhw.core.session import Session
-from dlhw.trainers.settings import add_arguments as settings_flags
 from dlhw.trainers.settings import check, make, setting, settings, values
 
 DEFAULT_BOX_A = (0.0, 0.0, 4.0, 4.0)
@@ -239,9 +238,6 @@ class IoUSetup:
     agreement_boxes: int = setting(512, "random boxes per side in the check against torchvision's box_iou "
                                         "(default 512)", min=1)
     seed: int = setting(0, "random seed (the global --seed)", flag=False)
-
-
-add_arguments = partial(settings_flags, cls=IoUSetup)  # launch.py iou's flags
 
 
 def setup_from_args(args: argparse.Namespace) -> IoUSetup:

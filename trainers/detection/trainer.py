@@ -7,7 +7,6 @@ import statistics
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
-from functools import partial
 from typing import Any
 
 import torch
@@ -19,7 +18,6 @@ from dlhw.trainers.detection.coco_eval import coco_ground_truth, coco_metrics
 from dlhw.trainers.detection.dataset import HOLDOUT, Augment, PennFudan, collate, read_pennfudan, resolve_data, split
 from dlhw.trainers.detection.models import BACKBONES, MODELS, build_detector, check_backbone
 from dlhw.trainers.engine import Engine, Precision, check_finite, pipeline_generators
-from dlhw.trainers.settings import add_arguments as settings_flags
 from dlhw.trainers.settings import check, make, setting, settings, values
 
 
@@ -98,9 +96,6 @@ class DetectSettings:
     model_label: str | None = setting(None, "the model this run trains, as tables name it", flag=False)
     start_weights: str | None = setting(None, "the weights training started from: pretrained or random", flag=False)
     photo: str | None = setting(None, "the photo both models ran on (the photo run)", flag=False)
-
-
-add_arguments = partial(settings_flags, cls=DetectSettings)  # launch.py detect's flags
 
 
 def detector_kwargs(s: DetectSettings) -> dict[str, Any]:
