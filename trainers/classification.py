@@ -387,12 +387,8 @@ def resolve_device(name: str) -> str:
     return "cuda" if name != "cpu" and torch.cuda.is_available() else "cpu"
 
 
-def build_trainer(settings: AlexNetSettings, callbacks: Iterable[Callback], dist: Dist | None = None) -> Engine:
+def build_trainer(settings: AlexNetSettings, callbacks: Iterable[Callback], dist: Dist) -> Engine:
     """Data, model and trainer from the resolved settings (the run's config); ``dist``: this process's torchrun job."""
-    if dist is None:
-        dist = Dist(device=torch.device(resolve_device(settings.device)))
-    if settings.world_size != dist.world_size:
-        raise ValueError(f"settings for {settings.world_size} process(es), but this job has {dist.world_size}")
     splits = load(settings.dataset, settings.data, download=settings.download)
     if not settings.val_split:
         splits = splits.without_val()

@@ -33,7 +33,6 @@ def cache_dir(*parts: str) -> Path:
 
 @contextlib.contextmanager
 def socket_timeout(seconds: float = SOCKET_TIMEOUT_S) -> Iterator[None]:
-    """Give every socket opened inside the block (urllib, torch.hub, ...) a timeout."""
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(seconds)
     try:

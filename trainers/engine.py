@@ -218,7 +218,6 @@ def set_global_rng_state(state: Mapping[str, Any]) -> None:
 
 
 def generators_state(generators: Mapping[str, Any]) -> dict[str, Any]:
-    """The state of each named generator (torch, NumPy ``Generator`` or ``random.Random``)."""
     return {name: gen.get_state() if isinstance(gen, torch.Generator) else
             gen.bit_generator.state if isinstance(gen, np.random.Generator) else gen.getstate()
             for name, gen in generators.items()}

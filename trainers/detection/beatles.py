@@ -29,8 +29,6 @@ BEATLES_URL = "https://upload.wikimedia.org/wikipedia/commons/6/61/The_Beatles_a
 
 @dataclass
 class Photo:
-    """The picture both models look at, and a label saying what it really is."""
-
     name: str
     image: np.ndarray  # (H, W, 3) uint8
     source: str

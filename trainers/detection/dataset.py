@@ -27,8 +27,6 @@ HOLDOUT = 50  # the tutorial holds out the last 50 images of a fixed permutation
 
 @dataclass
 class Sample:
-    """One image and its instance-id mask, as stored on disk."""
-
     name: str
     image: np.ndarray  # (H, W, 3) uint8
     mask: np.ndarray  # (H, W) integer ids, 0 = background

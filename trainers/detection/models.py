@@ -32,8 +32,6 @@ TIMM_PREFIX = "timm/"
 
 @dataclass
 class Built:
-    """A detector and the provenance of its starting weights (recorded in the W&B config)."""
-
     model: nn.Module
     weights: str  # "coco", "imagenet" or "random"
 
@@ -91,7 +89,6 @@ def _new_heads(model: nn.Module) -> None:
 
 
 def _option1(name: str, head: type[nn.Module], *, weights: str = "auto", **kwargs: Any) -> Built:
-    """Option 1 of the tutorial: ``name`` with COCO weights and new 2-class predictors."""
     coco = _pretrained(torchvision.models.get_model_weights(name).DEFAULT, weights)
     if coco is None:
         return Built(torchvision.models.get_model(name, weights=None, weights_backbone=None, num_classes=NUM_CLASSES,

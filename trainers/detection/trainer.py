@@ -105,7 +105,6 @@ def detector_kwargs(s: DetectSettings) -> dict[str, Any]:
 
 
 def make_optimizer(model: nn.Module, s: DetectSettings) -> tuple[torch.optim.Optimizer, Any]:
-    """The tutorial's SGD over the trainable parameters and its StepLR."""
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
     return opt, torch.optim.lr_scheduler.StepLR(opt, step_size=s.step_size, gamma=s.gamma)
@@ -320,7 +319,6 @@ def prepare(args: argparse.Namespace, *, verbose: bool = True, rank: int = 0) ->
 
 
 def model_label(option: int, settings: DetectSettings) -> str:
-    """``option 1: maskrcnn_resnet50_fpn``."""
     return f"option {option}: {settings.model if option == 1 else 'fasterrcnn_' + settings.backbone.replace('/', '_')}"
 
 
