@@ -291,7 +291,7 @@ class ClassificationTrainer(Engine):
             loss = loss + penalty
             out["penalty"] = penalty.item()
         self.optimizer.zero_grad(set_to_none=True)
-        self.precision.backward(loss)
+        self.precision.scaler.scale(loss).backward()
         self.precision.scaler.unscale_(self.optimizer)
         self.precision.step(self.optimizer)
         return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
 import socket
 import urllib.error
 import urllib.request
@@ -12,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+from rich.progress import wrap_file
 
 from dlhw.core.files import atomic_file
 
@@ -62,15 +63,10 @@ def download(url: str, dest: str | os.PathLike[str], *, sha256_prefix: str | Non
     try:
         request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
         with atomic_file(dest, suffix=".part") as out, urllib.request.urlopen(request, timeout=timeout) as response:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            with Progress(
-                TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                TimeRemainingColumn(), console=Console(stderr=True), transient=True,
-            ) as progress:
-                task = progress.add_task(f"downloading {dest.name}", total=total)
-                for chunk in iter(lambda: response.read(1 << 16), b""):
-                    out.write(chunk)
-                    progress.advance(task, len(chunk))
+            total = int(response.headers.get("Content-Length") or 0)
+            with wrap_file(response, total, description=f"downloading {dest.name}", console=Console(stderr=True),
+                           transient=True) as reader:
+                shutil.copyfileobj(reader, out, 1 << 16)
             out.flush()
             if not verified(Path(out.name)):
                 raise DownloadError(f"checksum mismatch for {url}; the file may have changed upstream")

@@ -34,7 +34,6 @@ class Engine(Session):
                  name: str = "experiment", steps_per_epoch: int | None = None, dist: Dist | None = None) -> None:
         super().__init__(callbacks, name=name, config=config, epochs=epochs, steps_per_epoch=steps_per_epoch)
         self.dist = dist if dist is not None else Dist()
-
         # Applied after on_fit_start, whose callbacks may draw random numbers the uninterrupted run drew too.
         self._pending_rng: dict[str, Any] | None = None
         self._epoch_data_rng: dict[str, Any] = {}  # a mid-epoch resume replays the epoch's batches from here
@@ -174,12 +173,7 @@ class Precision:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.dtype == torch.float16)
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        if self.dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.dtype)
-
-    def backward(self, loss: torch.Tensor) -> None:
-        self.scaler.scale(loss).backward()
+        return torch.autocast(self.device.type, dtype=self.dtype) if self.dtype else contextlib.nullcontext()
 
     def step(self, optimizer: torch.optim.Optimizer) -> bool:
         """The optimizer step, True unless the scaler skipped it on inf/NaN gradients (it then lowers its scale)."""

@@ -196,7 +196,7 @@ class DetectionTrainer(Engine):
             self.log(terms)  # before the check, so a non-finite step's terms are on record
             check_finite({k: v for k, v in terms.items() if k != "train/lr"}, step=self.global_step)
             self.optimizer.zero_grad(set_to_none=True)
-            self.precision.backward(loss)
+            self.precision.scaler.scale(loss).backward()
             if self.settings.clip_grad:
                 self.precision.scaler.unscale_(self.optimizer)
                 norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.clip_grad)
@@ -233,13 +233,6 @@ class DetectionTrainer(Engine):
         self.viz += [(*dataset[i], out) for i, out in kept]
         return outputs
 
-    def _ground_truth(self, split: str, dataset: PennFudan) -> Any:
-        if split not in self._gt:
-            targets = [dataset[i][1] for i in range(len(dataset))]
-            sizes = [s.image.shape[:2] for s in dataset.samples]
-            self._gt[split] = coco_ground_truth(targets, sizes)
-        return self._gt[split]
-
     def evaluate(self, epoch: int) -> dict[str, float]:
         started = time.perf_counter()
         self.viz = []
@@ -249,8 +242,11 @@ class DetectionTrainer(Engine):
         if epoch + 1 == self.epochs or (every > 0 and (epoch + 1) % every == 0):
             splits.insert(0, ("train", self.train_eval, ()))
         for prefix, dataset, keep in splits:
+            if prefix not in self._gt:  # converted once
+                targets = [dataset[i][1] for i in range(len(dataset))]
+                self._gt[prefix] = coco_ground_truth(targets, [s.image.shape[:2] for s in dataset.samples])
             outputs = self.predict(dataset, keep)
-            scores = coco_metrics(self._ground_truth(prefix, dataset), outputs, self.iou_types, self.dist)
+            scores = coco_metrics(self._gt[prefix], outputs, self.iou_types, self.dist)
             metrics.update({f"{prefix}/{k}": v for k, v in scores.items()})
         # The median step time is robust to a noisy shared machine.
         metrics["train/sec_per_iter"] = statistics.median(self.step_seconds) if self.step_seconds else float("nan")
