@@ -251,8 +251,8 @@ class ClassificationTrainer(Engine):
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         self.model = model.to(self.device, memory_format=self.memory_format)
-        # Compiled for training and evaluation only (curvature and feature-map hooks use the plain module). No buffer
-        # syncs in DDP's forward, so evaluation's uneven shards can run through it.
+        # Compiled for training and evaluation only (hooks use the plain module); DDP's forward syncs no buffers, so
+        # evaluation's uneven shards can run through it.
         net = wrap_ddp(self.model, self.dist, forward_sync_buffers=False)
         self.forward = torch.compile(net) if s.compile else net
         self.loaders = loaders
@@ -273,8 +273,7 @@ class ClassificationTrainer(Engine):
             self.optimizer = torch.optim.Adam(groups, lr=s.lr, fused=True, decoupled_weight_decay=decoupled)
         self.best_acc, self.best_epoch = -1.0, 0
         self.best_model: dict[str, torch.Tensor] | None = None
-        self.test_targets: list[int] = []
-        self.test_predictions: list[int] = []
+        self.test_targets, self.test_predictions = [], []  # of the whole test set, after the fit
         self.epoch_totals = [0.0, 0.0, 0.0]  # the epoch's summed loss, summed accuracy and images seen
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
@@ -367,8 +366,7 @@ class ClassificationTrainer(Engine):
 
     def curvature_loss(self) -> tuple[Callable[[], torch.Tensor], list[nn.Parameter]]:
         """The data loss on a fixed training batch with dropout off, as a closure, and its parameters."""
-        x, y = self.loaders.fixed_batch("train", self.settings.hessian_batch)
-        x, y = x.to(self.device), y.to(self.device)
+        x, y = (t.to(self.device) for t in self.loaders.fixed_batch("train", self.settings.hessian_batch))
 
         def loss() -> torch.Tensor:
             was_training = self.model.training

@@ -157,8 +157,6 @@ class ArrayDataset(Dataset):
 
 @dataclass
 class Loaders:
-    """Train / val / test loaders of one dataset, and how its images were normalised."""
-
     train: DataLoader | DeviceBatches
     val: DataLoader | DeviceBatches
     test: DataLoader | DeviceBatches

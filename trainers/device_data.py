@@ -64,9 +64,7 @@ class DeviceBatches:
         self.augment, self.flips, self.shuffle, self.seed = augment, flips, shuffle, seed
         self.scale = (1.0 / (255.0 * torch.tensor(std, device=self.device))).view(1, -1, 1, 1)
         self.offset = (torch.tensor(mean, device=self.device) / torch.tensor(std, device=self.device)).view(1, -1, 1, 1)
-        self.dataset = dataset
-        self.rank, self.world = rank, world
-        self.epoch = 0
+        self.dataset, self.rank, self.world, self.epoch = dataset, rank, world, 0
 
     def _shard_length(self) -> int:
         n = len(self.labels)

@@ -241,7 +241,6 @@ def _tuples(obj: Any) -> Any:
 
 
 def check_finite(losses: Mapping[str, float], *, step: int) -> None:
-    """Raise FloatingPointError naming every loss term when any of them is not finite."""
     if not all(math.isfinite(v) for v in losses.values()):
         terms = ", ".join(f"{k}={v:.4g}" for k, v in losses.items())
         raise FloatingPointError(f"non-finite loss at step {step}: {terms}; lower --lr or check the data")

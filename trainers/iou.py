@@ -63,8 +63,7 @@ def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     h = _overlap(boxes1[:, 1], boxes1[:, 3], boxes2[:, 1], boxes2[:, 3])
     inter = w * h
     union = (area1[:, None] + area2).sub_(inter)
-    # union is 0 only for two zero-area boxes; the denominator is replaced before dividing, since a
-    # NaN quotient filled afterwards would still send NaN through the division's gradient.
+    # union is 0 only for two zero-area boxes: replaced before dividing, as a NaN filled in later reaches the gradient.
     zero1, zero2 = area1 == 0, area2 == 0
     if zero1.any() and zero2.any():
         union = union.masked_fill(zero1[:, None] & zero2, 1.0)
@@ -196,9 +195,8 @@ class Descent:
     """Adam on a batch of boxes, parametrised as centre and size, under one loss."""
 
     def __init__(self, loss: str, starts: Tensor, target: Tensor, lr: float) -> None:
-        self.loss_fn = LOSSES[loss]
+        self.loss_fn, self.target = LOSSES[loss], target
         self.params = starts.clone().requires_grad_(True)
-        self.target = target
         self.optimizer = torch.optim.Adam([self.params], lr=lr)
 
     def boxes(self) -> Tensor:

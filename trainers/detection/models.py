@@ -71,8 +71,7 @@ def load_weights(url: str) -> dict[str, Any]:
                          f"delete the file, or pass --weights none") from None
 
 
-def _pretrained(weights: Any, mode: str) -> Any:
-    # The weights entry to build with, or None for random init (mode auto or none).
+def _pretrained(weights: Any, mode: str) -> Any:  # None: random init
     return weights if mode == "auto" and fetch_weights(weights) else None
 
 
