@@ -266,13 +266,16 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 # Each experiment's settings, imported only when its name is on the command line (torch and torchvision
 # imports take seconds, and an AlexNet run needs no torchvision at all).
-EXPERIMENTS = {"filters": "dlhw.trainers.filters", "iou": "dlhw.trainers.iou",
-               "alexnet": "dlhw.trainers.classification", "detect": "dlhw.trainers.detection.trainer"}
+EXPERIMENTS = {"filters": ("dlhw.trainers.filters", "FiltersSettings"), "iou": ("dlhw.trainers.iou", "IoUSetup"),
+               "alexnet": ("dlhw.trainers.classification", "AlexNetSettings"),
+               "detect": ("dlhw.trainers.detection.trainer", "DetectSettings")}
 
 
 def get_args_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """Global flags and one subparser per command, with the flags of the experiments named in ``argv`` (None: all)."""
     import importlib
+
+    from dlhw.trainers.settings import add_arguments
 
     parser = Parser(prog="launch.py", description=__doc__.split("\n\n")[0], parents=[global_options(suppress=False)],
                     formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -286,7 +289,8 @@ def get_args_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParse
         # SPEC.json would be read as ${args_json_file}).
         p.reads_sweep_params = name not in ("sweep", "compare", "dashboard")
         if name in EXPERIMENTS and (argv is None or name in argv):
-            importlib.import_module(EXPERIMENTS[name]).add_arguments(p)
+            module, settings = EXPERIMENTS[name]
+            add_arguments(p, getattr(importlib.import_module(module), settings))
         if name in ("alexnet", "detect"):
             p.add_argument("--resume", default=os.environ.get(RESUME_ENV) or None, metavar="PATH|auto",
                            help=f"continue a stopped run in the same W&B run: PATH is its checkpoints/.../last.pt, "

@@ -35,6 +35,7 @@ from dlhw.trainers.detection.models import build_detector  # noqa: E402
 from dlhw.trainers.detection.trainer import (  # noqa: E402
     PROFILES,
     DetectionTrainer,
+    DetectSettings,
     EpochSlices,
     detector_kwargs,
     make_optimizer,
@@ -150,9 +151,10 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--profile", choices=sorted(PROFILES), default="cpu", help="image sizes and RoI counts (default cpu)")
     args = ap.parse_args()
-    profile = PROFILES[args.profile]
     device = torch.device(args.device)
     clip = 10.0  # the trainer's default from random init (build_trainer)
+    settings = DetectSettings(**PROFILES[args.profile], profile=args.profile, option=str(args.model_option), workers=0,
+                              device=str(device), eval_batch_size=1, clip_grad=clip)
 
     def clock() -> float:
         if device.type == "cuda":
@@ -166,22 +168,21 @@ def main() -> None:
     train = PennFudan(samples, Augment(seed=0))
     torch.manual_seed(0)
     template = build_detector(args.model_option, model="maskrcnn_resnet50_fpn", backbone="mobilenet_v2",
-                              weights="none", **detector_kwargs(profile)).model
+                              weights="none", **detector_kwargs(settings)).model
 
     def batches_loader():
-        return torch.utils.data.DataLoader(train, batch_size=profile["batch_size"], collate_fn=collate,
+        return torch.utils.data.DataLoader(train, batch_size=settings.batch_size, collate_fn=collate,
                                            sampler=EpochSlices(len(train), len(train), seed=0))
 
     def run_ours() -> float:
-        trainer = DetectionTrainer(copy.deepcopy(template), train=train, heldout=train, train_eval=train,
-                                   profile=profile, seed=0, device=device, clip_grad=clip)
+        trainer = DetectionTrainer(copy.deepcopy(template), settings, train=train, heldout=train, train_eval=train)
         started = clock()
         trainer.train_epoch(0)
         return (clock() - started) / len(trainer.loader)
 
     def run_reference() -> float:
         model = copy.deepcopy(template).to(device)
-        optimizer, _ = make_optimizer(model, profile)
+        optimizer, _ = make_optimizer(model, settings)
         loader = batches_loader()
         scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
         started = clock()

@@ -16,6 +16,7 @@ sizes, so the timing is the real recipe's whatever the pixels. Detectors start f
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import pickle
@@ -32,8 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dlhw.tracking.readback import run_summary  # noqa: E402
-from dlhw.trainers.datasets import CIFAR10_DIR, CIFAR10_TEST, CIFAR10_TRAIN, FASHION_DIR, FASHION_FILES  # noqa: E402
-from dlhw.trainers.datasets import cifar10_present, fashion_mnist_present  # noqa: E402
+from dlhw.trainers.datasets import dataset_path, resolve_dataset  # noqa: E402
 from dlhw.trainers.detection.dataset import generate_pennfudan  # noqa: E402
 
 RECIPES = {
@@ -45,30 +45,46 @@ RECIPES = {
 }
 
 
-def write_cifar10(root: Path, per_batch: int, rng: np.random.Generator) -> None:
-    """CIFAR-10's python batches (5 training, 1 test) of random pixels."""
-    folder = root / CIFAR10_DIR
+# torchvision checks CIFAR-10's files against their MD5s: a generated copy's are handed to it by this stub,
+# run as ``python -c STUB MD5_JSON launch.py ARGS...``.
+WITH_CHECKSUMS = """import json, runpy, sys
+from torchvision.datasets import CIFAR10
+md5 = json.loads(sys.argv.pop(1))
+CIFAR10.train_list = [[f"data_batch_{i}", md5[f"data_batch_{i}"]] for i in range(1, 6)]
+CIFAR10.test_list = [["test_batch", md5["test_batch"]]]
+CIFAR10.meta = {**CIFAR10.meta, "md5": md5["batches.meta"]}
+sys.argv.pop(0)
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def write_cifar10(root: Path, per_batch: int, rng: np.random.Generator) -> dict[str, str]:
+    """CIFAR-10's python batches (5 training, 1 test) of random pixels and its label names; their MD5s."""
+    folder = dataset_path("cifar10", root)
     folder.mkdir(parents=True, exist_ok=True)
-    for name in [*CIFAR10_TRAIN, CIFAR10_TEST]:
-        batch = {"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
-                 "labels": rng.integers(0, 10, per_batch).tolist()}
-        with open(folder / name, "wb") as fh:
-            pickle.dump(batch, fh)
+    files = {name: {"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
+                    "labels": rng.integers(0, 10, per_batch).tolist()}
+             for name in [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch"]}
+    md5 = {}
+    for name, content in {**files, "batches.meta": {"label_names": [f"class{i}" for i in range(10)]}}.items():
+        (folder / name).write_bytes(pickle.dumps(content))
+        md5[name] = hashlib.md5((folder / name).read_bytes()).hexdigest()
+    return md5
 
 
 def write_fashion_mnist(root: Path, n_train: int, n_test: int, rng: np.random.Generator) -> None:
-    """Fashion-MNIST's four IDX files of random pixels."""
-    folder = root / FASHION_DIR
+    """Fashion-MNIST's four IDX files of random pixels, extracted as torchvision's download leaves them."""
+    folder = dataset_path("fashion-mnist", root)
     folder.mkdir(parents=True, exist_ok=True)
-    for split, n in (("train", n_train), ("test", n_test)):
-        images, labels = FASHION_FILES[split]
-        for name, array in ((images, rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)),
-                            (labels, rng.integers(0, 10, n).astype(np.uint8))):
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        for kind, array in (("images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)),
+                            ("labels-idx1-ubyte", rng.integers(0, 10, n).astype(np.uint8))):
             header = bytes([0, 0, 8, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
-            (folder / name).write_bytes(header + array.tobytes())
+            (folder / f"{prefix}-{kind}").write_bytes(header + array.tobytes())
 
 
-def run_recipe(name: str, data: Path, pennfudan: Path, out: Path, epochs: int | None, limit: int | None) -> dict:
+def run_recipe(name: str, data: Path, pennfudan: Path, out: Path, epochs: int | None, limit: int | None,
+               cifar10_md5: dict[str, str] | None) -> dict:
     """Run one recipe in a fresh process; its timings from the run's summary."""
     args, images = RECIPES[name]
     cmd = [sys.executable, str(ROOT / "launch.py"), *args, "--out", str(out)]
@@ -85,7 +101,8 @@ def run_recipe(name: str, data: Path, pennfudan: Path, out: Path, epochs: int | 
             images = max(1, limit // batch) * batch
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
     started = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    stub = ["-c", WITH_CHECKSUMS, json.dumps(cifar10_md5)] if cifar10_md5 and name == "course" else []
+    proc = subprocess.run([cmd[0], *stub, *cmd[1:]], capture_output=True, text=True, env=env)
     wall = time.perf_counter() - started
     if proc.returncode != 0:
         return {"recipe": name, "error": f"exit {proc.returncode}: {proc.stderr.strip().splitlines()[-1:]}"}
@@ -117,11 +134,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         data = args.data or tmp / "data"
-        generated = []
-        if not cifar10_present(data):
-            write_cifar10(data, 10_000 if args.limit is None else max(64, args.limit // 5), rng)
+        generated, cifar10_md5 = [], None
+        if resolve_dataset("auto", data)[0] != "cifar10":
+            cifar10_md5 = write_cifar10(data, 10_000 if args.limit is None else max(64, args.limit // 5), rng)
             generated.append("cifar10")
-        if not fashion_mnist_present(data):
+        if not (dataset_path("fashion-mnist", data) / "t10k-labels-idx1-ubyte").is_file():
             n = 60_000 if args.limit is None else max(128, args.limit)
             write_fashion_mnist(data, n, max(64, n // 6), rng)
             generated.append("fashion-mnist")
@@ -131,7 +148,8 @@ def main() -> None:
                                            seed=0, size=(360, 480))
             generated.append("penn-fudan")
         for name in args.only:
-            results.append(run_recipe(name, data, pennfudan, tmp / f"out-{name}", args.epochs, args.limit))
+            results.append(run_recipe(name, data, pennfudan, tmp / f"out-{name}", args.epochs, args.limit,
+                                      cifar10_md5))
     print(json.dumps({"benchmark": "recipes", "device": device, "torch": torch.__version__,
                       "generated_data": generated, "recipes": results,
                       "total_seconds": round(time.perf_counter() - started, 1)}, indent=1))

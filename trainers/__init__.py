@@ -2,6 +2,5 @@
 
 import os
 
-# albumentations looks up its latest version on PyPI when imported (a wait behind a firewall); set before any
-# module here imports it, and a user's own setting wins.
+# albumentations asks PyPI for its latest version on import (a wait behind a firewall); a user's setting wins.
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")

@@ -1,35 +1,104 @@
-"""The AlexNet classification trainer and its weight-decay modes ``l2``, ``coupled`` and ``decoupled``: one update
-for plain SGD, but with Adam or momentum only decoupled decay shrinks by ``1 - lr*lambda`` per step (docs/theory.md)."""
+"""The homework's AlexNets and their trainer, with weight decay as l2, coupled or decoupled (docs/theory.md)."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import inspect
-from collections.abc import Callable, Iterable, Mapping
-from functools import partial
+from collections.abc import Callable, Iterable
 from itertools import islice
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from dlhw.core.distributed import Dist, wrap_ddp
 from dlhw.core.errors import UsageError
 from dlhw.core.events import Callback, EPOCH_AXIS, STEP_AXIS
-from dlhw.trainers.alexnet import MODELS
+from dlhw.core.registry import Registry
 from dlhw.trainers.datasets import DATASETS, Loaders, load, make_loaders, resolve_dataset
 from dlhw.trainers.device_data import DeviceBatches
 from dlhw.trainers.engine import Engine, Precision, check_finite, pipeline_generators
-from dlhw.trainers.settings import add_arguments as settings_flags
 from dlhw.trainers.settings import make, setting, settings, values
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 WD_MODES = ("l2", "coupled", "decoupled")
+MODELS: Registry[AlexNet] = Registry("AlexNet variant")
 
 
-# Each recipe fills the settings whose flags were left unset. course: the course notebook (~76.8% test);
-# d2l: Dive into Deep Learning 8.1 (~0.885 test); digits: the offline default, 95% within minutes on 2 cores.
+class AlexNet(nn.Module):
+    """``features`` (convs, ReLUs, pools) then ``classifier``; ``input_size``: the square input's side."""
+
+    def __init__(self, features: nn.Sequential, classifier: nn.Sequential, *, input_size: int) -> None:
+        super().__init__()
+        self.features = features
+        self.classifier = classifier
+        self.input_size = input_size
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.features(x))
+
+    def conv_layers(self) -> list[tuple[str, nn.Conv2d]]:  # ("conv1", layer), ... in forward order
+        convs = [m for m in self.features if isinstance(m, nn.Conv2d)]
+        return [(f"conv{i}", m) for i, m in enumerate(convs, start=1)]
+
+
+def _conv(cin: int, cout: int, k: int, stride: int = 1, padding: int = 1) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, k, stride=stride, padding=padding), nn.ReLU(inplace=True)]
+
+
+@MODELS.register("course")
+def course_alexnet(*, in_channels: int = 3, num_classes: int = 10) -> AlexNet:
+    """The course notebook's CIFAR-10 AlexNet for 32x32 inputs, initialised as there."""
+    features = nn.Sequential(
+        *_conv(in_channels, 64, 3, stride=2), nn.MaxPool2d(2),  # 32 -> 16 -> 8
+        *_conv(64, 192, 3), nn.MaxPool2d(2),  # 8 -> 4
+        *_conv(192, 384, 3),
+        *_conv(384, 256, 3),
+        *_conv(256, 256, 3), nn.MaxPool2d(2),  # 4 -> 2: 256 * 2 * 2 = 1024 features
+    )
+    classifier = nn.Sequential(
+        nn.Flatten(),
+        nn.Dropout(0.5), nn.Linear(256 * 2 * 2, 4096), nn.ReLU(inplace=True),
+        nn.Dropout(0.5), nn.Linear(4096, 4096), nn.ReLU(inplace=True),
+        nn.Linear(4096, num_classes),
+    )
+    model = AlexNet(features, classifier, input_size=32)
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.xavier_normal_(m.weight)
+            nn.init.zeros_(m.bias)
+    return model
+
+
+@MODELS.register("d2l")
+def d2l_alexnet(*, in_channels: int = 1, num_classes: int = 10) -> AlexNet:
+    """Dive into Deep Learning's AlexNet (section 8.1) for 224x224 inputs, initialised as d2l's ``init_cnn``."""
+    features = nn.Sequential(
+        *_conv(in_channels, 96, 11, stride=4, padding=1), nn.MaxPool2d(3, stride=2),  # 224 -> 54 -> 26
+        *_conv(96, 256, 5, padding=2), nn.MaxPool2d(3, stride=2),  # 26 -> 12
+        *_conv(256, 384, 3),
+        *_conv(384, 384, 3),
+        *_conv(384, 256, 3), nn.MaxPool2d(3, stride=2),  # 12 -> 5: 256 * 5 * 5 = 6400 features
+    )
+    classifier = nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(6400, 4096), nn.ReLU(inplace=True), nn.Dropout(0.5),
+        nn.Linear(4096, 4096), nn.ReLU(inplace=True), nn.Dropout(0.5),
+        nn.Linear(4096, num_classes),
+    )
+    model = AlexNet(features, classifier, input_size=224)
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.xavier_uniform_(m.weight)
+    return model
+
+
+
+# Each recipe fills the settings whose flags were left unset: the course notebook, d2l 8.1, the offline default.
 _RECIPE = {"momentum": 0.0, "weight_decay": 0.0, "wd_mode": "coupled", "augment": True, "val_split": True,
            "normalize": True, "test_weights": "best"}
 RECIPES: dict[str, dict[str, Any]] = {
@@ -100,9 +169,6 @@ class AlexNetSettings:
                                  "--batch-size is per process", flag=False)
 
 
-add_arguments = partial(settings_flags, cls=AlexNetSettings)  # launch.py alexnet's flags
-
-
 def resolve_args(args: argparse.Namespace) -> tuple[AlexNetSettings, list[str]]:
     """The settings: unset flags filled from the recipe, then checked; with lines saying what was chosen."""
     notes = []
@@ -138,8 +204,7 @@ def param_groups(model: nn.Module, decay_all: bool = False) -> tuple[list[tuple[
 
 
 class SGDW(torch.optim.SGD):
-    """SGD with decoupled weight decay (torch's SGD has none): weights shrink by ``1 - lr * lambda``, then SGD
-    steps on the gradient alone, so lambda never enters the momentum buffer."""
+    """SGD with decoupled weight decay (torch's has none): ``w *= 1 - lr * lambda``, then SGD on the gradient alone."""
 
     def __init__(self, params: Iterable[Any], **kwargs: Any) -> None:
         super().__init__(params, **kwargs)
@@ -169,53 +234,47 @@ _SGD_UPDATE = inspect.unwrap(torch.optim.SGD.step)
 class ClassificationTrainer(Engine):
     """A classifier with cross-entropy and a weight-decay mode; the test scores the best-val or the last weights."""
 
-    def __init__(self, model: nn.Module, loaders: Loaders, callbacks: Iterable[Callback] = (), *, epochs: int,
-                 optimizer: str = "sgd", lr: float = 0.01, momentum: float = 0.0, weight_decay: float = 0.0,
-                 wd_mode: str = "coupled", decay_all: bool = False, limit_batches: int | None = None,
-                 hessian_batch: int = 64, device: str = "cpu", compile: bool = False, test_weights: str = "best",
-                 config: Mapping[str, Any] | None = None, dist: Dist | None = None) -> None:
-        steps = len(loaders.train) if limit_batches is None else min(limit_batches, len(loaders.train))
-        super().__init__(callbacks, epochs=epochs, config=config, name="alexnet", steps_per_epoch=steps, dist=dist)
-        if optimizer not in OPTIMIZERS or wd_mode not in WD_MODES:
-            raise UsageError(f"optimizer must be one of {OPTIMIZERS} and wd_mode one of {WD_MODES}")
-        if optimizer == "adamw" and wd_mode != "decoupled":
+    resumed = ("best_acc", "best_epoch", "best_model", "epoch_totals")
+
+    def __init__(self, model: nn.Module, loaders: Loaders, settings: AlexNetSettings,
+                 callbacks: Iterable[Callback] = (), dist: Dist | None = None) -> None:
+        s = self.settings = settings
+        steps = len(loaders.train) if s.limit_batches is None else min(s.limit_batches, len(loaders.train))
+        super().__init__(callbacks, epochs=s.epochs, config=dataclasses.asdict(s), name="alexnet",
+                         steps_per_epoch=steps, dist=dist)
+        if s.optimizer == "adamw" and s.wd_mode != "decoupled":
             raise UsageError(ADAMW_ERROR)
-        self.device = torch.device(device)
+        self.device = self.dist.device
         self.precision = Precision(self.device)
         # NHWC: cuDNN's tensor-core kernels without transposes; fixed shapes: autotune each conv once.
         self.memory_format = torch.channels_last if self.device.type == "cuda" else torch.preserve_format
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         self.model = model.to(self.device, memory_format=self.memory_format)
-        # Compiled for training and evaluation only (curvature and feature-map hooks use the plain module). No buffer
-        # syncs in DDP's forward, so evaluation's uneven shards can run through it.
+        # Compiled for training and evaluation only (hooks use the plain module); DDP's forward syncs no buffers, so
+        # evaluation's uneven shards can run through it.
         net = wrap_ddp(self.model, self.dist, forward_sync_buffers=False)
-        self.forward = torch.compile(net) if compile else net
+        self.forward = torch.compile(net) if s.compile else net
         self.loaders = loaders
-        self.weight_decay, self.wd_mode, self.optimizer_name = weight_decay, wd_mode, optimizer
-        self.limit_batches, self.hessian_batch = limit_batches, hessian_batch
-        decay, no_decay = param_groups(model, decay_all)
+        self.weight_decay, self.wd_mode, self.optimizer_name = s.weight_decay, s.wd_mode, s.optimizer
+        decay, no_decay = param_groups(model, s.decay_all)
         self.decay_params = [p for _, p in decay]
         sizes = {"decay_tensors": len(decay), "decay_params": sum(p.numel() for _, p in decay),
                  "no_decay_tensors": len(no_decay), "no_decay_params": sum(p.numel() for _, p in no_decay)}
         self.summary.update({f"wd/{k}": v for k, v in sizes.items()})
         self.config["_param_groups"] = sizes
-        groups = [{"params": self.decay_params, "weight_decay": weight_decay if wd_mode != "l2" else 0.0},
+        groups = [{"params": self.decay_params, "weight_decay": s.weight_decay if s.wd_mode != "l2" else 0.0},
                   {"params": [p for _, p in no_decay], "weight_decay": 0.0}]
         # Fused kernels update all parameters in one pass, far cheaper than the default on a CPU.
-        decoupled = wd_mode == "decoupled"
-        if optimizer == "sgd":
-            self.optimizer = (SGDW if decoupled else torch.optim.SGD)(groups, lr=lr, momentum=momentum, fused=True)
+        decoupled = s.wd_mode == "decoupled"
+        if s.optimizer == "sgd":
+            self.optimizer = (SGDW if decoupled else torch.optim.SGD)(groups, lr=s.lr, momentum=s.momentum, fused=True)
         else:
-            self.optimizer = torch.optim.Adam(groups, lr=lr, fused=True, decoupled_weight_decay=decoupled)
-        self._best_acc, self.best_epoch, self.test_weights = -1.0, 0, test_weights
-        self._best_state: dict[str, torch.Tensor] | None = None
-        self.test_targets: list[int] = []
-        self.test_predictions: list[int] = []
+            self.optimizer = torch.optim.Adam(groups, lr=s.lr, fused=True, decoupled_weight_decay=decoupled)
+        self.best_acc, self.best_epoch = -1.0, 0
+        self.best_model: dict[str, torch.Tensor] | None = None
+        self.test_targets, self.test_predictions = [], []  # of the whole test set, after the fit
         self.epoch_totals = [0.0, 0.0, 0.0]  # the epoch's summed loss, summed accuracy and images seen
-
-    def _batches(self, loader: Iterable[Any]) -> Iterable[Any]:
-        return islice(loader, self.limit_batches)
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
         self.model.train()
@@ -231,8 +290,8 @@ class ClassificationTrainer(Engine):
             loss = loss + penalty
             out["penalty"] = penalty.item()
         self.optimizer.zero_grad(set_to_none=True)
-        self.precision.backward(loss)
-        self.precision.unscale(self.optimizer)
+        self.precision.scaler.scale(loss).backward()
+        self.precision.scaler.unscale_(self.optimizer)
         self.precision.step(self.optimizer)
         return out
 
@@ -242,7 +301,7 @@ class ClassificationTrainer(Engine):
         if not self.resume_batch:  # a resumed epoch keeps the totals of the steps it already took
             self.epoch_totals = [0.0, 0.0, 0.0]
         totals = self.epoch_totals
-        for i, (x, y) in self.epoch_batches(self._batches(self.loaders.train)):
+        for i, (x, y) in self.epoch_batches(islice(self.loaders.train, self.settings.limit_batches)):
             out = self.train_step(x, y)
             n = len(y)
             if self.dist.distributed:  # the global batch's numbers, as one process with all of it has them
@@ -263,10 +322,8 @@ class ClassificationTrainer(Engine):
     def _evaluate(self, loader: torch.utils.data.DataLoader) -> tuple[float, float, list[int], list[int]]:
         """Mean loss and accuracy (of the whole split under torchrun), this rank's targets and predictions."""
         self.model.eval()
-        loss = 0.0
-        targets: list[int] = []
-        preds: list[int] = []
-        for x, y in self._batches(loader):
+        loss, targets, preds = 0.0, [], []
+        for x, y in islice(loader, self.settings.limit_batches):
             x = x.to(self.device, non_blocking=True, memory_format=self.memory_format)
             y = y.to(self.device, non_blocking=True)
             with self.precision.autocast():
@@ -280,15 +337,15 @@ class ClassificationTrainer(Engine):
 
     def evaluate(self, epoch: int) -> dict[str, float]:
         loss, acc, _, _ = self._evaluate(self.loaders.val)
-        if acc > self._best_acc:
+        if acc > self.best_acc:
             # The course recipe scores the test set with the best-val weights.
-            self._best_acc, self.best_epoch = acc, epoch + 1
-            self._best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+            self.best_acc, self.best_epoch = acc, epoch + 1
+            self.best_model = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
         return {"val/loss": loss, "val/acc": acc}
 
     def test(self) -> dict[str, float]:
-        if self.test_weights == "best" and self._best_state is not None:
-            self.model.load_state_dict(self._best_state)
+        if self.settings.test_weights == "best" and self.best_model is not None:
+            self.model.load_state_dict(self.best_model)
         loss, acc, targets, preds = self._evaluate(self.loaders.test)
         parts = self.dist.all_gather_object((targets, preds))
         self.test_targets = [t for part_targets, _ in parts for t in part_targets]
@@ -298,17 +355,6 @@ class ClassificationTrainer(Engine):
     def state_dict(self) -> dict[str, Any]:  # the weights and how to feed them
         return {**super().state_dict(), "classes": self.loaders.classes, "mean": self.loaders.mean,
                 "std": self.loaders.std}
-
-    def training_state(self) -> dict[str, Any]:
-        return {**super().training_state(), "best_acc": self._best_acc, "best_epoch": self.best_epoch,
-                "best_model": self._best_state, "epoch_totals": list(self.epoch_totals)}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        super().load_state_dict(state)
-        if "optimizer" in state:
-            self._best_acc, self.best_epoch = state["best_acc"], state["best_epoch"]
-            self._best_state = state["best_model"]
-            self.epoch_totals = list(state["epoch_totals"])
 
     def data_generators(self) -> dict[str, Any]:
         # Device batches draw from (seed, epoch) alone; the DataLoader from its sampler's and the pipeline's
@@ -320,8 +366,7 @@ class ClassificationTrainer(Engine):
 
     def curvature_loss(self) -> tuple[Callable[[], torch.Tensor], list[nn.Parameter]]:
         """The data loss on a fixed training batch with dropout off, as a closure, and its parameters."""
-        x, y = self.loaders.fixed_batch("train", self.hessian_batch)
-        x, y = x.to(self.device), y.to(self.device)
+        x, y = (t.to(self.device) for t in self.loaders.fixed_batch("train", self.settings.hessian_batch))
 
         def loss() -> torch.Tensor:
             was_training = self.model.training
@@ -340,22 +385,14 @@ def resolve_device(name: str) -> str:
     return "cuda" if name != "cpu" and torch.cuda.is_available() else "cpu"
 
 
-def build_trainer(settings: AlexNetSettings, callbacks: Iterable[Callback], dist: Dist | None = None) -> Engine:
+def build_trainer(settings: AlexNetSettings, callbacks: Iterable[Callback], dist: Dist) -> Engine:
     """Data, model and trainer from the resolved settings (the run's config); ``dist``: this process's torchrun job."""
-    if dist is None:
-        dist = Dist(device=torch.device(resolve_device(settings.device)))
-    if settings.world_size != dist.world_size:
-        raise ValueError(f"settings for {settings.world_size} process(es), but this job has {dist.world_size}")
-    device = str(dist.device)
     splits = load(settings.dataset, settings.data, download=settings.download)
     if not settings.val_split:
         splits = splits.without_val()
     model = MODELS.create(settings.variant, in_channels=splits.channels, num_classes=len(splits.classes))
     on_device = settings.device_data == "on" or (settings.device_data == "auto" and settings.workers == 0)
     loaders = make_loaders(splits, size=model.input_size, batch_size=settings.batch_size, augment=settings.augment,
-                           seed=settings.seed, workers=settings.workers, device=device, on_device=on_device,
+                           seed=settings.seed, workers=settings.workers, device=dist.device, on_device=on_device,
                            normalize=settings.normalize, rank=dist.rank, world=dist.world_size)
-    same = ("epochs", "optimizer", "lr", "momentum", "weight_decay", "wd_mode", "decay_all", "limit_batches",
-            "hessian_batch", "compile", "test_weights")  # the trainer's arguments named as settings
-    return ClassificationTrainer(model, loaders, callbacks, **{k: getattr(settings, k) for k in same}, device=device,
-                                 config=dataclasses.asdict(settings), dist=dist)
+    return ClassificationTrainer(model, loaders, settings, callbacks, dist)

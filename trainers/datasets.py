@@ -1,13 +1,12 @@
-"""Image-classification data: scikit-learn's digits (always there), CIFAR-10 and Fashion-MNIST (torchvision's
-layout under ``--data``) as uint8 (N, H, W, C) splits, fed by a DataLoader or batched on the device."""
+"""Classification data (digits, CIFAR-10, Fashion-MNIST) as uint8 (N, H, W, C) splits, and their loaders."""
 
 from __future__ import annotations
 
-import gzip
-import pickle
 import sys
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import albumentations as A
 import cv2
@@ -26,15 +25,6 @@ from dlhw.trainers.download import socket_timeout
 SPLIT_SEED = 0
 VAL_FRACTION = 0.1  # CIFAR-10: 45k / 5k, the course's split
 DIGITS_TEST_FRACTION = 0.2
-
-CIFAR10_DIR = "cifar-10-batches-py"
-CIFAR10_TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
-CIFAR10_TEST = "test_batch"
-CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-FASHION_DIR = Path("FashionMNIST") / "raw"
-FASHION_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-                 "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
-FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 
 
 @dataclass
@@ -58,18 +48,11 @@ class Splits:
         return replace(self, train=train, val=self.test)
 
     def mean_std(self) -> tuple[list[float], list[float]]:
-        """Per-channel mean and std of the training images in [0, 1], accumulated in chunks."""
-        x = self.train[0]
-        c = x.shape[-1]
-        total, sq, n = np.zeros(c), np.zeros(c), 0
-        for i in range(0, len(x), 4096):
-            chunk = x[i : i + 4096].reshape(-1, c).astype(np.float64) / 255.0
-            total += chunk.sum(0)
-            sq += (chunk**2).sum(0)
-            n += len(chunk)
-        mean = total / n
-        std = np.sqrt(np.maximum(sq / n - mean**2, 1e-12))
-        return mean.tolist(), std.tolist()
+        """Per-channel mean and std of the training images in [0, 1], from each channel's histogram of byte values."""
+        x, v = self.train[0], np.arange(256) / 255.0
+        freq = np.stack([np.bincount(x[..., c].ravel(), minlength=256) for c in range(self.channels)]) / x[..., 0].size
+        mean = freq @ v
+        return mean.tolist(), np.sqrt(np.maximum(freq @ v**2 - mean**2, 1e-12)).tolist()
 
 
 def _split_off(x: np.ndarray, y: np.ndarray, fraction: float) -> tuple[tuple, tuple]:
@@ -96,90 +79,48 @@ def load_digits(root: Path, download: bool = False) -> Splits:
     return Splits("digits", train, val, test, [str(i) for i in range(10)], flips=False)
 
 
-def _ensure(name: str, root: Path, present: bool, download: bool, what: str, torchvision_class: str) -> None:
-    if present:
-        return
-    if not download:
-        raise UsageError(f"{name} not found under {root} ({what}); add --download to fetch it, "
-                         f"or use --dataset digits (bundled, needs no files)")
+def _read_torchvision(cls: Any, root: Path) -> list[Any] | None:
+    try:
+        return [cls(str(root), train=train) for train in (True, False)]
+    except Exception:  # torchvision's "not found or corrupted", or a file it cannot parse
+        return None
+
+
+def load_torchvision(name: str, cls_name: str, root: Path, download: bool = False) -> Splits:
+    """``torchvision.datasets.<cls_name>`` under ``root``, fetched with ``download``; 10% of train is the val split."""
     import torchvision.datasets
 
-    print(f"downloading {name} to {root} (torchvision, official mirror, MD5-checked)", file=sys.stderr)
-    try:
-        with socket_timeout():  # an unreachable mirror fails in seconds instead of hanging
-            getattr(torchvision.datasets, torchvision_class)(str(root), train=True, download=True)
-    except Exception as exc:  # no network, a proxy page, a bad checksum: all mean "no data"
-        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        raise UsageError(f"could not download {name} to {root} ({reason}); place the files there yourself and keep "
-                         f"--download off, or use --dataset digits") from None
+    cls, root = getattr(torchvision.datasets, cls_name), Path(root)
+    parts = _read_torchvision(cls, root)
+    if parts is None and download:
+        print(f"downloading {name} to {root} (torchvision, official mirror, MD5-checked)", file=sys.stderr)
+        try:
+            with socket_timeout():  # an unreachable mirror fails in seconds instead of hanging
+                cls(str(root), train=True, download=True)
+        except Exception as exc:  # no network, a proxy page, a bad checksum: all mean "no data"
+            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            raise UsageError(f"could not download {name} to {root} ({reason}); place the files there yourself and "
+                             f"keep --download off, or use --dataset digits") from None
+        parts = _read_torchvision(cls, root)
+    if parts is None:
+        raise UsageError(f"{name} not found under {root} (no intact copy in torchvision.datasets.{cls_name}'s layout); "
+                         f"add --download to fetch it, or use --dataset digits (bundled, needs no files)")
+    # (N, H, W) grayscale gets its channel axis; CIFAR-10's is a transposed view.
+    (x, y), test = ((np.ascontiguousarray(np.asarray(d.data).reshape(*d.data.shape[:3], -1)),
+                     np.asarray(d.targets, dtype=np.int64)) for d in parts)
+    return Splits(name, *_split_off(x, y, VAL_FRACTION), test, list(parts[0].classes), flips=True)
 
 
-def cifar10_present(root: Path) -> bool:
-    folder = Path(root) / CIFAR10_DIR
-    return all((folder / f).is_file() for f in [*CIFAR10_TRAIN, CIFAR10_TEST])
-
-
-def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    with open(path, "rb") as fh:
-        batch = pickle.load(fh, encoding="latin1")
-    x = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-    return np.ascontiguousarray(x), np.asarray(batch["labels"], dtype=np.int64)
-
-
-@DATASETS.register("cifar10")
-def load_cifar10(root: Path, download: bool = False) -> Splits:
-    """CIFAR-10 from torchvision's python batches; 10% (fixed seed) of train is the val split."""
-    root = Path(root)
-    _ensure("cifar10", root, cifar10_present(root), download, f"expected {CIFAR10_DIR}/data_batch_1..5 and test_batch",
-            "CIFAR10")
-    folder = root / CIFAR10_DIR
-    parts = [_read_cifar_batch(folder / f) for f in CIFAR10_TRAIN]
-    x, y = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-    train, val = _split_off(x, y, VAL_FRACTION)
-    return Splits("cifar10", train, val, _read_cifar_batch(folder / CIFAR10_TEST), CIFAR10_CLASSES, flips=True)
-
-
-def _idx_file(folder: Path, stem: str) -> Path | None:
-    return next((folder / n for n in (stem, stem + ".gz") if (folder / n).is_file()), None)
-
-
-def read_idx(path: Path) -> np.ndarray:
-    """An IDX (MNIST-format) file, plain or gzipped, as a uint8 array of its declared shape."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as fh:
-        data = fh.read()
-    zero, dtype, ndim = data[0] * 256 + data[1], data[2], data[3]
-    if zero != 0 or dtype != 0x08:
-        raise UsageError(f"{path} is not an unsigned-byte IDX file; re-download it with --download")
-    shape = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
-
-
-def fashion_mnist_present(root: Path) -> bool:
-    folder = Path(root) / FASHION_DIR
-    return all(_idx_file(folder, f) for pair in FASHION_FILES.values() for f in pair)
-
-
-@DATASETS.register("fashion-mnist")
-def load_fashion_mnist(root: Path, download: bool = False) -> Splits:
-    """Fashion-MNIST from torchvision's raw IDX files; 10% (fixed seed) of train is the val split."""
-    root = Path(root)
-    _ensure("fashion-mnist", root, fashion_mnist_present(root), download,
-            f"expected {FASHION_DIR}/train-images-idx3-ubyte(.gz) and the other three", "FashionMNIST")
-    folder = root / FASHION_DIR
-    arrays = {}
-    for split, (images, labels) in FASHION_FILES.items():
-        x = read_idx(_idx_file(folder, images))[..., None]
-        arrays[split] = (x, read_idx(_idx_file(folder, labels)).astype(np.int64))
-    train, val = _split_off(*arrays["train"], VAL_FRACTION)
-    return Splits("fashion-mnist", train, val, arrays["test"], FASHION_CLASSES, flips=True)
+DATASETS.register("cifar10")(partial(load_torchvision, "cifar10", "CIFAR10"))
+DATASETS.register("fashion-mnist")(partial(load_torchvision, "fashion-mnist", "FashionMNIST"))
 
 
 def resolve_dataset(name: str, root: Path) -> tuple[str, str]:
     """``auto`` -> cifar10 when its files are under ``root``, else digits; returns (name, why)."""
     if name != "auto":
         return name, "--dataset"
-    if cifar10_present(root):
+    folder = dataset_path("cifar10", root)  # looked at without importing torchvision (seconds)
+    if all((folder / f).is_file() for f in [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch"]):
         return "cifar10", f"--dataset auto: CIFAR-10 found under {root}"
     return "digits", f"--dataset auto: no CIFAR-10 under {root}, using scikit-learn's bundled digits"
 
@@ -216,8 +157,6 @@ class ArrayDataset(Dataset):
 
 @dataclass
 class Loaders:
-    """Train / val / test loaders of one dataset, and how its images were normalised."""
-
     train: DataLoader | DeviceBatches
     val: DataLoader | DeviceBatches
     test: DataLoader | DeviceBatches
@@ -241,8 +180,7 @@ class Loaders:
 def make_loaders(splits: Splits, *, size: int, batch_size: int, augment: bool, seed: int, workers: int = 0,
                  device: str | torch.device = "cpu", on_device: bool = False, normalize: bool = True, rank: int = 0,
                  world: int = 1) -> Loaders:
-    """Loaders that resize to ``size``, on ``device`` (``on_device``) or through a DataLoader; only training is
-    shuffled and augmented. ``rank`` of ``world`` gets its shard of every split and its own augmentation stream."""
+    """Loaders resizing to ``size``, on the device or via a DataLoader; ``rank`` of ``world``: its shard of each."""
     mean, std = splits.mean_std() if normalize else ([0.0] * splits.channels, [1.0] * splits.channels)
     plain = transforms(size, mean, std, augment=False, flips=splits.flips)
     train_tf = transforms(size, mean, std, augment=augment, flips=splits.flips, seed=seed + rank)
@@ -273,4 +211,4 @@ def dataset_path(name: str, root: Path) -> Path:
         import sklearn.datasets
 
         return Path(sklearn.datasets.__file__).parent / "data" / "digits.csv.gz"
-    return Path(root) / (CIFAR10_DIR if name == "cifar10" else FASHION_DIR)
+    return Path(root) / {"cifar10": "cifar-10-batches-py", "fashion-mnist": "FashionMNIST/raw"}[name]

@@ -1,6 +1,5 @@
-"""Classifier batches cut from one uint8 tensor on the training device: a DataLoader's per-image albumentations
-calls bound a GPU epoch, so each batch is resized, augmented (as :func:`trainers.datasets.transforms` does, in one
-affine ``grid_sample``) and normalised in a few batched operations, from a generator of ``(seed, epoch)``."""
+"""Classifier batches resized, augmented and normalised on the training device in a few batched operations: a
+DataLoader's per-image albumentations calls bound a GPU epoch."""
 
 from __future__ import annotations
 
@@ -12,9 +11,6 @@ import torch
 from torch.nn import functional as F
 
 from dlhw.core.distributed import shard
-
-ROTATION_DEGREES = 10.0
-CROP_PADDING = 2
 
 
 def epoch_generator(seed: int, epoch: int, device: torch.device, *more: int) -> torch.Generator:
@@ -32,9 +28,8 @@ def resize(x: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def augment(x: torch.Tensor, *, flips: bool, generator: torch.Generator,
-            degrees: float = ROTATION_DEGREES, padding: int = CROP_PADDING) -> torch.Tensor:
-    """Rotate, flip (when ``flips``) and pad-and-crop a float (B, C, S, S) batch, each image with its own draw, as
-    one map rotation . flip . shift sampled with zeros outside the image."""
+            degrees: float = 10.0, padding: int = 2) -> torch.Tensor:
+    """The rotate, flip and pad-and-crop of :func:`trainers.datasets.transforms` on a batch, as one affine map."""
     b, _, _, size = x.shape
     dev = x.device
     angle = (torch.rand(b, generator=generator, device=dev) * 2 - 1) * math.radians(degrees)
@@ -51,8 +46,7 @@ def augment(x: torch.Tensor, *, flips: bool, generator: torch.Generator,
 
 
 class DeviceBatches:
-    """Batches ``(x, y)`` of one split on ``device``; each ``iter()`` is one epoch. ``dataset``: the per-image view,
-    for code that picks single images. ``rank`` of ``world`` takes its shard (padded for training: equal steps)."""
+    """Batches ``(x, y)`` of one split on ``device``, an epoch per ``iter()``; ``dataset``: the per-image view."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, *, size: int, mean: list[float], std: list[float],
                  batch_size: int, device: torch.device | str, augment: bool = False, flips: bool = False,
@@ -70,9 +64,7 @@ class DeviceBatches:
         self.augment, self.flips, self.shuffle, self.seed = augment, flips, shuffle, seed
         self.scale = (1.0 / (255.0 * torch.tensor(std, device=self.device))).view(1, -1, 1, 1)
         self.offset = (torch.tensor(mean, device=self.device) / torch.tensor(std, device=self.device)).view(1, -1, 1, 1)
-        self.dataset = dataset
-        self.rank, self.world = rank, world
-        self.epoch = 0
+        self.dataset, self.rank, self.world, self.epoch = dataset, rank, world, 0
 
     def _shard_length(self) -> int:
         n = len(self.labels)

@@ -1,11 +1,11 @@
-"""Fetching files from their official URLs: a cache, a checksum, a progress bar, and a fast, one-line failure
-(every caller has an offline fallback, so a download must never hang)."""
+"""Fetching files: a cache, a checksum, a progress bar, and a fast one-line failure (every caller has a fallback)."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import os
+import shutil
 import socket
 import urllib.error
 import urllib.request
@@ -13,11 +13,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+from rich.progress import wrap_file
 
 from dlhw.core.files import atomic_file
 
-CACHE_ENV = "DLHW_CACHE"
 # Long enough for a slow server to answer, short enough that an offline machine moves on at once.
 SOCKET_TIMEOUT_S = 10.0
 # Wikimedia refuses requests without a descriptive User-Agent.
@@ -30,12 +29,11 @@ class DownloadError(OSError):
 
 def cache_dir(*parts: str) -> Path:
     """``$DLHW_CACHE`` or ``~/.cache/dlhw``, joined with ``parts``."""
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "dlhw").joinpath(*parts)
+    return Path(os.environ.get("DLHW_CACHE") or Path.home() / ".cache" / "dlhw").joinpath(*parts)
 
 
 @contextlib.contextmanager
 def socket_timeout(seconds: float = SOCKET_TIMEOUT_S) -> Iterator[None]:
-    """Give every socket opened inside the block (urllib, torch.hub, ...) a timeout."""
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(seconds)
     try:
@@ -52,16 +50,9 @@ def file_digest(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
-def hash_prefix(file_name: str) -> str | None:
-    """The sha256 prefix in a torchvision weights file's name (``resnet50-0676ba61.pth`` -> ``0676ba61``), or None."""
-    stem, dash, tail = file_name.partition(".")[0].rpartition("-")
-    return tail.lower() if dash and stem and tail and all(c in "0123456789abcdefABCDEF" for c in tail) else None
-
-
 def download(url: str, dest: str | os.PathLike[str], *, sha256_prefix: str | None = None,
              timeout: float = SOCKET_TIMEOUT_S) -> Path:
-    """Download ``url`` to ``dest`` unless a file with the right checksum is there; nothing is left of a cut or
-    corrupt download. Raises :class:`DownloadError` on any failure."""
+    """``url`` at ``dest`` unless a file with the right checksum is there; :class:`DownloadError` leaves nothing."""
     dest = Path(dest)
 
     def verified(path: Path) -> bool:
@@ -72,15 +63,10 @@ def download(url: str, dest: str | os.PathLike[str], *, sha256_prefix: str | Non
     try:
         request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
         with atomic_file(dest, suffix=".part") as out, urllib.request.urlopen(request, timeout=timeout) as response:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            with Progress(
-                TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                TimeRemainingColumn(), console=Console(stderr=True), transient=True,
-            ) as progress:
-                task = progress.add_task(f"downloading {dest.name}", total=total)
-                for chunk in iter(lambda: response.read(1 << 16), b""):
-                    out.write(chunk)
-                    progress.advance(task, len(chunk))
+            total = int(response.headers.get("Content-Length") or 0)
+            with wrap_file(response, total, description=f"downloading {dest.name}", console=Console(stderr=True),
+                           transient=True) as reader:
+                shutil.copyfileobj(reader, out, 1 << 16)
             out.flush()
             if not verified(Path(out.name)):
                 raise DownloadError(f"checksum mismatch for {url}; the file may have changed upstream")

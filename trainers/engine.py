@@ -34,18 +34,18 @@ class Engine(Session):
                  name: str = "experiment", steps_per_epoch: int | None = None, dist: Dist | None = None) -> None:
         super().__init__(callbacks, name=name, config=config, epochs=epochs, steps_per_epoch=steps_per_epoch)
         self.dist = dist if dist is not None else Dist()
-
         # Applied after on_fit_start, whose callbacks may draw random numbers the uninterrupted run drew too.
         self._pending_rng: dict[str, Any] | None = None
         self._epoch_data_rng: dict[str, Any] = {}  # a mid-epoch resume replays the epoch's batches from here
         self._ranks_rng: list[dict[str, Any]] | None = None
         self.resume_batch = 0  # steps of the current epoch a resumed run already trained
 
-    # What a subclass trains, saved and restored by the three methods below.
+    # What a subclass trains, saved and restored below; ``resumed``: its other attributes a checkpoint holds.
     model: torch.nn.Module | None = None
     optimizer: torch.optim.Optimizer | None = None
     scheduler: Any = None
     precision: Precision | None = None
+    resumed: tuple[str, ...] = ()
 
     def state_dict(self) -> dict[str, Any]:
         """The weights and what evaluating them needs (the small checkpoint a W&B artifact holds)."""
@@ -53,7 +53,8 @@ class Engine(Session):
 
     def training_state(self) -> dict[str, Any]:
         """What continuing the training needs beyond :meth:`state_dict`: optimizer, scheduler, loss scaler."""
-        return {key: part.state_dict() for key, part in self._training_parts().items()}
+        return {**{key: part.state_dict() for key, part in self._training_parts().items()},
+                **{name: getattr(self, name) for name in self.resumed}}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore a :meth:`state_dict`, with a :meth:`training_state` merged into it on a resume."""
@@ -62,6 +63,8 @@ class Engine(Session):
         if "optimizer" in state:
             for key, part in self._training_parts().items():
                 part.load_state_dict(state[key])
+            for name in self.resumed:
+                setattr(self, name, state[name])
 
     def _training_parts(self) -> dict[str, Any]:
         scaler = self.precision.scaler if self.precision is not None else None
@@ -160,8 +163,7 @@ class Engine(Session):
 
 
 class Precision:
-    """Autocast, loss scaling and the optimizer step: bf16 where the GPU has it, else fp16 with a loss scaler;
-    float32 on CPU."""
+    """Autocast and loss scaling: bf16 where the GPU has it, else fp16 with a loss scaler (``scaler``); CPU: float32."""
 
     def __init__(self, device: torch.device | str) -> None:
         self.device = torch.device(device)
@@ -171,27 +173,13 @@ class Precision:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.dtype == torch.float16)
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        if self.dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.dtype)
-
-    def backward(self, loss: torch.Tensor) -> None:
-        self.scaler.scale(loss).backward()
-
-    def unscale(self, optimizer: torch.optim.Optimizer) -> None:
-        """Bring the gradients back to their true scale (before clipping or reading them)."""
-        if self.scaler.is_enabled():
-            self.scaler.unscale_(optimizer)
+        return torch.autocast(self.device.type, dtype=self.dtype) if self.dtype else contextlib.nullcontext()
 
     def step(self, optimizer: torch.optim.Optimizer) -> bool:
-        """The optimizer step (skipped by the scaler on inf/NaN gradients); True when it happened."""
-        if not self.scaler.is_enabled():
-            optimizer.step()
-            return True
-        before = self.scaler.get_scale()
+        """The optimizer step, True unless the scaler skipped it on inf/NaN gradients (it then lowers its scale)."""
+        before = self.scaler.get_scale()  # a disabled scaler steps as the optimizer and stays at 1.0
         self.scaler.step(optimizer)
         self.scaler.update()
-        # The scaler lowers its scale exactly when it skipped the step.
         return self.scaler.get_scale() >= before
 
 
@@ -224,7 +212,6 @@ def set_global_rng_state(state: Mapping[str, Any]) -> None:
 
 
 def generators_state(generators: Mapping[str, Any]) -> dict[str, Any]:
-    """The state of each named generator (torch, NumPy ``Generator`` or ``random.Random``)."""
     return {name: gen.get_state() if isinstance(gen, torch.Generator) else
             gen.bit_generator.state if isinstance(gen, np.random.Generator) else gen.getstate()
             for name, gen in generators.items()}
@@ -254,7 +241,6 @@ def _tuples(obj: Any) -> Any:
 
 
 def check_finite(losses: Mapping[str, float], *, step: int) -> None:
-    """Raise FloatingPointError naming every loss term when any of them is not finite."""
     if not all(math.isfinite(v) for v in losses.values()):
         terms = ", ".join(f"{k}={v:.4g}" for k, v in losses.items())
         raise FloatingPointError(f"non-finite loss at step {step}: {terms}; lower --lr or check the data")

@@ -1,5 +1,4 @@
-"""The hand-designed filters experiment: every kernel on every photo, and a check of what each kernel does on
-generated gratings."""
+"""The hand-designed filters experiment: every kernel on every photo, and a check of each on generated gratings."""
 
 from __future__ import annotations
 
@@ -18,7 +17,6 @@ from dlhw.core.errors import UsageError
 from dlhw.core.events import Callback
 from dlhw.core.registry import Registry
 from dlhw.core.session import Session
-from dlhw.trainers.settings import add_arguments as settings_flags
 from dlhw.trainers.settings import make, setting, settings, values
 from dlhw.viz.kernels import DIRECTIONS, apply_kernel, grating_gain, high_frequency_energy
 
@@ -68,9 +66,6 @@ class FiltersSettings:
                                        metavar="NAME")
     max_size: int = setting(512, "longer image side after downscaling, to keep tables light (default 512)", min=8)
     seed: int = setting(0, "random seed (the global --seed)", flag=False)
-
-
-add_arguments = partial(settings_flags, cls=FiltersSettings)  # launch.py filters' flags
 
 
 def filters_settings(args: argparse.Namespace) -> FiltersSettings:
@@ -141,8 +136,7 @@ def run_checks(names: Iterable[str], *, size: int = 64, period: float = 4.0, see
 
 def run_filters(images: Sequence[tuple[str, torch.Tensor]], filters: Sequence[str], callbacks: Iterable[Callback] = (),
                 config: Mapping[str, Any] | None = None) -> Session:
-    """Hand each photo and the kernels to the callbacks (one step per photo), then report :func:`run_checks` as the
-    run's one epoch (``session.results["checks"]``)."""
+    """Each photo and the kernels to the callbacks (a step per photo), then :func:`run_checks` as the one epoch."""
     kernels = {name: kernel(name) for name in filters}  # an unknown name fails before any work
     session = Session(callbacks, name="filters", config=config, steps_per_epoch=len(images))
     with session.running():

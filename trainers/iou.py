@@ -1,6 +1,5 @@
-"""The IoU experiment: IoU from its set definition, its gradient along a sliding box, and why 1 - IoU cannot
-move a box that does not touch its target while GIoU can. Boxes are ``(x1, y1, x2, y2)`` as in
-``torchvision.ops``; a zero-area box has IoU 0 with every box, itself included (torchvision returns NaN)."""
+"""The IoU experiment: IoU from its set definition, its gradient along a sliding box, 1 - IoU and GIoU descents.
+Boxes are ``(x1, y1, x2, y2)``; a zero-area box has IoU 0 with every box, itself included (torchvision: NaN)."""
 
 from __future__ import annotations
 
@@ -19,7 +18,6 @@ from torchvision.ops import box_iou as tv_box_iou
 from dlhw.core.errors import UsageError
 from dlhw.core.events import Callback
 from dlhw.core.session import Session
-from dlhw.trainers.settings import add_arguments as settings_flags
 from dlhw.trainers.settings import check, make, setting, settings, values
 
 DEFAULT_BOX_A = (0.0, 0.0, 4.0, 4.0)
@@ -65,8 +63,7 @@ def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     h = _overlap(boxes1[:, 1], boxes1[:, 3], boxes2[:, 1], boxes2[:, 3])
     inter = w * h
     union = (area1[:, None] + area2).sub_(inter)
-    # union is 0 only for two zero-area boxes; the denominator is replaced before dividing, since a
-    # NaN quotient filled afterwards would still send NaN through the division's gradient.
+    # union is 0 only for two zero-area boxes: replaced before dividing, as a NaN filled in later reaches the gradient.
     zero1, zero2 = area1 == 0, area2 == 0
     if zero1.any() and zero2.any():
         union = union.masked_fill(zero1[:, None] & zero2, 1.0)
@@ -173,7 +170,6 @@ LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
     "iou_loss": lambda pred, target: 1 - box_iou(pred, target[None])[:, 0],
     "giou_loss": lambda pred, target: generalized_box_iou_loss(pred, target.expand_as(pred), reduction="none"),
 }
-MIN_SIZE = 1e-3  # boxes keep a positive width and height while they move
 
 
 def disjoint_starts(target: Sequence[float], n: int, generator: torch.Generator) -> Tensor:
@@ -199,9 +195,8 @@ class Descent:
     """Adam on a batch of boxes, parametrised as centre and size, under one loss."""
 
     def __init__(self, loss: str, starts: Tensor, target: Tensor, lr: float) -> None:
-        self.loss_fn = LOSSES[loss]
+        self.loss_fn, self.target = LOSSES[loss], target
         self.params = starts.clone().requires_grad_(True)
-        self.target = target
         self.optimizer = torch.optim.Adam([self.params], lr=lr)
 
     def boxes(self) -> Tensor:
@@ -211,15 +206,14 @@ class Descent:
         return box_iou(self.boxes(), self.target[None])[:, 0]
 
     def step(self) -> dict[str, float]:
-        """One update: the loss and gradient norm before it, the mean IoU after it. Losses are summed, so each
-        box sees its own loss's gradient at any batch size."""
+        """One update: the loss and gradient norm before it, the mean IoU after it."""
         losses = self.loss_fn(corners(self.params), self.target)
         self.optimizer.zero_grad(set_to_none=True)
         losses.sum().backward()
         grad_norm = float(self.params.grad.norm())
         self.optimizer.step()
         with torch.no_grad():
-            self.params[:, 2:].clamp_(min=MIN_SIZE)  # projected step: a box never turns inside out
+            self.params[:, 2:].clamp_(min=1e-3)  # projected step: a box keeps a positive width and height
         return {"loss": float(losses.detach().mean()), "grad_norm": grad_norm, "iou": float(self.iou().mean())}
 
 
@@ -242,9 +236,6 @@ class IoUSetup:
     agreement_boxes: int = setting(512, "random boxes per side in the check against torchvision's box_iou "
                                         "(default 512)", min=1)
     seed: int = setting(0, "random seed (the global --seed)", flag=False)
-
-
-add_arguments = partial(settings_flags, cls=IoUSetup)  # launch.py iou's flags
 
 
 def setup_from_args(args: argparse.Namespace) -> IoUSetup:
@@ -277,8 +268,7 @@ def torchvision_agreement(n: int, seed: int) -> float:
 
 
 def run_iou(setup: IoUSetup, callbacks: Iterable[Callback] = (), config: Mapping[str, Any] | None = None) -> Session:
-    """Descents with 1 - IoU and GIoU loss, then the slide and the agreement with torchvision; ``session.results``
-    holds ``descents``, ``starts``, ``curves`` (mean IoU per step) and ``slide`` for the callbacks."""
+    """Descents with 1 - IoU and GIoU loss, the slide and the agreement with torchvision, in ``session.results``."""
     session = Session(callbacks, name="iou", config=config, epochs=setup.epochs, steps_per_epoch=setup.steps)
     target = torch.tensor(setup.box_a)
     starts = disjoint_starts(setup.box_a, setup.batch_size, torch.Generator().manual_seed(setup.seed))

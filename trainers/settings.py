@@ -1,7 +1,5 @@
-"""An experiment's settings as one frozen dataclass (:func:`settings` of :func:`setting` fields), its flags
-generated from the annotations (``bool``: ``--flag/--no-flag``; ``X | None``; ``tuple[X, ...]``; fixed tuples).
-A field without a default comes from a recipe or profile. ``asdict`` of the resolved instance is the run's W&B
-config; an unknown or unset field is an error, as in nanoGPT's configurator."""
+"""An experiment's settings as one frozen dataclass of :func:`setting` fields, its flags generated from the types.
+A field without a default comes from a recipe or profile; ``asdict`` of the resolved instance is the W&B config."""
 
 from __future__ import annotations
 
@@ -25,8 +23,7 @@ def setting(default: Any = dataclasses.MISSING, help: str = "", *, choices: Sequ
             metavar: str | tuple[str, ...] | None = None, group: str | None = None, flag: bool = True,
             repeat: bool = False, min: float | None = None, above: float | None = None,
             below: float | None = None) -> Any:
-    """A settings field. ``flag=False``: no flag generated; ``repeat``: ``--flag a --flag b``; ``min`` (inclusive),
-    ``above`` and ``below`` (exclusive): the finite values it accepts."""
+    """A settings field; ``repeat``: ``--flag a --flag b``; ``min`` (inclusive), ``above``, ``below``: finite bounds."""
     meta = {"help": help, "choices": tuple(choices) if choices is not None else None, "metavar": metavar,
             "group": group, "flag": flag, "repeat": repeat, "min": min, "above": above, "below": below}
     return dataclasses.field(default=default, metadata=meta)
@@ -110,8 +107,7 @@ def values(cls: type, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def make(cls: type[T], given: Mapping[str, Any]) -> T:
-    """The settings instance from resolved values (sequences become tuples); an unknown name, a field left unset
-    or a value out of bounds is a UsageError."""
+    """The settings from resolved values; an unknown name, a field left unset or out of bounds is a UsageError."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(given) - set(fields))
     if unknown:

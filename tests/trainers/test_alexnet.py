@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dlhw.core.errors import UsageError
-from dlhw.trainers.alexnet import MODELS
+from dlhw.trainers.classification import MODELS
 
 
 def conv(cin: int, cout: int, k: int) -> int:

@@ -25,8 +25,8 @@ def _quick(*extra: str) -> list[str]:
     return ["alexnet", "--epochs", "1", "--limit-batches", "2", "--wandb-mode", "disabled", *extra]
 
 
-def test_course_recipe_on_a_cifar10_standin(tmp_path, capsys):
-    write_cifar10(tmp_path / "data", per_batch=8, test=8)
+def test_course_recipe_on_a_cifar10_standin(tmp_path, capsys, monkeypatch):
+    write_cifar10(tmp_path / "data", monkeypatch, per_batch=8, test=8)
     assert main(_quick("--recipe", "course", "--data", str(tmp_path / "data"), "--batch-size", "8",
                        "--out", str(tmp_path / "out"), "--hessian-every", "0")) == 0
     err = capsys.readouterr().err

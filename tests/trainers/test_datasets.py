@@ -10,7 +10,7 @@ import torch
 from tests.trainers.standins import write_cifar10, write_fashion_mnist
 from dlhw.core.errors import UsageError
 from dlhw.trainers import datasets
-from dlhw.trainers.datasets import load, make_loaders, read_idx, resolve_dataset
+from dlhw.trainers.datasets import load, make_loaders, resolve_dataset
 
 
 def test_digits_split_is_fixed_and_disjoint():
@@ -22,27 +22,26 @@ def test_digits_split_is_fixed_and_disjoint():
     assert len(rows(a.test[0]) & rows(a.train[0])) < 5  # the digits set holds a few exact duplicates
 
 
-def test_cifar10_from_python_batches(tmp_path):
-    write_cifar10(tmp_path, per_batch=10, test=6)
+def test_cifar10_from_python_batches(tmp_path, monkeypatch):
+    write_cifar10(tmp_path, monkeypatch, per_batch=10, test=6)
     s = load("cifar10", tmp_path)
     assert (len(s.train[0]), len(s.val[0]), len(s.test[0])) == (45, 5, 6)
     assert s.train[0].shape[1:] == (32, 32, 3) and s.channels == 3 and s.flips
     assert s.classes[0] == "airplane" and len(s.classes) == 10
 
 
-@pytest.mark.parametrize("gz", [True, False])
-def test_fashion_mnist_from_idx_files(tmp_path, gz):
-    write_fashion_mnist(tmp_path, train=20, test=7, gz=gz)
+def test_fashion_mnist_from_idx_files(tmp_path):
+    write_fashion_mnist(tmp_path, train=20, test=7)
     s = load("fashion-mnist", tmp_path)
     assert (len(s.train[0]), len(s.val[0]), len(s.test[0])) == (18, 2, 7)
     assert s.train[0].shape[1:] == (28, 28, 1) and s.classes[-1] == "Ankle boot"
 
 
-def test_bad_idx_file_is_a_usage_error(tmp_path):
-    bad = tmp_path / "x-idx3-ubyte"
-    bad.write_bytes(b"\x00\x00\x0d\x01\x00\x00\x00\x01" + b"\x00" * 4)
-    with pytest.raises(UsageError, match="not an unsigned-byte IDX"):
-        read_idx(bad)
+def test_a_file_torchvision_cannot_parse_is_a_usage_error(tmp_path):
+    folder = write_fashion_mnist(tmp_path)
+    (folder / "train-images-idx3-ubyte").write_bytes(b"\x00\x00\x0d\x01\x00\x00\x00\x01" + b"\x00" * 4)
+    with pytest.raises(UsageError, match="fashion-mnist not found under .*--download"):
+        load("fashion-mnist", tmp_path)
 
 
 @pytest.mark.parametrize("name", ["cifar10", "fashion-mnist"])
@@ -64,9 +63,9 @@ def test_failed_download_is_one_line(tmp_path, monkeypatch):
     assert "\n" not in str(caught.value) and "Connection refused" in str(caught.value)
 
 
-def test_auto_prefers_cifar10_when_present(tmp_path):
+def test_auto_prefers_cifar10_when_present(tmp_path, monkeypatch):
     assert resolve_dataset("auto", tmp_path)[0] == "digits"
-    write_cifar10(tmp_path)
+    write_cifar10(tmp_path, monkeypatch)
     name, why = resolve_dataset("auto", tmp_path)
     assert name == "cifar10" and "found" in why
     assert resolve_dataset("digits", tmp_path)[0] == "digits"

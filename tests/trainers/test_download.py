@@ -6,7 +6,7 @@ import hashlib
 
 import pytest
 
-from dlhw.trainers.download import DownloadError, download, hash_prefix
+from dlhw.trainers.download import DownloadError, download
 
 
 def _source(tmp_path, data=b"pedestrians" * 1000):
@@ -37,12 +37,6 @@ def test_unreachable_source_is_a_download_error(tmp_path):
     with pytest.raises(DownloadError, match="cannot download"):
         download((tmp_path / "missing.zip").as_uri(), dest)
     assert not dest.exists() and list(tmp_path.iterdir()) == []
-
-
-def test_hash_prefix_is_the_hex_after_the_last_dash():
-    assert hash_prefix("resnet50-0676ba61.pth") == "0676ba61"
-    assert hash_prefix("efficientnet_b0_rwightman-7f5810bc.pth") == "7f5810bc"
-    assert hash_prefix("photo.jpg") is None and hash_prefix("x-.pth") is None and hash_prefix("a-model.pth") is None
 
 
 def test_a_download_must_match_its_sha256_prefix(tmp_path):

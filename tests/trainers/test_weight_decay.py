@@ -11,8 +11,9 @@ from torch import nn
 
 from dlhw.callbacks.weight_decay import top_hessian_eigenvalue
 from dlhw.callbacks.weight_decay import WeightDecayProbe
-from dlhw.trainers.classification import ClassificationTrainer, param_groups
+from dlhw.trainers.classification import RECIPES, AlexNetSettings, ClassificationTrainer, param_groups
 from dlhw.trainers.datasets import Splits, make_loaders
+from dlhw.trainers.settings import make
 
 LR, LAMBDA = 0.1, 0.5
 
@@ -30,8 +31,9 @@ def tiny_loaders(batch_size: int = 16):
 
 
 def trainer(model=None, **kw) -> ClassificationTrainer:
-    kw = {"optimizer": "sgd", "lr": LR, "weight_decay": LAMBDA, **kw}
-    return ClassificationTrainer(model or tiny_model(), tiny_loaders(), epochs=1, **kw)
+    kw = {**RECIPES["digits"], "recipe": "digits", "epochs": 1, "optimizer": "sgd", "lr": LR, "weight_decay": LAMBDA,
+          "wd_mode": "coupled", **kw}
+    return ClassificationTrainer(model or tiny_model(), tiny_loaders(), make(AlexNetSettings, kw))
 
 
 def probed(t: ClassificationTrainer) -> list[dict]:

@@ -1,5 +1,4 @@
-"""Both trained detectors on one photo (the Beatles, by default), and the verdict comparing the options. The
-photo goes in as a [0, 1] tensor at its own size: each detector resizes and normalises it as in training."""
+"""Both trained detectors on one photo (the Beatles, by default), and the verdict comparing the options."""
 
 from __future__ import annotations
 
@@ -14,11 +13,12 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch import nn
+from torchvision.transforms.functional import to_tensor
 
 from dlhw.core.errors import UsageError
 from dlhw.core.events import Callback
 from dlhw.core.session import Session
-from dlhw.trainers.detection.dataset import street_scene, to_tensor
+from dlhw.trainers.detection.dataset import street_scene
 from dlhw.trainers.download import DownloadError, cache_dir, download
 from dlhw.viz.detections import THRESHOLDS, people_counts
 
@@ -29,8 +29,6 @@ BEATLES_URL = "https://upload.wikimedia.org/wikipedia/commons/6/61/The_Beatles_a
 
 @dataclass
 class Photo:
-    """The picture both models look at, and a label saying what it really is."""
-
     name: str
     image: np.ndarray  # (H, W, 3) uint8
     source: str
@@ -47,8 +45,7 @@ def _read(path: Path, shown: str | None = None) -> np.ndarray:
 
 
 def load_photo(image: str | None) -> Photo:
-    """``--image`` (a file or URL) or the Beatles photo; only the default photo falls back to a generated scene (a
-    stand-in for the user's would answer a question nobody asked)."""
+    """``--image`` (a file or URL) or the Beatles photo; only the default one falls back to a generated scene."""
     if image and not image.startswith(("http://", "https://")):
         path = Path(image)
         if not path.is_file():
@@ -87,8 +84,7 @@ def detect(model: nn.Module, image: torch.Tensor, *, repeats: int = 3) -> tuple[
 
 def compare_on_photo(photo: Photo, models: Mapping[str, nn.Module], results: Mapping[str, Mapping[str, Any]],
                      callbacks: Iterable[Callback] = (), config: Mapping[str, Any] | None = None) -> Session:
-    """Run every trained model on the photo, one step each, the counts as the run's one epoch; ``results``: each
-    label's training summary. ``session.results`` holds ``photo`` and the :func:`verdict`."""
+    """Every model on the photo, a step each, counts as the one epoch; ``results``: each label's training summary."""
     session = Session(callbacks, name="detect-photo", config=config, steps_per_epoch=len(models))
     session.results["photo"] = photo
     image = to_tensor(photo.image)

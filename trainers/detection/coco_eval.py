@@ -1,5 +1,4 @@
-"""COCO metrics with pycocotools, as ``references/detection`` evaluates: ground truth straight from the targets,
-predictions at the original image size. Under torchrun the (run-length encoded) records are gathered."""
+"""COCO metrics with pycocotools as ``references/detection`` computes them; under torchrun, of every rank's records."""
 
 from __future__ import annotations
 
@@ -75,8 +74,7 @@ def coco_detections(outputs: Mapping[int, Mapping[str, torch.Tensor]], iou_type:
 
 def coco_metrics(gt: COCO, outputs: Mapping[int, Mapping[str, torch.Tensor]], iou_types: Sequence[str],
                  dist: Dist | None = None) -> dict[str, float]:
-    """``{"bbox_AP": ..., "segm_AP": ...}`` per IoU type, 0.0 when nothing was detected; with ``dist``, of every
-    rank's ``outputs`` (a collective)."""
+    """``{"bbox_AP": ..., "segm_AP": ...}``, 0.0 when nothing was detected; with ``dist``, a collective."""
     image_ids = sorted(outputs)
     records = {iou_type: coco_detections(outputs, iou_type) for iou_type in iou_types}
     if dist is not None and dist.distributed:

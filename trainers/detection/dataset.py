@@ -1,5 +1,4 @@
-"""Penn-Fudan pedestrians as the torchvision tutorial reads them, downloaded into a cache or generated in the same
-layout. Augmentation moves image and masks together; boxes come from the masks."""
+"""Penn-Fudan pedestrians as the torchvision tutorial reads them, downloaded into a cache or generated alike."""
 
 from __future__ import annotations
 
@@ -15,6 +14,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision.ops import masks_to_boxes
+from torchvision.transforms.functional import to_tensor
 
 from dlhw.core.errors import UsageError
 from dlhw.trainers.download import DownloadError, cache_dir, download
@@ -27,8 +27,6 @@ HOLDOUT = 50  # the tutorial holds out the last 50 images of a fixed permutation
 
 @dataclass
 class Sample:
-    """One image and its instance-id mask, as stored on disk."""
-
     name: str
     image: np.ndarray  # (H, W, 3) uint8
     mask: np.ndarray  # (H, W) integer ids, 0 = background
@@ -67,11 +65,6 @@ def read_pennfudan(root: str | Path, limit: int | None = None) -> list[Sample]:
     return samples
 
 
-def to_tensor(image: np.ndarray) -> torch.Tensor:
-    """(H, W, 3) uint8 -> (3, H, W) float in [0, 1]: what torchvision detectors take."""
-    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255)
-
-
 def instance_masks(mask: np.ndarray) -> np.ndarray:
     """(N, H, W) uint8 binary masks, one per pedestrian id (ids sorted, background dropped)."""
     ids = np.unique(mask)
@@ -80,8 +73,7 @@ def instance_masks(mask: np.ndarray) -> np.ndarray:
 
 
 def make_target(masks: np.ndarray, image_id: int) -> dict[str, torch.Tensor]:
-    """The tutorial's detection target for binary instance masks (boxes from ``masks_to_boxes``); masks whose box
-    has no width or height are dropped, since the detection models refuse such boxes."""
+    """The tutorial's target for binary instance masks; masks with an empty box are dropped (the models refuse them)."""
     tensor = torch.from_numpy(np.ascontiguousarray(masks)).to(torch.uint8).reshape(-1, *masks.shape[-2:])
     tensor = tensor[(tensor.flatten(1) != 0).any(1)]  # masks_to_boxes needs at least one pixel per mask
     boxes = masks_to_boxes(tensor) if len(tensor) else torch.zeros(0, 4)
@@ -93,8 +85,7 @@ def make_target(masks: np.ndarray, image_id: int) -> dict[str, torch.Tensor]:
 
 
 class PennFudan(torch.utils.data.Dataset):
-    """Images as float (3, H, W) tensors in [0, 1] with their targets; ``transform(image, masks)`` augments both,
-    and boxes are recomputed from the augmented masks."""
+    """Float (3, H, W) images in [0, 1] and their targets; ``transform(image, masks)`` augments both, boxes follow."""
 
     def __init__(self, samples: Sequence[Sample], transform: Callable[..., Any] | None = None) -> None:
         self.samples = list(samples)

@@ -1,6 +1,5 @@
-"""The tutorial's two detectors: option 1, a COCO Mask R-CNN (or Faster R-CNN) ResNet50-FPN with new 2-class
-predictors; option 2, Faster R-CNN on a torchvision or timm backbone. Pretrained weights are checked against the
-sha256 prefix in their name and unpickled with ``weights_only``: they cannot run code."""
+"""The tutorial's detectors: option 1, a COCO R-CNN with new 2-class predictors; option 2, Faster R-CNN on a backbone.
+Pretrained weights are checked against their name's sha256 prefix and unpickled with ``weights_only``."""
 
 from __future__ import annotations
 
@@ -25,7 +24,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from dlhw.core.errors import UsageError, suggest
 from dlhw.core.registry import Registry
-from dlhw.trainers.download import DownloadError, download, file_digest, hash_prefix, socket_timeout
+from dlhw.trainers.download import DownloadError, download, file_digest, socket_timeout
 
 NUM_CLASSES = 2  # background and pedestrian
 TIMM_PREFIX = "timm/"
@@ -33,8 +32,6 @@ TIMM_PREFIX = "timm/"
 
 @dataclass
 class Built:
-    """A detector and the provenance of its starting weights (recorded in the W&B config)."""
-
     model: nn.Module
     weights: str  # "coco", "imagenet" or "random"
 
@@ -44,10 +41,10 @@ def weights_file(url: str) -> Path:  # where torch.hub keeps it
 
 
 def fetch_weights(weights: Any) -> bool:
-    """Put a weights entry in torch.hub's cache with the sha256 prefix its name promises (a cached file that fails
-    is removed and fetched again); False, said in one line, if the weights cannot be had."""
+    """A weights entry in torch.hub's cache, with the sha256 prefix its name promises; False, said, if unavailable."""
     target = weights_file(weights.url)
-    prefix = hash_prefix(target.name)
+    named = torch.hub.HASH_REGEX.search(target.name)  # resnet50-0676ba61.pth: sha256 starts with 0676ba61
+    prefix = named.group(1) if named else None
     removed = ""
     if target.is_file():
         if prefix is None or file_digest(target).startswith(prefix):
@@ -74,8 +71,7 @@ def load_weights(url: str) -> dict[str, Any]:
                          f"delete the file, or pass --weights none") from None
 
 
-def _pretrained(weights: Any, mode: str) -> Any:
-    # The weights entry to build with, or None for random init (mode auto or none).
+def _pretrained(weights: Any, mode: str) -> Any:  # None: random init
     return weights if mode == "auto" and fetch_weights(weights) else None
 
 
@@ -92,7 +88,6 @@ def _new_heads(model: nn.Module) -> None:
 
 
 def _option1(name: str, head: type[nn.Module], *, weights: str = "auto", **kwargs: Any) -> Built:
-    """Option 1 of the tutorial: ``name`` with COCO weights and new 2-class predictors."""
     coco = _pretrained(torchvision.models.get_model_weights(name).DEFAULT, weights)
     if coco is None:
         return Built(torchvision.models.get_model(name, weights=None, weights_backbone=None, num_classes=NUM_CLASSES,
@@ -214,8 +209,7 @@ def create_backbone(name: str, *, weights: str = "auto", levels: int = 3) -> Bac
 
 
 def build_detector(option: int, *, model: str, backbone: str, weights: str, levels: int = 3, **kwargs: Any) -> Built:
-    """Option 1 (``model`` from :data:`MODELS`) or 2 (Faster R-CNN on ``backbone`` with the tutorial's anchor ratios
-    0.5/1/2 at every size and 7x7 RoIAlign); ``kwargs`` go to the detector."""
+    """Option 1 (``model``) or 2 (Faster R-CNN on ``backbone``, the tutorial's anchors and RoIAlign)."""
     if option == 1:
         return MODELS.create(model, weights=weights, **kwargs)
     bb = create_backbone(backbone, weights=weights, levels=levels)

@@ -1,5 +1,4 @@
-"""torchvision's detection fine-tuning tutorial as an :class:`Engine`: flags, profiles, training, COCO evaluation.
-Training images are scored at the end (and every ``--train-eval-every`` epochs) only: scoring them dominates a run."""
+"""torchvision's detection fine-tuning tutorial as an :class:`Engine`: flags, profiles, training, COCO evaluation."""
 
 from __future__ import annotations
 
@@ -8,7 +7,6 @@ import statistics
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
-from functools import partial
 from typing import Any
 
 import torch
@@ -20,7 +18,6 @@ from dlhw.trainers.detection.coco_eval import coco_ground_truth, coco_metrics
 from dlhw.trainers.detection.dataset import HOLDOUT, Augment, PennFudan, collate, read_pennfudan, resolve_data, split
 from dlhw.trainers.detection.models import BACKBONES, MODELS, build_detector, check_backbone
 from dlhw.trainers.engine import Engine, Precision, check_finite, pipeline_generators
-from dlhw.trainers.settings import add_arguments as settings_flags
 from dlhw.trainers.settings import check, make, setting, settings, values
 
 
@@ -101,27 +98,20 @@ class DetectSettings:
     photo: str | None = setting(None, "the photo both models ran on (the photo run)", flag=False)
 
 
-add_arguments = partial(settings_flags, cls=DetectSettings)  # launch.py detect's flags
+def detector_kwargs(s: DetectSettings) -> dict[str, Any]:
+    return {"min_size": s.min_size, "max_size": s.max_size, "box_batch_size_per_image": s.rois_per_image,
+            "rpn_post_nms_top_n_train": s.rpn_post_nms_train, "rpn_post_nms_top_n_test": s.rpn_post_nms_test,
+            "box_detections_per_img": s.detections_per_image}
 
 
-def detector_kwargs(profile: Mapping[str, Any]) -> dict[str, Any]:
-    return {"min_size": profile["min_size"], "max_size": profile["max_size"],
-            "box_batch_size_per_image": profile["rois_per_image"],
-            "rpn_post_nms_top_n_train": profile["rpn_post_nms_train"],
-            "rpn_post_nms_top_n_test": profile["rpn_post_nms_test"],
-            "box_detections_per_img": profile["detections_per_image"]}
-
-
-def make_optimizer(model: nn.Module, profile: Mapping[str, Any]) -> tuple[torch.optim.Optimizer, Any]:
-    """The tutorial's SGD over the trainable parameters and its StepLR."""
+def make_optimizer(model: nn.Module, s: DetectSettings) -> tuple[torch.optim.Optimizer, Any]:
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=profile["lr"], momentum=profile["momentum"], weight_decay=profile["weight_decay"])
-    return opt, torch.optim.lr_scheduler.StepLR(opt, step_size=profile["step_size"], gamma=profile["gamma"])
+    opt = torch.optim.SGD(params, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
+    return opt, torch.optim.lr_scheduler.StepLR(opt, step_size=s.step_size, gamma=s.gamma)
 
 
 class EpochSlices(torch.utils.data.Sampler):
-    """``per_epoch`` indices per epoch taken in turn from fixed-seed permutations of ``range(n)``: every image
-    comes round equally often."""
+    """``per_epoch`` indices per epoch, from fixed-seed permutations of range(n) in turn: each image equally often."""
 
     def __init__(self, n: int, per_epoch: int, seed: int) -> None:
         self.n, self.per_epoch, self.seed, self.epoch = n, min(per_epoch, n), seed, 0
@@ -143,37 +133,33 @@ class EpochSlices(torch.utils.data.Sampler):
 
 
 class DetectionTrainer(Engine):
-    """Fine-tunes one detector with the tutorial's recipe and scores it with pycocotools (``val/bbox_AP``... every
-    epoch, ``train/*`` after the last and every ``train_eval_every``-th); :attr:`viz` holds ``(image, target,
-    prediction)`` of the held-out images shown. Under torchrun the AP is the whole data's."""
+    """One detector fine-tuned with the tutorial's recipe and scored with pycocotools; :attr:`viz`: the images shown.
+    Training images are scored after the last epoch (and every ``train_eval_every``-th): scoring dominates a run."""
 
-    def __init__(self, model: nn.Module, *, train: PennFudan, heldout: PennFudan, train_eval: PennFudan,
-                 profile: Mapping[str, Any], callbacks: Iterable[Callback] = (),
-                 config: Mapping[str, Any] | None = None, name: str = "detect", viz_images: int = 4, seed: int = 0,
-                 workers: int = 0, device: torch.device | str = "cpu", clip_grad: float = 0.0,
-                 train_eval_every: int = 0, eval_batch_size: int = 1, dist: Dist | None = None) -> None:
-        dist = dist if dist is not None else Dist(device=torch.device(device))
-        self.device = torch.device(device) if not dist.distributed else dist.device
-        self.sampler = EpochSlices(len(train), profile["images_per_epoch"] or len(train), seed)
+    resumed = ("step_seconds",)
+
+    def __init__(self, model: nn.Module, settings: DetectSettings, *, train: PennFudan, heldout: PennFudan,
+                 train_eval: PennFudan, callbacks: Iterable[Callback] = (), dist: Dist | None = None) -> None:
+        s = self.settings = settings
+        dist = dist if dist is not None else Dist(device=torch.device(s.device))
+        self.device = torch.device(s.device) if not dist.distributed else dist.device
+        self.sampler = EpochSlices(len(train), s.images_per_epoch or len(train), s.seed)
         if dist.distributed:
             self.sampler = ShardedSampler(self.sampler, dist.rank, dist.world_size)
-        self.loader = torch.utils.data.DataLoader(train, batch_size=profile["batch_size"], sampler=self.sampler,
-                                                  collate_fn=collate, num_workers=workers,
+        self.loader = torch.utils.data.DataLoader(train, batch_size=s.batch_size, sampler=self.sampler,
+                                                  collate_fn=collate, num_workers=s.workers,
                                                   pin_memory=self.device.type == "cuda")
-        super().__init__(callbacks, epochs=profile["epochs"], config=config, name=name, steps_per_epoch=len(self.loader),
-                         dist=dist)
+        super().__init__(callbacks, epochs=s.epochs, config=asdict(s), name=f"detect-option{s.option}",
+                         steps_per_epoch=len(self.loader), dist=dist)
         self.model = model.to(self.device)
         # DDP's forward syncs no buffers (frozen batch norms); prediction's uneven shards use the module itself.
         self.net = wrap_ddp(self.model, dist, forward_sync_buffers=False)
-        self.profile = dict(profile)
-        self.clip_grad = clip_grad
-        self.train_eval_every, self.eval_batch_size = train_eval_every, eval_batch_size
         self.heldout, self.train_eval = heldout, train_eval
-        self.optimizer, self.scheduler = make_optimizer(self.model, profile)
+        self.optimizer, self.scheduler = make_optimizer(self.model, s)
         self.precision = Precision(self.device)
         self.iou_types = ("bbox", "segm") if getattr(model.roi_heads, "has_mask", lambda: False)() else ("bbox",)
-        order = torch.randperm(len(heldout), generator=torch.Generator().manual_seed(seed)).tolist()
-        self.viz_ids = sorted(order[:viz_images])
+        order = torch.randperm(len(heldout), generator=torch.Generator().manual_seed(s.seed)).tolist()
+        self.viz_ids = sorted(order[:s.viz_images])
         self.viz: list[tuple[torch.Tensor, dict, dict]] = []
         self._gt: dict[str, Any] = {}
         self.step_seconds: list[float] = []
@@ -210,10 +196,10 @@ class DetectionTrainer(Engine):
             self.log(terms)  # before the check, so a non-finite step's terms are on record
             check_finite({k: v for k, v in terms.items() if k != "train/lr"}, step=self.global_step)
             self.optimizer.zero_grad(set_to_none=True)
-            self.precision.backward(loss)
-            if self.clip_grad:
-                self.precision.unscale(self.optimizer)
-                norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad)
+            self.precision.scaler.scale(loss).backward()
+            if self.settings.clip_grad:
+                self.precision.scaler.unscale_(self.optimizer)
+                norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.clip_grad)
                 self.log({"train/grad_norm": float(norm)})
             # The warm-up counts real steps only: fp16's scaler skips its first few.
             if self.precision.step(self.optimizer) and self.ramp is not None:
@@ -229,44 +215,38 @@ class DetectionTrainer(Engine):
         outputs: dict[int, dict[str, torch.Tensor]] = {}
         mine = shard(range(len(dataset)), self.dist.rank, self.dist.world_size, even=False)
         kept: list[tuple[int, dict[str, torch.Tensor]]] = []
-        inputs: dict[int, tuple[torch.Tensor, dict]] = {}
-        for start in range(0, len(mine), self.eval_batch_size):
-            idx = mine[start:start + self.eval_batch_size]
+        for start in range(0, len(mine), self.settings.eval_batch_size):
+            idx = mine[start:start + self.settings.eval_batch_size]
             pairs = [dataset[i] for i in idx]
             with self.precision.autocast():
                 batch = self.model([image.to(self.device, non_blocking=True) for image, _ in pairs])
-            for i, (image, target), out in zip(idx, pairs, batch):
+            for i, (_, target), out in zip(idx, pairs, batch):
                 out = {k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in out.items()}
                 outputs[int(target["image_id"])] = out
                 if i in keep:
                     kept.append((i, out))
-                    inputs[i] = (image, target)
         if self.dist.distributed and keep:
-            # The predictions travel, not the images: rank 0 reads the few it lacks itself.
+            # The predictions travel, not the images: rank 0 reads the few shown itself.
             kept = sorted((pair for part in self.dist.all_gather_object(kept) for pair in part), key=lambda p: p[0])
             if not self.dist.is_main:
                 kept = []
-        self.viz += [(*(inputs[i] if i in inputs else dataset[i]), out) for i, out in kept]
+        self.viz += [(*dataset[i], out) for i, out in kept]
         return outputs
-
-    def _ground_truth(self, split: str, dataset: PennFudan) -> Any:
-        if split not in self._gt:
-            targets = [dataset[i][1] for i in range(len(dataset))]
-            sizes = [s.image.shape[:2] for s in dataset.samples]
-            self._gt[split] = coco_ground_truth(targets, sizes)
-        return self._gt[split]
 
     def evaluate(self, epoch: int) -> dict[str, float]:
         started = time.perf_counter()
         self.viz = []
         metrics: dict[str, float] = {}
         splits = [("val", self.heldout, self.viz_ids)]
-        every = self.train_eval_every
+        every = self.settings.train_eval_every
         if epoch + 1 == self.epochs or (every > 0 and (epoch + 1) % every == 0):
             splits.insert(0, ("train", self.train_eval, ()))
         for prefix, dataset, keep in splits:
+            if prefix not in self._gt:  # converted once
+                targets = [dataset[i][1] for i in range(len(dataset))]
+                self._gt[prefix] = coco_ground_truth(targets, [s.image.shape[:2] for s in dataset.samples])
             outputs = self.predict(dataset, keep)
-            scores = coco_metrics(self._ground_truth(prefix, dataset), outputs, self.iou_types, self.dist)
+            scores = coco_metrics(self._gt[prefix], outputs, self.iou_types, self.dist)
             metrics.update({f"{prefix}/{k}": v for k, v in scores.items()})
         # The median step time is robust to a noisy shared machine.
         metrics["train/sec_per_iter"] = statistics.median(self.step_seconds) if self.step_seconds else float("nan")
@@ -274,17 +254,15 @@ class DetectionTrainer(Engine):
         return metrics
 
     def state_dict(self) -> dict[str, Any]:  # the profile sized the detector
-        return {**super().state_dict(), "profile": dict(self.profile)}
+        return {**super().state_dict(), "profile": {k: getattr(self.settings, k) for k in PROFILES["full"]}}
 
     def training_state(self) -> dict[str, Any]:
         ramp = self.ramp.state_dict() if self.ramp is not None and self.batch_in_epoch else None
-        return {**super().training_state(), "ramp": ramp, "step_seconds": list(self.step_seconds)}
+        return {**super().training_state(), "ramp": ramp}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         super().load_state_dict(state)
-        if "optimizer" in state:
-            self._ramp_state = state["ramp"]
-            self.step_seconds = list(state["step_seconds"])
+        self._ramp_state = state.get("ramp")
 
     def data_generators(self) -> dict[str, Any]:
         # The image order comes from (seed, epoch); flips and jitter from the pipeline's (out of reach in workers).
@@ -294,9 +272,8 @@ class DetectionTrainer(Engine):
 
 @dataclass
 class Plan:
-    """Everything ``launch.py detect`` resolved before training: the settings, the profile they make, the splits."""
+    """Everything ``launch.py detect`` resolved before training: the settings and the splits."""
     settings: DetectSettings
-    profile: dict[str, Any]
     options: tuple[int, ...]
     train: PennFudan
     heldout: PennFudan
@@ -326,7 +303,7 @@ def prepare(args: argparse.Namespace, *, verbose: bool = True, rank: int = 0) ->
         "eval_batch_size": args.eval_batch_size or (8 if cuda else 1), "data_root": str(root), "data_source": source,
         "train_images": len(train), "heldout_images": len(held_idx)})
     # The permutation already shuffled the training images: train_eval is a fixed-seed subset.
-    plan = Plan(settings=settings, profile=profile, options=options,
+    plan = Plan(settings=settings, options=options,
                 train=PennFudan(train, Augment(jitter=args.jitter, seed=args.seed + rank)),
                 heldout=PennFudan([samples[i] for i in held_idx]),
                 train_eval=PennFudan(train[:profile["train_eval_images"]]))
@@ -338,7 +315,6 @@ def prepare(args: argparse.Namespace, *, verbose: bool = True, rank: int = 0) ->
 
 
 def model_label(option: int, settings: DetectSettings) -> str:
-    """``option 1: maskrcnn_resnet50_fpn``."""
     return f"option {option}: {settings.model if option == 1 else 'fasterrcnn_' + settings.backbone.replace('/', '_')}"
 
 
@@ -346,10 +322,8 @@ def build_trainer(plan: Plan, option: int, callbacks: Iterable[Callback], dist: 
     """The detector of ``option`` in a :class:`DetectionTrainer`, its config the plan's settings for this model."""
     s = plan.settings
     built = build_detector(option, model=s.model, backbone=s.backbone, weights=s.weights, levels=s.levels,
-                           **detector_kwargs(plan.profile))
+                           **detector_kwargs(s))
     clip = s.clip_grad if s.clip_grad is not None else (10.0 if built.weights == "random" else 0.0)
     s = replace(s, option=str(option), model_label=model_label(option, s), start_weights=built.weights, clip_grad=clip)
-    return DetectionTrainer(built.model, train=plan.train, heldout=plan.heldout, train_eval=plan.train_eval,
-                            profile=plan.profile, callbacks=callbacks, config=asdict(s), name=f"detect-option{option}",
-                            viz_images=s.viz_images, seed=s.seed, workers=s.workers, device=s.device, clip_grad=clip,
-                            train_eval_every=s.train_eval_every, eval_batch_size=s.eval_batch_size, dist=dist)
+    return DetectionTrainer(built.model, s, train=plan.train, heldout=plan.heldout, train_eval=plan.train_eval,
+                            callbacks=callbacks, dist=dist)

@@ -12,7 +12,13 @@ from dlhw.core.events import Callback
 from dlhw.tracking.readback import history, run_summary
 from dlhw.trainers.detection.dataset import PennFudan, generate_pennfudan, read_pennfudan
 from dlhw.trainers.detection.models import build_detector
-from dlhw.trainers.detection.trainer import PROFILES, DetectionTrainer, EpochSlices, detector_kwargs
+from dlhw.trainers.detection.trainer import PROFILES, DetectionTrainer, DetectSettings, EpochSlices, detector_kwargs
+
+
+def detect_settings(profile: str = "cpu", **overrides) -> DetectSettings:
+    """A profile's settings for option 2 on the CPU, as ``prepare`` would resolve them."""
+    return DetectSettings(**{**PROFILES[profile], "profile": profile, "option": "2", "workers": 0, "device": "cpu",
+                             "eval_batch_size": 1, **overrides})
 
 
 def test_epoch_slices_cover_the_training_set_in_turn():
@@ -31,11 +37,11 @@ def test_epoch_slices_cover_the_training_set_in_turn():
 def test_non_finite_loss_stops_with_every_term_logged(tmp_path):
     samples = read_pennfudan(generate_pennfudan(tmp_path / "d", n=4, seed=2, size=(60, 80)))
     data = PennFudan(samples)
-    profile = {**PROFILES["cpu"], "epochs": 3, "lr": 1e30, "min_size": 64, "max_size": 96, "images_per_epoch": 0}
+    s = detect_settings(epochs=3, lr=1e30, min_size=64, max_size=96, images_per_epoch=0)
     model = build_detector(2, model="", backbone="timm/mobilenetv3_small_100", weights="none", levels=1,
-                           **detector_kwargs(profile)).model
+                           **detector_kwargs(s)).model
     logger = WandbLogger(project="tests", mode="offline", out_dir=tmp_path, log_every=1)
-    trainer = DetectionTrainer(model, train=data, heldout=data, train_eval=data, profile=profile, callbacks=[logger])
+    trainer = DetectionTrainer(model, s, train=data, heldout=data, train_eval=data, callbacks=[logger])
     with pytest.raises(FloatingPointError, match="non-finite loss at step .*train/loss_objectness=.*train/loss="):
         trainer.fit()
     info = run_summary(logger.run_dir)
@@ -55,13 +61,13 @@ class _Validations(Callback):
 def test_held_out_ap_every_epoch_train_ap_every_k_and_at_the_end(tmp_path):
     samples = read_pennfudan(generate_pennfudan(tmp_path / "d", n=5, seed=3, size=(60, 80)))
     data = PennFudan(samples)
-    profile = {**PROFILES["cpu"], "epochs": 3, "min_size": 64, "max_size": 96, "images_per_epoch": 2, "rois_per_image": 16,
-               "rpn_post_nms_train": 50, "rpn_post_nms_test": 20, "detections_per_image": 5}
+    s = detect_settings(epochs=3, min_size=64, max_size=96, images_per_epoch=2, rois_per_image=16, rpn_post_nms_train=50,
+                        rpn_post_nms_test=20, detections_per_image=5, viz_images=2, clip_grad=10.0,
+                        train_eval_every=2, eval_batch_size=3)
     model = build_detector(2, model="", backbone="timm/mobilenetv3_small_100", weights="none", levels=1,
-                           **detector_kwargs(profile)).model
+                           **detector_kwargs(s)).model
     seen = _Validations()
-    trainer = DetectionTrainer(model, train=data, heldout=data, train_eval=data, profile=profile, callbacks=[seen],
-                               viz_images=2, clip_grad=10.0, train_eval_every=2, eval_batch_size=3)
+    trainer = DetectionTrainer(model, s, train=data, heldout=data, train_eval=data, callbacks=[seen])
     trainer.fit()
     has_train = [any(k.startswith("train/bbox_") for k in keys) for keys in seen.keys]
     assert has_train == [False, True, True]  # epoch 2 (every 2nd) and epoch 3 (the last)
@@ -92,12 +98,12 @@ class _LearningRates(Callback):
 def test_learning_rate_warms_up_in_the_first_epoch_then_steps_down_every_3_epochs(tmp_path):
     samples = read_pennfudan(generate_pennfudan(tmp_path / "d", n=6, seed=2, size=(60, 80)))
     data = PennFudan(samples)
-    profile = {**PROFILES["full"], "epochs": 7, "min_size": 64, "max_size": 96, "rois_per_image": 16,
-               "rpn_post_nms_train": 50, "rpn_post_nms_test": 20, "detections_per_image": 5}
+    s = detect_settings("full", epochs=7, min_size=64, max_size=96, rois_per_image=16, rpn_post_nms_train=50,
+                        rpn_post_nms_test=20, detections_per_image=5)
     model = build_detector(2, model="", backbone="timm/mobilenetv3_small_100", weights="none", levels=1,
-                           **detector_kwargs(profile)).model
+                           **detector_kwargs(s)).model
     lrs = _LearningRates()
-    trainer = DetectionTrainer(model, train=data, heldout=data, train_eval=data, profile=profile, callbacks=[lrs])
+    trainer = DetectionTrainer(model, s, train=data, heldout=data, train_eval=data, callbacks=[lrs])
     for epoch in range(7):  # the training loop only: the schedule does not depend on evaluation
         trainer.train_epoch(epoch)
     steps = 3  # 6 images, batch 2
