@@ -15,10 +15,9 @@ LAST, BEST, FINISHED = "last.pt", "best.pt", "finished.pt"
 
 
 class Checkpoint(Callback):
-    """Saves ``last.pt`` (the whole ``checkpoint_state()``) after every epoch and on a stop signal, ``best.pt`` (the
-    weights and their scores) whenever ``monitor`` rises, and ``finished.pt`` when the fit ran to its end, in the
-    background. ``on_checkpoint_saved`` announces one once it is on disk: the best at every improvement
-    (``upload="improved"``) or once at the end (``"end"``), and with ``upload_last`` the final ``last.pt``."""
+    """In the background: ``last.pt`` every epoch and on a stop signal, ``best.pt`` whenever ``monitor`` rises,
+    ``finished.pt`` at the fit's end. ``on_checkpoint_saved`` announces the best once on disk: at every improvement
+    (``upload="improved"``) or at the end (``"end"``), and with ``upload_last`` the final ``last.pt``."""
 
     def __init__(self, directory: str | Path, *, monitor: str, upload: str = "improved",
                  upload_last: bool = False) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+import torch.nn.functional as F
 from lightning.pytorch.loggers import WandbLogger
 
 from dlhw.callbacks.panels import ConfusionMatrix, FeatureMaps, LearnedFilters
@@ -51,9 +52,7 @@ def _predictions(outputs: Any) -> torch.Tensor | None:
     """What ``test_step`` already computed: a dict's ``preds``, or the argmax of its ``logits``."""
     if isinstance(outputs, dict) and "preds" in outputs:
         return outputs["preds"]
-    if isinstance(outputs, dict) and "logits" in outputs:
-        return outputs["logits"].argmax(-1)
-    return None
+    return outputs["logits"].argmax(-1) if isinstance(outputs, dict) and "logits" in outputs else None
 
 
 class ConfusionMatrixCallback(pl.Callback):
@@ -87,13 +86,12 @@ class ConfusionMatrixCallback(pl.Callback):
 
 
 class WeightDecayCallback(pl.Callback):
-    """A probe on every optimizer that decays (prefix ``wd``, or ``wd/opt{i}`` with several), and their curvature on
-    ``curvature_batch`` ``(x, y)`` after every training epoch when it is given."""
+    """A probe on every optimizer that decays, and their curvature (cross-entropy) on ``curvature_batch`` ``(x, y)``
+    after every training epoch when it is given."""
 
-    def __init__(self, *, curvature_batch: tuple[torch.Tensor, torch.Tensor] | None = None,
-                 loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = torch.nn.functional.cross_entropy,
-                 prefix: str = "wd", **probe: Any) -> None:
-        self.curvature_batch, self.loss_fn, self.prefix, self.options = curvature_batch, loss_fn, prefix, probe
+    def __init__(self, *, curvature_batch: tuple[torch.Tensor, torch.Tensor] | None = None, prefix: str = "wd",
+                 **probe: Any) -> None:
+        self.curvature_batch, self.prefix, self.options = curvature_batch, prefix, probe
         self.probes: list[WeightDecayProbe] = []
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -108,7 +106,7 @@ class WeightDecayCallback(pl.Callback):
         if self.curvature_batch is not None:
             x, y = (t.to(pl_module.device) for t in self.curvature_batch)
             for probe in self.probes:
-                probe.curvature(lambda: self.loss_fn(pl_module(x), y), pl_module.parameters(), model=pl_module)
+                probe.curvature(lambda: F.cross_entropy(pl_module(x), y), pl_module.parameters(), model=pl_module)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         for probe in self.probes:

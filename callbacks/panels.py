@@ -41,7 +41,7 @@ class Panel:
         return run
 
     def merge(self, earlier: dict[str, Any], now: dict[str, Any]) -> dict[str, Any]:
-        """What to write while ``earlier`` still waits in W&B's open row: pictures as a list, else the last."""
+        """Into W&B's still open row: pictures as a list, else the last value."""
         merged = {**earlier, **now}
         for key, value in now.items():
             old = earlier.get(key)
@@ -53,7 +53,6 @@ class Panel:
         return step if step is not None else (self._last_step or 0) + 1
 
     def send(self, payload: Mapping[str, Any], step: int | None = None) -> None:
-        """Log ``payload`` against this panel's axis at ``step`` (default: one past the last)."""
         if not payload:
             return
         if self.publish is not None:
@@ -81,7 +80,6 @@ class Panel:
         """Log ``payload(*args, **kwargs)`` at ``step`` (default: one past the last)."""
         self.send(self.payload(*args, **kwargs), step)
 
-
 @contextlib.contextmanager
 def untouched(model: nn.Module) -> Iterator[nn.Module]:
     """Run ``model`` in eval mode, then restore its mode and the random states: the training stays unchanged."""
@@ -96,8 +94,7 @@ def untouched(model: nn.Module) -> Iterator[nn.Module]:
 
 
 def named_layers(model: nn.Module, layers: Any, *, what: str) -> dict[str, nn.Module]:
-    """``layers`` (a qualified name, a module, a list of either, a name -> module mapping; ``None``: every ``Conv2d``)
-    as name -> module."""
+    """``layers`` (a name, a module, a list of either, a mapping; ``None``: every ``Conv2d``) as name -> module."""
     if layers is None:
         found = {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
         if not found:
@@ -146,8 +143,7 @@ class LearnedFilters(Panel):
 
 
 class FeatureMaps(Panel):
-    """``viz/feature_maps``: one incremental table (step, input, label, layer, maps) of fixed ``inputs``, caught by
-    forward hooks on ``layers`` (see :func:`named_layers`); ``pictures``: the inputs as shown."""
+    """``viz/feature_maps``: one incremental table of fixed ``inputs``' maps, caught by forward hooks on ``layers``."""
 
     axis = "viz/step"
     key = "viz/feature_maps"
@@ -169,7 +165,7 @@ class FeatureMaps(Panel):
 
     @torch.no_grad()
     def capture(self, inputs: torch.Tensor | None = None) -> list[tuple[str, torch.Tensor]]:
-        """(layer name, activations of the fixed inputs, or of ``inputs``) in forward order."""
+        """(layer name, activations) of the fixed inputs, or of ``inputs``, in forward order."""
         captured: list[tuple[str, torch.Tensor]] = []
         hooks = [m.register_forward_hook(lambda mod, i, o, name=name: captured.append((name, o.detach().cpu().clone())))
                  for name, m in self.layers.items()]
@@ -206,9 +202,8 @@ class ConfusionMatrix(Panel):
         super().__init__(**kw)
         self.class_names = list(class_names)
 
-    def payload(self, targets: Sequence[int] | torch.Tensor,
-                predictions: Sequence[int] | torch.Tensor) -> dict[str, Any]:
-        """The chart; ``predictions`` are class indices (take ``argmax`` of logits first)."""
+    def payload(self, targets: Sequence[int] | torch.Tensor, predictions: Sequence[int] | torch.Tensor) -> dict:
+        """``predictions`` are class indices (take ``argmax`` of logits first)."""
         chart = wandb.plot.confusion_matrix(y_true=torch.as_tensor(targets).tolist(),
                                             preds=torch.as_tensor(predictions).tolist(),
                                             class_names=self.class_names, title="test confusion matrix")
@@ -226,8 +221,7 @@ class FilterTable(Panel):
     key = "filters/outputs"
 
     @staticmethod
-    def rows(image_name: str, image: torch.Tensor,
-             kernels: Mapping[str, torch.Tensor]) -> tuple[list[list[Any]], dict[str, float]]:
+    def rows(image_name: str, image: torch.Tensor, kernels: Mapping[str, torch.Tensor]) -> tuple[list, dict]:
         """One photo's rows, and each kernel's high-frequency energy ratio on it."""
         source = wandb.Image(to_uint8(image), caption=image_name)
         rows, ratios = [], {}
@@ -267,8 +261,7 @@ def _boxes(boxes: torch.Tensor, classes: torch.Tensor | None, scores: torch.Tens
 
 def annotated_image(picture: str | np.ndarray, output: Mapping[str, torch.Tensor],
                     target: Mapping[str, torch.Tensor] | None = None, caption: str | None = None) -> wandb.Image:
-    """A picture (path or uint8 array) with torchvision-format predicted boxes (scores), ground-truth boxes and
-    predicted masks (those scoring >= 0.5) as W&B layers."""
+    """A picture (path or uint8 array) with torchvision-format boxes and masks (scoring >= 0.5) as W&B layers."""
     output = {k: v.detach().cpu() for k, v in output.items()}
     boxes = {"predictions": _boxes(output["boxes"], output.get("labels"), output["scores"])}
     if target is not None:
@@ -281,15 +274,13 @@ def annotated_image(picture: str | np.ndarray, output: Mapping[str, torch.Tensor
 
 
 class PictureCache(tempfile.TemporaryDirectory):
-    """Each picture written to PNG once, later references reuse the file. The folder goes with :meth:`remove`, or
-    else with the cache or the process (W&B copied what it logged)."""
+    """Each picture written to PNG once, later references reuse the file (W&B copies what it logged)."""
 
     def __init__(self) -> None:
         super().__init__(prefix="dlhw-pictures-")
         self.dir, self.paths = Path(self.name), {}
 
     def path(self, key: str, pixels: np.ndarray) -> str:
-        """The PNG file holding ``pixels``, written the first time ``key`` is asked for."""
         if key not in self.paths:
             self.paths[key] = str(self.dir / f"{len(self.paths):04d}.png")
             Image.fromarray(pixels).save(self.paths[key])
@@ -301,8 +292,6 @@ class PictureCache(tempfile.TemporaryDirectory):
 
 
 class _PicturePanel(Panel):
-    """A detection panel: its pictures are written once to a temporary folder that W&B reads them from."""
-
     axis = "detect/step"
 
     def __init__(self, **kw: Any) -> None:
@@ -354,7 +343,7 @@ class PhotoComparison(_PicturePanel):
 
     def payload(self, photo: np.ndarray, outputs: Mapping[str, Mapping[str, torch.Tensor]],
                 inference_ms: Mapping[str, float] | None = None, *, name: str = "photo") -> dict[str, Any]:
-        """The table; ``photo`` is (H, W, 3) uint8 and ``outputs`` maps a model's label to its detections."""
+        """``photo`` is (H, W, 3) uint8 and ``outputs`` maps a model's label to its detections."""
         path = self.cache.path(name, photo)
         data = [[r[0], annotated_image(path, r[1], caption=r[0]), *r[2:]] for r in self.rows(outputs, inference_ms)]
         return {self.key: wandb.Table(columns=PHOTO_COLUMNS, data=data)}

@@ -1,4 +1,4 @@
-"""The W&B logger, the one place where a training run talks to wandb, and the dataset artifact it trained on."""
+"""The W&B logger, where a training run talks to wandb, and the dataset artifact it trained on."""
 
 from __future__ import annotations
 
@@ -19,17 +19,14 @@ from dlhw.callbacks import DEFAULT_PROJECT
 from dlhw.core.events import Callback, EPOCH_AXIS, Loop, STEP_AXIS, is_rank_zero
 from dlhw.core.session import Stopped
 
-# How far back the journal of sent numbers reaches: W&B's service writes its file every 15 s, with room to spare.
-JOURNAL_SECONDS = 60.0
-# Online runs give up on an unreachable server after this long and fall back to offline.
-ONLINE_INIT_TIMEOUT_S = 30
+JOURNAL_SECONDS = 60.0  # W&B's service writes its file every 15 s: what a kill -9 can lose, with room to spare
+ONLINE_INIT_TIMEOUT_S = 30  # then offline
 
 
 def init_run(*, project: str | None, mode: str, out_dir: str | Path, config: Mapping[str, Any], name: str | None = None,
              group: str | None = None, job_type: str | None = None, tags: Sequence[str] = (),
              entity: str | None = None, run_id: str | None = None, resume: bool = False) -> Any:
-    """Start a run under ``out_dir/wandb``; an online start that fails is retried offline, said in one line.
-    ``WANDB_JOB_TYPE`` and ``WANDB_TAGS`` beat ``job_type`` and ``tags``, the suite's defaults."""
+    """Start a run under ``out_dir/wandb``; an online start that fails is retried offline, said in one line."""
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     # W&B stages uploads and caches artifacts under the home folder: keep them under --out unless the user says.
@@ -50,36 +47,34 @@ def init_run(*, project: str | None, mode: str, out_dir: str | Path, config: Map
 
 
 class WandbLogger(Callback):
-    """Starts a W&B run at fit start, logs every ``on_log`` and finishes the run with an exit code. ``monitor`` =
-    ``("val/acc", "max")`` keeps the best value in the summary, what sweeps sort on. Step metrics go out as each
-    ``log_every`` steps' mean (a ``run.log`` costs CPU that training needs). A failing W&B call warns once."""
+    """Starts a W&B run at fit start, logs every ``on_log`` (step metrics as each ``log_every`` steps' mean: a
+    ``run.log`` costs CPU) and finishes it with an exit code; ``monitor``'s best goes in the summary, for sweeps."""
 
     def __init__(self, *, project: str | None, mode: str, out_dir: str | Path, name: str | None = None,
                  group: str | None = None, job_type: str | None = None, tags: Sequence[str] = (),
                  monitor: tuple[str, str] | None = None, log_every: int = 10, entity: str | None = None) -> None:
         if log_every < 1:
             raise ValueError(f"log_every must be >= 1, got {log_every}")
-        # init_run's arguments; the trainer's config and name (the default job type) join at fit start.
+        # init_run's arguments; the trainer's config and name join at fit start.
         self._init: dict[str, Any] = dict(project=project, entity=entity, mode=mode, out_dir=Path(out_dir), name=name,
                                           group=group, job_type=job_type, tags=list(tags))
         self.monitor, self.log_every = monitor, log_every
         self.run: Any = None
-        self.run_dir: Path | None = None  # the local run folder, for `wandb sync` and `wandb leet inspect`
+        self.run_dir: Path | None = None  # for `wandb sync` and `wandb leet inspect`
         self._axis_of: dict[str, str] = {}
-        self._window: dict[str, list[Any]] = {}  # the open step window: each key's values
+        self._window: dict[str, list[Any]] = {}  # each key's values in the open step window
         self._window_step = 0
         self._last: dict[str, Any] = {}  # each key's last value: the summary's final value
         self._best: float | None = None
         self.run_id: str | None = None  # the run to continue, from a checkpoint
         self._resuming = False
         self._sent: dict[str, int] = {}  # each key's last axis value sent
-        # The numbers sent in the last JOURNAL_SECONDS (time, axis, value, metrics): a kill -9 loses what W&B had not
-        # written yet, so a checkpoint carries them to be sent again.
+        # (time, axis, value, metrics) sent in the last JOURNAL_SECONDS: a checkpoint carries them to be sent again.
         self._journal: deque[tuple[float, str, int, dict[str, float]]] = deque()
         self._replay: list[tuple] = []
         self._persisted: dict[str, int] | None = None
         self._failures = 0
-        # Checkpoint artifacts being hashed and copied on a thread, logged in order once built.
+        # Checkpoint artifacts are built on a thread, logged in order.
         self._builder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wandb-artifact")
         self._artifacts: list[tuple[Future, list[str]]] = []
 
@@ -170,7 +165,6 @@ class WandbLogger(Callback):
         self._send(metrics, axis, trainer.axis_value(axis))
 
     def _send(self, metrics: Mapping[str, Any], axis: str, value: int) -> None:
-        """``run.log`` the keys not yet sent at ``value`` or later on ``axis``."""
         fresh = {k: v for k, v in metrics.items() if self._sent.get(k, -1) < value}
         if fresh:
             self._sent.update((k, value) for k in fresh)
@@ -199,7 +193,6 @@ class WandbLogger(Callback):
         self._window_step = step
 
     def _flush(self) -> None:
-        """Send the open step window as one record at the last step it saw."""
         if not self._window:
             return
         record = {k: v[0] if len(v) == 1 else sum(v) / len(v) for k, v in self._window.items()}
@@ -278,9 +271,8 @@ def _is_number(value: Any) -> bool:
 
 
 class DatasetArtifact(Callback):
-    """At fit start, declares ``path`` (a file or folder) as the dataset artifact ``name``: ``file://`` references
-    with checksums, nothing uploaded. Online the run uses it (its models link to it in W&B's lineage); offline W&B
-    cannot mark it used, so the run logs it. Place it after the W&B logger."""
+    """At fit start, declares ``path`` (a file or folder) as the dataset artifact ``name``, as ``file://`` references:
+    used online (models link to it), logged offline (W&B cannot mark it used). Place it after the W&B logger."""
 
     reports_only = True
 

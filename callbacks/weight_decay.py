@@ -1,5 +1,5 @@
-"""The weight-decay probe: what decay does to the weights each step and whether the learning rate is stable for the
-loss surface, on any optimizer's step hooks (docs/plugins.md; the bounds in docs/theory.md)."""
+"""The weight-decay probe on any optimizer's step hooks: what decay does to the weights each step and whether the
+learning rate is stable for the loss surface (docs/plugins.md, docs/theory.md)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,7 @@ from dlhw.core.events import STEP_AXIS, Callback, Loop
 
 
 def stability_bound(*, optimizer: str, momentum: float, wd_mode: str, lr: float, weight_decay: float) -> float:
-    """The largest ``lr * (beta + lambda)`` for which heavy-ball SGD is stable on a quadratic of curvature beta:
-    2 (1 + mu), less mu*lr*lambda for decoupled decay. For Adam, which rescales each step, 2 is only a reference."""
+    """The largest stable ``lr * (beta + lambda)`` for heavy-ball SGD (docs/theory.md); for Adam only a reference."""
     if optimizer != "sgd":
         return 2.0
     bound = 2.0 * (1.0 + momentum)
@@ -34,38 +33,35 @@ def _dot(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
 
 
 def _power_iteration(grads: Sequence[torch.Tensor], params: Sequence[torch.Tensor], *, shift: float, iters: int,
-                     tol: float, seed: int) -> tuple[float, int]:
-    """Dominant eigenvalue of H - shift * I (largest magnitude), and the iterations it took."""
+                     tol: float, seed: int) -> float:
+    """Dominant eigenvalue of H - shift * I (largest magnitude)."""
     gen = torch.Generator(device="cpu").manual_seed(seed)
     v = [torch.randn(p.shape, generator=gen).to(p) for p in params]
     norm = _dot(v, v).sqrt()
     v = [x / norm for x in v]
     eig = 0.0
-    for i in range(1, iters + 1):
+    for i in range(iters):
         hv = torch.autograd.grad(grads, params, grad_outputs=v, retain_graph=True)
         hv = [h - shift * x for h, x in zip(hv, v)]
         new = float(_dot(hv, v))  # Rayleigh quotient with |v| = 1
         norm = _dot(hv, hv).sqrt()
         if norm == 0:
-            return 0.0, i
+            return 0.0
         v = [x.detach() / norm for x in hv]
-        if i > 1 and abs(new - eig) <= tol * max(abs(new), 1e-12):
-            return new, i
+        if i and abs(new - eig) <= tol * max(abs(new), 1e-12):
+            return new
         eig = new
-    return eig, iters
+    return eig
 
 
 def top_hessian_eigenvalue(loss_fn: Callable[[], torch.Tensor], params: Sequence[torch.Tensor], *, iters: int = 20,
-                           tol: float = 1e-3, seed: int = 0) -> tuple[float, int]:
-    """The largest Hessian eigenvalue of ``loss_fn()`` in ``params`` and the Hessian-vector products it took, by
-    power iteration on one gradient graph; a negative dominant one (a saddle) gets a second pass on ``H - mu * I``."""
+                           tol: float = 1e-3) -> float:
+    """The largest Hessian eigenvalue of ``loss_fn()`` in ``params``; a negative dominant one (a saddle) gets a second
+    pass on ``H - mu * I``."""
     params = [p for p in params if p.requires_grad]
     grads = torch.autograd.grad(loss_fn(), params, create_graph=True)
-    mu, used = _power_iteration(grads, params, shift=0.0, iters=iters, tol=tol, seed=seed)
-    if mu >= 0:
-        return mu, used
-    nu, more = _power_iteration(grads, params, shift=mu, iters=iters, tol=tol, seed=seed + 1)
-    return nu + mu, used + more
+    mu = _power_iteration(grads, params, shift=0.0, iters=iters, tol=tol, seed=0)
+    return mu if mu >= 0 else mu + _power_iteration(grads, params, shift=mu, iters=iters, tol=tol, seed=1)
 
 
 def _is_decoupled(optimizer: torch.optim.Optimizer, group: Mapping[str, Any]) -> bool:
@@ -73,8 +69,7 @@ def _is_decoupled(optimizer: torch.optim.Optimizer, group: Mapping[str, Any]) ->
 
 
 def theory(optimizer: torch.optim.Optimizer, group: Mapping[str, Any], l2: float = 0.0) -> tuple[float, str]:
-    """The per-step shrink decay should give ``group``'s weights, and its formula's name (NaN: Adam with coupled decay,
-    which its second moment rescales)."""
+    """The per-step shrink decay should give ``group``'s weights, and its formula's name (NaN: none known)."""
     lam = float(l2 or group.get("weight_decay", 0.0))
     lr = float(group["lr"])
     if _is_decoupled(optimizer, group):
@@ -89,9 +84,8 @@ def theory(optimizer: torch.optim.Optimizer, group: Mapping[str, Any], l2: float
 
 
 class WeightDecayProbe(Panel):
-    """Measures every ``optimizer.step()`` against a decay-free shadow optimizer with its own state and logs it
-    (docs/plugins.md). ``l2``: lambda of a penalty in the loss, on ``params`` (default: every weight of a decaying
-    group); ``prefix``: the keys' namespace and axis; ``every``: measure the factor on one step in ``every``."""
+    """Measures ``optimizer.step()`` against a decay-free shadow optimizer with its own state (docs/plugins.md);
+    ``params``: the decayed weights (default: every weight of a decaying group)."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, *, l2: float = 0.0,
                  params: Iterable[torch.Tensor] | None = None, prefix: str = "wd", every: int = 1, run: Any = None,
@@ -187,7 +181,7 @@ class WeightDecayProbe(Panel):
         self.send(metrics, step=self.steps)
 
     def merge(self, earlier: dict[str, Any], now: dict[str, Any]) -> dict[str, Any]:
-        """Several steps in one open row: the last norm and step, the mean of each per-step factor."""
+        """Several steps in one open row: the mean of each per-step factor, else the last value."""
         if not earlier:
             self._counts: dict[str, int] = {}
         merged = {**earlier, **now}
@@ -200,12 +194,11 @@ class WeightDecayProbe(Panel):
 
     def curvature(self, loss: Callable[[], torch.Tensor], params: Iterable[torch.Tensor] | None = None, *,
                   model: torch.nn.Module | None = None, iters: int = 10) -> dict[str, float]:
-        """Top Hessian eigenvalue of ``loss()`` (a fixed batch, no decay term) in ``params`` (default: the optimizer's),
-        the sharpness lr * (beta + lambda) and the stability bound at the first decayed group's lr and lambda, logged
-        and returned; with ``model``, :func:`untouched`."""
+        """Top Hessian eigenvalue of ``loss()`` (no decay term) in ``params`` (default: the optimizer's), the sharpness
+        and the stability bound at the first decayed group's lr and lambda, logged and returned."""
         params = list(params) if params is not None else [p for g in self.optimizer.param_groups for p in g["params"]]
         with untouched(model) if model is not None else contextlib.nullcontext():
-            beta, _ = top_hessian_eigenvalue(loss, params, iters=iters, tol=1e-2)
+            beta = top_hessian_eigenvalue(loss, params, iters=iters, tol=1e-2)
         group = self.groups[0][1]
         lr, lam = float(group["lr"]), float(self.l2 or group.get("weight_decay", 0.0))
         bound = stability_bound(optimizer="sgd" if isinstance(self.optimizer, torch.optim.SGD) else "adam",
@@ -217,15 +210,14 @@ class WeightDecayProbe(Panel):
         return metrics
 
     def remove(self) -> None:
-        """Detach from the optimizer."""
         for h in self._handles:
             h.remove()
         self._handles = []
 
 
 class DecayProbeCallback(Callback):
-    """The probe on the suite's classification trainer, against ``trainer/step``, and the curvature on its fixed batch
-    at the start, every ``hessian_every`` epochs (0: never) and at the end, in the summary too."""
+    """The probe on the classification trainer, and the curvature on its fixed batch at the start, every
+    ``hessian_every`` epochs (0: never) and at the end."""
 
     def __init__(self, *, hessian_every: int = 4, hessian_iters: int = 10, every: int = 1) -> None:
         self.hessian_every, self.hessian_iters, self.every = hessian_every, hessian_iters, every
@@ -237,7 +229,7 @@ class DecayProbeCallback(Callback):
                                       publish=lambda m: trainer.log(m, axis=STEP_AXIS))
         # A resumed fit counts on from its checkpoint, so "one step in every" picks the same steps.
         self.probe.steps = trainer.global_step
-        if trainer.weight_decay:  # which formula the theory column is, in one line
+        if trainer.weight_decay:
             _, formula = theory(trainer.optimizer, self.probe.groups[0][1], l2)
             print(f"wd/decay_factor_theory: {formula}", file=sys.stderr)
         if self.hessian_every and trainer.global_step == 0:  # the start of training, not of a resumed fit

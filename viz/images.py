@@ -1,5 +1,4 @@
-"""Kernels, learned filters, feature maps and the IoU slide as pictures: (C, H, W) float grids in [0, 1] and uint8
-arrays for ``wandb.Image`` or PNG files."""
+"""Kernels, learned filters, feature maps and the IoU slide as pictures: (C, H, W) floats in [0, 1], uint8 arrays."""
 
 from __future__ import annotations
 
@@ -27,15 +26,14 @@ def kernel_picture(k: torch.Tensor, cell: int = 24, cmap: str = "coolwarm") -> n
 
 
 def grid(tiles: torch.Tensor, ncols: int, pad: int) -> torch.Tensor:
-    """(N, C, h, w) tiles, each stretched to [0, 1] (a constant one is 0), in a grid with white gaps -> (C, H, W)."""
+    """(N, C, h, w) tiles, each stretched to [0, 1], in a grid with white gaps -> (C, H, W)."""
     from torchvision.utils import make_grid  # here: importing torchvision costs a plugin user seconds at start-up
 
     return make_grid(tiles, nrow=ncols, padding=pad, normalize=True, scale_each=True, pad_value=1.0)[: tiles.shape[1]]
 
 
 def upscale(image: torch.Tensor, min_side: int) -> torch.Tensor:
-    """Enlarge a (C, H, W) picture by a whole factor (nearest neighbour: pixels stay sharp) until its shorter side
-    is at least ``min_side``."""
+    """Enlarge a (C, H, W) picture by a whole factor (pixels stay sharp) until its shorter side is ``min_side``+."""
     factor = math.ceil(min_side / min(image.shape[-2:]))
     if factor <= 1:
         return image
@@ -43,16 +41,14 @@ def upscale(image: torch.Tensor, min_side: int) -> torch.Tensor:
 
 
 def filter_grid(weight: torch.Tensor, cell: int = 24) -> torch.Tensor:
-    """Filters (out, in, k, k) as one grid, each enlarged to ``cell`` pixels and stretched to [0, 1]: a colour patch
-    per filter with three input channels, else a grey tile per input channel."""
+    """Filters (out, in, k, k) as one grid of ``cell``-pixel tiles: in colour with three input channels, else grey."""
     w = weight.detach().float().cpu()
     tiles = w if w.shape[1] == 3 else w.reshape(-1, 1, *w.shape[-2:])
     return grid(torch.stack([upscale(t, cell) for t in tiles]), ncols=math.ceil(math.sqrt(len(tiles))), pad=2)
 
 
 def feature_map_grid(fmap: torch.Tensor, max_maps: int = 16, min_side: int = 96) -> torch.Tensor:
-    """The first ``max_maps`` channels of one image's activations (C, h, w) as a grey grid, each stretched to [0, 1]
-    on its own and enlarged so the grid is at least ``min_side``."""
+    """The first ``max_maps`` channels of one image's activations (C, h, w) as a grey grid of ``min_side``+ pixels."""
     tiles = fmap[:max_maps].detach().float().cpu().unsqueeze(1)
     ncols = math.ceil(math.sqrt(len(tiles)))
     per_tile = max(1, math.ceil(min_side / (ncols * tiles.shape[-1])))
@@ -65,8 +61,8 @@ MEASURES = {"iou": "IoU", "giou": "GIoU", "diou": "DIoU"}
 def slide_figure(x: np.ndarray, values: Mapping[str, np.ndarray], grads: Mapping[str, np.ndarray],
                  kinks: Sequence[float], *, dpi: int = 100) -> np.ndarray:
     """Each measure's value (top) and d/dx (bottom) over the slide position ``x``, kinks dotted, shaded where
-    dIoU/dx is exactly 0 (1 - IoU gives an optimiser nothing to follow)."""
-    # A bare Figure on the Agg canvas: no pyplot state, no window, nothing to close.
+    dIoU/dx is exactly 0."""
+    # A bare Figure on the Agg canvas: no pyplot state, nothing to close.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

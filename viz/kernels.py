@@ -1,5 +1,5 @@
-"""Applying 3x3 kernels (the filters experiment's, in :mod:`trainers.filters`) and measuring their response along
-each direction: the axis along which a filter compares neighbours (``horizontal``: intensity changing along x)."""
+"""Applying the filters experiment's 3x3 kernels and measuring their response along each direction (``horizontal``:
+intensity changing along x)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,8 @@ DIRECTIONS = {"horizontal": (0, 1), "vertical": (1, 0), "diagonal": (-1, 1), "an
 
 
 def apply_kernel(image: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """Filter a (C, H, W) float image with a 3x3 kernel, each channel on its own, the edge pixels replicated: same
-    size out, and a kernel summing to 1 keeps a constant image. The experiment's kernels are point-symmetric, so
-    ``conv2d``'s cross-correlation is their convolution."""
+    """Filter a (C, H, W) image with a 3x3 kernel per channel, edges replicated (same size out). The kernels are
+    point-symmetric, so ``conv2d``'s cross-correlation is their convolution."""
     c = image.shape[0]
     return F.conv2d(F.pad(image.unsqueeze(0), (1, 1, 1, 1), mode="replicate"), k.to(image).expand(c, 1, 3, 3),
                     groups=c)[0]
