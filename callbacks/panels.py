@@ -96,11 +96,10 @@ def untouched(model: nn.Module) -> Iterator[nn.Module]:
 def named_layers(model: nn.Module, layers: Any, *, what: str) -> dict[str, nn.Module]:
     """``layers`` (a name, a module, a list of either, a mapping; ``None``: every ``Conv2d``) as name -> module."""
     if layers is None:
-        found = {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
-        if not found:
-            raise ValueError(f"{what}: {type(model).__name__} has no Conv2d layer to show; "
-                             f"pass a conv model or layers=")
-        return found
+        layers = {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+        if not layers:
+            raise ValueError(f"{what}: {type(model).__name__} has no Conv2d layer to show; pass a conv model or "
+                             f"layers=")
     if isinstance(layers, Mapping):
         return dict(layers)
     by_name = dict(model.named_modules())

@@ -32,7 +32,7 @@ def fmt(value: Any) -> str:
 
 
 def console_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> Table:
-    """A rich table, the first column left and the others right-aligned, values through :func:`fmt`, None as n/a."""
+    """A rich table, the first column left-aligned, values through :func:`fmt`, None as n/a."""
     table = Table(columns[0], *(Column(c, justify="right") for c in columns[1:]), title=title)
     for row in rows:
         table.add_row(*("n/a" if v is None else fmt(v) for v in row))
@@ -44,8 +44,8 @@ def _metrics(items: Any) -> str:
 
 
 class ProgressBar(Callback):
-    """One bar per epoch with ETA and the latest step metrics; each epoch's metrics printed as it ends. The bar redraws
-    in rich's own thread, only on a terminal, and gets its steps and metrics a few times a second, not every step."""
+    """One bar per epoch with ETA and the latest step metrics, handed to it a few times a second; each epoch's
+    metrics printed as it ends."""
 
     def __init__(self, console: Console | None = None) -> None:
         self.console = console or Console(stderr=True)
@@ -82,9 +82,8 @@ class ProgressBar(Callback):
         self._steps, self._shown = 0, time.monotonic()
 
     def on_log(self, trainer: Loop, metrics: Mapping[str, Any], axis: str) -> None:
-        if self._progress is None or axis == EPOCH_AXIS:
-            return
-        self._live.update(metrics)  # numbers picked out when the bar gets its steps
+        if self._progress is not None and axis != EPOCH_AXIS:
+            self._live.update(metrics)  # numbers picked out when the bar gets its steps
 
     def on_epoch_end(self, trainer: Loop, epoch: int, metrics: Mapping[str, float]) -> None:
         if self._progress is not None:
