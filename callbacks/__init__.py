@@ -8,8 +8,7 @@ from collections.abc import Sequence
 
 from dlhw.core.events import Callback
 
-# The project a run goes to when neither --project nor WANDB_PROJECT names one.
-DEFAULT_PROJECT = "dlhw"
+DEFAULT_PROJECT = "dlhw"  # when neither --project nor WANDB_PROJECT names one
 
 
 def standard_callbacks(args: argparse.Namespace, *, job_type: str, monitor: tuple[str, str] | None = None,

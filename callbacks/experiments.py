@@ -63,10 +63,10 @@ class _CachedPictures(Callback):
     panel: DetectionTable | PhotoComparison
 
     def on_fit_end(self, trainer: Loop) -> None:
-        self.panel.cache.remove()
+        self.panel.cache.cleanup()
 
     def on_exception(self, trainer: Loop, exception: BaseException) -> None:
-        self.panel.cache.remove()
+        self.panel.cache.cleanup()
 
 
 class PredictionTable(_CachedPictures):

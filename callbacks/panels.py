@@ -273,7 +273,7 @@ def annotated_image(picture: str | np.ndarray, output: Mapping[str, torch.Tensor
 
 
 class PictureCache(tempfile.TemporaryDirectory):
-    """Each picture written to PNG once, later references reuse the file (W&B copies what it logged)."""
+    """Each picture written to PNG once, later references reuse the file; ``cleanup()`` when W&B copied them."""
 
     def __init__(self) -> None:
         super().__init__(prefix="dlhw-pictures-")
@@ -284,10 +284,6 @@ class PictureCache(tempfile.TemporaryDirectory):
             self.paths[key] = str(self.dir / f"{len(self.paths):04d}.png")
             Image.fromarray(pixels).save(self.paths[key])
         return self.paths[key]
-
-    def remove(self) -> None:
-        self.cleanup()
-        self.paths.clear()
 
 
 class _PicturePanel(Panel):

@@ -160,8 +160,8 @@ def test_filter_detection_and_photo_panels_reach_the_run(tmp_path):
         photo = PhotoComparison()
         photo.log((image.permute(1, 2, 0) * 255).byte().numpy(), {"a": output, "b": {**output, "scores": torch.tensor([0.8, 0.75])}},
                   {"a": 12.0, "b": 30.0})
-        table.cache.remove()
-        photo.cache.remove()
+        table.cache.cleanup()
+        photo.cache.cleanup()
     run_dir = next((tmp_path / "wandb").glob("offline-run-*"))
     outputs = logged_table(run_dir, "filters/outputs")
     assert outputs["columns"][:3] == ["image", "input", "filter"] and outputs["data"][0][2] == "box"
