@@ -118,7 +118,6 @@ def save_lines(series: Mapping[str, Sequence[tuple[float, float]]], title: str, 
 
 def plot_metric(records: Sequence[RunRecord], keys: Sequence[str], metric: str, goal: str,
                 path: str | Path) -> Path | None:
-    """Write the PNG of :func:`plot_series` to ``path``; None (and no file) when there is nothing to plot."""
     layout = plot_series(records, keys, metric, goal)
     if layout is None:
         return None

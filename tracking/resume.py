@@ -21,8 +21,6 @@ from dlhw.trainers.engine import Engine, check_resumable, read_checkpoint
 
 @dataclass
 class Resume:
-    """A checkpoint to continue from: its path and what it holds."""
-
     path: Path
     state: dict[str, Any]
 
@@ -78,13 +76,9 @@ def sent_before(wandb_dir: str | Path, run_id: str) -> dict[str, int]:
             print(f"warning: {exc}", file=sys.stderr)
             continue
         for item in items:
-            axis = STEP_AXIS if STEP_AXIS in item else EPOCH_AXIS if EPOCH_AXIS in item else None
-            if axis is None:
-                continue
-            value = int(item[axis])
-            for key in item:
-                if key != axis and not key.startswith("_"):
-                    sent[key] = max(sent.get(key, value), value)
+            axis = next((a for a in (STEP_AXIS, EPOCH_AXIS) if a in item), None)
+            for key in (k for k in item if axis and k != axis and not k.startswith("_")):
+                sent[key] = max(sent.get(key, 0), int(item[axis]))
     return sent
 
 

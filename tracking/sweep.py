@@ -105,7 +105,7 @@ def load_config(path: str | Path, pinned: list[str] = ()) -> dict[str, Any]:
 
 
 def _started_at(pid: int | None) -> int | None:
-    """Process ``pid``'s start time (clock ticks since boot); None when it is gone or a zombie."""
+    # clock ticks since boot; None when the process is gone or a zombie
     try:
         stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
@@ -177,7 +177,6 @@ class Sweep:
     @classmethod
     def create(cls, config: dict[str, Any], *, out: str | Path, source: str, count: int | None,
                sweep_id: str | None = None, seed: int = 0) -> Sweep:
-        """A new, empty sweep in ``out/sweeps/NAME-ID``."""
         try:
             agent_command.split_sweep_path(sweep_id) if sweep_id else None
         except ValueError as exc:
