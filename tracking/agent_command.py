@@ -11,12 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from wandb import env as wandb_env
-from wandb.sdk.launch.sweeps.utils import (
-    DEFAULT_SWEEP_COMMAND,
-    create_sweep_command,
-    create_sweep_command_args,
-    parse_sweep_id,
-)
+from wandb.sdk.launch.sweeps.utils import (DEFAULT_SWEEP_COMMAND, create_sweep_command, create_sweep_command_args,
+                                           parse_sweep_id)
 from wandb.sdk.lib.config_util import save_config_file_from_dict
 
 
@@ -70,9 +66,7 @@ def trial_environment(base: Mapping[str, str], *, run_id: str, params: Mapping[s
     env[wandb_env.SWEEP_PARAM_PATH] = str(param_file)
     if sweep_id:
         entity, project, env[wandb_env.SWEEP_ID] = split_sweep_path(sweep_id)
-        for var, value in ((wandb_env.ENTITY, entity), (wandb_env.PROJECT, project)):
-            if value:
-                env[var] = value
+        env.update({var: v for var, v in ((wandb_env.ENTITY, entity), (wandb_env.PROJECT, project)) if v})
     else:
         env.pop(wandb_env.SWEEP_ID, None)
     return env

@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 import yaml
-from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 from wandb import env as wandb_env
@@ -386,10 +385,9 @@ def trials_table(sweep: Sweep) -> Table:
 
 
 def run_sweep(*, yaml_path: str | None, resume: str | None, out: str, count: int | None, jobs: int,
-              params: list[str], sweep_id: str | None, seed: int, wandb_mode: str | None,
-              console: Console | None = None) -> int:
+              params: list[str], sweep_id: str | None, seed: int, wandb_mode: str | None) -> int:
     """``launch.py sweep``: start or resume a sweep, show it live, then ranked with the best trial's command."""
-    console = console or report_console(stderr=True)
+    console = report_console(stderr=True)
     say = partial(console.print, highlight=False, soft_wrap=True)
     for flag, value in (("--jobs", jobs), ("--count", count)):
         if value is not None and value < 1:
