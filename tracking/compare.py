@@ -44,8 +44,7 @@ def sweep_runs(sweep_dir: str | Path) -> tuple[list[RunRecord], Any]:
                     name=t.run_id, state=t.state, params=t.values) for t in trials], sweep
 
 
-def cloud_runs(project: str, *, mode: str, group: str | None = None,
-               sweep: str | None = None) -> tuple[list[RunRecord], dict[str, Any]]:
+def cloud_runs(project: str, *, mode: str, group: str | None, sweep: str | None) -> tuple[list[RunRecord], dict]:
     """Runs of ENTITY/PROJECT (or of its sweep ``sweep``, with that sweep's metric) from the W&B server."""
     if mode != "online":
         raise UsageError("--project reads runs from the W&B cloud, which needs `wandb login` and a network; "
