@@ -1,5 +1,4 @@
-"""``launch.py compare``: runs best first, from local run folders, a sweep or the W&B cloud, and a PNG of the metric
-against the swept parameters."""
+"""``launch.py compare``: runs best first (local folders, a sweep or the W&B cloud) and a PNG of the metric."""
 
 from __future__ import annotations
 

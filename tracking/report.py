@@ -1,5 +1,4 @@
-"""One self-contained HTML page of the homework's answers, read from local W&B runs: plots draw logged numbers,
-pictures are data URIs, so the page can be mailed."""
+"""One self-contained HTML page of the homework's answers from local W&B runs: pictures inline, so it can be mailed."""
 
 from __future__ import annotations
 

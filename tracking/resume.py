@@ -1,5 +1,4 @@
-"""Continuing a training command: the checkpoint ``--resume`` means, what earlier processes sent to W&B, and the
-line that tells a stopped run how to continue."""
+"""Continuing a training command: the checkpoint ``--resume`` means, what W&B already has, the line to continue."""
 
 from __future__ import annotations
 
@@ -84,8 +83,7 @@ def sent_before(wandb_dir: str | Path, run_id: str) -> dict[str, int]:
 
 def fit_from(trainer: Engine, resume: Resume | None, wandb_dir: str | Path,
              may_differ: tuple[str, ...]) -> Mapping[str, Any]:
-    """Fit ``trainer``, continuing ``resume`` (its settings may differ only in ``may_differ``) without logging
-    again what earlier processes of its W&B run logged; a stop prints the line that continues the run."""
+    """Fit ``trainer`` from ``resume`` (settings may differ in ``may_differ``), not logging again what its run has."""
     from dlhw.callbacks.wandb_logger import WandbLogger
 
     if resume is not None:
