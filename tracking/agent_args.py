@@ -9,6 +9,7 @@ import json
 import netrc
 import os
 import sys
+from contextlib import suppress
 from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import urlparse
@@ -128,8 +129,10 @@ def initials(flag: str, known: list[str]) -> list[str]:
 def _value_follows(action: argparse.Action, following: str) -> bool:
     if isinstance(action, argparse.BooleanOptionalAction):
         return following.lower() in TRUE_WORDS + FALSE_WORDS
-    if action.nargs is None and _is_negative_number(following):
-        return True  # argparse takes -1e-4 for a flag and reports the value as missing
+    if action.nargs is None and following.startswith("-"):
+        with suppress(ValueError):
+            float(following)
+            return True  # argparse takes -1e-4 for a flag and reports the value as missing
     return _is_list(following) and (action.nargs not in (None, "?") or isinstance(action, argparse._AppendAction))
 
 
@@ -139,14 +142,6 @@ def _switch_token(action: argparse.Action, flag: str, value: str) -> str:
     if word in TRUE_WORDS + FALSE_WORDS:
         return on if word in TRUE_WORDS else "--no-" + on[2:]
     raise UsageError(f"{flag} takes true or false (or {on} / --no-{on[2:]}), got {value!r}")
-
-
-def _is_negative_number(token: str) -> bool:
-    try:
-        float(token)
-    except ValueError:
-        return False
-    return token.startswith("-")
 
 
 def _is_list(value: str) -> bool:

@@ -1,5 +1,4 @@
-"""``launch.py compare``: runs best first, from local run folders, a sweep or the W&B cloud, and a PNG of the metric
-against the swept parameters."""
+"""``launch.py compare``: runs best first (local folders, a sweep or the W&B cloud) and a PNG of the metric."""
 
 from __future__ import annotations
 
@@ -44,8 +43,7 @@ def sweep_runs(sweep_dir: str | Path) -> tuple[list[RunRecord], Any]:
                     name=t.run_id, state=t.state, params=t.values) for t in trials], sweep
 
 
-def cloud_runs(project: str, *, mode: str, group: str | None = None,
-               sweep: str | None = None) -> tuple[list[RunRecord], dict[str, Any]]:
+def cloud_runs(project: str, *, mode: str, group: str | None, sweep: str | None) -> tuple[list[RunRecord], dict]:
     """Runs of ENTITY/PROJECT (or of its sweep ``sweep``, with that sweep's metric) from the W&B server."""
     if mode != "online":
         raise UsageError("--project reads runs from the W&B cloud, which needs `wandb login` and a network; "
@@ -118,7 +116,6 @@ def save_lines(series: Mapping[str, Sequence[tuple[float, float]]], title: str, 
 
 def plot_metric(records: Sequence[RunRecord], keys: Sequence[str], metric: str, goal: str,
                 path: str | Path) -> Path | None:
-    """Write the PNG of :func:`plot_series` to ``path``; None (and no file) when there is nothing to plot."""
     layout = plot_series(records, keys, metric, goal)
     if layout is None:
         return None

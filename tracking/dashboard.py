@@ -210,16 +210,15 @@ def check(specs: Sequence[Path], logged: dict[str, tuple[set[str], set[str]]], o
     commands = {e[0]: e[1] for e in EXPERIMENTS}
     problems, checked = [], 0
     for path in specs:
-        file = path.name
         for name, runs, panels in _views(path):
             command = commands.get(name)
             if command not in logged:  # an unknown view, or an experiment without a local run
-                raise UsageError(f"{file}: no local run under {out} to check the view '{name}' against; make one "
+                raise UsageError(f"{path.name}: no local run under {out} to check the view '{name}' against; make one "
                                  f"with `python launch.py {command or 'COMMAND'} --out {out}`")
             known = dict(zip(("config", "metric"), logged[command]))
             keys = keys_named(panels, runs)
             checked += len(keys)
-            problems += [f"{file} ({name}) names {kind} key '{key}' that no {command} run under {out} logged"
+            problems += [f"{path.name} ({name}) names {kind} key '{key}' that no {command} run under {out} logged"
                          f"{suggest(key, known[kind])}" for kind, key in dict.fromkeys(keys) if key not in known[kind]]
     if problems:
         raise UsageError("; ".join(problems))

@@ -52,7 +52,6 @@ def history(run_dir: str | Path) -> list[dict[str, Any]]:
 
 
 def logged_table(run_dir: str | Path, key: str) -> dict[str, Any] | None:
-    """The last table logged under ``key`` (see :meth:`RunRecord.table`)."""
     return _read_local(Path(run_dir)).table(key)
 
 
@@ -70,8 +69,6 @@ def visible(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 @dataclass
 class RunRecord:
-    """One run as compare, report and dashboard see it."""
-
     name: str
     state: str
     config: dict[str, Any]
@@ -91,7 +88,6 @@ class RunRecord:
 
     @cached_property
     def log(self) -> list[dict[str, Any]]:
-        """A local run's records, read once (a subprocess); none when they cannot be read."""
         try:
             return records(self.source)
         except RuntimeError:
@@ -116,7 +112,6 @@ class RunRecord:
 
 
 def find_run_dirs(paths: Iterable[str | Path]) -> list[Path]:
-    """The run folders in or below ``paths``."""
     found: list[Path] = []
     for p in map(Path, paths):
         if not p.exists():
@@ -139,6 +134,5 @@ def _read_local(run_dir: Path) -> RunRecord:
 
 
 def local_runs(run_dirs: Sequence[Path]) -> list[RunRecord]:
-    """Read each run back (a few at a time: each is a subprocess)."""
-    with ThreadPoolExecutor(max_workers=4) as pool:
+    with ThreadPoolExecutor(max_workers=4) as pool:  # each read is a subprocess
         return list(pool.map(_read_local, run_dirs))

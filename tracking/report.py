@@ -1,5 +1,4 @@
-"""One self-contained HTML page of the homework's answers, read from local W&B runs: plots draw logged numbers,
-pictures are data URIs, so the page can be mailed."""
+"""One self-contained HTML page of the homework's answers from local W&B runs: pictures inline, so it can be mailed."""
 
 from __future__ import annotations
 
@@ -139,8 +138,7 @@ def section_filters(runs: list[RunRecord]) -> str:
             for name, spacing in SHARPENER_SPACING.items() for d, s in spacing.items()]
     return "".join([
         f"<p>Run {_esc(run.name)}: <code>check/passed</code> = {_esc(fmt(run.value('check/passed')))}.</p>",
-        table_html(run, "filters/outputs"),
-        table_html(run, "filters/checks"),
+        table_html(run, "filters/outputs"), table_html(run, "filters/checks"),
         html_table(["filter", "grating direction", "theory 3 - 2cos(2πs/4)", "measured gain"], rows,
                    "sharpener gains at a 4-pixel period: theory beside measurement"),
     ])
@@ -202,8 +200,7 @@ def section_alexnet(runs: list[RunRecord]) -> str:
 
 
 def section_detect(runs: list[RunRecord]) -> str:
-    # `detect` leaves one run per option (the APs) and one for the photo (verdict and boxes); str():
-    # older runs logged the option as a number.
+    # `detect` leaves one run per option (the APs) and one for the photo (verdict and boxes).
     options = [r for r in runs if str(r.config.get("option")) in ("1", "2")]
     photo = [r for r in runs if r.table("detect/photo") is not None]
     ap = sorted({k for r in options for k in r.summary if k.endswith("AP") or "AP50" in k})
@@ -228,8 +225,7 @@ SECTIONS: list[tuple[str, str, Callable[[list[RunRecord]], str], str]] = [
     ("detect", "Detection: option 1 vs option 2 on the photo", section_detect, "python launch.py detect"),
 ]
 
-# Pictures that fail to decode (a truncated file, a page cut short in transit) are counted on load
-# and named at the top of the page, and the count is left on <html data-broken-images>.
+# Pictures that fail to decode are named at the top of the page and counted on <html data-broken-images>.
 CHECK_IMAGES = """window.addEventListener("load",function(){var bad=0;
 document.querySelectorAll("img").forEach(function(i){if(!i.complete||i.naturalWidth===0)bad++;});
 document.documentElement.dataset.brokenImages=String(bad);

@@ -1,5 +1,4 @@
-"""Continuing a training command: the checkpoint ``--resume`` means, what earlier processes sent to W&B, and the
-line that tells a stopped run how to continue."""
+"""Continuing a training command: the checkpoint ``--resume`` means, what W&B already has, the line to continue."""
 
 from __future__ import annotations
 
@@ -21,8 +20,6 @@ from dlhw.trainers.engine import Engine, check_resumable, read_checkpoint
 
 @dataclass
 class Resume:
-    """A checkpoint to continue from: its path and what it holds."""
-
     path: Path
     state: dict[str, Any]
 
@@ -78,20 +75,15 @@ def sent_before(wandb_dir: str | Path, run_id: str) -> dict[str, int]:
             print(f"warning: {exc}", file=sys.stderr)
             continue
         for item in items:
-            axis = STEP_AXIS if STEP_AXIS in item else EPOCH_AXIS if EPOCH_AXIS in item else None
-            if axis is None:
-                continue
-            value = int(item[axis])
-            for key in item:
-                if key != axis and not key.startswith("_"):
-                    sent[key] = max(sent.get(key, value), value)
+            axis = next((a for a in (STEP_AXIS, EPOCH_AXIS) if a in item), None)
+            for key in (k for k in item if axis and k != axis and not k.startswith("_")):
+                sent[key] = max(sent.get(key, 0), int(item[axis]))
     return sent
 
 
 def fit_from(trainer: Engine, resume: Resume | None, wandb_dir: str | Path,
              may_differ: tuple[str, ...]) -> Mapping[str, Any]:
-    """Fit ``trainer``, continuing ``resume`` (its settings may differ only in ``may_differ``) without logging
-    again what earlier processes of its W&B run logged; a stop prints the line that continues the run."""
+    """Fit ``trainer`` from ``resume`` (settings may differ in ``may_differ``), not logging again what its run has."""
     from dlhw.callbacks.wandb_logger import WandbLogger
 
     if resume is not None:

@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 import yaml
-from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 from wandb import env as wandb_env
@@ -105,7 +104,7 @@ def load_config(path: str | Path, pinned: list[str] = ()) -> dict[str, Any]:
 
 
 def _started_at(pid: int | None) -> int | None:
-    """Process ``pid``'s start time (clock ticks since boot); None when it is gone or a zombie."""
+    # clock ticks since boot; None when the process is gone or a zombie
     try:
         stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
@@ -177,7 +176,6 @@ class Sweep:
     @classmethod
     def create(cls, config: dict[str, Any], *, out: str | Path, source: str, count: int | None,
                sweep_id: str | None = None, seed: int = 0) -> Sweep:
-        """A new, empty sweep in ``out/sweeps/NAME-ID``."""
         try:
             agent_command.split_sweep_path(sweep_id) if sweep_id else None
         except ValueError as exc:
@@ -387,10 +385,9 @@ def trials_table(sweep: Sweep) -> Table:
 
 
 def run_sweep(*, yaml_path: str | None, resume: str | None, out: str, count: int | None, jobs: int,
-              params: list[str], sweep_id: str | None, seed: int, wandb_mode: str | None,
-              console: Console | None = None) -> int:
+              params: list[str], sweep_id: str | None, seed: int, wandb_mode: str | None) -> int:
     """``launch.py sweep``: start or resume a sweep, show it live, then ranked with the best trial's command."""
-    console = console or report_console(stderr=True)
+    console = report_console(stderr=True)
     say = partial(console.print, highlight=False, soft_wrap=True)
     for flag, value in (("--jobs", jobs), ("--count", count)):
         if value is not None and value < 1:
