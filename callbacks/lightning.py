@@ -86,12 +86,13 @@ class ConfusionMatrixCallback(pl.Callback):
 
 
 class WeightDecayCallback(pl.Callback):
-    """A probe on every optimizer that decays, and their curvature (cross-entropy) on ``curvature_batch`` ``(x, y)``
+    """A probe on every optimizer that decays, and their curvature (of ``loss_fn``) on ``curvature_batch`` ``(x, y)``
     after every training epoch when it is given."""
 
-    def __init__(self, *, curvature_batch: tuple[torch.Tensor, torch.Tensor] | None = None, prefix: str = "wd",
+    def __init__(self, *, curvature_batch: tuple[torch.Tensor, torch.Tensor] | None = None,
+                 loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy, prefix: str = "wd",
                  **probe: Any) -> None:
-        self.curvature_batch, self.prefix, self.options = curvature_batch, prefix, probe
+        self.curvature_batch, self.loss_fn, self.prefix, self.options = curvature_batch, loss_fn, prefix, probe
         self.probes: list[WeightDecayProbe] = []
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -106,7 +107,7 @@ class WeightDecayCallback(pl.Callback):
         if self.curvature_batch is not None:
             x, y = (t.to(pl_module.device) for t in self.curvature_batch)
             for probe in self.probes:
-                probe.curvature(lambda: F.cross_entropy(pl_module(x), y), pl_module.parameters(), model=pl_module)
+                probe.curvature(lambda: self.loss_fn(pl_module(x), y), pl_module.parameters(), model=pl_module)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         for probe in self.probes:
