@@ -40,11 +40,9 @@ class Dist:
 
     @property
     def distributed(self) -> bool:
-        """True when there is more than one process."""
         return self.world_size > 1
 
     def barrier(self) -> None:
-        """Wait until every rank gets here."""
         if self.distributed:
             torch_dist.barrier()
 
@@ -88,7 +86,6 @@ class Dist:
             return False
 
     def shutdown(self) -> None:
-        """Destroy the process group if :func:`init_distributed` created it and restore the SIGTERM handler."""
         if self._owns_group and torch_dist.is_initialized():
             torch_dist.destroy_process_group()
             self._owns_group = False
@@ -123,8 +120,7 @@ def init_distributed(device: str | torch.device = "cpu") -> Dist:
 
 
 def wrap_ddp(model: nn.Module, dist: Dist, **kwargs: Any) -> nn.Module:
-    """``model`` inside DistributedDataParallel (``kwargs`` go to it), or itself in a world of one. Keep the unwrapped
-    module for state dicts, hooks and checkpoints; train through the returned one."""
+    """``model`` in DistributedDataParallel, or itself in a world of one; train through this, save the unwrapped."""
     if not dist.distributed:
         return model
     if dist.device.type == "cuda":

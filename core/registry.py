@@ -17,14 +17,13 @@ class Registry(Generic[T]):
         self.kind = kind
         self._entries: dict[str, Callable[..., T]] = {}
 
-    def register(self, name: str | None = None) -> Callable[[Callable[..., T]], Callable[..., T]]:
-        """Decorator that registers a factory under ``name`` (default: its ``__name__``)."""
+    def register(self, name: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
+        """Decorator that registers a factory under ``name``."""
 
         def wrap(fn: Callable[..., T]) -> Callable[..., T]:
-            key = name or fn.__name__
-            if key in self._entries:
-                raise ValueError(f"{self.kind} {key!r} is registered twice")
-            self._entries[key] = fn
+            if name in self._entries:
+                raise ValueError(f"{self.kind} {name!r} is registered twice")
+            self._entries[name] = fn
             return fn
 
         return wrap
@@ -38,11 +37,9 @@ class Registry(Generic[T]):
                              f"choose one of: {', '.join(sorted(self._entries))}") from None
 
     def create(self, name: str, /, *args: Any, **kwargs: Any) -> T:
-        """Build the entry registered as ``name``."""
         return self.get(name)(*args, **kwargs)
 
     def names(self) -> list[str]:
-        """All registered names, sorted."""
         return sorted(self._entries)
 
     def __contains__(self, name: object) -> bool:
