@@ -17,13 +17,14 @@ class Registry(Generic[T]):
         self.kind = kind
         self._entries: dict[str, Callable[..., T]] = {}
 
-    def register(self, name: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
-        """Decorator that registers a factory under ``name``."""
+    def register(self, name: str | None = None) -> Callable[[Callable[..., T]], Callable[..., T]]:
+        """Decorator that registers a factory under ``name`` (default: its ``__name__``)."""
 
         def wrap(fn: Callable[..., T]) -> Callable[..., T]:
-            if name in self._entries:
-                raise ValueError(f"{self.kind} {name!r} is registered twice")
-            self._entries[name] = fn
+            key = name or fn.__name__
+            if key in self._entries:
+                raise ValueError(f"{self.kind} {key!r} is registered twice")
+            self._entries[key] = fn
             return fn
 
         return wrap
