@@ -138,29 +138,24 @@ def cmd_alexnet(args: argparse.Namespace) -> int:
 
 
 def alexnet_job(args: argparse.Namespace, dist: Any) -> int:
+    from dlhw.callbacks.experiments import FeatureMapTable, FilterGrid, TestConfusionMatrix
     from dlhw.callbacks.weight_decay import DecayProbeCallback
     from dlhw.trainers.classification import build_trainer, resolve_args
     from dlhw.trainers.datasets import dataset_path
     from dlhw.tracking.resume import fit_from, resolve_resume
 
     settings, notes = resolve_args(args)
-    if dist.is_main:
-        for line in notes:
-            print(line, file=sys.stderr)
+    if dist.is_main and notes:
+        print(*notes, sep="\n", file=sys.stderr)
     # Every rank reads the same last.pt (rank 0 wrote it): all of them continue from one state.
     resume = resolve_resume(args.resume, args.out, "alexnet-*/last.pt")
     ckpt_dir = resume.path.parent if resume is not None else Path(args.out) / "checkpoints" / job_stamp(dist, "alexnet")
-
-    def panels() -> list:
-        from dlhw.callbacks.experiments import FeatureMapTable, FilterGrid, TestConfusionMatrix
-
-        maps = [FeatureMapTable(settings.viz_images)] if settings.viz_images else []
-        return [FilterGrid(), TestConfusionMatrix(), *maps]
-
     # The probe runs on every rank: the others would otherwise wait for rank 0's at the next all-reduce.
     probe = DecayProbeCallback(hessian_every=settings.hessian_every, hessian_iters=settings.hessian_iters,
                                every=settings.decay_every)
-    callbacks = fit_callbacks(args, dist, ckpt_dir, "val/acc", probe, job_type="alexnet", panels=panels,
+    maps = [FeatureMapTable(settings.viz_images)] if settings.viz_images else []
+    callbacks = fit_callbacks(args, dist, ckpt_dir, "val/acc", probe, job_type="alexnet",
+                              panels=lambda: [FilterGrid(), TestConfusionMatrix(), *maps],
                               dataset=(settings.dataset, dataset_path(settings.dataset, Path(settings.data))),
                               tags=[settings.recipe, settings.variant, settings.wd_mode])
     fit_from(build_trainer(settings, callbacks, dist), resume, args.wandb_dir, ALEXNET_RESUME_CHANGES)
@@ -189,8 +184,7 @@ def detect_job(args: argparse.Namespace, dist: Any) -> int:
     # The photo is rank 0's alone: it runs both models on it once training is over.
     photo = None if plan.settings.skip_photo or not dist.is_main else load_photo(plan.settings.image)
     resume = resolve_resume(args.resume, args.out, "*/option*/last.pt")
-    # The three runs share a group and name stem: flags, then W&B's variables, then our own; a
-    # resumed command keeps the group its checkpoints are filed under.
+    # The three runs share a group and name stem; a resumed command keeps the group its checkpoints are filed under.
     args.group = (resume.path.parent.parent.name if resume is not None else
                   args.group or os.environ.get("WANDB_RUN_GROUP") or job_stamp(dist, "detect"))
 
