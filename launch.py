@@ -11,6 +11,7 @@ import dataclasses
 import os
 import random
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,6 @@ def global_options(*, suppress: bool) -> argparse.ArgumentParser:
 
 
 def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (all devices)."""
     import numpy as np
     import torch
 
@@ -50,13 +50,11 @@ def seed_everything(seed: int) -> None:
 
 
 def resolve_locations(args: argparse.Namespace) -> None:
-    """``--out`` (or ``$DLHW_OUT``, else ``./runs``) for files, and for W&B runs ``$WANDB_DIR`` when set without
-    either; both checked before any work, so that one that cannot be written is a usage error, not a crash."""
+    """``--out`` (else ``./runs``) and W&B's folder, checked first: an unwritable one is a usage error, not a crash."""
     from dlhw.core.files import writable_folder
 
-    explicit = args.out
-    args.out = explicit or "runs"
-    args.wandb_dir = explicit or os.environ.get("WANDB_DIR") or args.out
+    args.wandb_dir = args.out or os.environ.get("WANDB_DIR") or "runs"
+    args.out = args.out or "runs"
     writable_folder(args.out, "--out")
     if args.wandb_dir != args.out:
         writable_folder(args.wandb_dir, "$WANDB_DIR")
@@ -87,16 +85,14 @@ def cmd_iou(args: argparse.Namespace) -> int:
 
 # -- training: on every rank of a torchrun job, resumable ----------------------------------------
 
-# Settings a resume may change: more epochs, and where or how fast it runs (for detect: what it shows);
-# anything else would make the continued run a different experiment.
+# What a resume may change: anything else would make the continued run a different experiment.
 ALEXNET_RESUME_CHANGES = ("epochs", "device", "compile", "data", "download")
 DETECT_RESUME_CHANGES = ("epochs", "device", "workers", "eval_batch_size", "data", "data_root", "image", "skip_photo",
                          "viz_images")
 
 
 def on_every_rank(args: argparse.Namespace, device: str, job: Callable[[argparse.Namespace, Any], int]) -> int:
-    """``job(args, dist)`` as this process's part of a torchrun job (or as the only process). The job's first
-    failure goes on up to :func:`main`; its echoes on the other ranks end quietly with exit code 1."""
+    """``job(args, dist)`` on this rank; the job's first failure goes up to :func:`main`, its echoes exit 1 quietly."""
     from dlhw.core.distributed import init_distributed
 
     dist = init_distributed(device)
@@ -114,17 +110,14 @@ def on_every_rank(args: argparse.Namespace, device: str, job: Callable[[argparse
 
 
 def job_stamp(dist: Any, prefix: str) -> str:
-    """``PREFIX-YYYYmmdd-HHMMSS-PID`` of rank 0, the same on every rank: names the job's folders."""
-    import time
-
+    """``PREFIX-YYYYmmdd-HHMMSS-PID`` of rank 0 on every rank: names the job's folders."""
     return dist.all_gather_object(f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")[0]
 
 
 def fit_callbacks(args: argparse.Namespace, dist: Any, ckpt_dir: Path, metric: str, *probes: Any, job_type: str,
                   dataset: tuple[str, Path], panels: Callable[[], list], tags: Sequence[str] = (),
                   upload_last: bool = False) -> list:
-    """The W&B logger and console reports, ``probes`` (on every rank), the checkpoint kept by ``metric``, and on
-    rank 0 with W&B the data set's lineage and ``panels()``."""
+    """Logger, reports, ``probes``, checkpoints; with W&B on rank 0 also the data's lineage and ``panels()``."""
     from dlhw.callbacks import standard_callbacks
     from dlhw.callbacks.checkpoint import Checkpoint
 
@@ -145,29 +138,24 @@ def cmd_alexnet(args: argparse.Namespace) -> int:
 
 
 def alexnet_job(args: argparse.Namespace, dist: Any) -> int:
+    from dlhw.callbacks.experiments import FeatureMapTable, FilterGrid, TestConfusionMatrix
     from dlhw.callbacks.weight_decay import DecayProbeCallback
     from dlhw.trainers.classification import build_trainer, resolve_args
     from dlhw.trainers.datasets import dataset_path
     from dlhw.tracking.resume import fit_from, resolve_resume
 
     settings, notes = resolve_args(args)
-    if dist.is_main:
-        for line in notes:
-            print(line, file=sys.stderr)
+    if dist.is_main and notes:
+        print(*notes, sep="\n", file=sys.stderr)
     # Every rank reads the same last.pt (rank 0 wrote it): all of them continue from one state.
     resume = resolve_resume(args.resume, args.out, "alexnet-*/last.pt")
     ckpt_dir = resume.path.parent if resume is not None else Path(args.out) / "checkpoints" / job_stamp(dist, "alexnet")
-
-    def panels() -> list:
-        from dlhw.callbacks.experiments import FeatureMapTable, FilterGrid, TestConfusionMatrix
-
-        maps = [FeatureMapTable(settings.viz_images)] if settings.viz_images else []
-        return [FilterGrid(), TestConfusionMatrix(), *maps]
-
     # The probe runs on every rank: the others would otherwise wait for rank 0's at the next all-reduce.
     probe = DecayProbeCallback(hessian_every=settings.hessian_every, hessian_iters=settings.hessian_iters,
                                every=settings.decay_every)
-    callbacks = fit_callbacks(args, dist, ckpt_dir, "val/acc", probe, job_type="alexnet", panels=panels,
+    maps = [FeatureMapTable(settings.viz_images)] if settings.viz_images else []
+    callbacks = fit_callbacks(args, dist, ckpt_dir, "val/acc", probe, job_type="alexnet",
+                              panels=lambda: [FilterGrid(), TestConfusionMatrix(), *maps],
                               dataset=(settings.dataset, dataset_path(settings.dataset, Path(settings.data))),
                               tags=[settings.recipe, settings.variant, settings.wd_mode])
     fit_from(build_trainer(settings, callbacks, dist), resume, args.wandb_dir, ALEXNET_RESUME_CHANGES)
@@ -196,8 +184,7 @@ def detect_job(args: argparse.Namespace, dist: Any) -> int:
     # The photo is rank 0's alone: it runs both models on it once training is over.
     photo = None if plan.settings.skip_photo or not dist.is_main else load_photo(plan.settings.image)
     resume = resolve_resume(args.resume, args.out, "*/option*/last.pt")
-    # The three runs share a group and name stem: flags, then W&B's variables, then our own; a
-    # resumed command keeps the group its checkpoints are filed under.
+    # The three runs share a group and name stem; a resumed command keeps the group its checkpoints are filed under.
     args.group = (resume.path.parent.parent.name if resume is not None else
                   args.group or os.environ.get("WANDB_RUN_GROUP") or job_stamp(dist, "detect"))
 
@@ -264,8 +251,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
                          report=args.report, group=args.group, sweep=args.sweep, specs=args.check)
 
 
-# Each experiment's settings, imported only when its name is on the command line (torch and torchvision
-# imports take seconds, and an AlexNet run needs no torchvision at all).
+# Each experiment's settings, imported only when its name is on the command line: torch imports take seconds.
 EXPERIMENTS = {"filters": ("dlhw.trainers.filters", "FiltersSettings"), "iou": ("dlhw.trainers.iou", "IoUSetup"),
                "alexnet": ("dlhw.trainers.classification", "AlexNetSettings"),
                "detect": ("dlhw.trainers.detection.trainer", "DetectSettings")}
@@ -359,8 +345,8 @@ def get_args_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParse
 
 
 def main(argv: Sequence[str] | None = None, *, exit_by_signal: bool = False) -> int:
-    """Parse ``argv``, run the subcommand and return its exit code (2 for errors the user can fix). A clean stop
-    by SIGINT or SIGTERM returns 128 + the signal, or with ``exit_by_signal`` ends the process as killed by it."""
+    """Run the command in ``argv``; its exit code, 2 for usage errors, 128 + signal for a stop (or, with
+    ``exit_by_signal``, the process ends as killed by it)."""
     from dlhw.core.errors import UsageError
     from dlhw.core.events import is_rank_zero
     from dlhw.core.session import Stopped, end_by_signal
@@ -375,12 +361,9 @@ def main(argv: Sequence[str] | None = None, *, exit_by_signal: bool = False) -> 
             print(f"W&B mode: {args.wandb_mode} ({why})", file=sys.stderr)
         seed_everything(args.seed)
         return args.func(args)
-    except UsageError as exc:
+    except (UsageError, FloatingPointError) as exc:  # a diverged run (FloatingPointError) already failed in W&B
         print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except FloatingPointError as exc:  # a diverged run: already finished in W&B as failed
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(exc, UsageError) else 1
     except Stopped as stop:
         if exit_by_signal:
             end_by_signal(stop.signum)

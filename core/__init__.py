@@ -1,2 +1,1 @@
-"""What every layer of the suite uses: events and their axes, the run's lifecycle (a session),
-the user-error type, registries, atomic files. It imports nothing else from the suite."""
+"""What every layer uses: events, a run's lifecycle, the user-error type, registries, atomic files; imports nothing."""

@@ -31,7 +31,6 @@ class Dist:
     backend: str | None = None
     _store: Any = field(default=None, repr=False)
     _previous_sigterm: Any = field(default=None, repr=False)
-    _owns_group: bool = field(default=False, repr=False)
 
     @property
     def is_main(self) -> bool:
@@ -40,11 +39,9 @@ class Dist:
 
     @property
     def distributed(self) -> bool:
-        """True when there is more than one process."""
         return self.world_size > 1
 
     def barrier(self) -> None:
-        """Wait until every rank gets here."""
         if self.distributed:
             torch_dist.barrier()
 
@@ -88,10 +85,8 @@ class Dist:
             return False
 
     def shutdown(self) -> None:
-        """Destroy the process group if :func:`init_distributed` created it and restore the SIGTERM handler."""
-        if self._owns_group and torch_dist.is_initialized():
+        if self.distributed and torch_dist.is_initialized():
             torch_dist.destroy_process_group()
-            self._owns_group = False
         if self._previous_sigterm is not None:
             signal.signal(signal.SIGTERM, self._previous_sigterm)
             self._previous_sigterm = None
@@ -110,21 +105,16 @@ def init_distributed(device: str | torch.device = "cpu") -> Dist:
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     backend = "nccl" if device.type == "cuda" else "gloo"
-    owns_group = not torch_dist.is_initialized()
-    if owns_group:
-        torch_dist.init_process_group(backend, rank=rank, world_size=world)
-    else:  # made by someone else (Lightning, a user's script): use it as it is
-        backend = str(torch_dist.get_backend())
+    torch_dist.init_process_group(backend, rank=rank, world_size=world)
     store = torch_dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
                                 timeout=timedelta(seconds=10), wait_for_workers=False)
     previous = signal.signal(signal.SIGTERM, _terminated)
     return Dist(rank=rank, world_size=world, local_rank=local_rank, device=device, backend=backend,
-                _store=store, _previous_sigterm=previous, _owns_group=owns_group)
+                _store=store, _previous_sigterm=previous)
 
 
 def wrap_ddp(model: nn.Module, dist: Dist, **kwargs: Any) -> nn.Module:
-    """``model`` inside DistributedDataParallel (``kwargs`` go to it), or itself in a world of one. Keep the unwrapped
-    module for state dicts, hooks and checkpoints; train through the returned one."""
+    """``model`` in DistributedDataParallel, or itself in a world of one; train through this, save the unwrapped."""
     if not dist.distributed:
         return model
     if dist.device.type == "cuda":

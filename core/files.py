@@ -50,8 +50,7 @@ def writable_folder(path: str | os.PathLike[str], flag: str) -> None:
 def snapshot(obj: Any) -> Any:
     """A copy of ``obj`` that training cannot change: tensors as detached CPU copies, other leaves deep-copied."""
     if isinstance(obj, torch.Tensor):
-        t = obj.detach()
-        return t.to("cpu", copy=True) if t.device.type != "cpu" else t.clone()
+        return obj.detach().to("cpu", copy=True)
     if isinstance(obj, (str, int, float, type(None))):  # immutable: nothing to copy
         return obj
     if isinstance(obj, dict):

@@ -38,11 +38,9 @@ class Registry(Generic[T]):
                              f"choose one of: {', '.join(sorted(self._entries))}") from None
 
     def create(self, name: str, /, *args: Any, **kwargs: Any) -> T:
-        """Build the entry registered as ``name``."""
         return self.get(name)(*args, **kwargs)
 
     def names(self) -> list[str]:
-        """All registered names, sorted."""
         return sorted(self._entries)
 
     def __contains__(self, name: object) -> bool:

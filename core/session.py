@@ -1,5 +1,4 @@
-"""A run's lifecycle as the callbacks see it: an experiment that trains nothing (filters, the IoU slide, the photo)
-is a plain function over a :class:`Session`, and ``trainers.engine.Engine`` is a session with a training loop."""
+"""A run's lifecycle as the callbacks see it; ``trainers.engine.Engine`` is a session with a training loop."""
 
 from __future__ import annotations
 
@@ -92,7 +91,6 @@ class Session:
         return self.epoch + 1 if axis == EPOCH_AXIS else self.global_step
 
     def step_end(self, batch_idx: int, outputs: Mapping[str, Any]) -> None:
-        """Count one step and fire ``on_batch_end``."""
         self.global_step += 1
         self.batch_in_epoch += 1
         self.fire("on_batch_end", batch_idx=batch_idx, outputs=outputs)
@@ -141,7 +139,6 @@ class Session:
             self.fire("on_test_end", metrics=metrics)
 
     def find_callback(self, kind: type) -> Any:
-        """The first callback that is an instance of ``kind``, or None."""
         return next((cb for cb in self.callbacks if isinstance(cb, kind)), None)
 
     @contextmanager
