@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from dlhw.callbacks import DEFAULT_PROJECT
-from dlhw.tracking.agent_args import OUT_ENV, RESUME_ENV, AgentParser as Parser
+from dlhw.tracking.cli import OUT_ENV, RESUME_ENV, AgentParser as Parser
 
 
 def global_options(*, suppress: bool) -> argparse.ArgumentParser:
@@ -350,7 +350,7 @@ def main(argv: Sequence[str] | None = None, *, exit_by_signal: bool = False) -> 
     from dlhw.core.errors import UsageError
     from dlhw.core.events import is_rank_zero
     from dlhw.core.session import Stopped, end_by_signal
-    from dlhw.tracking.agent_args import resolve_mode
+    from dlhw.tracking.cli import resolve_mode
 
     try:
         argv = sys.argv[1:] if argv is None else list(argv)

@@ -12,7 +12,7 @@ from typing import Any
 
 from dlhw.core.errors import UsageError, suggest
 from dlhw.core.files import atomic_file
-from dlhw.tracking.agent_args import api_key_configured
+from dlhw.tracking.cli import api_key_configured
 from dlhw.tracking.readback import RunRecord, find_run_dirs, local_runs, of_type
 
 THEORY = Path(__file__).resolve().parents[1] / "docs" / "theory.md"

@@ -30,7 +30,7 @@ from dlhw.core.errors import UsageError
 from dlhw.core.files import atomic_file
 from dlhw.core.session import METRIC_ENV, METRIC_FILE_ENV
 from dlhw.tracking import agent_command
-from dlhw.tracking.agent_args import OUT_ENV, RESUME_ENV
+from dlhw.tracking.cli import OUT_ENV, RESUME_ENV
 from dlhw.tracking.compare import rank
 
 with warnings.catch_warnings():

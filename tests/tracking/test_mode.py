@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from dlhw.tracking.agent_args import api_key_configured, resolve_mode
+from dlhw.tracking.cli import api_key_configured, resolve_mode
 
 
 def test_flag_wins(monkeypatch):

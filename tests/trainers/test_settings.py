@@ -9,7 +9,7 @@ import pytest
 
 from dlhw.core.errors import UsageError
 from dlhw.trainers.settings import add_arguments, make, setting, settings, values
-from dlhw.tracking.agent_args import AgentParser
+from dlhw.tracking.cli import AgentParser
 
 
 @settings
