@@ -58,3 +58,10 @@ def artifacts(run_dir: Path) -> list[dict]:
     return [{"name": a.get("name"), "type": a.get("type"), "aliases": a.get("aliases", []),
              "metadata": json.loads(a.get("metadata") or "{}"), "files": [e["path"] for e in a["manifest"]["contents"]]}
             for a in (r["artifact"] for r in records(run_dir) if r.get("type") == "artifact")]
+
+
+def logged_table(run_dir: Path, key: str) -> dict | None:
+    """The last table a run logged under ``key``, as compare and report read it."""
+    from dlhw.tracking.readback import local_runs
+
+    return local_runs([Path(run_dir)])[0].table(key)

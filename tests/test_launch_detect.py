@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from dlhw.tracking.readback import history, logged_table, run_summary
-from tests.conftest import artifacts
+from dlhw.tracking.readback import history, run_summary
+from tests.conftest import artifacts, logged_table
 from dlhw.trainers.detection.dataset import generate_pennfudan
 
 # A small timm backbone for option 2: the tutorial's MobileNetV2 head alone is 64M parameters.

@@ -51,10 +51,6 @@ def history(run_dir: str | Path) -> list[dict[str, Any]]:
     return [h["item"] for h in of_type(records(run_dir), "history")]
 
 
-def logged_table(run_dir: str | Path, key: str) -> dict[str, Any] | None:
-    return _read_local(Path(run_dir)).table(key)
-
-
 def visible(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """``{"a": {"b": 1}}`` as ``{"a.b": 1}`` (a ``define_metric`` summary stays whole), W&B's ``_`` keys left out."""
     out: dict[str, Any] = {}

@@ -146,7 +146,7 @@ def test_panels_log_against_their_own_axis_and_never_go_back(tmp_path):
 
 
 def test_filter_detection_and_photo_panels_reach_the_run(tmp_path):
-    from dlhw.tracking.readback import logged_table
+    from tests.conftest import logged_table
 
     image = torch.rand(3, 12, 16)
     target = {"boxes": torch.tensor([[1.0, 2.0, 9.0, 10.0]]), "labels": torch.tensor([1]), "image_id": torch.tensor(7)}

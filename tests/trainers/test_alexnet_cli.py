@@ -12,9 +12,9 @@ import torch
 import yaml
 
 from launch import main
-from tests.conftest import ROOT, artifacts, only_run_dir
+from tests.conftest import ROOT, artifacts, logged_table, only_run_dir
 from tests.trainers.standins import write_cifar10, write_fashion_mnist
-from dlhw.tracking.readback import history, logged_table, run_summary
+from dlhw.tracking.readback import history, run_summary
 
 
 def _errors(text: str) -> list[str]:
