@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from launch import get_args_parser, main
-from tests.conftest import only_run_dir
-from dlhw.tracking.readback import logged_table, run_summary
+from tests.conftest import logged_table, only_run_dir
+from dlhw.tracking.readback import run_summary
 
 
 def _run(cmd, *args, env=None):

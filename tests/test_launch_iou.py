@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from launch import main
-from tests.conftest import only_run_dir
-from dlhw.tracking.readback import history, logged_table, run_summary
+from tests.conftest import logged_table, only_run_dir
+from dlhw.tracking.readback import history, run_summary
 
 
 @pytest.mark.slow

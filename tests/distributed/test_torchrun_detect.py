@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT, only_run_dir
-from dlhw.tracking.readback import logged_table, run_summary
+from tests.conftest import ROOT, logged_table, only_run_dir
+from dlhw.tracking.readback import run_summary
 from dlhw.trainers.detection.dataset import generate_pennfudan
 
 # 5 training images (3 steps per rank at batch 1, the last one padded), 3 held out (2 and 1 per rank).
