@@ -9,6 +9,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# One torch thread per process: pytest-xdist runs a worker per core and many tests start training processes of
+# their own, so torch's default of a thread per core has them spin against each other (about a fifth of the
+# suite's CPU time). Set before torch is imported here; the processes tests start inherit it.
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 

@@ -45,7 +45,7 @@ COMPARED = ("val/loss", "best/val/acc", "test/loss", "test/acc")
 def _env(**extra: str) -> dict[str, str]:
     # Its own W&B service, as from a shell (one inherited from this process would outlive the run).
     base = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
-    return {**base, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **extra}
+    return {**base, "PYTHONPATH": str(ROOT), **extra}
 
 
 def torchrun(args: list[str], out: Path, *, timeout: float = 240, **env: str) -> subprocess.CompletedProcess:

@@ -23,7 +23,7 @@ def torchrun(program: str, args: list[str], **env: str) -> subprocess.CompletedP
     """``torchrun --standalone --nproc_per_node 2 PROGRAM detect ARGS``, with its own W&B service."""
     base = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           program, "detect", *args], env={**base, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **env},
+                           program, "detect", *args], env={**base, "PYTHONPATH": str(ROOT), **env},
                           capture_output=True, text=True, timeout=300)
 
 

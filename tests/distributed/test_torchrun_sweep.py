@@ -46,7 +46,7 @@ def test_torchrun_starts_two_ranks_that_each_see_the_parameters(tmp_path):
     program = str(ROOT / "tests" / "distributed" / "sweep_trial.py")
     argv = trial_command(config["command"], program=program, params=params, args_json_file=tmp_path / "args.json",
                          python=sys.executable)
-    env = trial_environment({**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "DLHW_OUT": str(tmp_path)},
+    env = trial_environment({**os.environ, "PYTHONPATH": str(ROOT), "DLHW_OUT": str(tmp_path)},
                             run_id="trial1", params=params, param_file=tmp_path / "params.yaml")
     proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -65,7 +65,7 @@ def test_a_trial_runs_the_real_launch_py_alexnet_as_one_two_process_wandb_run(tm
     # Tiny on top of the trial's own flags (later flags win): 2 steps per epoch, no probe or pictures.
     argv += ["--device", "cpu", "--device-data", "on", "--limit-batches", "2", "--hessian-every", "0",
              "--viz-images", "0"]
-    env = trial_environment({**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "DLHW_OUT": str(tmp_path)},
+    env = trial_environment({**os.environ, "PYTHONPATH": str(ROOT), "DLHW_OUT": str(tmp_path)},
                             run_id="trial1", params=params, param_file=tmp_path / "params.yaml")
     proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

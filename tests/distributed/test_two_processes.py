@@ -30,7 +30,7 @@ BOUND_S = 120
 
 def torchrun(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     """``torchrun --standalone --nproc_per_node 2 worker.py ARGS``, with the checkout importable."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                            WORKER, *args], env=env, capture_output=True, text=True, timeout=timeout)
 

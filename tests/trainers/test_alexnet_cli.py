@@ -96,7 +96,9 @@ def test_digits_run_read_back(digits_run):
     rows = history(digits_run)
     factors = [r["wd/decay_factor"] for r in rows if "wd/decay_factor" in r]
     assert factors and all(f == pytest.approx(1 - 1e-3 * 5e-4, abs=1e-6) for f in factors)
-    assert all(r["wd/decay_factor_theory"] == 1 - 1e-3 * 5e-4 for r in rows if "wd/decay_factor_theory" in r)
+    # Pooled over the groups weighted by their squared norms: one group gives its own value, to rounding.
+    assert all(r["wd/decay_factor_theory"] == pytest.approx(1 - 1e-3 * 5e-4, rel=1e-12)
+               for r in rows if "wd/decay_factor_theory" in r)
     assert [r["epoch"] for r in rows if "val/acc" in r] == [1]
     # conv1's 64 learned 3x3 filters as one picture.
     assert s["viz/conv1_filters"]["_type"] == "image-file" and s["viz/conv1_filters"]["width"] > 64
