@@ -1,41 +1,84 @@
-"""`launch.py detect` as a user runs it: both options trained one epoch on tiny generated images,
-COCO AP from pycocotools, prediction tables and the photo table read back from the offline runs."""
+"""`launch.py detect` as a user runs it, with a stop: both options on tiny generated images, stopped
+(SIGTERM) once option 2 has its first checkpoint, then resumed with ``--resume auto``. One launch pair
+serves two checks: what the runs logged (COCO AP from pycocotools, prediction tables, model artifacts,
+the photo table), and that the resume trains option 1 no more and continues option 2's W&B run."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from dlhw.tracking.readback import history, run_summary
-from tests.conftest import artifacts, logged_table
+from tests.conftest import ROOT, SHARED_DATA, artifacts, logged_table
 from dlhw.trainers.detection.dataset import generate_pennfudan
 
+pytestmark = pytest.mark.slow
+
 # A small timm backbone for option 2: the tutorial's MobileNetV2 head alone is 64M parameters.
-TINY = ["--backbone", "timm/mobilenetv3_small_100", "--levels", "1", "--epochs", "1", "--min-size", "64", "--max-size", "96", "--holdout", "3", "--train-eval-images", "2",
-        "--images-per-epoch", "0", "--viz-images", "2", "--weights", "none"]
+# 4 training images at batch 2: 2 steps per epoch.
+TINY = ["--backbone", "timm/mobilenetv3_small_100", "--levels", "1", "--epochs", "2", "--min-size", "64",
+        "--max-size", "96", "--holdout", "3", "--train-eval-images", "2", "--images-per-epoch", "0", "--viz-images", "2",
+        "--weights", "none"]
 
 
-def _run(cmd, *args):
-    return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=600)
+def _start(args: list[str], out: Path, log: Path) -> subprocess.Popen:
+    # Its own W&B service, as from a shell: one inherited from this process would outlive the stop.
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
+    with log.open("w") as stdout:
+        return subprocess.Popen([sys.executable, str(ROOT / "launch.py"), "detect", *args, "--out", str(out)],
+                                env={**env, "PYTHONPATH": str(ROOT)}, stdout=stdout, stderr=subprocess.PIPE, text=True)
 
 
-@pytest.mark.slow
-def test_detect_end_to_end_offline(launch_cmd, tmp_path, shared_data):
-    data = generate_pennfudan(tmp_path / "data", n=7, seed=1, size=(60, 80))
-    out = tmp_path / "out"
-    bus = shared_data / "images" / "bus.jpg"
-    proc = _run(launch_cmd, "detect", "--data", str(data), "--image", str(bus), "--out", str(out), *TINY)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "profile cpu: epochs=1" in proc.stdout and "4 train, 3 held out" in proc.stdout
+@pytest.fixture(scope="module")
+def detect(tmp_path_factory):
+    """The stopped and the resumed launch: ``(out, printed, option 1's files after the stop)``."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data is not present")
+    tmp = tmp_path_factory.mktemp("detect")
+    data = generate_pennfudan(tmp / "data", n=7, seed=1, size=(60, 80))
+    args = ["--data", str(data), "--image", str(SHARED_DATA / "images" / "bus.jpg"), *TINY]
+    out = tmp / "out"
+    proc = _start(args, out, tmp / "first.log")
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and not list((out / "checkpoints").glob("detect-*/option2/last.pt")):
+        assert time.monotonic() < deadline, "option 2 wrote no checkpoint"
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == -signal.SIGTERM, err[-2000:]
+    (option1,) = (out / "checkpoints").glob("detect-*/option1")
+    stopped = {p.name: p.stat().st_mtime_ns for p in option1.iterdir()}
+
+    proc = _start([*args, "--resume", "auto"], out, tmp / "second.log")
+    _, err2 = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err2[-2000:]
+    printed = (tmp / "first.log").read_text() + err + (tmp / "second.log").read_text() + err2
+    return out, printed, option1, stopped
+
+
+def _runs(out: Path) -> dict[str, list[Path]]:
+    """The run folders of option1, option2 (its two parts, in order) and the photo run."""
+    runs: dict[str, list[Path]] = {}
+    for d in sorted((out / "wandb").glob("offline-run-*")):
+        option = run_summary(d)["config"]["option"]
+        runs.setdefault(f"option{option}" if option in ("1", "2") else "photo", []).append(d)
+    return runs
+
+
+def test_detect_logs_both_options_and_the_photo(detect):
+    out, printed, _, _ = detect
+    assert "profile cpu: epochs=2" in printed and "4 train, 3 held out" in printed
     # The option runs record their option number; the photo run records the command's "--option both".
-    configs = {d: run_summary(d)["config"] for d in (out / "wandb").glob("offline-run-*")}
-    runs = {f"option{c['option']}" if c["option"] in ("1", "2") else "photo": d for d, c in configs.items()}
+    runs = _runs(out)
     assert sorted(runs) == ["option1", "option2", "photo"]
-
     for option in ("option1", "option2"):
-        info = run_summary(runs[option])
+        info = run_summary(runs[option][-1])
         assert info["state"] == "finished" and info["config"]["data_source"] == "penn-fudan"
         assert info["config"]["start_weights"] == "random" and info["config"]["clip_grad"] == 10.0
         assert info["config"]["min_size"] == 64
@@ -44,21 +87,40 @@ def test_detect_end_to_end_offline(launch_cmd, tmp_path, shared_data):
         for key in ("train/bbox_AP", "val/bbox_AP50", "val/bbox_AR100"):
             assert 0.0 <= summary[key] <= 1.0
         assert ("val/segm_AP" in summary) == (option == "option1")
-        (model,) = [a for a in artifacts(runs[option]) if a["type"] == "model"]
-        assert {"best", "last"} <= set(model["aliases"])  # one epoch: the best checkpoint is also the last
-        steps = [r for r in history(runs[option]) if "train/loss" in r]
-        assert len(steps) == 2 and {"train/lr", "train/loss_objectness", "train/loss_rpn_box_reg"} <= set(steps[0])
-        table = logged_table(runs[option], "detect/predictions")
+        aliases = {a for part in runs[option] for m in artifacts(part) if m["type"] == "model" for a in m["aliases"]}
+        assert {"best", "last"} <= aliases
+        steps = [r for part in runs[option] for r in history(part) if "train/loss" in r]
+        assert len(steps) == 4 and {"train/lr", "train/loss_objectness", "train/loss_rpn_box_reg"} <= set(steps[0])
+        table = logged_table(runs[option][-1], "detect/predictions")
         assert table["columns"][:3] == ["epoch", "image_id", "image"] and len(table["data"]) == 2
         cell = table["data"][0][2]
         assert Path(cell["local_path"]).is_file() and set(cell["boxes"]) == {"ground_truth", "predictions"}
         assert ("masks" in cell) == (option == "option1")
 
-    photo = logged_table(runs["photo"], "detect/photo")
+    (photo_run,) = runs["photo"]
+    photo = logged_table(photo_run, "detect/photo")
     assert photo["columns"] == ["model", "photo", "people@0.5", "people@0.7", "mean_score", "inference_ms"]
-    assert [r[0] for r in photo["data"]] == ["option 1: maskrcnn_resnet50_fpn", "option 2: fasterrcnn_timm_mobilenetv3_small_100"]
+    assert [r[0] for r in photo["data"]] == ["option 1: maskrcnn_resnet50_fpn",
+                                             "option 2: fasterrcnn_timm_mobilenetv3_small_100"]
     assert all(r[2] >= r[3] >= 0 and r[5] > 0 for r in photo["data"])
     assert (photo["data"][0][1]["width"], photo["data"][0][1]["height"]) == (810, 1080)
-    verdict = logged_table(runs["photo"], "detect/verdict")
+    verdict = logged_table(photo_run, "detect/verdict")
     assert verdict["data"][1][3] is None and isinstance(verdict["data"][0][3], float)
-    assert "both models on bus" in proc.stdout and "verdict: option 1 vs option 2" in proc.stdout
+    assert "both models on bus" in printed and "verdict: option 1 vs option 2" in printed
+
+
+def test_a_stop_in_option_2_resumes_it_in_its_run_and_leaves_option_1_alone(detect):
+    out, printed, option1, stopped = detect
+    assert "continue with: " in printed and "--resume " in printed
+    assert "finished.pt" in stopped
+    assert "option 1: finished in" in printed and "not trained again" in printed
+    assert {p.name: p.stat().st_mtime_ns for p in option1.iterdir()} == stopped  # option 1 was not rewritten
+    assert list((out / "checkpoints").glob("detect-*/option2/finished.pt"))
+    # Option 2 went on in the same W&B run: every step once, its epochs in order, a clean end.
+    parts = _runs(out)["option2"]
+    assert len(parts) == 2 and len({p.name.rsplit("-", 1)[1] for p in parts}) == 1, parts
+    steps = [int(r["trainer/step"]) for part in parts for r in history(part) if "train/loss" in r]
+    assert steps == [0, 1, 2, 3]  # 4 training images, batch 2, 2 epochs
+    epochs = [int(r["epoch"]) for part in parts for r in history(part) if "val/bbox_AP" in r]
+    assert epochs == [1, 2]
+    assert run_summary(parts[-1])["exit_code"] == 0
