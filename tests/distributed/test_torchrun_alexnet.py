@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from launch import main
 from tests.conftest import ROOT, only_run_dir
 from dlhw.tracking.readback import run_summary
 
@@ -124,7 +125,7 @@ RANDOM_TWO = ["alexnet", "--device", "cpu", "--device-data", "off", "--hessian-e
               "--epochs", "2", "--limit-batches", "4", "--seed", "3", "--batch-size", "8"]
 
 
-def test_a_stop_heard_by_one_rank_stops_both_and_the_resume_restores_every_ranks_random_state(tmp_path):
+def test_a_stop_heard_by_one_rank_stops_both_and_the_resume_restores_every_ranks_random_state(tmp_path, capsys):
     whole = torchrun(RANDOM_TWO, tmp_path / "whole")
     assert whole.returncode == 0, whole.stderr[-3000:]
     out = tmp_path / "out"
@@ -134,10 +135,10 @@ def test_a_stop_heard_by_one_rank_stops_both_and_the_resume_restores_every_ranks
     assert "continue with: torchrun --standalone --nproc_per_node 2 launch.py" in stopped.stderr, stopped.stderr[-3000:]
     (checkpoint,) = out.glob("checkpoints/*/last.pt")
 
-    # The checkpoint belongs to a job of two processes: one process refuses it in one line.
-    refused = single([*RANDOM_TWO, "--resume", str(checkpoint)], tmp_path / "other")
-    assert refused.returncode == 2
-    assert refused.stderr.strip().splitlines()[-1] == (
+    # The checkpoint belongs to a job of two processes: one process refuses it in one line (here, in this one:
+    # the refusal comes before any training or W&B run).
+    assert main([*RANDOM_TWO, "--resume", str(checkpoint), "--out", str(tmp_path / "other")]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
         f"error: checkpoint {checkpoint} was written by a job of 2 process(es), this one has 1; resume it with as "
         f"many (torchrun --nproc_per_node), or start afresh without --resume")
 
