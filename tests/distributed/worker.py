@@ -2,9 +2,9 @@
 
 ``python worker.py blocks OUT``: every building block on tiny data; each rank writes what it saw
 to ``OUT/rank<R>.json`` for the test to compare with one process's computation.
-``python worker.py fail OUT`` / ``busy OUT``: rank 1 raises while rank 0 waits in a collective
-(``fail``) or computes outside one (``busy``); both handle the error as launch.py does, so the
-test sees what a user sees.
+``python worker.py busy OUT``: rank 1 raises while rank 0 computes outside a collective, and
+the error is handled as launch.py does, so the test sees what a user sees. (Rank 1 raising while
+rank 0 waits in a collective is tests/distributed/test_torchrun_alexnet.py's, with launch.py itself.)
 
 The data and the training loop live here as functions so that the test computes the
 single-process reference with exactly the same code.
@@ -112,16 +112,13 @@ def blocks(dist: Dist) -> dict:
     return seen
 
 
-def failing(dist: Dist, busy: bool) -> None:
-    """Rank 1 raises; rank 0 then either waits in a collective or computes outside one."""
+def failing(dist: Dist) -> None:
+    """Rank 1 raises while rank 0 computes outside a collective."""
     dist.barrier()
     if dist.rank == 1:
         time.sleep(0.5)  # let rank 0 get where it is going
         raise ValueError("rank 1 cannot go on")
-    if busy:
-        time.sleep(120)  # torchrun stops this rank with SIGTERM long before
-    else:
-        dist.all_reduce_sum({"x": 1.0})
+    time.sleep(120)  # torchrun stops this rank with SIGTERM long before
 
 
 def main(scenario: str, out: Path) -> int:
@@ -130,7 +127,7 @@ def main(scenario: str, out: Path) -> int:
         if scenario == "blocks":
             (out / f"rank{dist.rank}.json").write_text(json.dumps(blocks(dist)))
         else:
-            failing(dist, busy=scenario == "busy")
+            failing(dist)
         return 0
     except Exception:
         # As launch.py does: the first failure of the job is shown, its echoes on other ranks are not.
