@@ -57,7 +57,6 @@ class Session:
         self.should_stop = False
         self.stop_signal: int | None = None  # acted on at the next step's end
         self.summary: dict[str, Any] = {}
-        self.fit_seconds = 0.0
         # Known before on_fit_end so that W&B records it too: 1 when the self-check (check/passed) failed.
         self.exit_code = 0
         # What an experiment without a trainer hands its panels (a trainer keeps such things as attributes).
@@ -143,17 +142,15 @@ class Session:
 
     @contextmanager
     def running(self) -> Iterator[Session]:
-        """``on_fit_start``, then ``on_fit_end`` (``fit_seconds`` and ``exit_code`` set) or ``on_exception``."""
+        """``on_fit_start``, then ``on_fit_end`` (``exit_code``, ``summary["fit_seconds"]`` set) or ``on_exception``."""
         started = time.perf_counter()
         try:
             self.fire("on_fit_start")
             yield self
-            self.fit_seconds = time.perf_counter() - started
-            self.summary.setdefault("fit_seconds", round(self.fit_seconds, 3))
+            self.summary.setdefault("fit_seconds", round(time.perf_counter() - started, 3))
             if self.summary.get("check/passed") == 0:
                 self.exit_code = 1
             self.fire("on_fit_end")
         except BaseException as exc:
-            self.fit_seconds = time.perf_counter() - started
             self.fire("on_exception", exception=exc)
             raise
