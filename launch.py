@@ -1,8 +1,5 @@
 #!/usr/bin/env python
-"""Command line of the suite: parse, build a config, hand it to a trainer with its callbacks.
-
-Global flags work before or after the subcommand, and every ``--flag-name`` also as ``--flag_name``: ``wandb agent``
-appends ``${args}`` after the subcommand, spelled as in the sweep YAML. The W&B config holds resolved settings only."""
+"""Command line of the suite: parse, build a config, hand it to a trainer with its callbacks."""
 
 from __future__ import annotations
 
@@ -26,7 +23,8 @@ from dlhw.tracking.cli import OUT_ENV, RESUME_ENV, AgentParser as Parser, resolv
 
 
 def global_options(*, suppress: bool) -> argparse.ArgumentParser:
-    """The flags every subcommand shares; ``suppress``: no defaults, which would overwrite values given earlier."""
+    """The flags every subcommand shares, also after it (``wandb agent`` appends ``${args}`` there); ``suppress``: no
+    defaults, which would overwrite values given earlier."""
     p = Parser(add_help=False, argument_default=argparse.SUPPRESS if suppress else None)
     d = (lambda v: argparse.SUPPRESS) if suppress else (lambda v: v)
     g = p.add_argument_group("global options")
@@ -68,8 +66,6 @@ def resolve_locations(args: argparse.Namespace) -> None:
             raise UsageError(f"cannot write to {flag} {path} ({why}); pass {flag} a folder you can write to") from None
 
 
-# -- experiments without training ---------------------------------------------------------------
-
 def cmd_filters(args: argparse.Namespace) -> int:
     from dlhw.callbacks import standard_callbacks
     from dlhw.callbacks.experiments import FilterTables
@@ -90,8 +86,6 @@ def cmd_iou(args: argparse.Namespace) -> int:
     callbacks = standard_callbacks(args, job_type="iou") + [IoUPlots()]
     return run_iou(setup, callbacks, config=dataclasses.asdict(setup)).exit_code
 
-
-# -- training: on every rank of a torchrun job, resumable ----------------------------------------
 
 # What a resume may change: anything else would make the continued run a different experiment.
 ALEXNET_RESUME_CHANGES = ("epochs", "device", "compile", "data", "download")
@@ -222,8 +216,6 @@ def cmd_detect(args: argparse.Namespace) -> int:
     return 0
 
 
-# -- runs read back, sweeps ---------------------------------------------------------------------
-
 def cmd_sweep(args: argparse.Namespace) -> int:
     from dlhw.tracking.sweep import run_sweep
 
@@ -265,16 +257,13 @@ def get_args_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParse
 
     from dlhw.trainers.settings import add_arguments
 
-    parser = Parser(prog="launch.py", description=__doc__.split("\n\n")[0], parents=[global_options(suppress=False)],
-                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog="launch.py", description=__doc__, parents=[global_options(suppress=False)])
     sub = parser.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
 
-    def add(name: str, func: Callable[[argparse.Namespace], int], help: str, description: str,
-            **kwargs: Any) -> argparse.ArgumentParser:
+    def add(name: str, func: Callable[..., int], help: str, description: str, **kwargs: Any) -> argparse.ArgumentParser:
         p = sub.add_parser(name, parents=[global_options(suppress=True)], help=help, description=description, **kwargs)
         p.set_defaults(func=func)
-        # Experiments are what `wandb agent` starts; the others take no sweep parameters (a dashboard
-        # SPEC.json would be read as ${args_json_file}).
+        # Only experiments take sweep parameters (else a dashboard SPEC.json would be read as ${args_json_file}).
         p.reads_sweep_params = name not in ("sweep", "compare", "dashboard")
         if name in EXPERIMENTS and (argv is None or name in argv):
             module, settings = EXPERIMENTS[name]
@@ -288,10 +277,9 @@ def get_args_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParse
 
     add("filters", cmd_filters, "hand-designed 3x3 filters applied to photos", "Blur and directional sharpening "
         "kernels on photos, logged as a W&B table, with a check of each kernel on generated gratings.")
-    p = add("sweep", cmd_sweep, "run a W&B sweep YAML here, offline, with W&B's sweeps engine",
-            "Run the trials of a W&B sweep YAML locally: W&B's sweeps engine proposes them (grid, random, bayes) and "
-            "stops laggards (hyperband); each trial is started as `wandb agent` would start it and leaves its own "
-            "W&B run.")
+    p = add("sweep", cmd_sweep, "run a W&B sweep YAML here, offline, with W&B's sweeps engine", "Run the trials of a "
+            "W&B sweep YAML locally: W&B's sweeps engine proposes them (grid, random, bayes) and stops laggards "
+            "(hyperband); each trial is started as `wandb agent` would start it and leaves its own W&B run.")
     p.add_argument("config", nargs="?", metavar="SWEEP.yaml", help="the W&B sweep YAML (not needed with --resume)")
     p.add_argument("--count", type=int,
                    help="run at most N trials (default: the whole grid; random and bayes run until stopped)")
