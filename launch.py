@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from dlhw.callbacks import DEFAULT_PROJECT
+from dlhw.callbacks import DEFAULT_PROJECT, standard_callbacks
 from dlhw.core.errors import UsageError
 from dlhw.core.events import is_rank_zero
 from dlhw.core.session import Stopped, end_by_signal
@@ -67,7 +67,6 @@ def resolve_locations(args: argparse.Namespace) -> None:
 
 
 def cmd_filters(args: argparse.Namespace) -> int:
-    from dlhw.callbacks import standard_callbacks
     from dlhw.callbacks.experiments import FilterTables
     from dlhw.trainers.filters import filters_settings, images_from_args, run_filters
 
@@ -78,7 +77,6 @@ def cmd_filters(args: argparse.Namespace) -> int:
 
 
 def cmd_iou(args: argparse.Namespace) -> int:
-    from dlhw.callbacks import standard_callbacks
     from dlhw.callbacks.experiments import IoUPlots
     from dlhw.trainers.iou import run_iou, setup_from_args
 
@@ -122,7 +120,6 @@ def fit_callbacks(args: argparse.Namespace, dist: Any, ckpt_dir: Path, metric: s
                   dataset: tuple[str, Path], panels: Callable[[], list], tags: Sequence[str] = (),
                   upload_last: bool = False) -> list:
     """Logger, reports, ``probes``, checkpoints; with W&B on rank 0 also the data's lineage and ``panels()``."""
-    from dlhw.callbacks import standard_callbacks
     from dlhw.callbacks.checkpoint import Checkpoint
 
     # Every step is logged: a step takes a second or more on a CPU, and what the probes see per step is the point.
@@ -164,7 +161,6 @@ def cmd_alexnet(args: argparse.Namespace) -> int:
 def cmd_detect(args: argparse.Namespace) -> int:
     import torch
 
-    from dlhw.callbacks import standard_callbacks
     from dlhw.callbacks.experiments import PhotoTable, PredictionTable
     from dlhw.trainers.detection.beatles import compare_on_photo, load_photo
     from dlhw.trainers.detection.trainer import build_trainer, model_label, prepare

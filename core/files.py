@@ -45,8 +45,7 @@ def snapshot(obj: Any) -> Any:
 
 
 def plain(obj: Any) -> Any:
-    """``obj`` as ``torch.load(weights_only=True)`` reads it: NumPy arrays and scalars as tensors and numbers,
-    containers rebuilt, anything else its ``str``."""
+    """``obj`` as ``torch.load(weights_only=True)`` reads it: NumPy values as tensors and numbers, others as ``str``."""
     if isinstance(obj, (torch.Tensor, str, int, float, bool, type(None))):
         return obj
     if isinstance(obj, np.ndarray):

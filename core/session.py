@@ -57,10 +57,8 @@ class Session:
         self.should_stop = False
         self.stop_signal: int | None = None  # acted on at the next step's end
         self.summary: dict[str, Any] = {}
-        # Known before on_fit_end so that W&B records it too: 1 when the self-check (check/passed) failed.
-        self.exit_code = 0
-        # What an experiment without a trainer hands its panels (a trainer keeps such things as attributes).
-        self.results: dict[str, Any] = {}
+        self.exit_code = 0  # 1 when the self-check (check/passed) failed: set before on_fit_end, so W&B records it
+        self.results: dict[str, Any] = {}  # what an experiment without a trainer hands its panels
         self._report_failures: set[int] = set()  # reporting callbacks already warned about
 
     def fire(self, event: str, **kwargs: Any) -> None:
@@ -104,10 +102,6 @@ class Session:
     def stopping_on_signals(self) -> Iterator[None]:
         """While the body runs, SIGINT and SIGTERM ask for a clean stop at the next step's end; a second Ctrl-C
         aborts at once. Only the main thread can install handlers: elsewhere this does nothing."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-
         def on_signal(signum: int, frame: Any) -> None:
             if self.stop_signal is not None and signum == signal.SIGINT:
                 raise KeyboardInterrupt
@@ -116,7 +110,8 @@ class Session:
                       f"(Ctrl-C again to abort at once)", file=sys.stderr)
             self.stop_signal = signum
 
-        previous = {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS}
+        main = threading.current_thread() is threading.main_thread()
+        previous = {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS} if main else {}
         try:
             yield
         finally:
