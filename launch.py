@@ -194,16 +194,15 @@ def cmd_detect(args: argparse.Namespace) -> int:
                 trainer.load_state_dict(earlier.state["trainer"])
                 if dist.is_main:
                     print(f"option {option}: finished in {ckpt_dir}; not trained again", file=sys.stderr)
-                models[label], results[label] = trainer.model, done
-                continue
-            # The best and the last checkpoint staged once, at the end: Mask R-CNN's are ~350 MB with the optimizer.
-            callbacks = fit_callbacks(run_args(f"option{option}"), dist, ckpt_dir, "val/bbox_AP",
-                                      job_type=f"detect-option{option}", upload_last=True,
-                                      dataset=(plan.settings.data_source, plan.settings.data_root),
-                                      panels=lambda: [PredictionTable()])
-            trainer = build_trainer(plan, option, callbacks, dist)
-            results[label] = fit_from(trainer, earlier, args.wandb_dir, DETECT_RESUME_CHANGES)
-            models[label] = trainer.model
+            else:
+                # The best and the last checkpoint staged once, at the end: Mask R-CNN's are ~350 MB with the optimizer.
+                callbacks = fit_callbacks(run_args(f"option{option}"), dist, ckpt_dir, "val/bbox_AP",
+                                          job_type=f"detect-option{option}", upload_last=True,
+                                          dataset=(plan.settings.data_source, plan.settings.data_root),
+                                          panels=lambda: [PredictionTable()])
+                trainer = build_trainer(plan, option, callbacks, dist)
+                done = fit_from(trainer, earlier, args.wandb_dir, DETECT_RESUME_CHANGES)
+            models[label], results[label] = trainer.model, done
         if photo is not None:
             callbacks = standard_callbacks(run_args("photo"), job_type="detect-photo")
             callbacks.append(PhotoTable(log_to_wandb=args.wandb_mode != "disabled"))
