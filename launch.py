@@ -1,8 +1,5 @@
 #!/usr/bin/env python
-"""Command line of the suite: parse, build a config, hand it to a trainer with its callbacks.
-
-Global flags work before or after the subcommand, and every ``--flag-name`` also as ``--flag_name``: ``wandb agent``
-appends ``${args}`` after the subcommand, spelled as in the sweep YAML. The W&B config holds resolved settings only."""
+"""Command line of the suite: parse, build a config, hand it to a trainer with its callbacks."""
 
 from __future__ import annotations
 
@@ -11,17 +8,23 @@ import dataclasses
 import os
 import random
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from dlhw.callbacks import DEFAULT_PROJECT
-from dlhw.tracking.cli import OUT_ENV, RESUME_ENV, AgentParser as Parser
+from dlhw.callbacks import DEFAULT_PROJECT, standard_callbacks
+from dlhw.core.errors import UsageError
+from dlhw.core.events import is_rank_zero
+from dlhw.core.session import Stopped, end_by_signal
+from dlhw.tracking.cli import OUT_ENV, RESUME_ENV, AgentParser as Parser, resolve_mode
 
 
 def global_options(*, suppress: bool) -> argparse.ArgumentParser:
-    """The flags every subcommand shares; ``suppress``: no defaults, which would overwrite values given earlier."""
+    """The flags every subcommand shares, also after it (``wandb agent`` appends ``${args}`` there); ``suppress``: no
+    defaults, which would overwrite values given earlier."""
     p = Parser(add_help=False, argument_default=argparse.SUPPRESS if suppress else None)
     d = (lambda v: argparse.SUPPRESS) if suppress else (lambda v: v)
     g = p.add_argument_group("global options")
@@ -51,19 +54,19 @@ def seed_everything(seed: int) -> None:
 
 def resolve_locations(args: argparse.Namespace) -> None:
     """``--out`` (else ``./runs``) and W&B's folder, checked first: an unwritable one is a usage error, not a crash."""
-    from dlhw.core.files import writable_folder
-
     args.wandb_dir = args.out or os.environ.get("WANDB_DIR") or "runs"
     args.out = args.out or "runs"
-    writable_folder(args.out, "--out")
-    if args.wandb_dir != args.out:
-        writable_folder(args.wandb_dir, "$WANDB_DIR")
+    for flag, path in {"--out": Path(args.out), "$WANDB_DIR": Path(args.wandb_dir)}.items():
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            tempfile.TemporaryFile(dir=path).close()
+        except OSError as exc:
+            blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+            why = f"{blocker} is a file" if blocker is not None else exc.strerror or type(exc).__name__
+            raise UsageError(f"cannot write to {flag} {path} ({why}); pass {flag} a folder you can write to") from None
 
-
-# -- experiments without training ---------------------------------------------------------------
 
 def cmd_filters(args: argparse.Namespace) -> int:
-    from dlhw.callbacks import standard_callbacks
     from dlhw.callbacks.experiments import FilterTables
     from dlhw.trainers.filters import filters_settings, images_from_args, run_filters
 
@@ -74,7 +77,6 @@ def cmd_filters(args: argparse.Namespace) -> int:
 
 
 def cmd_iou(args: argparse.Namespace) -> int:
-    from dlhw.callbacks import standard_callbacks
     from dlhw.callbacks.experiments import IoUPlots
     from dlhw.trainers.iou import run_iou, setup_from_args
 
@@ -83,16 +85,16 @@ def cmd_iou(args: argparse.Namespace) -> int:
     return run_iou(setup, callbacks, config=dataclasses.asdict(setup)).exit_code
 
 
-# -- training: on every rank of a torchrun job, resumable ----------------------------------------
-
 # What a resume may change: anything else would make the continued run a different experiment.
 ALEXNET_RESUME_CHANGES = ("epochs", "device", "compile", "data", "download")
 DETECT_RESUME_CHANGES = ("epochs", "device", "workers", "eval_batch_size", "data", "data_root", "image", "skip_photo",
                          "viz_images")
 
 
-def on_every_rank(args: argparse.Namespace, device: str, job: Callable[[argparse.Namespace, Any], int]) -> int:
-    """``job(args, dist)`` on this rank; the job's first failure goes up to :func:`main`, its echoes exit 1 quietly."""
+@contextmanager
+def on_every_rank(args: argparse.Namespace, device: str) -> Iterator[Any]:
+    """This rank of a torchrun job (or a world of one); the job's first failure goes up to :func:`main`, its echoes
+    on the other ranks exit 1 quietly."""
     from dlhw.core.distributed import init_distributed
 
     dist = init_distributed(device)
@@ -100,11 +102,11 @@ def on_every_rank(args: argparse.Namespace, device: str, job: Callable[[argparse
     if dist.rank:  # its own dropout and sampling
         seed_everything(args.seed + dist.rank)
     try:
-        return job(args, dist)
+        yield dist
     except Exception:
         if dist.report_failure():
             raise
-        return 1
+        raise SystemExit(1) from None
     finally:
         dist.shutdown()
 
@@ -118,7 +120,6 @@ def fit_callbacks(args: argparse.Namespace, dist: Any, ckpt_dir: Path, metric: s
                   dataset: tuple[str, Path], panels: Callable[[], list], tags: Sequence[str] = (),
                   upload_last: bool = False) -> list:
     """Logger, reports, ``probes``, checkpoints; with W&B on rank 0 also the data's lineage and ``panels()``."""
-    from dlhw.callbacks import standard_callbacks
     from dlhw.callbacks.checkpoint import Checkpoint
 
     # Every step is logged: a step takes a second or more on a CPU, and what the probes see per step is the point.
@@ -132,95 +133,83 @@ def fit_callbacks(args: argparse.Namespace, dist: Any, ckpt_dir: Path, metric: s
 
 
 def cmd_alexnet(args: argparse.Namespace) -> int:
-    from dlhw.trainers.classification import resolve_device
-
-    return on_every_rank(args, resolve_device(args.device), alexnet_job)
-
-
-def alexnet_job(args: argparse.Namespace, dist: Any) -> int:
     from dlhw.callbacks.experiments import FeatureMapTable, FilterGrid, TestConfusionMatrix
     from dlhw.callbacks.weight_decay import DecayProbeCallback
-    from dlhw.trainers.classification import build_trainer, resolve_args
+    from dlhw.trainers.classification import build_trainer, resolve_args, resolve_device
     from dlhw.trainers.datasets import dataset_path
     from dlhw.tracking.resume import fit_from, resolve_resume
 
-    settings, notes = resolve_args(args)
-    if dist.is_main and notes:
-        print(*notes, sep="\n", file=sys.stderr)
-    # Every rank reads the same last.pt (rank 0 wrote it): all of them continue from one state.
-    resume = resolve_resume(args.resume, args.out, "alexnet-*/last.pt")
-    ckpt_dir = resume.path.parent if resume is not None else Path(args.out) / "checkpoints" / job_stamp(dist, "alexnet")
-    # The probe runs on every rank: the others would otherwise wait for rank 0's at the next all-reduce.
-    probe = DecayProbeCallback(hessian_every=settings.hessian_every, hessian_iters=settings.hessian_iters,
-                               every=settings.decay_every)
-    maps = [FeatureMapTable(settings.viz_images)] if settings.viz_images else []
-    callbacks = fit_callbacks(args, dist, ckpt_dir, "val/acc", probe, job_type="alexnet",
-                              panels=lambda: [FilterGrid(), TestConfusionMatrix(), *maps],
-                              dataset=(settings.dataset, dataset_path(settings.dataset, Path(settings.data))),
-                              tags=[settings.recipe, settings.variant, settings.wd_mode])
-    fit_from(build_trainer(settings, callbacks, dist), resume, args.wandb_dir, ALEXNET_RESUME_CHANGES)
+    with on_every_rank(args, resolve_device(args.device)) as dist:
+        settings, notes = resolve_args(args)
+        if dist.is_main and notes:
+            print(*notes, sep="\n", file=sys.stderr)
+        # Every rank reads the same last.pt (rank 0 wrote it): all of them continue from one state.
+        resume = resolve_resume(args.resume, args.out, "alexnet-*/last.pt")
+        ckpt_dir = resume.path.parent if resume else Path(args.out) / "checkpoints" / job_stamp(dist, "alexnet")
+        # The probe runs on every rank: the others would otherwise wait for rank 0's at the next all-reduce.
+        probe = DecayProbeCallback(hessian_every=settings.hessian_every, hessian_iters=settings.hessian_iters,
+                                   every=settings.decay_every)
+        maps = [FeatureMapTable(settings.viz_images)] if settings.viz_images else []
+        callbacks = fit_callbacks(args, dist, ckpt_dir, "val/acc", probe, job_type="alexnet",
+                                  panels=lambda: [FilterGrid(), TestConfusionMatrix(), *maps],
+                                  dataset=(settings.dataset, dataset_path(settings.dataset, Path(settings.data))),
+                                  tags=[settings.recipe, settings.variant, settings.wd_mode])
+        fit_from(build_trainer(settings, callbacks, dist), resume, args.wandb_dir, ALEXNET_RESUME_CHANGES)
     return 0
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
     import torch
 
-    return on_every_rank(args, args.device or ("cuda" if torch.cuda.is_available() else "cpu"), detect_job)
-
-
-def detect_job(args: argparse.Namespace, dist: Any) -> int:
-    from dlhw.callbacks import standard_callbacks
     from dlhw.callbacks.experiments import PhotoTable, PredictionTable
     from dlhw.trainers.detection.beatles import compare_on_photo, load_photo
     from dlhw.trainers.detection.trainer import build_trainer, model_label, prepare
     from dlhw.tracking.resume import fit_from, option_checkpoints, resolve_resume
 
-    # Rank 0 first: it may download or generate the data into the cache the others then read.
-    if not dist.is_main:
-        dist.barrier()
-    plan = prepare(args, verbose=dist.is_main, rank=dist.rank)
-    if dist.is_main:
-        dist.barrier()
-    # The photo is rank 0's alone: it runs both models on it once training is over.
-    photo = None if plan.settings.skip_photo or not dist.is_main else load_photo(plan.settings.image)
-    resume = resolve_resume(args.resume, args.out, "*/option*/last.pt")
-    # The three runs share a group and name stem; a resumed command keeps the group its checkpoints are filed under.
-    args.group = (resume.path.parent.parent.name if resume is not None else
-                  args.group or os.environ.get("WANDB_RUN_GROUP") or job_stamp(dist, "detect"))
+    with on_every_rank(args, args.device or ("cuda" if torch.cuda.is_available() else "cpu")) as dist:
+        # Rank 0 first: it may download or generate the data into the cache the others then read.
+        if not dist.is_main:
+            dist.barrier()
+        plan = prepare(args, verbose=dist.is_main, rank=dist.rank)
+        if dist.is_main:
+            dist.barrier()
+        # The photo is rank 0's alone: it runs both models on it once training is over.
+        photo = None if plan.settings.skip_photo or not dist.is_main else load_photo(plan.settings.image)
+        resume = resolve_resume(args.resume, args.out, "*/option*/last.pt")
+        # The three runs share a group and name stem; a resumed command keeps the group its checkpoints are filed under.
+        args.group = (resume.path.parent.parent.name if resume is not None else
+                      args.group or os.environ.get("WANDB_RUN_GROUP") or job_stamp(dist, "detect"))
 
-    def run_args(suffix: str) -> argparse.Namespace:
-        stem = args.run_name or os.environ.get("WANDB_NAME") or args.group
-        return argparse.Namespace(**{**vars(args), "run_name": f"{stem}-{suffix}"})
+        def run_args(suffix: str) -> argparse.Namespace:
+            stem = args.run_name or os.environ.get("WANDB_NAME") or args.group
+            return argparse.Namespace(**{**vars(args), "run_name": f"{stem}-{suffix}"})
 
-    models, results = {}, {}
-    for option in plan.options:
-        label = model_label(option, plan.settings)
-        ckpt_dir = Path(args.out) / "checkpoints" / args.group / f"option{option}"
-        done, earlier = option_checkpoints(ckpt_dir, resuming=resume is not None)
-        if done is not None:  # trained to its end before: its final weights and results serve the photo
-            trainer = build_trainer(plan, option, [], dist)
-            trainer.load_state_dict(earlier.state["trainer"])
-            if dist.is_main:
-                print(f"option {option}: finished in {ckpt_dir}; not trained again", file=sys.stderr)
+        models, results = {}, {}
+        for option in plan.options:
+            label = model_label(option, plan.settings)
+            ckpt_dir = Path(args.out) / "checkpoints" / args.group / f"option{option}"
+            done, earlier = option_checkpoints(ckpt_dir, resuming=resume is not None)
+            if done is not None:  # trained to its end before: its final weights and results serve the photo
+                trainer = build_trainer(plan, option, [], dist)
+                trainer.load_state_dict(earlier.state["trainer"])
+                if dist.is_main:
+                    print(f"option {option}: finished in {ckpt_dir}; not trained again", file=sys.stderr)
+            else:
+                # The best and the last checkpoint staged once, at the end: Mask R-CNN's are ~350 MB with the optimizer.
+                callbacks = fit_callbacks(run_args(f"option{option}"), dist, ckpt_dir, "val/bbox_AP",
+                                          job_type=f"detect-option{option}", upload_last=True,
+                                          dataset=(plan.settings.data_source, plan.settings.data_root),
+                                          panels=lambda: [PredictionTable()])
+                trainer = build_trainer(plan, option, callbacks, dist)
+                done = fit_from(trainer, earlier, args.wandb_dir, DETECT_RESUME_CHANGES)
             models[label], results[label] = trainer.model, done
-            continue
-        # The best and the last checkpoint staged once, at the end: Mask R-CNN's are ~350 MB with the optimizer.
-        callbacks = fit_callbacks(run_args(f"option{option}"), dist, ckpt_dir, "val/bbox_AP",
-                                  job_type=f"detect-option{option}", upload_last=True,
-                                  dataset=(plan.settings.data_source, plan.settings.data_root),
-                                  panels=lambda: [PredictionTable()])
-        trainer = build_trainer(plan, option, callbacks, dist)
-        results[label] = fit_from(trainer, earlier, args.wandb_dir, DETECT_RESUME_CHANGES)
-        models[label] = trainer.model
-    if photo is not None:
-        callbacks = standard_callbacks(run_args("photo"), job_type="detect-photo")
-        callbacks.append(PhotoTable(log_to_wandb=args.wandb_mode != "disabled"))
-        config = dataclasses.asdict(dataclasses.replace(plan.settings, photo=photo.source))
-        compare_on_photo(photo, models, results, callbacks, config=config)
+        if photo is not None:
+            callbacks = standard_callbacks(run_args("photo"), job_type="detect-photo")
+            callbacks.append(PhotoTable(log_to_wandb=args.wandb_mode != "disabled"))
+            config = dataclasses.asdict(dataclasses.replace(plan.settings, photo=photo.source))
+            compare_on_photo(photo, models, results, callbacks, config=config)
     return 0
 
-
-# -- runs read back, sweeps ---------------------------------------------------------------------
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from dlhw.tracking.sweep import run_sweep
@@ -263,16 +252,13 @@ def get_args_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParse
 
     from dlhw.trainers.settings import add_arguments
 
-    parser = Parser(prog="launch.py", description=__doc__.split("\n\n")[0], parents=[global_options(suppress=False)],
-                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog="launch.py", description=__doc__, parents=[global_options(suppress=False)])
     sub = parser.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
 
-    def add(name: str, func: Callable[[argparse.Namespace], int], help: str, description: str,
-            **kwargs: Any) -> argparse.ArgumentParser:
+    def add(name: str, func: Callable[..., int], help: str, description: str, **kwargs: Any) -> argparse.ArgumentParser:
         p = sub.add_parser(name, parents=[global_options(suppress=True)], help=help, description=description, **kwargs)
         p.set_defaults(func=func)
-        # Experiments are what `wandb agent` starts; the others take no sweep parameters (a dashboard
-        # SPEC.json would be read as ${args_json_file}).
+        # Only experiments take sweep parameters (else a dashboard SPEC.json would be read as ${args_json_file}).
         p.reads_sweep_params = name not in ("sweep", "compare", "dashboard")
         if name in EXPERIMENTS and (argv is None or name in argv):
             module, settings = EXPERIMENTS[name]
@@ -286,10 +272,9 @@ def get_args_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParse
 
     add("filters", cmd_filters, "hand-designed 3x3 filters applied to photos", "Blur and directional sharpening "
         "kernels on photos, logged as a W&B table, with a check of each kernel on generated gratings.")
-    p = add("sweep", cmd_sweep, "run a W&B sweep YAML here, offline, with W&B's sweeps engine",
-            "Run the trials of a W&B sweep YAML locally: W&B's sweeps engine proposes them (grid, random, bayes) and "
-            "stops laggards (hyperband); each trial is started as `wandb agent` would start it and leaves its own "
-            "W&B run.")
+    p = add("sweep", cmd_sweep, "run a W&B sweep YAML here, offline, with W&B's sweeps engine", "Run the trials of a "
+            "W&B sweep YAML locally: W&B's sweeps engine proposes them (grid, random, bayes) and stops laggards "
+            "(hyperband); each trial is started as `wandb agent` would start it and leaves its own W&B run.")
     p.add_argument("config", nargs="?", metavar="SWEEP.yaml", help="the W&B sweep YAML (not needed with --resume)")
     p.add_argument("--count", type=int,
                    help="run at most N trials (default: the whole grid; random and bayes run until stopped)")
@@ -347,11 +332,6 @@ def get_args_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParse
 def main(argv: Sequence[str] | None = None, *, exit_by_signal: bool = False) -> int:
     """Run the command in ``argv``; its exit code, 2 for usage errors, 128 + signal for a stop (or, with
     ``exit_by_signal``, the process ends as killed by it)."""
-    from dlhw.core.errors import UsageError
-    from dlhw.core.events import is_rank_zero
-    from dlhw.core.session import Stopped, end_by_signal
-    from dlhw.tracking.cli import resolve_mode
-
     try:
         argv = sys.argv[1:] if argv is None else list(argv)
         args = get_args_parser(argv).parse_args(argv)

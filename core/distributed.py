@@ -14,6 +14,7 @@ import torch
 import torch.distributed as torch_dist
 from torch import nn
 
+
 def _terminated(signum: int, frame: Any) -> None:
     # torchrun stops the other workers with SIGTERM when one fails: an exception runs their
     # exception paths (a W&B run finished as failed, files closed) instead of ending them on the spot.
@@ -34,7 +35,6 @@ class Dist:
 
     @property
     def is_main(self) -> bool:
-        """True in the process that logs to W&B and writes checkpoints (rank 0)."""
         return self.rank == 0
 
     @property
@@ -94,8 +94,7 @@ class Dist:
 
 
 def init_distributed(device: str | torch.device = "cpu") -> Dist:
-    """The job this process belongs to, from torchrun's environment: NCCL on ``cuda:LOCAL_RANK`` or gloo on
-    the CPU (a world of one on ``device`` without torchrun). Under torchrun SIGTERM raises ``SystemExit``."""
+    """This process's place in the torchrun job (NCCL on ``cuda:LOCAL_RANK``, else gloo), or a world of one."""
     device = torch.device(device)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:

@@ -57,11 +57,8 @@ class Session:
         self.should_stop = False
         self.stop_signal: int | None = None  # acted on at the next step's end
         self.summary: dict[str, Any] = {}
-        self.fit_seconds = 0.0
-        # Known before on_fit_end so that W&B records it too: 1 when the self-check (check/passed) failed.
-        self.exit_code = 0
-        # What an experiment without a trainer hands its panels (a trainer keeps such things as attributes).
-        self.results: dict[str, Any] = {}
+        self.exit_code = 0  # 1 when the self-check (check/passed) failed: set before on_fit_end, so W&B records it
+        self.results: dict[str, Any] = {}  # what an experiment without a trainer hands its panels
         self._report_failures: set[int] = set()  # reporting callbacks already warned about
 
     def fire(self, event: str, **kwargs: Any) -> None:
@@ -105,10 +102,6 @@ class Session:
     def stopping_on_signals(self) -> Iterator[None]:
         """While the body runs, SIGINT and SIGTERM ask for a clean stop at the next step's end; a second Ctrl-C
         aborts at once. Only the main thread can install handlers: elsewhere this does nothing."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-
         def on_signal(signum: int, frame: Any) -> None:
             if self.stop_signal is not None and signum == signal.SIGINT:
                 raise KeyboardInterrupt
@@ -117,7 +110,8 @@ class Session:
                       f"(Ctrl-C again to abort at once)", file=sys.stderr)
             self.stop_signal = signum
 
-        previous = {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS}
+        main = threading.current_thread() is threading.main_thread()
+        previous = {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS} if main else {}
         try:
             yield
         finally:
@@ -143,17 +137,15 @@ class Session:
 
     @contextmanager
     def running(self) -> Iterator[Session]:
-        """``on_fit_start``, then ``on_fit_end`` (``fit_seconds`` and ``exit_code`` set) or ``on_exception``."""
+        """``on_fit_start``, then ``on_fit_end`` (``exit_code``, ``summary["fit_seconds"]`` set) or ``on_exception``."""
         started = time.perf_counter()
         try:
             self.fire("on_fit_start")
             yield self
-            self.fit_seconds = time.perf_counter() - started
-            self.summary.setdefault("fit_seconds", round(self.fit_seconds, 3))
+            self.summary.setdefault("fit_seconds", round(time.perf_counter() - started, 3))
             if self.summary.get("check/passed") == 0:
                 self.exit_code = 1
             self.fire("on_fit_end")
         except BaseException as exc:
-            self.fit_seconds = time.perf_counter() - started
             self.fire("on_exception", exception=exc)
             raise
