@@ -13,19 +13,17 @@ from typing import Any
 from dlhw.core.errors import UsageError, suggest
 from dlhw.core.files import atomic_file
 from dlhw.tracking.cli import api_key_configured
-from dlhw.tracking.readback import RunRecord, find_run_dirs, local_runs, of_type
+from dlhw.tracking.readback import local_runs
 
 THEORY = Path(__file__).resolve().parents[1] / "docs" / "theory.md"
 INSTALL = 'pip install -e ".[dashboard]" (or pip install "wandb-workspaces>=0.4.13")'
-# (view name, the command whose runs it shows, their W&B job types, the docs/theory.md heading it answers).
-EXPERIMENTS = [("filters", "filters", ("filters",), "filters"),
-               ("weight decay", "alexnet", ("alexnet",), "weight decay"),
-               ("IoU", "iou", ("iou",), "iou"),
-               ("AlexNet", "alexnet", ("alexnet",), None),
-               ("detection", "detect", ("detect-option1", "detect-option2", "detect-photo"), None)]
-# What wandb.plot.line_series and wandb.plot.confusion_matrix draw their tables with.
-LINE_SERIES = ("wandb/lineseries/v0", {"step": "step", "lineKey": "lineKey", "lineVal": "lineVal"})
-CONFUSION = ("wandb/confusion_matrix/v1", {"Actual": "Actual", "Predicted": "Predicted", "nPredictions": "nPredictions"})
+# (view name, also the docs/theory.md heading it quotes if any; the command whose runs it shows; their W&B job types)
+EXPERIMENTS = [("filters", "filters", ("filters",)), ("weight decay", "alexnet", ("alexnet",)),
+               ("IoU", "iou", ("iou",)), ("AlexNet", "alexnet", ("alexnet",)),
+               ("detection", "detect", ("detect-option1", "detect-option2", "detect-photo"))]
+# What wandb.plot.line_series and wandb.plot.confusion_matrix draw their tables with, and the tables' columns.
+LINE_SERIES = ("wandb/lineseries/v0", "step", "lineKey", "lineVal")
+CONFUSION = ("wandb/confusion_matrix/v1", "Actual", "Predicted", "nPredictions")
 
 
 def _library() -> tuple[Any, Any]:
@@ -42,8 +40,8 @@ def sections(wr: Any, view: str) -> list[tuple[str, list[Any]]]:
     def table(key: str) -> Any:
         return wr.WeavePanelSummaryTable(table_name=key, layout=wr.Layout(w=24, h=10))
 
-    def chart(key: str, kind: tuple[str, dict], title: str) -> Any:
-        panel = wr.CustomChart.from_table(key, kind[1], {"title": title})
+    def chart(key: str, kind: tuple[str, ...], title: str) -> Any:
+        panel = wr.CustomChart.from_table(key, {column: column for column in kind[1:]}, {"title": title})
         panel.chart_name = kind[0]
         return panel
 
@@ -97,7 +95,8 @@ def sections(wr: Any, view: str) -> list[tuple[str, list[Any]]]:
                         lines("train/loss"), wr.ScalarChart(metric="test/acc")]),
             ("Learned filters and feature maps", [pictures("conv1 filters per epoch", "viz/conv1_filters"),
                                                   table("viz/feature_maps")]),
-            ("Confusion matrix (test set)", [chart("test/confusion_matrix_table", CONFUSION, "test confusion matrix")])],
+            ("Confusion matrix (test set)", [
+                chart("test/confusion_matrix_table", CONFUSION, "test confusion matrix")])],
         "detection": [
             ("Option 1 against option 2, grouped by the detect command", [
                 bars("AP on the training images", "train/bbox_AP"), bars("held-out AP", "val/bbox_AP", "val/segm_AP"),
@@ -106,7 +105,7 @@ def sections(wr: Any, view: str) -> list[tuple[str, list[Any]]]:
             ("Predictions on held-out images (ground truth and predicted boxes)", [table("detect/predictions")]),
             ("Both models on the photo, and the verdict", [
                 table("detect/photo"), table("detect/verdict"),
-                bars("people found on the photo (score >= 0.5)", "photo/option1/people@0.5", "photo/option2/people@0.5")])],
+                bars("people found on the photo (score >= 0.5)", *(f"photo/option{o}/people@0.5" for o in (1, 2)))])],
     }[view]
 
 
@@ -121,7 +120,7 @@ def build(*, project: str, entity: str, report: bool, group: str | None = None, 
     """``{file stem: workspace or report object}``: one view per experiment, and the Report with ``report``."""
     wr, ws = _library()
     built: dict[str, Any] = {}
-    for name, _, job_types, _ in EXPERIMENTS:
+    for name, _, job_types in EXPERIMENTS:
         # Detection runs grouped by the detect command that made them, then by option.
         grouped = name == "detection"
         built[f"view-{name.replace(' ', '-')}"] = ws.Workspace(
@@ -134,8 +133,8 @@ def build(*, project: str, entity: str, report: bool, group: str | None = None, 
         blocks: list[Any] = [wr.MarkdownBlock(text=intro.split("\n", 1)[-1].strip())]
         # Runsets look their project up on the server when they name one: only when saving.
         where = {"entity": entity, "project": project} if online else {}
-        for name, _, job_types, heading in EXPERIMENTS:
-            text = next((f"## {a}" for a in answers if heading and heading in a.split("\n", 1)[0].lower()), f"## {name}")
+        for name, _, job_types in EXPERIMENTS:
+            text = next((f"## {a}" for a in answers if name.lower() in a.split("\n", 1)[0].lower()), f"## {name}")
             runs = wr.Runset(name=name, filters=_filter(job_types, group, sweep), **where,
                              groupby=["group", "config.option"] if name == "detection" else [])
             blocks += [wr.MarkdownBlock(text=text),
@@ -190,13 +189,9 @@ def keys_named(panels: Sequence[Any], runs: Any) -> list[tuple[str, str]]:
 
 def logged_keys(out: str | Path) -> dict[str, tuple[set[str], set[str]]]:
     """``{command: (config keys, metric keys)}`` of the local runs under ``out`` (their summaries hold every key)."""
-
-    def command(run: RunRecord) -> str:  # from its job type: detect-option1 is detect's
-        return next((r.get("job_type") or "" for r in of_type(run.log, "run")), "").split("-")[0]
-
-    runs = local_runs(find_run_dirs([out]))
+    runs = local_runs([out])
     with ThreadPoolExecutor(max_workers=4) as pool:  # each log is a `wandb leet inspect` subprocess
-        commands = list(pool.map(command, runs))
+        commands = list(pool.map(lambda run: run.command, runs))
     found: dict[str, tuple[set[str], set[str]]] = {}
     for command, run in zip(commands, runs):
         have = found.setdefault(command, (set(), set()))
@@ -240,8 +235,9 @@ def run_dashboard(*, project: str | None, entity: str | None, out: str, dry_run:
         import wandb
 
         try:
-            entity = entity or wandb.Api().default_entity
-            for obj in build(project=project, entity=entity, report=report, group=group, sweep=sweep, online=True).values():
+            built = build(project=project, entity=entity or wandb.Api().default_entity, report=report, group=group,
+                          sweep=sweep, online=True)
+            for obj in built.values():
                 obj.save()
         except Exception as exc:  # the server's or the network's answer, whatever its type: one line
             raise UsageError(f"saving to W&B failed ({exc.__class__.__name__}: {str(exc)[:200]}); check the network, "

@@ -6,7 +6,7 @@ import json
 import math
 import os
 import subprocess
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -89,6 +89,11 @@ class RunRecord:
         except RuntimeError:
             return []
 
+    @cached_property
+    def command(self) -> str:
+        """The ``launch.py`` command that made the run, from its W&B job type (``detect-option1`` is detect's)."""
+        return next((r.get("job_type") or "" for r in of_type(self.log, "run")), "").split("-")[0] or "?"
+
     def table(self, key: str) -> dict[str, Any] | None:
         """The last table logged under ``key``, image cells given a ``local_path``; None when gone (a synced run)."""
         # The copy under files/media only names cell types: the full table is the run's table artifact.
@@ -107,7 +112,15 @@ class RunRecord:
         return table
 
 
-def find_run_dirs(paths: Iterable[str | Path]) -> list[Path]:
+def _read_local(run_dir: Path) -> RunRecord:
+    info = run_summary(run_dir)
+    raw = info.get("summary") or {}
+    return RunRecord(name=info.get("name") or info.get("run_id") or run_dir.name, state=info.get("state", "?"),
+                     config=visible(info.get("config") or {}), summary=visible(raw), source=str(run_dir), raw=raw)
+
+
+def local_runs(paths: Iterable[str | Path]) -> list[RunRecord]:
+    """The W&B runs in or under each of ``paths`` (run, wandb/ or --out folders); a UsageError for a path without."""
     found: list[Path] = []
     for p in map(Path, paths):
         if not p.exists():
@@ -118,17 +131,6 @@ def find_run_dirs(paths: Iterable[str | Path]) -> list[Path]:
         if not runs:
             raise UsageError(f"{p} holds no W&B runs (no run-*.wandb file below it)")
         found += runs
-    # A sweep folder links every trial's run into its wandb/ folder: count each run once.
-    return list({p.resolve(): p for p in found}.values())
-
-
-def _read_local(run_dir: Path) -> RunRecord:
-    info = run_summary(run_dir)
-    raw = info.get("summary") or {}
-    return RunRecord(name=info.get("name") or info.get("run_id") or run_dir.name, state=info.get("state", "?"),
-                     config=visible(info.get("config") or {}), summary=visible(raw), source=str(run_dir), raw=raw)
-
-
-def local_runs(run_dirs: Sequence[Path]) -> list[RunRecord]:
     with ThreadPoolExecutor(max_workers=4) as pool:  # each read is a subprocess
-        return list(pool.map(_read_local, run_dirs))
+        # A sweep folder links every trial's run into its wandb/ folder: each run read once.
+        return list(pool.map(_read_local, {p.resolve(): p for p in found}.values()))
