@@ -15,13 +15,15 @@ from wandb.sdk.launch.sweeps.utils import (DEFAULT_SWEEP_COMMAND, create_sweep_c
                                            parse_sweep_id)
 from wandb.sdk.lib.config_util import save_config_file_from_dict
 
+from dlhw.core.errors import UsageError
+
 
 def split_sweep_path(path: str) -> tuple[str | None, str | None, str]:
     """``ENTITY/PROJECT/ID``, ``PROJECT/ID`` or ``ID`` -> ``(entity, project, id)``, as ``wandb agent`` reads it."""
     parts: dict[str, Any] = {"name": path}
     err = parse_sweep_id(parts)
     if err or not parts["name"]:
-        raise ValueError(err or f"no sweep id in {path!r}")
+        raise UsageError(f"--sweep-id {path!r}: {err or f'no sweep id in {path!r}'}")
     return parts["entity"], parts["project"], parts["name"]
 
 

@@ -176,10 +176,8 @@ class Sweep:
     @classmethod
     def create(cls, config: dict[str, Any], *, out: str | Path, source: str, count: int | None,
                sweep_id: str | None = None, seed: int = 0) -> Sweep:
-        try:
-            agent_command.split_sweep_path(sweep_id) if sweep_id else None
-        except ValueError as exc:
-            raise UsageError(f"--sweep-id {sweep_id!r}: {exc}") from None
+        if sweep_id:  # checked before the sweep's folder is made
+            agent_command.split_sweep_path(sweep_id)
         local_id, name = generate_id(), str(config.get("name") or Path(source).stem)
         directory = Path(out).resolve() / "sweeps" / f"{name}-{local_id}"
         directory.mkdir(parents=True)
