@@ -15,6 +15,13 @@ from dlhw.core.files import atomic_file
 from dlhw.tracking.cli import api_key_configured
 from dlhw.tracking.readback import local_runs
 
+try:  # the dashboard extra; without it, run_dashboard says how to install it
+    import wandb_workspaces.reports.v2 as wr
+    import wandb_workspaces.workspaces as ws
+    from wandb_workspaces.expr import FE_METRIC_NAME_MAP, expr_to_filters
+except ImportError:
+    wr = ws = None
+
 THEORY = Path(__file__).resolve().parents[1] / "docs" / "theory.md"
 INSTALL = 'pip install -e ".[dashboard]" (or pip install "wandb-workspaces>=0.4.13")'
 # (view name, also the docs/theory.md heading it quotes if any; the command whose runs it shows; their W&B job types)
@@ -26,16 +33,7 @@ LINE_SERIES = ("wandb/lineseries/v0", "step", "lineKey", "lineVal")
 CONFUSION = ("wandb/confusion_matrix/v1", "Actual", "Predicted", "nPredictions")
 
 
-def _library() -> tuple[Any, Any]:
-    try:
-        import wandb_workspaces.reports.v2 as wr
-        import wandb_workspaces.workspaces as ws
-    except ImportError:
-        raise UsageError(f"dashboard needs the wandb-workspaces package: {INSTALL}") from None
-    return wr, ws
-
-
-def sections(wr: Any, view: str) -> list[tuple[str, list[Any]]]:
+def sections(view: str) -> list[tuple[str, list[Any]]]:
     """The view's ``(section title, panels)``, each panel naming keys the experiment logs."""
     def table(key: str) -> Any:
         return wr.WeavePanelSummaryTable(table_name=key, layout=wr.Layout(w=24, h=10))
@@ -118,14 +116,13 @@ def _filter(job_types: Sequence[str], group: str | None = None, sweep: str | Non
 def build(*, project: str, entity: str, report: bool, group: str | None = None, sweep: str | None = None,
           online: bool = False) -> dict[str, Any]:
     """``{file stem: workspace or report object}``: one view per experiment, and the Report with ``report``."""
-    wr, ws = _library()
     built: dict[str, Any] = {}
     for name, _, job_types in EXPERIMENTS:
         # Detection runs grouped by the detect command that made them, then by option.
         grouped = name == "detection"
         built[f"view-{name.replace(' ', '-')}"] = ws.Workspace(
             entity=entity, project=project, name=f"dlhw: {name}",
-            sections=[ws.Section(name=title, panels=panels, is_open=True) for title, panels in sections(wr, name)],
+            sections=[ws.Section(name=title, panels=panels, is_open=True) for title, panels in sections(name)],
             runset_settings=ws.RunsetSettings(filters=_filter(job_types),
                                               groupby=[ws.Metric("Group"), ws.Config("option")] if grouped else []))
     if report:
@@ -138,7 +135,7 @@ def build(*, project: str, entity: str, report: bool, group: str | None = None, 
             runs = wr.Runset(name=name, filters=_filter(job_types, group, sweep), **where,
                              groupby=["group", "config.option"] if name == "detection" else [])
             blocks += [wr.MarkdownBlock(text=text),
-                       wr.PanelGrid(runsets=[runs], panels=[p for _, panels in sections(wr, name) for p in panels])]
+                       wr.PanelGrid(runsets=[runs], panels=[p for _, panels in sections(name) for p in panels])]
         built["report"] = wr.Report(project=project, entity=entity, title="Deep-learning homework: the answers",
                                     description="docs/theory.md's written answers beside the runs that check them.",
                                     blocks=blocks, width="fluid")
@@ -147,7 +144,6 @@ def build(*, project: str, entity: str, report: bool, group: str | None = None, 
 
 def _views(path: Path) -> list[tuple[str, Any, list[Any]]]:
     """``(experiment, run set, panels)`` of a view's or Report's spec file, rebuilt by the library."""
-    wr, ws = _library()
     try:
         data = json.loads(path.read_text())
         if "blocks" in data["spec"]:
@@ -162,8 +158,6 @@ def _views(path: Path) -> list[tuple[str, Any, list[Any]]]:
 
 def keys_named(panels: Sequence[Any], runs: Any) -> list[tuple[str, str]]:
     """``("config" or "metric", key)`` for every key the panels and the run set's filters and grouping name."""
-    from wandb_workspaces.expr import FE_METRIC_NAME_MAP, expr_to_filters
-
     values: list[Any] = list(runs.groupby)  # a view's: Config("option"); a Report's run set's: "config.option"
     for panel in panels:
         for field in ("x", "y", "z", "metric", "metrics", "media_keys", "table_name", "groupby", "with_respect_to"):
@@ -223,7 +217,8 @@ def check(specs: Sequence[Path], logged: dict[str, tuple[set[str], set[str]]], o
 def run_dashboard(*, project: str | None, entity: str | None, out: str, dry_run: bool, report: bool,
                   group: str | None = None, sweep: str | None = None, specs: Sequence[str] = ()) -> int:
     """Save the views (and the Report), or with ``dry_run`` write and check their specs."""
-    _library()
+    if wr is None:
+        raise UsageError(f"dashboard needs the wandb-workspaces package: {INSTALL}")
     if report and not THEORY.is_file():
         raise UsageError(f"{THEORY} not found: the Report quotes it; run from a checkout of the suite")
     project = project or os.environ.get("WANDB_PROJECT") or "dlhw"
