@@ -9,6 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+import wandb
 from rich.table import Table
 
 from dlhw.callbacks.progress import fmt, report_console
@@ -43,8 +44,6 @@ def cloud_runs(project: str, *, mode: str, group: str | None, sweep: str | None)
     if mode != "online":
         raise UsageError("--project reads runs from the W&B cloud, which needs `wandb login` and a network; "
                          "compare local runs with RUN_DIR ... or --sweep SWEEP_DIR")
-    import wandb
-
     try:
         api, metric = wandb.Api(timeout=30), {}
         if sweep:  # trials under `wandb agent` have no group: only their sweep finds them

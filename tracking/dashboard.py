@@ -10,6 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import wandb
+
 from dlhw.core.errors import UsageError, suggest
 from dlhw.core.files import atomic_file
 from dlhw.tracking.cli import api_key_configured
@@ -227,8 +229,6 @@ def run_dashboard(*, project: str | None, entity: str | None, out: str, dry_run:
         if not api_key_configured():
             raise UsageError("dashboard saves to W&B and needs an API key: run `wandb login` (or set WANDB_API_KEY), "
                              "or check the views offline with --dry-run")
-        import wandb
-
         try:
             built = build(project=project, entity=entity or wandb.Api().default_entity, report=report, group=group,
                           sweep=sweep, online=True)

@@ -13,13 +13,13 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from wandb.util import get_core_path
+
 from dlhw.core.errors import UsageError
 
 
 def _inspect(run_dir: str | Path, *flags: str) -> str:
     # `wandb leet inspect RUN_DIR` runs W&B's core binary as below; called directly, a read skips the CLI's start.
-    from wandb.util import get_core_path
-
     run_file = next(Path(run_dir).resolve().glob("run-*.wandb"), None)
     if run_file is None:
         raise RuntimeError(f"{run_dir} holds no run-*.wandb file")

@@ -10,11 +10,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from wandb import env as wandb_env
 
 from dlhw.callbacks.checkpoint import FINISHED, LAST
+from dlhw.callbacks.wandb_logger import WandbLogger
 from dlhw.core.events import EPOCH_AXIS, STEP_AXIS, is_rank_zero
 from dlhw.core.session import Stopped
+from dlhw.tracking.readback import history
 from dlhw.trainers.engine import Engine, check_resumable, read_checkpoint
 
 
@@ -52,8 +55,6 @@ def resolve_resume(value: str | None, out: str | Path, pattern: str) -> Resume |
 
 def option_checkpoints(directory: Path, resuming: bool) -> tuple[dict[str, Any] | None, Resume | None]:
     """One ``detect`` model's checkpoint in ``directory`` when ``resuming``, and its fit's summary if it ended."""
-    import torch
-
     last, finished = directory / LAST, directory / FINISHED
     earlier = Resume(last, read_checkpoint(last)) if resuming and last.exists() else None
     done = earlier is not None and finished.exists()
@@ -62,8 +63,6 @@ def option_checkpoints(directory: Path, resuming: bool) -> tuple[dict[str, Any] 
 
 def sent_before(wandb_dir: str | Path, run_id: str) -> dict[str, int]:
     """Per metric key, the last step or epoch that earlier processes of ``run_id`` logged, from its run folders."""
-    from dlhw.tracking.readback import history
-
     sent: dict[str, int] = {}
     for run_dir in sorted((Path(wandb_dir) / "wandb").glob(f"*run-*-{run_id}")):
         try:
@@ -81,8 +80,6 @@ def sent_before(wandb_dir: str | Path, run_id: str) -> dict[str, int]:
 def fit_from(trainer: Engine, resume: Resume | None, wandb_dir: str | Path,
              may_differ: tuple[str, ...]) -> Mapping[str, Any]:
     """Fit ``trainer`` from ``resume`` (settings may differ in ``may_differ``), not logging again what its run has."""
-    from dlhw.callbacks.wandb_logger import WandbLogger
-
     if resume is not None:
         check_resumable(resume.state, resume.path, name=trainer.name, config=trainer.config, may_differ=may_differ)
         trainer.load_checkpoint_state(resume.state)
