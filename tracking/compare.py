@@ -84,8 +84,7 @@ def plot_series(records: Sequence[RunRecord], keys: Sequence[str], metric: str,
 
 
 def save_lines(series: Mapping[str, Sequence[tuple[float, float]]], title: str, target: Any, *, xlabel: str = "",
-               ylabel: str = "", marker: str | None = "o", log_x: bool = False,
-               size: tuple[float, float] = (7, 4.5)) -> None:
+               ylabel: str = "", marker: str | None = "o", log_x: bool = False, size: tuple = (7, 4.5)) -> None:
     """One line per label, saved as a PNG to ``target`` (a path or a binary file)."""
     from matplotlib.figure import Figure  # not pyplot: no backend or global figure state
 

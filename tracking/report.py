@@ -41,12 +41,9 @@ def _data_uri(path: str | Path, max_side: int = 1024) -> str:
         if max(picture.size) <= max_side and picture.format == "PNG" and Path(path).stat().st_size < 200_000:
             return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode()
         picture.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-        buf, transparent = io.BytesIO(), picture.mode in ("RGBA", "LA", "P")
-        if transparent:
-            picture.save(buf, format="PNG", optimize=True)
-        else:
-            picture.convert("RGB").save(buf, format="JPEG", quality=88)
-    return f"data:image/{'png' if transparent else 'jpeg'};base64," + base64.b64encode(buf.getvalue()).decode()
+        buf, kind = io.BytesIO(), "png" if picture.mode in ("RGBA", "LA", "P") else "jpeg"
+        (picture if kind == "png" else picture.convert("RGB")).save(buf, format=kind, optimize=True, quality=88)
+    return f"data:image/{kind};base64," + base64.b64encode(buf.getvalue()).decode()
 
 
 def _img(path: str | Path | None, alt: str, width: int | None = None) -> str:

@@ -144,9 +144,8 @@ class Trial:
 
     def score(self, metric: dict[str, Any] | None) -> float | None:
         """The trial's best value of the sweep's metric, as the engine ranks it (None if never reported)."""
-        try:
-            goal = "maximum" if metric["goal"] == "maximize" else "minimum"
-            return float(self.engine_run().metric_extremum(metric["name"], goal))
+        try:  # the engine reads "maximize" and "minimize" as they are
+            return float(self.engine_run().metric_extremum(metric["name"], metric["goal"]))
         except (TypeError, ValueError):
             return None
 
