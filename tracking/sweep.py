@@ -254,12 +254,13 @@ class Runner:
         env.update({METRIC_ENV: self.metric, METRIC_FILE_ENV: str(trial.metric_file)} if self.metric else {})
         env.update({wandb_env.MODE: self.wandb_mode} if self.wandb_mode else {})
         env.pop(RESUME_ENV, None)  # a new trial starts from nothing, whatever the runner's environment says
+        python = agent_command.interpreter(env)  # on the trial's PATH, a resumed one's too
         if resume:  # WANDB_RESUME=must fails for an offline-only run
             env[RESUME_ENV], env[wandb_env.RESUME], trial.resumed = "auto", "allow", trial.resumed + 1
         else:
             trial.command = agent_command.trial_command(
                 sweep.config.get("command"), program=sweep.config.get("program"), params=trial.params,
-                args_json_file=files.with_suffix(".json"), python=agent_command.interpreter(os.environ))
+                args_json_file=files.with_suffix(".json"), python=python)
         with open(trial.log, "a") as log:
             resumed = f"\n--- resumed: attempt {trial.resumed + 1} of this trial ({trial.note}) ---\n" if resume else ""
             print(resumed, end="", file=log, flush=True)  # before the trial's own lines
