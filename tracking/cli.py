@@ -20,10 +20,8 @@ from dlhw.core.errors import UsageError, suggest
 
 TRUE_WORDS = ("true", "1", "yes")
 FALSE_WORDS = ("false", "0", "no")
-# --out's default: the sweep runner sets it so that a trial's files land under the sweep's own --out.
-OUT_ENV = "DLHW_OUT"
-# --resume's default: the sweep runner sets "auto" when it starts an interrupted trial again.
-RESUME_ENV = "DLHW_RESUME"
+OUT_ENV = "DLHW_OUT"  # --out's default: the sweep runner sets it so that a trial's files land under its --out
+RESUME_ENV = "DLHW_RESUME"  # --resume's default: the sweep runner sets "auto" when it starts an interrupted trial again
 # Spellings W&B itself accepts in WANDB_MODE.
 _ENV_ALIASES = {"run": "online", "dryrun": "offline", "online": "online", "offline": "offline", "disabled": "disabled"}
 

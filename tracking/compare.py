@@ -17,8 +17,7 @@ from dlhw.core.errors import UsageError
 from dlhw.tracking.readback import RunRecord, local_runs, visible
 
 T = TypeVar("T")
-# Where and under which label a run was filed: differs between any two trials, crowding out what matters.
-BOOKKEEPING = frozenset({"out", "run_name", "group"})
+BOOKKEEPING = frozenset({"out", "run_name", "group"})  # where and as what a run was filed: differs in every run
 
 
 def rank(items: Iterable[T], value: Callable[[T], float | None], goal: str) -> list[T]:

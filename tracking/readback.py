@@ -125,12 +125,11 @@ def local_runs(paths: Iterable[str | Path]) -> list[RunRecord]:
     for p in map(Path, paths):
         if not p.exists():
             raise UsageError(f"no such run folder: {p}; pass a W&B run folder, a wandb/ folder or an --out folder")
-        # followlinks: a sweep's wandb/ folder holds links to its trials' runs.
+        # followlinks: a sweep's wandb/ folder links its trials' runs (so a run may be found twice: read once).
         runs = sorted(Path(root) for root, _, files in os.walk(p, followlinks=True)
                       if any(f.startswith("run-") and f.endswith(".wandb") for f in files))
         if not runs:
             raise UsageError(f"{p} holds no W&B runs (no run-*.wandb file below it)")
         found += runs
     with ThreadPoolExecutor(max_workers=4) as pool:  # each read is a subprocess
-        # A sweep folder links every trial's run into its wandb/ folder: each run read once.
         return list(pool.map(_read_local, {p.resolve(): p for p in found}.values()))
