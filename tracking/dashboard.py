@@ -120,8 +120,7 @@ def build(*, project: str, entity: str, report: bool, group: str | None = None, 
     """``{file stem: workspace or report object}``: one view per experiment, and the Report with ``report``."""
     built: dict[str, Any] = {}
     for name, _, job_types in EXPERIMENTS:
-        # Detection runs grouped by the detect command that made them, then by option.
-        grouped = name == "detection"
+        grouped = name == "detection"  # by the detect command that made them, then by option
         built[f"view-{name.replace(' ', '-')}"] = ws.Workspace(
             entity=entity, project=project, name=f"dlhw: {name}",
             sections=[ws.Section(name=title, panels=panels, is_open=True) for title, panels in sections(name)],
