@@ -1,5 +1,4 @@
-"""launch.py's command line: a parser that reads every spelling ``wandb agent`` gives a parameter (``--flag_name``,
-``--flag=false``, ``--flag=[a, b]``, ``name=value``, JSON), the flags' environment defaults, and the W&B mode."""
+"""launch.py's command line: a parser for every spelling ``wandb agent`` gives a parameter, env defaults, W&B mode."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""``launch.py dashboard``: one W&B workspace view per experiment and, with ``--report``, a W&B Report beside
-docs/theory.md, built with ``wandb-workspaces``; ``--dry-run`` checks their keys offline (docs/dashboard.md)."""
+"""``launch.py dashboard``: W&B workspace views and a Report, built with ``wandb-workspaces`` (docs/dashboard.md)."""
 
 from __future__ import annotations
 

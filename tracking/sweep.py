@@ -1,5 +1,4 @@
-"""``launch.py sweep``: W&B's ``sweeps`` engine proposes and stops trials, run as ``wandb agent`` runs them, no
-server needed. Folder: ``sweep.json``, ``trials/NNN-RUNID/`` (``trial.log``, ``metric.jsonl``, ``wandb/``)."""
+"""``launch.py sweep``, no server: W&B's ``sweeps`` engine proposes and stops trials, run as ``wandb agent`` does."""
 
 from __future__ import annotations
 
