@@ -50,10 +50,8 @@ def trial_command(sweep_command: list | None, *, program: str | None, params: Ma
         sweep_vars["env"] = ["/usr/bin/env"]
     argv: list[str] = []
     for chunk in map(str, command):
-        if chunk.startswith("${") and chunk.endswith("}"):
-            argv += [str(v) for v in sweep_vars.get(chunk[2:-1]) or []]
-        else:
-            argv.append(chunk)
+        macro = chunk.startswith("${") and chunk.endswith("}")
+        argv += [str(v) for v in sweep_vars.get(chunk[2:-1]) or []] if macro else [chunk]
     return argv
 
 

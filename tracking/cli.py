@@ -21,8 +21,6 @@ TRUE_WORDS = ("true", "1", "yes")
 FALSE_WORDS = ("false", "0", "no")
 OUT_ENV = "DLHW_OUT"  # --out's default: the sweep runner sets it so that a trial's files land under its --out
 RESUME_ENV = "DLHW_RESUME"  # --resume's default: the sweep runner sets "auto" when it starts an interrupted trial again
-# Spellings W&B itself accepts in WANDB_MODE.
-_ENV_ALIASES = {"run": "online", "dryrun": "offline", "online": "online", "offline": "offline", "disabled": "disabled"}
 
 
 class AgentParser(argparse.ArgumentParser):
@@ -188,8 +186,9 @@ def resolve_mode(requested: str | None) -> tuple[str, str]:
     if requested:
         return requested, "--wandb-mode"
     env = os.environ.get("WANDB_MODE", "").strip().lower()
-    if env in _ENV_ALIASES:
-        return _ENV_ALIASES[env], "WANDB_MODE"
+    env = {"run": "online", "dryrun": "offline"}.get(env, env)  # W&B's older spellings, which it still accepts
+    if env in ("online", "offline", "disabled"):
+        return env, "WANDB_MODE"
     if api_key_configured():
         return "online", "a W&B API key is configured"
     return "offline", "no W&B API key configured; run `wandb login` to go online"

@@ -110,8 +110,7 @@ def run_compare(*, run_dirs: Sequence[str], sweep_dir: str | None, project: str 
                 goal: str | None, plot: str | None, out: str, mode: str, group: str | None) -> int:
     """``launch.py compare``: print the table, write the plot; with ``project``, ``sweep_dir`` is a W&B sweep id."""
     console = report_console()
-    records: list[RunRecord] = []
-    swept, where, sweep_metric = [], Path(out), {}
+    records, swept, where, sweep_metric = [], [], Path(out), {}
     if sweep_dir and not project:
         records, sweep = sweep_runs(sweep_dir)
         swept, sweep_metric, where = sweep.swept(), sweep.metric or {}, sweep.directory
