@@ -58,11 +58,9 @@ def trial_command(sweep_command: list | None, *, program: str | None, params: Ma
 def trial_environment(base: Mapping[str, str], *, run_id: str, params: Mapping[str, Mapping[str, Any]],
                       param_file: str | Path, sweep_id: str | None = None) -> dict[str, str]:
     """The environment the agent gives a trial: its run id and parameter file (``wandb.init`` reads it)."""
-    env = dict(base)
+    env = {**base, wandb_env.RUN_ID: run_id, wandb_env.SWEEP_PARAM_PATH: str(param_file)}
     env.pop(wandb_env.SERVICE, None)
     save_config_file_from_dict(str(param_file), dict(params))
-    env[wandb_env.RUN_ID] = run_id
-    env[wandb_env.SWEEP_PARAM_PATH] = str(param_file)
     if sweep_id:  # WANDB_SWEEP_ID only for a sweep the server knows: an unknown one does not sync cleanly
         entity, project, env[wandb_env.SWEEP_ID] = split_sweep_path(sweep_id)
         env.update({var: v for var, v in ((wandb_env.ENTITY, entity), (wandb_env.PROJECT, project)) if v})

@@ -109,9 +109,8 @@ def sections(view: str) -> list[tuple[str, list[Any]]]:
 
 
 def _filter(job_types: Sequence[str], group: str | None = None, sweep: str | None = None) -> str:
-    picked = [f"Metric('JobType') in {list(job_types)!r}"]
-    picked += [f"Metric('{k}') == {v!r}" for k, v in (("Group", group), ("Sweep", sweep)) if v]
-    return " and ".join(picked)
+    return " and ".join([f"Metric('JobType') in {list(job_types)!r}",
+                         *(f"Metric('{k}') == {v!r}" for k, v in (("Group", group), ("Sweep", sweep)) if v)])
 
 
 def build(*, project: str, entity: str, report: bool, group: str | None = None, sweep: str | None = None,
