@@ -29,8 +29,7 @@ class AgentParser(argparse.ArgumentParser):
     reads_sweep_params = False  # set on the experiments' subparsers: name=value, JSON and the parameter file too
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("allow_abbrev", False)
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, **{"allow_abbrev": False, **kwargs})
         self.register("action", "store_true", functools.partial(argparse.BooleanOptionalAction, default=False))
 
     def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
