@@ -15,13 +15,15 @@ from wandb.sdk.launch.sweeps.utils import (DEFAULT_SWEEP_COMMAND, create_sweep_c
                                            parse_sweep_id)
 from wandb.sdk.lib.config_util import save_config_file_from_dict
 
+from dlhw.core.errors import UsageError
+
 
 def split_sweep_path(path: str) -> tuple[str | None, str | None, str]:
     """``ENTITY/PROJECT/ID``, ``PROJECT/ID`` or ``ID`` -> ``(entity, project, id)``, as ``wandb agent`` reads it."""
     parts: dict[str, Any] = {"name": path}
     err = parse_sweep_id(parts)
     if err or not parts["name"]:
-        raise ValueError(err or f"no sweep id in {path!r}")
+        raise UsageError(f"--sweep-id {path!r}: {err or f'no sweep id in {path!r}'}")
     return parts["entity"], parts["project"], parts["name"]
 
 
@@ -48,21 +50,17 @@ def trial_command(sweep_command: list | None, *, program: str | None, params: Ma
         sweep_vars["env"] = ["/usr/bin/env"]
     argv: list[str] = []
     for chunk in map(str, command):
-        if chunk.startswith("${") and chunk.endswith("}"):
-            argv += [str(v) for v in sweep_vars.get(chunk[2:-1]) or []]
-        else:
-            argv.append(chunk)
+        macro = chunk.startswith("${") and chunk.endswith("}")
+        argv += [str(v) for v in sweep_vars.get(chunk[2:-1]) or []] if macro else [chunk]
     return argv
 
 
 def trial_environment(base: Mapping[str, str], *, run_id: str, params: Mapping[str, Mapping[str, Any]],
                       param_file: str | Path, sweep_id: str | None = None) -> dict[str, str]:
     """The environment the agent gives a trial: its run id and parameter file (``wandb.init`` reads it)."""
-    env = dict(base)
+    env = {**base, wandb_env.RUN_ID: run_id, wandb_env.SWEEP_PARAM_PATH: str(param_file)}
     env.pop(wandb_env.SERVICE, None)
     save_config_file_from_dict(str(param_file), dict(params))
-    env[wandb_env.RUN_ID] = run_id
-    env[wandb_env.SWEEP_PARAM_PATH] = str(param_file)
     if sweep_id:  # WANDB_SWEEP_ID only for a sweep the server knows: an unknown one does not sync cleanly
         entity, project, env[wandb_env.SWEEP_ID] = split_sweep_path(sweep_id)
         env.update({var: v for var, v in ((wandb_env.ENTITY, entity), (wandb_env.PROJECT, project)) if v})

@@ -1,6 +1,4 @@
-"""launch.py's command line, W&B side: a parser that reads every spelling ``wandb agent`` gives a parameter
-(``--flag_name``, ``--flag=false``, ``--flag=[a, b]``, ``name=value``, JSON), the flags' environment defaults, and
-the W&B mode."""
+"""launch.py's command line: a parser for every spelling ``wandb agent`` gives a parameter, env defaults, W&B mode."""
 
 from __future__ import annotations
 
@@ -21,23 +19,18 @@ from dlhw.core.errors import UsageError, suggest
 
 TRUE_WORDS = ("true", "1", "yes")
 FALSE_WORDS = ("false", "0", "no")
-# --out's default: the sweep runner sets it so that a trial's files land under the sweep's own --out.
-OUT_ENV = "DLHW_OUT"
-# --resume's default: the sweep runner sets "auto" when it starts an interrupted trial again.
-RESUME_ENV = "DLHW_RESUME"
-# Spellings W&B itself accepts in WANDB_MODE.
-_ENV_ALIASES = {"run": "online", "dryrun": "offline", "online": "online", "offline": "offline", "disabled": "disabled"}
+OUT_ENV = "DLHW_OUT"  # --out's default: the sweep runner sets it so that a trial's files land under its --out
+RESUME_ENV = "DLHW_RESUME"  # --resume's default: the sweep runner sets "auto" when it starts an interrupted trial again
 
 
 class AgentParser(argparse.ArgumentParser):
     """Reads the agent's spellings, never abbreviates; ``store_true`` flags become ``--flag`` / ``--no-flag``."""
 
+    reads_sweep_params = False  # set on the experiments' subparsers: name=value, JSON and the parameter file too
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("allow_abbrev", False)
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, **{"allow_abbrev": False, **kwargs})
         self.register("action", "store_true", functools.partial(argparse.BooleanOptionalAction, default=False))
-        # Set on the experiments' subparsers: name=value, JSON and the parameter file are read too.
-        self.reads_sweep_params = False
 
     def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
         tokens = [dashed(a) for a in (sys.argv[1:] if args is None else args)]
@@ -161,22 +154,18 @@ def json_params(token: str) -> dict[str, Any] | None:
     text = token.strip()
     if not text.startswith("{") and text.endswith(".json") and os.path.isfile(text):
         text = Path(text).read_text(encoding="utf-8").strip()
-    if not text.startswith("{"):
-        return None
     try:
-        params = json.loads(text)
+        return json.loads(text) if text.startswith("{") else None  # a JSON text opening with { is an object
     except json.JSONDecodeError:
         return None
-    return params if isinstance(params, dict) else None
 
 
 def sweep_param_file() -> dict[str, Any]:
-    """``name -> value`` from the file ``wandb agent`` names in ``WANDB_SWEEP_PARAM_PATH``."""
+    """``name -> value`` from the file ``wandb agent`` names in ``WANDB_SWEEP_PARAM_PATH``, as wandb.init reads it."""
+    from wandb.sdk.lib.config_util import dict_from_config_file
+
     path = os.environ.get("WANDB_SWEEP_PARAM_PATH")
-    if not path or not os.path.isfile(path):
-        return {}
-    data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    return {k: v["value"] for k, v in data.items() if isinstance(v, dict) and "value" in v}
+    return (dict_from_config_file(path) if path else None) or {}
 
 
 def api_key_configured() -> bool:
@@ -196,8 +185,9 @@ def resolve_mode(requested: str | None) -> tuple[str, str]:
     if requested:
         return requested, "--wandb-mode"
     env = os.environ.get("WANDB_MODE", "").strip().lower()
-    if env in _ENV_ALIASES:
-        return _ENV_ALIASES[env], "WANDB_MODE"
+    env = {"run": "online", "dryrun": "offline"}.get(env, env)  # W&B's older spellings, which it still accepts
+    if env in ("online", "offline", "disabled"):
+        return env, "WANDB_MODE"
     if api_key_configured():
         return "online", "a W&B API key is configured"
     return "offline", "no W&B API key configured; run `wandb login` to go online"

@@ -9,26 +9,21 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+import wandb
 from rich.table import Table
 
 from dlhw.callbacks.progress import fmt, report_console
 from dlhw.core.errors import UsageError
-from dlhw.tracking.readback import RunRecord, find_run_dirs, local_runs, visible
+from dlhw.tracking.readback import RunRecord, local_runs, visible
 
 T = TypeVar("T")
-# Where and under which label a run was filed: differs between any two trials, crowding out what matters.
-BOOKKEEPING = frozenset({"out", "run_name", "group"})
+BOOKKEEPING = frozenset({"out", "run_name", "group"})  # where and as what a run was filed: differs in every run
 
 
 def rank(items: Iterable[T], value: Callable[[T], float | None], goal: str) -> list[T]:
     """Best first by ``value`` for ``goal`` ("maximize" or "minimize"); items without one (None, NaN) last."""
     sign = -1.0 if goal == "maximize" else 1.0
-
-    def key(item: T) -> tuple[int, float]:
-        v = value(item)
-        return (1, 0.0) if v is None or math.isnan(v) else (0, sign * v)
-
-    return sorted(items, key=key)
+    return sorted(items, key=lambda item: (1, 0.0) if (v := value(item)) is None or math.isnan(v) else (0, sign * v))
 
 
 def sweep_runs(sweep_dir: str | Path) -> tuple[list[RunRecord], Any]:
@@ -48,8 +43,6 @@ def cloud_runs(project: str, *, mode: str, group: str | None, sweep: str | None)
     if mode != "online":
         raise UsageError("--project reads runs from the W&B cloud, which needs `wandb login` and a network; "
                          "compare local runs with RUN_DIR ... or --sweep SWEEP_DIR")
-    import wandb
-
     try:
         api, metric = wandb.Api(timeout=30), {}
         if sweep:  # trials under `wandb agent` have no group: only their sweep finds them
@@ -90,8 +83,7 @@ def plot_series(records: Sequence[RunRecord], keys: Sequence[str], metric: str,
 
 
 def save_lines(series: Mapping[str, Sequence[tuple[float, float]]], title: str, target: Any, *, xlabel: str = "",
-               ylabel: str = "", marker: str | None = "o", log_x: bool = False,
-               size: tuple[float, float] = (7, 4.5)) -> None:
+               ylabel: str = "", marker: str | None = "o", log_x: bool = False, size: tuple = (7, 4.5)) -> None:
     """One line per label, saved as a PNG to ``target`` (a path or a binary file)."""
     from matplotlib.figure import Figure  # not pyplot: no backend or global figure state
 
@@ -114,29 +106,16 @@ def save_lines(series: Mapping[str, Sequence[tuple[float, float]]], title: str, 
     fig.savefig(target, format="png")
 
 
-def plot_metric(records: Sequence[RunRecord], keys: Sequence[str], metric: str, goal: str,
-                path: str | Path) -> Path | None:
-    layout = plot_series(records, keys, metric, goal)
-    if layout is None:
-        return None
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_lines(layout[1], f"{metric} vs {layout[0]}", path, xlabel=layout[0], ylabel=metric, log_x=True)
-    return path
-
-
 def run_compare(*, run_dirs: Sequence[str], sweep_dir: str | None, project: str | None, metrics: Sequence[str],
                 goal: str | None, plot: str | None, out: str, mode: str, group: str | None) -> int:
     """``launch.py compare``: print the table, write the plot; with ``project``, ``sweep_dir`` is a W&B sweep id."""
     console = report_console()
-    records: list[RunRecord] = []
-    swept: list[str] = []
-    where, sweep_metric = Path(out), {}
+    records, swept, where, sweep_metric = [], [], Path(out), {}
     if sweep_dir and not project:
         records, sweep = sweep_runs(sweep_dir)
         swept, sweep_metric, where = sweep.swept(), sweep.metric or {}, sweep.directory
     if run_dirs:
-        records += local_runs(find_run_dirs(run_dirs))
+        records += local_runs(run_dirs)
     if project:
         recs, sweep_metric = cloud_runs(project, mode=mode, group=group, sweep=sweep_dir)
         records += recs
@@ -147,7 +126,7 @@ def run_compare(*, run_dirs: Sequence[str], sweep_dir: str | None, project: str 
     # Without --metric: the sweep's, else up to 4 numeric summary keys every run has.
     metrics = list(metrics) or ([sweep_metric["name"]] if sweep_metric.get("name") else sorted(
         set.intersection(*({k for k in r.summary if r.value(k) is not None} for r in records)))[:4])
-    goal = goal or (sweep_metric.get("goal") if sweep_metric.get("name") == (metrics or [None])[0] else None) or "maximize"
+    goal = goal or (sweep_metric.get("goal") if metrics[:1] == [sweep_metric.get("name")] else None) or "maximize"
     keys = swept + [k for k in differing_keys(records) if k not in swept]
     ranked = rank(records, lambda r: r.value(metrics[0], goal), goal) if metrics else records
     title = f"{len(records)} runs" + (f", ranked by {metrics[0]} ({goal})" if metrics else "")
@@ -162,11 +141,14 @@ def run_compare(*, run_dirs: Sequence[str], sweep_dir: str | None, project: str 
     if not metrics:
         console.print("no numeric summary metric is shared by all runs; pass --metric NAME", highlight=False)
         return 0
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", metrics[0]).strip("_")
-    png = plot_metric(ranked, swept or keys, metrics[0], goal, plot or where / f"compare-{slug}.png")
-    if png is None:
+    layout = plot_series(ranked, swept or keys, metrics[0], goal)
+    if layout is None:
         console.print(f"no plot: no numeric parameter differs between the runs with a value of {metrics[0]}",
                       highlight=False)
-    else:
-        console.print(f"plot: {png}", highlight=False, soft_wrap=True)
+        return 0
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", metrics[0]).strip("_")
+    png = Path(plot or where / f"compare-{slug}.png")
+    png.parent.mkdir(parents=True, exist_ok=True)
+    save_lines(layout[1], f"{metrics[0]} vs {layout[0]}", png, xlabel=layout[0], ylabel=metrics[0], log_x=True)
+    console.print(f"plot: {png}", highlight=False, soft_wrap=True)
     return 0

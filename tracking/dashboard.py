@@ -1,5 +1,4 @@
-"""``launch.py dashboard``: one W&B workspace view per experiment and, with ``--report``, a W&B Report beside
-docs/theory.md, built with ``wandb-workspaces``; ``--dry-run`` checks their keys offline (docs/dashboard.md)."""
+"""``launch.py dashboard``: W&B workspace views and a Report, built with ``wandb-workspaces`` (docs/dashboard.md)."""
 
 from __future__ import annotations
 
@@ -10,40 +9,38 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import wandb
+
 from dlhw.core.errors import UsageError, suggest
 from dlhw.core.files import atomic_file
 from dlhw.tracking.cli import api_key_configured
-from dlhw.tracking.readback import RunRecord, find_run_dirs, local_runs, of_type
+from dlhw.tracking.readback import local_runs
+
+try:  # the dashboard extra; without it, run_dashboard says how to install it
+    import wandb_workspaces.reports.v2 as wr
+    import wandb_workspaces.workspaces as ws
+    from wandb_workspaces.expr import FE_METRIC_NAME_MAP, expr_to_filters
+except ImportError:
+    wr = ws = None
 
 THEORY = Path(__file__).resolve().parents[1] / "docs" / "theory.md"
 INSTALL = 'pip install -e ".[dashboard]" (or pip install "wandb-workspaces>=0.4.13")'
-# (view name, the command whose runs it shows, their W&B job types, the docs/theory.md heading it answers).
-EXPERIMENTS = [("filters", "filters", ("filters",), "filters"),
-               ("weight decay", "alexnet", ("alexnet",), "weight decay"),
-               ("IoU", "iou", ("iou",), "iou"),
-               ("AlexNet", "alexnet", ("alexnet",), None),
-               ("detection", "detect", ("detect-option1", "detect-option2", "detect-photo"), None)]
-# What wandb.plot.line_series and wandb.plot.confusion_matrix draw their tables with.
-LINE_SERIES = ("wandb/lineseries/v0", {"step": "step", "lineKey": "lineKey", "lineVal": "lineVal"})
-CONFUSION = ("wandb/confusion_matrix/v1", {"Actual": "Actual", "Predicted": "Predicted", "nPredictions": "nPredictions"})
+# (view name, also the docs/theory.md heading it quotes if any; the command whose runs it shows; their W&B job types)
+EXPERIMENTS = [("filters", "filters", ("filters",)), ("weight decay", "alexnet", ("alexnet",)),
+               ("IoU", "iou", ("iou",)), ("AlexNet", "alexnet", ("alexnet",)),
+               ("detection", "detect", ("detect-option1", "detect-option2", "detect-photo"))]
+# What wandb.plot.line_series and wandb.plot.confusion_matrix draw their tables with, and the tables' columns.
+LINE_SERIES = ("wandb/lineseries/v0", "step", "lineKey", "lineVal")
+CONFUSION = ("wandb/confusion_matrix/v1", "Actual", "Predicted", "nPredictions")
 
 
-def _library() -> tuple[Any, Any]:
-    try:
-        import wandb_workspaces.reports.v2 as wr
-        import wandb_workspaces.workspaces as ws
-    except ImportError:
-        raise UsageError(f"dashboard needs the wandb-workspaces package: {INSTALL}") from None
-    return wr, ws
-
-
-def sections(wr: Any, view: str) -> list[tuple[str, list[Any]]]:
+def sections(view: str) -> list[tuple[str, list[Any]]]:
     """The view's ``(section title, panels)``, each panel naming keys the experiment logs."""
     def table(key: str) -> Any:
         return wr.WeavePanelSummaryTable(table_name=key, layout=wr.Layout(w=24, h=10))
 
-    def chart(key: str, kind: tuple[str, dict], title: str) -> Any:
-        panel = wr.CustomChart.from_table(key, kind[1], {"title": title})
+    def chart(key: str, kind: tuple[str, ...], title: str) -> Any:
+        panel = wr.CustomChart.from_table(key, {column: column for column in kind[1:]}, {"title": title})
         panel.chart_name = kind[0]
         return panel
 
@@ -97,7 +94,8 @@ def sections(wr: Any, view: str) -> list[tuple[str, list[Any]]]:
                         lines("train/loss"), wr.ScalarChart(metric="test/acc")]),
             ("Learned filters and feature maps", [pictures("conv1 filters per epoch", "viz/conv1_filters"),
                                                   table("viz/feature_maps")]),
-            ("Confusion matrix (test set)", [chart("test/confusion_matrix_table", CONFUSION, "test confusion matrix")])],
+            ("Confusion matrix (test set)", [
+                chart("test/confusion_matrix_table", CONFUSION, "test confusion matrix")])],
         "detection": [
             ("Option 1 against option 2, grouped by the detect command", [
                 bars("AP on the training images", "train/bbox_AP"), bars("held-out AP", "val/bbox_AP", "val/segm_AP"),
@@ -106,27 +104,24 @@ def sections(wr: Any, view: str) -> list[tuple[str, list[Any]]]:
             ("Predictions on held-out images (ground truth and predicted boxes)", [table("detect/predictions")]),
             ("Both models on the photo, and the verdict", [
                 table("detect/photo"), table("detect/verdict"),
-                bars("people found on the photo (score >= 0.5)", "photo/option1/people@0.5", "photo/option2/people@0.5")])],
+                bars("people found on the photo (score >= 0.5)", *(f"photo/option{o}/people@0.5" for o in (1, 2)))])],
     }[view]
 
 
 def _filter(job_types: Sequence[str], group: str | None = None, sweep: str | None = None) -> str:
-    picked = [f"Metric('JobType') in {list(job_types)!r}"]
-    picked += [f"Metric('{k}') == {v!r}" for k, v in (("Group", group), ("Sweep", sweep)) if v]
-    return " and ".join(picked)
+    return " and ".join([f"Metric('JobType') in {list(job_types)!r}",
+                         *(f"Metric('{k}') == {v!r}" for k, v in (("Group", group), ("Sweep", sweep)) if v)])
 
 
 def build(*, project: str, entity: str, report: bool, group: str | None = None, sweep: str | None = None,
           online: bool = False) -> dict[str, Any]:
     """``{file stem: workspace or report object}``: one view per experiment, and the Report with ``report``."""
-    wr, ws = _library()
     built: dict[str, Any] = {}
-    for name, _, job_types, _ in EXPERIMENTS:
-        # Detection runs grouped by the detect command that made them, then by option.
-        grouped = name == "detection"
+    for name, _, job_types in EXPERIMENTS:
+        grouped = name == "detection"  # by the detect command that made them, then by option
         built[f"view-{name.replace(' ', '-')}"] = ws.Workspace(
             entity=entity, project=project, name=f"dlhw: {name}",
-            sections=[ws.Section(name=title, panels=panels, is_open=True) for title, panels in sections(wr, name)],
+            sections=[ws.Section(name=title, panels=panels, is_open=True) for title, panels in sections(name)],
             runset_settings=ws.RunsetSettings(filters=_filter(job_types),
                                               groupby=[ws.Metric("Group"), ws.Config("option")] if grouped else []))
     if report:
@@ -134,12 +129,12 @@ def build(*, project: str, entity: str, report: bool, group: str | None = None, 
         blocks: list[Any] = [wr.MarkdownBlock(text=intro.split("\n", 1)[-1].strip())]
         # Runsets look their project up on the server when they name one: only when saving.
         where = {"entity": entity, "project": project} if online else {}
-        for name, _, job_types, heading in EXPERIMENTS:
-            text = next((f"## {a}" for a in answers if heading and heading in a.split("\n", 1)[0].lower()), f"## {name}")
+        for name, _, job_types in EXPERIMENTS:
+            text = next((f"## {a}" for a in answers if name.lower() in a.split("\n", 1)[0].lower()), f"## {name}")
             runs = wr.Runset(name=name, filters=_filter(job_types, group, sweep), **where,
                              groupby=["group", "config.option"] if name == "detection" else [])
             blocks += [wr.MarkdownBlock(text=text),
-                       wr.PanelGrid(runsets=[runs], panels=[p for _, panels in sections(wr, name) for p in panels])]
+                       wr.PanelGrid(runsets=[runs], panels=[p for _, panels in sections(name) for p in panels])]
         built["report"] = wr.Report(project=project, entity=entity, title="Deep-learning homework: the answers",
                                     description="docs/theory.md's written answers beside the runs that check them.",
                                     blocks=blocks, width="fluid")
@@ -148,7 +143,6 @@ def build(*, project: str, entity: str, report: bool, group: str | None = None, 
 
 def _views(path: Path) -> list[tuple[str, Any, list[Any]]]:
     """``(experiment, run set, panels)`` of a view's or Report's spec file, rebuilt by the library."""
-    wr, ws = _library()
     try:
         data = json.loads(path.read_text())
         if "blocks" in data["spec"]:
@@ -163,8 +157,6 @@ def _views(path: Path) -> list[tuple[str, Any, list[Any]]]:
 
 def keys_named(panels: Sequence[Any], runs: Any) -> list[tuple[str, str]]:
     """``("config" or "metric", key)`` for every key the panels and the run set's filters and grouping name."""
-    from wandb_workspaces.expr import FE_METRIC_NAME_MAP, expr_to_filters
-
     values: list[Any] = list(runs.groupby)  # a view's: Config("option"); a Report's run set's: "config.option"
     for panel in panels:
         for field in ("x", "y", "z", "metric", "metrics", "media_keys", "table_name", "groupby", "with_respect_to"):
@@ -190,13 +182,9 @@ def keys_named(panels: Sequence[Any], runs: Any) -> list[tuple[str, str]]:
 
 def logged_keys(out: str | Path) -> dict[str, tuple[set[str], set[str]]]:
     """``{command: (config keys, metric keys)}`` of the local runs under ``out`` (their summaries hold every key)."""
-
-    def command(run: RunRecord) -> str:  # from its job type: detect-option1 is detect's
-        return next((r.get("job_type") or "" for r in of_type(run.log, "run")), "").split("-")[0]
-
-    runs = local_runs(find_run_dirs([out]))
+    runs = local_runs([out])
     with ThreadPoolExecutor(max_workers=4) as pool:  # each log is a `wandb leet inspect` subprocess
-        commands = list(pool.map(command, runs))
+        commands = list(pool.map(lambda run: run.command, runs))
     found: dict[str, tuple[set[str], set[str]]] = {}
     for command, run in zip(commands, runs):
         have = found.setdefault(command, (set(), set()))
@@ -228,7 +216,8 @@ def check(specs: Sequence[Path], logged: dict[str, tuple[set[str], set[str]]], o
 def run_dashboard(*, project: str | None, entity: str | None, out: str, dry_run: bool, report: bool,
                   group: str | None = None, sweep: str | None = None, specs: Sequence[str] = ()) -> int:
     """Save the views (and the Report), or with ``dry_run`` write and check their specs."""
-    _library()
+    if wr is None:
+        raise UsageError(f"dashboard needs the wandb-workspaces package: {INSTALL}")
     if report and not THEORY.is_file():
         raise UsageError(f"{THEORY} not found: the Report quotes it; run from a checkout of the suite")
     project = project or os.environ.get("WANDB_PROJECT") or "dlhw"
@@ -237,11 +226,10 @@ def run_dashboard(*, project: str | None, entity: str | None, out: str, dry_run:
         if not api_key_configured():
             raise UsageError("dashboard saves to W&B and needs an API key: run `wandb login` (or set WANDB_API_KEY), "
                              "or check the views offline with --dry-run")
-        import wandb
-
         try:
-            entity = entity or wandb.Api().default_entity
-            for obj in build(project=project, entity=entity, report=report, group=group, sweep=sweep, online=True).values():
+            built = build(project=project, entity=entity or wandb.Api().default_entity, report=report, group=group,
+                          sweep=sweep, online=True)
+            for obj in built.values():
                 obj.save()
         except Exception as exc:  # the server's or the network's answer, whatever its type: one line
             raise UsageError(f"saving to W&B failed ({exc.__class__.__name__}: {str(exc)[:200]}); check the network, "

@@ -6,20 +6,20 @@ import json
 import math
 import os
 import subprocess
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from wandb.util import get_core_path
+
 from dlhw.core.errors import UsageError
 
 
 def _inspect(run_dir: str | Path, *flags: str) -> str:
     # `wandb leet inspect RUN_DIR` runs W&B's core binary as below; called directly, a read skips the CLI's start.
-    from wandb.util import get_core_path
-
     run_file = next(Path(run_dir).resolve().glob("run-*.wandb"), None)
     if run_file is None:
         raise RuntimeError(f"{run_dir} holds no run-*.wandb file")
@@ -89,6 +89,11 @@ class RunRecord:
         except RuntimeError:
             return []
 
+    @cached_property
+    def command(self) -> str:
+        """The ``launch.py`` command that made the run, from its W&B job type (``detect-option1`` is detect's)."""
+        return next((r.get("job_type") or "" for r in of_type(self.log, "run")), "").split("-")[0] or "?"
+
     def table(self, key: str) -> dict[str, Any] | None:
         """The last table logged under ``key``, image cells given a ``local_path``; None when gone (a synced run)."""
         # The copy under files/media only names cell types: the full table is the run's table artifact.
@@ -107,21 +112,6 @@ class RunRecord:
         return table
 
 
-def find_run_dirs(paths: Iterable[str | Path]) -> list[Path]:
-    found: list[Path] = []
-    for p in map(Path, paths):
-        if not p.exists():
-            raise UsageError(f"no such run folder: {p}; pass a W&B run folder, a wandb/ folder or an --out folder")
-        # followlinks: a sweep's wandb/ folder holds links to its trials' runs.
-        runs = sorted(Path(root) for root, _, files in os.walk(p, followlinks=True)
-                      if any(f.startswith("run-") and f.endswith(".wandb") for f in files))
-        if not runs:
-            raise UsageError(f"{p} holds no W&B runs (no run-*.wandb file below it)")
-        found += runs
-    # A sweep folder links every trial's run into its wandb/ folder: count each run once.
-    return list({p.resolve(): p for p in found}.values())
-
-
 def _read_local(run_dir: Path) -> RunRecord:
     info = run_summary(run_dir)
     raw = info.get("summary") or {}
@@ -129,6 +119,17 @@ def _read_local(run_dir: Path) -> RunRecord:
                      config=visible(info.get("config") or {}), summary=visible(raw), source=str(run_dir), raw=raw)
 
 
-def local_runs(run_dirs: Sequence[Path]) -> list[RunRecord]:
+def local_runs(paths: Iterable[str | Path]) -> list[RunRecord]:
+    """The W&B runs in or under each of ``paths`` (run, wandb/ or --out folders); a UsageError for a path without."""
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if not p.exists():
+            raise UsageError(f"no such run folder: {p}; pass a W&B run folder, a wandb/ folder or an --out folder")
+        # followlinks: a sweep's wandb/ folder links its trials' runs (so a run may be found twice: read once).
+        runs = sorted(Path(root) for root, _, files in os.walk(p, followlinks=True)
+                      if any(f.startswith("run-") and f.endswith(".wandb") for f in files))
+        if not runs:
+            raise UsageError(f"{p} holds no W&B runs (no run-*.wandb file below it)")
+        found += runs
     with ThreadPoolExecutor(max_workers=4) as pool:  # each read is a subprocess
-        return list(pool.map(_read_local, run_dirs))
+        return list(pool.map(_read_local, {p.resolve(): p for p in found}.values()))

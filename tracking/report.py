@@ -16,22 +16,15 @@ from PIL import Image
 from dlhw.callbacks.progress import fmt
 from dlhw.core.files import atomic_file
 from dlhw.tracking.compare import differing_keys, plot_series, save_lines
-from dlhw.tracking.readback import RunRecord, find_run_dirs, local_runs, of_type
+from dlhw.tracking.readback import RunRecord, local_runs, of_type
 
 # The theory's numbers (docs/theory.md), shown beside what the runs measured.
 KINK_THEORY = {-2.0: (0.0, 0.1), 0.0: (40 / 256, 0.0), 2.0: (0.0, -40 / 256), 4.0: (-0.1, 0.0)}
-SHARPENER_SPACING = {"sharpen_horizontal": {"horizontal": 1.0, "vertical": 0.0, "diagonal": 2**-0.5, "antidiagonal": 2**-0.5},
-                     "sharpen_vertical": {"horizontal": 0.0, "vertical": 1.0, "diagonal": 2**-0.5, "antidiagonal": 2**-0.5},
-                     "sharpen_diagonal": {"horizontal": 1.0, "vertical": 1.0, "diagonal": 2**0.5, "antidiagonal": 0.0}}
+SHARPENER_SPACING = {"sharpen_horizontal": dict(horizontal=1.0, vertical=0.0, diagonal=2**-0.5, antidiagonal=2**-0.5),
+                     "sharpen_vertical": dict(horizontal=0.0, vertical=1.0, diagonal=2**-0.5, antidiagonal=2**-0.5),
+                     "sharpen_diagonal": dict(horizontal=1.0, vertical=1.0, diagonal=2**0.5, antidiagonal=0.0)}
 WD_METRICS = ("val/acc", "test/acc", "wd/weight_norm", "wd/decay_factor", "wd/decay_factor_theory",
               "wd/lr_sharpness", "wd/stability_bound")
-
-
-def command(run: RunRecord) -> str:
-    """The report's subcommand on the command line W&B recorded (the config holds settings only)."""
-    known = {section[0] for section in SECTIONS}
-    env = next(iter(of_type(run.log, "environment")), {})
-    return next((a for a in env.get("args", []) if a in known), "?")
 
 
 def _esc(v: Any) -> str:
@@ -48,12 +41,9 @@ def _data_uri(path: str | Path, max_side: int = 1024) -> str:
         if max(picture.size) <= max_side and picture.format == "PNG" and Path(path).stat().st_size < 200_000:
             return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode()
         picture.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-        buf, transparent = io.BytesIO(), picture.mode in ("RGBA", "LA", "P")
-        if transparent:
-            picture.save(buf, format="PNG", optimize=True)
-        else:
-            picture.convert("RGB").save(buf, format="JPEG", quality=88)
-    return f"data:image/{'png' if transparent else 'jpeg'};base64," + base64.b64encode(buf.getvalue()).decode()
+        buf, kind = io.BytesIO(), "png" if picture.mode in ("RGBA", "LA", "P") else "jpeg"
+        (picture if kind == "png" else picture.convert("RGB")).save(buf, format=kind, optimize=True, quality=88)
+    return f"data:image/{kind};base64," + base64.b64encode(buf.getvalue()).decode()
 
 
 def _img(path: str | Path | None, alt: str, width: int | None = None) -> str:
@@ -70,17 +60,12 @@ def _logged_image(run: RunRecord, key: str) -> str:
     return _img(Path(run.source) / "files" / entry["path"] if found else None, key)
 
 
-def _boxed_image(cell: Mapping[str, Any], alt: str) -> str:
-    """An image cell with its W&B box layers drawn over it as SVG rectangles."""
-    path = cell.get("local_path")
-    if path is None or not Path(path).is_file():
-        return _img(None, alt)
+def _boxed_image(cell: Mapping[str, Any], path: str, alt: str) -> str:
     w, h = cell.get("width", 1), cell.get("height", 1)
     shapes = []
     colours = ("#e41a1c", "#377eb8", "#4daf4a", "#ff7f00")
-    for i, (layer, boxes) in enumerate((cell.get("boxes") or {}).items()):
-        boxes = boxes.get("box_data", boxes) if isinstance(boxes, Mapping) else boxes
-        for b in boxes or []:  # as callbacks/panels.py logs them: corners in pixels
+    for i, (layer, boxes) in enumerate(cell["boxes"].items()):
+        for b in boxes:  # as a table artifact stores them: corners in pixels
             p = b["position"]
             x, y, bw, bh = p["minX"], p["minY"], p["maxX"] - p["minX"], p["maxY"] - p["minY"]
             shapes.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{bw:.1f}" height="{bh:.1f}" fill="none" '
@@ -92,19 +77,21 @@ def _boxed_image(cell: Mapping[str, Any], alt: str) -> str:
 
 def _cell(v: Any, alt: str) -> str:
     if isinstance(v, Mapping) and v.get("_type") == "image-file":
-        return _boxed_image(v, alt) if v.get("boxes") else _img(v.get("local_path"), alt, width=160)
+        path = v.get("local_path")
+        if v.get("boxes") and path and Path(path).is_file():
+            return _boxed_image(v, path, alt)
+        return _img(path, alt, width=160)
     if isinstance(v, list):
         return _esc(json.dumps([round(x, 4) if isinstance(x, float) else x for x in v]))
     return _esc(fmt(v))
 
 
-def html_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], caption: str = "") -> str:
+def html_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], caption: str) -> str:
     """A plain HTML table; image cells become embedded pictures."""
     head = "".join(f"<th>{_esc(c)}</th>" for c in columns)
     body = "".join("<tr>" + "".join(f"<td>{_cell(v, f'{caption} {c}')}</td>" for c, v in zip(columns, r)) + "</tr>"
                    for r in rows)
-    cap = f"<caption>{_esc(caption)}</caption>" if caption else ""
-    return f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return f"<table><caption>{_esc(caption)}</caption><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def table_html(run: RunRecord, key: str, caption: str | None = None, reshape: Callable | None = None) -> str:
@@ -124,7 +111,7 @@ def _png(series: Mapping[str, list[tuple[float, float]]], title: str, **kwargs: 
 def line_series_plot(run: RunRecord, key: str, title: str) -> str:
     """A W&B line-series chart (its ``step, lineKey, lineVal`` table) drawn as a PNG."""
     t = run.table(key)
-    if t is None or t["columns"][:3] != ["step", "lineKey", "lineVal"]:
+    if t is None:
         return _not_found(key)
     series: dict[str, list[tuple[float, float]]] = {}
     for x, name, y in (r[:3] for r in t["data"]):
@@ -163,7 +150,8 @@ def section_iou(runs: list[RunRecord]) -> str:
     run = runs[-1]
     return "".join([
         html_table(["metric", "value"], [[k, run.value(k)] for prefix in ("check/", "slide/", "eval/")
-                                         for k in sorted(run.summary) if k.startswith(prefix)], "IoU checks and results"),
+                                         for k in sorted(run.summary) if k.startswith(prefix)],
+                   "IoU checks and results"),
         _logged_image(run, "iou/slide_plot"),
         table_html(run, "iou/kinks", "iou/kinks: measured one-sided derivatives beside the hand derivation (default "
                    "boxes)", lambda cols, rows: ([*cols, "theory left", "theory right"],
@@ -215,7 +203,7 @@ def section_detect(runs: list[RunRecord]) -> str:
     return "".join(parts)
 
 
-# (config command, title, section, the command that produces it)
+# (the command of its runs, title, section, the command line that produces it)
 SECTIONS: list[tuple[str, str, Callable[[list[RunRecord]], str], str]] = [
     ("filters", "Hand-designed 3x3 filters", section_filters, "python launch.py filters"),
     ("alexnet", "Weight decay: lambda, learning rate, shrink and stability", section_weight_decay,
@@ -233,20 +221,20 @@ if(bad){var p=document.createElement("p");p.className="missing";p.textContent=ba
 document.body.prepend(p);}});"""
 
 STYLE = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}
-table{border-collapse:collapse;margin:1em 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px;vertical-align:top}
-caption{font-weight:bold;text-align:left;padding:4px 0}.missing{color:#a33}img{max-width:100%}"""
+table{border-collapse:collapse;margin:1em 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px;
+vertical-align:top}caption{font-weight:bold;text-align:left;padding:4px 0}.missing{color:#a33}img{max-width:100%}"""
 
 
 def build_page(runs: Sequence[RunRecord]) -> str:
     """The whole page; sections without runs say which command produces them."""
     by_command: dict[str, list[RunRecord]] = {}
     for r in runs:
-        by_command.setdefault(command(r), []).append(r)
+        by_command.setdefault(r.command, []).append(r)
     body = [f"<h1>Homework results from {len(runs)} W&amp;B run(s)</h1>",
             "<p>Every number and picture below is read from the runs' own files; the theory behind them is in "
             "docs/theory.md.</p>",
             html_table(["run", "command", "state", "folder"],
-                       [[r.name, command(r), r.state, r.source] for r in runs], "runs")]
+                       [[r.name, r.command, r.state, r.source] for r in runs], "runs")]
     for cmd, title, section, how in SECTIONS:
         body.append(f"<h2>{_esc(title)}</h2>")
         if cmd in by_command:
@@ -260,7 +248,7 @@ def build_page(runs: Sequence[RunRecord]) -> str:
 
 def write_report(paths: Sequence[str | Path], output: str | Path) -> Path:
     """Read the runs under ``paths`` (a UsageError names a path without any) and write the page to ``output``."""
-    page = build_page(local_runs(find_run_dirs(paths)))
+    page = build_page(local_runs(paths))
     output = Path(output)
     with atomic_file(output) as fh:
         fh.write(page.encode("utf-8"))

@@ -10,11 +10,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from wandb import env as wandb_env
 
 from dlhw.callbacks.checkpoint import FINISHED, LAST
+from dlhw.callbacks.wandb_logger import WandbLogger
 from dlhw.core.events import EPOCH_AXIS, STEP_AXIS, is_rank_zero
 from dlhw.core.session import Stopped
+from dlhw.tracking.readback import history
 from dlhw.trainers.engine import Engine, check_resumable, read_checkpoint
 
 
@@ -28,35 +31,30 @@ class Resume:
         return (self.state["callbacks"].get("WandbLogger") or {}).get("run_id")
 
 
-def find_checkpoint(out: str | Path, pattern: str, run_id: str | None = None) -> Path | None:
-    """The newest unfinished ``last.pt`` matching ``out/checkpoints/PATTERN``, of W&B run ``run_id`` if given."""
-    found = sorted((p for p in (Path(out) / "checkpoints").glob(pattern)
-                    if p.name == LAST and not (p.parent / FINISHED).exists()), key=lambda p: p.stat().st_mtime)
-    return next((p for p in reversed(found) if not run_id or Resume(p, read_checkpoint(p)).run_id == run_id), None)
-
-
 def resolve_resume(value: str | None, out: str | Path, pattern: str) -> Resume | None:
-    """``--resume PATH|auto``; ``auto`` is the newest unfinished checkpoint (of ``$WANDB_RUN_ID``'s run), else None."""
+    """``--resume PATH|auto``: auto is the newest unfinished checkpoint (of ``$WANDB_RUN_ID``'s run), else None."""
     if not value:
         return None
-    path = Path(value)
     if value == "auto":
         run_id = os.environ.get(wandb_env.RUN_ID)
-        path = find_checkpoint(out, pattern, run_id)
-        if path is None:
+        found = sorted((p for p in (Path(out) / "checkpoints").glob(pattern)
+                        if p.name == LAST and not (p.parent / FINISHED).exists()), key=lambda p: p.stat().st_mtime)
+        resume = next((r for r in (Resume(p, read_checkpoint(p)) for p in reversed(found))
+                       if not run_id or r.run_id == run_id), None)
+        if resume is None:
             if is_rank_zero():
                 print(f"--resume auto: no unfinished checkpoint{f' of W&B run {run_id}' if run_id else ''} under "
                       f"{Path(out) / 'checkpoints'}; starting afresh", file=sys.stderr)
             return None
+    else:
+        resume = Resume(Path(value), read_checkpoint(value))
     if is_rank_zero():
-        print(f"resuming from {path}", file=sys.stderr)
-    return Resume(path, read_checkpoint(path))
+        print(f"resuming from {resume.path}", file=sys.stderr)
+    return resume
 
 
 def option_checkpoints(directory: Path, resuming: bool) -> tuple[dict[str, Any] | None, Resume | None]:
     """One ``detect`` model's checkpoint in ``directory`` when ``resuming``, and its fit's summary if it ended."""
-    import torch
-
     last, finished = directory / LAST, directory / FINISHED
     earlier = Resume(last, read_checkpoint(last)) if resuming and last.exists() else None
     done = earlier is not None and finished.exists()
@@ -65,8 +63,6 @@ def option_checkpoints(directory: Path, resuming: bool) -> tuple[dict[str, Any] 
 
 def sent_before(wandb_dir: str | Path, run_id: str) -> dict[str, int]:
     """Per metric key, the last step or epoch that earlier processes of ``run_id`` logged, from its run folders."""
-    from dlhw.tracking.readback import history
-
     sent: dict[str, int] = {}
     for run_dir in sorted((Path(wandb_dir) / "wandb").glob(f"*run-*-{run_id}")):
         try:
@@ -84,8 +80,6 @@ def sent_before(wandb_dir: str | Path, run_id: str) -> dict[str, int]:
 def fit_from(trainer: Engine, resume: Resume | None, wandb_dir: str | Path,
              may_differ: tuple[str, ...]) -> Mapping[str, Any]:
     """Fit ``trainer`` from ``resume`` (settings may differ in ``may_differ``), not logging again what its run has."""
-    from dlhw.callbacks.wandb_logger import WandbLogger
-
     if resume is not None:
         check_resumable(resume.state, resume.path, name=trainer.name, config=trainer.config, may_differ=may_differ)
         trainer.load_checkpoint_state(resume.state)
@@ -101,9 +95,9 @@ def fit_from(trainer: Engine, resume: Resume | None, wandb_dir: str | Path,
         raise
 
 
-def resume_command(checkpoint: str | Path, argv: list[str] | None = None) -> str:
+def resume_command(checkpoint: str | Path) -> str:
     """This process's command line (a torchrun line under torchrun) with ``--resume CHECKPOINT``."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:]
     kept = [a for i, a in enumerate(argv)
             if a != "--resume" and not a.startswith("--resume=") and (i == 0 or argv[i - 1] != "--resume")]
     world = int(os.environ.get("WORLD_SIZE", "1"))

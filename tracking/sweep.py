@@ -1,5 +1,4 @@
-"""``launch.py sweep``: W&B's ``sweeps`` engine proposes and stops trials, run as ``wandb agent`` runs them, no
-server needed. Folder: ``sweep.json``, ``trials/NNN-RUNID/`` (``trial.log``, ``metric.jsonl``, ``wandb/``)."""
+"""``launch.py sweep``, no server: W&B's ``sweeps`` engine proposes and stops trials, run as ``wandb agent`` does."""
 
 from __future__ import annotations
 
@@ -144,9 +143,8 @@ class Trial:
 
     def score(self, metric: dict[str, Any] | None) -> float | None:
         """The trial's best value of the sweep's metric, as the engine ranks it (None if never reported)."""
-        try:
-            goal = "maximum" if metric["goal"] == "maximize" else "minimum"
-            return float(self.engine_run().metric_extremum(metric["name"], goal))
+        try:  # the engine reads "maximize" and "minimize" as they are
+            return float(self.engine_run().metric_extremum(metric["name"], metric["goal"]))
         except (TypeError, ValueError):
             return None
 
@@ -176,10 +174,8 @@ class Sweep:
     @classmethod
     def create(cls, config: dict[str, Any], *, out: str | Path, source: str, count: int | None,
                sweep_id: str | None = None, seed: int = 0) -> Sweep:
-        try:
-            agent_command.split_sweep_path(sweep_id) if sweep_id else None
-        except ValueError as exc:
-            raise UsageError(f"--sweep-id {sweep_id!r}: {exc}") from None
+        if sweep_id:  # checked before the sweep's folder is made
+            agent_command.split_sweep_path(sweep_id)
         local_id, name = generate_id(), str(config.get("name") or Path(source).stem)
         directory = Path(out).resolve() / "sweeps" / f"{name}-{local_id}"
         directory.mkdir(parents=True)
@@ -257,12 +253,13 @@ class Runner:
         env.update({METRIC_ENV: self.metric, METRIC_FILE_ENV: str(trial.metric_file)} if self.metric else {})
         env.update({wandb_env.MODE: self.wandb_mode} if self.wandb_mode else {})
         env.pop(RESUME_ENV, None)  # a new trial starts from nothing, whatever the runner's environment says
+        python = agent_command.interpreter(env)  # on the trial's PATH, a resumed one's too
         if resume:  # WANDB_RESUME=must fails for an offline-only run
             env[RESUME_ENV], env[wandb_env.RESUME], trial.resumed = "auto", "allow", trial.resumed + 1
         else:
             trial.command = agent_command.trial_command(
                 sweep.config.get("command"), program=sweep.config.get("program"), params=trial.params,
-                args_json_file=files.with_suffix(".json"), python=agent_command.interpreter(os.environ))
+                args_json_file=files.with_suffix(".json"), python=python)
         with open(trial.log, "a") as log:
             resumed = f"\n--- resumed: attempt {trial.resumed + 1} of this trial ({trial.note}) ---\n" if resume else ""
             print(resumed, end="", file=log, flush=True)  # before the trial's own lines

@@ -18,6 +18,7 @@ import pytest
 from wandb import wandb_agent
 from wandb.sdk.lib.config_util import dict_from_config_file
 
+from dlhw.core.errors import UsageError
 from dlhw.tracking import agent_command
 from dlhw.tracking.agent_command import split_sweep_path, trial_command, trial_environment
 
@@ -68,7 +69,7 @@ def test_environment_carries_run_id_and_parameter_file(tmp_path):
                                sweep_id="team/proj/sw33p1d")
     assert (online["WANDB_SWEEP_ID"], online["WANDB_ENTITY"], online["WANDB_PROJECT"]) == ("sw33p1d", "team", "proj")
     assert split_sweep_path("sw33p1d") == (None, None, "sw33p1d")
-    with pytest.raises(ValueError):
+    with pytest.raises(UsageError, match="--sweep-id 'a/b/c/d'"):
         split_sweep_path("a/b/c/d")
 
 
