@@ -29,7 +29,7 @@ data = generate_pennfudan(out + "/data", n=4, seed=1, size=(60, 80))
 Image.new("RGB", (64, 48), (90, 120, 150)).save(out + "/photo.png")
 runs = [["filters", "--max-size", "32"],
         ["iou", "--steps", "4", "--batch-size", "2", "--slide-points", "21", "--agreement-boxes", "8"],
-        # AlexNet as one trial of the real weight-decay sweep: the trial is filed under the job type "sweep-trial".
+        # AlexNet as one trial of the real weight-decay sweep: the trial is an alexnet run (job type "alexnet").
         ["sweep", "sweeps/weight_decay.yaml", "--count", "1", *(f"--param={p}" for p in (
             "epochs=1", "limit_batches=1", "batch_size=8", "hessian_iters=1", "hessian_batch=4", "decay_every=1",
             "viz_images=1"))],
