@@ -56,7 +56,6 @@ class Splits:
 
 
 def _split_off(x: np.ndarray, y: np.ndarray, fraction: float) -> tuple[tuple, tuple]:
-    """(rest, held-out ``fraction``) of a fixed-seed permutation, at least one image held out."""
     order = np.random.default_rng(SPLIT_SEED).permutation(len(x))
     k = max(1, round(len(x) * fraction))
     held, rest = order[:k], order[k:]
@@ -194,8 +193,6 @@ def make_loaders(splits: Splits, *, size: int, batch_size: int, augment: bool, s
                                  dataset=ArrayDataset(*part, plain), rank=rank, world=world)
         gen = torch.Generator().manual_seed(seed) if shuffle else None
         ds = ArrayDataset(*part, tf)
-        if world == 1:
-            return DataLoader(ds, shuffle=shuffle, generator=gen, **kw)
         # The loader draws from ``gen`` as shuffle=True would, so its random stream is a single process's.
         sampler = (ShardedSampler(RandomSampler(ds, generator=gen), rank, world) if shuffle else
                    shard(range(len(ds)), rank, world, even=False))

@@ -53,13 +53,8 @@ class DeviceBatches:
                  shuffle: bool = False, seed: int = 0, dataset: torch.utils.data.Dataset | None = None,
                  rank: int = 0, world: int = 1) -> None:
         self.device = torch.device(device)
-        pinned = self.device.type == "cuda"
-        images_t = torch.tensor(images).permute(0, 3, 1, 2).contiguous()
-        labels_t = torch.as_tensor(labels, dtype=torch.long)
-        if pinned:  # a page-locked source lets the one copy to the GPU run as a DMA transfer
-            images_t, labels_t = images_t.pin_memory(), labels_t.pin_memory()
-        self.images = images_t.to(self.device, non_blocking=pinned)
-        self.labels = labels_t.to(self.device, non_blocking=pinned)
+        self.images = torch.tensor(images).permute(0, 3, 1, 2).contiguous().to(self.device)
+        self.labels = torch.as_tensor(labels, dtype=torch.long).to(self.device)
         self.size, self.batch_size = size, batch_size
         self.augment, self.flips, self.shuffle, self.seed = augment, flips, shuffle, seed
         self.scale = (1.0 / (255.0 * torch.tensor(std, device=self.device))).view(1, -1, 1, 1)

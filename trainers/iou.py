@@ -18,7 +18,7 @@ from torchvision.ops import box_iou as tv_box_iou
 from dlhw.core.errors import UsageError
 from dlhw.core.events import Callback
 from dlhw.core.session import Session
-from dlhw.trainers.settings import check, make, setting, settings, values
+from dlhw.trainers.settings import make, setting, settings, values
 
 DEFAULT_BOX_A = (0.0, 0.0, 4.0, 4.0)
 DEFAULT_BOX_B = (-4.0, 1.0, -2.0, 3.0)
@@ -239,22 +239,21 @@ class IoUSetup:
 
 
 def setup_from_args(args: argparse.Namespace) -> IoUSetup:
-    args = argparse.Namespace(**{**vars(IoUSetup()), **values(IoUSetup, args)})
-    for flag in ("box_a", "box_b"):
+    setup = make(IoUSetup, values(IoUSetup, args))
+    a, b = setup.box_a, setup.box_b
+    for flag, box in (("--box-a", a), ("--box-b", b)):
         try:
-            check_boxes(torch.tensor([getattr(args, flag)], dtype=torch.float64), f"--{flag.replace('_', '-')}")
+            check_boxes(torch.tensor([box], dtype=torch.float64), flag)
         except ValueError as exc:
             raise UsageError(str(exc).replace("[0] = ", " ")) from None
-    check(IoUSetup, vars(args))
-    a, b = args.box_a, args.box_b
     if a[2] - a[0] <= 0 or a[3] - a[1] <= 0:
         raise UsageError(f"--box-a {list(a)} has zero area; the target needs a positive width and height")
     if b[2] - b[0] <= 0 or min(a[3], b[3]) - max(a[1], b[1]) <= 0:
         raise UsageError(f"--box-b {list(b)} never overlaps box A on the slide; give it a positive "
                          f"width and a y-range that overlaps A's ({a[1]} to {a[3]})")
-    if not (math.isfinite(args.slide_to) and args.slide_to > b[0]):
-        raise UsageError(f"--slide-to {args.slide_to} must lie right of B's left edge {b[0]}")
-    return make(IoUSetup, vars(args))
+    if not (math.isfinite(setup.slide_to) and setup.slide_to > b[0]):
+        raise UsageError(f"--slide-to {setup.slide_to} must lie right of B's left edge {b[0]}")
+    return setup
 
 
 def torchvision_agreement(n: int, seed: int) -> float:
@@ -293,7 +292,6 @@ def run_iou(setup: IoUSetup, callbacks: Iterable[Callback] = (), config: Mapping
                                       for k, f in (("mean_iou", torch.mean), ("min_iou", torch.min))})
             if session.should_stop:
                 break
-        # The slide and the agreement do not change with the epochs, so they are computed once.
         s = session.results["slide"] = slide(setup.box_a, setup.box_b, to=setup.slide_to, points=setup.slide_points)
         diff = torchvision_agreement(setup.agreement_boxes, setup.seed)
         passed = diff <= 1e-6 and start_iou == 0.0 and s.gradients_as_expected()

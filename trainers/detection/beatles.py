@@ -18,7 +18,7 @@ from torchvision.transforms.functional import to_tensor
 from dlhw.core.errors import UsageError
 from dlhw.core.events import Callback
 from dlhw.core.session import Session
-from dlhw.trainers.detection.dataset import street_scene
+from dlhw.trainers.detection.dataset import draw_scene
 from dlhw.trainers.download import DownloadError, cache_dir, download
 from dlhw.viz.detections import THRESHOLDS, people_counts
 
@@ -59,7 +59,8 @@ def load_photo(image: str | None) -> Photo:
         if image:
             raise UsageError(f"--image {exc}; check the URL, or download the photo and pass its path") from None
         print(f"photo unavailable ({exc}); using a generated street scene instead (not a photo)", file=sys.stderr)
-        return Photo("generated_street_scene", street_scene(), "generated street scene (photo unavailable)")
+        scene = draw_scene(np.random.default_rng(0), 360, 480, 4)[0]
+        return Photo("generated_street_scene", scene, "generated street scene (photo unavailable)")
     try:
         return Photo(Path(name).stem, _read(path, shown=url), url)
     except UsageError:
@@ -106,9 +107,7 @@ def verdict(results: Mapping[str, Mapping[str, Any]],
     """Columns and one row per trained model: train and held-out AP, people counted on the photo, s/iter."""
     columns = ["model", "train bbox AP", "held-out bbox AP", "held-out segm AP",
                *(f"people@{t}" for t in THRESHOLDS), "s/iter"]
-    rows = []
-    for label, summary in results.items():
-        det = detections.get(label, {})
-        rows.append([label, summary.get("train/bbox_AP"), summary.get("val/bbox_AP"), summary.get("val/segm_AP"),
-                     *(det.get(f"people@{t}") for t in THRESHOLDS), summary.get("train/sec_per_iter")])
+    rows = [[label, summary.get("train/bbox_AP"), summary.get("val/bbox_AP"), summary.get("val/segm_AP"),
+             *(detections.get(label, {}).get(f"people@{t}") for t in THRESHOLDS), summary.get("train/sec_per_iter")]
+            for label, summary in results.items()]
     return columns, rows

@@ -132,7 +132,7 @@ def collate(batch: Sequence[Any]) -> tuple[Any, ...]:
     return tuple(zip(*batch))
 
 
-def _draw_scene(rng: np.random.Generator, height: int, width: int, people: int) -> tuple[np.ndarray, np.ndarray]:
+def draw_scene(rng: np.random.Generator, height: int, width: int, people: int) -> tuple[np.ndarray, np.ndarray]:
     """A street-like picture (sky, ground, noise) with ``people`` pedestrian figures and their id mask."""
     yy, xx = np.mgrid[0:height, 0:width]
     horizon = int(height * rng.uniform(0.35, 0.55))
@@ -165,10 +165,6 @@ def _draw_scene(rng: np.random.Generator, height: int, width: int, people: int) 
     return np.clip(image, 0, 255).astype(np.uint8), relabel[mask]
 
 
-def street_scene(seed: int = 0, height: int = 360, width: int = 480, people: int = 4) -> np.ndarray:
-    return _draw_scene(np.random.default_rng(seed), height, width, people)[0]
-
-
 def generate_pennfudan(root: str | Path, n: int = 170, *, seed: int = 0, size: tuple[int, int] = (240, 320)) -> Path:
     """Write ``n`` generated images with 0-4 pedestrians each in the Penn-Fudan layout under ``root``."""
     root = Path(root)
@@ -177,7 +173,7 @@ def generate_pennfudan(root: str | Path, n: int = 170, *, seed: int = 0, size: t
     rng = np.random.default_rng(seed)
     for i in range(1, n + 1):
         h, w = (int(side * rng.uniform(0.85, 1.15)) for side in size)
-        image, mask = _draw_scene(rng, h, w, int(rng.integers(0, 5)))
+        image, mask = draw_scene(rng, h, w, int(rng.integers(0, 5)))
         Image.fromarray(image).save(root / IMAGES / f"Generated{i:05d}.png")
         Image.fromarray(mask.astype(np.uint8)).save(root / MASKS / f"Generated{i:05d}_mask.png")
     (root / "GENERATED.txt").write_text("Generated stand-in for Penn-Fudan (synthetic pedestrians); not real data.\n")

@@ -183,9 +183,8 @@ def timm_backbone(name: str, *, weights: str = "auto", levels: int = 3) -> Backb
     if body is None:
         body = timm.create_model(name, pretrained=False, features_only=True)
     module = TimmFPN(body, levels)
-    if levels == 1:
-        return Backbone(module, ["0"], SINGLE_MAP_ANCHORS, pretrained)
-    sizes = tuple((32 * 2**i,) for i in range(levels + 1))  # one size per map, the max-pooled extra included
+    # Several maps: one size per map, the max-pooled extra included.
+    sizes = SINGLE_MAP_ANCHORS if levels == 1 else tuple((32 * 2**i,) for i in range(levels + 1))
     return Backbone(module, [str(i) for i in range(levels)], sizes, pretrained)
 
 

@@ -20,7 +20,6 @@ from dlhw.trainers.detection.models import BACKBONES, MODELS, build_detector, ch
 from dlhw.trainers.engine import Engine, Precision, check_finite, pipeline_generators
 from dlhw.trainers.settings import check, make, setting, settings, values
 
-
 # Each profile fills the DetectSettings fields whose flags were left unset (their help says what each is).
 _TUTORIAL = {"momentum": 0.9, "weight_decay": 5e-4, "step_size": 3, "gamma": 0.1}
 PROFILES: dict[str, dict[str, Any]] = {
@@ -142,7 +141,7 @@ class DetectionTrainer(Engine):
                  train_eval: PennFudan, callbacks: Iterable[Callback] = (), dist: Dist | None = None) -> None:
         s = self.settings = settings
         dist = dist if dist is not None else Dist(device=torch.device(s.device))
-        self.device = torch.device(s.device) if not dist.distributed else dist.device
+        self.device = dist.device
         self.sampler = EpochSlices(len(train), s.images_per_epoch or len(train), s.seed)
         if dist.distributed:
             self.sampler = ShardedSampler(self.sampler, dist.rank, dist.world_size)
@@ -163,7 +162,6 @@ class DetectionTrainer(Engine):
         self.viz: list[tuple[torch.Tensor, dict, dict]] = []
         self._gt: dict[str, Any] = {}
         self.step_seconds: list[float] = []
-        # The first epoch's warm-up, and its state when a checkpoint stopped inside that epoch.
         self.ramp: Any = None
         self._ramp_state: Mapping[str, Any] | None = None
 
@@ -175,11 +173,10 @@ class DetectionTrainer(Engine):
         if epoch == 0 and len(self.loader) > 1:
             iters = min(1000, len(self.loader) - 1)
             self.ramp = torch.optim.lr_scheduler.LinearLR(self.optimizer, start_factor=1e-3, total_iters=iters)
-        if self.ramp is not None and self._ramp_state is not None:
-            # Building the warm-up rescaled the learning rate; the checkpoint's position puts it back.
-            self.ramp.load_state_dict(self._ramp_state)
-            for group, lr in zip(self.optimizer.param_groups, self.ramp.get_last_lr()):
-                group["lr"] = lr
+            if self._ramp_state is not None:  # building it rescaled the lr; the checkpoint's position puts it back
+                self.ramp.load_state_dict(self._ramp_state)
+                for group, lr in zip(self.optimizer.param_groups, self.ramp.get_last_lr()):
+                    group["lr"] = lr
         self._ramp_state = None
         for i, (images, targets) in self.epoch_batches(self.loader):
             started = time.perf_counter()
