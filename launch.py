@@ -171,8 +171,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
 def detect_job(args: argparse.Namespace, dist: Any) -> int:
     from dlhw.callbacks import standard_callbacks
     from dlhw.callbacks.experiments import PhotoTable, PredictionTable
-    from dlhw.trainers.detection.beatles import compare_on_photo, load_photo
-    from dlhw.trainers.detection.trainer import build_trainer, model_label, prepare
+    from dlhw.trainers.detection.dataset import load_photo
+    from dlhw.trainers.detection.trainer import build_trainer, compare_on_photo, model_label, prepare
     from dlhw.tracking.resume import fit_from, option_checkpoints, resolve_resume
 
     # Rank 0 first: it may download or generate the data into the cache the others then read.

@@ -1,4 +1,5 @@
-"""Penn-Fudan pedestrians as the torchvision tutorial reads them, downloaded into a cache or generated alike."""
+"""Penn-Fudan pedestrians as the torchvision tutorial reads them, and the photo both models run on (the Beatles, by
+default): downloaded into a cache or generated alike."""
 
 from __future__ import annotations
 
@@ -203,3 +204,49 @@ def resolve_data(data: str | None, *, seed: int = 0) -> tuple[Path, str]:
         print(f"Penn-Fudan unavailable ({exc}); using {generated}: generated pedestrians in the same layout, "
               f"not real data (pass --data DIR to use a local copy)", file=sys.stderr)
         return generated, "generated"
+
+
+# "The Beatles arrive at JFK Airport", 7 February 1964, United Press International; public domain:
+# https://commons.wikimedia.org/wiki/File:The_Beatles_arrive_at_JFK_Airport.jpg
+BEATLES_URL = "https://upload.wikimedia.org/wikipedia/commons/6/61/The_Beatles_arrive_at_JFK_Airport.jpg"
+
+
+@dataclass
+class Photo:
+    name: str
+    image: np.ndarray  # (H, W, 3) uint8
+    source: str
+
+
+def _read(path: Path, shown: str | None = None) -> np.ndarray:
+    # shown: how the user named it (a URL), if not by path
+    try:
+        with Image.open(path) as im:
+            return np.array(im.convert("RGB"))
+    except (UnidentifiedImageError, OSError) as exc:
+        why = "what it sent is not an image" if shown else exc
+        raise UsageError(f"cannot read image {shown or path} ({why}); pass a PNG or JPEG to --image") from None
+
+
+def load_photo(image: str | None) -> Photo:
+    """``--image`` (a file or URL) or the Beatles photo; only the default one falls back to a generated scene."""
+    if image and not image.startswith(("http://", "https://")):
+        path = Path(image)
+        if not path.is_file():
+            raise UsageError(f"image not found: {path}; pass an existing file or a URL to --image")
+        return Photo(path.stem, _read(path), f"--image {path}")
+    url = image or BEATLES_URL
+    name = Path(url.split("?")[0]).name or "photo.jpg"
+    try:
+        path = download(url, cache_dir("photos", name))
+    except DownloadError as exc:
+        if image:
+            raise UsageError(f"--image {exc}; check the URL, or download the photo and pass its path") from None
+        print(f"photo unavailable ({exc}); using a generated street scene instead (not a photo)", file=sys.stderr)
+        scene = draw_scene(np.random.default_rng(0), 360, 480, 4)[0]
+        return Photo("generated_street_scene", scene, "generated street scene (photo unavailable)")
+    try:
+        return Photo(Path(name).stem, _read(path, shown=url), url)
+    except UsageError:
+        path.unlink()  # an error page saved under the photo's name would be found in the cache next time
+        raise

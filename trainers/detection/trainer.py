@@ -1,4 +1,5 @@
-"""torchvision's detection fine-tuning tutorial as an :class:`Engine`: flags, profiles, training, COCO evaluation."""
+"""torchvision's detection fine-tuning tutorial as an :class:`Engine`: flags, profiles, training, COCO evaluation;
+then both trained detectors on one photo, and the verdict comparing the options."""
 
 from __future__ import annotations
 
@@ -11,14 +12,18 @@ from typing import Any
 
 import torch
 from torch import nn
+from torchvision.transforms.functional import to_tensor
 
 from dlhw.core.distributed import Dist, ShardedSampler, shard, wrap_ddp
 from dlhw.core.events import Callback
+from dlhw.core.session import Session
 from dlhw.trainers.detection.coco_eval import coco_ground_truth, coco_metrics
-from dlhw.trainers.detection.dataset import HOLDOUT, Augment, PennFudan, collate, read_pennfudan, resolve_data, split
+from dlhw.trainers.detection.dataset import (HOLDOUT, Augment, PennFudan, Photo, collate, read_pennfudan, resolve_data,
+                                             split)
 from dlhw.trainers.detection.models import BACKBONES, MODELS, build_detector, check_backbone
 from dlhw.trainers.engine import Engine, Precision, check_finite, pipeline_generators
 from dlhw.trainers.settings import check, make, setting, settings, values
+from dlhw.viz.detections import THRESHOLDS, people_counts
 
 # Each profile fills the DetectSettings fields whose flags were left unset (their help says what each is).
 _TUTORIAL = {"momentum": 0.9, "weight_decay": 5e-4, "step_size": 3, "gamma": 0.1}
@@ -37,8 +42,6 @@ OPTIONS = {"1": (1,), "2": (2,), "both": (1, 2)}
 
 @settings
 class DetectSettings:
-    """Unset fields come from the profile, flagless ones from data and model."""
-
     data: str | None = setting(None, "an unpacked PennFudanPed folder (default: download it into the cache; offline, "
                                      "generated pedestrians in the same layout)", metavar="DIR")
     profile: str = setting(help="full: the tutorial's recipe (default with CUDA); cpu: smaller images and fewer epochs "
@@ -324,3 +327,48 @@ def build_trainer(plan: Plan, option: int, callbacks: Iterable[Callback], dist: 
     s = replace(s, option=str(option), model_label=model_label(option, s), start_weights=built.weights, clip_grad=clip)
     return DetectionTrainer(built.model, s, train=plan.train, heldout=plan.heldout, train_eval=plan.train_eval,
                             callbacks=callbacks, dist=dist)
+
+
+@torch.inference_mode()
+def detect(model: nn.Module, image: torch.Tensor, *, repeats: int = 3) -> tuple[dict[str, torch.Tensor], float]:
+    """The model's detections on ``image`` and the median inference time in milliseconds."""
+    model.eval()
+    device = next(model.parameters()).device
+    times, out = [], {}
+    for _ in range(repeats):
+        started = time.perf_counter()
+        out = model([image.to(device)])[0]
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append((time.perf_counter() - started) * 1000)
+    return {k: v.cpu() for k, v in out.items()}, statistics.median(times)
+
+
+def compare_on_photo(photo: Photo, models: Mapping[str, nn.Module], results: Mapping[str, Mapping[str, Any]],
+                     callbacks: Iterable[Callback] = (), config: Mapping[str, Any] | None = None) -> Session:
+    """Every model on the photo, a step each, counts as the one epoch; ``results``: each label's training summary."""
+    session = Session(callbacks, name="detect-photo", config=config, steps_per_epoch=len(models))
+    session.results["photo"] = photo
+    image = to_tensor(photo.image)
+    detections: dict[str, dict[str, Any]] = {}
+    with session.running():
+        session.fire("on_epoch_start", epoch=0)
+        for i, (label, model) in enumerate(models.items()):
+            out, ms = detect(model, image)
+            row = detections[label] = {**people_counts(out["scores"]), "inference_ms": ms}
+            session.step_end(i, {"label": label, "photo": photo, "output": out, **row})
+        session.results["verdict"] = verdict(results, detections)
+        session.epoch_end(0, {f"photo/{label.split(':')[0].replace(' ', '')}/{k}": v
+                              for label, row in detections.items() for k, v in row.items()})
+    return session
+
+
+def verdict(results: Mapping[str, Mapping[str, Any]],
+            detections: Mapping[str, Mapping[str, Any]]) -> tuple[list[str], list[list[Any]]]:
+    """Columns and one row per trained model: train and held-out AP, people counted on the photo, s/iter."""
+    columns = ["model", "train bbox AP", "held-out bbox AP", "held-out segm AP",
+               *(f"people@{t}" for t in THRESHOLDS), "s/iter"]
+    rows = [[label, summary.get("train/bbox_AP"), summary.get("val/bbox_AP"), summary.get("val/segm_AP"),
+             *(detections.get(label, {}).get(f"people@{t}") for t in THRESHOLDS), summary.get("train/sec_per_iter")]
+            for label, summary in results.items()]
+    return columns, rows
