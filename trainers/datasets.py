@@ -31,7 +31,6 @@ DIGITS_TEST_FRACTION = 0.2
 class Splits:
     """uint8 images (N, H, W, C) and int labels for train / val / test, plus what describes them."""
 
-    name: str
     train: tuple[np.ndarray, np.ndarray]
     val: tuple[np.ndarray, np.ndarray]
     test: tuple[np.ndarray, np.ndarray]
@@ -75,7 +74,7 @@ def load_digits(root: Path, download: bool = False) -> Splits:
     y = d.target.astype(np.int64)
     rest, test = _split_off(x, y, DIGITS_TEST_FRACTION)
     train, val = _split_off(*rest, VAL_FRACTION / (1 - DIGITS_TEST_FRACTION))
-    return Splits("digits", train, val, test, [str(i) for i in range(10)], flips=False)
+    return Splits(train, val, test, [str(i) for i in range(10)], flips=False)
 
 
 def _read_torchvision(cls: Any, root: Path) -> list[Any] | None:
@@ -107,7 +106,7 @@ def load_torchvision(name: str, cls_name: str, root: Path, download: bool = Fals
     # (N, H, W) grayscale gets its channel axis; CIFAR-10's is a transposed view.
     (x, y), test = ((np.ascontiguousarray(np.asarray(d.data).reshape(*d.data.shape[:3], -1)),
                      np.asarray(d.targets, dtype=np.int64)) for d in parts)
-    return Splits(name, *_split_off(x, y, VAL_FRACTION), test, list(parts[0].classes), flips=True)
+    return Splits(*_split_off(x, y, VAL_FRACTION), test, list(parts[0].classes), flips=True)
 
 
 DATASETS.register("cifar10")(partial(load_torchvision, "cifar10", "CIFAR10"))

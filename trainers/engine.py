@@ -198,7 +198,7 @@ def global_rng_state() -> dict[str, Any]:
 
 
 def set_global_rng_state(state: Mapping[str, Any]) -> None:
-    random.setstate(_tuples(state["python"]))
+    random.setstate(state["python"])
     kind, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
@@ -220,7 +220,7 @@ def set_generators_state(generators: Mapping[str, Any], state: Mapping[str, Any]
         elif isinstance(gen, np.random.Generator):
             gen.bit_generator.state = state[name]
         else:
-            gen.setstate(_tuples(state[name]))
+            gen.setstate(state[name])
 
 
 def pipeline_generators(name: str, pipeline: Any) -> dict[str, Any]:
@@ -228,11 +228,6 @@ def pipeline_generators(name: str, pipeline: Any) -> dict[str, Any]:
     parts = [pipeline, *getattr(pipeline, "transforms", [])]
     return {f"{name}.{i}.{attr}": getattr(part, attr) for i, part in enumerate(parts)
             for attr in ("random_generator", "py_random") if getattr(part, attr, None) is not None}
-
-
-def _tuples(obj: Any) -> Any:
-    # random.setstate wants tuples all the way down; a checkpoint may hand back lists.
-    return tuple(_tuples(v) for v in obj) if isinstance(obj, (list, tuple)) else obj
 
 
 def check_finite(losses: Mapping[str, float], *, step: int) -> None:

@@ -141,8 +141,6 @@ def slide(box_a: Sequence[float], box_b: Sequence[float], *, to: float, points: 
     start = float(b[0])
     if not to > start:
         raise ValueError(f"the slide must move B to the right: end {to} <= start {start}")
-    if points < 2:
-        raise ValueError(f"a slide needs at least 2 points, got {points}")
     kinks_at = [(k, e) for k, e in kink_positions(box_a, box_b) if start < k < to]
     grid = torch.linspace(start, to, points, dtype=torch.float64)
     at = torch.tensor([k for k, _ in kinks_at], dtype=torch.float64)

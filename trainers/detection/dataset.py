@@ -28,7 +28,6 @@ HOLDOUT = 50  # the tutorial holds out the last 50 images of a fixed permutation
 
 @dataclass
 class Sample:
-    name: str
     image: np.ndarray  # (H, W, 3) uint8
     mask: np.ndarray  # (H, W) integer ids, 0 = background
 
@@ -62,7 +61,7 @@ def read_pennfudan(root: str | Path, limit: int | None = None) -> list[Sample]:
         if mask.shape != image.shape[:2]:
             raise UsageError(f"{mask_path} is {mask.shape[1]}x{mask.shape[0]} but its image is "
                              f"{image.shape[1]}x{image.shape[0]}; replace the mask")
-        samples.append(Sample(path.stem, image, mask))
+        samples.append(Sample(image, mask))
     return samples
 
 
