@@ -149,9 +149,8 @@ class AlexNetSettings:
     lr: float = setting(help="learning rate (from the recipe)", group=OPTIM, above=0)
     momentum: float = setting(help="SGD momentum (recipes: 0)", group=OPTIM, min=0, below=1)
     weight_decay: float = setting(help="decay strength lambda (from the recipe)", metavar="LAMBDA", group=OPTIM, min=0)
-    wd_mode: str = setting(help="l2: lambda/2 ||w||^2 in the loss; coupled: the optimizer's weight_decay; "
-                                "decoupled: w *= 1 - lr*lambda apart from the gradient step", choices=WD_MODES,
-                           group=OPTIM)
+    wd_mode: str = setting(help="l2: lambda/2 ||w||^2 in the loss; coupled: the optimizer's weight_decay; decoupled: "
+                                "w *= 1 - lr*lambda apart from the gradient step", choices=WD_MODES, group=OPTIM)
     decay_all: bool = setting(False, "decay biases and normalisation weights too", group=OPTIM)
     hessian_every: int = setting(10, "estimate the top Hessian eigenvalue at the start, every EPOCHS epochs and at "
                                      "the end (0: never)", metavar="EPOCHS", group=PROBE, min=0)

@@ -31,11 +31,9 @@ def check_boxes(boxes: Tensor, name: str = "boxes") -> Tensor:
     if not boxes.is_floating_point():
         boxes = boxes.float()
     with torch.no_grad():
-        for bad, why in (
-            (~torch.isfinite(boxes).all(dim=1), "has a non-finite coordinate"),
-            ((boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1]),
-             "has x2 < x1 or y2 < y1; give the top-left corner (x1, y1) first"),
-        ):
+        for bad, why in ((~torch.isfinite(boxes).all(dim=1), "has a non-finite coordinate"),
+                         ((boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1]),
+                          "has x2 < x1 or y2 < y1; give the top-left corner (x1, y1) first")):
             if bad.any():
                 i = int(bad.nonzero()[0])
                 raise ValueError(f"{name}[{i}] = {boxes[i].tolist()} {why}")

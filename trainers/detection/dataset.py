@@ -1,5 +1,4 @@
-"""Penn-Fudan pedestrians as the torchvision tutorial reads them, and the photo both models run on (the Beatles, by
-default): downloaded into a cache or generated alike."""
+"""Penn-Fudan pedestrians as the tutorial reads them, and the photo both models run on: downloaded, else generated."""
 
 from __future__ import annotations
 

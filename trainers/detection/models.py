@@ -123,7 +123,6 @@ SINGLE_MAP_ANCHORS = ((32, 64, 128, 256, 512),)
 
 
 def _features(name: str, out_channels: int, *, weights: str = "auto") -> Backbone:
-    """A torchvision classifier's ``features`` as one feature map (the tutorial's option 2 shape)."""
     w = _pretrained(torchvision.models.get_model_weights(name).DEFAULT, weights)
     net = torchvision.models.get_model(name, weights=None)
     if w is not None:

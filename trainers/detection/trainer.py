@@ -1,5 +1,4 @@
-"""torchvision's detection fine-tuning tutorial as an :class:`Engine`: flags, profiles, training, COCO evaluation;
-then both trained detectors on one photo, and the verdict comparing the options."""
+"""torchvision's detection fine-tuning tutorial as an :class:`Engine` (flags, profiles, COCO AP), and the photo step."""
 
 from __future__ import annotations
 
