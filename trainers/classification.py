@@ -328,7 +328,6 @@ class ClassificationTrainer(Engine):
     def evaluate(self, epoch: int) -> dict[str, float]:
         loss, acc, _, _ = self._evaluate(self.loaders.val)
         if acc > self.best_acc:
-            # The course recipe scores the test set with the best-val weights.
             self.best_acc, self.best_epoch = acc, epoch + 1
             self.best_model = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
         return {"val/loss": loss, "val/acc": acc}

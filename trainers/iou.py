@@ -69,8 +69,7 @@ def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
 
 
 # Measures of overlap on the slide: ours, and torchvision's two that keep a gradient apart.
-MEASURES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {"iou": box_iou, "giou": generalized_box_iou,
-                                                           "diou": distance_box_iou}
+MEASURES = {"iou": box_iou, "giou": generalized_box_iou, "diou": distance_box_iou}
 
 
 @dataclass
@@ -110,8 +109,7 @@ class Slide:
         return (self.values["iou"] == 0) & self.smooth()
 
     def gradients_as_expected(self) -> bool:
-        """IoU's d/dx is exactly 0 wherever the boxes are apart while GIoU's and DIoU's are not, and every
-        kink's one-sided derivatives differ (autograd is read off the kinks only)."""
+        """Where the boxes are apart IoU's d/dx is 0, GIoU's and DIoU's are not; kinks' one-sided derivatives differ."""
         apart, g = self.disjoint(), self.grads
         return (bool((g["iou"][apart] == 0).all() and (g["giou"][apart] != 0).all() and (g["diou"][apart] != 0).all())
                 and all(abs(k.right - k.left) > 1e-3 for k in self.kinks))

@@ -32,9 +32,8 @@ def check(cls: type, given: Mapping[str, Any]) -> None:
     """A UsageError naming the flag of the first value of ``given`` outside its field's bounds (None is unset)."""
     for f in dataclasses.fields(cls):
         value, bounds = given.get(f.name), [(k, f.metadata[k]) for k in BOUNDS if f.metadata[k] is not None]
-        if value is None or not bounds:
-            continue
-        if not (math.isfinite(value) and all(BOUNDS[k][0](value, b) for k, b in bounds)):
+        ok = value is None or not bounds or (math.isfinite(value) and all(BOUNDS[k][0](value, b) for k, b in bounds))
+        if not ok:
             rules = ["positive" if (k, b) == ("above", 0) else BOUNDS[k][1].format(b) for k, b in bounds]
             raise UsageError(f"--{f.name.replace('_', '-')} must be {' and '.join(rules)}, got {value}")
 

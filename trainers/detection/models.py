@@ -198,19 +198,13 @@ def check_backbone(name: str) -> None:
                      f"or any timm model as timm/NAME (timm.list_models())")
 
 
-def create_backbone(name: str, *, weights: str = "auto", levels: int = 3) -> Backbone:
-    """A registered torchvision backbone, or a timm one (``timm/NAME`` or a plain timm name)."""
-    check_backbone(name)
-    if name in BACKBONES:
-        return BACKBONES.create(name, weights=weights)
-    return timm_backbone(name.removeprefix(TIMM_PREFIX), weights=weights, levels=levels)
-
-
 def build_detector(option: int, *, model: str, backbone: str, weights: str, levels: int = 3, **kwargs: Any) -> Built:
-    """Option 1 (``model``) or 2 (Faster R-CNN on ``backbone``, the tutorial's anchors and RoIAlign)."""
+    """Option 1 (``model``) or 2 (Faster R-CNN on ``backbone``: registered, or timm's as ``timm/NAME`` or NAME)."""
     if option == 1:
         return MODELS.create(model, weights=weights, **kwargs)
-    bb = create_backbone(backbone, weights=weights, levels=levels)
+    check_backbone(backbone)
+    bb = (BACKBONES.create(backbone, weights=weights) if backbone in BACKBONES else
+          timm_backbone(backbone.removeprefix(TIMM_PREFIX), weights=weights, levels=levels))
     anchors = AnchorGenerator(sizes=bb.anchor_sizes, aspect_ratios=((0.5, 1.0, 2.0),) * len(bb.anchor_sizes))
     pool = MultiScaleRoIAlign(featmap_names=bb.featmap_names, output_size=7, sampling_ratio=2)
     detector = FasterRCNN(bb.body, num_classes=NUM_CLASSES, rpn_anchor_generator=anchors, box_roi_pool=pool, **kwargs)

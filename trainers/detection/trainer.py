@@ -134,8 +134,7 @@ class EpochSlices(torch.utils.data.Sampler):
 
 
 class DetectionTrainer(Engine):
-    """One detector fine-tuned with the tutorial's recipe and scored with pycocotools; :attr:`viz`: the images shown.
-    Training images are scored after the last epoch (and every ``train_eval_every``-th): scoring dominates a run."""
+    """One detector fine-tuned with the tutorial's recipe and scored with pycocotools; :attr:`viz`: the images shown."""
 
     resumed = ("step_seconds",)
 
@@ -187,13 +186,11 @@ class DetectionTrainer(Engine):
             with self.precision.autocast():
                 loss_dict = self.net(images, targets)
             loss = sum(loss_dict.values())
-            terms = {f"train/{k}": v.item() for k, v in loss_dict.items()}
-            terms["train/loss"] = loss.item()
+            terms = {**{f"train/{k}": v.item() for k, v in loss_dict.items()}, "train/loss": loss.item()}
             if self.dist.distributed:  # the global batch's losses (every rank's batch is as large)
                 terms = self.dist.all_reduce_mean(terms)
-            terms["train/lr"] = self.optimizer.param_groups[0]["lr"]
-            self.log(terms)  # before the check, so a non-finite step's terms are on record
-            check_finite({k: v for k, v in terms.items() if k != "train/lr"}, step=self.global_step)
+            self.log({**terms, "train/lr": self.optimizer.param_groups[0]["lr"]})  # logged even when non-finite
+            check_finite(terms, step=self.global_step)
             self.optimizer.zero_grad(set_to_none=True)
             self.precision.scaler.scale(loss).backward()
             if self.settings.clip_grad:
