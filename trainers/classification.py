@@ -31,9 +31,7 @@ class AlexNet(nn.Module):
 
     def __init__(self, features: nn.Sequential, classifier: nn.Sequential, *, input_size: int) -> None:
         super().__init__()
-        self.features = features
-        self.classifier = classifier
-        self.input_size = input_size
+        self.features, self.classifier, self.input_size = features, classifier, input_size
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.features(x))
@@ -167,21 +165,17 @@ class AlexNetSettings:
 
 def resolve_args(args: argparse.Namespace) -> tuple[AlexNetSettings, list[str]]:
     """The settings: unset flags filled from the recipe, then checked; with lines saying what was chosen."""
-    notes = []
     v = values(AlexNetSettings, args)
     if v["recipe"] is not None and v["dataset"] is None:
         v["dataset"] = RECIPES[v["recipe"]]["dataset"]
     v["dataset"], why = resolve_dataset(v["dataset"] or "auto", v["data"])
-    if why != "--dataset":
-        notes.append(why)
+    notes = [why] if why != "--dataset" else []
     v["recipe"] = v["recipe"] or next(name for name, r in RECIPES.items() if r["dataset"] == v["dataset"])
     if v["optimizer"] == "adamw":
         if v["wd_mode"] not in (None, "decoupled"):
             raise UsageError(ADAMW_ERROR)
         v["wd_mode"] = "decoupled"
-    for key, value in RECIPES[v["recipe"]].items():
-        if v.get(key) is None:
-            v[key] = value
+    v.update({key: value for key, value in RECIPES[v["recipe"]].items() if v.get(key) is None})
     s = make(AlexNetSettings, v)
     notes.append(f"recipe {s.recipe}: {s.variant} AlexNet on {s.dataset}, {s.optimizer} lr {s.lr:g}, batch "
                  f"{s.batch_size}, {s.epochs} epochs, weight decay {s.weight_decay:g} ({s.wd_mode})")

@@ -162,9 +162,8 @@ class Precision:
 
     def __init__(self, device: torch.device | str) -> None:
         self.device = torch.device(device)
-        self.dtype: torch.dtype | None = None
-        if self.device.type == "cuda":
-            self.dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        cuda = self.device.type == "cuda"
+        self.dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if cuda else None
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.dtype == torch.float16)
 
     def autocast(self) -> contextlib.AbstractContextManager:

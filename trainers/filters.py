@@ -85,8 +85,7 @@ def load_image(path: str | Path) -> torch.Tensor:
         raise UsageError(f"image not found: {path}; pass an existing file to --image")
     try:
         with Image.open(path) as im:
-            im = im.convert("L") if im.mode in ("L", "LA", "I;16", "I", "F", "1") else im.convert("RGB")
-            return to_tensor(im)
+            return to_tensor(im.convert("L") if im.mode in ("L", "LA", "I;16", "I", "F", "1") else im.convert("RGB"))
     except (UnidentifiedImageError, OSError) as exc:
         raise UsageError(f"cannot read image {path} ({exc}); pass a PNG or JPEG to --image") from None
 
@@ -105,11 +104,10 @@ class Checks:
         return self.constant_error[name] < 1e-6 and selective and (name not in BLURS or self.hf_ratio[name] < 1)
 
     def metrics(self) -> dict[str, float]:
-        m = {f"check/gain/{name}/{d}": g for name, per_dir in self.gains.items() for d, g in per_dir.items()}
-        m.update({f"check/hf_ratio/{name}": r for name, r in self.hf_ratio.items()})
-        m["check/constant_max_error"] = max(self.constant_error.values())
-        m["check/passed"] = float(all(self.passed(n) for n in self.gains))
-        return m
+        return {**{f"check/gain/{name}/{d}": g for name, per_dir in self.gains.items() for d, g in per_dir.items()},
+                **{f"check/hf_ratio/{name}": r for name, r in self.hf_ratio.items()},
+                "check/constant_max_error": max(self.constant_error.values()),
+                "check/passed": float(all(self.passed(n) for n in self.gains))}
 
 
 def run_checks(names: Iterable[str], *, size: int = 64, period: float = 4.0, seed: int = 0) -> Checks:

@@ -281,8 +281,7 @@ def run_iou(setup: IoUSetup, callbacks: Iterable[Callback] = (), config: Mapping
                     metrics.update({f"descent/{name}/{k}": v for k, v in out.items()})
                 session.log(metrics)
                 session.step_end(i, metrics)
-            session.epoch_end(epoch, {f"eval/{name}/{k}": float(f(descent.iou()))
-                                      for name, descent in descents.items()
+            session.epoch_end(epoch, {f"eval/{name}/{k}": float(f(descent.iou())) for name, descent in descents.items()
                                       for k, f in (("mean_iou", torch.mean), ("min_iou", torch.min))})
             if session.should_stop:
                 break

@@ -66,8 +66,7 @@ def read_pennfudan(root: str | Path, limit: int | None = None) -> list[Sample]:
 
 def instance_masks(mask: np.ndarray) -> np.ndarray:
     """(N, H, W) uint8 binary masks, one per pedestrian id (ids sorted, background dropped)."""
-    ids = np.unique(mask)
-    ids = ids[ids != 0]
+    ids = np.unique(mask[mask != 0])
     return (mask[None] == ids[:, None, None]).astype(np.uint8)
 
 
@@ -87,8 +86,7 @@ class PennFudan(torch.utils.data.Dataset):
     """Float (3, H, W) images in [0, 1] and their targets; ``transform(image, masks)`` augments both, boxes follow."""
 
     def __init__(self, samples: Sequence[Sample], transform: Callable[..., Any] | None = None) -> None:
-        self.samples = list(samples)
-        self.transform = transform
+        self.samples, self.transform = list(samples), transform
 
     def __len__(self) -> int:
         return len(self.samples)

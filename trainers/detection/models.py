@@ -153,11 +153,10 @@ class TimmFPN(nn.Module):
 
     def __init__(self, body: nn.Module, levels: int) -> None:
         super().__init__()
-        self.body = body
         channels = body.feature_info.channels()
         if not 1 <= levels <= len(channels):
             raise UsageError(f"--levels must be between 1 and {len(channels)} for this backbone, got {levels}")
-        self.levels = levels
+        self.body, self.levels = body, levels
         self.fpn = None if levels == 1 else FeaturePyramidNetwork(channels[-levels:], 256, LastLevelMaxPool())
         self.out_channels = channels[-1] if levels == 1 else 256
 

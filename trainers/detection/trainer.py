@@ -163,8 +163,7 @@ class DetectionTrainer(Engine):
         self.viz: list[tuple[torch.Tensor, dict, dict]] = []
         self._gt: dict[str, Any] = {}
         self.step_seconds: list[float] = []
-        self.ramp: Any = None
-        self._ramp_state: Mapping[str, Any] | None = None
+        self.ramp = self._ramp_state = None  # the first epoch's warm-up, and its state from a checkpoint
 
     def train_epoch(self, epoch: int) -> None:
         self.model.train()
@@ -241,8 +240,7 @@ class DetectionTrainer(Engine):
             if prefix not in self._gt:  # converted once
                 targets = [dataset[i][1] for i in range(len(dataset))]
                 self._gt[prefix] = coco_ground_truth(targets, [s.image.shape[:2] for s in dataset.samples])
-            outputs = self.predict(dataset, keep)
-            scores = coco_metrics(self._gt[prefix], outputs, self.iou_types, self.dist)
+            scores = coco_metrics(self._gt[prefix], self.predict(dataset, keep), self.iou_types, self.dist)
             metrics.update({f"{prefix}/{k}": v for k, v in scores.items()})
         # The median step time is robust to a noisy shared machine.
         metrics["train/sec_per_iter"] = statistics.median(self.step_seconds) if self.step_seconds else float("nan")
