@@ -162,8 +162,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
     import torch
 
     from dlhw.callbacks.experiments import PhotoTable, PredictionTable
-    from dlhw.trainers.detection.beatles import compare_on_photo, load_photo
-    from dlhw.trainers.detection.trainer import build_trainer, model_label, prepare
+    from dlhw.trainers.detection.dataset import load_photo
+    from dlhw.trainers.detection.trainer import build_trainer, compare_on_photo, model_label, prepare
     from dlhw.tracking.resume import fit_from, option_checkpoints, resolve_resume
 
     with on_every_rank(args, args.device or ("cuda" if torch.cuda.is_available() else "cpu")) as dist:

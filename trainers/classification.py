@@ -31,9 +31,7 @@ class AlexNet(nn.Module):
 
     def __init__(self, features: nn.Sequential, classifier: nn.Sequential, *, input_size: int) -> None:
         super().__init__()
-        self.features = features
-        self.classifier = classifier
-        self.input_size = input_size
+        self.features, self.classifier, self.input_size = features, classifier, input_size
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.features(x))
@@ -97,7 +95,6 @@ def d2l_alexnet(*, in_channels: int = 1, num_classes: int = 10) -> AlexNet:
     return model
 
 
-
 # Each recipe fills the settings whose flags were left unset: the course notebook, d2l 8.1, the offline default.
 _RECIPE = {"momentum": 0.0, "weight_decay": 0.0, "wd_mode": "coupled", "augment": True, "val_split": True,
            "normalize": True, "test_weights": "best"}
@@ -109,7 +106,6 @@ RECIPES: dict[str, dict[str, Any]] = {
     "digits": {**_RECIPE, "dataset": "digits", "variant": "course", "optimizer": "adam", "lr": 1e-3, "batch_size": 32,
                "epochs": 5, "weight_decay": 5e-4, "wd_mode": "decoupled"},
 }
-RECIPE_FOR_DATASET = {"digits": "digits", "cifar10": "course", "fashion-mnist": "d2l"}
 ADAMW_ERROR = "--optimizer adamw decays decoupled by definition; use --optimizer adam with --wd-mode l2 or coupled"
 
 DATA, SPEED, OPTIM, PROBE = "data and model", "speed", "optimisation and weight decay", "weight-decay probe and pictures"
@@ -150,11 +146,9 @@ class AlexNetSettings:
     optimizer: str = setting(help="adamw = adam with decoupled decay", choices=OPTIMIZERS, group=OPTIM)
     lr: float = setting(help="learning rate (from the recipe)", group=OPTIM, above=0)
     momentum: float = setting(help="SGD momentum (recipes: 0)", group=OPTIM, min=0, below=1)
-    weight_decay: float = setting(help="decay strength lambda (from the recipe)", metavar="LAMBDA", group=OPTIM,
-                                 min=0)
-    wd_mode: str = setting(help="l2: lambda/2 ||w||^2 in the loss; coupled: the optimizer's weight_decay; "
-                                "decoupled: w *= 1 - lr*lambda apart from the gradient step", choices=WD_MODES,
-                           group=OPTIM)
+    weight_decay: float = setting(help="decay strength lambda (from the recipe)", metavar="LAMBDA", group=OPTIM, min=0)
+    wd_mode: str = setting(help="l2: lambda/2 ||w||^2 in the loss; coupled: the optimizer's weight_decay; decoupled: "
+                                "w *= 1 - lr*lambda apart from the gradient step", choices=WD_MODES, group=OPTIM)
     decay_all: bool = setting(False, "decay biases and normalisation weights too", group=OPTIM)
     hessian_every: int = setting(10, "estimate the top Hessian eigenvalue at the start, every EPOCHS epochs and at "
                                      "the end (0: never)", metavar="EPOCHS", group=PROBE, min=0)
@@ -171,21 +165,17 @@ class AlexNetSettings:
 
 def resolve_args(args: argparse.Namespace) -> tuple[AlexNetSettings, list[str]]:
     """The settings: unset flags filled from the recipe, then checked; with lines saying what was chosen."""
-    notes = []
     v = values(AlexNetSettings, args)
     if v["recipe"] is not None and v["dataset"] is None:
         v["dataset"] = RECIPES[v["recipe"]]["dataset"]
     v["dataset"], why = resolve_dataset(v["dataset"] or "auto", v["data"])
-    if why != "--dataset":
-        notes.append(why)
-    v["recipe"] = v["recipe"] or RECIPE_FOR_DATASET[v["dataset"]]
+    notes = [why] if why != "--dataset" else []
+    v["recipe"] = v["recipe"] or next(name for name, r in RECIPES.items() if r["dataset"] == v["dataset"])
     if v["optimizer"] == "adamw":
         if v["wd_mode"] not in (None, "decoupled"):
             raise UsageError(ADAMW_ERROR)
         v["wd_mode"] = "decoupled"
-    for key, value in RECIPES[v["recipe"]].items():
-        if v.get(key) is None:
-            v[key] = value
+    v.update({key: value for key, value in RECIPES[v["recipe"]].items() if v.get(key) is None})
     s = make(AlexNetSettings, v)
     notes.append(f"recipe {s.recipe}: {s.variant} AlexNet on {s.dataset}, {s.optimizer} lr {s.lr:g}, batch "
                  f"{s.batch_size}, {s.epochs} epochs, weight decay {s.weight_decay:g} ({s.wd_mode})")
@@ -242,8 +232,6 @@ class ClassificationTrainer(Engine):
         steps = len(loaders.train) if s.limit_batches is None else min(s.limit_batches, len(loaders.train))
         super().__init__(callbacks, epochs=s.epochs, config=dataclasses.asdict(s), name="alexnet",
                          steps_per_epoch=steps, dist=dist)
-        if s.optimizer == "adamw" and s.wd_mode != "decoupled":
-            raise UsageError(ADAMW_ERROR)
         self.device = self.dist.device
         self.precision = Precision(self.device)
         # NHWC: cuDNN's tensor-core kernels without transposes; fixed shapes: autotune each conv once.
@@ -251,8 +239,7 @@ class ClassificationTrainer(Engine):
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         self.model = model.to(self.device, memory_format=self.memory_format)
-        # Compiled for training and evaluation only (hooks use the plain module); DDP's forward syncs no buffers, so
-        # evaluation's uneven shards can run through it.
+        # Hooks use the plain module; DDP's forward syncs no buffers, so evaluation's uneven shards can run through it.
         net = wrap_ddp(self.model, self.dist, forward_sync_buffers=False)
         self.forward = torch.compile(net) if s.compile else net
         self.loaders = loaders
@@ -288,7 +275,7 @@ class ClassificationTrainer(Engine):
         if self.wd_mode == "l2" and self.weight_decay:
             penalty = 0.5 * self.weight_decay * sum(p.pow(2).sum() for p in self.decay_params)
             loss = loss + penalty
-            out["penalty"] = penalty.item()
+            out["l2_penalty"] = penalty.item()
         self.optimizer.zero_grad(set_to_none=True)
         self.precision.scaler.scale(loss).backward()
         self.precision.scaler.unscale_(self.optimizer)
@@ -308,10 +295,7 @@ class ClassificationTrainer(Engine):
                 total = self.dist.all_reduce_sum({"loss": out["loss"] * n, "acc": out["acc"] * n, "n": n})
                 n = int(total["n"])
                 out.update(loss=total["loss"] / n, acc=total["acc"] / n)
-            metrics = {"train/loss": out["loss"], "train/acc": out["acc"]}
-            if "penalty" in out:
-                metrics["train/l2_penalty"] = out["penalty"]
-            self.log(metrics, axis=STEP_AXIS)
+            self.log({f"train/{k}": v for k, v in out.items()}, axis=STEP_AXIS)
             totals[0] += out["loss"] * n
             totals[1] += out["acc"] * n
             totals[2] += n
@@ -338,7 +322,6 @@ class ClassificationTrainer(Engine):
     def evaluate(self, epoch: int) -> dict[str, float]:
         loss, acc, _, _ = self._evaluate(self.loaders.val)
         if acc > self.best_acc:
-            # The course recipe scores the test set with the best-val weights.
             self.best_acc, self.best_epoch = acc, epoch + 1
             self.best_model = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
         return {"val/loss": loss, "val/acc": acc}
@@ -357,8 +340,7 @@ class ClassificationTrainer(Engine):
                 "std": self.loaders.std}
 
     def data_generators(self) -> dict[str, Any]:
-        # Device batches draw from (seed, epoch) alone; the DataLoader from its sampler's and the pipeline's
-        # generators (out of reach in worker processes).
+        # Device batches draw from (seed, epoch) alone; the pipeline's generators are out of reach in workers.
         train = self.loaders.train
         if isinstance(train, DeviceBatches):
             return {}

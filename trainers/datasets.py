@@ -31,7 +31,6 @@ DIGITS_TEST_FRACTION = 0.2
 class Splits:
     """uint8 images (N, H, W, C) and int labels for train / val / test, plus what describes them."""
 
-    name: str
     train: tuple[np.ndarray, np.ndarray]
     val: tuple[np.ndarray, np.ndarray]
     test: tuple[np.ndarray, np.ndarray]
@@ -56,7 +55,6 @@ class Splits:
 
 
 def _split_off(x: np.ndarray, y: np.ndarray, fraction: float) -> tuple[tuple, tuple]:
-    """(rest, held-out ``fraction``) of a fixed-seed permutation, at least one image held out."""
     order = np.random.default_rng(SPLIT_SEED).permutation(len(x))
     k = max(1, round(len(x) * fraction))
     held, rest = order[:k], order[k:]
@@ -76,7 +74,7 @@ def load_digits(root: Path, download: bool = False) -> Splits:
     y = d.target.astype(np.int64)
     rest, test = _split_off(x, y, DIGITS_TEST_FRACTION)
     train, val = _split_off(*rest, VAL_FRACTION / (1 - DIGITS_TEST_FRACTION))
-    return Splits("digits", train, val, test, [str(i) for i in range(10)], flips=False)
+    return Splits(train, val, test, [str(i) for i in range(10)], flips=False)
 
 
 def _read_torchvision(cls: Any, root: Path) -> list[Any] | None:
@@ -108,7 +106,7 @@ def load_torchvision(name: str, cls_name: str, root: Path, download: bool = Fals
     # (N, H, W) grayscale gets its channel axis; CIFAR-10's is a transposed view.
     (x, y), test = ((np.ascontiguousarray(np.asarray(d.data).reshape(*d.data.shape[:3], -1)),
                      np.asarray(d.targets, dtype=np.int64)) for d in parts)
-    return Splits(name, *_split_off(x, y, VAL_FRACTION), test, list(parts[0].classes), flips=True)
+    return Splits(*_split_off(x, y, VAL_FRACTION), test, list(parts[0].classes), flips=True)
 
 
 DATASETS.register("cifar10")(partial(load_torchvision, "cifar10", "CIFAR10"))
@@ -194,8 +192,6 @@ def make_loaders(splits: Splits, *, size: int, batch_size: int, augment: bool, s
                                  dataset=ArrayDataset(*part, plain), rank=rank, world=world)
         gen = torch.Generator().manual_seed(seed) if shuffle else None
         ds = ArrayDataset(*part, tf)
-        if world == 1:
-            return DataLoader(ds, shuffle=shuffle, generator=gen, **kw)
         # The loader draws from ``gen`` as shuffle=True would, so its random stream is a single process's.
         sampler = (ShardedSampler(RandomSampler(ds, generator=gen), rank, world) if shuffle else
                    shard(range(len(ds)), rank, world, even=False))

@@ -1,5 +1,4 @@
-"""Classifier batches resized, augmented and normalised on the training device in a few batched operations: a
-DataLoader's per-image albumentations calls bound a GPU epoch."""
+"""Classifier batches resized, augmented and normalised on the device in a few batched operations, not per image."""
 
 from __future__ import annotations
 
@@ -17,14 +16,6 @@ def epoch_generator(seed: int, epoch: int, device: torch.device, *more: int) -> 
     """A generator on ``device`` whose state depends on ``seed``, ``epoch`` and ``more`` only, well mixed."""
     state = int(np.random.SeedSequence([seed, epoch, *more]).generate_state(1, dtype=np.uint64)[0]) >> 1
     return torch.Generator(device=device).manual_seed(state)
-
-
-def resize(x: torch.Tensor, size: int) -> torch.Tensor:
-    """(B, C, H, W) -> float (B, C, size, size) on the 0-255 scale, rounded like cv2's INTER_LINEAR on uint8."""
-    x = x.float()
-    if x.shape[-2:] == (size, size):
-        return x
-    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False).round_().clamp_(0, 255)
 
 
 def augment(x: torch.Tensor, *, flips: bool, generator: torch.Generator,
@@ -53,13 +44,8 @@ class DeviceBatches:
                  shuffle: bool = False, seed: int = 0, dataset: torch.utils.data.Dataset | None = None,
                  rank: int = 0, world: int = 1) -> None:
         self.device = torch.device(device)
-        pinned = self.device.type == "cuda"
-        images_t = torch.tensor(images).permute(0, 3, 1, 2).contiguous()
-        labels_t = torch.as_tensor(labels, dtype=torch.long)
-        if pinned:  # a page-locked source lets the one copy to the GPU run as a DMA transfer
-            images_t, labels_t = images_t.pin_memory(), labels_t.pin_memory()
-        self.images = images_t.to(self.device, non_blocking=pinned)
-        self.labels = labels_t.to(self.device, non_blocking=pinned)
+        self.images = torch.tensor(images).permute(0, 3, 1, 2).contiguous().to(self.device)
+        self.labels = torch.as_tensor(labels, dtype=torch.long).to(self.device)
         self.size, self.batch_size = size, batch_size
         self.augment, self.flips, self.shuffle, self.seed = augment, flips, shuffle, seed
         self.scale = (1.0 / (255.0 * torch.tensor(std, device=self.device))).view(1, -1, 1, 1)
@@ -88,7 +74,9 @@ class DeviceBatches:
         self.epoch += 1
         for start in range(0, self._shard_length(), self.batch_size):
             idx = order[start:start + self.batch_size] if order is not None else slice(start, start + self.batch_size)
-            x = resize(self.images[idx], self.size)
+            x = self.images[idx].float()
+            if x.shape[-2:] != (self.size, self.size):  # rounded like cv2's INTER_LINEAR on uint8
+                x = F.interpolate(x, self.size, mode="bilinear", align_corners=False).round_().clamp_(0, 255)
             if self.augment:
                 x = augment(x, flips=self.flips, generator=gen)
             yield x.mul_(self.scale).sub_(self.offset), self.labels[idx]

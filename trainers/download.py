@@ -43,11 +43,7 @@ def socket_timeout(seconds: float = SOCKET_TIMEOUT_S) -> Iterator[None]:
 
 
 def file_digest(path: str | os.PathLike[str]) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def download(url: str, dest: str | os.PathLike[str], *, sha256_prefix: str | None = None,

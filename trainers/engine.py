@@ -1,8 +1,5 @@
-"""The training loop, the checkpoint a resume needs (down to the step within an epoch and the random generators),
-and the CUDA step's mixed precision. A fit fires::
-
-    on_fit_start (on_epoch_start, on_batch_end*, on_validation_end, on_epoch_end)* on_test_end on_fit_end
-"""
+"""The training loop, the checkpoint a resume needs (down to the step and the random generators), mixed precision.
+A fit fires on_fit_start (on_epoch_start, on_batch_end*, on_validation_end, on_epoch_end)* on_test_end on_fit_end."""
 
 from __future__ import annotations
 
@@ -11,6 +8,7 @@ import math
 import random
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -86,12 +84,11 @@ class Engine(Session):
 
     def checkpoint_state(self) -> dict[str, Any]:
         """Everything a resume needs, in tensors and plain containers that ``weights_only`` reads."""
-        mid_epoch = self.batch_in_epoch > 0
         rng = self._rng_state()
         if self.dist.distributed and self._ranks_rng is not None:
             rng["ranks"] = self._ranks_rng
         return {"format": CHECKPOINT_FORMAT, "name": self.name, "config": plain(self.config),
-                "epoch": self.epoch + (0 if mid_epoch else 1), "batch": self.batch_in_epoch,
+                "epoch": self.epoch + (0 if self.batch_in_epoch else 1), "batch": self.batch_in_epoch,
                 "global_step": self.global_step, "summary": plain(self.summary),
                 "trainer": {**self.state_dict(), **self.training_state()},
                 "callbacks": {key: plain(cb.state_dict()) for key, cb in callback_keys(self.callbacks)}, "rng": rng}
@@ -157,9 +154,7 @@ class Engine(Session):
         """``(index, batch)`` of this epoch; those a resumed run already trained on are drawn but not yielded."""
         skip, self.resume_batch = self.resume_batch, 0
         self.batch_in_epoch = skip
-        for i, batch in enumerate(batches):
-            if i >= skip:
-                yield i, batch
+        yield from islice(enumerate(batches), skip, None)
 
 
 class Precision:
@@ -167,9 +162,8 @@ class Precision:
 
     def __init__(self, device: torch.device | str) -> None:
         self.device = torch.device(device)
-        self.dtype: torch.dtype | None = None
-        if self.device.type == "cuda":
-            self.dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        cuda = self.device.type == "cuda"
+        self.dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if cuda else None
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.dtype == torch.float16)
 
     def autocast(self) -> contextlib.AbstractContextManager:
@@ -203,7 +197,7 @@ def global_rng_state() -> dict[str, Any]:
 
 
 def set_global_rng_state(state: Mapping[str, Any]) -> None:
-    random.setstate(_tuples(state["python"]))
+    random.setstate(state["python"])
     kind, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
@@ -225,7 +219,7 @@ def set_generators_state(generators: Mapping[str, Any], state: Mapping[str, Any]
         elif isinstance(gen, np.random.Generator):
             gen.bit_generator.state = state[name]
         else:
-            gen.setstate(_tuples(state[name]))
+            gen.setstate(state[name])
 
 
 def pipeline_generators(name: str, pipeline: Any) -> dict[str, Any]:
@@ -233,11 +227,6 @@ def pipeline_generators(name: str, pipeline: Any) -> dict[str, Any]:
     parts = [pipeline, *getattr(pipeline, "transforms", [])]
     return {f"{name}.{i}.{attr}": getattr(part, attr) for i, part in enumerate(parts)
             for attr in ("random_generator", "py_random") if getattr(part, attr, None) is not None}
-
-
-def _tuples(obj: Any) -> Any:
-    # random.setstate wants tuples all the way down; a checkpoint may hand back lists.
-    return tuple(_tuples(v) for v in obj) if isinstance(obj, (list, tuple)) else obj
 
 
 def check_finite(losses: Mapping[str, float], *, step: int) -> None:

@@ -9,9 +9,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
+from torchvision.transforms.functional import to_tensor
 
 from dlhw.core.errors import UsageError
 from dlhw.core.events import Callback
@@ -24,8 +24,6 @@ from dlhw.viz.kernels import DIRECTIONS, apply_kernel, grating_gain, high_freque
 SAMPLE_IMAGES = ("camera", "astronaut", "coffee")
 SHARPENERS = {"sharpen_horizontal": "horizontal", "sharpen_vertical": "vertical", "sharpen_diagonal": "diagonal"}
 BLURS = ("box_blur", "gaussian_blur")
-
-
 KERNELS: Registry[torch.Tensor] = Registry("filter")
 
 
@@ -37,8 +35,7 @@ def box_blur() -> torch.Tensor:
 
 @KERNELS.register()
 def gaussian_blur() -> torch.Tensor:
-    """Binomial [1, 2, 1]/4 outer product: unlike the box filter its response (1 + cos w) / 2 per axis falls
-    monotonically, to 0 at the finest alternation (no ringing)."""
+    """Binomial [1, 2, 1]/4 outer product: its response (1 + cos w) / 2 per axis falls to 0 without ringing."""
     b = torch.tensor([1.0, 2.0, 1.0]) / 4.0
     return torch.outer(b, b)
 
@@ -73,12 +70,6 @@ def filters_settings(args: argparse.Namespace) -> FiltersSettings:
     return make(FiltersSettings, {**given, "filters": given["filters"] or KERNELS.names()})
 
 
-def _to_tensor(pixels: np.ndarray) -> torch.Tensor:
-    # Grayscale or RGB uint8: what PIL's L and RGB modes and scikit-image's samples hold.
-    t = torch.from_numpy(np.ascontiguousarray(pixels)).float() / 255.0
-    return t.unsqueeze(0) if t.dim() == 2 else t.permute(2, 0, 1)
-
-
 def _downscale(img: torch.Tensor, max_size: int) -> torch.Tensor:
     h, w = img.shape[-2:]
     scale = max_size / max(h, w)
@@ -94,8 +85,7 @@ def load_image(path: str | Path) -> torch.Tensor:
         raise UsageError(f"image not found: {path}; pass an existing file to --image")
     try:
         with Image.open(path) as im:
-            im = im.convert("L") if im.mode in ("L", "LA", "I;16", "I", "F", "1") else im.convert("RGB")
-            return _to_tensor(np.asarray(im))
+            return to_tensor(im.convert("L") if im.mode in ("L", "LA", "I;16", "I", "F", "1") else im.convert("RGB"))
     except (UnidentifiedImageError, OSError) as exc:
         raise UsageError(f"cannot read image {path} ({exc}); pass a PNG or JPEG to --image") from None
 
@@ -114,11 +104,10 @@ class Checks:
         return self.constant_error[name] < 1e-6 and selective and (name not in BLURS or self.hf_ratio[name] < 1)
 
     def metrics(self) -> dict[str, float]:
-        m = {f"check/gain/{name}/{d}": g for name, per_dir in self.gains.items() for d, g in per_dir.items()}
-        m.update({f"check/hf_ratio/{name}": r for name, r in self.hf_ratio.items()})
-        m["check/constant_max_error"] = max(self.constant_error.values())
-        m["check/passed"] = float(all(self.passed(n) for n in self.gains))
-        return m
+        return {**{f"check/gain/{name}/{d}": g for name, per_dir in self.gains.items() for d, g in per_dir.items()},
+                **{f"check/hf_ratio/{name}": r for name, r in self.hf_ratio.items()},
+                "check/constant_max_error": max(self.constant_error.values()),
+                "check/passed": float(all(self.passed(n) for n in self.gains))}
 
 
 def run_checks(names: Iterable[str], *, size: int = 64, period: float = 4.0, seed: int = 0) -> Checks:
@@ -153,6 +142,6 @@ def images_from_args(paths: Sequence[str] | None, max_size: int) -> list[tuple[s
     import skimage.data
 
     images = ([(Path(p).stem, load_image(p)) for p in paths] if paths else
-              [(name, _to_tensor(getattr(skimage.data, name)())) for name in SAMPLE_IMAGES])
+              [(name, to_tensor(getattr(skimage.data, name)())) for name in SAMPLE_IMAGES])
     return [(name, _downscale(img, max_size)) for name, img in images]
 

@@ -18,7 +18,7 @@ from torchvision.ops import box_iou as tv_box_iou
 from dlhw.core.errors import UsageError
 from dlhw.core.events import Callback
 from dlhw.core.session import Session
-from dlhw.trainers.settings import check, make, setting, settings, values
+from dlhw.trainers.settings import make, setting, settings, values
 
 DEFAULT_BOX_A = (0.0, 0.0, 4.0, 4.0)
 DEFAULT_BOX_B = (-4.0, 1.0, -2.0, 3.0)
@@ -31,11 +31,9 @@ def check_boxes(boxes: Tensor, name: str = "boxes") -> Tensor:
     if not boxes.is_floating_point():
         boxes = boxes.float()
     with torch.no_grad():
-        for bad, why in (
-            (~torch.isfinite(boxes).all(dim=1), "has a non-finite coordinate"),
-            ((boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1]),
-             "has x2 < x1 or y2 < y1; give the top-left corner (x1, y1) first"),
-        ):
+        for bad, why in ((~torch.isfinite(boxes).all(dim=1), "has a non-finite coordinate"),
+                         ((boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1]),
+                          "has x2 < x1 or y2 < y1; give the top-left corner (x1, y1) first")):
             if bad.any():
                 i = int(bad.nonzero()[0])
                 raise ValueError(f"{name}[{i}] = {boxes[i].tolist()} {why}")
@@ -71,8 +69,7 @@ def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
 
 
 # Measures of overlap on the slide: ours, and torchvision's two that keep a gradient apart.
-MEASURES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {"iou": box_iou, "giou": generalized_box_iou,
-                                                           "diou": distance_box_iou}
+MEASURES = {"iou": box_iou, "giou": generalized_box_iou, "diou": distance_box_iou}
 
 
 @dataclass
@@ -112,8 +109,7 @@ class Slide:
         return (self.values["iou"] == 0) & self.smooth()
 
     def gradients_as_expected(self) -> bool:
-        """IoU's d/dx is exactly 0 wherever the boxes are apart while GIoU's and DIoU's are not, and every
-        kink's one-sided derivatives differ (autograd is read off the kinks only)."""
+        """Where the boxes are apart IoU's d/dx is 0, GIoU's and DIoU's are not; kinks' one-sided derivatives differ."""
         apart, g = self.disjoint(), self.grads
         return (bool((g["iou"][apart] == 0).all() and (g["giou"][apart] != 0).all() and (g["diou"][apart] != 0).all())
                 and all(abs(k.right - k.left) > 1e-3 for k in self.kinks))
@@ -141,8 +137,6 @@ def slide(box_a: Sequence[float], box_b: Sequence[float], *, to: float, points: 
     start = float(b[0])
     if not to > start:
         raise ValueError(f"the slide must move B to the right: end {to} <= start {start}")
-    if points < 2:
-        raise ValueError(f"a slide needs at least 2 points, got {points}")
     kinks_at = [(k, e) for k, e in kink_positions(box_a, box_b) if start < k < to]
     grid = torch.linspace(start, to, points, dtype=torch.float64)
     at = torch.tensor([k for k, _ in kinks_at], dtype=torch.float64)
@@ -239,22 +233,21 @@ class IoUSetup:
 
 
 def setup_from_args(args: argparse.Namespace) -> IoUSetup:
-    args = argparse.Namespace(**{**vars(IoUSetup()), **values(IoUSetup, args)})
-    for flag in ("box_a", "box_b"):
+    setup = make(IoUSetup, values(IoUSetup, args))
+    a, b = setup.box_a, setup.box_b
+    for flag, box in (("--box-a", a), ("--box-b", b)):
         try:
-            check_boxes(torch.tensor([getattr(args, flag)], dtype=torch.float64), f"--{flag.replace('_', '-')}")
+            check_boxes(torch.tensor([box], dtype=torch.float64), flag)
         except ValueError as exc:
             raise UsageError(str(exc).replace("[0] = ", " ")) from None
-    check(IoUSetup, vars(args))
-    a, b = args.box_a, args.box_b
     if a[2] - a[0] <= 0 or a[3] - a[1] <= 0:
         raise UsageError(f"--box-a {list(a)} has zero area; the target needs a positive width and height")
     if b[2] - b[0] <= 0 or min(a[3], b[3]) - max(a[1], b[1]) <= 0:
         raise UsageError(f"--box-b {list(b)} never overlaps box A on the slide; give it a positive "
                          f"width and a y-range that overlaps A's ({a[1]} to {a[3]})")
-    if not (math.isfinite(args.slide_to) and args.slide_to > b[0]):
-        raise UsageError(f"--slide-to {args.slide_to} must lie right of B's left edge {b[0]}")
-    return make(IoUSetup, vars(args))
+    if not (math.isfinite(setup.slide_to) and setup.slide_to > b[0]):
+        raise UsageError(f"--slide-to {setup.slide_to} must lie right of B's left edge {b[0]}")
+    return setup
 
 
 def torchvision_agreement(n: int, seed: int) -> float:
@@ -288,12 +281,10 @@ def run_iou(setup: IoUSetup, callbacks: Iterable[Callback] = (), config: Mapping
                     metrics.update({f"descent/{name}/{k}": v for k, v in out.items()})
                 session.log(metrics)
                 session.step_end(i, metrics)
-            session.epoch_end(epoch, {f"eval/{name}/{k}": float(f(descent.iou()))
-                                      for name, descent in descents.items()
+            session.epoch_end(epoch, {f"eval/{name}/{k}": float(f(descent.iou())) for name, descent in descents.items()
                                       for k, f in (("mean_iou", torch.mean), ("min_iou", torch.min))})
             if session.should_stop:
                 break
-        # The slide and the agreement do not change with the epochs, so they are computed once.
         s = session.results["slide"] = slide(setup.box_a, setup.box_b, to=setup.slide_to, points=setup.slide_points)
         diff = torchvision_agreement(setup.agreement_boxes, setup.seed)
         passed = diff <= 1e-6 and start_iou == 0.0 and s.gradients_as_expected()

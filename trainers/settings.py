@@ -15,7 +15,6 @@ from typing import Any, TypeVar
 from dlhw.core.errors import UsageError, suggest
 
 T = TypeVar("T")
-SCALARS = (int, float, str, bool)
 BOUNDS = {"min": (operator.ge, "at least {}"), "above": (operator.gt, "above {}"), "below": (operator.lt, "below {}")}
 
 
@@ -33,9 +32,8 @@ def check(cls: type, given: Mapping[str, Any]) -> None:
     """A UsageError naming the flag of the first value of ``given`` outside its field's bounds (None is unset)."""
     for f in dataclasses.fields(cls):
         value, bounds = given.get(f.name), [(k, f.metadata[k]) for k in BOUNDS if f.metadata[k] is not None]
-        if value is None or not bounds:
-            continue
-        if not (math.isfinite(value) and all(BOUNDS[k][0](value, b) for k, b in bounds)):
+        ok = value is None or not bounds or (math.isfinite(value) and all(BOUNDS[k][0](value, b) for k, b in bounds))
+        if not ok:
             rules = ["positive" if (k, b) == ("above", 0) else BOUNDS[k][1].format(b) for k, b in bounds]
             raise UsageError(f"--{f.name.replace('_', '-')} must be {' and '.join(rules)}, got {value}")
 
@@ -71,7 +69,7 @@ def _parse_type(tp: Any, where: str) -> tuple[type, bool, int | str | None]:
             tp, nargs = items[0], len(items)
         else:
             raise TypeError(f"{where}: unsupported type; tuples are tuple[X, ...] or tuple[X, X, ...]")
-    if tp not in SCALARS or (tp is bool and nargs is not None):
+    if tp not in (int, float, str, bool) or (tp is bool and nargs is not None):
         raise TypeError(f"{where}: unsupported type {tp}; use int, float, str, bool, X | None or tuples of them")
     return tp, optional, nargs
 
@@ -85,9 +83,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         if not meta["flag"]:
             continue
         tp, _, nargs = _parse_type(hints[f.name], f.name)
-        target = parser
-        if meta["group"]:
-            target = groups.setdefault(meta["group"], parser.add_argument_group(meta["group"]))
+        target = groups.setdefault(meta["group"], parser.add_argument_group(meta["group"])) if meta["group"] else parser
         unset = f.default is dataclasses.MISSING or meta["repeat"]
         kwargs: dict[str, Any] = {"default": None if unset else f.default, "help": meta["help"]}
         if tp is bool:

@@ -26,7 +26,7 @@ def tiny_model() -> nn.Module:
 def tiny_loaders(batch_size: int = 16):
     rng = np.random.default_rng(0)
     part = lambda n: (rng.integers(0, 256, (n, 8, 8, 1), dtype=np.uint8), rng.integers(0, 3, n))  # noqa: E731
-    splits = Splits("tiny", part(32), part(8), part(8), ["a", "b", "c"], flips=False)
+    splits = Splits(part(32), part(8), part(8), ["a", "b", "c"], flips=False)
     return make_loaders(splits, size=8, batch_size=batch_size, augment=False, seed=0)
 
 

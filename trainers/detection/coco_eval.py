@@ -26,9 +26,7 @@ def _xywh(boxes: torch.Tensor) -> list[list[float]]:
 def _rle(masks: np.ndarray) -> list[dict]:
     # (N, H, W) binary masks -> COCO run-length encodings with JSON-friendly counts
     rles = mask_util.encode(np.asfortranarray(masks.astype(np.uint8).transpose(1, 2, 0)))
-    for r in rles:
-        r["counts"] = r["counts"].decode("ascii")
-    return rles
+    return [{**r, "counts": r["counts"].decode("ascii")} for r in rles]
 
 
 def coco_ground_truth(targets: Sequence[Mapping[str, torch.Tensor]], sizes: Sequence[tuple[int, int]],

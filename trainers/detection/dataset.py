@@ -1,4 +1,4 @@
-"""Penn-Fudan pedestrians as the torchvision tutorial reads them, downloaded into a cache or generated alike."""
+"""Penn-Fudan pedestrians as the tutorial reads them, and the photo both models run on: downloaded, else generated."""
 
 from __future__ import annotations
 
@@ -27,7 +27,6 @@ HOLDOUT = 50  # the tutorial holds out the last 50 images of a fixed permutation
 
 @dataclass
 class Sample:
-    name: str
     image: np.ndarray  # (H, W, 3) uint8
     mask: np.ndarray  # (H, W) integer ids, 0 = background
 
@@ -61,14 +60,13 @@ def read_pennfudan(root: str | Path, limit: int | None = None) -> list[Sample]:
         if mask.shape != image.shape[:2]:
             raise UsageError(f"{mask_path} is {mask.shape[1]}x{mask.shape[0]} but its image is "
                              f"{image.shape[1]}x{image.shape[0]}; replace the mask")
-        samples.append(Sample(path.stem, image, mask))
+        samples.append(Sample(image, mask))
     return samples
 
 
 def instance_masks(mask: np.ndarray) -> np.ndarray:
     """(N, H, W) uint8 binary masks, one per pedestrian id (ids sorted, background dropped)."""
-    ids = np.unique(mask)
-    ids = ids[ids != 0]
+    ids = np.unique(mask[mask != 0])
     return (mask[None] == ids[:, None, None]).astype(np.uint8)
 
 
@@ -88,8 +86,7 @@ class PennFudan(torch.utils.data.Dataset):
     """Float (3, H, W) images in [0, 1] and their targets; ``transform(image, masks)`` augments both, boxes follow."""
 
     def __init__(self, samples: Sequence[Sample], transform: Callable[..., Any] | None = None) -> None:
-        self.samples = list(samples)
-        self.transform = transform
+        self.samples, self.transform = list(samples), transform
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -132,7 +129,7 @@ def collate(batch: Sequence[Any]) -> tuple[Any, ...]:
     return tuple(zip(*batch))
 
 
-def _draw_scene(rng: np.random.Generator, height: int, width: int, people: int) -> tuple[np.ndarray, np.ndarray]:
+def draw_scene(rng: np.random.Generator, height: int, width: int, people: int) -> tuple[np.ndarray, np.ndarray]:
     """A street-like picture (sky, ground, noise) with ``people`` pedestrian figures and their id mask."""
     yy, xx = np.mgrid[0:height, 0:width]
     horizon = int(height * rng.uniform(0.35, 0.55))
@@ -165,10 +162,6 @@ def _draw_scene(rng: np.random.Generator, height: int, width: int, people: int) 
     return np.clip(image, 0, 255).astype(np.uint8), relabel[mask]
 
 
-def street_scene(seed: int = 0, height: int = 360, width: int = 480, people: int = 4) -> np.ndarray:
-    return _draw_scene(np.random.default_rng(seed), height, width, people)[0]
-
-
 def generate_pennfudan(root: str | Path, n: int = 170, *, seed: int = 0, size: tuple[int, int] = (240, 320)) -> Path:
     """Write ``n`` generated images with 0-4 pedestrians each in the Penn-Fudan layout under ``root``."""
     root = Path(root)
@@ -177,7 +170,7 @@ def generate_pennfudan(root: str | Path, n: int = 170, *, seed: int = 0, size: t
     rng = np.random.default_rng(seed)
     for i in range(1, n + 1):
         h, w = (int(side * rng.uniform(0.85, 1.15)) for side in size)
-        image, mask = _draw_scene(rng, h, w, int(rng.integers(0, 5)))
+        image, mask = draw_scene(rng, h, w, int(rng.integers(0, 5)))
         Image.fromarray(image).save(root / IMAGES / f"Generated{i:05d}.png")
         Image.fromarray(mask.astype(np.uint8)).save(root / MASKS / f"Generated{i:05d}_mask.png")
     (root / "GENERATED.txt").write_text("Generated stand-in for Penn-Fudan (synthetic pedestrians); not real data.\n")
@@ -207,3 +200,49 @@ def resolve_data(data: str | None, *, seed: int = 0) -> tuple[Path, str]:
         print(f"Penn-Fudan unavailable ({exc}); using {generated}: generated pedestrians in the same layout, "
               f"not real data (pass --data DIR to use a local copy)", file=sys.stderr)
         return generated, "generated"
+
+
+# "The Beatles arrive at JFK Airport", 7 February 1964, United Press International; public domain:
+# https://commons.wikimedia.org/wiki/File:The_Beatles_arrive_at_JFK_Airport.jpg
+BEATLES_URL = "https://upload.wikimedia.org/wikipedia/commons/6/61/The_Beatles_arrive_at_JFK_Airport.jpg"
+
+
+@dataclass
+class Photo:
+    name: str
+    image: np.ndarray  # (H, W, 3) uint8
+    source: str
+
+
+def _read(path: Path, shown: str | None = None) -> np.ndarray:
+    # shown: how the user named it (a URL), if not by path
+    try:
+        with Image.open(path) as im:
+            return np.array(im.convert("RGB"))
+    except (UnidentifiedImageError, OSError) as exc:
+        why = "what it sent is not an image" if shown else exc
+        raise UsageError(f"cannot read image {shown or path} ({why}); pass a PNG or JPEG to --image") from None
+
+
+def load_photo(image: str | None) -> Photo:
+    """``--image`` (a file or URL) or the Beatles photo; only the default one falls back to a generated scene."""
+    if image and not image.startswith(("http://", "https://")):
+        path = Path(image)
+        if not path.is_file():
+            raise UsageError(f"image not found: {path}; pass an existing file or a URL to --image")
+        return Photo(path.stem, _read(path), f"--image {path}")
+    url = image or BEATLES_URL
+    name = Path(url.split("?")[0]).name or "photo.jpg"
+    try:
+        path = download(url, cache_dir("photos", name))
+    except DownloadError as exc:
+        if image:
+            raise UsageError(f"--image {exc}; check the URL, or download the photo and pass its path") from None
+        print(f"photo unavailable ({exc}); using a generated street scene instead (not a photo)", file=sys.stderr)
+        scene = draw_scene(np.random.default_rng(0), 360, 480, 4)[0]
+        return Photo("generated_street_scene", scene, "generated street scene (photo unavailable)")
+    try:
+        return Photo(Path(name).stem, _read(path, shown=url), url)
+    except UsageError:
+        path.unlink()  # an error page saved under the photo's name would be found in the cache next time
+        raise

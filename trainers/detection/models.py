@@ -123,7 +123,6 @@ SINGLE_MAP_ANCHORS = ((32, 64, 128, 256, 512),)
 
 
 def _features(name: str, out_channels: int, *, weights: str = "auto") -> Backbone:
-    """A torchvision classifier's ``features`` as one feature map (the tutorial's option 2 shape)."""
     w = _pretrained(torchvision.models.get_model_weights(name).DEFAULT, weights)
     net = torchvision.models.get_model(name, weights=None)
     if w is not None:
@@ -154,11 +153,10 @@ class TimmFPN(nn.Module):
 
     def __init__(self, body: nn.Module, levels: int) -> None:
         super().__init__()
-        self.body = body
         channels = body.feature_info.channels()
         if not 1 <= levels <= len(channels):
             raise UsageError(f"--levels must be between 1 and {len(channels)} for this backbone, got {levels}")
-        self.levels = levels
+        self.body, self.levels = body, levels
         self.fpn = None if levels == 1 else FeaturePyramidNetwork(channels[-levels:], 256, LastLevelMaxPool())
         self.out_channels = channels[-1] if levels == 1 else 256
 
@@ -183,9 +181,8 @@ def timm_backbone(name: str, *, weights: str = "auto", levels: int = 3) -> Backb
     if body is None:
         body = timm.create_model(name, pretrained=False, features_only=True)
     module = TimmFPN(body, levels)
-    if levels == 1:
-        return Backbone(module, ["0"], SINGLE_MAP_ANCHORS, pretrained)
-    sizes = tuple((32 * 2**i,) for i in range(levels + 1))  # one size per map, the max-pooled extra included
+    # Several maps: one size per map, the max-pooled extra included.
+    sizes = SINGLE_MAP_ANCHORS if levels == 1 else tuple((32 * 2**i,) for i in range(levels + 1))
     return Backbone(module, [str(i) for i in range(levels)], sizes, pretrained)
 
 
@@ -200,19 +197,13 @@ def check_backbone(name: str) -> None:
                      f"or any timm model as timm/NAME (timm.list_models())")
 
 
-def create_backbone(name: str, *, weights: str = "auto", levels: int = 3) -> Backbone:
-    """A registered torchvision backbone, or a timm one (``timm/NAME`` or a plain timm name)."""
-    check_backbone(name)
-    if name in BACKBONES:
-        return BACKBONES.create(name, weights=weights)
-    return timm_backbone(name.removeprefix(TIMM_PREFIX), weights=weights, levels=levels)
-
-
 def build_detector(option: int, *, model: str, backbone: str, weights: str, levels: int = 3, **kwargs: Any) -> Built:
-    """Option 1 (``model``) or 2 (Faster R-CNN on ``backbone``, the tutorial's anchors and RoIAlign)."""
+    """Option 1 (``model``) or 2 (Faster R-CNN on ``backbone``: registered, or timm's as ``timm/NAME`` or NAME)."""
     if option == 1:
         return MODELS.create(model, weights=weights, **kwargs)
-    bb = create_backbone(backbone, weights=weights, levels=levels)
+    check_backbone(backbone)
+    bb = (BACKBONES.create(backbone, weights=weights) if backbone in BACKBONES else
+          timm_backbone(backbone.removeprefix(TIMM_PREFIX), weights=weights, levels=levels))
     anchors = AnchorGenerator(sizes=bb.anchor_sizes, aspect_ratios=((0.5, 1.0, 2.0),) * len(bb.anchor_sizes))
     pool = MultiScaleRoIAlign(featmap_names=bb.featmap_names, output_size=7, sampling_ratio=2)
     detector = FasterRCNN(bb.body, num_classes=NUM_CLASSES, rpn_anchor_generator=anchors, box_roi_pool=pool, **kwargs)

@@ -1,4 +1,4 @@
-"""torchvision's detection fine-tuning tutorial as an :class:`Engine`: flags, profiles, training, COCO evaluation."""
+"""torchvision's detection fine-tuning tutorial as an :class:`Engine` (flags, profiles, COCO AP), and the photo step."""
 
 from __future__ import annotations
 
@@ -11,15 +11,18 @@ from typing import Any
 
 import torch
 from torch import nn
+from torchvision.transforms.functional import to_tensor
 
 from dlhw.core.distributed import Dist, ShardedSampler, shard, wrap_ddp
 from dlhw.core.events import Callback
+from dlhw.core.session import Session
 from dlhw.trainers.detection.coco_eval import coco_ground_truth, coco_metrics
-from dlhw.trainers.detection.dataset import HOLDOUT, Augment, PennFudan, collate, read_pennfudan, resolve_data, split
+from dlhw.trainers.detection.dataset import (HOLDOUT, Augment, PennFudan, Photo, collate, read_pennfudan, resolve_data,
+                                             split)
 from dlhw.trainers.detection.models import BACKBONES, MODELS, build_detector, check_backbone
 from dlhw.trainers.engine import Engine, Precision, check_finite, pipeline_generators
 from dlhw.trainers.settings import check, make, setting, settings, values
-
+from dlhw.viz.detections import THRESHOLDS, people_counts
 
 # Each profile fills the DetectSettings fields whose flags were left unset (their help says what each is).
 _TUTORIAL = {"momentum": 0.9, "weight_decay": 5e-4, "step_size": 3, "gamma": 0.1}
@@ -38,8 +41,6 @@ OPTIONS = {"1": (1,), "2": (2,), "both": (1, 2)}
 
 @settings
 class DetectSettings:
-    """Unset fields come from the profile, flagless ones from data and model."""
-
     data: str | None = setting(None, "an unpacked PennFudanPed folder (default: download it into the cache; offline, "
                                      "generated pedestrians in the same layout)", metavar="DIR")
     profile: str = setting(help="full: the tutorial's recipe (default with CUDA); cpu: smaller images and fewer epochs "
@@ -133,8 +134,7 @@ class EpochSlices(torch.utils.data.Sampler):
 
 
 class DetectionTrainer(Engine):
-    """One detector fine-tuned with the tutorial's recipe and scored with pycocotools; :attr:`viz`: the images shown.
-    Training images are scored after the last epoch (and every ``train_eval_every``-th): scoring dominates a run."""
+    """One detector fine-tuned with the tutorial's recipe and scored with pycocotools; :attr:`viz`: the images shown."""
 
     resumed = ("step_seconds",)
 
@@ -142,7 +142,7 @@ class DetectionTrainer(Engine):
                  train_eval: PennFudan, callbacks: Iterable[Callback] = (), dist: Dist | None = None) -> None:
         s = self.settings = settings
         dist = dist if dist is not None else Dist(device=torch.device(s.device))
-        self.device = torch.device(s.device) if not dist.distributed else dist.device
+        self.device = dist.device
         self.sampler = EpochSlices(len(train), s.images_per_epoch or len(train), s.seed)
         if dist.distributed:
             self.sampler = ShardedSampler(self.sampler, dist.rank, dist.world_size)
@@ -163,9 +163,7 @@ class DetectionTrainer(Engine):
         self.viz: list[tuple[torch.Tensor, dict, dict]] = []
         self._gt: dict[str, Any] = {}
         self.step_seconds: list[float] = []
-        # The first epoch's warm-up, and its state when a checkpoint stopped inside that epoch.
-        self.ramp: Any = None
-        self._ramp_state: Mapping[str, Any] | None = None
+        self.ramp = self._ramp_state = None  # the first epoch's warm-up, and its state from a checkpoint
 
     def train_epoch(self, epoch: int) -> None:
         self.model.train()
@@ -175,11 +173,10 @@ class DetectionTrainer(Engine):
         if epoch == 0 and len(self.loader) > 1:
             iters = min(1000, len(self.loader) - 1)
             self.ramp = torch.optim.lr_scheduler.LinearLR(self.optimizer, start_factor=1e-3, total_iters=iters)
-        if self.ramp is not None and self._ramp_state is not None:
-            # Building the warm-up rescaled the learning rate; the checkpoint's position puts it back.
-            self.ramp.load_state_dict(self._ramp_state)
-            for group, lr in zip(self.optimizer.param_groups, self.ramp.get_last_lr()):
-                group["lr"] = lr
+            if self._ramp_state is not None:  # building it rescaled the lr; the checkpoint's position puts it back
+                self.ramp.load_state_dict(self._ramp_state)
+                for group, lr in zip(self.optimizer.param_groups, self.ramp.get_last_lr()):
+                    group["lr"] = lr
         self._ramp_state = None
         for i, (images, targets) in self.epoch_batches(self.loader):
             started = time.perf_counter()
@@ -188,13 +185,11 @@ class DetectionTrainer(Engine):
             with self.precision.autocast():
                 loss_dict = self.net(images, targets)
             loss = sum(loss_dict.values())
-            terms = {f"train/{k}": v.item() for k, v in loss_dict.items()}
-            terms["train/loss"] = loss.item()
+            terms = {**{f"train/{k}": v.item() for k, v in loss_dict.items()}, "train/loss": loss.item()}
             if self.dist.distributed:  # the global batch's losses (every rank's batch is as large)
                 terms = self.dist.all_reduce_mean(terms)
-            terms["train/lr"] = self.optimizer.param_groups[0]["lr"]
-            self.log(terms)  # before the check, so a non-finite step's terms are on record
-            check_finite({k: v for k, v in terms.items() if k != "train/lr"}, step=self.global_step)
+            self.log({**terms, "train/lr": self.optimizer.param_groups[0]["lr"]})  # logged even when non-finite
+            check_finite(terms, step=self.global_step)
             self.optimizer.zero_grad(set_to_none=True)
             self.precision.scaler.scale(loss).backward()
             if self.settings.clip_grad:
@@ -245,8 +240,7 @@ class DetectionTrainer(Engine):
             if prefix not in self._gt:  # converted once
                 targets = [dataset[i][1] for i in range(len(dataset))]
                 self._gt[prefix] = coco_ground_truth(targets, [s.image.shape[:2] for s in dataset.samples])
-            outputs = self.predict(dataset, keep)
-            scores = coco_metrics(self._gt[prefix], outputs, self.iou_types, self.dist)
+            scores = coco_metrics(self._gt[prefix], self.predict(dataset, keep), self.iou_types, self.dist)
             metrics.update({f"{prefix}/{k}": v for k, v in scores.items()})
         # The median step time is robust to a noisy shared machine.
         metrics["train/sec_per_iter"] = statistics.median(self.step_seconds) if self.step_seconds else float("nan")
@@ -327,3 +321,48 @@ def build_trainer(plan: Plan, option: int, callbacks: Iterable[Callback], dist: 
     s = replace(s, option=str(option), model_label=model_label(option, s), start_weights=built.weights, clip_grad=clip)
     return DetectionTrainer(built.model, s, train=plan.train, heldout=plan.heldout, train_eval=plan.train_eval,
                             callbacks=callbacks, dist=dist)
+
+
+@torch.inference_mode()
+def detect(model: nn.Module, image: torch.Tensor, *, repeats: int = 3) -> tuple[dict[str, torch.Tensor], float]:
+    """The model's detections on ``image`` and the median inference time in milliseconds."""
+    model.eval()
+    device = next(model.parameters()).device
+    times, out = [], {}
+    for _ in range(repeats):
+        started = time.perf_counter()
+        out = model([image.to(device)])[0]
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append((time.perf_counter() - started) * 1000)
+    return {k: v.cpu() for k, v in out.items()}, statistics.median(times)
+
+
+def compare_on_photo(photo: Photo, models: Mapping[str, nn.Module], results: Mapping[str, Mapping[str, Any]],
+                     callbacks: Iterable[Callback] = (), config: Mapping[str, Any] | None = None) -> Session:
+    """Every model on the photo, a step each, counts as the one epoch; ``results``: each label's training summary."""
+    session = Session(callbacks, name="detect-photo", config=config, steps_per_epoch=len(models))
+    session.results["photo"] = photo
+    image = to_tensor(photo.image)
+    detections: dict[str, dict[str, Any]] = {}
+    with session.running():
+        session.fire("on_epoch_start", epoch=0)
+        for i, (label, model) in enumerate(models.items()):
+            out, ms = detect(model, image)
+            row = detections[label] = {**people_counts(out["scores"]), "inference_ms": ms}
+            session.step_end(i, {"label": label, "photo": photo, "output": out, **row})
+        session.results["verdict"] = verdict(results, detections)
+        session.epoch_end(0, {f"photo/{label.split(':')[0].replace(' ', '')}/{k}": v
+                              for label, row in detections.items() for k, v in row.items()})
+    return session
+
+
+def verdict(results: Mapping[str, Mapping[str, Any]],
+            detections: Mapping[str, Mapping[str, Any]]) -> tuple[list[str], list[list[Any]]]:
+    """Columns and one row per trained model: train and held-out AP, people counted on the photo, s/iter."""
+    columns = ["model", "train bbox AP", "held-out bbox AP", "held-out segm AP",
+               *(f"people@{t}" for t in THRESHOLDS), "s/iter"]
+    rows = [[label, summary.get("train/bbox_AP"), summary.get("val/bbox_AP"), summary.get("val/segm_AP"),
+             *(detections.get(label, {}).get(f"people@{t}") for t in THRESHOLDS), summary.get("train/sec_per_iter")]
+            for label, summary in results.items()]
+    return columns, rows

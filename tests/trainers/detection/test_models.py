@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from dlhw.core.errors import UsageError
-from dlhw.trainers.detection.models import (BACKBONES, MODELS, Built, _new_heads, build_detector, create_backbone,
-                                       fetch_weights, load_weights)
+from dlhw.trainers.detection.models import (BACKBONES, MODELS, Built, _new_heads, build_detector, fetch_weights,
+                                       load_weights)
 
 TINY = {"min_size": 64, "max_size": 96}
 # Two timm backbones stand for "any timm model": several levels through an FPN, and one map without.
@@ -33,9 +33,10 @@ def test_registered_backbones_build_and_run(name):
 
 @pytest.mark.parametrize(("name", "levels"), TIMM)
 def test_timm_backbones_with_and_without_fpn(name, levels):
-    bb = create_backbone(name, weights="none", levels=levels)
-    assert len(bb.featmap_names) == levels and len(bb.anchor_sizes) == (levels + 1 if levels > 1 else 1)
-    _forward(build_detector(2, model="", backbone=name, weights="none", levels=levels, **TINY))
+    built = build_detector(2, model="", backbone=name, weights="none", levels=levels, **TINY)
+    assert len(built.model.roi_heads.box_roi_pool.featmap_names) == levels
+    assert len(built.model.rpn.anchor_generator.sizes) == (levels + 1 if levels > 1 else 1)
+    _forward(built)
 
 
 @pytest.mark.parametrize("name", MODELS.names())
@@ -46,7 +47,7 @@ def test_option1_models_build_and_run(name):
 
 def test_unknown_names_suggest_close_matches():
     with pytest.raises(UsageError, match="did you mean mobilenet_v2"):
-        create_backbone("mobilenet_v22", weights="none")
+        build_detector(2, model="", backbone="mobilenet_v22", weights="none")
     with pytest.raises(UsageError, match="unknown model 'maskrcnn_resnet50'.*did you mean maskrcnn_resnet50_fpn"):
         build_detector(1, model="maskrcnn_resnet50", backbone="", weights="none")
 
