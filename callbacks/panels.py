@@ -1,10 +1,8 @@
-"""W&B panels for any training loop (docs/plugins.md): they log to ``run=`` or ``wandb.run`` without moving its step;
-``payload(...)`` is what ``log(...)`` sends, for loops with their own logger."""
+"""W&B panels for any training loop (docs/plugins.md): they log to ``run=`` or ``wandb.run`` without moving its step."""
 
 from __future__ import annotations
 
 import contextlib
-import difflib
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -16,6 +14,7 @@ import wandb
 from PIL import Image
 from torch import nn
 
+from dlhw.core.errors import suggest
 from dlhw.viz.detections import THRESHOLDS, people_counts
 from dlhw.viz.images import feature_map_grid, filter_grid, kernel_picture, to_uint8, upscale
 from dlhw.viz.kernels import DIRECTIONS, apply_kernel, directional_gains, high_frequency_energy
@@ -26,6 +25,7 @@ class Panel:
 
     axis = "panel/step"
     key = ""
+    takes_step = False  # whether ``payload`` names the step (in a table's rows or a caption)
 
     def __init__(self, *, key: str | None = None, run: Any = None,
                  publish: Callable[[dict[str, Any]], None] | None = None) -> None:
@@ -49,16 +49,13 @@ class Panel:
                 merged[key] = [*(old if isinstance(old, list) else [old]), value]
         return merged
 
-    def next_step(self, step: int | None) -> int:
-        return step if step is not None else (self._last_step or 0) + 1
-
-    def send(self, payload: Mapping[str, Any], step: int | None = None) -> None:
+    def send(self, payload: Mapping[str, Any], step: int) -> None:
         if not payload:
             return
         if self.publish is not None:
             self.publish(dict(payload))
             return
-        run, step = self._active_run(), self.next_step(step)
+        run = self._active_run()
         if self._last_step is not None and step < self._last_step:
             raise ValueError(f"{type(self).__name__}: step {step} goes back from {self._last_step}; "
                              f"pass a step that never decreases")
@@ -78,7 +75,11 @@ class Panel:
 
     def log(self, *args: Any, step: int | None = None, **kwargs: Any) -> None:
         """Log ``payload(*args, **kwargs)`` at ``step`` (default: one past the last)."""
+        step = step if step is not None else (self._last_step or 0) + 1
+        if self.takes_step:
+            kwargs["step"] = step
         self.send(self.payload(*args, **kwargs), step)
+
 
 @contextlib.contextmanager
 def untouched(model: nn.Module) -> Iterator[nn.Module]:
@@ -109,8 +110,7 @@ def named_layers(model: nn.Module, layers: Any, *, what: str) -> dict[str, nn.Mo
         if isinstance(layer, str) and layer in by_name:
             out[layer] = by_name[layer]
         elif isinstance(layer, str):
-            close = difflib.get_close_matches(layer, [n for n in by_name if n], n=3)
-            raise ValueError(f"{what}: no layer {layer!r} in {type(model).__name__}; did you mean {close}?")
+            raise ValueError(f"{what}: no layer {layer!r} in {type(model).__name__}{suggest(layer, by_name)}")
         elif layer in by_module:
             out[by_module[layer]] = layer
         else:
@@ -124,6 +124,7 @@ class LearnedFilters(Panel):
 
     axis = "viz/step"
     key = "viz/conv1_filters"
+    takes_step = True
 
     def __init__(self, model: nn.Module, *, layer: str | nn.Module | None = None, **kw: Any) -> None:
         super().__init__(**kw)
@@ -132,13 +133,9 @@ class LearnedFilters(Panel):
             raise ValueError(f"LearnedFilters: {self.name!r} is a {type(self.conv).__name__}, not a Conv2d; "
                              f"pass a conv layer")
 
-    def payload(self, caption: str | None = None) -> dict[str, Any]:
-        picture = filter_grid(self.conv.weight.detach().cpu())
-        return {self.key: wandb.Image(to_uint8(picture), caption=caption or self.name)}
-
-    def log(self, step: int | None = None, caption: str | None = None) -> None:
-        step = self.next_step(step)
-        self.send(self.payload(caption or f"{self.name} at step {step}"), step)
+    def payload(self, caption: str | None = None, step: int | None = None) -> dict[str, Any]:
+        caption = caption or (self.name if step is None else f"{self.name} at step {step}")
+        return {self.key: wandb.Image(to_uint8(filter_grid(self.conv.weight.detach().cpu())), caption=caption)}
 
 
 class FeatureMaps(Panel):
@@ -146,6 +143,7 @@ class FeatureMaps(Panel):
 
     axis = "viz/step"
     key = "viz/feature_maps"
+    takes_step = True
 
     def __init__(self, model: nn.Module, inputs: torch.Tensor, *, labels: Sequence[str] | None = None,
                  layers: Any = None, pictures: torch.Tensor | None = None, max_maps: int = 16, **kw: Any) -> None:
@@ -186,10 +184,6 @@ class FeatureMaps(Panel):
                 self.table.add_data(step, self.pictures[i], self.labels[i], layer, picture)
         return {self.key: self.table}
 
-    def log(self, step: int | None = None) -> None:
-        step = self.next_step(step)
-        self.send(self.payload(step), step)
-
 
 class ConfusionMatrix(Panel):
     """``test/confusion_matrix``: W&B's interactive confusion matrix of targets and predictions."""
@@ -203,10 +197,9 @@ class ConfusionMatrix(Panel):
 
     def payload(self, targets: Sequence[int] | torch.Tensor, predictions: Sequence[int] | torch.Tensor) -> dict:
         """``predictions`` are class indices (take ``argmax`` of logits first)."""
-        chart = wandb.plot.confusion_matrix(y_true=torch.as_tensor(targets).tolist(),
-                                            preds=torch.as_tensor(predictions).tolist(),
-                                            class_names=self.class_names, title="test confusion matrix")
-        return {self.key: chart}
+        return {self.key: wandb.plot.confusion_matrix(y_true=torch.as_tensor(targets).tolist(),
+                                                      preds=torch.as_tensor(predictions).tolist(),
+                                                      class_names=self.class_names, title="test confusion matrix")}
 
 
 FILTER_COLUMNS = ["image", "input", "filter", "kernel", "kernel_values", "output",
@@ -298,6 +291,7 @@ class DetectionTable(_PicturePanel):
     """``detect/predictions``: one incremental table of images with ground-truth and predicted boxes and masks."""
 
     key = "detect/predictions"
+    takes_step = True
 
     def __init__(self, **kw: Any) -> None:
         super().__init__(**kw)
@@ -313,11 +307,6 @@ class DetectionTable(_PicturePanel):
             self.table.add_data(step, image_id, annotated_image(path, output, target), len(target["boxes"]),
                                 counts["people@0.5"], counts["mean_score"])
         return {self.key: self.table}
-
-    def log(self, images: Sequence[torch.Tensor], targets: Sequence[Mapping[str, torch.Tensor]],
-            outputs: Sequence[Mapping[str, torch.Tensor]], step: int | None = None) -> None:
-        step = self.next_step(step)
-        self.send(self.payload(images, targets, outputs, step), step)
 
 
 PHOTO_COLUMNS = ["model", "photo", *(f"people@{t}" for t in THRESHOLDS), "mean_score", "inference_ms"]

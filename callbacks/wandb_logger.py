@@ -67,12 +67,11 @@ class WandbLogger(Callback):
         self._last: dict[str, Any] = {}  # each key's last value: the summary's final value
         self._best: float | None = None
         self.run_id: str | None = None  # the run to continue, from a checkpoint
-        self._resuming = False
         self._sent: dict[str, int] = {}  # each key's last axis value sent
         # (time, axis, value, metrics) sent in the last JOURNAL_SECONDS: a checkpoint carries them to be sent again.
         self._journal: deque[tuple[float, str, int, dict[str, float]]] = deque()
-        self._replay: list[tuple] = []
-        self._persisted: dict[str, int] | None = None
+        self._journaled: list[tuple] = []  # the checkpoint's journal
+        self._replay: list[tuple] = []  # what of it the run's files lack
         self._failures = 0
         # Checkpoint artifacts are built on a thread, logged in order.
         self._builder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wandb-artifact")
@@ -86,29 +85,25 @@ class WandbLogger(Callback):
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.run_id = state.get("run_id")
-        self._resuming = self.run_id is not None
         self._sent = dict(state.get("sent") or {})
-        self._replay = [tuple(entry) for entry in state.get("journal") or []]
+        self._journaled = [tuple(entry) for entry in state.get("journal") or []]
         self._last.update(state.get("last") or {})
         self._best = state.get("best")
 
     def already_logged(self, sent: Mapping[str, int]) -> None:
         """The W&B run's files hold each ``key`` up to axis value ``sent[key]``: the journal beyond it is sent again."""
-        self._persisted = dict(sent)
+        self._replay = [(axis, value, lost) for axis, value, metrics in self._journaled
+                        if (lost := {k: v for k, v in metrics.items() if sent.get(k, -1) < value})]
         for key, value in sent.items():
             self._sent[key] = max(self._sent.get(key, value), value)
 
     def _replay_journal(self) -> None:
-        if self._persisted is None:
-            return
-        for axis, value, metrics in self._replay:
-            lost = {k: v for k, v in metrics.items() if self._persisted.get(k, -1) < value}
-            if lost:
-                for key in lost.keys() - self._axis_of.keys():
-                    self._bind(key, axis)
-                self._call("log", self.run.log, {**lost, axis: value})
-                # Journaled again: W&B may not have written them when this process is killed in turn.
-                self._journal.append((time.monotonic(), axis, value, lost))
+        for axis, value, lost in self._replay:
+            for key in lost.keys() - self._axis_of.keys():
+                self._bind(key, axis)
+            self._call("log", self.run.log, {**lost, axis: value})
+            # Journaled again: W&B may not have written them when this process is killed in turn.
+            self._journal.append((time.monotonic(), axis, value, lost))
         self._replay = []
 
     def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -127,7 +122,7 @@ class WandbLogger(Callback):
             return
         self._init.update(config=trainer.config, job_type=self._init["job_type"] or trainer.name)
         run_id = os.environ.get(wandb_env.RUN_ID) or self.run_id
-        self.run = self._call("init", init_run, **self._init, run_id=run_id, resume=self._resuming)
+        self.run = self._call("init", init_run, **self._init, run_id=run_id, resume=self.run_id is not None)
         if self.run is None:
             return
         self.run_dir = Path(self.run.dir).parent

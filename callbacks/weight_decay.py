@@ -18,10 +18,7 @@ def stability_bound(*, optimizer: str, momentum: float, wd_mode: str, lr: float,
     """The largest stable ``lr * (beta + lambda)`` for heavy-ball SGD (docs/theory.md); for Adam only a reference."""
     if optimizer != "sgd":
         return 2.0
-    bound = 2.0 * (1.0 + momentum)
-    if wd_mode == "decoupled":
-        bound -= momentum * lr * weight_decay
-    return bound
+    return 2.0 * (1.0 + momentum) - (momentum * lr * weight_decay if wd_mode == "decoupled" else 0.0)
 
 
 def _sq_norm(params: list[torch.Tensor]) -> torch.Tensor:
@@ -56,8 +53,7 @@ def _power_iteration(grads: Sequence[torch.Tensor], params: Sequence[torch.Tenso
 
 def top_hessian_eigenvalue(loss_fn: Callable[[], torch.Tensor], params: Sequence[torch.Tensor], *, iters: int = 20,
                            tol: float = 1e-3) -> float:
-    """The largest Hessian eigenvalue of ``loss_fn()`` in ``params``; a negative dominant one (a saddle) gets a second
-    pass on ``H - mu * I``."""
+    """The largest Hessian eigenvalue of ``loss_fn()`` in ``params`` (past a saddle's negative one: ``H - mu * I``)."""
     params = [p for p in params if p.requires_grad]
     grads = torch.autograd.grad(loss_fn(), params, create_graph=True)
     mu = _power_iteration(grads, params, shift=0.0, iters=iters, tol=tol, seed=0)
@@ -84,8 +80,7 @@ def theory(optimizer: torch.optim.Optimizer, group: Mapping[str, Any], l2: float
 
 
 class WeightDecayProbe(Panel):
-    """Measures ``optimizer.step()`` against a decay-free shadow optimizer with its own state (docs/plugins.md);
-    ``params``: the decayed weights (default: every weight of a decaying group)."""
+    """Measures ``optimizer.step()`` against a decay-free shadow optimizer with its own state (docs/plugins.md)."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, *, l2: float = 0.0,
                  params: Iterable[torch.Tensor] | None = None, prefix: str = "wd", every: int = 1, run: Any = None,
@@ -194,8 +189,7 @@ class WeightDecayProbe(Panel):
 
     def curvature(self, loss: Callable[[], torch.Tensor], params: Iterable[torch.Tensor] | None = None, *,
                   model: torch.nn.Module | None = None, iters: int = 10) -> dict[str, float]:
-        """Top Hessian eigenvalue of ``loss()`` (no decay term) in ``params`` (default: the optimizer's), the sharpness
-        and the stability bound at the first decayed group's lr and lambda, logged and returned."""
+        """The top Hessian eigenvalue of ``loss()`` (no decay term), the sharpness and the stability bound, logged."""
         params = list(params) if params is not None else [p for g in self.optimizer.param_groups for p in g["params"]]
         with untouched(model) if model is not None else contextlib.nullcontext():
             beta = top_hessian_eigenvalue(loss, params, iters=iters, tol=1e-2)
@@ -216,8 +210,7 @@ class WeightDecayProbe(Panel):
 
 
 class DecayProbeCallback(Callback):
-    """The probe on the classification trainer, and the curvature on its fixed batch at the start, every
-    ``hessian_every`` epochs (0: never) and at the end."""
+    """The probe on the classifier; its curvature at the start, every ``hessian_every`` epochs and at the end."""
 
     def __init__(self, *, hessian_every: int = 4, hessian_iters: int = 10, every: int = 1) -> None:
         self.hessian_every, self.hessian_iters, self.every = hessian_every, hessian_iters, every
