@@ -1,5 +1,4 @@
-"""Plug-ins: panels and probes for any loop (``panels``, ``weight_decay``), their adapters for the suite's loop
-(``experiments``) and Lightning (``lightning``), and the suite's W&B logging, progress and checkpoints."""
+"""Plug-ins: panels and probes for any loop, their adapters (suite, Lightning), W&B logging, progress, checkpoints."""
 
 from __future__ import annotations
 

@@ -51,12 +51,10 @@ class Checkpoint(Callback):
         self.writer.submit(trainer.checkpoint_state(), self.directory / LAST, also=best)
         last_epoch = epoch + 1 == trainer.epochs or trainer.should_stop
         best_aliases = ["best"] + (["last"] if self.upload_last and last_epoch and improved else [])
-        if improved and self.upload == "improved":
-            # Announced once written: at the next epoch's end, so the fit never waits on the disk.
-            self.pending.append(dict(path=best_path, aliases=best_aliases, metadata=metadata))
+        # Announced once written: "improved" at the next epoch's end, so the fit never waits on the disk.
+        if (improved and self.upload == "improved") or (last_epoch and self.upload == "end" and self.best is not None):
+            self.pending.append(dict(path=best_path, aliases=best_aliases, metadata=self.best_metadata))
         if last_epoch:
-            if self.upload == "end" and self.best is not None:
-                self.pending.append(dict(path=best_path, aliases=best_aliases, metadata=self.best_metadata))
             if self.upload_last and not improved:
                 self.pending.append(dict(path=str(self.directory / LAST), aliases=["last"], metadata=metadata))
             self._announce(trainer)

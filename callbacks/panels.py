@@ -155,9 +155,8 @@ class FeatureMaps(Panel):
                 raise ValueError(f"FeatureMaps: layer {name!r} outputs shape {tuple(out.shape)}, not (N, C, H, W) "
                                  f"maps; pass conv layers (or what follows one) in layers=")
         self.labels = list(labels) if labels is not None else [str(i) for i in range(len(inputs))]
-        shown = pictures if pictures is not None else inputs
         self.pictures = [wandb.Image(to_uint8(upscale(img.detach().float().cpu(), 96)), caption=label)
-                         for img, label in zip(shown, self.labels)]
+                         for img, label in zip(inputs if pictures is None else pictures, self.labels)]
         self.table = wandb.Table(columns=["epoch", "input", "label", "layer", "feature_maps"], log_mode="INCREMENTAL")
 
     @torch.no_grad()
@@ -168,8 +167,7 @@ class FeatureMaps(Panel):
                  for name, m in self.layers.items()]
         try:
             with untouched(self.model):
-                device = next(self.model.parameters()).device
-                self.model((self.inputs if inputs is None else inputs).to(device))
+                self.model((self.inputs if inputs is None else inputs).to(next(self.model.parameters()).device))
         finally:
             for h in hooks:
                 h.remove()

@@ -59,9 +59,10 @@ class WandbLogger(Callback):
         self._init: dict[str, Any] = dict(project=project, entity=entity, mode=mode, out_dir=Path(out_dir), name=name,
                                           group=group, job_type=job_type, tags=list(tags))
         self.monitor, self.log_every = monitor, log_every
+        self._key = monitor[0] if monitor else None
         self.run: Any = None
         self.run_dir: Path | None = None  # for `wandb sync` and `wandb leet inspect`
-        self._axis_of: dict[str, str] = {}
+        self._bound: set[str] = set()  # keys given their axis
         self._window: dict[str, list[Any]] = {}  # each key's values in the open step window
         self._window_step = 0
         self._last: dict[str, Any] = {}  # each key's last value: the summary's final value
@@ -99,7 +100,7 @@ class WandbLogger(Callback):
 
     def _replay_journal(self) -> None:
         for axis, value, lost in self._replay:
-            for key in lost.keys() - self._axis_of.keys():
+            for key in lost.keys() - self._bound:
                 self._bind(key, axis)
             self._call("log", self.run.log, {**lost, axis: value})
             # Journaled again: W&B may not have written them when this process is killed in turn.
@@ -128,20 +129,19 @@ class WandbLogger(Callback):
         self.run_dir = Path(self.run.dir).parent
         for axis in (STEP_AXIS, EPOCH_AXIS):
             self._call("define_metric", self.run.define_metric, axis, hidden=True)
-        if self.monitor:
-            self._bind(self.monitor[0], EPOCH_AXIS)
+        if self._key:
+            self._bind(self._key, EPOCH_AXIS)
         self._replay_journal()
 
     def _bind(self, key: str, axis: str) -> None:
         self._call("define_metric", self.run.define_metric, key, step_metric=axis)
-        self._axis_of[key] = axis
+        self._bound.add(key)
 
     def on_log(self, trainer: Loop, metrics: Mapping[str, Any], axis: str) -> None:
         if self.run is None:
             return
-        for key in metrics:
-            if key not in self._axis_of:
-                self._bind(key, axis)
+        for key in metrics.keys() - self._bound:
+            self._bind(key, axis)
         if axis == STEP_AXIS:
             self._collect(metrics, trainer.global_step)
             if trainer.global_step % self.log_every == 0:
@@ -151,8 +151,7 @@ class WandbLogger(Callback):
         self._log_artifacts(wait=False)
         if trainer.epochs == 1:
             # The monitored metric stays in history: sweeps and their early stopping read it there.
-            monitored = self.monitor[0] if self.monitor else None
-            one_off = {k: v for k, v in metrics.items() if _is_number(v) and k != monitored}
+            one_off = {k: v for k, v in metrics.items() if _is_number(v) and k != self._key}
             self._call("summary", self.run.summary.update, one_off)
             metrics = {k: v for k, v in metrics.items() if k not in one_off}
             if not metrics:
@@ -164,11 +163,9 @@ class WandbLogger(Callback):
         if fresh:
             self._sent.update((k, value) for k in fresh)
             self._call("log", self.run.log, {**fresh, axis: value})
-            key, goal = self.monitor or (None, None)
-            if _is_number(fresh.get(key)):
-                best = fresh[key] if self._best is None else (max if goal == "max" else min)(self._best, fresh[key])
-                self._best = best
-                self._call("summary", self.run.summary.update, {key: best})
+            if _is_number(new := fresh.get(self._key)):
+                self._best = new if self._best is None else (max if self.monitor[1] == "max" else min)(self._best, new)
+                self._call("summary", self.run.summary.update, {self._key: self._best})
             now = time.monotonic()
             numbers = {k: v for k, v in fresh.items() if _is_number(v)}
             if numbers:
@@ -218,11 +215,10 @@ class WandbLogger(Callback):
         self._flush()
         self._log_artifacts(wait=True)
         # The monitored metric keeps its best value, not the last one.
-        best = self.monitor[0] if self.monitor else None
-        final = {k: v for k, v in self._last.items() if _is_number(v) and k != best}
-        final.update((k, v) for k, v in trainer.summary.items() if k != best)
+        final = {k: v for k, v in self._last.items() if _is_number(v) and k != self._key}
+        final.update((k, v) for k, v in trainer.summary.items() if k != self._key)
         if self._best is not None:
-            final[best] = self._best
+            final[self._key] = self._best
         self._call("summary", self.run.summary.update, final)
         self._finish(trainer.exit_code, final)
 

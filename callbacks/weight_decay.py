@@ -1,5 +1,4 @@
-"""The weight-decay probe on any optimizer's step hooks: what decay does to the weights each step and whether the
-learning rate is stable for the loss surface (docs/plugins.md, docs/theory.md)."""
+"""The weight-decay probe on any optimizer's step hooks, and the stability bound (docs/plugins.md, docs/theory.md)."""
 
 from __future__ import annotations
 
@@ -104,7 +103,6 @@ class WeightDecayProbe(Panel):
         self._state_free = all((sgd and not g.get("momentum")) or (_is_decoupled(optimizer, g) and not l2)
                                for _, g, _ in self.groups)
         self.steps = 0
-        self.last: dict[str, float] = {}
         self._weights: list[torch.Tensor] | None = None
         self._noted = False
         self._handles = [optimizer.register_step_pre_hook(self._before), optimizer.register_step_post_hook(self._after)]
@@ -168,7 +166,6 @@ class WeightDecayProbe(Panel):
             metrics[f"{p}/decay_factor"] = 1 + num / den
             metrics[f"{p}/decay_factor_theory"] = theory_num / den
             self._weights = None
-        self.last = metrics
         if self.publish is None and not self._noted:
             self._noted = True
             self._active_run().summary[f"{p}/theory"] = "; ".join(

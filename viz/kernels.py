@@ -1,5 +1,4 @@
-"""Applying the filters experiment's 3x3 kernels and measuring their response along each direction (``horizontal``:
-intensity changing along x)."""
+"""The filters experiment's 3x3 kernels applied, and their response measured along each direction."""
 
 from __future__ import annotations
 
@@ -8,7 +7,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-# Unit steps (dy, dx), rows growing downwards: diagonal is bottom-left to top-right, antidiagonal the other one.
+# Steps (dy, dx) along which intensity changes, rows growing down: diagonal runs bottom-left to top-right.
 DIRECTIONS = {"horizontal": (0, 1), "vertical": (1, 0), "diagonal": (-1, 1), "antidiagonal": (1, 1)}
 
 
