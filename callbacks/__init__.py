@@ -24,6 +24,3 @@ def standard_callbacks(args: argparse.Namespace, *, job_type: str, monitor: tupl
                                group=getattr(args, "group", None), job_type=job_type, tags=tags, monitor=monitor,
                                log_every=getattr(args, "log_every", None) or log_every))
     return [*cbs, ProgressBar(), SummaryTable()]
-
-
-__all__ = ["DEFAULT_PROJECT", "Callback", "standard_callbacks"]

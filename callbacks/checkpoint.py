@@ -15,9 +15,8 @@ LAST, BEST, FINISHED = "last.pt", "best.pt", "finished.pt"
 
 
 class Checkpoint(Callback):
-    """In the background: ``last.pt`` every epoch and on a stop signal, ``best.pt`` whenever ``monitor`` rises,
-    ``finished.pt`` at the fit's end. ``on_checkpoint_saved`` announces the best once on disk: at every improvement
-    (``upload="improved"``) or at the end (``"end"``), and with ``upload_last`` the final ``last.pt``."""
+    """``last.pt`` every epoch and on a stop, ``best.pt`` when ``monitor`` rises, ``finished.pt`` at the end, written in
+    the background; ``on_checkpoint_saved`` announces the best at each improvement or at the end (``upload``)."""
 
     def __init__(self, directory: str | Path, *, monitor: str, upload: str = "improved",
                  upload_last: bool = False) -> None:

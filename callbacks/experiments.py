@@ -55,8 +55,6 @@ class TestConfusionMatrix(_Report):
 
 
 class _CachedPictures(_Report):
-    """An adapter whose panel's picture folder goes when the fit ends, whatever its outcome."""
-
     panel: DetectionTable | PhotoComparison
 
     def on_fit_end(self, trainer: Loop) -> None:

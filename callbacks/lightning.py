@@ -1,5 +1,4 @@
-"""The panels as Lightning callbacks beside Lightning's ``WandbLogger`` (docs/plugins.md): each logs to the logger's
-run (else ``wandb.run``), the epoch as its step; keyword arguments go to the panel or probe."""
+"""The panels as Lightning callbacks: each logs to the ``WandbLogger``'s run (else ``wandb.run``) at the epoch."""
 
 from __future__ import annotations
 

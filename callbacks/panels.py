@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,8 +14,7 @@ from PIL import Image
 from torch import nn
 
 from dlhw.core.errors import suggest
-from dlhw.viz.detections import THRESHOLDS, people_counts
-from dlhw.viz.images import feature_map_grid, filter_grid, kernel_picture, to_uint8, upscale
+from dlhw.viz.images import THRESHOLDS, feature_map_grid, filter_grid, kernel_picture, people_counts, to_uint8, upscale
 from dlhw.viz.kernels import DIRECTIONS, apply_kernel, directional_gains, high_frequency_energy
 
 
@@ -85,8 +83,7 @@ class Panel:
 def untouched(model: nn.Module) -> Iterator[nn.Module]:
     """Run ``model`` in eval mode, then restore its mode and the random states: the training stays unchanged."""
     was_training = model.training
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
-    with torch.random.fork_rng(devices=devices):
+    with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if torch.cuda.is_initialized() else []):
         model.eval()
         try:
             yield model
@@ -107,15 +104,13 @@ def named_layers(model: nn.Module, layers: Any, *, what: str) -> dict[str, nn.Mo
     by_module = {m: n for n, m in by_name.items()}
     out = {}
     for layer in [layers] if isinstance(layers, (str, nn.Module)) else layers:
-        if isinstance(layer, str) and layer in by_name:
-            out[layer] = by_name[layer]
-        elif isinstance(layer, str):
-            raise ValueError(f"{what}: no layer {layer!r} in {type(model).__name__}{suggest(layer, by_name)}")
-        elif layer in by_module:
-            out[by_module[layer]] = layer
-        else:
+        name = layer if isinstance(layer, str) else by_module.get(layer)
+        if name is None:
             raise ValueError(f"{what}: the {type(layer).__name__} given is not in {type(model).__name__}; "
                              f"pass one of its layers")
+        if name not in by_name:
+            raise ValueError(f"{what}: no layer {layer!r} in {type(model).__name__}{suggest(layer, by_name)}")
+        out[name] = by_name[name]
     return out
 
 
@@ -194,7 +189,6 @@ class ConfusionMatrix(Panel):
         self.class_names = list(class_names)
 
     def payload(self, targets: Sequence[int] | torch.Tensor, predictions: Sequence[int] | torch.Tensor) -> dict:
-        """``predictions`` are class indices (take ``argmax`` of logits first)."""
         return {self.key: wandb.plot.confusion_matrix(y_true=torch.as_tensor(targets).tolist(),
                                                       preds=torch.as_tensor(predictions).tolist(),
                                                       class_names=self.class_names, title="test confusion matrix")}
@@ -263,26 +257,20 @@ def annotated_image(picture: str | np.ndarray, output: Mapping[str, torch.Tensor
     return wandb.Image(picture, boxes=boxes, masks=masks, caption=caption)
 
 
-class PictureCache(tempfile.TemporaryDirectory):
-    """Each picture written to PNG once, later references reuse the file; ``cleanup()`` when W&B copied them."""
-
-    def __init__(self) -> None:
-        super().__init__(prefix="dlhw-pictures-")
-        self.dir, self.paths = Path(self.name), {}
-
-    def path(self, key: str, pixels: np.ndarray) -> str:
-        if key not in self.paths:
-            self.paths[key] = str(self.dir / f"{len(self.paths):04d}.png")
-            Image.fromarray(pixels).save(self.paths[key])
-        return self.paths[key]
-
-
 class _PicturePanel(Panel):
     axis = "detect/step"
 
     def __init__(self, **kw: Any) -> None:
         super().__init__(**kw)
-        self.cache = PictureCache()
+        self.cache = tempfile.TemporaryDirectory(prefix="dlhw-pictures-")  # cleanup() once W&B copied the pictures
+        self._paths: dict[str, str] = {}
+
+    def picture(self, key: str, pixels: np.ndarray) -> str:
+        """The PNG of picture ``key``, written once: every later reference reuses the file."""
+        if key not in self._paths:
+            self._paths[key] = f"{self.cache.name}/{len(self._paths):04d}.png"
+            Image.fromarray(pixels).save(self._paths[key])
+        return self._paths[key]
 
 
 class DetectionTable(_PicturePanel):
@@ -300,7 +288,7 @@ class DetectionTable(_PicturePanel):
                 outputs: Sequence[Mapping[str, torch.Tensor]], step: int) -> dict[str, Any]:
         for i, (image, target, output) in enumerate(zip(images, targets, outputs)):
             image_id = int(target["image_id"]) if "image_id" in target else i
-            path = self.cache.path(f"image-{image_id}", to_uint8(image))
+            path = self.picture(f"image-{image_id}", to_uint8(image))
             counts = people_counts(output["scores"].detach().cpu())
             self.table.add_data(step, image_id, annotated_image(path, output, target), len(target["boxes"]),
                                 counts["people@0.5"], counts["mean_score"])
@@ -325,7 +313,6 @@ class PhotoComparison(_PicturePanel):
 
     def payload(self, photo: np.ndarray, outputs: Mapping[str, Mapping[str, torch.Tensor]],
                 inference_ms: Mapping[str, float] | None = None, *, name: str = "photo") -> dict[str, Any]:
-        """``photo`` is (H, W, 3) uint8 and ``outputs`` maps a model's label to its detections."""
-        path = self.cache.path(name, photo)
+        path = self.picture(name, photo)
         data = [[r[0], annotated_image(path, r[1], caption=r[0]), *r[2:]] for r in self.rows(outputs, inference_ms)]
         return {self.key: wandb.Table(columns=PHOTO_COLUMNS, data=data)}

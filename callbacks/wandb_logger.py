@@ -20,7 +20,6 @@ from dlhw.core.events import Callback, EPOCH_AXIS, Loop, STEP_AXIS, is_rank_zero
 from dlhw.core.session import Stopped
 
 JOURNAL_SECONDS = 60.0  # W&B's service writes its file every 15 s: what a kill -9 can lose, with room to spare
-ONLINE_INIT_TIMEOUT_S = 30  # then offline
 
 
 def init_run(*, project: str | None, mode: str, out_dir: str | Path, config: Mapping[str, Any], name: str | None = None,
@@ -38,7 +37,7 @@ def init_run(*, project: str | None, mode: str, out_dir: str | Path, config: Map
         tags=None if os.environ.get(wandb_env.TAGS) else list(tags) or None, reinit="finish_previous", id=run_id)
     if mode == "online":
         try:
-            return wandb.init(mode="online", settings=wandb.Settings(init_timeout=ONLINE_INIT_TIMEOUT_S),
+            return wandb.init(mode="online", settings=wandb.Settings(init_timeout=30),
                               resume="must" if resume else None, **kwargs)
         except Exception as exc:  # wandb raises several types for "no server"; all mean: go offline.
             print(f"W&B online start failed ({type(exc).__name__}: {exc}); logging offline instead, "
@@ -47,8 +46,7 @@ def init_run(*, project: str | None, mode: str, out_dir: str | Path, config: Map
 
 
 class WandbLogger(Callback):
-    """Starts a W&B run at fit start, logs every ``on_log`` (step metrics as each ``log_every`` steps' mean: a
-    ``run.log`` costs CPU) and finishes it with an exit code; ``monitor``'s best goes in the summary, for sweeps."""
+    """A W&B run from fit start to end: every ``on_log`` (step metrics as means), ``monitor``'s best in the summary."""
 
     def __init__(self, *, project: str | None, mode: str, out_dir: str | Path, name: str | None = None,
                  group: str | None = None, job_type: str | None = None, tags: Sequence[str] = (),
@@ -98,15 +96,6 @@ class WandbLogger(Callback):
         for key, value in sent.items():
             self._sent[key] = max(self._sent.get(key, value), value)
 
-    def _replay_journal(self) -> None:
-        for axis, value, lost in self._replay:
-            for key in lost.keys() - self._bound:
-                self._bind(key, axis)
-            self._call("log", self.run.log, {**lost, axis: value})
-            # Journaled again: W&B may not have written them when this process is killed in turn.
-            self._journal.append((time.monotonic(), axis, value, lost))
-        self._replay = []
-
     def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """``fn(*args, **kwargs)``; when it raises, warn once and carry on: W&B never stops training."""
         try:
@@ -131,7 +120,13 @@ class WandbLogger(Callback):
             self._call("define_metric", self.run.define_metric, axis, hidden=True)
         if self._key:
             self._bind(self._key, EPOCH_AXIS)
-        self._replay_journal()
+        for axis, value, lost in self._replay:
+            for key in lost.keys() - self._bound:
+                self._bind(key, axis)
+            self._call("log", self.run.log, {**lost, axis: value})
+            # Journaled again: W&B may not have written them when this process is killed in turn.
+            self._journal.append((time.monotonic(), axis, value, lost))
+        self._replay = []
 
     def _bind(self, key: str, axis: str) -> None:
         self._call("define_metric", self.run.define_metric, key, step_metric=axis)
@@ -142,8 +137,14 @@ class WandbLogger(Callback):
             return
         for key in metrics.keys() - self._bound:
             self._bind(key, axis)
-        if axis == STEP_AXIS:
-            self._collect(metrics, trainer.global_step)
+        if axis == STEP_AXIS:  # into the window, sent as means every log_every steps: a run.log costs CPU
+            for key, value in metrics.items():
+                if _is_number(value):
+                    self._window.setdefault(key, []).append(value)
+                else:
+                    self._window[key] = [value]
+            self._last.update(metrics)
+            self._window_step = trainer.global_step
             if trainer.global_step % self.log_every == 0:
                 self._flush()
             return
@@ -170,19 +171,10 @@ class WandbLogger(Callback):
             numbers = {k: v for k, v in fresh.items() if _is_number(v)}
             if numbers:
                 self._journal.append((now, axis, value, numbers))
-                if axis != STEP_AXIS:  # step keys' last values come from _collect (windows send means)
+                if axis != STEP_AXIS:  # a step key's last value is not its window's mean
                     self._last.update(numbers)
             while self._journal and now - self._journal[0][0] > JOURNAL_SECONDS:
                 self._journal.popleft()
-
-    def _collect(self, metrics: Mapping[str, Any], step: int) -> None:
-        for key, value in metrics.items():
-            if _is_number(value):
-                self._window.setdefault(key, []).append(value)
-            else:
-                self._window[key] = [value]
-        self._last.update(metrics)
-        self._window_step = step
 
     def _flush(self) -> None:
         if not self._window:
@@ -262,8 +254,7 @@ def _is_number(value: Any) -> bool:
 
 
 class DatasetArtifact(Callback):
-    """At fit start, declares ``path`` (a file or folder) as the dataset artifact ``name``, as ``file://`` references:
-    used online (models link to it), logged offline (W&B cannot mark it used). Place it after the W&B logger."""
+    """At fit start, the dataset artifact ``name`` of ``path`` as ``file://`` references; place it after the logger."""
 
     reports_only = True
 
@@ -276,4 +267,4 @@ class DatasetArtifact(Callback):
             return
         artifact = wandb.Artifact(self.name, type="dataset", metadata={"path": str(self.path)})
         artifact.add_reference(self.path.as_uri(), name=self.path.name if self.path.is_file() else None)
-        (run.log_artifact if run.offline else run.use_artifact)(artifact)
+        (run.log_artifact if run.offline else run.use_artifact)(artifact)  # offline, W&B cannot mark it used

@@ -173,7 +173,6 @@ class WeightDecayProbe(Panel):
         self.send(metrics, step=self.steps)
 
     def merge(self, earlier: dict[str, Any], now: dict[str, Any]) -> dict[str, Any]:
-        """Several steps in one open row: the mean of each per-step factor, else the last value."""
         if not earlier:
             self._counts: dict[str, int] = {}
         merged = {**earlier, **now}

@@ -1,4 +1,4 @@
-"""Kernels, learned filters, feature maps and the IoU slide as pictures: (C, H, W) floats in [0, 1], uint8 arrays."""
+"""What the panels show: kernels, filters, feature maps and the IoU slide as pictures, a detector's counts."""
 
 from __future__ import annotations
 
@@ -52,13 +52,23 @@ def feature_map_grid(fmap: torch.Tensor, max_maps: int = 16, min_side: int = 96)
     return grid(tiles, tiles.shape[-1] * per_tile, pad=1)
 
 
+THRESHOLDS = (0.5, 0.7)
+
+
+def people_counts(scores: torch.Tensor) -> dict[str, float]:
+    """Detections at each score threshold, and the mean score of those at the lowest one."""
+    counts: dict[str, float] = {f"people@{t}": int((scores >= t).sum()) for t in THRESHOLDS}
+    kept = scores[scores >= THRESHOLDS[0]]
+    counts["mean_score"] = float(kept.mean()) if len(kept) else 0.0
+    return counts
+
+
 MEASURES = {"iou": "IoU", "giou": "GIoU", "diou": "DIoU"}
 
 
 def slide_figure(x: np.ndarray, values: Mapping[str, np.ndarray], grads: Mapping[str, np.ndarray],
                  kinks: Sequence[float], *, dpi: int = 100) -> np.ndarray:
-    """Each measure's value (top) and d/dx (bottom) over the slide position ``x``, kinks dotted, shaded where
-    dIoU/dx is exactly 0."""
+    """Each measure's value (top) and d/dx (bottom) along ``x``, kinks dotted, shaded where dIoU/dx is exactly 0."""
     # A bare Figure on the Agg canvas: no pyplot state, nothing to close.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure

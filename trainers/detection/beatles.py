@@ -20,7 +20,7 @@ from dlhw.core.events import Callback
 from dlhw.core.session import Session
 from dlhw.trainers.detection.dataset import street_scene
 from dlhw.trainers.download import DownloadError, cache_dir, download
-from dlhw.viz.detections import THRESHOLDS, people_counts
+from dlhw.viz.images import THRESHOLDS, people_counts
 
 # "The Beatles arrive at JFK Airport", 7 February 1964, United Press International; public domain:
 # https://commons.wikimedia.org/wiki/File:The_Beatles_arrive_at_JFK_Airport.jpg
