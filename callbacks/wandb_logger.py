@@ -135,8 +135,9 @@ class WandbLogger(Callback):
     def on_log(self, trainer: Loop, metrics: Mapping[str, Any], axis: str) -> None:
         if self.run is None:
             return
-        for key in metrics.keys() - self._bound:
-            self._bind(key, axis)
+        for key in metrics:
+            if key not in self._bound:
+                self._bind(key, axis)
         if axis == STEP_AXIS:  # into the window, sent as means every log_every steps: a run.log costs CPU
             for key, value in metrics.items():
                 if _is_number(value):

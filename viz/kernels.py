@@ -22,10 +22,9 @@ def apply_kernel(image: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
 def directional_energy(image: torch.Tensor, direction: str) -> float:
     """Mean squared difference between each pixel and its neighbour one step along ``direction``."""
     dy, dx = DIRECTIONS[direction]
-    x = image.reshape(-1, *image.shape[-2:])
-    h, w = x.shape[-2:]
-    a = x[:, max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)]
-    b = x[:, max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0)]
+    h, w = image.shape[-2:]
+    a = image[..., max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)]
+    b = image[..., max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0)]
     return float(((a - b) ** 2).mean())
 
 
