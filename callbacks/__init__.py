@@ -1,5 +1,4 @@
-"""Plug-ins: panels and probes for any loop (``panels``, ``weight_decay``), their adapters for the suite's loop
-(``experiments``) and Lightning (``lightning``), and the suite's W&B logging, progress and checkpoints."""
+"""Plug-ins: panels and probes for any loop, their adapters (suite, Lightning), W&B logging, progress, checkpoints."""
 
 from __future__ import annotations
 
@@ -25,6 +24,3 @@ def standard_callbacks(args: argparse.Namespace, *, job_type: str, monitor: tupl
                                group=getattr(args, "group", None), job_type=job_type, tags=tags, monitor=monitor,
                                log_every=getattr(args, "log_every", None) or log_every))
     return [*cbs, ProgressBar(), SummaryTable()]
-
-
-__all__ = ["DEFAULT_PROJECT", "Callback", "standard_callbacks"]

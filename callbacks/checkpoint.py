@@ -15,9 +15,8 @@ LAST, BEST, FINISHED = "last.pt", "best.pt", "finished.pt"
 
 
 class Checkpoint(Callback):
-    """In the background: ``last.pt`` every epoch and on a stop signal, ``best.pt`` whenever ``monitor`` rises,
-    ``finished.pt`` at the fit's end. ``on_checkpoint_saved`` announces the best once on disk: at every improvement
-    (``upload="improved"``) or at the end (``"end"``), and with ``upload_last`` the final ``last.pt``."""
+    """``last.pt`` every epoch and on a stop, ``best.pt`` when ``monitor`` rises, ``finished.pt`` at the end, written in
+    the background; ``on_checkpoint_saved`` announces the best at each improvement or at the end (``upload``)."""
 
     def __init__(self, directory: str | Path, *, monitor: str, upload: str = "improved",
                  upload_last: bool = False) -> None:
@@ -26,7 +25,6 @@ class Checkpoint(Callback):
         self.directory, self.monitor = Path(directory), monitor
         self.upload, self.upload_last = upload, upload_last
         self.best: float | None = None
-        self.best_path: Path | None = None
         self.best_metadata: dict[str, Any] = {}
         self.writer = BackgroundWriter()
         self.pending: list[dict[str, Any]] = []
@@ -41,11 +39,10 @@ class Checkpoint(Callback):
                     **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
         value = metrics.get(self.monitor)
         improved = value is not None and (self.best is None or float(value) > self.best)
-        best: list = []
+        best_path, best = str(self.directory / BEST), []
         if improved:
-            self.best_path = self.directory / BEST
             best = [({"epoch": epoch + 1, "global_step": trainer.global_step, "metrics": dict(metrics),
-                      "config": plain(trainer.config), "trainer": trainer.state_dict()}, self.best_path)]
+                      "config": plain(trainer.config), "trainer": trainer.state_dict()}, best_path)]
             self.best = float(value)
             self.best_metadata = metadata
             trainer.summary[f"best/{self.monitor}"] = self.best
@@ -53,12 +50,10 @@ class Checkpoint(Callback):
         self.writer.submit(trainer.checkpoint_state(), self.directory / LAST, also=best)
         last_epoch = epoch + 1 == trainer.epochs or trainer.should_stop
         best_aliases = ["best"] + (["last"] if self.upload_last and last_epoch and improved else [])
-        if improved and self.upload == "improved":
-            # Announced once written: at the next epoch's end, so the fit never waits on the disk.
-            self.pending.append(dict(path=str(self.best_path), aliases=best_aliases, metadata=metadata))
+        # Announced once written: "improved" at the next epoch's end, so the fit never waits on the disk.
+        if (improved and self.upload == "improved") or (last_epoch and self.upload == "end" and self.best is not None):
+            self.pending.append(dict(path=best_path, aliases=best_aliases, metadata=self.best_metadata))
         if last_epoch:
-            if self.upload == "end" and self.best_path is not None:
-                self.pending.append(dict(path=str(self.best_path), aliases=best_aliases, metadata=self.best_metadata))
             if self.upload_last and not improved:
                 self.pending.append(dict(path=str(self.directory / LAST), aliases=["last"], metadata=metadata))
             self._announce(trainer)
@@ -90,10 +85,8 @@ class Checkpoint(Callback):
             print(f"checkpoint: {error}", file=sys.stderr)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best, "monitor": self.monitor, "best_metadata": self.best_metadata,
-                "best_path": str(self.best_path) if self.best_path else None}
+        return {"best": self.best, "monitor": self.monitor, "best_metadata": self.best_metadata}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.best = state.get("best")
         self.best_metadata = dict(state.get("best_metadata") or {})
-        self.best_path = self.directory / BEST if state.get("best_path") else None

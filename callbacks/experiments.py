@@ -15,10 +15,12 @@ from dlhw.viz.images import MEASURES, slide_figure
 from dlhw.viz.kernels import DIRECTIONS
 
 
-class FilterGrid(Callback):
-    """``viz/conv1_filters`` after every epoch."""
-
+class _Report(Callback):
     reports_only = True
+
+
+class FilterGrid(_Report):
+    """``viz/conv1_filters`` after every epoch."""
 
     def on_fit_start(self, trainer: Loop) -> None:
         self.panel = LearnedFilters(trainer.model)
@@ -27,10 +29,8 @@ class FilterGrid(Callback):
         trainer.log(self.panel.payload(f"conv1 after epoch {epoch + 1}"), axis=EPOCH_AXIS)
 
 
-class FeatureMapTable(Callback):
+class FeatureMapTable(_Report):
     """``viz/feature_maps`` after every epoch, of the same validation images, each conv's maps after its ReLU."""
-
-    reports_only = True
 
     def __init__(self, n_images: int = 4) -> None:
         self.n_images = n_images
@@ -46,20 +46,15 @@ class FeatureMapTable(Callback):
         trainer.log(self.panel.payload(epoch + 1), axis=EPOCH_AXIS)
 
 
-class TestConfusionMatrix(Callback):
+class TestConfusionMatrix(_Report):
     """``test/confusion_matrix`` of the final test predictions."""
-
-    reports_only = True
 
     def on_test_end(self, trainer: Loop, metrics: Mapping[str, float]) -> None:
         panel = ConfusionMatrix(list(trainer.loaders.classes))
         trainer.log(panel.payload(trainer.test_targets, trainer.test_predictions), axis=EPOCH_AXIS)
 
 
-class _CachedPictures(Callback):
-    """An adapter whose panel's picture folder goes when the fit ends, whatever its outcome."""
-
-    reports_only = True
+class _CachedPictures(_Report):
     panel: DetectionTable | PhotoComparison
 
     def on_fit_end(self, trainer: Loop) -> None:
@@ -126,8 +121,9 @@ class FilterTables(Callback):
         self.rows = []
 
 
-def _r(v: float) -> float:
-    return round(float(v), 8)
+def _r(v: Any) -> Any:
+    """A number, or a list of them, to 8 decimals."""
+    return [_r(x) for x in v] if isinstance(v, list) else round(float(v), 8)
 
 
 class IoUPlots(Callback):
@@ -167,18 +163,12 @@ class IoUPlots(Callback):
     def _descent(trainer: Loop) -> dict:
         curves, descents, starts = (trainer.results[k] for k in ("curves", "descents", "starts"))
         names = list(curves)
-        finals = {n: (d.boxes(), d.iou()) for n, d in descents.items()}
-        rows = []
-        for i, start in enumerate(starts.tolist()):
-            row = [i, [_r(v) for v in start]]
-            for boxes, iou in (finals[n] for n in names):
-                row += [[_r(v) for v in boxes[i].tolist()], _r(iou[i])]
-            rows.append(row)
-        return {
-            "iou/descent": wandb.plot.line_series(
-                xs=list(range(1, len(curves[names[0]]) + 1)), ys=[curves[n] for n in names],
-                keys=[f"{n}: mean IoU" for n in names], title="Mean IoU with the target, from disjoint starts",
-                xname="step"),
-            "iou/descent_boxes": wandb.Table(
-                columns=["box", "start", *(c for n in names for c in (f"{n}_end", f"{n}_iou"))], data=rows),
-        }
+        ends = [(descents[n].boxes().tolist(), descents[n].iou().tolist()) for n in names]
+        rows = [[i, _r(start), *(c for boxes, iou in ends for c in (_r(boxes[i]), _r(iou[i])))]
+                for i, start in enumerate(starts.tolist())]
+        columns = ["box", "start", *(c for n in names for c in (f"{n}_end", f"{n}_iou"))]
+        return {"iou/descent": wandb.plot.line_series(xs=list(range(1, len(curves[names[0]]) + 1)),
+                                                      ys=[curves[n] for n in names],
+                                                      keys=[f"{n}: mean IoU" for n in names], xname="step",
+                                                      title="Mean IoU with the target, from disjoint starts"),
+                "iou/descent_boxes": wandb.Table(columns=columns, data=rows)}

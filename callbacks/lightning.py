@@ -1,5 +1,4 @@
-"""The panels as Lightning callbacks beside Lightning's ``WandbLogger`` (docs/plugins.md): each logs to the logger's
-run (else ``wandb.run``), the epoch as its step; keyword arguments go to the panel or probe."""
+"""The panels as Lightning callbacks: each logs to the ``WandbLogger``'s run (else ``wandb.run``) at the epoch."""
 
 from __future__ import annotations
 
@@ -49,15 +48,13 @@ class FeatureMapsCallback(pl.Callback):
 
 
 def _predictions(outputs: Any) -> torch.Tensor | None:
-    """What ``test_step`` already computed: a dict's ``preds``, or the argmax of its ``logits``."""
     if isinstance(outputs, dict) and "preds" in outputs:
         return outputs["preds"]
     return outputs["logits"].argmax(-1) if isinstance(outputs, dict) and "logits" in outputs else None
 
 
 class ConfusionMatrixCallback(pl.Callback):
-    """``test/confusion_matrix`` at the end of ``trainer.test``, of ``outputs_to_preds(what test_step returned)``, or
-    when that is None of the module run again on the batch's inputs; ``batch_to_xy``: a batch to (inputs, targets)."""
+    """``test/confusion_matrix`` at the end of ``trainer.test``, of what ``test_step`` returned (docs/plugins.md)."""
 
     def __init__(self, class_names: Sequence[str], *,
                  batch_to_xy: Callable[[Any], tuple[Any, torch.Tensor]] = lambda b: (b[0], b[1]),
@@ -86,8 +83,7 @@ class ConfusionMatrixCallback(pl.Callback):
 
 
 class WeightDecayCallback(pl.Callback):
-    """A probe on every optimizer that decays, and their curvature (of ``loss_fn``) on ``curvature_batch`` ``(x, y)``
-    after every training epoch when it is given."""
+    """A probe on every optimizer that decays; with ``curvature_batch``, their curvature after every training epoch."""
 
     def __init__(self, *, curvature_batch: tuple[torch.Tensor, torch.Tensor] | None = None,
                  loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy, prefix: str = "wd",

@@ -1,13 +1,10 @@
-"""W&B panels for any training loop (docs/plugins.md): they log to ``run=`` or ``wandb.run`` without moving its step;
-``payload(...)`` is what ``log(...)`` sends, for loops with their own logger."""
+"""W&B panels for any training loop (docs/plugins.md): they log to ``run=`` or ``wandb.run`` without moving its step."""
 
 from __future__ import annotations
 
 import contextlib
-import difflib
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,8 +13,8 @@ import wandb
 from PIL import Image
 from torch import nn
 
-from dlhw.viz.detections import THRESHOLDS, people_counts
-from dlhw.viz.images import feature_map_grid, filter_grid, kernel_picture, to_uint8, upscale
+from dlhw.core.errors import suggest
+from dlhw.viz.images import THRESHOLDS, feature_map_grid, filter_grid, kernel_picture, people_counts, to_uint8, upscale
 from dlhw.viz.kernels import DIRECTIONS, apply_kernel, directional_gains, high_frequency_energy
 
 
@@ -26,6 +23,7 @@ class Panel:
 
     axis = "panel/step"
     key = ""
+    takes_step = False  # whether ``payload`` names the step (in a table's rows or a caption)
 
     def __init__(self, *, key: str | None = None, run: Any = None,
                  publish: Callable[[dict[str, Any]], None] | None = None) -> None:
@@ -49,16 +47,13 @@ class Panel:
                 merged[key] = [*(old if isinstance(old, list) else [old]), value]
         return merged
 
-    def next_step(self, step: int | None) -> int:
-        return step if step is not None else (self._last_step or 0) + 1
-
-    def send(self, payload: Mapping[str, Any], step: int | None = None) -> None:
+    def send(self, payload: Mapping[str, Any], step: int) -> None:
         if not payload:
             return
         if self.publish is not None:
             self.publish(dict(payload))
             return
-        run, step = self._active_run(), self.next_step(step)
+        run = self._active_run()
         if self._last_step is not None and step < self._last_step:
             raise ValueError(f"{type(self).__name__}: step {step} goes back from {self._last_step}; "
                              f"pass a step that never decreases")
@@ -78,14 +73,17 @@ class Panel:
 
     def log(self, *args: Any, step: int | None = None, **kwargs: Any) -> None:
         """Log ``payload(*args, **kwargs)`` at ``step`` (default: one past the last)."""
+        step = step if step is not None else (self._last_step or 0) + 1
+        if self.takes_step:
+            kwargs["step"] = step
         self.send(self.payload(*args, **kwargs), step)
+
 
 @contextlib.contextmanager
 def untouched(model: nn.Module) -> Iterator[nn.Module]:
     """Run ``model`` in eval mode, then restore its mode and the random states: the training stays unchanged."""
     was_training = model.training
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
-    with torch.random.fork_rng(devices=devices):
+    with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if torch.cuda.is_initialized() else []):
         model.eval()
         try:
             yield model
@@ -106,16 +104,13 @@ def named_layers(model: nn.Module, layers: Any, *, what: str) -> dict[str, nn.Mo
     by_module = {m: n for n, m in by_name.items()}
     out = {}
     for layer in [layers] if isinstance(layers, (str, nn.Module)) else layers:
-        if isinstance(layer, str) and layer in by_name:
-            out[layer] = by_name[layer]
-        elif isinstance(layer, str):
-            close = difflib.get_close_matches(layer, [n for n in by_name if n], n=3)
-            raise ValueError(f"{what}: no layer {layer!r} in {type(model).__name__}; did you mean {close}?")
-        elif layer in by_module:
-            out[by_module[layer]] = layer
-        else:
+        name = layer if isinstance(layer, str) else by_module.get(layer)
+        if name is None:
             raise ValueError(f"{what}: the {type(layer).__name__} given is not in {type(model).__name__}; "
                              f"pass one of its layers")
+        if name not in by_name:
+            raise ValueError(f"{what}: no layer {layer!r} in {type(model).__name__}{suggest(layer, by_name)}")
+        out[name] = by_name[name]
     return out
 
 
@@ -124,6 +119,7 @@ class LearnedFilters(Panel):
 
     axis = "viz/step"
     key = "viz/conv1_filters"
+    takes_step = True
 
     def __init__(self, model: nn.Module, *, layer: str | nn.Module | None = None, **kw: Any) -> None:
         super().__init__(**kw)
@@ -132,13 +128,9 @@ class LearnedFilters(Panel):
             raise ValueError(f"LearnedFilters: {self.name!r} is a {type(self.conv).__name__}, not a Conv2d; "
                              f"pass a conv layer")
 
-    def payload(self, caption: str | None = None) -> dict[str, Any]:
-        picture = filter_grid(self.conv.weight.detach().cpu())
-        return {self.key: wandb.Image(to_uint8(picture), caption=caption or self.name)}
-
-    def log(self, step: int | None = None, caption: str | None = None) -> None:
-        step = self.next_step(step)
-        self.send(self.payload(caption or f"{self.name} at step {step}"), step)
+    def payload(self, caption: str | None = None, step: int | None = None) -> dict[str, Any]:
+        caption = caption or (self.name if step is None else f"{self.name} at step {step}")
+        return {self.key: wandb.Image(to_uint8(filter_grid(self.conv.weight.detach().cpu())), caption=caption)}
 
 
 class FeatureMaps(Panel):
@@ -146,6 +138,7 @@ class FeatureMaps(Panel):
 
     axis = "viz/step"
     key = "viz/feature_maps"
+    takes_step = True
 
     def __init__(self, model: nn.Module, inputs: torch.Tensor, *, labels: Sequence[str] | None = None,
                  layers: Any = None, pictures: torch.Tensor | None = None, max_maps: int = 16, **kw: Any) -> None:
@@ -157,9 +150,8 @@ class FeatureMaps(Panel):
                 raise ValueError(f"FeatureMaps: layer {name!r} outputs shape {tuple(out.shape)}, not (N, C, H, W) "
                                  f"maps; pass conv layers (or what follows one) in layers=")
         self.labels = list(labels) if labels is not None else [str(i) for i in range(len(inputs))]
-        shown = pictures if pictures is not None else inputs
         self.pictures = [wandb.Image(to_uint8(upscale(img.detach().float().cpu(), 96)), caption=label)
-                         for img, label in zip(shown, self.labels)]
+                         for img, label in zip(inputs if pictures is None else pictures, self.labels)]
         self.table = wandb.Table(columns=["epoch", "input", "label", "layer", "feature_maps"], log_mode="INCREMENTAL")
 
     @torch.no_grad()
@@ -170,8 +162,7 @@ class FeatureMaps(Panel):
                  for name, m in self.layers.items()]
         try:
             with untouched(self.model):
-                device = next(self.model.parameters()).device
-                self.model((self.inputs if inputs is None else inputs).to(device))
+                self.model((self.inputs if inputs is None else inputs).to(next(self.model.parameters()).device))
         finally:
             for h in hooks:
                 h.remove()
@@ -186,10 +177,6 @@ class FeatureMaps(Panel):
                 self.table.add_data(step, self.pictures[i], self.labels[i], layer, picture)
         return {self.key: self.table}
 
-    def log(self, step: int | None = None) -> None:
-        step = self.next_step(step)
-        self.send(self.payload(step), step)
-
 
 class ConfusionMatrix(Panel):
     """``test/confusion_matrix``: W&B's interactive confusion matrix of targets and predictions."""
@@ -202,11 +189,9 @@ class ConfusionMatrix(Panel):
         self.class_names = list(class_names)
 
     def payload(self, targets: Sequence[int] | torch.Tensor, predictions: Sequence[int] | torch.Tensor) -> dict:
-        """``predictions`` are class indices (take ``argmax`` of logits first)."""
-        chart = wandb.plot.confusion_matrix(y_true=torch.as_tensor(targets).tolist(),
-                                            preds=torch.as_tensor(predictions).tolist(),
-                                            class_names=self.class_names, title="test confusion matrix")
-        return {self.key: chart}
+        return {self.key: wandb.plot.confusion_matrix(y_true=torch.as_tensor(targets).tolist(),
+                                                      preds=torch.as_tensor(predictions).tolist(),
+                                                      class_names=self.class_names, title="test confusion matrix")}
 
 
 FILTER_COLUMNS = ["image", "input", "filter", "kernel", "kernel_values", "output",
@@ -272,32 +257,27 @@ def annotated_image(picture: str | np.ndarray, output: Mapping[str, torch.Tensor
     return wandb.Image(picture, boxes=boxes, masks=masks, caption=caption)
 
 
-class PictureCache(tempfile.TemporaryDirectory):
-    """Each picture written to PNG once, later references reuse the file; ``cleanup()`` when W&B copied them."""
-
-    def __init__(self) -> None:
-        super().__init__(prefix="dlhw-pictures-")
-        self.dir, self.paths = Path(self.name), {}
-
-    def path(self, key: str, pixels: np.ndarray) -> str:
-        if key not in self.paths:
-            self.paths[key] = str(self.dir / f"{len(self.paths):04d}.png")
-            Image.fromarray(pixels).save(self.paths[key])
-        return self.paths[key]
-
-
 class _PicturePanel(Panel):
     axis = "detect/step"
 
     def __init__(self, **kw: Any) -> None:
         super().__init__(**kw)
-        self.cache = PictureCache()
+        self.cache = tempfile.TemporaryDirectory(prefix="dlhw-pictures-")  # cleanup() once W&B copied the pictures
+        self._paths: dict[str, str] = {}
+
+    def picture(self, key: str, pixels: np.ndarray) -> str:
+        """The PNG of picture ``key``, written once: every later reference reuses the file."""
+        if key not in self._paths:
+            self._paths[key] = f"{self.cache.name}/{len(self._paths):04d}.png"
+            Image.fromarray(pixels).save(self._paths[key])
+        return self._paths[key]
 
 
 class DetectionTable(_PicturePanel):
     """``detect/predictions``: one incremental table of images with ground-truth and predicted boxes and masks."""
 
     key = "detect/predictions"
+    takes_step = True
 
     def __init__(self, **kw: Any) -> None:
         super().__init__(**kw)
@@ -308,16 +288,11 @@ class DetectionTable(_PicturePanel):
                 outputs: Sequence[Mapping[str, torch.Tensor]], step: int) -> dict[str, Any]:
         for i, (image, target, output) in enumerate(zip(images, targets, outputs)):
             image_id = int(target["image_id"]) if "image_id" in target else i
-            path = self.cache.path(f"image-{image_id}", to_uint8(image))
+            path = self.picture(f"image-{image_id}", to_uint8(image))
             counts = people_counts(output["scores"].detach().cpu())
             self.table.add_data(step, image_id, annotated_image(path, output, target), len(target["boxes"]),
                                 counts["people@0.5"], counts["mean_score"])
         return {self.key: self.table}
-
-    def log(self, images: Sequence[torch.Tensor], targets: Sequence[Mapping[str, torch.Tensor]],
-            outputs: Sequence[Mapping[str, torch.Tensor]], step: int | None = None) -> None:
-        step = self.next_step(step)
-        self.send(self.payload(images, targets, outputs, step), step)
 
 
 PHOTO_COLUMNS = ["model", "photo", *(f"people@{t}" for t in THRESHOLDS), "mean_score", "inference_ms"]
@@ -338,7 +313,6 @@ class PhotoComparison(_PicturePanel):
 
     def payload(self, photo: np.ndarray, outputs: Mapping[str, Mapping[str, torch.Tensor]],
                 inference_ms: Mapping[str, float] | None = None, *, name: str = "photo") -> dict[str, Any]:
-        """``photo`` is (H, W, 3) uint8 and ``outputs`` maps a model's label to its detections."""
-        path = self.cache.path(name, photo)
+        path = self.picture(name, photo)
         data = [[r[0], annotated_image(path, r[1], caption=r[0]), *r[2:]] for r in self.rows(outputs, inference_ms)]
         return {self.key: wandb.Table(columns=PHOTO_COLUMNS, data=data)}

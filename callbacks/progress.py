@@ -44,8 +44,7 @@ def _metrics(items: Any) -> str:
 
 
 class ProgressBar(Callback):
-    """One bar per epoch with ETA and the latest step metrics, handed to it a few times a second; each epoch's
-    metrics printed as it ends."""
+    """One bar per epoch with ETA and the latest step metrics; each epoch's metrics printed as it ends."""
 
     def __init__(self, console: Console | None = None) -> None:
         self.console = console or Console(stderr=True)

@@ -20,7 +20,6 @@ from dlhw.core.events import Callback, EPOCH_AXIS, Loop, STEP_AXIS, is_rank_zero
 from dlhw.core.session import Stopped
 
 JOURNAL_SECONDS = 60.0  # W&B's service writes its file every 15 s: what a kill -9 can lose, with room to spare
-ONLINE_INIT_TIMEOUT_S = 30  # then offline
 
 
 def init_run(*, project: str | None, mode: str, out_dir: str | Path, config: Mapping[str, Any], name: str | None = None,
@@ -38,7 +37,7 @@ def init_run(*, project: str | None, mode: str, out_dir: str | Path, config: Map
         tags=None if os.environ.get(wandb_env.TAGS) else list(tags) or None, reinit="finish_previous", id=run_id)
     if mode == "online":
         try:
-            return wandb.init(mode="online", settings=wandb.Settings(init_timeout=ONLINE_INIT_TIMEOUT_S),
+            return wandb.init(mode="online", settings=wandb.Settings(init_timeout=30),
                               resume="must" if resume else None, **kwargs)
         except Exception as exc:  # wandb raises several types for "no server"; all mean: go offline.
             print(f"W&B online start failed ({type(exc).__name__}: {exc}); logging offline instead, "
@@ -47,8 +46,7 @@ def init_run(*, project: str | None, mode: str, out_dir: str | Path, config: Map
 
 
 class WandbLogger(Callback):
-    """Starts a W&B run at fit start, logs every ``on_log`` (step metrics as each ``log_every`` steps' mean: a
-    ``run.log`` costs CPU) and finishes it with an exit code; ``monitor``'s best goes in the summary, for sweeps."""
+    """A W&B run from fit start to end: every ``on_log`` (step metrics as means), ``monitor``'s best in the summary."""
 
     def __init__(self, *, project: str | None, mode: str, out_dir: str | Path, name: str | None = None,
                  group: str | None = None, job_type: str | None = None, tags: Sequence[str] = (),
@@ -59,20 +57,20 @@ class WandbLogger(Callback):
         self._init: dict[str, Any] = dict(project=project, entity=entity, mode=mode, out_dir=Path(out_dir), name=name,
                                           group=group, job_type=job_type, tags=list(tags))
         self.monitor, self.log_every = monitor, log_every
+        self._key = monitor[0] if monitor else None
         self.run: Any = None
         self.run_dir: Path | None = None  # for `wandb sync` and `wandb leet inspect`
-        self._axis_of: dict[str, str] = {}
+        self._bound: set[str] = set()  # keys given their axis
         self._window: dict[str, list[Any]] = {}  # each key's values in the open step window
         self._window_step = 0
         self._last: dict[str, Any] = {}  # each key's last value: the summary's final value
         self._best: float | None = None
         self.run_id: str | None = None  # the run to continue, from a checkpoint
-        self._resuming = False
         self._sent: dict[str, int] = {}  # each key's last axis value sent
         # (time, axis, value, metrics) sent in the last JOURNAL_SECONDS: a checkpoint carries them to be sent again.
         self._journal: deque[tuple[float, str, int, dict[str, float]]] = deque()
-        self._replay: list[tuple] = []
-        self._persisted: dict[str, int] | None = None
+        self._journaled: list[tuple] = []  # the checkpoint's journal
+        self._replay: list[tuple] = []  # what of it the run's files lack
         self._failures = 0
         # Checkpoint artifacts are built on a thread, logged in order.
         self._builder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wandb-artifact")
@@ -86,30 +84,17 @@ class WandbLogger(Callback):
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.run_id = state.get("run_id")
-        self._resuming = self.run_id is not None
         self._sent = dict(state.get("sent") or {})
-        self._replay = [tuple(entry) for entry in state.get("journal") or []]
+        self._journaled = [tuple(entry) for entry in state.get("journal") or []]
         self._last.update(state.get("last") or {})
         self._best = state.get("best")
 
     def already_logged(self, sent: Mapping[str, int]) -> None:
         """The W&B run's files hold each ``key`` up to axis value ``sent[key]``: the journal beyond it is sent again."""
-        self._persisted = dict(sent)
+        self._replay = [(axis, value, lost) for axis, value, metrics in self._journaled
+                        if (lost := {k: v for k, v in metrics.items() if sent.get(k, -1) < value})]
         for key, value in sent.items():
             self._sent[key] = max(self._sent.get(key, value), value)
-
-    def _replay_journal(self) -> None:
-        if self._persisted is None:
-            return
-        for axis, value, metrics in self._replay:
-            lost = {k: v for k, v in metrics.items() if self._persisted.get(k, -1) < value}
-            if lost:
-                for key in lost.keys() - self._axis_of.keys():
-                    self._bind(key, axis)
-                self._call("log", self.run.log, {**lost, axis: value})
-                # Journaled again: W&B may not have written them when this process is killed in turn.
-                self._journal.append((time.monotonic(), axis, value, lost))
-        self._replay = []
 
     def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """``fn(*args, **kwargs)``; when it raises, warn once and carry on: W&B never stops training."""
@@ -127,28 +112,40 @@ class WandbLogger(Callback):
             return
         self._init.update(config=trainer.config, job_type=self._init["job_type"] or trainer.name)
         run_id = os.environ.get(wandb_env.RUN_ID) or self.run_id
-        self.run = self._call("init", init_run, **self._init, run_id=run_id, resume=self._resuming)
+        self.run = self._call("init", init_run, **self._init, run_id=run_id, resume=self.run_id is not None)
         if self.run is None:
             return
         self.run_dir = Path(self.run.dir).parent
         for axis in (STEP_AXIS, EPOCH_AXIS):
             self._call("define_metric", self.run.define_metric, axis, hidden=True)
-        if self.monitor:
-            self._bind(self.monitor[0], EPOCH_AXIS)
-        self._replay_journal()
+        if self._key:
+            self._bind(self._key, EPOCH_AXIS)
+        for axis, value, lost in self._replay:
+            for key in lost.keys() - self._bound:
+                self._bind(key, axis)
+            self._call("log", self.run.log, {**lost, axis: value})
+            # Journaled again: W&B may not have written them when this process is killed in turn.
+            self._journal.append((time.monotonic(), axis, value, lost))
+        self._replay = []
 
     def _bind(self, key: str, axis: str) -> None:
         self._call("define_metric", self.run.define_metric, key, step_metric=axis)
-        self._axis_of[key] = axis
+        self._bound.add(key)
 
     def on_log(self, trainer: Loop, metrics: Mapping[str, Any], axis: str) -> None:
         if self.run is None:
             return
         for key in metrics:
-            if key not in self._axis_of:
+            if key not in self._bound:
                 self._bind(key, axis)
-        if axis == STEP_AXIS:
-            self._collect(metrics, trainer.global_step)
+        if axis == STEP_AXIS:  # into the window, sent as means every log_every steps: a run.log costs CPU
+            for key, value in metrics.items():
+                if _is_number(value):
+                    self._window.setdefault(key, []).append(value)
+                else:
+                    self._window[key] = [value]
+            self._last.update(metrics)
+            self._window_step = trainer.global_step
             if trainer.global_step % self.log_every == 0:
                 self._flush()
             return
@@ -156,8 +153,7 @@ class WandbLogger(Callback):
         self._log_artifacts(wait=False)
         if trainer.epochs == 1:
             # The monitored metric stays in history: sweeps and their early stopping read it there.
-            monitored = self.monitor[0] if self.monitor else None
-            one_off = {k: v for k, v in metrics.items() if _is_number(v) and k != monitored}
+            one_off = {k: v for k, v in metrics.items() if _is_number(v) and k != self._key}
             self._call("summary", self.run.summary.update, one_off)
             metrics = {k: v for k, v in metrics.items() if k not in one_off}
             if not metrics:
@@ -169,28 +165,17 @@ class WandbLogger(Callback):
         if fresh:
             self._sent.update((k, value) for k in fresh)
             self._call("log", self.run.log, {**fresh, axis: value})
-            key, goal = self.monitor or (None, None)
-            if _is_number(fresh.get(key)):
-                best = fresh[key] if self._best is None else (max if goal == "max" else min)(self._best, fresh[key])
-                self._best = best
-                self._call("summary", self.run.summary.update, {key: best})
+            if _is_number(new := fresh.get(self._key)):
+                self._best = new if self._best is None else (max if self.monitor[1] == "max" else min)(self._best, new)
+                self._call("summary", self.run.summary.update, {self._key: self._best})
             now = time.monotonic()
             numbers = {k: v for k, v in fresh.items() if _is_number(v)}
             if numbers:
                 self._journal.append((now, axis, value, numbers))
-                if axis != STEP_AXIS:  # step keys' last values come from _collect (windows send means)
+                if axis != STEP_AXIS:  # a step key's last value is not its window's mean
                     self._last.update(numbers)
             while self._journal and now - self._journal[0][0] > JOURNAL_SECONDS:
                 self._journal.popleft()
-
-    def _collect(self, metrics: Mapping[str, Any], step: int) -> None:
-        for key, value in metrics.items():
-            if _is_number(value):
-                self._window.setdefault(key, []).append(value)
-            else:
-                self._window[key] = [value]
-        self._last.update(metrics)
-        self._window_step = step
 
     def _flush(self) -> None:
         if not self._window:
@@ -223,11 +208,10 @@ class WandbLogger(Callback):
         self._flush()
         self._log_artifacts(wait=True)
         # The monitored metric keeps its best value, not the last one.
-        best = self.monitor[0] if self.monitor else None
-        final = {k: v for k, v in self._last.items() if _is_number(v) and k != best}
-        final.update((k, v) for k, v in trainer.summary.items() if k != best)
+        final = {k: v for k, v in self._last.items() if _is_number(v) and k != self._key}
+        final.update((k, v) for k, v in trainer.summary.items() if k != self._key)
         if self._best is not None:
-            final[best] = self._best
+            final[self._key] = self._best
         self._call("summary", self.run.summary.update, final)
         self._finish(trainer.exit_code, final)
 
@@ -271,8 +255,7 @@ def _is_number(value: Any) -> bool:
 
 
 class DatasetArtifact(Callback):
-    """At fit start, declares ``path`` (a file or folder) as the dataset artifact ``name``, as ``file://`` references:
-    used online (models link to it), logged offline (W&B cannot mark it used). Place it after the W&B logger."""
+    """At fit start, the dataset artifact ``name`` of ``path`` as ``file://`` references; place it after the logger."""
 
     reports_only = True
 
@@ -285,4 +268,4 @@ class DatasetArtifact(Callback):
             return
         artifact = wandb.Artifact(self.name, type="dataset", metadata={"path": str(self.path)})
         artifact.add_reference(self.path.as_uri(), name=self.path.name if self.path.is_file() else None)
-        (run.log_artifact if run.offline else run.use_artifact)(artifact)
+        (run.log_artifact if run.offline else run.use_artifact)(artifact)  # offline, W&B cannot mark it used

@@ -1,5 +1,4 @@
-"""The weight-decay probe on any optimizer's step hooks: what decay does to the weights each step and whether the
-learning rate is stable for the loss surface (docs/plugins.md, docs/theory.md)."""
+"""The weight-decay probe on any optimizer's step hooks, and the stability bound (docs/plugins.md, docs/theory.md)."""
 
 from __future__ import annotations
 
@@ -18,10 +17,7 @@ def stability_bound(*, optimizer: str, momentum: float, wd_mode: str, lr: float,
     """The largest stable ``lr * (beta + lambda)`` for heavy-ball SGD (docs/theory.md); for Adam only a reference."""
     if optimizer != "sgd":
         return 2.0
-    bound = 2.0 * (1.0 + momentum)
-    if wd_mode == "decoupled":
-        bound -= momentum * lr * weight_decay
-    return bound
+    return 2.0 * (1.0 + momentum) - (momentum * lr * weight_decay if wd_mode == "decoupled" else 0.0)
 
 
 def _sq_norm(params: list[torch.Tensor]) -> torch.Tensor:
@@ -56,8 +52,7 @@ def _power_iteration(grads: Sequence[torch.Tensor], params: Sequence[torch.Tenso
 
 def top_hessian_eigenvalue(loss_fn: Callable[[], torch.Tensor], params: Sequence[torch.Tensor], *, iters: int = 20,
                            tol: float = 1e-3) -> float:
-    """The largest Hessian eigenvalue of ``loss_fn()`` in ``params``; a negative dominant one (a saddle) gets a second
-    pass on ``H - mu * I``."""
+    """The largest Hessian eigenvalue of ``loss_fn()`` in ``params`` (past a saddle's negative one: ``H - mu * I``)."""
     params = [p for p in params if p.requires_grad]
     grads = torch.autograd.grad(loss_fn(), params, create_graph=True)
     mu = _power_iteration(grads, params, shift=0.0, iters=iters, tol=tol, seed=0)
@@ -84,8 +79,7 @@ def theory(optimizer: torch.optim.Optimizer, group: Mapping[str, Any], l2: float
 
 
 class WeightDecayProbe(Panel):
-    """Measures ``optimizer.step()`` against a decay-free shadow optimizer with its own state (docs/plugins.md);
-    ``params``: the decayed weights (default: every weight of a decaying group)."""
+    """Measures ``optimizer.step()`` against a decay-free shadow optimizer with its own state (docs/plugins.md)."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, *, l2: float = 0.0,
                  params: Iterable[torch.Tensor] | None = None, prefix: str = "wd", every: int = 1, run: Any = None,
@@ -109,7 +103,6 @@ class WeightDecayProbe(Panel):
         self._state_free = all((sgd and not g.get("momentum")) or (_is_decoupled(optimizer, g) and not l2)
                                for _, g, _ in self.groups)
         self.steps = 0
-        self.last: dict[str, float] = {}
         self._weights: list[torch.Tensor] | None = None
         self._noted = False
         self._handles = [optimizer.register_step_pre_hook(self._before), optimizer.register_step_post_hook(self._after)]
@@ -173,7 +166,6 @@ class WeightDecayProbe(Panel):
             metrics[f"{p}/decay_factor"] = 1 + num / den
             metrics[f"{p}/decay_factor_theory"] = theory_num / den
             self._weights = None
-        self.last = metrics
         if self.publish is None and not self._noted:
             self._noted = True
             self._active_run().summary[f"{p}/theory"] = "; ".join(
@@ -181,7 +173,6 @@ class WeightDecayProbe(Panel):
         self.send(metrics, step=self.steps)
 
     def merge(self, earlier: dict[str, Any], now: dict[str, Any]) -> dict[str, Any]:
-        """Several steps in one open row: the mean of each per-step factor, else the last value."""
         if not earlier:
             self._counts: dict[str, int] = {}
         merged = {**earlier, **now}
@@ -194,8 +185,7 @@ class WeightDecayProbe(Panel):
 
     def curvature(self, loss: Callable[[], torch.Tensor], params: Iterable[torch.Tensor] | None = None, *,
                   model: torch.nn.Module | None = None, iters: int = 10) -> dict[str, float]:
-        """Top Hessian eigenvalue of ``loss()`` (no decay term) in ``params`` (default: the optimizer's), the sharpness
-        and the stability bound at the first decayed group's lr and lambda, logged and returned."""
+        """The top Hessian eigenvalue of ``loss()`` (no decay term), the sharpness and the stability bound, logged."""
         params = list(params) if params is not None else [p for g in self.optimizer.param_groups for p in g["params"]]
         with untouched(model) if model is not None else contextlib.nullcontext():
             beta = top_hessian_eigenvalue(loss, params, iters=iters, tol=1e-2)
@@ -216,8 +206,7 @@ class WeightDecayProbe(Panel):
 
 
 class DecayProbeCallback(Callback):
-    """The probe on the classification trainer, and the curvature on its fixed batch at the start, every
-    ``hessian_every`` epochs (0: never) and at the end."""
+    """The probe on the classifier; its curvature at the start, every ``hessian_every`` epochs and at the end."""
 
     def __init__(self, *, hessian_every: int = 4, hessian_iters: int = 10, every: int = 1) -> None:
         self.hessian_every, self.hessian_iters, self.every = hessian_every, hessian_iters, every

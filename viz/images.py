@@ -1,4 +1,4 @@
-"""Kernels, learned filters, feature maps and the IoU slide as pictures: (C, H, W) floats in [0, 1], uint8 arrays."""
+"""What the panels show: kernels, filters, feature maps and the IoU slide as pictures, a detector's counts."""
 
 from __future__ import annotations
 
@@ -16,20 +16,20 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
     return x[0].numpy() if x.shape[0] == 1 else x.permute(1, 2, 0).numpy()
 
 
-def kernel_picture(k: torch.Tensor, cell: int = 24, cmap: str = "coolwarm") -> np.ndarray:
-    """A small kernel as an RGB picture, one block per weight: blue negative, white zero, red positive."""
+def kernel_picture(k: torch.Tensor) -> np.ndarray:
+    """A small kernel as an RGB picture, 24 pixels a weight: blue negative, white zero, red positive."""
     k = k.detach().float().cpu()
-    span = float(k.abs().max()) or 1.0
-    rgb = colormaps[cmap]((k / span + 1) / 2)[..., :3]  # (kh, kw, 3) in [0, 1]
-    big = np.kron(rgb, np.ones((cell, cell, 1)))
-    return (big * 255).round().astype(np.uint8)
+    rgb = colormaps["coolwarm"]((k / (float(k.abs().max()) or 1.0) + 1) / 2)[..., :3]  # (kh, kw, 3) in [0, 1]
+    return (np.kron(rgb, np.ones((24, 24, 1))) * 255).round().astype(np.uint8)
 
 
-def grid(tiles: torch.Tensor, ncols: int, pad: int) -> torch.Tensor:
-    """(N, C, h, w) tiles, each stretched to [0, 1], in a grid with white gaps -> (C, H, W)."""
+def grid(tiles: torch.Tensor, side: int, pad: int) -> torch.Tensor:
+    """(N, C, h, w) tiles enlarged to ``side`` pixels and stretched to [0, 1], in a square grid with white gaps."""
     from torchvision.utils import make_grid  # here: importing torchvision costs a plugin user seconds at start-up
 
-    return make_grid(tiles, nrow=ncols, padding=pad, normalize=True, scale_each=True, pad_value=1.0)[: tiles.shape[1]]
+    tiles = torch.stack([upscale(t, side) for t in tiles.detach().float().cpu()])
+    return make_grid(tiles, nrow=math.ceil(math.sqrt(len(tiles))), padding=pad, normalize=True, scale_each=True,
+                     pad_value=1.0)[: tiles.shape[1]]
 
 
 def upscale(image: torch.Tensor, min_side: int) -> torch.Tensor:
@@ -42,17 +42,25 @@ def upscale(image: torch.Tensor, min_side: int) -> torch.Tensor:
 
 def filter_grid(weight: torch.Tensor, cell: int = 24) -> torch.Tensor:
     """Filters (out, in, k, k) as one grid of ``cell``-pixel tiles: in colour with three input channels, else grey."""
-    w = weight.detach().float().cpu()
-    tiles = w if w.shape[1] == 3 else w.reshape(-1, 1, *w.shape[-2:])
-    return grid(torch.stack([upscale(t, cell) for t in tiles]), ncols=math.ceil(math.sqrt(len(tiles))), pad=2)
+    return grid(weight if weight.shape[1] == 3 else weight.reshape(-1, 1, *weight.shape[-2:]), cell, pad=2)
 
 
 def feature_map_grid(fmap: torch.Tensor, max_maps: int = 16, min_side: int = 96) -> torch.Tensor:
     """The first ``max_maps`` channels of one image's activations (C, h, w) as a grey grid of ``min_side``+ pixels."""
-    tiles = fmap[:max_maps].detach().float().cpu().unsqueeze(1)
-    ncols = math.ceil(math.sqrt(len(tiles)))
-    per_tile = max(1, math.ceil(min_side / (ncols * tiles.shape[-1])))
-    return grid(torch.stack([upscale(t, tiles.shape[-1] * per_tile) for t in tiles]), ncols=ncols, pad=1)
+    tiles = fmap[:max_maps].unsqueeze(1)
+    per_tile = max(1, math.ceil(min_side / (math.ceil(math.sqrt(len(tiles))) * tiles.shape[-1])))
+    return grid(tiles, tiles.shape[-1] * per_tile, pad=1)
+
+
+THRESHOLDS = (0.5, 0.7)
+
+
+def people_counts(scores: torch.Tensor) -> dict[str, float]:
+    """Detections at each score threshold, and the mean score of those at the lowest one."""
+    counts: dict[str, float] = {f"people@{t}": int((scores >= t).sum()) for t in THRESHOLDS}
+    kept = scores[scores >= THRESHOLDS[0]]
+    counts["mean_score"] = float(kept.mean()) if len(kept) else 0.0
+    return counts
 
 
 MEASURES = {"iou": "IoU", "giou": "GIoU", "diou": "DIoU"}
@@ -60,8 +68,7 @@ MEASURES = {"iou": "IoU", "giou": "GIoU", "diou": "DIoU"}
 
 def slide_figure(x: np.ndarray, values: Mapping[str, np.ndarray], grads: Mapping[str, np.ndarray],
                  kinks: Sequence[float], *, dpi: int = 100) -> np.ndarray:
-    """Each measure's value (top) and d/dx (bottom) over the slide position ``x``, kinks dotted, shaded where
-    dIoU/dx is exactly 0."""
+    """Each measure's value (top) and d/dx (bottom) along ``x``, kinks dotted, shaded where dIoU/dx is exactly 0."""
     # A bare Figure on the Agg canvas: no pyplot state, nothing to close.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure

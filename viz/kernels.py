@@ -1,5 +1,4 @@
-"""Applying the filters experiment's 3x3 kernels and measuring their response along each direction (``horizontal``:
-intensity changing along x)."""
+"""The filters experiment's 3x3 kernels applied, and their response measured along each direction."""
 
 from __future__ import annotations
 
@@ -8,7 +7,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-# Unit steps (dy, dx), rows growing downwards: diagonal is bottom-left to top-right, antidiagonal the other one.
+# Steps (dy, dx) along which intensity changes, rows growing down: diagonal runs bottom-left to top-right.
 DIRECTIONS = {"horizontal": (0, 1), "vertical": (1, 0), "diagonal": (-1, 1), "antidiagonal": (1, 1)}
 
 
@@ -23,10 +22,9 @@ def apply_kernel(image: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
 def directional_energy(image: torch.Tensor, direction: str) -> float:
     """Mean squared difference between each pixel and its neighbour one step along ``direction``."""
     dy, dx = DIRECTIONS[direction]
-    x = image.reshape(-1, *image.shape[-2:])
-    h, w = x.shape[-2:]
-    a = x[:, max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)]
-    b = x[:, max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0)]
+    h, w = image.shape[-2:]
+    a = image[..., max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)]
+    b = image[..., max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0)]
     return float(((a - b) ** 2).mean())
 
 

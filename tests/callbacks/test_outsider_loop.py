@@ -168,7 +168,7 @@ def test_layers_are_checked_when_the_panel_is_made():
         FeatureMaps(nn.Sequential(model, nn.Linear(3, 3)), torch.rand(2, 1, 8, 8), layers=["1"])
     with pytest.raises(ValueError, match="is a ReLU, not a Conv2d"):
         LearnedFilters(model, layer="stem_a.1")
-    with pytest.raises(ValueError, match=r"no layer 'stem_c.0' in TwoStems; did you mean .*'stem_a.0'"):
+    with pytest.raises(ValueError, match=r"no layer 'stem_c.0' in TwoStems \(did you mean .*stem_a.0"):
         LearnedFilters(model, layer="stem_c.0")
     assert LearnedFilters(model, layer=model.stem_b[0]).name == "stem_b.0"
 

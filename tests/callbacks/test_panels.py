@@ -172,17 +172,16 @@ def test_filter_detection_and_photo_panels_reach_the_run(tmp_path):
     assert [(r[0], r[2], r[3], r[5]) for r in rows] == [("a", 2, 1, 12.0), ("b", 2, 2, 30.0)]
 
 
-def test_picture_folder_goes_with_the_cache_when_nobody_removes_it():
+def test_picture_folder_goes_with_the_panel_when_nobody_removes_it():
     import gc
+    from pathlib import Path
 
     import numpy as np
 
-    from dlhw.callbacks.panels import PictureCache
-
-    cache = PictureCache()
-    path = cache.path("a", np.zeros((4, 4, 3), np.uint8))
-    assert cache.path("a", np.ones((4, 4, 3), np.uint8)) == path  # written once, reused
-    folder = cache.dir
-    del cache
+    panel = PhotoComparison()
+    path = panel.picture("a", np.zeros((4, 4, 3), np.uint8))
+    assert panel.picture("a", np.ones((4, 4, 3), np.uint8)) == path  # written once, reused
+    folder = Path(path).parent
+    del panel
     gc.collect()
     assert not folder.exists()

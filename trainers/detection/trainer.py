@@ -22,7 +22,7 @@ from dlhw.trainers.detection.dataset import (HOLDOUT, Augment, PennFudan, Photo,
 from dlhw.trainers.detection.models import BACKBONES, MODELS, build_detector, check_backbone
 from dlhw.trainers.engine import Engine, Precision, check_finite, pipeline_generators
 from dlhw.trainers.settings import check, make, setting, settings, values
-from dlhw.viz.detections import THRESHOLDS, people_counts
+from dlhw.viz.images import THRESHOLDS, people_counts
 
 # Each profile fills the DetectSettings fields whose flags were left unset (their help says what each is).
 _TUTORIAL = {"momentum": 0.9, "weight_decay": 5e-4, "step_size": 3, "gamma": 0.1}
