@@ -17,8 +17,7 @@ from typing import Any
 
 from dlhw.callbacks import DEFAULT_PROJECT, standard_callbacks
 from dlhw.core.errors import UsageError
-from dlhw.core.events import is_rank_zero
-from dlhw.core.session import Stopped, end_by_signal
+from dlhw.core.events import Stopped, end_by_signal, is_rank_zero
 from dlhw.tracking.cli import OUT_ENV, RESUME_ENV, AgentParser as Parser, resolve_mode
 
 

@@ -7,9 +7,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from dlhw.core.events import Callback, Loop, is_rank_zero
+from dlhw.core.events import Callback, Session, Stopped, is_rank_zero
 from dlhw.core.files import BackgroundWriter, plain
-from dlhw.core.session import Stopped
 
 LAST, BEST, FINISHED = "last.pt", "best.pt", "finished.pt"
 
@@ -29,7 +28,7 @@ class Checkpoint(Callback):
         self.writer = BackgroundWriter()
         self.pending: list[dict[str, Any]] = []
 
-    def on_epoch_end(self, trainer: Loop, epoch: int, metrics: Mapping[str, float]) -> None:
+    def on_epoch_end(self, trainer: Session, epoch: int, metrics: Mapping[str, float]) -> None:
         trainer.gather_rng()  # every rank's random state to rank 0's checkpoint: a collective, every rank calls it
         if not is_rank_zero():
             return
@@ -58,19 +57,19 @@ class Checkpoint(Callback):
                 self.pending.append(dict(path=str(self.directory / LAST), aliases=["last"], metadata=metadata))
             self._announce(trainer)
 
-    def _announce(self, trainer: Loop) -> None:
+    def _announce(self, trainer: Session) -> None:
         self.writer.wait()
         for event in self.pending:
             trainer.fire("on_checkpoint_saved", **event)
         self.pending.clear()
 
-    def on_fit_end(self, trainer: Loop) -> None:
+    def on_fit_end(self, trainer: Session) -> None:
         if not is_rank_zero():
             return
         self.writer.submit({"name": trainer.name, "summary": plain(trainer.summary)}, self.directory / FINISHED)
         self.writer.wait()
 
-    def on_exception(self, trainer: Loop, exception: BaseException) -> None:
+    def on_exception(self, trainer: Session, exception: BaseException) -> None:
         # The last epoch that finished is on disk for a resume; a write error here is secondary.
         try:
             self.writer.wait()

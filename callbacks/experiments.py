@@ -10,7 +10,7 @@ import wandb
 from dlhw.callbacks.panels import (FILTER_COLUMNS, PHOTO_COLUMNS, ConfusionMatrix, DetectionTable, FeatureMaps,
                                    FilterTable, LearnedFilters, PhotoComparison)
 from dlhw.callbacks.progress import console_table, report_console
-from dlhw.core.events import EPOCH_AXIS, STEP_AXIS, Callback, Loop
+from dlhw.core.events import EPOCH_AXIS, STEP_AXIS, Callback, Session
 from dlhw.viz.images import MEASURES, slide_figure
 from dlhw.viz.kernels import DIRECTIONS
 
@@ -22,10 +22,10 @@ class _Report(Callback):
 class FilterGrid(_Report):
     """``viz/conv1_filters`` after every epoch."""
 
-    def on_fit_start(self, trainer: Loop) -> None:
+    def on_fit_start(self, trainer: Session) -> None:
         self.panel = LearnedFilters(trainer.model)
 
-    def on_epoch_end(self, trainer: Loop, epoch: int, metrics: Mapping[str, float]) -> None:
+    def on_epoch_end(self, trainer: Session, epoch: int, metrics: Mapping[str, float]) -> None:
         trainer.log(self.panel.payload(f"conv1 after epoch {epoch + 1}"), axis=EPOCH_AXIS)
 
 
@@ -35,21 +35,21 @@ class FeatureMapTable(_Report):
     def __init__(self, n_images: int = 4) -> None:
         self.n_images = n_images
 
-    def on_fit_start(self, trainer: Loop) -> None:
+    def on_fit_start(self, trainer: Session) -> None:
         x, y = trainer.loaders.fixed_batch("val", self.n_images)
         layers = list(trainer.model.features)
         after_relu = {name: layers[layers.index(conv) + 1] for name, conv in trainer.model.conv_layers()}
         self.panel = FeatureMaps(trainer.model, x, labels=[trainer.loaders.classes[int(i)] for i in y],
                                  layers=after_relu, pictures=[trainer.loaders.denormalise(img) for img in x])
 
-    def on_epoch_end(self, trainer: Loop, epoch: int, metrics: Mapping[str, float]) -> None:
+    def on_epoch_end(self, trainer: Session, epoch: int, metrics: Mapping[str, float]) -> None:
         trainer.log(self.panel.payload(epoch + 1), axis=EPOCH_AXIS)
 
 
 class TestConfusionMatrix(_Report):
     """``test/confusion_matrix`` of the final test predictions."""
 
-    def on_test_end(self, trainer: Loop, metrics: Mapping[str, float]) -> None:
+    def on_test_end(self, trainer: Session, metrics: Mapping[str, float]) -> None:
         panel = ConfusionMatrix(list(trainer.loaders.classes))
         trainer.log(panel.payload(trainer.test_targets, trainer.test_predictions), axis=EPOCH_AXIS)
 
@@ -57,10 +57,10 @@ class TestConfusionMatrix(_Report):
 class _CachedPictures(_Report):
     panel: DetectionTable | PhotoComparison
 
-    def on_fit_end(self, trainer: Loop) -> None:
+    def on_fit_end(self, trainer: Session) -> None:
         self.panel.cache.cleanup()
 
-    def on_exception(self, trainer: Loop, exception: BaseException) -> None:
+    def on_exception(self, trainer: Session, exception: BaseException) -> None:
         self.panel.cache.cleanup()
 
 
@@ -70,7 +70,7 @@ class PredictionTable(_CachedPictures):
     def __init__(self) -> None:
         self.panel = DetectionTable()
 
-    def on_validation_end(self, trainer: Loop, epoch: int, metrics: Mapping[str, float]) -> None:
+    def on_validation_end(self, trainer: Session, epoch: int, metrics: Mapping[str, float]) -> None:
         images, targets, outputs = zip(*trainer.viz)
         trainer.log(self.panel.payload(images, targets, outputs, epoch + 1), axis=EPOCH_AXIS)
 
@@ -83,11 +83,11 @@ class PhotoTable(_CachedPictures):
         self.outputs: dict[str, Mapping[str, Any]] = {}
         self.inference_ms: dict[str, float] = {}
 
-    def on_batch_end(self, trainer: Loop, batch_idx: int, outputs: Mapping[str, Any]) -> None:
+    def on_batch_end(self, trainer: Session, batch_idx: int, outputs: Mapping[str, Any]) -> None:
         self.outputs[outputs["label"]] = outputs["output"]
         self.inference_ms[outputs["label"]] = outputs["inference_ms"]
 
-    def on_validation_end(self, trainer: Loop, epoch: int, metrics: Mapping[str, float]) -> None:
+    def on_validation_end(self, trainer: Session, epoch: int, metrics: Mapping[str, float]) -> None:
         photo = trainer.results["photo"]
         console_rows = [[r[0], photo.name, *r[2:]] for r in self.panel.rows(self.outputs, self.inference_ms)]
         self.console.print(console_table(f"both models on {photo.name} ({photo.source})", PHOTO_COLUMNS, console_rows))
@@ -104,13 +104,13 @@ class FilterTables(Callback):
     def __init__(self) -> None:
         self.rows: list[list[Any]] = []
 
-    def on_batch_end(self, trainer: Loop, batch_idx: int, outputs: Mapping[str, Any]) -> None:
+    def on_batch_end(self, trainer: Session, batch_idx: int, outputs: Mapping[str, Any]) -> None:
         name = outputs["image_name"]
         rows, ratios = FilterTable.rows(name, outputs["image"], outputs["kernels"])
         self.rows += rows
         trainer.log({f"image/{name}/hf_ratio/{k}": v for k, v in ratios.items()}, axis=STEP_AXIS)
 
-    def on_validation_end(self, trainer: Loop, epoch: int, metrics: Mapping[str, float]) -> None:
+    def on_validation_end(self, trainer: Session, epoch: int, metrics: Mapping[str, float]) -> None:
         checks = trainer.results["checks"]
         columns = ["filter", *(f"grating_gain_{d}" for d in DIRECTIONS), "noise_hf_ratio", "constant_max_error",
                    "passed"]
@@ -129,11 +129,11 @@ def _r(v: Any) -> Any:
 class IoUPlots(Callback):
     """The slide's plots and tables (``iou/slide*``, ``iou/kinks``) and the descents' (``iou/descent*``), at the end."""
 
-    def on_validation_end(self, trainer: Loop, epoch: int, metrics: Mapping[str, float]) -> None:
+    def on_validation_end(self, trainer: Session, epoch: int, metrics: Mapping[str, float]) -> None:
         if epoch == trainer.epochs - 1:
             trainer.log(self._descent(trainer), axis=EPOCH_AXIS)
 
-    def on_test_end(self, trainer: Loop, metrics: Mapping[str, float]) -> None:
+    def on_test_end(self, trainer: Session, metrics: Mapping[str, float]) -> None:
         trainer.log(self._slide(trainer.results["slide"]), axis=EPOCH_AXIS)
 
     @staticmethod
@@ -160,7 +160,7 @@ class IoUPlots(Callback):
         }
 
     @staticmethod
-    def _descent(trainer: Loop) -> dict:
+    def _descent(trainer: Session) -> dict:
         curves, descents, starts = (trainer.results[k] for k in ("curves", "descents", "starts"))
         names = list(curves)
         ends = [(descents[n].boxes().tolist(), descents[n].iou().tolist()) for n in names]

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Column, Table
 
-from dlhw.core.events import Callback, EPOCH_AXIS, Loop, is_rank_zero
+from dlhw.core.events import EPOCH_AXIS, Callback, Session, is_rank_zero
 
 
 def report_console(*, stderr: bool = False) -> Console:
@@ -53,7 +53,7 @@ class ProgressBar(Callback):
         self._live: dict[str, Any] = {}
         self._steps, self._shown = 0, 0.0  # steps not yet handed to the bar, and when it last got some
 
-    def on_fit_start(self, trainer: Loop) -> None:
+    def on_fit_start(self, trainer: Session) -> None:
         if not is_rank_zero():
             return
         self._progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -63,13 +63,13 @@ class ProgressBar(Callback):
         self._progress.start()
         self._task = self._progress.add_task(trainer.name, total=trainer.steps_per_epoch, metrics="")
 
-    def on_epoch_start(self, trainer: Loop, epoch: int) -> None:
+    def on_epoch_start(self, trainer: Session, epoch: int) -> None:
         if self._progress is not None:
             self._live.clear()
             self._progress.reset(self._task, total=trainer.steps_per_epoch, metrics="",
                                  description=f"{trainer.name} epoch {epoch + 1}/{trainer.epochs}")
 
-    def on_batch_end(self, trainer: Loop, batch_idx: int, outputs: Mapping[str, Any]) -> None:
+    def on_batch_end(self, trainer: Session, batch_idx: int, outputs: Mapping[str, Any]) -> None:
         if self._progress is not None:
             self._steps += 1
             if time.monotonic() - self._shown >= 0.25:  # as often as the bar redraws
@@ -80,22 +80,22 @@ class ProgressBar(Callback):
         self._progress.update(self._task, advance=self._steps, metrics=_metrics(live))
         self._steps, self._shown = 0, time.monotonic()
 
-    def on_log(self, trainer: Loop, metrics: Mapping[str, Any], axis: str) -> None:
+    def on_log(self, trainer: Session, metrics: Mapping[str, Any], axis: str) -> None:
         if self._progress is not None and axis != EPOCH_AXIS:
             self._live.update(metrics)  # numbers picked out when the bar gets its steps
 
-    def on_epoch_end(self, trainer: Loop, epoch: int, metrics: Mapping[str, float]) -> None:
+    def on_epoch_end(self, trainer: Session, epoch: int, metrics: Mapping[str, float]) -> None:
         if self._progress is not None:
             self._advance()
             if metrics:
                 self._progress.console.print(f"epoch {epoch + 1}/{trainer.epochs}  {_metrics(metrics.items())}")
 
-    def on_fit_end(self, trainer: Loop) -> None:
+    def on_fit_end(self, trainer: Session) -> None:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
 
-    def on_exception(self, trainer: Loop, exception: BaseException) -> None:
+    def on_exception(self, trainer: Session, exception: BaseException) -> None:
         self.on_fit_end(trainer)
 
 
@@ -105,7 +105,7 @@ class SummaryTable(Callback):
     def __init__(self, console: Console | None = None) -> None:
         self.console = console or report_console()
 
-    def on_fit_end(self, trainer: Loop) -> None:
+    def on_fit_end(self, trainer: Session) -> None:
         if not is_rank_zero():
             return
         rows = [(key, value) for key, value in trainer.summary.items() if isinstance(value, (numbers.Real, str))]

@@ -16,8 +16,7 @@ import wandb
 from wandb import env as wandb_env
 
 from dlhw.callbacks import DEFAULT_PROJECT
-from dlhw.core.events import Callback, EPOCH_AXIS, Loop, STEP_AXIS, is_rank_zero
-from dlhw.core.session import Stopped
+from dlhw.core.events import EPOCH_AXIS, STEP_AXIS, Callback, Session, Stopped, is_rank_zero
 
 JOURNAL_SECONDS = 60.0  # W&B's service writes its file every 15 s: what a kill -9 can lose, with room to spare
 
@@ -107,7 +106,7 @@ class WandbLogger(Callback):
                       f"further W&B errors of this run are not shown", file=sys.stderr)
             return None
 
-    def on_fit_start(self, trainer: Loop) -> None:
+    def on_fit_start(self, trainer: Session) -> None:
         if not is_rank_zero():
             return
         self._init.update(config=trainer.config, job_type=self._init["job_type"] or trainer.name)
@@ -132,7 +131,7 @@ class WandbLogger(Callback):
         self._call("define_metric", self.run.define_metric, key, step_metric=axis)
         self._bound.add(key)
 
-    def on_log(self, trainer: Loop, metrics: Mapping[str, Any], axis: str) -> None:
+    def on_log(self, trainer: Session, metrics: Mapping[str, Any], axis: str) -> None:
         if self.run is None:
             return
         for key in metrics:
@@ -184,7 +183,7 @@ class WandbLogger(Callback):
         self._window = {}
         self._send(record, STEP_AXIS, self._window_step)
 
-    def on_checkpoint_saved(self, trainer: Loop, path: str, aliases: Sequence[str],
+    def on_checkpoint_saved(self, trainer: Session, path: str, aliases: Sequence[str],
                             metadata: Mapping[str, Any]) -> None:
         if self.run is None:
             return
@@ -202,7 +201,7 @@ class WandbLogger(Callback):
             if artifact is not None:
                 self._call("artifact", self.run.log_artifact, artifact, aliases=aliases)
 
-    def on_fit_end(self, trainer: Loop) -> None:
+    def on_fit_end(self, trainer: Session) -> None:
         if self.run is None:
             return
         self._flush()
@@ -215,7 +214,7 @@ class WandbLogger(Callback):
         self._call("summary", self.run.summary.update, final)
         self._finish(trainer.exit_code, final)
 
-    def on_exception(self, trainer: Loop, exception: BaseException) -> None:
+    def on_exception(self, trainer: Session, exception: BaseException) -> None:
         if self.run is None:
             return
         self._flush()
@@ -262,7 +261,7 @@ class DatasetArtifact(Callback):
     def __init__(self, name: str, path: str | Path) -> None:
         self.name, self.path = name, Path(path).resolve()
 
-    def on_fit_start(self, trainer: Loop) -> None:
+    def on_fit_start(self, trainer: Session) -> None:
         run = wandb.run
         if run is None or not is_rank_zero() or not self.path.exists():
             return

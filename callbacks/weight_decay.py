@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from dlhw.callbacks.panels import Panel, untouched
-from dlhw.core.events import STEP_AXIS, Callback, Loop
+from dlhw.core.events import STEP_AXIS, Callback, Session
 
 
 def stability_bound(*, optimizer: str, momentum: float, wd_mode: str, lr: float, weight_decay: float) -> float:
@@ -212,7 +212,7 @@ class DecayProbeCallback(Callback):
         self.hessian_every, self.hessian_iters, self.every = hessian_every, hessian_iters, every
         self.probe: WeightDecayProbe | None = None
 
-    def on_fit_start(self, trainer: Loop) -> None:
+    def on_fit_start(self, trainer: Session) -> None:
         l2 = trainer.weight_decay if trainer.wd_mode == "l2" else 0.0
         self.probe = WeightDecayProbe(trainer.optimizer, l2=l2, params=trainer.decay_params, every=self.every,
                                       publish=lambda m: trainer.log(m, axis=STEP_AXIS))
@@ -224,19 +224,19 @@ class DecayProbeCallback(Callback):
         if self.hessian_every and trainer.global_step == 0:  # the start of training, not of a resumed fit
             self._curvature(trainer)
 
-    def on_epoch_end(self, trainer: Loop, epoch: int, metrics: Mapping[str, float]) -> None:
+    def on_epoch_end(self, trainer: Session, epoch: int, metrics: Mapping[str, float]) -> None:
         done = epoch + 1
         if self.hessian_every and (done % self.hessian_every == 0 or done == trainer.epochs or trainer.should_stop):
             self._curvature(trainer)
 
-    def on_fit_end(self, trainer: Loop) -> None:
+    def on_fit_end(self, trainer: Session) -> None:
         self.probe.remove()
 
-    def on_exception(self, trainer: Loop, exception: BaseException) -> None:
+    def on_exception(self, trainer: Session, exception: BaseException) -> None:
         if self.probe is not None:
             self.probe.remove()
 
-    def _curvature(self, trainer: Loop) -> None:
+    def _curvature(self, trainer: Session) -> None:
         loss, params = trainer.curvature_loss()
         metrics = self.probe.curvature(loss, params, iters=self.hessian_iters)
         trainer.summary.update(metrics)

@@ -13,8 +13,7 @@ from collections import defaultdict
 import pytest
 
 from dlhw.callbacks.wandb_logger import WandbLogger
-from dlhw.core.events import EPOCH_AXIS
-from dlhw.core.session import Session
+from dlhw.core.events import EPOCH_AXIS, Session
 from launch import get_args_parser, main
 from dlhw.tracking.readback import history, records, run_summary
 from tests.conftest import artifacts

@@ -1,11 +1,11 @@
-"""Continuing a training command: the checkpoint ``--resume`` means, what W&B already has, the line to continue."""
+"""Continuing a training command: the checkpoint ``--resume`` means (read and checked), what W&B has, the next line."""
 
 from __future__ import annotations
 
 import os
 import shlex
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,10 +15,11 @@ from wandb import env as wandb_env
 
 from dlhw.callbacks.checkpoint import FINISHED, LAST
 from dlhw.callbacks.wandb_logger import WandbLogger
-from dlhw.core.events import EPOCH_AXIS, STEP_AXIS, is_rank_zero
-from dlhw.core.session import Stopped
+from dlhw.core.errors import UsageError
+from dlhw.core.events import EPOCH_AXIS, STEP_AXIS, Stopped, is_rank_zero
+from dlhw.core.files import plain
 from dlhw.tracking.readback import history
-from dlhw.trainers.engine import Engine, check_resumable, read_checkpoint
+from dlhw.trainers.engine import CHECKPOINT_FORMAT, Engine
 
 
 @dataclass
@@ -29,6 +30,50 @@ class Resume:
     @property
     def run_id(self) -> str | None:
         return (self.state["callbacks"].get("WandbLogger") or {}).get("run_id")
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The resumable checkpoint at ``path``; a UsageError for a missing, cut, foreign or newer file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"checkpoint {path} does not exist; pass the last.pt of an earlier run, or --resume auto")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for a cut or foreign file
+        reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"checkpoint {path} cannot be read ({reason}): it is truncated or not a checkpoint; "
+                         f"delete it to resume from an earlier one, or start afresh without --resume") from None
+    if not isinstance(state, dict) or not {"format", "name", "trainer", "rng"} <= state.keys():
+        raise UsageError(f"{path} is not a resumable checkpoint (best.pt holds weights only); "
+                         f"resume from the last.pt beside it")
+    if not isinstance(state["format"], int) or state["format"] > CHECKPOINT_FORMAT:
+        raise UsageError(f"checkpoint {path} has format {state['format']}, newer than this program's "
+                         f"{CHECKPOINT_FORMAT}; resume it with the version that wrote it, or upgrade")
+    return state
+
+
+def check_resumable(state: Mapping[str, Any], path: str | Path, *, name: str, config: Mapping[str, Any],
+                    may_differ: Iterable[str] = ("epochs",)) -> None:
+    """A UsageError for another experiment's checkpoint, a changed setting outside ``may_differ``, or too few epochs."""
+    if state["name"] != name:
+        raise UsageError(f"checkpoint {path} is from a {state['name']} run, not {name}; "
+                         f"pass a checkpoint of this command, or start afresh without --resume")
+    saved, now = state["config"], plain(dict(config))
+    # A job's data shards and per-process batch depend on how many processes share it.
+    if "world_size" in now and saved.get("world_size", 1) != now["world_size"]:
+        raise UsageError(f"checkpoint {path} was written by a job of {saved.get('world_size', 1)} process(es), this "
+                         f"one has {now['world_size']}; resume it with as many (torchrun --nproc_per_node), "
+                         f"or start afresh without --resume")
+    allowed = set(may_differ) | {"world_size"}
+    changed = [f"{k}={saved.get(k)!r} there, {now.get(k)!r} now" for k in sorted(set(saved) | set(now))
+               if k not in allowed and not k.startswith("_") and saved.get(k) != now.get(k)]
+    if changed:
+        raise UsageError(f"checkpoint {path} was trained with other settings ({'; '.join(changed)}); resume with "
+                         f"its settings (only {', '.join(sorted(allowed))} may change), or start afresh without --resume")
+    needed = state["epoch"] + (1 if state["batch"] else 0)
+    if "epochs" in now and now["epochs"] < needed:
+        raise UsageError(f"checkpoint {path} is {state['epoch']} epochs and {state['batch']} steps into its run; "
+                         f"--epochs {now['epochs']} is too few to resume it (at least {needed})")
 
 
 def resolve_resume(value: str | None, out: str | Path, pattern: str) -> Resume | None:

@@ -27,7 +27,7 @@ from wandb.wandb_agent import Agent
 from dlhw.callbacks.progress import fmt, report_console
 from dlhw.core.errors import UsageError
 from dlhw.core.files import atomic_file
-from dlhw.core.session import METRIC_ENV, METRIC_FILE_ENV
+from dlhw.core.events import METRIC_ENV, METRIC_FILE_ENV
 from dlhw.tracking import agent_command
 from dlhw.tracking.cli import OUT_ENV, RESUME_ENV
 from dlhw.tracking.compare import rank

@@ -4,7 +4,7 @@ killed by the signal once its workers stopped, where torchrun exits 1, which ``w
 from torch.distributed.elastic.multiprocessing.api import SignalException
 from torch.distributed.run import main
 
-from dlhw.core.session import end_by_signal
+from dlhw.core.events import end_by_signal
 
 if __name__ == "__main__":
     try:

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from dlhw.core.distributed import Dist, wrap_ddp
 from dlhw.core.errors import UsageError
-from dlhw.core.events import Callback, EPOCH_AXIS, STEP_AXIS
+from dlhw.core.events import EPOCH_AXIS, STEP_AXIS, Callback
 from dlhw.core.registry import Registry
 from dlhw.trainers.datasets import DATASETS, Loaders, load, make_loaders, resolve_dataset
 from dlhw.trainers.device_data import DeviceBatches

@@ -14,9 +14,8 @@ from PIL import Image, UnidentifiedImageError
 from torchvision.transforms.functional import to_tensor
 
 from dlhw.core.errors import UsageError
-from dlhw.core.events import Callback
+from dlhw.core.events import Callback, Session
 from dlhw.core.registry import Registry
-from dlhw.core.session import Session
 from dlhw.trainers.settings import make, setting, settings, values
 from dlhw.viz.kernels import DIRECTIONS, apply_kernel, grating_gain, high_frequency_energy
 

@@ -16,8 +16,7 @@ from torchvision.ops import box_convert, distance_box_iou, generalized_box_iou, 
 from torchvision.ops import box_iou as tv_box_iou
 
 from dlhw.core.errors import UsageError
-from dlhw.core.events import Callback
-from dlhw.core.session import Session
+from dlhw.core.events import Callback, Session
 from dlhw.trainers.settings import make, setting, settings, values
 
 DEFAULT_BOX_A = (0.0, 0.0, 4.0, 4.0)

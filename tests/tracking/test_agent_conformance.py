@@ -5,7 +5,7 @@ the agent's own failure counting sees a stopped trial as a stop and a crash as a
 No server: the agent's ``_process_command`` gets ``run`` and ``stop`` commands as the server
 sends them, and its ``_run_loop`` polls a stand-in for the server's heartbeat answer. The program
 is a stand-in ``launch.py`` (in a scratch folder, as ``program: launch.py`` names it) that
-records what it was given and stops as the suite's trainers do (``core.session``).
+records what it was given and stops as the suite's trainers do (``core.events``).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ VARS = ("WANDB_RUN_ID", "WANDB_SWEEP_ID", "WANDB_DIR")
 STAND_IN = """\
 import json, os, sys, time
 from pathlib import Path
-from dlhw.core.session import Session, Stopped, end_by_signal
+from dlhw.core.events import Session, Stopped, end_by_signal
 
 run_id = os.environ["WANDB_RUN_ID"]
 rec = Path(os.environ["STAND_IN_RECORDS"])

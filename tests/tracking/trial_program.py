@@ -75,7 +75,7 @@ try:
         score = args.x * (i + 1) + args.y
         run.log({"score": score}, commit=True)  # W&B's own _step, as the suite's logger leaves it
         run.summary["score"] = max(score, run.summary.get("score", score))  # a plain number, as sweeps sort on
-        if os.environ.get("DLHW_SWEEP_METRIC") == "score":  # what core.session does for the trainers
+        if os.environ.get("DLHW_SWEEP_METRIC") == "score":  # what core.events.Session does for the trainers
             with open(os.environ["DLHW_SWEEP_METRIC_FILE"], "a") as fh:
                 fh.write(json.dumps([i, score]) + "\n")
         with open(out / "steps.log", "a") as fh:

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from dlhw.core.events import Callback, EPOCH_AXIS, STEP_AXIS
+from dlhw.core.events import EPOCH_AXIS, STEP_AXIS, Callback
 from dlhw.trainers.engine import Engine, check_finite
 
 

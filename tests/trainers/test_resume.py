@@ -14,9 +14,9 @@ from torch import nn
 
 from dlhw.callbacks.checkpoint import BEST, FINISHED, LAST, Checkpoint
 from dlhw.core.errors import UsageError
-from dlhw.core.events import Callback
-from dlhw.core.session import Stopped
-from dlhw.trainers.engine import CHECKPOINT_FORMAT, Engine, callback_keys, check_resumable, read_checkpoint
+from dlhw.core.events import Callback, Stopped
+from dlhw.tracking.resume import check_resumable, read_checkpoint
+from dlhw.trainers.engine import CHECKPOINT_FORMAT, Engine, callback_keys
 
 
 class Noisy(Engine):

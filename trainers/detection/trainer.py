@@ -14,8 +14,7 @@ from torch import nn
 from torchvision.transforms.functional import to_tensor
 
 from dlhw.core.distributed import Dist, ShardedSampler, shard, wrap_ddp
-from dlhw.core.events import Callback
-from dlhw.core.session import Session
+from dlhw.core.events import Callback, Session
 from dlhw.trainers.detection.coco_eval import coco_ground_truth, coco_metrics
 from dlhw.trainers.detection.dataset import (HOLDOUT, Augment, PennFudan, Photo, collate, read_pennfudan, resolve_data,
                                              split)

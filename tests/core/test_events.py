@@ -6,8 +6,7 @@ import time
 
 import pytest
 
-from dlhw.core.events import EPOCH_AXIS, Callback
-from dlhw.core.session import Session
+from dlhw.core.events import EPOCH_AXIS, Callback, Session
 
 
 class Events(Callback):
