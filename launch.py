@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import os
 import random
 import sys
@@ -210,18 +211,9 @@ def cmd_detect(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_sweep(args: argparse.Namespace) -> int:
-    from dlhw.tracking.sweep import run_sweep
-
-    return run_sweep(yaml_path=args.config, resume=args.resume, out=args.out, count=args.count, jobs=args.jobs,
-                     params=args.param, sweep_id=args.sweep_id, seed=args.seed, wandb_mode=args.wandb_mode)
-
-
-def cmd_compare(args: argparse.Namespace) -> int:
-    from dlhw.tracking.compare import run_compare
-
-    return run_compare(run_dirs=args.run_dirs, sweep_dir=args.sweep, project=args.project, metrics=args.metric,
-                       goal=args.goal, plot=args.plot, out=args.out, mode=args.wandb_mode, group=args.group)
+def tracking(command: str) -> Callable[[argparse.Namespace], int]:
+    """``launch.py COMMAND`` as ``dlhw.tracking.COMMAND.run_COMMAND(args)``, imported only when it runs."""
+    return lambda args: getattr(importlib.import_module(f"dlhw.tracking.{command}"), f"run_{command}")(args)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -232,13 +224,6 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_dashboard(args: argparse.Namespace) -> int:
-    from dlhw.tracking.dashboard import run_dashboard
-
-    return run_dashboard(project=args.project, entity=args.entity, out=args.out, dry_run=args.dry_run,
-                         report=args.report, group=args.group, sweep=args.sweep, specs=args.check)
-
-
 # Each experiment's settings, imported only when its name is on the command line: torch imports take seconds.
 EXPERIMENTS = {"filters": ("dlhw.trainers.filters", "FiltersSettings"), "iou": ("dlhw.trainers.iou", "IoUSetup"),
                "alexnet": ("dlhw.trainers.classification", "AlexNetSettings"),
@@ -247,8 +232,6 @@ EXPERIMENTS = {"filters": ("dlhw.trainers.filters", "FiltersSettings"), "iou": (
 
 def get_args_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """Global flags and one subparser per command, with the flags of the experiments named in ``argv`` (None: all)."""
-    import importlib
-
     from dlhw.trainers.settings import add_arguments
 
     parser = Parser(prog="launch.py", description=__doc__, parents=[global_options(suppress=False)])
@@ -271,7 +254,7 @@ def get_args_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParse
 
     add("filters", cmd_filters, "hand-designed 3x3 filters applied to photos", "Blur and directional sharpening "
         "kernels on photos, logged as a W&B table, with a check of each kernel on generated gratings.")
-    p = add("sweep", cmd_sweep, "run a W&B sweep YAML here, offline, with W&B's sweeps engine", "Run the trials of a "
+    p = add("sweep", tracking("sweep"), "run a W&B sweep YAML here, offline, with W&B's sweeps engine", "Run the trials of a "
             "W&B sweep YAML locally: W&B's sweeps engine proposes them (grid, random, bayes) and stops laggards "
             "(hyperband); each trial is started as `wandb agent` would start it and leaves its own W&B run.")
     p.add_argument("config", nargs="?", metavar="SWEEP.yaml", help="the W&B sweep YAML (not needed with --resume)")
@@ -288,7 +271,7 @@ def get_args_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParse
         "IoU from its set definition checked against torchvision; IoU, GIoU and DIoU with their gradients as one box "
         "slides across another; descents from disjoint starts with 1 - IoU loss (stuck) and GIoU loss.")
     # Here --project names the cloud project to read (ENTITY/PROJECT), replacing the global flag.
-    p = add("compare", cmd_compare, "compare runs: a ranked table and a plot against the swept parameters",
+    p = add("compare", tracking("compare"), "compare runs: a ranked table and a plot against the swept parameters",
             "One table of runs with the config keys that differ and the chosen summary metrics, from local W&B run "
             "folders, a `launch.py sweep` folder, or the W&B cloud; plus a PNG of the metric against the swept "
             "parameters.", conflict_handler="resolve")
@@ -316,7 +299,7 @@ def get_args_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParse
     p.add_argument("run_dirs", nargs="*", metavar="RUN_DIR",
                    help="W&B run folders, or folders holding them (default: the runs under --out)")
     p.add_argument("--output", metavar="HTML", help="where to write the page (default: --out/report.html)")
-    p = add("dashboard", cmd_dashboard, "save the homework's W&B workspace views (and Report)",
+    p = add("dashboard", tracking("dashboard"), "save the homework's W&B workspace views (and Report)",
             "One W&B workspace view per experiment and, with --report, a W&B Report of the homework, built with "
             "wandb-workspaces (pip install -e \".[dashboard]\").")
     p.add_argument("--report", action="store_true", help="also the Report: docs/theory.md beside the runs' panels")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -106,25 +107,25 @@ def save_lines(series: Mapping[str, Sequence[tuple[float, float]]], title: str, 
     fig.savefig(target, format="png")
 
 
-def run_compare(*, run_dirs: Sequence[str], sweep_dir: str | None, project: str | None, metrics: Sequence[str],
-                goal: str | None, plot: str | None, out: str, mode: str, group: str | None) -> int:
-    """``launch.py compare``: print the table, write the plot; with ``project``, ``sweep_dir`` is a W&B sweep id."""
+def run_compare(args: argparse.Namespace) -> int:
+    """``launch.py compare``: print the table, write the plot; with ``--project``, ``--sweep`` is a W&B sweep id."""
+    run_dirs, sweep_dir, project, goal = args.run_dirs, args.sweep, args.project, args.goal
     console = report_console()
-    records, swept, where, sweep_metric = [], [], Path(out), {}
+    records, swept, where, sweep_metric = [], [], Path(args.out), {}
     if sweep_dir and not project:
         records, sweep = sweep_runs(sweep_dir)
         swept, sweep_metric, where = sweep.swept(), sweep.metric or {}, sweep.directory
     if run_dirs:
         records += local_runs(run_dirs)
     if project:
-        recs, sweep_metric = cloud_runs(project, mode=mode, group=group, sweep=sweep_dir)
+        recs, sweep_metric = cloud_runs(project, mode=args.wandb_mode, group=args.group, sweep=sweep_dir)
         records += recs
     if not (sweep_dir or run_dirs or project):
         raise UsageError("nothing to compare: pass run folders, --sweep SWEEP_DIR or --project ENTITY/PROJECT")
     if not records:
         raise UsageError("no runs found to compare (the sweep's trials left no W&B runs yet)")
     # Without --metric: the sweep's, else up to 4 numeric summary keys every run has.
-    metrics = list(metrics) or ([sweep_metric["name"]] if sweep_metric.get("name") else sorted(
+    metrics = list(args.metric) or ([sweep_metric["name"]] if sweep_metric.get("name") else sorted(
         set.intersection(*({k for k in r.summary if r.value(k) is not None} for r in records)))[:4])
     goal = goal or (sweep_metric.get("goal") if metrics[:1] == [sweep_metric.get("name")] else None) or "maximize"
     keys = swept + [k for k in differing_keys(records) if k not in swept]
@@ -147,7 +148,7 @@ def run_compare(*, run_dirs: Sequence[str], sweep_dir: str | None, project: str 
                       highlight=False)
         return 0
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", metrics[0]).strip("_")
-    png = Path(plot or where / f"compare-{slug}.png")
+    png = Path(args.plot or where / f"compare-{slug}.png")
     png.parent.mkdir(parents=True, exist_ok=True)
     save_lines(layout[1], f"{metrics[0]} vs {layout[0]}", png, xlabel=layout[0], ylabel=metrics[0], log_x=True)
     console.print(f"plot: {png}", highlight=False, soft_wrap=True)

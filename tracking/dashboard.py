@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 from collections.abc import Sequence
@@ -213,16 +214,16 @@ def check(specs: Sequence[Path], logged: dict[str, tuple[set[str], set[str]]], o
     return checked
 
 
-def run_dashboard(*, project: str | None, entity: str | None, out: str, dry_run: bool, report: bool,
-                  group: str | None = None, sweep: str | None = None, specs: Sequence[str] = ()) -> int:
-    """Save the views (and the Report), or with ``dry_run`` write and check their specs."""
+def run_dashboard(args: argparse.Namespace) -> int:
+    """``launch.py dashboard``: save the views (and the Report), or with ``--dry-run`` write and check their specs."""
+    out, report, group, sweep, specs = args.out, args.report, args.group, args.sweep, args.check
     if wr is None:
         raise UsageError(f"dashboard needs the wandb-workspaces package: {INSTALL}")
     if report and not THEORY.is_file():
         raise UsageError(f"{THEORY} not found: the Report quotes it; run from a checkout of the suite")
-    project = project or os.environ.get("WANDB_PROJECT") or "dlhw"
-    entity = entity or os.environ.get("WANDB_ENTITY")
-    if not (dry_run or specs):
+    project = args.project or os.environ.get("WANDB_PROJECT") or "dlhw"
+    entity = args.entity or os.environ.get("WANDB_ENTITY")
+    if not (args.dry_run or specs):
         if not api_key_configured():
             raise UsageError("dashboard saves to W&B and needs an API key: run `wandb login` (or set WANDB_API_KEY), "
                              "or check the views offline with --dry-run")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -381,31 +382,31 @@ def trials_table(sweep: Sweep) -> Table:
     return table
 
 
-def run_sweep(*, yaml_path: str | None, resume: str | None, out: str, count: int | None, jobs: int,
-              params: list[str], sweep_id: str | None, seed: int, wandb_mode: str | None) -> int:
+def run_sweep(args: argparse.Namespace) -> int:
     """``launch.py sweep``: start or resume a sweep, show it live, then ranked with the best trial's command."""
     console = report_console(stderr=True)
     say = partial(console.print, highlight=False, soft_wrap=True)
-    for flag, value in (("--jobs", jobs), ("--count", count)):
+    for flag, value in (("--jobs", args.jobs), ("--count", args.count)):
         if value is not None and value < 1:
             raise UsageError(f"{flag} must be at least 1, got {value}")
-    if resume:
-        sweep = Sweep.load(resume)
-        sweep.count, left = count or sweep.count, sum(t.state not in ENDED for t in sweep.trials)
+    if args.resume:
+        sweep = Sweep.load(args.resume)
+        sweep.count, left = args.count or sweep.count, sum(t.state not in ENDED for t in sweep.trials)
         say(f"resuming sweep {sweep.name} in {sweep.directory}: {len(sweep.trials) - left} trials already ended"
             + (f", {left} interrupted go on from their last checkpoint in their own W&B runs" if left else ""))
-    elif not yaml_path:
+    elif not args.config:
         raise UsageError("pass a sweep YAML (python launch.py sweep sweeps/weight_decay.yaml) or --resume SWEEP_DIR")
     else:
-        config = load_config(yaml_path, params)
-        sweep = Sweep.create(config, out=out, source=yaml_path, count=count, sweep_id=sweep_id, seed=seed)
+        config = load_config(args.config, args.param)
+        sweep = Sweep.create(config, out=args.out, source=args.config, count=args.count, sweep_id=args.sweep_id,
+                             seed=args.seed)
         say(f"sweep {sweep.name} ({config['method']}) in {sweep.directory}" + (
             "; random and bayes never run out: stop with --count N, run_cap or Ctrl-C, go on with --resume"
             if config["method"] != "grid" and sweep.cap == math.inf else ""))
     error, previous = None, signal.signal(signal.SIGTERM, signal.default_int_handler)  # a clean stop on SIGTERM too
     try:
         with Live(get_renderable=lambda: trials_table(sweep), console=console, refresh_per_second=2, transient=True):
-            Runner(sweep, jobs=jobs, wandb_mode=wandb_mode, say=say).run()
+            Runner(sweep, jobs=args.jobs, wandb_mode=args.wandb_mode, say=say).run()
     except SweepStopped as exc:
         error = exc
     except KeyboardInterrupt:
