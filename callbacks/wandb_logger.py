@@ -166,7 +166,8 @@ class WandbLogger(Callback):
             self._call("log", self.run.log, {**fresh, axis: value})
             if _is_number(new := fresh.get(self._key)):
                 self._best = new if self._best is None else (max if self.monitor[1] == "max" else min)(self._best, new)
-                self._call("summary", self.run.summary.update, {self._key: self._best})
+                if self._best != new:  # a new best is already the summary's value, as the last one logged
+                    self._call("summary", self.run.summary.update, {self._key: self._best})
             now = time.monotonic()
             numbers = {k: v for k, v in fresh.items() if _is_number(v)}
             if numbers:
