@@ -1,4 +1,5 @@
-"""``launch.py sweep`` on a tiny trial program: real W&B offline runs, the real sweeps engine."""
+"""``launch.py sweep`` on a tiny trial program: real W&B offline runs, the real sweeps engine (two trials of the
+real trainer are in test_dashboard.py, which reads them for the weight-decay view)."""
 
 from __future__ import annotations
 
@@ -256,25 +257,3 @@ def test_pinned_parameters_keep_the_yaml_valid(tmp_path):
     config = load_config(cfg, ["epochs=1", "lr=0.5"])
     assert config["parameters"] == {"lr": {"value": 0.5}, "epochs": {"value": 1}}
 
-
-WEIGHT_DECAY = ROOT / "sweeps" / "weight_decay.yaml"
-
-
-@pytest.mark.slow
-def test_the_real_weight_decay_sweep_runs_two_trials_of_the_trainer(tmp_path, capsys, monkeypatch):
-    if not WEIGHT_DECAY.is_file():
-        pytest.skip(f"{WEIGHT_DECAY} is not in this checkout (it comes with the weight-decay experiment)")
-    monkeypatch.chdir(ROOT)  # the YAML's program is relative to the repository, as for wandb agent
-    # Two grid points, one short epoch each, no Hessian probe: the runner's path, not the recipe's accuracy.
-    code, sweep = run_sweep(tmp_path / "out", str(WEIGHT_DECAY), "--count", "2", "--jobs", "2", "--param", "epochs=1",
-                            "--param", "limit_batches=3", "--param", "hessian_every=0")
-    assert code == 0, [t.log.read_text()[-2000:] for t in sweep.trials]
-    assert [t.state for t in sweep.trials] == ["finished", "finished"]
-    metric = sweep.metric["name"]
-    for trial in sweep.trials:
-        info = run_summary(trial.run_dir)
-        assert info["state"] == "finished" and info["config"]["epochs"] == 1
-        assert all(info["config"][k] == v for k, v in trial.values.items())
-        assert trial.score(sweep.metric) is not None and metric in info["summary"]
-    assert main(["compare", "--sweep", str(sweep.directory)]) == 0
-    assert (sweep.directory / f"compare-{metric.replace('/', '_')}.png").is_file()
