@@ -121,16 +121,21 @@ def test_without_a_key_the_save_asks_for_wandb_login(tmp_path, capsys):
         "views offline with --dry-run"]
 
 
-def test_without_the_extra_one_line_says_how_to_install_it(tmp_path):
-    # The missing extra, simulated honestly: a fresh launch.py whose import of wandb_workspaces fails as it
-    # would with the package uninstalled (None in sys.modules stops the import system).
-    wrapper = ("import runpy, sys; sys.modules['wandb_workspaces'] = None; sys.argv[0] = 'launch.py'; "
-               "runpy.run_path('launch.py', run_name='__main__')")
-    proc = subprocess.run([sys.executable, "-c", wrapper, "dashboard", "--dry-run", "--out", str(tmp_path)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
-    assert proc.returncode == 2 and proc.stdout == ""
-    assert _errors(proc.stderr) == ['error: dashboard needs the wandb-workspaces package: pip install -e ".[dashboard]" '
-                                    '(or pip install "wandb-workspaces>=0.4.13")']
+def test_without_the_extra_one_line_says_how_to_install_it(tmp_path, capsys, monkeypatch):
+    # The missing extra, simulated honestly: the dashboard module imported afresh while its import of
+    # wandb_workspaces fails as it would with the package uninstalled (None in sys.modules stops the import system).
+    import dlhw.tracking.dashboard  # the module as it is, put back after the test
+
+    for name in [m for m in sys.modules if m.split(".")[0] == "wandb_workspaces"]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "wandb_workspaces", None)
+    monkeypatch.delitem(sys.modules, "dlhw.tracking.dashboard")
+    monkeypatch.setattr(dlhw.tracking, "dashboard", None)
+    assert main(["dashboard", "--dry-run", "--out", str(tmp_path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert _errors(captured.err) == ['error: dashboard needs the wandb-workspaces package: pip install -e ".[dashboard]" '
+                                     '(or pip install "wandb-workspaces>=0.4.13")']
 
 
 def test_the_real_weight_decay_sweep_runs_two_trials_of_the_trainer(out, capsys):
