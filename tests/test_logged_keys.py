@@ -1,6 +1,6 @@
 """Nothing a trainer reports is lost on the way to W&B: each command run small, in process, with
 every ``Session.log`` call (training loops and plain experiments alike) recorded, then the offline
-run read back with ``wandb leet inspect``."""
+run read back with ``wandb leet inspect``. AlexNet's run is test_alexnet_cli.py's digits run, checked there."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import json
 import math
 import tempfile
 from collections import defaultdict
+from contextlib import contextmanager
 
 import pytest
 
@@ -16,8 +17,6 @@ from dlhw.callbacks.wandb_logger import WandbLogger
 from dlhw.core.events import EPOCH_AXIS, Session
 from launch import get_args_parser, main
 from dlhw.tracking.readback import history, records, run_summary
-from tests.conftest import artifacts
-from dlhw.trainers.classification import AlexNetSettings, resolve_args
 from dlhw.trainers.detection.dataset import generate_pennfudan
 from dlhw.trainers.detection.trainer import DetectSettings
 from dlhw.trainers.filters import FiltersSettings, filters_settings
@@ -25,9 +24,9 @@ from dlhw.trainers.iou import IoUSetup, setup_from_args
 from dlhw.trainers.settings import make
 
 
-@pytest.fixture
-def reported(monkeypatch):
-    """Session -> [(axis, metrics)] for every ``Session.log`` call, the calls themselves unchanged."""
+@contextmanager
+def recorded_logs():
+    """Session -> [(axis, metrics)] for every ``Session.log`` call while open, the calls themselves unchanged."""
     calls: dict[Session, list] = defaultdict(list)
     original = Session.log
 
@@ -35,8 +34,15 @@ def reported(monkeypatch):
         calls[self].append((axis, dict(metrics)))
         original(self, metrics, axis=axis)
 
-    monkeypatch.setattr(Session, "log", recording_log)
-    return calls
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Session, "log", recording_log)
+        yield calls
+
+
+@pytest.fixture
+def reported():
+    with recorded_logs() as calls:
+        yield calls
 
 
 def _number(v):
@@ -91,7 +97,7 @@ def check_config(calls, cls: type, argv: list[str] | None = None, resolve=None) 
             assert used == resolve(get_args_parser().parse_args(argv))
 
 
-def _check(calls):
+def check_runs(calls):
     assert calls, "no trainer ran"
     for engine, engine_calls in calls.items():
         keys, found = compare_run(engine, engine_calls)
@@ -104,7 +110,7 @@ def test_filters_keys(reported, tmp_path):
     argv = ["filters", "--out", str(tmp_path), "--max-size", "48"]
     assert main(argv) == 0
     check_config(reported, FiltersSettings, argv, filters_settings)
-    (calls,) = _check(reported).values()
+    (calls,) = check_runs(reported).values()
     photos = {k.split("/")[1] for _, m in calls for k in m if k.startswith("image/")}
     assert len(photos) == 3
 
@@ -113,12 +119,12 @@ def test_iou_keys_last_step_sent(reported, tmp_path):
     argv = ["iou", "--out", str(tmp_path), "--steps", "23", "--batch-size", "2", "--slide-points", "41"]
     assert main(argv) == 0
     check_config(reported, IoUSetup, argv, setup_from_args)
-    (engine,) = _check(reported)
+    (engine,) = check_runs(reported)
     steps = [r["trainer/step"] for r in history(engine.find_callback(WandbLogger).run_dir) if "trainer/step" in r]
     assert steps[-1] == engine.global_step - 1  # the last step of the fit, not the last multiple of 10
 
 
-def _dataset_references(run_dir):
+def dataset_references(run_dir):
     """The dataset artifacts of a run: name -> [(reference URI, checksum)]."""
     found = {}
     for r in records(run_dir):
@@ -126,21 +132,6 @@ def _dataset_references(run_dir):
         if a and a["type"] == "dataset":
             found[a["name"]] = [(e["ref"], e["digest"]) for e in a["manifest"]["contents"]]
     return found
-
-
-@pytest.mark.slow
-def test_alexnet_keys(reported, tmp_path):
-    argv = ["alexnet", "--out", str(tmp_path), "--dataset", "digits", "--epochs", "2", "--limit-batches", "3",
-            "--batch-size", "16", "--hessian-every", "1", "--hessian-iters", "2", "--hessian-batch", "8",
-            "--viz-images", "1", "--log-every", "4"]
-    assert main(argv) == 0
-    check_config(reported, AlexNetSettings, argv, lambda args: resolve_args(args)[0])
-    (engine,) = _check(reported)
-    # Lineage: the run holds its data (scikit-learn's digits file, by reference and checksum) and its model.
-    run_dir = engine.find_callback(WandbLogger).run_dir
-    (refs,) = _dataset_references(run_dir).values()
-    assert refs[0][0].startswith("file://") and refs[0][0].endswith("digits.csv.gz") and refs[0][1]
-    assert [a["type"] for a in artifacts(run_dir)].count("model") == 1
 
 
 @pytest.mark.slow
@@ -154,9 +145,9 @@ def test_detect_keys(reported, tmp_path, monkeypatch):
                  "--max-size", "96", "--holdout", "2", "--train-eval-images", "1", "--images-per-epoch", "0",
                  "--viz-images", "1", "--weights", "none"]) == 0
     check_config(reported, DetectSettings)
-    engines = _check(reported)
+    engines = check_runs(reported)
     assert len(engines) == 2
     assert sorted(e.config["option"] for e in engines) == ["1", "2"]
     for engine in engines:
-        assert list(_dataset_references(engine.find_callback(WandbLogger).run_dir)) == ["penn-fudan"]
+        assert list(dataset_references(engine.find_callback(WandbLogger).run_dir)) == ["penn-fudan"]
     assert not list(scratch.glob("dlhw-pictures-*"))  # the temporary pictures are gone with the runs

@@ -1,18 +1,22 @@
 """``launch.py alexnet`` as a user runs it: the recipes on stand-in files in the real on-disk
-formats, one-line errors, and a digits run whose offline W&B run is read back."""
+formats, one-line errors, and a digits run whose offline W&B run is read back, every key it reported
+found there (as test_logged_keys.py checks the other commands)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
+import contextlib
+import io
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
+from dlhw.callbacks.wandb_logger import WandbLogger
+from dlhw.trainers.classification import AlexNetSettings, resolve_args
 from launch import main
-from tests.conftest import ROOT, artifacts, logged_table, only_run_dir
+from tests.conftest import ROOT, artifacts, logged_table
+from tests.test_logged_keys import check_config, check_runs, dataset_references, recorded_logs
 from tests.trainers.standins import write_cifar10, write_fashion_mnist
 from dlhw.tracking.readback import history, run_summary
 
@@ -68,19 +72,38 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path, capsys, argv, message):
         assert "--download" in errors[0] and "--dataset digits" in errors[0]
 
 
+DIGITS = ["alexnet", "--epochs", "2", "--limit-batches", "3", "--batch-size", "16", "--hessian-every", "1",
+          "--hessian-iters", "2", "--hessian-batch", "8", "--decay-every", "1", "--log-every", "4"]
+
+
 @pytest.fixture(scope="module")
-def digits_run(tmp_path_factory) -> Path:
-    """One short digits epoch with everything on, logged offline."""
+def digits(tmp_path_factory) -> tuple[list[str], dict, str]:
+    """Two short digits epochs with everything on, logged offline: the argv, every ``Session.log`` call, stderr."""
     out = tmp_path_factory.mktemp("alexnet")
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "launch.py"), "alexnet", "--epochs", "1",
-         "--limit-batches", "2", "--batch-size", "16", "--hessian-iters", "2", "--hessian-batch", "8",
-         "--decay-every", "1", "--out", str(out), "--data", str(out)],
-        capture_output=True, text=True, timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "--dataset auto: no CIFAR-10 under" in proc.stderr and "curvature at step 0" in proc.stderr
-    return only_run_dir(out)
+    argv = [*DIGITS, "--out", str(out), "--data", str(out)]
+    err = io.StringIO()
+    with recorded_logs() as calls, contextlib.redirect_stderr(err):
+        code = main(argv)
+    assert code == 0, err.getvalue()[-3000:]
+    assert "--dataset auto: no CIFAR-10 under" in err.getvalue() and "curvature at step 0" in err.getvalue()
+    return argv, calls, err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def digits_run(digits) -> Path:
+    (engine,) = digits[1]
+    return Path(engine.find_callback(WandbLogger).run_dir)
+
+
+@pytest.mark.slow
+def test_digits_run_logs_every_reported_key_and_its_lineage(digits, digits_run):
+    argv, calls, _ = digits
+    check_config(calls, AlexNetSettings, argv, lambda args: resolve_args(args)[0])
+    check_runs(calls)
+    # Lineage: the run holds its data (scikit-learn's digits file, by reference and checksum) and its model.
+    (refs,) = dataset_references(digits_run).values()
+    assert refs[0][0].startswith("file://") and refs[0][0].endswith("digits.csv.gz") and refs[0][1]
+    assert [a["type"] for a in artifacts(digits_run)].count("model") == 1
 
 
 @pytest.mark.slow
@@ -99,7 +122,7 @@ def test_digits_run_read_back(digits_run):
     # Pooled over the groups weighted by their squared norms: one group gives its own value, to rounding.
     assert all(r["wd/decay_factor_theory"] == pytest.approx(1 - 1e-3 * 5e-4, rel=1e-12)
                for r in rows if "wd/decay_factor_theory" in r)
-    assert [r["epoch"] for r in rows if "val/acc" in r] == [1]
+    assert [r["epoch"] for r in rows if "val/acc" in r] == [1, 2]
     # conv1's 64 learned 3x3 filters as one picture.
     assert s["viz/conv1_filters"]["_type"] == "image-file" and s["viz/conv1_filters"]["width"] > 64
     fmaps = logged_table(digits_run, "viz/feature_maps")
@@ -108,7 +131,7 @@ def test_digits_run_read_back(digits_run):
     assert all(Path(r[4]["local_path"]).is_file() and Path(r[1]["local_path"]).is_file() for r in fmaps["data"])
     confusion = logged_table(digits_run, "test/confusion_matrix_table")
     assert confusion["columns"] == ["Actual", "Predicted", "nPredictions"]
-    assert sum(r[2] for r in confusion["data"]) == 2 * 16  # every scored test image, once
+    assert sum(r[2] for r in confusion["data"]) == 3 * 16  # every scored test image, once
     models = [a for a in artifacts(digits_run) if a["type"] == "model"]
     assert len(models) == 1 and set(models[0]["aliases"]) == {"best", "latest"} and models[0]["files"] == ["best.pt"]
 

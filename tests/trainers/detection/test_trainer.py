@@ -96,17 +96,17 @@ class _LearningRates(Callback):
 
 @pytest.mark.slow
 def test_learning_rate_warms_up_in_the_first_epoch_then_steps_down_every_3_epochs(tmp_path):
-    samples = read_pennfudan(generate_pennfudan(tmp_path / "d", n=6, seed=2, size=(60, 80)))
+    samples = read_pennfudan(generate_pennfudan(tmp_path / "d", n=3, seed=2, size=(60, 80)))
     data = PennFudan(samples)
-    s = detect_settings("full", epochs=7, min_size=64, max_size=96, rois_per_image=16, rpn_post_nms_train=50,
-                        rpn_post_nms_test=20, detections_per_image=5)
+    s = detect_settings("full", epochs=7, batch_size=1, min_size=64, max_size=96, rois_per_image=16,
+                        rpn_post_nms_train=50, rpn_post_nms_test=20, detections_per_image=5)
     model = build_detector(2, model="", backbone="timm/mobilenetv3_small_100", weights="none", levels=1,
                            **detector_kwargs(s)).model
     lrs = _LearningRates()
     trainer = DetectionTrainer(model, s, train=data, heldout=data, train_eval=data, callbacks=[lrs])
     for epoch in range(7):  # the training loop only: the schedule does not depend on evaluation
         trainer.train_epoch(epoch)
-    steps = 3  # 6 images, batch 2
+    steps = 3  # 3 images, batch 1
     first, rest = lrs.lrs[:steps], lrs.lrs[steps:]
     # references/detection's warm-up: linear from 1e-3 x lr to lr over the first epoch's steps.
     assert first == pytest.approx([0.005 * 1e-3, 0.005 * (1e-3 + (1 - 1e-3) / 2), 0.005])
