@@ -1,7 +1,9 @@
 """``torchrun --nproc_per_node 2 launch.py alexnet`` for real: two CPU processes over gloo, tiny digits.
 
 The runs go through tests/distributed/launcher.py, which is launch.py with test-only hooks: it
-records each rank's training indices, turns dropout off, or makes one rank fail or hear SIGTERM.
+records each rank's training indices and command line, turns dropout off, or makes one rank fail or
+hear SIGTERM. The 2-process run whose ranks are compared with one process is also the first trial of
+sweeps/weight_decay_torchrun.yaml, started as ``wandb agent`` starts it (tracking.agent_command).
 """
 
 from __future__ import annotations
@@ -17,6 +19,10 @@ import pytest
 
 from launch import main
 from tests.conftest import ROOT, only_run_dir
+from tests.distributed import launcher
+from tests.distributed.test_torchrun_sweep import TRIAL, first_trial
+from dlhw.trainers import classification
+from dlhw.tracking.agent_command import trial_command, trial_environment
 from dlhw.tracking.readback import run_summary
 
 pytestmark = pytest.mark.slow  # real multi-process runs: CI runs them, -m "not slow" leaves them out
@@ -29,11 +35,11 @@ LAUNCHER = str(ROOT / "tests" / "distributed" / "launcher.py")
 ALEXNET = ["alexnet", "--device", "cpu", "--device-data", "on", "--hessian-every", "0", "--viz-images", "0",
            "--epochs", "2", "--limit-batches", "4", "--no-augment", "--seed", "3"]
 TWO = [*ALEXNET, "--batch-size", "8"]
-ONE = [*ALEXNET, "--batch-size", "16"]
+# One process takes the sweep trial's flags too: the 2-process run is a trial (see the fixture).
+ONE = ["alexnet", *TRIAL, *ALEXNET[1:], "--batch-size", "16"]
 # One process and two differ only in float rounding: DDP averages the two ranks' mean gradients,
-# one process takes the mean over all 16 images at once (summed in another order). Measured: 3e-8
-# on the losses, the accuracies equal; the bound leaves room for Adam's division by the root of
-# its second moment, which can grow rounding over the steps.
+# one process takes the mean over all 16 images at once (summed in another order); the bound leaves
+# room for that rounding to grow over the steps.
 TOLERANCE = 1e-5
 # A resumed run repeats the uninterrupted one exactly (the fault tests' bound: float32 printing).
 RESUME_TOLERANCE = 1e-6
@@ -56,30 +62,43 @@ def torchrun(args: list[str], out: Path, *, timeout: float = 240, **env: str) ->
                           timeout=timeout)
 
 
-def single(args: list[str], out: Path, **env: str) -> subprocess.CompletedProcess:
-    """``launcher.py ARGS --out OUT`` in one process."""
-    return subprocess.run([sys.executable, LAUNCHER, *args, "--out", str(out)], env=_env(**env), capture_output=True,
-                          text=True, timeout=240)
-
-
 @pytest.fixture(scope="module")
 def two(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The 2-process run, its indices recorded, dropout off; its --out folder."""
+    """The sweep's first trial, tiny, as a 2-process run: its indices and command lines recorded,
+    dropout off; its --out folder."""
     out = tmp_path_factory.mktemp("two") / "out"
     record = out.parent / "record"
     record.mkdir()
-    proc = torchrun(TWO, out, DLHW_TEST_RECORD=str(record), DLHW_TEST_NO_DROPOUT="1")
+    config, params = first_trial()
+    argv = trial_command(config["command"], program=LAUNCHER, params=params, args_json_file=out.parent / "args.json",
+                         python=sys.executable)
+    env = trial_environment(_env(DLHW_OUT=str(out), DLHW_TEST_RECORD=str(record), DLHW_TEST_NO_DROPOUT="1"),
+                            run_id="trial1", params=params, param_file=out.parent / "params.yaml")
+    # Tiny on top of the trial's own flags (later flags win).
+    proc = subprocess.run([*argv, *TWO[1:], "--out", str(out)], env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
 
 
-def test_one_wandb_run_with_the_world_size_in_its_config(two):
-    summary = run_summary(only_run_dir(two))  # only_run_dir: exactly one run folder
-    assert summary["config"]["world_size"] == 2 and summary["config"]["batch_size"] == 8
+def test_a_sweep_trial_is_one_wandb_run_under_the_agents_id_with_the_world_size_in_its_config(two):
+    (run_dir,) = (two / "wandb").glob("offline-run-*-trial1")
+    assert only_run_dir(two) == run_dir  # rank 0's run alone
+    summary = run_summary(run_dir)
+    assert summary["state"] == "finished"
+    assert {k: summary["config"][k] for k in ("lr", "optimizer", "epochs", "world_size", "batch_size")} == {
+        "lr": 0.02, "optimizer": "sgd", "epochs": 2, "world_size": 2, "batch_size": 8}
     assert all(key in summary["summary"] for key in COMPARED)
     # Rank 0 alone wrote checkpoints: one job folder, one last.pt.
     assert [p.name for p in (two / "checkpoints").iterdir()] == [next((two / "checkpoints").iterdir()).name]
     assert len(list((two / "checkpoints").glob("*/last.pt"))) == 1
+
+
+def test_each_rank_sees_the_sweep_trials_parameters(two):
+    _, params = first_trial()
+    for rank in (0, 1):
+        seen = json.loads((two.parent / "record" / f"rank{rank}.argv.json").read_text())
+        assert seen == {"argv": ["alexnet", *TRIAL, *TWO[1:], "--out", str(two)],
+                        "param_file": {k: v["value"] for k, v in params.items()}}
 
 
 def test_each_rank_trains_on_a_disjoint_half_of_every_epoch(two):
@@ -100,9 +119,11 @@ def test_each_rank_draws_its_own_random_numbers(two):
     assert seeds == [3, 4]
 
 
-def test_two_processes_end_where_one_process_ends_with_the_same_global_batch(two, tmp_path):
-    proc = single(ONE, tmp_path / "out", DLHW_TEST_NO_DROPOUT="1")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def test_two_processes_end_where_one_process_ends_with_the_same_global_batch(two, tmp_path, monkeypatch):
+    # One process, in this one: launch.py with the hook that turned the ranks' dropout off.
+    monkeypatch.setenv("DLHW_TEST_NO_DROPOUT", "1")
+    monkeypatch.setattr(classification, "build_trainer", launcher.with_hooks(classification.build_trainer))
+    assert main([*ONE, "--out", str(tmp_path / "out")]) == 0
     one = run_summary(only_run_dir(tmp_path / "out"))["summary"]
     both = run_summary(only_run_dir(two))["summary"]
     for key in COMPARED:
