@@ -1,10 +1,13 @@
 """`launch.py detect` as a user runs it, with a stop: both options on tiny generated images, stopped
-(SIGTERM) once option 2 has its first checkpoint, then resumed with ``--resume auto``. One launch pair
-serves two checks: what the runs logged (COCO AP from pycocotools, prediction tables, model artifacts,
-the photo table), and that the resume trains option 1 no more and continues option 2's W&B run."""
+(SIGTERM) once option 2 has its first checkpoint, then resumed with ``--resume auto`` (in the test's
+process: nothing stops it). The stop and the resume serve two checks: what the runs logged (COCO AP
+from pycocotools, prediction tables, model artifacts, the photo table), and that the resume trains
+option 1 no more and continues option 2's W&B run."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import signal
 import subprocess
@@ -14,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from launch import main
 from dlhw.tracking.readback import history, run_summary
 from tests.conftest import ROOT, SHARED_DATA, artifacts, logged_table
 from dlhw.trainers.detection.dataset import generate_pennfudan
@@ -55,10 +59,10 @@ def detect(tmp_path_factory):
     (option1,) = (out / "checkpoints").glob("detect-*/option1")
     stopped = {p.name: p.stat().st_mtime_ns for p in option1.iterdir()}
 
-    proc = _start([*args, "--resume", "auto"], out, tmp / "second.log")
-    _, err2 = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err2[-2000:]
-    printed = (tmp / "first.log").read_text() + err + (tmp / "second.log").read_text() + err2
+    with contextlib.redirect_stdout(io.StringIO()) as second, contextlib.redirect_stderr(second):
+        code = main(["detect", *args, "--resume", "auto", "--out", str(out)])
+    assert code == 0, second.getvalue()[-2000:]
+    printed = (tmp / "first.log").read_text() + err + second.getvalue()
     return out, printed, option1, stopped
 
 

@@ -3,18 +3,21 @@
 
 - ``DLHW_TEST_RECORD=DIR``: each rank appends the image indices of every training epoch's shard
   (what ``trainers.device_data`` cuts for it) to ``DIR/rank<R>.jsonl``, one line per epoch, and
-  writes the seed of its global torch generator to ``DIR/rank<R>.seed``.
+  writes the seed of its global torch generator to ``DIR/rank<R>.seed``, and its command line and
+  the sweep parameters ``wandb agent`` gave it (``WANDB_SWEEP_PARAM_PATH``) to ``DIR/rank<R>.argv.json``.
 - ``DLHW_TEST_FAIL=RANK:STEP``: that rank raises ``ValueError`` after training step STEP.
 - ``DLHW_TEST_SIGTERM=RANK:STEP``: that rank sends itself SIGTERM after training step STEP (a
   stop that only one rank hears).
 - ``DLHW_TEST_NO_DROPOUT=1``: the model's dropout off, so that one process and two take the same
   steps up to rounding (their dropout masks differ otherwise).
 
-The hooks wrap the trainer builders that ``launch.py`` calls; the training itself is untouched.
+The hooks wrap the trainer builder that ``launch.py`` calls for the command (:func:`install`): an
+``alexnet`` rank never imports the detection trainer. The training itself is untouched.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import signal
@@ -22,13 +25,10 @@ import sys
 from pathlib import Path
 
 import torch
+import yaml
 from torch import nn
 
 import launch
-from dlhw import trainers
-import dlhw.trainers.classification
-import dlhw.trainers.detection.trainer
-import dlhw.trainers.device_data
 from dlhw.core.events import Callback
 
 RANK = int(os.environ.get("RANK", "0"))
@@ -51,7 +51,7 @@ class Hooks(Callback):
             os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _with_hooks(build):
+def with_hooks(build):
     def build_with_hooks(*args, **kwargs):
         trainer = build(*args, **kwargs)
         if os.environ.get("DLHW_TEST_RECORD"):
@@ -77,10 +77,20 @@ def _recording(shard):
     return recording_shard
 
 
-trainers.classification.build_trainer = _with_hooks(trainers.classification.build_trainer)
-trainers.detection.trainer.build_trainer = _with_hooks(trainers.detection.trainer.build_trainer)
-if os.environ.get("DLHW_TEST_RECORD"):
-    trainers.device_data.shard = _recording(trainers.device_data.shard)
+def install(argv: list[str]) -> None:
+    """The hooks around the builder of ``launch.py ARGV``'s command (``detect`` or ``alexnet``)."""
+    trainer = importlib.import_module("dlhw.trainers.detection.trainer" if argv[0] == "detect" else
+                                      "dlhw.trainers.classification")
+    trainer.build_trainer = with_hooks(trainer.build_trainer)
+    if record := os.environ.get("DLHW_TEST_RECORD"):
+        import dlhw.trainers.device_data
+
+        dlhw.trainers.device_data.shard = _recording(dlhw.trainers.device_data.shard)
+        params = yaml.safe_load(Path(os.environ.get("WANDB_SWEEP_PARAM_PATH", os.devnull)).read_text()) or {}
+        seen = {"argv": argv, "param_file": {k: v["value"] for k, v in params.items() if isinstance(v, dict)}}
+        (Path(record) / f"rank{RANK}.argv.json").write_text(json.dumps(seen))
+
 
 if __name__ == "__main__":
+    install(sys.argv[1:])
     sys.exit(launch.main(sys.argv[1:]))

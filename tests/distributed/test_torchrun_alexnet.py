@@ -1,7 +1,10 @@
 """``torchrun --nproc_per_node 2 launch.py alexnet`` for real: two CPU processes over gloo, tiny digits.
 
 The runs go through tests/distributed/launcher.py, which is launch.py with test-only hooks: it
-records each rank's training indices, turns dropout off, or makes one rank fail or hear SIGTERM.
+records each rank's training indices and command line, turns dropout off, or makes one rank fail.
+The 2-process run whose ranks are compared with one process is also the first trial of
+sweeps/weight_decay_torchrun.yaml, started as ``wandb agent`` starts it (tracking.agent_command).
+A stop that one rank alone hears is tests/distributed/test_torchrun_detect.py's.
 """
 
 from __future__ import annotations
@@ -17,6 +20,10 @@ import pytest
 
 from launch import main
 from tests.conftest import ROOT, only_run_dir
+from tests.distributed import launcher
+from tests.distributed.test_torchrun_sweep import TRIAL, first_trial
+from dlhw.trainers import classification
+from dlhw.tracking.agent_command import trial_command, trial_environment
 from dlhw.tracking.readback import run_summary
 
 pytestmark = pytest.mark.slow  # real multi-process runs: CI runs them, -m "not slow" leaves them out
@@ -29,17 +36,17 @@ LAUNCHER = str(ROOT / "tests" / "distributed" / "launcher.py")
 ALEXNET = ["alexnet", "--device", "cpu", "--device-data", "on", "--hessian-every", "0", "--viz-images", "0",
            "--epochs", "2", "--limit-batches", "4", "--no-augment", "--seed", "3"]
 TWO = [*ALEXNET, "--batch-size", "8"]
-ONE = [*ALEXNET, "--batch-size", "16"]
+# One process takes the sweep trial's flags too: the 2-process run is a trial (see the fixture).
+ONE = ["alexnet", *TRIAL, *ALEXNET[1:], "--batch-size", "16"]
 # One process and two differ only in float rounding: DDP averages the two ranks' mean gradients,
-# one process takes the mean over all 16 images at once (summed in another order). Measured: 3e-8
-# on the losses, the accuracies equal; the bound leaves room for Adam's division by the root of
-# its second moment, which can grow rounding over the steps.
+# one process takes the mean over all 16 images at once (summed in another order); the bound leaves
+# room for that rounding to grow over the steps.
 TOLERANCE = 1e-5
 # A resumed run repeats the uninterrupted one exactly (the fault tests' bound: float32 printing).
 RESUME_TOLERANCE = 1e-6
-# Two processes that start, fail and are cleaned up, on a busy machine; a hang would last until
-# gloo's collective timeout (30 minutes).
-BOUND_S = 90
+# Two processes that start, train an epoch, fail and are cleaned up, on a busy machine; a hang would
+# last until gloo's collective timeout (30 minutes).
+BOUND_S = 180
 COMPARED = ("val/loss", "best/val/acc", "test/loss", "test/acc")
 
 
@@ -56,30 +63,43 @@ def torchrun(args: list[str], out: Path, *, timeout: float = 240, **env: str) ->
                           timeout=timeout)
 
 
-def single(args: list[str], out: Path, **env: str) -> subprocess.CompletedProcess:
-    """``launcher.py ARGS --out OUT`` in one process."""
-    return subprocess.run([sys.executable, LAUNCHER, *args, "--out", str(out)], env=_env(**env), capture_output=True,
-                          text=True, timeout=240)
-
-
 @pytest.fixture(scope="module")
 def two(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The 2-process run, its indices recorded, dropout off; its --out folder."""
+    """The sweep's first trial, tiny, as a 2-process run: its indices and command lines recorded,
+    dropout off; its --out folder."""
     out = tmp_path_factory.mktemp("two") / "out"
     record = out.parent / "record"
     record.mkdir()
-    proc = torchrun(TWO, out, DLHW_TEST_RECORD=str(record), DLHW_TEST_NO_DROPOUT="1")
+    config, params = first_trial()
+    argv = trial_command(config["command"], program=LAUNCHER, params=params, args_json_file=out.parent / "args.json",
+                         python=sys.executable)
+    env = trial_environment(_env(DLHW_OUT=str(out), DLHW_TEST_RECORD=str(record), DLHW_TEST_NO_DROPOUT="1"),
+                            run_id="trial1", params=params, param_file=out.parent / "params.yaml")
+    # Tiny on top of the trial's own flags (later flags win).
+    proc = subprocess.run([*argv, *TWO[1:], "--out", str(out)], env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
 
 
-def test_one_wandb_run_with_the_world_size_in_its_config(two):
-    summary = run_summary(only_run_dir(two))  # only_run_dir: exactly one run folder
-    assert summary["config"]["world_size"] == 2 and summary["config"]["batch_size"] == 8
+def test_a_sweep_trial_is_one_wandb_run_under_the_agents_id_with_the_world_size_in_its_config(two):
+    (run_dir,) = (two / "wandb").glob("offline-run-*-trial1")
+    assert only_run_dir(two) == run_dir  # rank 0's run alone
+    summary = run_summary(run_dir)
+    assert summary["state"] == "finished"
+    assert {k: summary["config"][k] for k in ("lr", "optimizer", "epochs", "world_size", "batch_size")} == {
+        "lr": 0.02, "optimizer": "sgd", "epochs": 2, "world_size": 2, "batch_size": 8}
     assert all(key in summary["summary"] for key in COMPARED)
     # Rank 0 alone wrote checkpoints: one job folder, one last.pt.
     assert [p.name for p in (two / "checkpoints").iterdir()] == [next((two / "checkpoints").iterdir()).name]
     assert len(list((two / "checkpoints").glob("*/last.pt"))) == 1
+
+
+def test_each_rank_sees_the_sweep_trials_parameters(two):
+    _, params = first_trial()
+    for rank in (0, 1):
+        seen = json.loads((two.parent / "record" / f"rank{rank}.argv.json").read_text())
+        assert seen == {"argv": ["alexnet", *TRIAL, *TWO[1:], "--out", str(two)],
+                        "param_file": {k: v["value"] for k, v in params.items()}}
 
 
 def test_each_rank_trains_on_a_disjoint_half_of_every_epoch(two):
@@ -100,23 +120,15 @@ def test_each_rank_draws_its_own_random_numbers(two):
     assert seeds == [3, 4]
 
 
-def test_two_processes_end_where_one_process_ends_with_the_same_global_batch(two, tmp_path):
-    proc = single(ONE, tmp_path / "out", DLHW_TEST_NO_DROPOUT="1")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def test_two_processes_end_where_one_process_ends_with_the_same_global_batch(two, tmp_path, monkeypatch):
+    # One process, in this one: launch.py with the hook that turned the ranks' dropout off.
+    monkeypatch.setenv("DLHW_TEST_NO_DROPOUT", "1")
+    monkeypatch.setattr(classification, "build_trainer", launcher.with_hooks(classification.build_trainer))
+    assert main([*ONE, "--out", str(tmp_path / "out")]) == 0
     one = run_summary(only_run_dir(tmp_path / "out"))["summary"]
     both = run_summary(only_run_dir(two))["summary"]
     for key in COMPARED:
         assert abs(one[key] - both[key]) <= TOLERANCE, (key, one[key], both[key])
-
-
-def test_when_one_rank_raises_both_exit_and_the_error_shows_once(tmp_path):
-    proc = torchrun(TWO, tmp_path / "out", DLHW_TEST_FAIL="1:2", timeout=BOUND_S)  # a hang: TimeoutExpired
-    assert proc.returncode != 0
-    out = proc.stdout + proc.stderr
-    assert out.count("ValueError: injected failure on rank 1 at step 2") == 1, out[-3000:]
-    assert "Connection closed by peer" not in out  # rank 0's echo of the failure stays quiet
-    # Rank 0's W&B run recorded the failure instead of staying "running".
-    assert run_summary(only_run_dir(tmp_path / "out"))["exit_code"] == 1
 
 
 # Dropout on and augmentation by albumentations (the DataLoader path): every rank draws its own
@@ -125,15 +137,20 @@ RANDOM_TWO = ["alexnet", "--device", "cpu", "--device-data", "off", "--hessian-e
               "--epochs", "2", "--limit-batches", "4", "--seed", "3", "--batch-size", "8"]
 
 
-def test_a_stop_heard_by_one_rank_stops_both_and_the_resume_restores_every_ranks_random_state(tmp_path, capsys):
+def test_when_one_rank_raises_both_exit_showing_it_once_and_a_resume_restores_every_ranks_random_state(
+        tmp_path, capsys):
     whole = torchrun(RANDOM_TWO, tmp_path / "whole")
     assert whole.returncode == 0, whole.stderr[-3000:]
     out = tmp_path / "out"
-    # Rank 1 alone hears SIGTERM, mid-epoch 2: both ranks stop there, and its draws are replayed.
-    stopped = torchrun(RANDOM_TWO, out, DLHW_TEST_SIGTERM="1:6")
-    assert stopped.returncode != 0
-    assert "continue with: torchrun --standalone --nproc_per_node 2 launch.py" in stopped.stderr, stopped.stderr[-3000:]
-    (checkpoint,) = out.glob("checkpoints/*/last.pt")
+    # Rank 1 raises mid-epoch 2 while rank 0 waits for it in a collective. A hang: TimeoutExpired.
+    failed = torchrun(RANDOM_TWO, out, DLHW_TEST_FAIL="1:6", timeout=BOUND_S)
+    assert failed.returncode != 0
+    printed = failed.stdout + failed.stderr
+    assert printed.count("ValueError: injected failure on rank 1 at step 6") == 1, printed[-3000:]
+    assert "Connection closed by peer" not in printed  # rank 0's echo of the failure stays quiet
+    # Rank 0's W&B run recorded the failure instead of staying "running".
+    assert run_summary(only_run_dir(out))["exit_code"] == 1
+    (checkpoint,) = out.glob("checkpoints/*/last.pt")  # epoch 1's, every rank's random state in it
 
     # The checkpoint belongs to a job of two processes: one process refuses it in one line (here, in this one:
     # the refusal comes before any training or W&B run).

@@ -1,7 +1,8 @@
 """The distributed building blocks with two real processes: torchrun, gloo, tiny data.
 
-One torchrun job (tests/distributed/worker.py) runs every block on both ranks; each test compares
-what the ranks saw with one process's computation over all the data, made here with the same code.
+One torchrun job (tests/distributed/worker.py) runs every block on both ranks, then fails on one
+rank; each test compares what the ranks saw with one process's computation over all the data, made
+here with the same code, or what the failure showed.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -23,23 +25,25 @@ from dlhw.trainers.detection.trainer import EpochSlices
 pytestmark = pytest.mark.slow  # real multi-process runs: CI runs them, -m "not slow" leaves them out
 
 WORKER = str(ROOT / "tests" / "distributed" / "worker.py")
-# What the failure tests allow for two processes to start, fail and be cleaned up on a busy machine:
+# What the job is allowed for two processes to start, compute, fail and be cleaned up on a busy machine:
 # a hang would last until the collective's timeout (30 minutes for gloo), so it ends the test with TimeoutExpired.
-BOUND_S = 120
-
-
-def torchrun(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    """``torchrun --standalone --nproc_per_node 2 worker.py ARGS``, with the checkout importable."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           WORKER, *args], env=env, capture_output=True, text=True, timeout=timeout)
+BOUND_S = 240
 
 
 @pytest.fixture(scope="module")
-def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+def job(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess, Path]:
+    """``torchrun --standalone --nproc_per_node 2 worker.py OUT``, with the checkout importable: the job and OUT."""
     out = tmp_path_factory.mktemp("ranks")
-    proc = torchrun("blocks", str(out))
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           WORKER, str(out)], env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
+                          text=True, timeout=BOUND_S)
+    return proc, out
+
+
+@pytest.fixture(scope="module")
+def ranks(job) -> list[dict]:
+    proc, out = job
+    assert all((out / f"rank{r}.json").is_file() for r in (0, 1)), proc.stderr[-3000:]
     return [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
 
 
@@ -116,11 +120,11 @@ def test_two_ddp_processes_train_like_one_with_the_same_global_batch(ranks):
     assert not torch.allclose(torch.tensor(worker.train(Dist(), batch_size=2)), single, atol=1e-3)
 
 
-def test_when_one_rank_raises_while_the_other_computes_the_job_stops_and_shows_the_error_once(tmp_path):
-    proc = torchrun("busy", str(tmp_path), timeout=BOUND_S)
+def test_when_one_rank_raises_while_the_other_computes_the_job_stops_and_shows_the_error_once(job):
+    proc, folder = job
     assert proc.returncode != 0
     out = proc.stdout + proc.stderr
     assert out.count("ValueError: rank 1 cannot go on") == 1, out
     assert "Connection closed by peer" not in out  # rank 0's echo of the failure stays quiet
     # torchrun stopped rank 0 with SIGTERM; its exception path still ran.
-    assert (tmp_path / "rank0.stopped").read_text() == "exception path ran"
+    assert (folder / "rank0.stopped").read_text() == "exception path ran"

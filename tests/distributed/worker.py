@@ -1,10 +1,10 @@
 """What each rank runs under ``torchrun --nproc_per_node 2`` in tests/distributed.
 
-``python worker.py blocks OUT``: every building block on tiny data; each rank writes what it saw
-to ``OUT/rank<R>.json`` for the test to compare with one process's computation.
-``python worker.py busy OUT``: rank 1 raises while rank 0 computes outside a collective, and
-the error is handled as launch.py does, so the test sees what a user sees. (Rank 1 raising while
-rank 0 waits in a collective is tests/distributed/test_torchrun_alexnet.py's, with launch.py itself.)
+``python worker.py OUT``: every building block on tiny data; each rank writes what it saw to
+``OUT/rank<R>.json`` for the test to compare with one process's computation. Then rank 1 raises
+while rank 0 computes outside a collective, and the error is handled as launch.py does, so the test
+sees what a user sees. (Rank 1 raising while rank 0 waits in a collective is
+tests/distributed/test_torchrun_alexnet.py's, with launch.py itself.)
 
 The data and the training loop live here as functions so that the test computes the
 single-process reference with exactly the same code.
@@ -121,13 +121,11 @@ def failing(dist: Dist) -> None:
     time.sleep(120)  # torchrun stops this rank with SIGTERM long before
 
 
-def main(scenario: str, out: Path) -> int:
+def main(out: Path) -> int:
     dist = init_distributed("cpu")
     try:
-        if scenario == "blocks":
-            (out / f"rank{dist.rank}.json").write_text(json.dumps(blocks(dist)))
-        else:
-            failing(dist)
+        (out / f"rank{dist.rank}.json").write_text(json.dumps(blocks(dist)))
+        failing(dist)
         return 0
     except Exception:
         # As launch.py does: the first failure of the job is shown, its echoes on other ranks are not.
@@ -142,4 +140,4 @@ def main(scenario: str, out: Path) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1], Path(sys.argv[2])))
+    sys.exit(main(Path(sys.argv[1])))
