@@ -70,3 +70,10 @@ def logged_table(run_dir: Path, key: str) -> dict | None:
     from dlhw.tracking.readback import local_runs
 
     return local_runs([Path(run_dir)])[0].table(key)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Files with slow tests first: pytest-xdist hands whole files to the workers in this order
+    # (--no-loadscope-reorder), so the long ones start early and the many short ones even out the end.
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow)
