@@ -20,6 +20,12 @@ def test_digits_split_is_fixed_and_disjoint():
     assert np.array_equal(a.test[1], b.test[1]) and a.classes == [str(i) for i in range(10)] and not a.flips
     rows = lambda x: {r.tobytes() for r in x}  # noqa: E731
     assert len(rows(a.test[0]) & rows(a.train[0])) < 5  # the digits set holds a few exact duplicates
+    # Read from scikit-learn's bundled file without importing scikit-learn: the same images and labels as its loader.
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    theirs = sorted((np.round(x * (255 / 16)).astype(np.uint8).tobytes(), y) for x, y in zip(d.images, d.target))
+    assert sorted((x.tobytes(), y) for p in (a.train, a.val, a.test) for x, y in zip(*p)) == theirs
 
 
 def test_cifar10_from_python_batches(tmp_path, monkeypatch):
