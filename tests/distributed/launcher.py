@@ -5,6 +5,8 @@
   (what ``trainers.device_data`` cuts for it) to ``DIR/rank<R>.jsonl``, one line per epoch, and
   writes the seed of its global torch generator to ``DIR/rank<R>.seed``, and its command line and
   the sweep parameters ``wandb agent`` gave it (``WANDB_SWEEP_PARAM_PATH``) to ``DIR/rank<R>.argv.json``.
+- ``DLHW_TEST_STEPS=DIR``: each rank appends the global step, the step's loss and a digest of its
+  torch random state after every training step to ``DIR/rank<R>.steps.jsonl``.
 - ``DLHW_TEST_FAIL=RANK:STEP``: that rank raises ``ValueError`` after training step STEP.
 - ``DLHW_TEST_SIGTERM=RANK:STEP``: that rank sends itself SIGTERM after training step STEP (a
   stop that only one rank hears).
@@ -18,6 +20,7 @@ The hooks wrap the trainer builder that ``launch.py`` calls for the command (:fu
 from __future__ import annotations
 
 import gc
+import hashlib
 import importlib
 import json
 import os
@@ -44,8 +47,13 @@ def _at(variable: str) -> int | None:
 class Hooks(Callback):
     def __init__(self) -> None:
         self.fail, self.sigterm = _at("DLHW_TEST_FAIL"), _at("DLHW_TEST_SIGTERM")
+        self.steps = os.environ.get("DLHW_TEST_STEPS")
 
     def on_batch_end(self, trainer, batch_idx, outputs) -> None:
+        if self.steps:
+            rng = hashlib.sha1(torch.get_rng_state().numpy().tobytes()).hexdigest()
+            with (Path(self.steps) / f"rank{RANK}.steps.jsonl").open("a") as f:
+                f.write(json.dumps({"step": trainer.global_step, "loss": float(outputs["loss"]), "rng": rng}) + "\n")
         if trainer.global_step == self.fail:
             raise ValueError(f"injected failure on rank {RANK} at step {self.fail}")
         if trainer.global_step == self.sigterm:
