@@ -84,7 +84,8 @@ try:
         tmp.write_text(json.dumps({"step": i}))
         tmp.replace(progress)
         if args.x == args.hold_x and i + 1 == args.hold_at and start == 0:
-            (out / "held").write_text(str(os.getpid()))
+            (out / "held.tmp").write_text(str(os.getpid()))
+            (out / "held.tmp").replace(out / "held")  # whole when the test sees it
             deadline = time.monotonic() + args.hold_s
             while not (args.release and Path(args.release).exists()):
                 if time.monotonic() > deadline:
