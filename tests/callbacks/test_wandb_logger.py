@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import threading
 
 import pytest
@@ -9,7 +11,7 @@ import torch
 
 from dlhw.callbacks.checkpoint import Checkpoint
 from dlhw.callbacks.wandb_logger import WandbLogger
-from dlhw.tracking.readback import history, run_summary
+from dlhw.tracking.readback import history, records, run_summary
 from tests.conftest import artifacts
 from dlhw.trainers.engine import Engine
 
@@ -95,6 +97,11 @@ def test_checkpoint_is_atomic_and_uploaded_as_artifact(tmp_path, monkeypatch):
     assert best["epoch"] == 2 and best["metrics"]["val/acc"] == 0.9
     assert torch.load(tmp_path / "ckpt" / "last.pt", weights_only=False)["epoch"] == 3
     assert not list((tmp_path / "ckpt").glob("*.tmp"))
+    # Each version holds its epoch's best.pt, though a newer file took the name since: the last one is today's file.
+    digests = [e["digest"] for r in records(logger.run_dir) if r.get("type") == "artifact"
+               for e in r["artifact"]["manifest"]["contents"]]
+    now = base64.b64encode(hashlib.md5((tmp_path / "ckpt" / "best.pt").read_bytes()).digest()).decode()
+    assert digests[-1] == now != digests[0]
     arts = artifacts(logger.run_dir)
     assert len(arts) == 2 and all(a["type"] == "model" for a in arts)  # epochs 1 and 2 improved
     assert set(arts[-1]["aliases"]) == {"best", "latest"} and arts[-1]["files"] == ["best.pt"]
