@@ -338,5 +338,5 @@ def main(argv: Sequence[str] | None = None, *, exit_by_signal: bool = False) -> 
 
 if __name__ == "__main__":
     code = main(exit_by_signal=True)
-    gc.freeze()  # the exit's collections need not walk torch's and W&B's objects once more (a second or two)
+    gc.freeze()  # the exit's collections need not walk torch's and W&B's objects once more
     sys.exit(code)

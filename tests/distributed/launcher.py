@@ -14,7 +14,8 @@
   steps up to rounding (their dropout masks differ otherwise).
 
 The hooks wrap the trainer builder that ``launch.py`` calls for the command (:func:`install`): an
-``alexnet`` rank never imports the detection trainer. The training itself is untouched.
+``alexnet`` rank never imports the detection trainer. The training itself is untouched. The tests
+start the job with :func:`torchrun`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import importlib
 import json
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -36,6 +38,19 @@ import launch
 from dlhw.core.events import Callback
 
 RANK = int(os.environ.get("RANK", "0"))
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def environment(**extra: str) -> dict[str, str]:
+    """This environment with the checkout importable and without ``WANDB_SERVICE``: the job starts its own W&B
+    service, as from a shell (one inherited from the test's process would outlive the job)."""
+    return {**{k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}, "PYTHONPATH": str(ROOT), **extra}
+
+
+def torchrun(args: list[str], *, timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc_per_node 2 launcher.py ARGS`` with ``env`` added to :func:`environment`."""
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           __file__, *args], env=environment(**env), capture_output=True, text=True, timeout=timeout)
 
 
 def _at(variable: str) -> int | None:

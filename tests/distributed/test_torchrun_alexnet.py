@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from launch import main
-from tests.conftest import ROOT, only_run_dir
+from tests.conftest import only_run_dir
 from tests.distributed import launcher
 from tests.distributed.test_torchrun_sweep import TRIAL, first_trial
 from dlhw.trainers import classification
@@ -28,7 +27,6 @@ from dlhw.tracking.readback import run_summary
 
 pytestmark = pytest.mark.slow  # real multi-process runs: CI runs them, -m "not slow" leaves them out
 
-LAUNCHER = str(ROOT / "tests" / "distributed" / "launcher.py")
 # 2 epochs of 4 steps; evaluation limited to 4 batches per rank too. The global batch is 16 in both
 # configurations (2 x 8, 1 x 16), so one process and two see the same images in every step and
 # every evaluation (see test_two_processes_end_where_one_process_ends). No augmentation: its
@@ -50,19 +48,6 @@ BOUND_S = 180
 COMPARED = ("val/loss", "best/val/acc", "test/loss", "test/acc")
 
 
-def _env(**extra: str) -> dict[str, str]:
-    # Its own W&B service, as from a shell (one inherited from this process would outlive the run).
-    base = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
-    return {**base, "PYTHONPATH": str(ROOT), **extra}
-
-
-def torchrun(args: list[str], out: Path, *, timeout: float = 240, **env: str) -> subprocess.CompletedProcess:
-    """``torchrun --standalone --nproc_per_node 2 launcher.py ARGS --out OUT``."""
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           LAUNCHER, *args, "--out", str(out)], env=_env(**env), capture_output=True, text=True,
-                          timeout=timeout)
-
-
 @pytest.fixture(scope="module")
 def two(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The sweep's first trial, tiny, as a 2-process run: its indices and command lines recorded,
@@ -71,9 +56,10 @@ def two(tmp_path_factory: pytest.TempPathFactory) -> Path:
     record = out.parent / "record"
     record.mkdir()
     config, params = first_trial()
-    argv = trial_command(config["command"], program=LAUNCHER, params=params, args_json_file=out.parent / "args.json",
-                         python=sys.executable)
-    env = trial_environment(_env(DLHW_OUT=str(out), DLHW_TEST_RECORD=str(record), DLHW_TEST_NO_DROPOUT="1"),
+    argv = trial_command(config["command"], program=launcher.__file__, params=params,
+                         args_json_file=out.parent / "args.json", python=sys.executable)
+    env = trial_environment(launcher.environment(DLHW_OUT=str(out), DLHW_TEST_RECORD=str(record),
+                                                 DLHW_TEST_NO_DROPOUT="1"),
                             run_id="trial1", params=params, param_file=out.parent / "params.yaml")
     # Tiny on top of the trial's own flags (later flags win).
     proc = subprocess.run([*argv, *TWO[1:], "--out", str(out)], env=env, capture_output=True, text=True, timeout=240)
@@ -150,7 +136,8 @@ def test_when_one_rank_raises_both_exit_showing_it_once_and_a_resume_restores_ev
     resumed_steps.mkdir()
     # Rank 1 raises at step 6, mid-epoch 2 (4 steps an epoch), while rank 0 waits for it in a collective. A hang:
     # TimeoutExpired.
-    failed = torchrun(RANDOM_TWO, out, DLHW_TEST_FAIL="1:6", DLHW_TEST_STEPS=str(failed_steps), timeout=BOUND_S)
+    failed = launcher.torchrun([*RANDOM_TWO, "--out", str(out)], DLHW_TEST_FAIL="1:6",
+                               DLHW_TEST_STEPS=str(failed_steps), timeout=BOUND_S)
     assert failed.returncode != 0
     printed = failed.stdout + failed.stderr
     assert printed.count("ValueError: injected failure on rank 1 at step 6") == 1, printed[-3000:]
@@ -166,7 +153,8 @@ def test_when_one_rank_raises_both_exit_showing_it_once_and_a_resume_restores_ev
         f"error: checkpoint {checkpoint} was written by a job of 2 process(es), this one has 1; resume it with as "
         f"many (torchrun --nproc_per_node), or start afresh without --resume")
 
-    resumed = torchrun([*RANDOM_TWO, "--resume", "auto"], out, DLHW_TEST_STEPS=str(resumed_steps))
+    resumed = launcher.torchrun([*RANDOM_TWO, "--resume", "auto", "--out", str(out)],
+                                DLHW_TEST_STEPS=str(resumed_steps))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     runs = sorted((out / "wandb").glob("offline-run-*"))
     assert len(runs) == 2 and len({p.name.rsplit("-", 1)[1] for p in runs}) == 1  # one W&B run, continued

@@ -3,13 +3,10 @@ generated pedestrians, two CPU processes over gloo."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 
-from tests.conftest import ROOT, logged_table, only_run_dir
+from tests.conftest import logged_table, only_run_dir
+from tests.distributed.launcher import torchrun
 from dlhw.tracking.readback import run_summary
 from dlhw.trainers.detection.dataset import generate_pennfudan
 
@@ -19,20 +16,11 @@ TINY = ["--option", "2", "--skip-photo", "--backbone", "timm/mobilenetv3_small_1
         "--viz-images", "2", "--weights", "none", "--batch-size", "1"]
 
 
-def torchrun(program: str, args: list[str], **env: str) -> subprocess.CompletedProcess:
-    """``torchrun --standalone --nproc_per_node 2 PROGRAM detect ARGS``, with its own W&B service."""
-    base = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           program, "detect", *args], env={**base, "PYTHONPATH": str(ROOT), **env},
-                          capture_output=True, text=True, timeout=300)
-
-
 @pytest.mark.slow
 def test_two_processes_train_one_detector_in_one_run_and_resume_a_stop_to_the_same_result(tmp_path):
     data = generate_pennfudan(tmp_path / "data", n=8, seed=1, size=(60, 80))
     args = ["--data", str(data), *TINY[:TINY.index("--epochs")], "--epochs", "2", *TINY[TINY.index("--epochs") + 2:]]
-    launcher = str(ROOT / "tests" / "distributed" / "launcher.py")
-    whole = torchrun(launcher, [*args, "--out", str(tmp_path / "whole")])
+    whole = torchrun(["detect", *args, "--out", str(tmp_path / "whole")])
     assert whole.returncode == 0, whole.stderr[-3000:]
     assert whole.stdout.count("profile cpu:") == 1  # the plan is said once, by rank 0
     info = run_summary(only_run_dir(tmp_path / "whole"))  # one W&B run for the job
@@ -45,12 +33,12 @@ def test_two_processes_train_one_detector_in_one_run_and_resume_a_stop_to_the_sa
 
     out = tmp_path / "out"
     # 3 steps per rank and epoch: rank 1 alone hears SIGTERM after step 4, inside epoch 2; both ranks stop there.
-    stopped = torchrun(launcher, [*args, "--out", str(out)], DLHW_TEST_SIGTERM="1:4")
+    stopped = torchrun(["detect", *args, "--out", str(out)], DLHW_TEST_SIGTERM="1:4")
     assert stopped.returncode != 0
     assert "continue with: torchrun --standalone --nproc_per_node 2 launch.py detect" in stopped.stderr, \
         stopped.stderr[-3000:]
     assert list(out.glob("checkpoints/*/option2/last.pt"))
-    resumed = torchrun(launcher, [*args, "--out", str(out), "--resume", "auto"])
+    resumed = torchrun(["detect", *args, "--out", str(out), "--resume", "auto"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     runs = sorted((out / "wandb").glob("offline-run-*"))
     assert len(runs) == 2 and len({p.name.rsplit("-", 1)[1] for p in runs}) == 1  # one W&B run, continued
