@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 
 # A small timm backbone for option 2: the tutorial's MobileNetV2 head alone is 64M parameters.
 # 4 training images at batch 2: 2 steps per epoch.
-TINY = ["--backbone", "timm/mobilenetv3_small_100", "--levels", "1", "--epochs", "2", "--min-size", "64",
+TINY = ["--backbone", "timm/test_efficientnet", "--levels", "1", "--epochs", "2", "--min-size", "64",
         "--max-size", "96", "--holdout", "3", "--train-eval-images", "2", "--images-per-epoch", "0", "--viz-images", "2",
         "--weights", "none"]
 
@@ -105,7 +105,7 @@ def test_detect_logs_both_options_and_the_photo(detect):
     photo = logged_table(photo_run, "detect/photo")
     assert photo["columns"] == ["model", "photo", "people@0.5", "people@0.7", "mean_score", "inference_ms"]
     assert [r[0] for r in photo["data"]] == ["option 1: maskrcnn_resnet50_fpn",
-                                             "option 2: fasterrcnn_timm_mobilenetv3_small_100"]
+                                             "option 2: fasterrcnn_timm_test_efficientnet"]
     assert all(r[2] >= r[3] >= 0 and r[5] > 0 for r in photo["data"])
     assert (photo["data"][0][1]["width"], photo["data"][0][1]["height"]) == (810, 1080)
     verdict = logged_table(photo_run, "detect/verdict")

@@ -141,7 +141,7 @@ def test_detect_keys(reported, tmp_path, monkeypatch):
     scratch.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where the prediction pictures are written
     assert main(["detect", "--out", str(tmp_path / "out"), "--data", str(data), "--skip-photo",
-                 "--backbone", "timm/mobilenetv3_small_100", "--levels", "1", "--epochs", "1", "--min-size", "64",
+                 "--backbone", "timm/test_efficientnet", "--levels", "1", "--epochs", "1", "--min-size", "64",
                  "--max-size", "96", "--holdout", "2", "--train-eval-images", "1", "--images-per-epoch", "0",
                  "--viz-images", "1", "--weights", "none"]) == 0
     check_config(reported, DetectSettings)

@@ -11,7 +11,7 @@ from dlhw.tracking.readback import run_summary
 from dlhw.trainers.detection.dataset import generate_pennfudan
 
 # 5 training images (3 steps per rank at batch 1, the last one padded), 3 held out (2 and 1 per rank).
-TINY = ["--option", "2", "--skip-photo", "--backbone", "timm/mobilenetv3_small_100", "--levels", "1", "--epochs", "1",
+TINY = ["--option", "2", "--skip-photo", "--backbone", "timm/test_efficientnet", "--levels", "1", "--epochs", "1",
         "--min-size", "64", "--max-size", "96", "--holdout", "3", "--train-eval-images", "2", "--images-per-epoch", "0",
         "--viz-images", "2", "--weights", "none", "--batch-size", "1"]
 

@@ -37,7 +37,7 @@ def out(tmp_path_factory):
                 "epochs=1", "limit_batches=1", "batch_size=8", "hessian_iters=1", "hessian_batch=4", "decay_every=1",
                 "viz_images=1"))],
             ["detect", "--data", str(data), "--image", str(out / "photo.png"), "--backbone",
-             "timm/mobilenetv3_small_100", "--levels", "1", "--epochs", "1", "--min-size", "48", "--max-size", "64",
+             "timm/test_efficientnet", "--levels", "1", "--epochs", "1", "--min-size", "48", "--max-size", "64",
              "--holdout", "1", "--train-eval-images", "1", "--images-per-epoch", "1", "--batch-size", "1",
              "--viz-images", "1", "--weights", "none"]]
     with pytest.MonkeyPatch.context() as mp:

@@ -38,7 +38,7 @@ def test_non_finite_loss_stops_with_every_term_logged(tmp_path):
     samples = read_pennfudan(generate_pennfudan(tmp_path / "d", n=4, seed=2, size=(60, 80)))
     data = PennFudan(samples)
     s = detect_settings(epochs=3, lr=1e30, min_size=64, max_size=96, images_per_epoch=0)
-    model = build_detector(2, model="", backbone="timm/mobilenetv3_small_100", weights="none", levels=1,
+    model = build_detector(2, model="", backbone="timm/test_efficientnet", weights="none", levels=1,
                            **detector_kwargs(s)).model
     logger = WandbLogger(project="tests", mode="offline", out_dir=tmp_path, log_every=1)
     trainer = DetectionTrainer(model, s, train=data, heldout=data, train_eval=data, callbacks=[logger])
@@ -64,7 +64,7 @@ def test_held_out_ap_every_epoch_train_ap_every_k_and_at_the_end(tmp_path):
     s = detect_settings(epochs=3, min_size=64, max_size=96, images_per_epoch=2, rois_per_image=16, rpn_post_nms_train=50,
                         rpn_post_nms_test=20, detections_per_image=5, viz_images=2, clip_grad=10.0,
                         train_eval_every=2, eval_batch_size=3)
-    model = build_detector(2, model="", backbone="timm/mobilenetv3_small_100", weights="none", levels=1,
+    model = build_detector(2, model="", backbone="timm/test_efficientnet", weights="none", levels=1,
                            **detector_kwargs(s)).model
     seen = _Validations()
     trainer = DetectionTrainer(model, s, train=data, heldout=data, train_eval=data, callbacks=[seen])
@@ -100,7 +100,7 @@ def test_learning_rate_warms_up_in_the_first_epoch_then_steps_down_every_3_epoch
     data = PennFudan(samples)
     s = detect_settings("full", epochs=7, batch_size=1, min_size=64, max_size=96, rois_per_image=16,
                         rpn_post_nms_train=50, rpn_post_nms_test=20, detections_per_image=5)
-    model = build_detector(2, model="", backbone="timm/mobilenetv3_small_100", weights="none", levels=1,
+    model = build_detector(2, model="", backbone="timm/test_efficientnet", weights="none", levels=1,
                            **detector_kwargs(s)).model
     lrs = _LearningRates()
     trainer = DetectionTrainer(model, s, train=data, heldout=data, train_eval=data, callbacks=[lrs])
