@@ -318,6 +318,9 @@ def main(argv: Sequence[str] | None = None, *, exit_by_signal: bool = False) -> 
     try:
         argv = sys.argv[1:] if argv is None else list(argv)
         args = get_args_parser(argv).parse_args(argv)
+        if not gc.isenabled():  # started as a script: what start-up imported is left out of every collection
+            gc.freeze()
+            gc.enable()
         resolve_locations(args)
         args.wandb_mode, why = resolve_mode(args.wandb_mode)
         if is_rank_zero() and args.command != "dashboard":  # it starts no run
@@ -337,6 +340,7 @@ def main(argv: Sequence[str] | None = None, *, exit_by_signal: bool = False) -> 
 
 
 if __name__ == "__main__":
+    gc.disable()  # until main() has imported its command: start-up makes millions of objects and no garbage
     code = main(exit_by_signal=True)
     gc.freeze()  # the exit's collections need not walk torch's and W&B's objects once more
     sys.exit(code)

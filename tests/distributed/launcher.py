@@ -116,7 +116,8 @@ def install(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    gc.disable()  # as launch.py starts
     install(sys.argv[1:])
     code = launch.main(sys.argv[1:])
-    gc.freeze()  # as launch.py ends: a faster exit
+    gc.freeze()  # as launch.py ends
     sys.exit(code)
