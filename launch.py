@@ -340,7 +340,7 @@ def main(argv: Sequence[str] | None = None, *, exit_by_signal: bool = False) -> 
 
 
 if __name__ == "__main__":
-    gc.disable()  # until main() has imported its command: start-up makes some 400,000 objects and no garbage
+    gc.disable()  # until main() has imported its command: start-up allocates much and frees little
     code = main(exit_by_signal=True)
     gc.freeze()  # the exit's collections need not walk torch's and W&B's objects once more
     sys.exit(code)
